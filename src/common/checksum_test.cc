@@ -1,0 +1,27 @@
+#include "common/checksum.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace kvtier {
+namespace {
+
+TEST(Checksum, CopyWithChecksumEqualsChecksumOfTheBytes) {
+  for (size_t size : {0ul, 1ul, 63ul, 65536ul, 65537ul, 1ul << 20, (1ul << 20) + 3}) {
+    std::vector<uint8_t> src(size), dst(size);
+    for (size_t i = 0; i < size; ++i) src[i] = static_cast<uint8_t>(i * 131 + 7);
+    EXPECT_EQ(CopyWithChecksum(dst.data(), src.data(), size), Checksum(src.data(), size)) << size;
+    EXPECT_EQ(src, dst);
+  }
+}
+
+TEST(Checksum, DetectsASingleFlippedBit) {
+  std::vector<uint8_t> a(4096, 0x5a);
+  const uint64_t c = Checksum(a.data(), a.size());
+  a[1234] ^= 0x10;
+  EXPECT_NE(Checksum(a.data(), a.size()), c);
+}
+
+}  // namespace
+}  // namespace kvtier
