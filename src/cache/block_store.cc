@@ -1,0 +1,1136 @@
+#include "cache/block_store.h"
+
+#include <algorithm>
+#include <cstring>
+#include <queue>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/device_arena.h"
+#include "cache/host_arena.h"
+#include "cache/nvme_tier.h"
+#include "cache/slab_allocator.h"
+#include "common/checksum.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace kvtier {
+
+const char* TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kHbm:
+      return "hbm";
+    case Tier::kHost:
+      return "host";
+    case Tier::kNvme:
+      return "nvme";
+  }
+  return "invalid";
+}
+
+const char* NvmeAdmissionName(NvmeAdmission a) {
+  return a == NvmeAdmission::kAll ? "all" : "seen-twice";
+}
+
+absl::Status StoreOptions::Validate() const {
+  if (max_block_bytes == 0 || max_block_bytes > KvLayout::kMaxBlockBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_block_bytes: must be in (0, ", KvLayout::kMaxBlockBytes, "]"));
+  }
+  const size_t slab = SlabAllocator::ChunkBytes(max_block_bytes);
+  if (host_bytes < slab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "host_bytes: ", host_bytes, " cannot hold one block of max_block_bytes (", slab, ")"));
+  }
+  if (hbm_bytes != 0 && hbm_bytes < slab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hbm_bytes: ", hbm_bytes, " cannot hold one block of max_block_bytes (", slab, ")"));
+  }
+  if (!nvme_path.empty() && nvme_bytes < max_block_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme_bytes: ", nvme_bytes, " cannot hold one block of max_block_bytes"));
+  }
+  if (lease_ttl_us <= 0) return absl::InvalidArgumentError("lease_ttl_us: must be > 0");
+  if (max_lease_ttl_us < lease_ttl_us) {
+    return absl::InvalidArgumentError("max_lease_ttl_us: must be >= lease_ttl_us");
+  }
+  if (max_lease_blocks == 0) return absl::InvalidArgumentError("max_lease_blocks: must be > 0");
+  if (index_shards == 0 || (index_shards & (index_shards - 1)) != 0 || index_shards > 4096) {
+    return absl::InvalidArgumentError("index_shards: must be a power of two in [1, 4096]");
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+constexpr uint32_t kNone = UINT32_MAX;
+constexpr uint32_t kChunkEntries = 4096;
+constexpr uint32_t kMaxChunks = 1u << 16;  // 268M entries
+
+enum class State : uint8_t { kFree, kReserved, kCommitted, kDoomed };
+// Eviction classes, evicted in this order.
+enum Class : uint8_t { kOrphan = 0, kLeaf = 1, kInterior = 2, kNumClasses = 3, kUnlisted = 255 };
+enum Flags : uint8_t { kOnNvme = 1, kDeleteDurably = 2 };
+
+struct Entry {
+  BlockKey key;
+  BlockKey parent;
+  uint64_t checksum = 0;
+  uint64_t location = 0;
+  uint64_t last_access = 0;  // store tick; guarded by mu_
+  uint32_t size = 0;
+  uint32_t generation = 0;
+  uint32_t lru_prev = kNone, lru_next = kNone;  // guarded by mu_
+  uint32_t parent_ref = kNone;                  // guarded by mu_
+  uint32_t first_child = kNone, next_sibling = kNone, prev_sibling = kNone;  // guarded by mu_
+  uint32_t pins = 0;    // readers and writers in flight; guarded by the shard lock
+  uint16_t leases = 0;  // guarded by mu_
+  Tier tier = Tier::kHost;
+  State state = State::kFree;  // written under mu_ and the shard lock
+  uint8_t cls = kUnlisted;     // guarded by mu_
+  uint8_t flags = 0;           // guarded by mu_
+  uint8_t hits = 0;            // saturating read count; guarded by mu_
+};
+
+struct ListHead {
+  uint32_t head = kNone;  // most recent
+  uint32_t tail = kNone;  // least recent
+  uint64_t size = 0;
+};
+
+}  // namespace
+
+struct BlockStore::Impl {
+  explicit Impl(const StoreOptions& o) : options(o), shards(o.index_shards) {}
+
+  // ---- entry pool: handle -> Entry, stable addresses ------------------------------------------
+  Entry& E(uint32_t h) const { return chunks[h / kChunkEntries][h % kChunkEntries]; }
+  uint32_t AllocEntry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (free_entries.empty()) {
+      if (num_chunks == kMaxChunks) return kNone;
+      chunks[num_chunks] = std::make_unique<Entry[]>(kChunkEntries);
+      for (uint32_t i = kChunkEntries; i-- > 0;) free_entries.push_back(num_chunks * kChunkEntries + i);
+      ++num_chunks;
+    }
+    uint32_t h = free_entries.back();
+    free_entries.pop_back();
+    E(h) = Entry();
+    return h;
+  }
+
+  // ---- sharded index: key -> handle -----------------------------------------------------------
+  struct HandleHash {
+    using is_transparent = void;
+    const Impl* impl;
+    size_t operator()(uint32_t h) const { return absl::Hash<BlockKey>()(impl->E(h).key); }
+    size_t operator()(const BlockKey& k) const { return absl::Hash<BlockKey>()(k); }
+  };
+  struct HandleEq {
+    using is_transparent = void;
+    const Impl* impl;
+    bool operator()(uint32_t a, uint32_t b) const { return a == b; }
+    bool operator()(uint32_t a, const BlockKey& k) const { return impl->E(a).key == k; }
+    bool operator()(const BlockKey& k, uint32_t a) const { return impl->E(a).key == k; }
+  };
+  struct Shard {
+    mutable absl::Mutex mu;
+    absl::flat_hash_set<uint32_t, HandleHash, HandleEq> set ABSL_GUARDED_BY(mu);
+  };
+  Shard& ShardOf(const BlockKey& k) const {
+    return const_cast<Shard&>(shards[k.hi & (shards.size() - 1)]);
+  }
+  // Handle of `key` in any state but free, or kNone. Caller holds the shard lock.
+  uint32_t FindLocked(Shard& s, const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    auto it = s.set.find(key);
+    return it == s.set.end() ? kNone : *it;
+  }
+  uint32_t Find(const BlockKey& key) const {
+    Shard& s = ShardOf(key);
+    absl::MutexLock l(&s.mu);
+    return FindLocked(s, key);
+  }
+  uint32_t FindCommitted(const BlockKey& key) const {
+    Shard& s = ShardOf(key);
+    absl::MutexLock l(&s.mu);
+    uint32_t h = FindLocked(s, key);
+    return h != kNone && E(h).state == State::kCommitted ? h : kNone;
+  }
+  void SetState(uint32_t h, State st) {
+    Shard& s = ShardOf(E(h).key);
+    absl::MutexLock l(&s.mu);
+    E(h).state = st;
+  }
+
+  // ---- eviction lists -------------------------------------------------------------------------
+  ListHead& List(Tier t, uint8_t cls) { return lists[static_cast<int>(t)][cls]; }
+  uint8_t ClassOf(const Entry& e) const {
+    if (!e.parent.IsZero() && e.parent_ref == kNone) return kOrphan;
+    return e.first_child == kNone ? kLeaf : kInterior;
+  }
+  void Unlist(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.cls == kUnlisted) return;
+    ListHead& l = List(e.tier, e.cls);
+    if (e.lru_prev != kNone) E(e.lru_prev).lru_next = e.lru_next; else l.head = e.lru_next;
+    if (e.lru_next != kNone) E(e.lru_next).lru_prev = e.lru_prev; else l.tail = e.lru_prev;
+    e.lru_prev = e.lru_next = kNone;
+    --l.size;
+    if (e.cls == kOrphan) --orphans;
+    e.cls = kUnlisted;
+  }
+  // Lists `h` in its tier and class, placed by its recency (walking from the least recent end,
+  // a bounded number of steps: exact for the usual case of an old block changing class).
+  void ListByRecency(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.leases > 0 || e.state != State::kCommitted) return;  // leased blocks are not evictable
+    e.cls = ClassOf(e);
+    if (e.cls == kOrphan) ++orphans;
+    ListHead& l = List(e.tier, e.cls);
+    ++l.size;
+    if (l.head == kNone || E(l.head).last_access <= e.last_access) {  // the most recent
+      e.lru_prev = kNone;
+      e.lru_next = l.head;
+      if (l.head != kNone) E(l.head).lru_prev = h; else l.tail = h;
+      l.head = h;
+      return;
+    }
+    // From the least recent end, find the first node at least as recent as e and insert e just
+    // behind it. Gives up after 64 steps (e then sits a little too close to the tail).
+    uint32_t newer = l.tail;
+    for (int steps = 0; E(newer).last_access < e.last_access && steps < 64; ++steps) {
+      newer = E(newer).lru_prev;
+    }
+    e.lru_prev = newer;
+    e.lru_next = E(newer).lru_next;
+    if (e.lru_next != kNone) E(e.lru_next).lru_prev = h; else l.tail = h;
+    E(newer).lru_next = h;
+  }
+  void Relist(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Unlist(h);
+    ListByRecency(h);
+  }
+  void Touch(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    e.last_access = ++tick;
+    if (e.hits < 255) ++e.hits;
+    if (e.cls == kUnlisted) return;
+    Unlist(h);
+    ListByRecency(h);  // newest: becomes the head at once
+  }
+
+  // ---- chains ---------------------------------------------------------------------------------
+  void AddChild(uint32_t parent, uint32_t child) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& p = E(parent);
+    Entry& c = E(child);
+    const bool was_leaf = p.first_child == kNone;
+    c.parent_ref = parent;
+    c.prev_sibling = kNone;
+    c.next_sibling = p.first_child;
+    if (p.first_child != kNone) E(p.first_child).prev_sibling = child;
+    p.first_child = child;
+    if (was_leaf && p.cls != kUnlisted) Relist(parent);
+  }
+  // Links a newly visible block into the chain structure: to its parent if present, else to the
+  // wait list of its parent's key; and adopts blocks that were waiting for it.
+  void LinkChain(uint32_t h, bool adopt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (!e.parent.IsZero()) {
+      uint32_t p = FindCommitted(e.parent);
+      if (p != kNone) {
+        AddChild(p, h);
+      } else {
+        auto [it, inserted] = waiting.try_emplace(e.parent, h);
+        e.parent_ref = kNone;
+        e.prev_sibling = kNone;
+        e.next_sibling = inserted ? kNone : it->second;
+        if (!inserted) {
+          E(it->second).prev_sibling = h;
+          it->second = h;
+        }
+      }
+    }
+    if (!adopt) return;
+    auto it = waiting.find(e.key);
+    if (it == waiting.end()) return;
+    uint32_t c = it->second;
+    waiting.erase(it);
+    while (c != kNone) {
+      uint32_t next = E(c).next_sibling;
+      AddChild(h, c);
+      Relist(c);  // no longer an orphan
+      c = next;
+    }
+  }
+  // Unlinks a departing block: from its parent (which may become a tail) or its wait list, and
+  // turns its children into orphans waiting for its key.
+  void UnlinkChain(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.state != State::kCommitted && e.state != State::kDoomed) return;
+    if (e.prev_sibling != kNone) E(e.prev_sibling).next_sibling = e.next_sibling;
+    if (e.next_sibling != kNone) E(e.next_sibling).prev_sibling = e.prev_sibling;
+    if (e.prev_sibling == kNone) {
+      if (e.parent_ref != kNone) {
+        E(e.parent_ref).first_child = e.next_sibling;
+        if (e.next_sibling == kNone && E(e.parent_ref).cls != kUnlisted) Relist(e.parent_ref);
+      } else if (!e.parent.IsZero()) {
+        auto it = waiting.find(e.parent);
+        if (it != waiting.end() && it->second == h) {
+          if (e.next_sibling == kNone) waiting.erase(it); else it->second = e.next_sibling;
+        }
+      }
+    }
+    e.parent_ref = e.prev_sibling = e.next_sibling = kNone;
+    uint32_t c = e.first_child;
+    e.first_child = kNone;
+    if (c == kNone) return;
+    waiting[e.key] = c;
+    while (c != kNone) {
+      E(c).parent_ref = kNone;
+      Relist(c);
+      c = E(c).next_sibling;
+    }
+  }
+
+  // ---- space ----------------------------------------------------------------------------------
+  SlabAllocator* Alloc(Tier t) { return t == Tier::kHbm ? hbm_alloc.get() : host_alloc.get(); }
+  bool TierPresent(Tier t) const {
+    switch (t) {
+      case Tier::kHbm: return hbm != nullptr;
+      case Tier::kHost: return true;
+      case Tier::kNvme: return nvme != nullptr;
+    }
+    return false;
+  }
+  void FreeSpace(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (e.tier == Tier::kNvme) return;
+    Alloc(e.tier)->Free(e.location, e.size);
+    --resident[static_cast<int>(e.tier)];
+  }
+
+  // Space for `bytes` in memory tier t, evicting (demoting) in policy order as needed.
+  absl::StatusOr<uint64_t> MakeRoom(Tier t, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    SlabAllocator* alloc = Alloc(t);
+    for (;;) {
+      if (auto loc = alloc->Allocate(bytes)) {
+        ++resident[static_cast<int>(t)];
+        return *loc;
+      }
+      uint32_t victim = PickVictim(t);
+      if (victim == kNone) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            TierName(t), " tier full: no evictable block (", alloc->used_bytes(),
+            " bytes in use, ", leased_bytes, " leased); retry after leases end"));
+      }
+      Demote(victim);
+    }
+  }
+  // Least valuable unpinned block of tier t, or kNone.
+  uint32_t PickVictim(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (uint8_t cls = 0; cls < kNumClasses; ++cls) {
+      for (uint32_t h = List(t, cls).tail; h != kNone; h = E(h).lru_prev) {
+        Shard& s = ShardOf(E(h).key);
+        absl::MutexLock l(&s.mu);
+        if (E(h).pins == 0) return h;
+      }
+    }
+    return kNone;
+  }
+  // Try to switch `h` to a new place while no reader holds it. False if a reader does.
+  bool Relocate(uint32_t h, Tier t, uint64_t location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    Shard& s = ShardOf(e.key);
+    absl::MutexLock l(&s.mu);
+    if (e.pins != 0) return false;
+    e.tier = t;
+    e.location = location;
+    ++e.generation;
+    return true;
+  }
+  // Moves an unpinned victim one tier down, or out of the store.
+  void Demote(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    const Tier from = e.tier;
+    if (from == Tier::kHbm) {
+      if (DemoteHbmToHost(h)) return;
+      Evict(h);
+      return;
+    }
+    if (from == Tier::kNvme) {
+      Evict(h);
+      return;
+    }
+    // Host -> NVMe.
+    if (nvme != nullptr && (e.flags & kOnNvme) == 0 && Admit(e)) {
+      const uint8_t* bytes = host_base + e.location;
+      if (Checksum(bytes, e.size) != e.checksum) {
+        ++stats.checksum_failures;
+        spdlog::error("store: block {} corrupt in host memory; dropped", e.key.Hex());
+        Evict(h);
+        return;
+      }
+      absl::Status st = nvme->Write(e.key, BlockMeta{e.parent, e.checksum, e.size},
+                                    std::span<const uint8_t>(bytes, e.size), /*durable=*/false);
+      if (st.ok()) {
+        e.flags |= kOnNvme;
+        nvme_used += e.size;
+        stats.nvme_bytes_written += e.size;
+      } else {
+        ++stats.nvme_write_errors;
+        spdlog::warn("store: demotion of {} to NVMe failed: {}", e.key.Hex(), st.ToString());
+      }
+    }
+    if ((e.flags & kOnNvme) == 0 || nvme == nullptr) {
+      Evict(h);
+      return;
+    }
+    const uint64_t old_location = e.location;
+    Unlist(h);
+    if (!Relocate(h, Tier::kNvme, 0)) {  // a reader pinned it meanwhile: keep it in host
+      ListByRecency(h);
+      return;
+    }
+    host_alloc->Free(old_location, e.size);
+    --resident[static_cast<int>(Tier::kHost)];
+    ++stats.demotions;
+    ListByRecency(h);
+  }
+  bool DemoteHbmToHost(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    auto loc = MakeRoom(Tier::kHost, e.size);
+    if (!loc.ok()) return false;
+    if (!hbm->CopyToHost(host_base + *loc, e.location, e.size).ok()) {
+      host_alloc->Free(*loc, e.size);
+      --resident[static_cast<int>(Tier::kHost)];
+      return false;
+    }
+    const uint64_t old_location = e.location;
+    Unlist(h);
+    if (!Relocate(h, Tier::kHost, *loc)) {
+      host_alloc->Free(*loc, e.size);
+      --resident[static_cast<int>(Tier::kHost)];
+      ListByRecency(h);
+      return true;  // still in HBM, but the caller will pick another victim
+    }
+    hbm_alloc->Free(old_location, e.size);
+    --resident[static_cast<int>(Tier::kHbm)];
+    ++stats.demotions;
+    ListByRecency(h);
+    return true;
+  }
+  bool Admit(const Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (options.nvme_admission == NvmeAdmission::kSeenTwice && e.hits == 0) {
+      ++stats.nvme_admission_rejections;
+      return false;
+    }
+    if (options.nvme_write_bytes_per_s > 0) {
+      const int64_t now = clock->NowMicros();
+      const double rate = static_cast<double>(options.nvme_write_bytes_per_s);
+      write_tokens = std::min(rate, write_tokens + rate * (now - tokens_at_us) / 1e6);
+      tokens_at_us = now;
+      if (write_tokens < e.size) {
+        ++stats.nvme_admission_rejections;
+        return false;
+      }
+      write_tokens -= e.size;
+    }
+    // Make room on flash by dropping its least valuable blocks.
+    while (nvme_used + e.size > options.nvme_bytes) {
+      uint32_t v = PickVictim(Tier::kNvme);
+      if (v == kNone) {
+        ++stats.nvme_admission_rejections;
+        return false;
+      }
+      Evict(v);
+    }
+    return true;
+  }
+  // Drops an unpinned block from the store, counting it as an eviction.
+  void Evict(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    ++stats.evictions;
+    Remove(h, /*durable_delete=*/false);
+  }
+  // Removes a block from every tier and the index. If a reader holds it, it only becomes invisible
+  // (doomed) and the last reader's Unpin finishes the removal.
+  void Remove(uint32_t h, bool durable_delete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    Unlist(h);
+    UnlinkChain(h);
+    {
+      Shard& s = ShardOf(e.key);
+      absl::MutexLock l(&s.mu);
+      if (e.pins != 0) {
+        e.state = State::kDoomed;
+        if (durable_delete) e.flags |= kDeleteDurably;
+        return;
+      }
+      s.set.erase(h);
+      e.state = State::kFree;
+    }
+    FreeSpace(e);
+    if (e.flags & kOnNvme) {
+      absl::Status st = nvme->Delete(e.key, durable_delete || (e.flags & kDeleteDurably));
+      if (!st.ok()) spdlog::warn("store: NVMe delete of {}: {}", e.key.Hex(), st.ToString());
+      nvme_used -= e.size;
+    }
+    free_entries.push_back(h);
+  }
+
+  // ---- pins -----------------------------------------------------------------------------------
+  // Pins a committed block for reading and snapshots where it is. kNone if absent.
+  uint32_t PinForRead(const BlockKey& key, BlockInfo* info) {
+    Shard& s = ShardOf(key);
+    absl::MutexLock l(&s.mu);
+    uint32_t h = FindLocked(s, key);
+    if (h == kNone || E(h).state != State::kCommitted) return kNone;
+    Entry& e = E(h);
+    ++e.pins;
+    *info = BlockInfo{key, e.tier, e.size, e.checksum, e.location, e.generation};
+    return h;
+  }
+  void Unpin(uint32_t h) {
+    Entry& e = E(h);
+    bool remove = false;
+    {
+      Shard& s = ShardOf(e.key);
+      absl::MutexLock l(&s.mu);
+      remove = --e.pins == 0 && e.state == State::kDoomed;
+    }
+    if (!remove) return;
+    absl::MutexLock l(&mu);
+    bool still = false;
+    {
+      Shard& s = ShardOf(e.key);
+      absl::MutexLock sl(&s.mu);
+      still = e.pins == 0 && e.state == State::kDoomed;
+    }
+    if (still) Remove(h, /*durable_delete=*/true);
+  }
+  // Host copy of an NVMe-resident block, for a lease. Requires mu.
+  absl::Status PromoteFromNvme(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    KVTIER_ASSIGN_OR_RETURN(uint64_t loc, MakeRoom(Tier::kHost, e.size));
+    auto sum = nvme->Read(e.key, std::span<uint8_t>(host_base + loc, e.size));
+    if (!sum.ok() || *sum != e.checksum) {
+      host_alloc->Free(loc, e.size);
+      --resident[static_cast<int>(Tier::kHost)];
+      ++stats.checksum_failures;
+      Remove(h, /*durable_delete=*/true);
+      return absl::DataLossError(absl::StrCat(
+          "block ", e.key.Hex(), " is corrupt on NVMe and was dropped",
+          sum.ok() ? "" : absl::StrCat(": ", sum.status().ToString())));
+    }
+    Unlist(h);
+    if (!Relocate(h, Tier::kHost, loc)) {  // cannot happen: callers hold mu and no pins exist
+      host_alloc->Free(loc, e.size);
+      --resident[static_cast<int>(Tier::kHost)];
+      ListByRecency(h);
+      return absl::OkStatus();
+    }
+    ++stats.promotions;
+    ListByRecency(h);
+    return absl::OkStatus();
+  }
+
+  // ---- leases ---------------------------------------------------------------------------------
+  struct LeaseRecord {
+    int64_t expires_at_us;
+    std::vector<uint32_t> handles;
+    uint64_t bytes;
+  };
+  void EndLease(absl::flat_hash_map<uint64_t, LeaseRecord>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (uint32_t h : it->second.handles) {
+      Entry& e = E(h);
+      if (--e.leases == 0) ListByRecency(h);
+    }
+    leased_bytes -= it->second.bytes;
+    leases.erase(it);
+  }
+  size_t ReapLeases() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const int64_t now = clock->NowMicros();
+    size_t n = 0;
+    while (!lease_expiry.empty() && lease_expiry.top().first <= now) {
+      uint64_t id = lease_expiry.top().second;
+      lease_expiry.pop();
+      auto it = leases.find(id);
+      if (it == leases.end()) continue;  // released earlier
+      EndLease(it);
+      ++stats.leases_expired;
+      ++n;
+    }
+    return n;
+  }
+
+  uint64_t IndexBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    uint64_t bytes = uint64_t{num_chunks} * kChunkEntries * sizeof(Entry) +
+                     free_entries.capacity() * sizeof(uint32_t) + sizeof(chunks);
+    for (const Shard& s : shards) {
+      absl::MutexLock l(&s.mu);
+      bytes += s.set.capacity() * (sizeof(uint32_t) + 1);
+    }
+    bytes += waiting.capacity() * (sizeof(BlockKey) + sizeof(uint32_t) + 1);
+    return bytes;
+  }
+
+  void AbortReservation(uint32_t h) {
+    absl::MutexLock l(&mu);
+    Entry& e = E(h);
+    {
+      Shard& s = ShardOf(e.key);
+      absl::MutexLock sl(&s.mu);
+      s.set.erase(h);
+      e.state = State::kFree;
+    }
+    FreeSpace(e);
+    free_entries.push_back(h);
+    ++stats.puts_aborted;
+  }
+
+  const StoreOptions options;
+  Clock* clock = nullptr;
+  std::unique_ptr<HostArena> host;
+  uint8_t* host_base = nullptr;
+  std::unique_ptr<DeviceArena> hbm;
+  std::unique_ptr<NvmeTier> nvme;
+  std::vector<Shard> shards;
+
+  mutable absl::Mutex mu;  // the policy lock: everything below; taken before any shard lock
+  std::unique_ptr<SlabAllocator> host_alloc ABSL_GUARDED_BY(mu);
+  std::unique_ptr<SlabAllocator> hbm_alloc ABSL_GUARDED_BY(mu);
+  std::unique_ptr<Entry[]> chunks[kMaxChunks];
+  uint32_t num_chunks ABSL_GUARDED_BY(mu) = 0;
+  std::vector<uint32_t> free_entries ABSL_GUARDED_BY(mu);
+  ListHead lists[kNumTiers][kNumClasses] ABSL_GUARDED_BY(mu);
+  // Children whose parent is absent, by the parent's key: head of a sibling list.
+  absl::flat_hash_map<BlockKey, uint32_t> waiting ABSL_GUARDED_BY(mu);
+  uint64_t tick ABSL_GUARDED_BY(mu) = 0;
+  uint64_t resident[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};
+  uint64_t orphans ABSL_GUARDED_BY(mu) = 0;
+  uint64_t nvme_used ABSL_GUARDED_BY(mu) = 0;
+  double write_tokens ABSL_GUARDED_BY(mu) = 0;
+  int64_t tokens_at_us ABSL_GUARDED_BY(mu) = 0;
+  absl::flat_hash_map<uint64_t, LeaseRecord> leases ABSL_GUARDED_BY(mu);
+  std::priority_queue<std::pair<int64_t, uint64_t>, std::vector<std::pair<int64_t, uint64_t>>,
+                      std::greater<>>
+      lease_expiry ABSL_GUARDED_BY(mu);
+  uint64_t next_lease_id ABSL_GUARDED_BY(mu) = 1;
+  uint64_t leased_bytes ABSL_GUARDED_BY(mu) = 0;
+  uint64_t max_leased_bytes = 0;
+  StoreStats stats ABSL_GUARDED_BY(mu);
+};
+
+// ---- BlockStore -------------------------------------------------------------------------------
+
+BlockStore::BlockStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+BlockStore::~BlockStore() = default;
+
+absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions& options) {
+  KVTIER_RETURN_IF_ERROR(options.Validate());
+  auto impl = std::make_unique<Impl>(options);
+  Impl& s = *impl;
+  for (auto& shard : s.shards) {
+    absl::MutexLock l(&shard.mu);
+    shard.set = decltype(shard.set)(0, Impl::HandleHash{&s}, Impl::HandleEq{&s});
+  }
+  s.clock = options.clock != nullptr ? options.clock : SystemClock::Default();
+  const size_t slab = SlabAllocator::ChunkBytes(options.max_block_bytes);
+
+  KVTIER_ASSIGN_OR_RETURN(s.host, HostArena::Create(HostArenaOptions{
+                                      .bytes = options.host_bytes,
+                                      .hugepages = options.host_hugepages,
+                                      .lock = options.host_lock}));
+  s.host_base = s.host->base();
+  absl::MutexLock l(&s.mu);
+  s.host_alloc = std::make_unique<SlabAllocator>(options.host_bytes, slab);
+  s.max_leased_bytes =
+      options.max_leased_bytes != 0 ? options.max_leased_bytes : options.host_bytes / 2;
+
+  if (options.hbm_bytes > 0) {
+    auto arena = OpenDeviceArena(options.hbm_bytes, options.hbm_device);
+    if (arena.ok()) {
+      s.hbm = std::move(*arena);
+      s.hbm_alloc = std::make_unique<SlabAllocator>(options.hbm_bytes, slab);
+      spdlog::info("store: HBM tier of {} MiB on {}", options.hbm_bytes >> 20,
+                   s.hbm->description());
+    } else if (arena.status().code() == absl::StatusCode::kUnavailable) {
+      spdlog::info("store: HBM tier absent: {}", std::string(arena.status().message()));
+    } else {
+      return arena.status();
+    }
+  }
+
+  if (!options.nvme_path.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(s.nvme, NvmeTier::Open(NvmeTierOptions{
+                                        .path = options.nvme_path,
+                                        .write_buffer_bytes = options.nvme_write_buffer_bytes,
+                                        .direct_io = options.nvme_direct_io,
+                                        .env = options.nvme_env}));
+    // Index what an earlier run left on flash.
+    std::vector<uint32_t> recovered;
+    absl::Status scan = s.nvme->ForEachMeta([&](const BlockKey& key, const BlockMeta& meta) {
+      if (key.IsZero() || meta.size == 0 || meta.size > options.max_block_bytes) {
+        spdlog::warn("store: skipping NVMe block {} of {} bytes (max_block_bytes {})", key.Hex(),
+                     meta.size, options.max_block_bytes);
+        return;
+      }
+      uint32_t h = s.AllocEntry();
+      if (h == kNone) return;
+      Entry& e = s.E(h);
+      e.key = key;
+      e.parent = meta.parent;
+      e.checksum = meta.checksum;
+      e.size = meta.size;
+      e.tier = Tier::kNvme;
+      e.flags = kOnNvme;
+      e.state = State::kCommitted;
+      Impl::Shard& shard = s.ShardOf(key);
+      absl::MutexLock sl(&shard.mu);
+      shard.set.insert(h);
+      s.nvme_used += meta.size;
+      recovered.push_back(h);
+    });
+    if (!scan.ok()) return scan;
+    for (uint32_t h : recovered) s.LinkChain(h, /*adopt=*/false);
+    for (uint32_t h : recovered) s.ListByRecency(h);
+    while (s.nvme_used > options.nvme_bytes) {
+      uint32_t v = s.PickVictim(Tier::kNvme);
+      if (v == kNone) break;
+      s.Evict(v);
+    }
+    if (!recovered.empty()) {
+      spdlog::info("store: recovered {} blocks ({} MiB) from {}", recovered.size(),
+                   s.nvme_used >> 20, options.nvme_path);
+    }
+  }
+  s.tokens_at_us = s.clock->NowMicros();
+  s.write_tokens = static_cast<double>(options.nvme_write_bytes_per_s);
+  return std::unique_ptr<BlockStore>(new BlockStore(std::move(impl)));
+}
+
+const StoreOptions& BlockStore::options() const { return impl_->options; }
+uint8_t* BlockStore::host_arena_base() const { return impl_->host_base; }
+size_t BlockStore::host_arena_bytes() const { return impl_->options.host_bytes; }
+
+absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
+                                                           const BlockKey& parent, size_t size,
+                                                           const PutOptions& options) {
+  Impl& s = *impl_;
+  if (key.IsZero()) return absl::InvalidArgumentError("put: the all-zero key is reserved");
+  if (key == parent) {
+    return absl::InvalidArgumentError(absl::StrCat("put: block ", key.Hex(), " is its own parent"));
+  }
+  if (size == 0) return absl::InvalidArgumentError("put: empty block");
+  if (size > s.options.max_block_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("put: block of ", size,
+                                                   " bytes exceeds max_block_bytes (",
+                                                   s.options.max_block_bytes, ")"));
+  }
+  if (options.layout != nullptr) {
+    KVTIER_RETURN_IF_ERROR(options.layout->Validate());
+    if (size != options.layout->BytesPerBlock()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("put: block of ", size, " bytes does not match layout ",
+                       options.layout->DebugString(), " (", options.layout->BytesPerBlock(),
+                       " bytes per block)"));
+    }
+  }
+  if (options.durable && s.nvme == nullptr) {
+    return absl::FailedPreconditionError("put: durable put needs an NVMe tier (nvme_path)");
+  }
+
+  absl::MutexLock l(&s.mu);
+  s.ReapLeases();
+  ++s.stats.puts;
+  PutHandle handle;
+  handle.size_ = size;
+  if (s.Find(key) != kNone) {
+    ++s.stats.puts_noop;
+    handle.noop_ = true;
+    return handle;
+  }
+  Tier tier = s.hbm != nullptr ? Tier::kHbm : Tier::kHost;
+  absl::StatusOr<uint64_t> loc = s.MakeRoom(tier, size);
+  if (!loc.ok() && tier == Tier::kHbm) {
+    tier = Tier::kHost;
+    loc = s.MakeRoom(tier, size);
+  }
+  if (!loc.ok()) return loc.status();
+  const uint32_t h = s.AllocEntry();
+  if (h == kNone) {
+    return absl::ResourceExhaustedError("put: the index is full");
+  }
+  Entry& e = s.E(h);
+  e.key = key;
+  e.parent = parent;
+  e.size = static_cast<uint32_t>(size);
+  e.tier = tier;
+  e.location = *loc;
+  e.state = State::kReserved;
+  e.pins = 1;  // the writer's
+  {
+    Impl::Shard& shard = s.ShardOf(key);
+    absl::MutexLock sl(&shard.mu);
+    shard.set.insert(h);
+  }
+  handle.store_ = impl_.get();
+  handle.handle_ = h;
+  handle.host_data_ = e.tier == Tier::kHost ? s.host_base + e.location : nullptr;
+  handle.durable_ = options.durable;
+  handle.expected_checksum_ = options.expected_checksum;
+  return handle;
+}
+
+absl::Status BlockStore::Put(const BlockKey& key, const BlockKey& parent,
+                             std::span<const uint8_t> data, const PutOptions& options) {
+  KVTIER_ASSIGN_OR_RETURN(PutHandle handle, BeginPut(key, parent, data.size(), options));
+  KVTIER_RETURN_IF_ERROR(handle.Write(0, data));
+  return handle.Commit();
+}
+
+BlockStore::PutHandle::PutHandle(PutHandle&& o) noexcept { *this = std::move(o); }
+
+BlockStore::PutHandle& BlockStore::PutHandle::operator=(PutHandle&& o) noexcept {
+  if (this != &o) {
+    Abort();
+    store_ = std::exchange(o.store_, nullptr);
+    handle_ = o.handle_;
+    size_ = o.size_;
+    host_data_ = o.host_data_;
+    noop_ = o.noop_;
+    durable_ = o.durable_;
+    expected_checksum_ = o.expected_checksum_;
+  }
+  return *this;
+}
+
+BlockStore::PutHandle::~PutHandle() { Abort(); }
+
+void BlockStore::PutHandle::Abort() {
+  if (store_ == nullptr) return;
+  store_->AbortReservation(handle_);
+  store_ = nullptr;
+}
+
+absl::Status BlockStore::PutHandle::Write(size_t offset, std::span<const uint8_t> data) {
+  if (offset > size_ || data.size() > size_ - offset) {
+    return absl::InvalidArgumentError(absl::StrCat("put: write of ", data.size(),
+                                                   " bytes at offset ", offset,
+                                                   " passes the block's ", size_, " bytes"));
+  }
+  if (noop_) return absl::OkStatus();
+  if (store_ == nullptr) return absl::FailedPreconditionError("put: handle already committed");
+  if (host_data_ != nullptr) {
+    std::memcpy(host_data_ + offset, data.data(), data.size());
+    return absl::OkStatus();
+  }
+  const Entry& e = store_->E(handle_);
+  return store_->hbm->CopyToDevice(e.location + offset, data.data(), data.size());
+}
+
+absl::Status BlockStore::PutHandle::Commit() {
+  if (noop_) return absl::OkStatus();
+  if (store_ == nullptr) return absl::FailedPreconditionError("put: handle already committed");
+  Impl& s = *store_;
+  Entry& e = s.E(handle_);
+  // The bytes are the writer's alone until the commit: checksum and persist them unlocked.
+  std::vector<uint8_t> staged;
+  const uint8_t* bytes = host_data_;
+  if (bytes == nullptr) {  // HBM: checksum a host copy
+    staged.resize(e.size);
+    absl::Status st = s.hbm->CopyToHost(staged.data(), e.location, e.size);
+    if (!st.ok()) {
+      Abort();
+      return st;
+    }
+    bytes = staged.data();
+  }
+  const uint64_t sum = Checksum(bytes, e.size);
+  if (expected_checksum_.has_value() && *expected_checksum_ != sum) {
+    Abort();
+    return absl::DataLossError(absl::StrCat("put: block ", e.key.Hex(),
+                                            " does not match its declared checksum"));
+  }
+  e.checksum = sum;
+  if (durable_) {
+    absl::Status st = s.nvme->Write(e.key, BlockMeta{e.parent, sum, e.size},
+                                    std::span<const uint8_t>(bytes, e.size), /*durable=*/true);
+    if (!st.ok()) {
+      Abort();
+      return st;
+    }
+  }
+  absl::MutexLock l(&s.mu);
+  if (durable_) {
+    e.flags |= kOnNvme;
+    s.nvme_used += e.size;
+    s.stats.nvme_bytes_written += e.size;
+  }
+  {
+    Impl::Shard& shard = s.ShardOf(e.key);
+    absl::MutexLock sl(&shard.mu);
+    e.state = State::kCommitted;
+    --e.pins;
+  }
+  e.last_access = ++s.tick;
+  s.LinkChain(handle_, /*adopt=*/true);
+  s.ListByRecency(handle_);
+  store_ = nullptr;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> out) {
+  Impl& s = *impl_;
+  BlockInfo info;
+  const uint32_t h = s.PinForRead(key, &info);
+  if (h == kNone) {
+    absl::MutexLock l(&s.mu);
+    ++s.stats.gets;
+    ++s.stats.get_misses;
+    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  }
+  if (out.size() < info.size) {
+    s.Unpin(h);
+    return absl::InvalidArgumentError(absl::StrCat("get: buffer of ", out.size(),
+                                                   " bytes for a block of ", info.size));
+  }
+  {
+    absl::MutexLock l(&s.mu);
+    ++s.stats.gets;
+    ++s.stats.tiers[static_cast<int>(info.tier)].hits;
+    s.Touch(h);
+  }
+  absl::StatusOr<uint64_t> sum;
+  switch (info.tier) {
+    case Tier::kHost:
+      sum = CopyWithChecksum(out.data(), s.host_base + info.location, info.size);
+      break;
+    case Tier::kHbm: {
+      absl::Status st = s.hbm->CopyToHost(out.data(), info.location, info.size);
+      if (st.ok()) sum = Checksum(out.data(), info.size); else sum = st;
+      break;
+    }
+    case Tier::kNvme:
+      sum = s.nvme->Read(key, out.first(info.size));
+      break;
+  }
+  if (!sum.ok() && sum.status().code() != absl::StatusCode::kDataLoss &&
+      sum.status().code() != absl::StatusCode::kNotFound) {
+    s.Unpin(h);
+    return sum.status();  // an I/O error: the block may be fine, keep it
+  }
+  if (!sum.ok() || *sum != info.checksum) {
+    {
+      absl::MutexLock l(&s.mu);
+      ++s.stats.checksum_failures;
+      if (s.E(h).state == State::kCommitted) s.Remove(h, /*durable_delete=*/true);
+    }
+    s.Unpin(h);
+    spdlog::error("store: block {} failed its checksum in the {} tier; dropped", key.Hex(),
+                  TierName(info.tier));
+    return absl::DataLossError(absl::StrCat("block ", key.Hex(), " is corrupt (", 
+                                            TierName(info.tier), " tier) and was dropped"));
+  }
+  if (info.tier == Tier::kNvme) {
+    // Promote: the verified bytes are in `out` already.
+    absl::MutexLock l(&s.mu);
+    Entry& e = s.E(h);
+    if (e.state == State::kCommitted && e.tier == Tier::kNvme) {
+      absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, e.size);
+      if (loc.ok()) {
+        std::memcpy(s.host_base + *loc, out.data(), e.size);
+        s.Unlist(h);
+        {
+          Impl::Shard& shard = s.ShardOf(key);
+          absl::MutexLock sl(&shard.mu);
+          // Our own pin is the only one allowed; other readers read NVMe, which stays valid.
+          e.tier = Tier::kHost;
+          e.location = *loc;
+          ++e.generation;
+        }
+        ++s.stats.promotions;
+        s.ListByRecency(h);
+      }
+    }
+  }
+  s.Unpin(h);
+  return static_cast<size_t>(info.size);
+}
+
+absl::StatusOr<std::vector<uint8_t>> BlockStore::Get(const BlockKey& key) {
+  std::vector<uint8_t> out;
+  for (;;) {
+    KVTIER_ASSIGN_OR_RETURN(BlockInfo info, Stat(key));
+    out.resize(info.size);
+    auto n = Get(key, std::span<uint8_t>(out));
+    if (n.ok()) return out;
+    if (n.status().code() != absl::StatusCode::kInvalidArgument) return n.status();
+  }
+}
+
+absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {
+  Impl& s = *impl_;
+  Impl::Shard& shard = s.ShardOf(key);
+  absl::MutexLock l(&shard.mu);
+  uint32_t h = s.FindLocked(shard, key);
+  if (h == kNone || s.E(h).state != State::kCommitted) {
+    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  }
+  const Entry& e = s.E(h);
+  return BlockInfo{key, e.tier, e.size, e.checksum, e.location, e.generation};
+}
+
+LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
+  Impl& s = *impl_;
+  LookupResult r;
+  r.tiers.reserve(chain.size());
+  for (const BlockKey& key : chain) {
+    Impl::Shard& shard = s.ShardOf(key);
+    absl::MutexLock l(&shard.mu);
+    uint32_t h = s.FindLocked(shard, key);
+    if (h == kNone || s.E(h).state != State::kCommitted) break;
+    r.tiers.push_back(s.E(h).tier);
+  }
+  r.matched = r.tiers.size();
+  absl::MutexLock l(&s.mu);
+  ++s.stats.lookups;
+  s.stats.lookup_blocks_hit += r.matched;
+  s.stats.lookup_blocks_missed += chain.size() - r.matched;
+  return r;
+}
+
+absl::Status BlockStore::Delete(const BlockKey& key) {
+  Impl& s = *impl_;
+  absl::MutexLock l(&s.mu);
+  const uint32_t h = s.FindCommitted(key);
+  if (h == kNone) return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  if (s.E(h).leases > 0) {
+    return absl::FailedPreconditionError(absl::StrCat("block ", key.Hex(), " is leased"));
+  }
+  s.Remove(h, /*durable_delete=*/true);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int64_t ttl_us) {
+  Impl& s = *impl_;
+  if (keys.empty()) return absl::InvalidArgumentError("lease: no keys");
+  if (keys.size() > s.options.max_lease_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat("lease: ", keys.size(),
+                                                   " keys exceed max_lease_blocks (",
+                                                   s.options.max_lease_blocks, ")"));
+  }
+  if (ttl_us < 0 || ttl_us > s.options.max_lease_ttl_us) {
+    return absl::InvalidArgumentError(absl::StrCat("lease: ttl_us must be in [0, ",
+                                                   s.options.max_lease_ttl_us, "]"));
+  }
+  if (ttl_us == 0) ttl_us = s.options.lease_ttl_us;
+  absl::MutexLock l(&s.mu);
+  s.ReapLeases();
+  std::vector<uint32_t> handles;
+  handles.reserve(keys.size());
+  uint64_t bytes = 0;
+  absl::flat_hash_set<uint32_t> seen;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    uint32_t h = s.FindCommitted(keys[i]);
+    if (h == kNone) {
+      return absl::NotFoundError(
+          absl::StrCat("lease: block ", keys[i].Hex(), " (position ", i, ") not found"));
+    }
+    if (!seen.insert(h).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lease: block ", keys[i].Hex(), " named twice"));
+    }
+    handles.push_back(h);
+    bytes += s.E(h).size;
+  }
+  if (s.leased_bytes + bytes > s.max_leased_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("lease: ", bytes, " more bytes would pass the leased-bytes cap of ",
+                     s.max_leased_bytes, " (", s.leased_bytes, " leased)"));
+  }
+  // Pin first, so that promoting one block cannot evict another of the same lease.
+  LeaseGrant grant;
+  for (uint32_t h : handles) {
+    Entry& e = s.E(h);
+    if (e.leases++ == 0) s.Unlist(h);
+  }
+  absl::Status failed;
+  for (uint32_t h : handles) {
+    if (s.E(h).tier == Tier::kNvme) {
+      failed = s.PromoteFromNvme(h);
+      if (!failed.ok()) break;
+    }
+  }
+  if (!failed.ok()) {
+    for (uint32_t h : handles) {
+      Entry& e = s.E(h);
+      if (--e.leases == 0) s.ListByRecency(h);
+    }
+    return failed;
+  }
+  grant.id = s.next_lease_id++;
+  grant.expires_at_us = s.clock->NowMicros() + ttl_us;
+  for (uint32_t h : handles) {
+    const Entry& e = s.E(h);
+    grant.blocks.push_back(BlockInfo{e.key, e.tier, e.size, e.checksum, e.location, e.generation});
+  }
+  s.leases.emplace(grant.id, Impl::LeaseRecord{grant.expires_at_us, std::move(handles), bytes});
+  s.lease_expiry.emplace(grant.expires_at_us, grant.id);
+  s.leased_bytes += bytes;
+  ++s.stats.leases_granted;
+  return grant;
+}
+
+absl::Status BlockStore::Release(uint64_t lease_id) {
+  Impl& s = *impl_;
+  absl::MutexLock l(&s.mu);
+  s.ReapLeases();
+  auto it = s.leases.find(lease_id);
+  if (it == s.leases.end()) {
+    return absl::NotFoundError(absl::StrCat("lease ", lease_id, " is unknown or expired"));
+  }
+  s.EndLease(it);
+  return absl::OkStatus();
+}
+
+size_t BlockStore::ExpireLeases() {
+  absl::MutexLock l(&impl_->mu);
+  return impl_->ReapLeases();
+}
+
+absl::Status BlockStore::Flush() {
+  if (impl_->nvme == nullptr) return absl::OkStatus();
+  return impl_->nvme->Flush();
+}
+
+StoreStats BlockStore::Stats() const {
+  Impl& s = *impl_;
+  absl::MutexLock l(&s.mu);
+  StoreStats st = s.stats;
+  auto& hbm = st.tiers[static_cast<int>(Tier::kHbm)];
+  hbm.present = s.hbm != nullptr;
+  hbm.capacity_bytes = s.hbm != nullptr ? s.hbm_alloc->capacity_bytes() : 0;
+  hbm.used_bytes = s.hbm != nullptr ? s.hbm_alloc->used_bytes() : 0;
+  hbm.blocks = s.resident[static_cast<int>(Tier::kHbm)];
+  auto& host = st.tiers[static_cast<int>(Tier::kHost)];
+  host.present = true;
+  host.capacity_bytes = s.host_alloc->capacity_bytes();
+  host.used_bytes = s.host_alloc->used_bytes();
+  host.blocks = s.resident[static_cast<int>(Tier::kHost)];
+  auto& nvme = st.tiers[static_cast<int>(Tier::kNvme)];
+  nvme.present = s.nvme != nullptr;
+  nvme.capacity_bytes = s.nvme != nullptr ? s.options.nvme_bytes : 0;
+  nvme.used_bytes = s.nvme_used;
+  uint64_t nvme_only = 0;
+  for (int c = 0; c < kNumClasses; ++c) nvme_only += s.lists[static_cast<int>(Tier::kNvme)][c].size;
+  nvme.blocks = nvme_only;
+  st.leases_active = s.leases.size();
+  st.leased_bytes = s.leased_bytes;
+  st.orphan_blocks = s.orphans;
+  st.index_bytes = s.IndexBytes();
+  return st;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,650 @@
+#include "cache/block_store.h"
+
+#include <gtest/gtest.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
+
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "cache/nvme_tier.h"
+#include "common/checksum.h"
+#include "testing/test_util.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::testing::TempDir;
+using ::kvtier::testing::TestBlock;
+using ::kvtier::testing::TestKey;
+
+constexpr size_t kBlock = 4096;
+const BlockKey kNoParent{};
+
+StoreOptions SmallOptions(size_t host_blocks) {
+  StoreOptions o;
+  o.host_bytes = host_blocks * kBlock;
+  o.max_block_bytes = kBlock;
+  o.host_hugepages = false;
+  o.index_shards = 8;
+  return o;
+}
+
+std::unique_ptr<BlockStore> OpenOrDie(const StoreOptions& o) {
+  auto s = BlockStore::Open(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? std::move(*s) : nullptr;
+}
+
+// Puts block `n` of a chain whose previous block is `parent` (or none).
+absl::Status PutN(BlockStore& s, uint64_t n, std::optional<uint64_t> parent = std::nullopt,
+                  PutOptions opts = {}) {
+  return s.Put(TestKey(n), parent ? TestKey(*parent) : kNoParent, TestBlock(n, kBlock), opts);
+}
+
+bool Has(BlockStore& s, uint64_t n) { return s.Stat(TestKey(n)).ok(); }
+
+void ExpectBlock(BlockStore& s, uint64_t n) {
+  auto got = s.Get(TestKey(n));
+  ASSERT_TRUE(got.ok()) << "block " << n << ": " << got.status();
+  EXPECT_EQ(*got, TestBlock(n, kBlock)) << "block " << n;
+}
+
+TEST(BlockStore, PutGetStatRoundTrip) {
+  auto s = OpenOrDie(SmallOptions(8));
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  ExpectBlock(*s, 1);
+  auto info = s->Stat(TestKey(1));
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->tier, Tier::kHost);
+  EXPECT_EQ(info->size, kBlock);
+  EXPECT_EQ(info->checksum, Checksum(TestBlock(1, kBlock).data(), kBlock));
+  StoreStats st = s->Stats();
+  EXPECT_EQ(st.tiers[1].blocks, 1u);
+  EXPECT_EQ(st.tiers[1].hits, 1u);
+  EXPECT_GT(st.index_bytes, 0u);
+}
+
+TEST(BlockStore, RepeatedPutIsANoOp) {
+  auto s = OpenOrDie(SmallOptions(8));
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  // Same key, other bytes: the stored block is immutable.
+  ASSERT_TRUE(s->Put(TestKey(1), kNoParent, TestBlock(99, kBlock)).ok());
+  ExpectBlock(*s, 1);
+  EXPECT_EQ(s->Stats().puts_noop, 1u);
+  EXPECT_EQ(s->Stats().tiers[1].blocks, 1u);
+}
+
+TEST(BlockStore, BlockIsInvisibleUntilCommitted) {
+  auto s = OpenOrDie(SmallOptions(8));
+  auto h = s->BeginPut(TestKey(1), kNoParent, kBlock);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_NE(h->host_data(), nullptr);
+  const auto data = TestBlock(1, kBlock);
+  ASSERT_TRUE(h->Write(0, std::span(data).first(100)).ok());
+  const BlockKey chain[] = {TestKey(1)};
+  EXPECT_EQ(s->Lookup(chain).matched, 0u);
+  EXPECT_EQ(s->Get(TestKey(1)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s->Lease(chain).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(h->Write(100, std::span(data).subspan(100)).ok());
+  EXPECT_EQ(h->Write(kBlock, data).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(h->Commit().ok());
+  EXPECT_EQ(s->Lookup(chain).matched, 1u);
+  ExpectBlock(*s, 1);
+  EXPECT_EQ(h->Commit().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(BlockStore, AbortedPutLeavesNothing) {
+  auto s = OpenOrDie(SmallOptions(8));
+  {
+    auto h = s->BeginPut(TestKey(1), kNoParent, kBlock);
+    ASSERT_TRUE(h.ok());
+    EXPECT_EQ(s->Stats().tiers[1].used_bytes, kBlock);
+  }  // dropped without Commit: a writer that went away
+  EXPECT_FALSE(Has(*s, 1));
+  EXPECT_EQ(s->Stats().tiers[1].used_bytes, 0u);
+  EXPECT_EQ(s->Stats().puts_aborted, 1u);
+  // A declared checksum that does not match aborts too.
+  const auto data = TestBlock(2, kBlock);
+  EXPECT_EQ(s->Put(TestKey(2), kNoParent, data, {.expected_checksum = 12345}).code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(Has(*s, 2));
+  ASSERT_TRUE(
+      s->Put(TestKey(2), kNoParent, data, {.expected_checksum = Checksum(data.data(), kBlock)})
+          .ok());
+  ExpectBlock(*s, 2);
+}
+
+TEST(BlockStore, ConcurrentPutsOfOneKeyStoreItOnce) {
+  auto s = OpenOrDie(SmallOptions(64));
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (uint64_t n = 0; n < 50; ++n) {
+        if (!PutN(*s, n).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (uint64_t n = 0; n < 50; ++n) ExpectBlock(*s, n);
+  EXPECT_EQ(s->Stats().tiers[1].blocks, 50u);
+}
+
+TEST(BlockStore, BadInputIsAClearErrorAndLosesNothing) {
+  auto s = OpenOrDie(SmallOptions(8));
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  const KvLayout layout = KvLayout::SmallMla();  // 2,560 bytes per block
+  const auto block = TestBlock(5, kBlock);
+  struct Case {
+    std::string name;
+    absl::Status status;
+    absl::StatusCode code;
+  };
+  std::vector<uint8_t> small(10);
+  const BlockKey missing[] = {TestKey(1), TestKey(77)};
+  const BlockKey twice[] = {TestKey(1), TestKey(1)};
+  std::vector<Case> cases = {
+      {"zero key", s->Put(BlockKey{}, kNoParent, block), absl::StatusCode::kInvalidArgument},
+      {"own parent", s->Put(TestKey(5), TestKey(5), block), absl::StatusCode::kInvalidArgument},
+      {"empty block", s->Put(TestKey(5), kNoParent, {}), absl::StatusCode::kInvalidArgument},
+      {"oversized block", s->Put(TestKey(5), kNoParent, TestBlock(5, kBlock + 1)),
+       absl::StatusCode::kInvalidArgument},
+      {"size does not match layout", s->Put(TestKey(5), kNoParent, block, {.layout = &layout}),
+       absl::StatusCode::kInvalidArgument},
+      {"durable without NVMe", s->Put(TestKey(5), kNoParent, block, {.durable = true}),
+       absl::StatusCode::kFailedPrecondition},
+      {"buffer too small", s->Get(TestKey(1), std::span(small)).status(),
+       absl::StatusCode::kInvalidArgument},
+      {"get missing", s->Get(TestKey(9)).status(), absl::StatusCode::kNotFound},
+      {"lease missing", s->Lease(missing).status(), absl::StatusCode::kNotFound},
+      {"lease nothing", s->Lease({}).status(), absl::StatusCode::kInvalidArgument},
+      {"lease a key twice", s->Lease(twice).status(), absl::StatusCode::kInvalidArgument},
+      {"lease too long", s->Lease(std::span(missing).first(1), int64_t{1} << 40).status(),
+       absl::StatusCode::kInvalidArgument},
+      {"release unknown", s->Release(424242), absl::StatusCode::kNotFound},
+      {"delete missing", s->Delete(TestKey(9)), absl::StatusCode::kNotFound},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(c.status.code(), c.code) << c.name << ": " << c.status;
+    EXPECT_FALSE(c.status.message().empty()) << c.name;
+  }
+  EXPECT_NE(s->Lease(missing).status().message().find("position 1"), std::string::npos);
+  EXPECT_FALSE(Has(*s, 5));
+  ExpectBlock(*s, 1);
+  // A matching layout is accepted.
+  EXPECT_TRUE(s->Put(TestKey(6), kNoParent, TestBlock(6, 2560), {.layout = &layout}).ok());
+}
+
+TEST(BlockStore, OptionsAreValidatedByName) {
+  auto expect_field = [](StoreOptions o, const std::string& field) {
+    auto s = BlockStore::Open(o);
+    ASSERT_FALSE(s.ok()) << field;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.status().message().find(field), std::string::npos) << s.status();
+  };
+  StoreOptions o = SmallOptions(8);
+  o.host_bytes = kBlock / 2;  // a tier too small for one block
+  expect_field(o, "host_bytes");
+  o = SmallOptions(8);
+  o.max_block_bytes = 0;
+  expect_field(o, "max_block_bytes");
+  o = SmallOptions(8);
+  o.index_shards = 3;
+  expect_field(o, "index_shards");
+  o = SmallOptions(8);
+  o.nvme_path = "/tmp/unused";
+  o.nvme_bytes = 1;
+  expect_field(o, "nvme_bytes");
+  o = SmallOptions(8);
+  o.max_lease_ttl_us = 1;
+  expect_field(o, "max_lease_ttl_us");
+}
+
+TEST(BlockStore, LookupCountsTheLeadingPresentBlocks) {
+  auto s = OpenOrDie(SmallOptions(8));
+  for (uint64_t n = 0; n < 5; ++n) {
+    ASSERT_TRUE(PutN(*s, n, n == 0 ? std::nullopt : std::optional<uint64_t>(n - 1)).ok());
+  }
+  ASSERT_TRUE(s->Delete(TestKey(3)).ok());
+  std::vector<BlockKey> chain;
+  for (uint64_t n = 0; n < 5; ++n) chain.push_back(TestKey(n));
+  LookupResult r = s->Lookup(chain);
+  EXPECT_EQ(r.matched, 3u);
+  ASSERT_EQ(r.tiers.size(), 3u);
+  for (Tier t : r.tiers) EXPECT_EQ(t, Tier::kHost);
+  EXPECT_EQ(s->Lookup({}).matched, 0u);
+}
+
+// Host tier of 8 blocks; two chains of four fill it.
+class EvictionOrder : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    s_ = OpenOrDie(SmallOptions(8));
+    for (uint64_t chain : {0u, 10u}) {
+      for (uint64_t i = 0; i < 4; ++i) {
+        ASSERT_TRUE(PutN(*s_, chain + i, i == 0 ? std::nullopt
+                                                 : std::optional<uint64_t>(chain + i - 1))
+                        .ok());
+      }
+    }
+  }
+  std::unique_ptr<BlockStore> s_;
+};
+
+TEST_F(EvictionOrder, ChainTailsGoBeforeHeads) {
+  // Plain LRU would evict block 0, the head of the oldest chain, making 1-3 useless.
+  ASSERT_TRUE(PutN(*s_, 100).ok());
+  EXPECT_FALSE(Has(*s_, 3)) << "the oldest tail goes first";
+  EXPECT_TRUE(Has(*s_, 0));
+  ASSERT_TRUE(PutN(*s_, 101).ok());
+  EXPECT_FALSE(Has(*s_, 2)) << "then the block that became a tail";
+  for (uint64_t n : {0u, 1u, 10u, 11u, 12u, 13u}) EXPECT_TRUE(Has(*s_, n)) << n;
+  EXPECT_EQ(s_->Stats().evictions, 2u);
+}
+
+TEST_F(EvictionOrder, OrphansGoFirst) {
+  // Touch chain 0 so that by recency alone chain 10 would go first.
+  for (uint64_t n = 0; n < 4; ++n) ExpectBlock(*s_, n);
+  ASSERT_TRUE(s_->Delete(TestKey(0)).ok());  // 1..3 can no longer be prefix hits
+  EXPECT_EQ(s_->Stats().orphan_blocks, 1u) << "block 1 lost its parent";
+  ASSERT_TRUE(PutN(*s_, 100).ok());  // fills the freed slot
+  ASSERT_TRUE(PutN(*s_, 101).ok());
+  EXPECT_FALSE(Has(*s_, 1)) << "the orphan goes before any tail";
+  ASSERT_TRUE(PutN(*s_, 102).ok());
+  EXPECT_FALSE(Has(*s_, 2)) << "its child became an orphan and goes next";
+  ASSERT_TRUE(PutN(*s_, 103).ok());
+  EXPECT_FALSE(Has(*s_, 3));
+  for (uint64_t n : {10u, 11u, 12u, 13u}) EXPECT_TRUE(Has(*s_, n)) << n;
+  EXPECT_EQ(s_->Stats().orphan_blocks, 0u);
+}
+
+TEST_F(EvictionOrder, RecencyDecidesWithinAClass) {
+  ExpectBlock(*s_, 3);  // chain 0's tail is now more recent than chain 10's
+  ASSERT_TRUE(PutN(*s_, 100).ok());
+  EXPECT_FALSE(Has(*s_, 13));
+  EXPECT_TRUE(Has(*s_, 3));
+}
+
+TEST_F(EvictionOrder, AParentArrivingAfterItsChildAdoptsIt) {
+  ASSERT_TRUE(s_->Delete(TestKey(10)).ok());
+  EXPECT_EQ(s_->Stats().orphan_blocks, 1u);
+  ASSERT_TRUE(PutN(*s_, 10).ok());  // the parent comes back
+  EXPECT_EQ(s_->Stats().orphan_blocks, 0u);
+}
+
+class NvmeStore : public ::testing::Test {
+ protected:
+  StoreOptions Options(size_t host_blocks, NvmeAdmission admission = NvmeAdmission::kAll) {
+    StoreOptions o = SmallOptions(host_blocks);
+    o.nvme_path = dir_.Sub("nvme");
+    o.nvme_bytes = 1 << 20;
+    o.nvme_admission = admission;
+    o.nvme_write_buffer_bytes = 1 << 20;
+    return o;
+  }
+  TempDir dir_;
+};
+
+TEST_F(NvmeStore, DemotesToFlashAndPromotesOnHit) {
+  auto s = OpenOrDie(Options(4));
+  for (uint64_t n = 0; n < 10; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  StoreStats st = s->Stats();
+  EXPECT_EQ(st.tiers[1].blocks, 4u);
+  EXPECT_EQ(st.tiers[2].blocks, 6u);
+  EXPECT_EQ(st.demotions, 6u);
+  EXPECT_EQ(st.evictions, 0u);
+  EXPECT_EQ(st.nvme_bytes_written, 6 * kBlock);
+  EXPECT_EQ(s->Stat(TestKey(0))->tier, Tier::kNvme);
+  ExpectBlock(*s, 0);  // served from flash, verified, promoted
+  EXPECT_EQ(s->Stat(TestKey(0))->tier, Tier::kHost);
+  EXPECT_EQ(s->Stats().promotions, 1u);
+  EXPECT_EQ(s->Stats().tiers[2].hits, 1u);
+  for (uint64_t n = 0; n < 10; ++n) ExpectBlock(*s, n);
+  // Every block now has a flash copy (promoted blocks keep theirs): demoting the four in host
+  // to make room for new blocks writes nothing.
+  const uint64_t written = s->Stats().nvme_bytes_written;
+  EXPECT_EQ(written, 10 * kBlock);
+  const uint64_t demotions = s->Stats().demotions;
+  for (uint64_t n = 20; n < 24; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  EXPECT_EQ(s->Stats().demotions, demotions + 4);
+  EXPECT_EQ(s->Stats().nvme_bytes_written, written);
+}
+
+TEST_F(NvmeStore, SeenTwiceAdmissionKeepsOneHitBlocksOffFlash) {
+  auto s = OpenOrDie(Options(4, NvmeAdmission::kSeenTwice));
+  for (uint64_t n = 0; n < 4; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  ExpectBlock(*s, 0);
+  ExpectBlock(*s, 1);
+  for (uint64_t n = 10; n < 14; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  StoreStats st = s->Stats();
+  EXPECT_EQ(st.nvme_admission_rejections, 2u) << "blocks 2 and 3 were never read";
+  EXPECT_EQ(st.nvme_bytes_written, 2 * kBlock);
+  EXPECT_EQ(s->Stat(TestKey(0))->tier, Tier::kNvme);
+  EXPECT_FALSE(Has(*s, 2));
+}
+
+TEST_F(NvmeStore, WriteBudgetLimitsFlashWrites) {
+  ManualClock clock;
+  StoreOptions o = Options(2);
+  o.clock = &clock;
+  o.nvme_write_bytes_per_s = 2 * kBlock;
+  auto s = OpenOrDie(o);
+  for (uint64_t n = 0; n < 7; ++n) ASSERT_TRUE(PutN(*s, n).ok());  // five demotions
+  EXPECT_EQ(s->Stats().nvme_bytes_written, 2 * kBlock);
+  EXPECT_EQ(s->Stats().nvme_admission_rejections, 3u);
+  clock.AdvanceSeconds(1);
+  ASSERT_TRUE(PutN(*s, 7).ok());
+  EXPECT_EQ(s->Stats().nvme_bytes_written, 3 * kBlock);
+}
+
+TEST_F(NvmeStore, FlashCapacityEvictsFromFlash) {
+  StoreOptions o = Options(2);
+  o.nvme_bytes = 3 * kBlock;
+  auto s = OpenOrDie(o);
+  for (uint64_t n = 0; n < 8; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  StoreStats st = s->Stats();
+  EXPECT_LE(st.tiers[2].used_bytes, 3 * kBlock);
+  EXPECT_EQ(st.tiers[2].blocks, 3u);
+  EXPECT_EQ(st.evictions, 3u);
+  EXPECT_FALSE(Has(*s, 0));
+  EXPECT_TRUE(Has(*s, 5));
+}
+
+TEST_F(NvmeStore, DurableAndFlushedBlocksSurviveReopen) {
+  {
+    auto s = OpenOrDie(Options(4));
+    for (uint64_t n = 0; n < 3; ++n) {
+      ASSERT_TRUE(PutN(*s, n, n == 0 ? std::nullopt : std::optional<uint64_t>(n - 1),
+                       {.durable = true})
+                      .ok());
+    }
+    for (uint64_t n = 10; n < 16; ++n) ASSERT_TRUE(PutN(*s, n).ok());  // some demoted
+  }  // clean close flushes what was demoted
+  auto s = OpenOrDie(Options(4));
+  for (uint64_t n = 0; n < 3; ++n) ExpectBlock(*s, n);
+  const BlockKey chain[] = {TestKey(0), TestKey(1), TestKey(2)};
+  EXPECT_EQ(s->Lookup(chain).matched, 3u);
+  EXPECT_EQ(s->Stats().orphan_blocks, 0u) << "chain links are rebuilt from stored parents";
+  size_t demoted = 0;
+  for (uint64_t n = 10; n < 16; ++n) {
+    if (Has(*s, n)) {
+      ExpectBlock(*s, n);
+      ++demoted;
+    }
+  }
+  EXPECT_GE(demoted, 3u);
+  EXPECT_EQ(s->Stats().checksum_failures, 0u);
+}
+
+TEST_F(NvmeStore, CorruptFlashBlockIsDroppedNotServed) {
+  {
+    auto tier = NvmeTier::Open({.path = dir_.Sub("nvme")});
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    const auto good = TestBlock(1, kBlock);
+    auto bad = good;
+    bad[100] ^= 1;
+    ASSERT_TRUE((*tier)->Write(TestKey(1), {kNoParent, Checksum(good.data(), kBlock), kBlock},
+                               bad, true).ok());
+    ASSERT_TRUE((*tier)->Write(TestKey(2), {TestKey(1), Checksum(good.data(), kBlock), kBlock},
+                               good, true).ok());
+  }
+  auto s = OpenOrDie(Options(4));
+  EXPECT_EQ(s->Get(TestKey(1)).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(Has(*s, 1));
+  EXPECT_EQ(s->Stats().checksum_failures, 1u);
+  auto ok = s->Get(TestKey(2));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, TestBlock(1, kBlock));
+  EXPECT_EQ(s->Stats().orphan_blocks, 1u) << "block 2's parent is gone";
+  s.reset();
+  auto reopened = OpenOrDie(Options(4));
+  EXPECT_FALSE(Has(*reopened, 1)) << "the corrupt block was deleted from flash too";
+}
+
+TEST_F(NvmeStore, UnwritableDirectoryIsAClearError) {
+  std::ofstream(dir_.Sub("file")) << "x";
+  StoreOptions o = Options(4);
+  o.nvme_path = dir_.Sub("file") + "/nvme";
+  auto s = BlockStore::Open(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(s.status().message().find("nvme.path"), std::string::npos) << s.status();
+}
+
+// A file system that runs out of space on demand.
+class FillableFs : public rocksdb::FileSystemWrapper {
+ public:
+  explicit FillableFs(std::atomic<bool>* full)
+      : rocksdb::FileSystemWrapper(rocksdb::FileSystem::Default()), full_(full) {}
+  const char* Name() const override { return "FillableFs"; }
+  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                    rocksdb::IODebugContext* d) override {
+    std::unique_ptr<rocksdb::FSWritableFile> file;
+    rocksdb::IOStatus s = target()->NewWritableFile(f, o, &file, d);
+    if (s.ok()) r->reset(new File(std::move(file), full_));
+    return s;
+  }
+
+ private:
+  class File : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    File(std::unique_ptr<rocksdb::FSWritableFile> f, std::atomic<bool>* full)
+        : rocksdb::FSWritableFileOwnerWrapper(std::move(f)), full_(full) {}
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             rocksdb::IODebugContext* d) override {
+      if (full_->load()) return rocksdb::IOStatus::NoSpace("no space left on device (test)");
+      return target()->Append(data, o, d);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             const rocksdb::DataVerificationInfo& v,
+                             rocksdb::IODebugContext* d) override {
+      if (full_->load()) return rocksdb::IOStatus::NoSpace("no space left on device (test)");
+      return target()->Append(data, o, v, d);
+    }
+
+   private:
+    std::atomic<bool>* full_;
+  };
+  std::atomic<bool>* full_;
+};
+
+TEST_F(NvmeStore, FullDiskFailsTheDurablePutAndKeepsEverythingElse) {
+  std::atomic<bool> full{false};
+  auto fs = std::make_shared<FillableFs>(&full);
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  StoreOptions o = Options(8);
+  o.nvme_env = env.get();
+  o.nvme_direct_io = false;
+  auto s = OpenOrDie(o);
+  for (uint64_t n = 0; n < 3; ++n) ASSERT_TRUE(PutN(*s, n, std::nullopt, {.durable = true}).ok());
+  full = true;
+  absl::Status st = PutN(*s, 3, std::nullopt, {.durable = true});
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_FALSE(Has(*s, 3)) << "an unacknowledged durable put is not visible";
+  for (uint64_t n = 0; n < 3; ++n) ExpectBlock(*s, n);
+  // Cache puts still work in RAM, and so does everything already stored.
+  ASSERT_TRUE(PutN(*s, 4).ok());
+  ExpectBlock(*s, 4);
+  s.reset();
+  full = false;
+}
+
+TEST(BlockStoreLeases, LeasedBlocksAreNeverEvictedAndLeasesExpire) {
+  ManualClock clock;
+  StoreOptions o = SmallOptions(4);
+  o.clock = &clock;
+  o.lease_ttl_us = 1'000'000;
+  o.max_leased_bytes = o.host_bytes;
+  auto s = OpenOrDie(o);
+  std::vector<BlockKey> keys;
+  for (uint64_t n = 0; n < 4; ++n) {
+    ASSERT_TRUE(PutN(*s, n).ok());
+    keys.push_back(TestKey(n));
+  }
+  auto lease = s->Lease(keys);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(lease->blocks.size(), 4u);
+  EXPECT_EQ(lease->blocks[2].key, TestKey(2));
+  EXPECT_EQ(lease->blocks[2].tier, Tier::kHost);
+  EXPECT_EQ(s->Stats().leased_bytes, 4 * kBlock);
+  EXPECT_EQ(PutN(*s, 10).code(), absl::StatusCode::kResourceExhausted)
+      << "every block is leased: nothing may be evicted";
+  EXPECT_EQ(s->Delete(TestKey(1)).code(), absl::StatusCode::kFailedPrecondition);
+  clock.AdvanceSeconds(0.5);
+  EXPECT_EQ(s->ExpireLeases(), 0u);
+  clock.AdvanceSeconds(0.6);
+  ASSERT_TRUE(PutN(*s, 10).ok()) << "the lease expired, capacity came back";
+  EXPECT_EQ(s->Stats().leases_expired, 1u);
+  EXPECT_EQ(s->Stats().leases_active, 0u);
+  EXPECT_EQ(s->Release(lease->id).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(BlockStoreLeases, ReleaseAndCap) {
+  StoreOptions o = SmallOptions(8);
+  o.max_leased_bytes = 3 * kBlock;
+  auto s = OpenOrDie(o);
+  for (uint64_t n = 0; n < 4; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  const BlockKey two[] = {TestKey(0), TestKey(1)};
+  const BlockKey other_two[] = {TestKey(2), TestKey(3)};
+  auto a = s->Lease(two);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(s->Lease(other_two).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(s->Release(a->id).ok());
+  EXPECT_TRUE(s->Lease(other_two).ok());
+  EXPECT_EQ(s->Stats().leased_bytes, 2 * kBlock);
+}
+
+TEST_F(NvmeStore, LeasePromotesFlashBlocksToHost) {
+  auto s = OpenOrDie(Options(4));
+  for (uint64_t n = 0; n < 8; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  ASSERT_EQ(s->Stat(TestKey(0))->tier, Tier::kNvme);
+  const BlockKey keys[] = {TestKey(0), TestKey(7)};
+  auto lease = s->Lease(keys);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  for (const BlockInfo& b : lease->blocks) {
+    EXPECT_EQ(b.tier, Tier::kHost);
+    const uint8_t* p = s->host_arena_base() + b.location;
+    EXPECT_EQ(Checksum(p, b.size), b.checksum);
+  }
+  EXPECT_EQ(std::vector<uint8_t>(s->host_arena_base() + lease->blocks[0].location,
+                                 s->host_arena_base() + lease->blocks[0].location + kBlock),
+            TestBlock(0, kBlock));
+}
+
+TEST(BlockStoreCorruption, CorruptHostBlockIsDroppedAndCounted) {
+  auto s = OpenOrDie(SmallOptions(8));
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  ASSERT_TRUE(PutN(*s, 2, 1).ok());
+  const BlockKey key[] = {TestKey(1)};
+  auto lease = s->Lease(key);
+  ASSERT_TRUE(lease.ok());
+  s->host_arena_base()[lease->blocks[0].location + 17] ^= 0x40;  // a bit flips in RAM
+  ASSERT_TRUE(s->Release(lease->id).ok());
+  auto got = s->Get(TestKey(1));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_FALSE(Has(*s, 1));
+  EXPECT_EQ(s->Stats().checksum_failures, 1u);
+  EXPECT_EQ(s->Stats().orphan_blocks, 1u);
+  ExpectBlock(*s, 2);
+}
+
+TEST(BlockStoreHbm, AbsentWithoutAGpuElseUsed) {
+  StoreOptions o = SmallOptions(8);
+  o.hbm_bytes = 1 << 20;
+  auto s = OpenOrDie(o);
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  ExpectBlock(*s, 1);
+  const TierStats hbm = s->Stats().tiers[static_cast<int>(Tier::kHbm)];
+  if (hbm.present) {
+    EXPECT_EQ(hbm.capacity_bytes, 1u << 20);
+    EXPECT_EQ(s->Stat(TestKey(1))->tier, Tier::kHbm);
+  } else {
+    EXPECT_EQ(hbm.capacity_bytes, 0u);
+    EXPECT_EQ(hbm.blocks, 0u);
+    EXPECT_EQ(s->Stat(TestKey(1))->tier, Tier::kHost) << "never an imitation in host memory";
+  }
+}
+
+TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
+  TempDir dir;
+  StoreOptions o = SmallOptions(32);
+  o.nvme_path = dir.Sub("nvme");
+  o.nvme_bytes = 64 * kBlock;
+  o.nvme_admission = NvmeAdmission::kAll;
+  o.nvme_write_buffer_bytes = 1 << 20;
+  auto s = OpenOrDie(o);
+  constexpr int kThreads = 8;
+  constexpr int kOps = 3000;
+  constexpr uint64_t kKeys = 200;
+  std::atomic<int> wrong_bytes{0}, unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::vector<uint8_t> buf(kBlock);
+      for (int i = 0; i < kOps; ++i) {
+        const uint64_t n = rng() % kKeys;
+        switch (rng() % 6) {
+          case 0:
+          case 1: {
+            absl::Status st = PutN(*s, n, n % 10 == 0 ? std::nullopt
+                                                      : std::optional<uint64_t>(n - 1));
+            if (!st.ok() && st.code() != absl::StatusCode::kResourceExhausted) ++unexpected;
+            break;
+          }
+          case 2:
+          case 3: {
+            auto got = s->Get(TestKey(n), std::span(buf));
+            if (got.ok()) {
+              if (buf != TestBlock(n, kBlock)) ++wrong_bytes;
+            } else if (got.status().code() != absl::StatusCode::kNotFound) {
+              ++unexpected;
+            }
+            break;
+          }
+          case 4: {
+            std::vector<BlockKey> chain;
+            for (uint64_t k = n - n % 10; k <= n; ++k) chain.push_back(TestKey(k));
+            (void)s->Lookup(chain);
+            break;
+          }
+          case 5: {
+            const BlockKey key[] = {TestKey(n)};
+            auto lease = s->Lease(key);
+            if (lease.ok()) {
+              const BlockInfo& b = lease->blocks[0];
+              if (b.tier == Tier::kHost &&
+                  Checksum(s->host_arena_base() + b.location, b.size) != b.checksum) {
+                ++wrong_bytes;
+              }
+              if (!s->Release(lease->id).ok()) ++unexpected;
+            } else if (lease.status().code() != absl::StatusCode::kNotFound &&
+                       lease.status().code() != absl::StatusCode::kResourceExhausted) {
+              ++unexpected;
+            }
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong_bytes.load(), 0);
+  EXPECT_EQ(unexpected.load(), 0);
+  StoreStats st = s->Stats();
+  EXPECT_EQ(st.checksum_failures, 0u);
+  EXPECT_EQ(st.leases_active, 0u);
+  EXPECT_EQ(st.tiers[1].used_bytes, st.tiers[1].blocks * kBlock);
+  EXPECT_GT(st.demotions + st.evictions, 0u);
+  for (uint64_t n = 0; n < kKeys; ++n) {
+    if (Has(*s, n)) ExpectBlock(*s, n);
+  }
+}
+
+}  // namespace
+}  // namespace kvtier

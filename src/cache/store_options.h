@@ -1,0 +1,59 @@
+#pragma once
+// Options of the tiered block store. Plain struct: every field says its default and meaning;
+// Validate() checks them once, at Open, and names the field it rejects.
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/clock.h"
+
+namespace rocksdb {
+class Env;
+}
+
+namespace kvtier {
+
+enum class NvmeAdmission : uint8_t {
+  kAll = 0,        // every block demoted from host is written to flash
+  kSeenTwice = 1,  // only blocks read at least once after their put (or put durable)
+};
+const char* NvmeAdmissionName(NvmeAdmission a);
+
+struct StoreOptions {
+  // Host tier (pinned RAM).
+  size_t host_bytes = size_t{1} << 30;  // Default: 1 GiB. Size of the host arena.
+  bool host_hugepages = true;           // Default: true. Back the arena with 2 MiB pages.
+  bool host_lock = true;                // Default: true. mlock the arena (warns if not permitted).
+  // Largest block accepted; also the slab size of the tier allocators. Default: 8 MiB.
+  size_t max_block_bytes = size_t{8} << 20;
+
+  // HBM tier (one GPU). Used only where this build has CUDA and the machine has a GPU.
+  size_t hbm_bytes = 0;  // Default: 0 (off). Bytes of device memory for blocks.
+  int hbm_device = 0;    // Default: 0. CUDA device ordinal.
+
+  // NVMe tier (RocksDB with blob files).
+  std::string nvme_path;               // Default: empty (no NVMe tier). Data directory.
+  uint64_t nvme_bytes = uint64_t{64} << 30;  // Default: 64 GiB. Payload bytes kept on flash.
+  NvmeAdmission nvme_admission = NvmeAdmission::kSeenTwice;  // Default: seen twice.
+  // Flash write budget for demotions, bytes per second (durable puts are not limited).
+  uint64_t nvme_write_bytes_per_s = 0;  // Default: 0 (unlimited).
+  bool nvme_direct_io = true;           // Default: true. See NvmeTierOptions::direct_io.
+  size_t nvme_write_buffer_bytes = size_t{64} << 20;  // Default: 64 MiB. RocksDB memtable.
+  rocksdb::Env* nvme_env = nullptr;     // Default: RocksDB's Env. Tests inject faults here.
+
+  // Leases.
+  int64_t lease_ttl_us = 30'000'000;       // Default: 30 s. TTL when a Lease names none.
+  int64_t max_lease_ttl_us = 300'000'000;  // Default: 5 min. Longest TTL a caller may ask for.
+  // Cap on bytes pinned by leases at once. Default: 0, meaning half of host_bytes.
+  uint64_t max_leased_bytes = 0;
+  size_t max_lease_blocks = 65'536;  // Default: 65,536. Blocks in one lease.
+
+  size_t index_shards = 64;  // Default: 64. Lock shards of the key index (power of two).
+  Clock* clock = nullptr;    // Default: SystemClock::Default(). Not owned.
+
+  absl::Status Validate() const;
+};
+
+}  // namespace kvtier
