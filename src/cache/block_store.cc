@@ -86,7 +86,10 @@ struct Entry {
   uint32_t lru_prev = kNone, lru_next = kNone;  // guarded by mu_
   uint32_t parent_ref = kNone;                  // guarded by mu_
   uint32_t first_child = kNone, next_sibling = kNone, prev_sibling = kNone;  // guarded by mu_
-  uint32_t pins = 0;    // readers and writers in flight; guarded by the shard lock
+  // Children in this block's tier or a faster one: the block is a chain tail *in its tier* when
+  // there are none (children already demoted below it do not keep it up). Guarded by mu_.
+  uint32_t kids_here = 0;
+  uint16_t pins = 0;    // readers and writers in flight; guarded by the shard lock
   uint16_t leases = 0;  // guarded by mu_
   Tier tier = Tier::kHost;
   State state = State::kFree;  // written under mu_ and the shard lock
@@ -168,7 +171,7 @@ struct BlockStore::Impl {
   ListHead& List(Tier t, uint8_t cls) { return lists[static_cast<int>(t)][cls]; }
   uint8_t ClassOf(const Entry& e) const {
     if (!e.parent.IsZero() && e.parent_ref == kNone) return kOrphan;
-    return e.first_child == kNone ? kLeaf : kInterior;
+    return e.kids_here == 0 ? kLeaf : kInterior;
   }
   void Unlist(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
@@ -222,16 +225,36 @@ struct BlockStore::Impl {
   }
 
   // ---- chains ---------------------------------------------------------------------------------
+  // Adds `delta` to a parent's count of children at its tier or above, relisting it when it
+  // turns from chain tail to interior or back.
+  void AdjustKidsHere(uint32_t parent, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& p = E(parent);
+    const bool was_leaf = p.kids_here == 0;
+    p.kids_here += delta;
+    if (was_leaf != (p.kids_here == 0) && p.cls != kUnlisted) Relist(parent);
+  }
   void AddChild(uint32_t parent, uint32_t child) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& p = E(parent);
     Entry& c = E(child);
-    const bool was_leaf = p.first_child == kNone;
     c.parent_ref = parent;
     c.prev_sibling = kNone;
     c.next_sibling = p.first_child;
     if (p.first_child != kNone) E(p.first_child).prev_sibling = child;
     p.first_child = child;
-    if (was_leaf && p.cls != kUnlisted) Relist(parent);
+    if (c.tier <= p.tier) AdjustKidsHere(parent, +1);
+  }
+  // Keeps chain-tail classes right after `h` moved from tier `from` to its current tier.
+  void OnTierChanged(uint32_t h, Tier from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.parent_ref != kNone) {
+      const Tier pt = E(e.parent_ref).tier;
+      const int delta = int{e.tier <= pt} - int{from <= pt};
+      if (delta != 0) AdjustKidsHere(e.parent_ref, delta);
+    }
+    e.kids_here = 0;
+    for (uint32_t c = e.first_child; c != kNone; c = E(c).next_sibling) {
+      if (E(c).tier <= e.tier) ++e.kids_here;
+    }
   }
   // Links a newly visible block into the chain structure: to its parent if present, else to the
   // wait list of its parent's key; and adopts blocks that were waiting for it.
@@ -271,10 +294,10 @@ struct BlockStore::Impl {
     if (e.state != State::kCommitted && e.state != State::kDoomed) return;
     if (e.prev_sibling != kNone) E(e.prev_sibling).next_sibling = e.next_sibling;
     if (e.next_sibling != kNone) E(e.next_sibling).prev_sibling = e.prev_sibling;
+    if (e.parent_ref != kNone && e.tier <= E(e.parent_ref).tier) AdjustKidsHere(e.parent_ref, -1);
     if (e.prev_sibling == kNone) {
       if (e.parent_ref != kNone) {
         E(e.parent_ref).first_child = e.next_sibling;
-        if (e.next_sibling == kNone && E(e.parent_ref).cls != kUnlisted) Relist(e.parent_ref);
       } else if (!e.parent.IsZero()) {
         auto it = waiting.find(e.parent);
         if (it != waiting.end() && it->second == h) {
@@ -285,6 +308,7 @@ struct BlockStore::Impl {
     e.parent_ref = e.prev_sibling = e.next_sibling = kNone;
     uint32_t c = e.first_child;
     e.first_child = kNone;
+    e.kids_here = 0;
     if (c == kNone) return;
     waiting[e.key] = c;
     while (c != kNone) {
@@ -395,6 +419,7 @@ struct BlockStore::Impl {
     host_alloc->Free(old_location, e.size);
     --resident[static_cast<int>(Tier::kHost)];
     ++stats.demotions;
+    OnTierChanged(h, Tier::kHost);
     ListByRecency(h);
   }
   bool DemoteHbmToHost(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -417,6 +442,7 @@ struct BlockStore::Impl {
     hbm_alloc->Free(old_location, e.size);
     --resident[static_cast<int>(Tier::kHbm)];
     ++stats.demotions;
+    OnTierChanged(h, Tier::kHbm);
     ListByRecency(h);
     return true;
   }
@@ -530,6 +556,7 @@ struct BlockStore::Impl {
       return absl::OkStatus();
     }
     ++stats.promotions;
+    OnTierChanged(h, Tier::kNvme);
     ListByRecency(h);
     return absl::OkStatus();
   }
@@ -951,6 +978,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
           ++e.generation;
         }
         ++s.stats.promotions;
+        s.OnTierChanged(h, Tier::kNvme);
         s.ListByRecency(h);
       }
     }
@@ -1130,7 +1158,71 @@ StoreStats BlockStore::Stats() const {
   st.leased_bytes = s.leased_bytes;
   st.orphan_blocks = s.orphans;
   st.index_bytes = s.IndexBytes();
+  st.nvme_index_bytes = s.nvme != nullptr ? s.nvme->TableReaderMemoryBytes() : 0;
   return st;
+}
+
+absl::Status BlockStore::CheckConsistency() const {
+  Impl& s = *impl_;
+  absl::MutexLock l(&s.mu);
+  auto fail = [](const std::string& what) { return absl::InternalError("consistency: " + what); };
+  uint64_t listed = 0, orphans = 0;
+  for (int t = 0; t < kNumTiers; ++t) {
+    for (uint8_t c = 0; c < kNumClasses; ++c) {
+      const ListHead& list = s.lists[t][c];
+      uint64_t n = 0;
+      uint32_t prev = kNone;
+      for (uint32_t h = list.head; h != kNone; prev = h, h = s.E(h).lru_next) {
+        const Entry& e = s.E(h);
+        if (++n > list.size) return fail("list longer than its size");
+        if (e.lru_prev != prev) return fail("broken back link");
+        if (static_cast<int>(e.tier) != t) {
+          return fail(absl::StrCat("block ", e.key.Hex(), " of tier ", TierName(e.tier),
+                                   " listed in tier ", TierName(static_cast<Tier>(t))));
+        }
+        if (e.cls != c || s.ClassOf(e) != c) {
+          return fail(absl::StrCat("block ", e.key.Hex(), " listed in class ", c, ", is ",
+                                   s.ClassOf(e)));
+        }
+        if (e.state != State::kCommitted) return fail("listed block not committed");
+        if (e.leases != 0) return fail("leased block listed");
+        if (e.parent_ref != kNone && s.E(e.parent_ref).key != e.parent) {
+          return fail("parent link names another block");
+        }
+        uint32_t kids_here = 0;
+        for (uint32_t k = e.first_child; k != kNone; k = s.E(k).next_sibling) {
+          if (s.E(k).parent_ref != h) return fail("child does not point back to its parent");
+          if (s.E(k).tier <= e.tier) ++kids_here;
+        }
+        if (kids_here != e.kids_here) {
+          return fail(absl::StrCat("block ", e.key.Hex(), " counts ", e.kids_here,
+                                   " children in its tier, has ", kids_here));
+        }
+        if (c == kOrphan) ++orphans;
+      }
+      if (n != list.size || list.tail != prev) return fail("list size or tail wrong");
+      listed += n;
+    }
+  }
+  if (orphans != s.orphans) return fail("orphan count");
+  uint64_t indexed = 0;
+  for (const Impl::Shard& shard : s.shards) {
+    absl::MutexLock sl(&shard.mu);
+    for (uint32_t h : shard.set) {
+      const Entry& e = s.E(h);
+      if (e.state == State::kCommitted && e.leases == 0 && e.cls == kUnlisted) {
+        return fail(absl::StrCat("block ", e.key.Hex(), " committed but not listed"));
+      }
+      if (e.state == State::kCommitted) ++indexed;
+    }
+  }
+  if (indexed < listed) return fail("more listed blocks than indexed ones");
+  for (const auto& [key, head] : s.waiting) {
+    for (uint32_t h = head; h != kNone; h = s.E(h).next_sibling) {
+      if (s.E(h).parent != key || s.E(h).parent_ref != kNone) return fail("wait list member");
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvtier

@@ -96,6 +96,7 @@ struct StoreStats {
   uint64_t leased_bytes = 0;
   uint64_t orphan_blocks = 0;  // present blocks whose parent is not
   uint64_t index_bytes = 0;    // RAM of the index and chain structures
+  uint64_t nvme_index_bytes = 0;  // RAM RocksDB holds for its table indexes and filters
 };
 
 class BlockStore {
@@ -150,6 +151,9 @@ class BlockStore {
   absl::Status Flush();
 
   StoreStats Stats() const;
+  // Walks every index structure and checks that they agree (eviction lists, chain links, space
+  // accounting). O(blocks) under the store's lock: for tests and debugging, not for serving.
+  absl::Status CheckConsistency() const;
   const StoreOptions& options() const;
   // The host arena, for registration with DMA engines and UCX (one-sided remote reads).
   uint8_t* host_arena_base() const;
