@@ -1,0 +1,32 @@
+// kvtier: command-line entry point. Subcommands live in their own files under src/cli/.
+#include <cstdio>
+#include <cstring>
+
+#include "cli/demo.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: kvtier <command> [options]
+
+kvtier keeps the attention KV cache of LLM prompts in HBM, host RAM and NVMe so that requests
+sharing a prefix skip its prefill.
+
+commands:
+  demo      replay a Mooncake trace through a tiered block store and restart it (the README's
+            quick start); `kvtier demo --help` for its options
+
+`kvtier <command> --help` explains each command.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (std::strcmp(argv[1], "demo") == 0) return kvtier::cli::RunDemo(argc - 2, argv + 2);
+  std::fprintf(stderr, "kvtier: unknown command '%s'\n\n%s", argv[1], kUsage);
+  return 2;
+}
