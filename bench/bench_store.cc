@@ -230,7 +230,7 @@ std::pair<double, double> BenchIndexBytes(const Args& args, const std::string& d
   {
     const size_t nvme_blocks = blocks / 2;
     StoreOptions o;
-    o.host_bytes = 8 * kMiB;
+    o.host_bytes = 1 * kMiB;
     o.max_block_bytes = 4096;
     o.nvme_path = dir + "/index";
     o.nvme_admission = NvmeAdmission::kAll;

@@ -930,6 +930,8 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
     s.Touch(h);
   }
   absl::StatusOr<uint64_t> sum;
+  // An NVMe block is read straight into the host chunk it is promoted to, then copied out.
+  std::optional<uint64_t> promote_to;
   switch (info.tier) {
     case Tier::kHost:
       sum = CopyWithChecksum(out.data(), s.host_base + info.location, info.size);
@@ -939,16 +941,36 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
       if (st.ok()) sum = Checksum(out.data(), info.size); else sum = st;
       break;
     }
-    case Tier::kNvme:
-      sum = s.nvme->Read(key, out.first(info.size));
+    case Tier::kNvme: {
+      {
+        absl::MutexLock l(&s.mu);
+        absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, info.size);
+        if (loc.ok()) promote_to = *loc;
+      }
+      if (promote_to.has_value()) {
+        uint8_t* chunk = s.host_base + *promote_to;
+        sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size));
+        if (sum.ok()) std::memcpy(out.data(), chunk, info.size);
+      } else {
+        sum = s.nvme->Read(key, out.first(info.size));
+      }
       break;
+    }
   }
+  auto release_chunk = [&] {
+    if (!promote_to.has_value()) return;
+    absl::MutexLock l(&s.mu);
+    s.host_alloc->Free(*promote_to, info.size);
+    --s.resident[static_cast<int>(Tier::kHost)];
+  };
   if (!sum.ok() && sum.status().code() != absl::StatusCode::kDataLoss &&
       sum.status().code() != absl::StatusCode::kNotFound) {
+    release_chunk();
     s.Unpin(h);
     return sum.status();  // an I/O error: the block may be fine, keep it
   }
   if (!sum.ok() || *sum != info.checksum) {
+    release_chunk();
     {
       absl::MutexLock l(&s.mu);
       ++s.stats.checksum_failures;
@@ -957,30 +979,28 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
     s.Unpin(h);
     spdlog::error("store: block {} failed its checksum in the {} tier; dropped", key.Hex(),
                   TierName(info.tier));
-    return absl::DataLossError(absl::StrCat("block ", key.Hex(), " is corrupt (", 
+    return absl::DataLossError(absl::StrCat("block ", key.Hex(), " is corrupt (",
                                             TierName(info.tier), " tier) and was dropped"));
   }
-  if (info.tier == Tier::kNvme) {
-    // Promote: the verified bytes are in `out` already.
+  if (promote_to.has_value()) {
     absl::MutexLock l(&s.mu);
     Entry& e = s.E(h);
     if (e.state == State::kCommitted && e.tier == Tier::kNvme) {
-      absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, e.size);
-      if (loc.ok()) {
-        std::memcpy(s.host_base + *loc, out.data(), e.size);
-        s.Unlist(h);
-        {
-          Impl::Shard& shard = s.ShardOf(key);
-          absl::MutexLock sl(&shard.mu);
-          // Our own pin is the only one allowed; other readers read NVMe, which stays valid.
-          e.tier = Tier::kHost;
-          e.location = *loc;
-          ++e.generation;
-        }
-        ++s.stats.promotions;
-        s.OnTierChanged(h, Tier::kNvme);
-        s.ListByRecency(h);
+      s.Unlist(h);
+      {
+        Impl::Shard& shard = s.ShardOf(key);
+        absl::MutexLock sl(&shard.mu);
+        // Other readers may still be reading the NVMe copy, which stays valid.
+        e.tier = Tier::kHost;
+        e.location = *promote_to;
+        ++e.generation;
       }
+      ++s.stats.promotions;
+      s.OnTierChanged(h, Tier::kNvme);
+      s.ListByRecency(h);
+    } else {  // another reader promoted it first
+      s.host_alloc->Free(*promote_to, info.size);
+      --s.resident[static_cast<int>(Tier::kHost)];
     }
   }
   s.Unpin(h);
