@@ -40,7 +40,7 @@ struct StoreOptions {
   // Flash write budget for demotions, bytes per second (durable puts are not limited).
   uint64_t nvme_write_bytes_per_s = 0;  // Default: 0 (unlimited).
   bool nvme_direct_io = true;           // Default: true. See NvmeTierOptions::direct_io.
-  size_t nvme_write_buffer_bytes = size_t{64} << 20;  // Default: 64 MiB. RocksDB memtable.
+  size_t nvme_write_buffer_bytes = size_t{16} << 20;  // Default: 16 MiB. Metadata memtable.
   rocksdb::Env* nvme_env = nullptr;     // Default: RocksDB's Env. Tests inject faults here.
 
   // Leases.
