@@ -29,6 +29,7 @@
 #include "cache/block_store.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
+#include "common/logging.h"
 #include "testing/test_util.h"
 
 namespace kvtier::bench {
@@ -366,6 +367,7 @@ ReplayFigures ReplayStore(const std::vector<std::vector<uint64_t>>& trace, Store
 }
 
 int Main(int argc, char** argv) {
+  (void)InitLogging("warn");
   Args args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

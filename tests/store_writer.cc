@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "cache/block_store.h"
+#include "common/logging.h"
 #include "testing/test_util.h"
 
 int main(int argc, char** argv) {
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: store_writer NVME_DIR FIRST COUNT BLOCK_BYTES\n");
     return 2;
   }
+  (void)kvtier::InitLogging("warn");
   const uint64_t first = std::strtoull(argv[2], nullptr, 10);
   const uint64_t count = std::strtoull(argv[3], nullptr, 10);
   const size_t block = std::strtoull(argv[4], nullptr, 10);

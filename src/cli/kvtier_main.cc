@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "cli/demo.h"
+#include "common/logging.h"
 
 namespace {
 
@@ -21,6 +22,7 @@ commands:
 }  // namespace
 
 int main(int argc, char** argv) {
+  (void)kvtier::InitLogging("info");
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
