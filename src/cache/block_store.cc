@@ -8,7 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "cache/device_arena.h"
 #include "cache/host_arena.h"
 #include "cache/nvme_tier.h"
@@ -139,7 +139,7 @@ struct BlockStore::Impl {
     bool operator()(const BlockKey& k, uint32_t a) const { return impl->E(a).key == k; }
   };
   struct Shard {
-    mutable absl::Mutex mu;
+    mutable Mutex mu;
     absl::flat_hash_set<uint32_t, HandleHash, HandleEq> set ABSL_GUARDED_BY(mu);
   };
   Shard& ShardOf(const BlockKey& k) const {
@@ -152,18 +152,18 @@ struct BlockStore::Impl {
   }
   uint32_t Find(const BlockKey& key) const {
     Shard& s = ShardOf(key);
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     return FindLocked(s, key);
   }
   uint32_t FindCommitted(const BlockKey& key) const {
     Shard& s = ShardOf(key);
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     uint32_t h = FindLocked(s, key);
     return h != kNone && E(h).state == State::kCommitted ? h : kNone;
   }
   void SetState(uint32_t h, State st) {
     Shard& s = ShardOf(E(h).key);
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     E(h).state = st;
   }
 
@@ -356,7 +356,7 @@ struct BlockStore::Impl {
     for (uint8_t cls = 0; cls < kNumClasses; ++cls) {
       for (uint32_t h = List(t, cls).tail; h != kNone; h = E(h).lru_prev) {
         Shard& s = ShardOf(E(h).key);
-        absl::MutexLock l(&s.mu);
+        MutexLock l(&s.mu);
         if (E(h).pins == 0) return h;
       }
     }
@@ -366,7 +366,7 @@ struct BlockStore::Impl {
   bool Relocate(uint32_t h, Tier t, uint64_t location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     Shard& s = ShardOf(e.key);
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     if (e.pins != 0) return false;
     e.tier = t;
     e.location = location;
@@ -486,7 +486,7 @@ struct BlockStore::Impl {
     UnlinkChain(h);
     {
       Shard& s = ShardOf(e.key);
-      absl::MutexLock l(&s.mu);
+      MutexLock l(&s.mu);
       if (e.pins != 0) {
         e.state = State::kDoomed;
         if (durable_delete) e.flags |= kDeleteDurably;
@@ -508,7 +508,7 @@ struct BlockStore::Impl {
   // Pins a committed block for reading and snapshots where it is. kNone if absent.
   uint32_t PinForRead(const BlockKey& key, BlockInfo* info) {
     Shard& s = ShardOf(key);
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     uint32_t h = FindLocked(s, key);
     if (h == kNone || E(h).state != State::kCommitted) return kNone;
     Entry& e = E(h);
@@ -521,15 +521,15 @@ struct BlockStore::Impl {
     bool remove = false;
     {
       Shard& s = ShardOf(e.key);
-      absl::MutexLock l(&s.mu);
+      MutexLock l(&s.mu);
       remove = --e.pins == 0 && e.state == State::kDoomed;
     }
     if (!remove) return;
-    absl::MutexLock l(&mu);
+    MutexLock l(&mu);
     bool still = false;
     {
       Shard& s = ShardOf(e.key);
-      absl::MutexLock sl(&s.mu);
+      MutexLock sl(&s.mu);
       still = e.pins == 0 && e.state == State::kDoomed;
     }
     if (still) Remove(h, /*durable_delete=*/true);
@@ -595,7 +595,7 @@ struct BlockStore::Impl {
     uint64_t bytes = uint64_t{num_chunks} * kChunkEntries * sizeof(Entry) +
                      free_entries.capacity() * sizeof(uint32_t) + sizeof(chunks);
     for (const Shard& s : shards) {
-      absl::MutexLock l(&s.mu);
+      MutexLock l(&s.mu);
       bytes += s.set.capacity() * (sizeof(uint32_t) + 1);
     }
     bytes += waiting.capacity() * (sizeof(BlockKey) + sizeof(uint32_t) + 1);
@@ -603,11 +603,11 @@ struct BlockStore::Impl {
   }
 
   void AbortReservation(uint32_t h) {
-    absl::MutexLock l(&mu);
+    MutexLock l(&mu);
     Entry& e = E(h);
     {
       Shard& s = ShardOf(e.key);
-      absl::MutexLock sl(&s.mu);
+      MutexLock sl(&s.mu);
       s.set.erase(h);
       e.state = State::kFree;
     }
@@ -624,7 +624,7 @@ struct BlockStore::Impl {
   std::unique_ptr<NvmeTier> nvme;
   std::vector<Shard> shards;
 
-  mutable absl::Mutex mu;  // the policy lock: everything below; taken before any shard lock
+  mutable Mutex mu;  // the policy lock: everything below; taken before any shard lock
   std::unique_ptr<SlabAllocator> host_alloc ABSL_GUARDED_BY(mu);
   std::unique_ptr<SlabAllocator> hbm_alloc ABSL_GUARDED_BY(mu);
   std::unique_ptr<Entry[]> chunks[kMaxChunks];
@@ -659,7 +659,7 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
   auto impl = std::make_unique<Impl>(options);
   Impl& s = *impl;
   for (auto& shard : s.shards) {
-    absl::MutexLock l(&shard.mu);
+    MutexLock l(&shard.mu);
     shard.set = decltype(shard.set)(0, Impl::HandleHash{&s}, Impl::HandleEq{&s});
   }
   s.clock = options.clock != nullptr ? options.clock : SystemClock::Default();
@@ -670,7 +670,7 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
                                       .hugepages = options.host_hugepages,
                                       .lock = options.host_lock}));
   s.host_base = s.host->base();
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   s.host_alloc = std::make_unique<SlabAllocator>(options.host_bytes, slab);
   s.max_leased_bytes =
       options.max_leased_bytes != 0 ? options.max_leased_bytes : options.host_bytes / 2;
@@ -714,7 +714,7 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
       e.flags = kOnNvme;
       e.state = State::kCommitted;
       Impl::Shard& shard = s.ShardOf(key);
-      absl::MutexLock sl(&shard.mu);
+      MutexLock sl(&shard.mu);
       shard.set.insert(h);
       s.nvme_used += meta.size;
       recovered.push_back(h);
@@ -768,7 +768,7 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
     return absl::FailedPreconditionError("put: durable put needs an NVMe tier (nvme_path)");
   }
 
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   s.ReapLeases();
   ++s.stats.puts;
   PutHandle handle;
@@ -799,7 +799,7 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   e.pins = 1;  // the writer's
   {
     Impl::Shard& shard = s.ShardOf(key);
-    absl::MutexLock sl(&shard.mu);
+    MutexLock sl(&shard.mu);
     shard.set.insert(h);
   }
   handle.store_ = impl_.get();
@@ -889,7 +889,7 @@ absl::Status BlockStore::PutHandle::Commit() {
       return st;
     }
   }
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   if (durable_) {
     e.flags |= kOnNvme;
     s.nvme_used += e.size;
@@ -897,7 +897,7 @@ absl::Status BlockStore::PutHandle::Commit() {
   }
   {
     Impl::Shard& shard = s.ShardOf(e.key);
-    absl::MutexLock sl(&shard.mu);
+    MutexLock sl(&shard.mu);
     e.state = State::kCommitted;
     --e.pins;
   }
@@ -913,7 +913,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
   BlockInfo info;
   const uint32_t h = s.PinForRead(key, &info);
   if (h == kNone) {
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     ++s.stats.gets;
     ++s.stats.get_misses;
     return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
@@ -924,7 +924,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
                                                    " bytes for a block of ", info.size));
   }
   {
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     ++s.stats.gets;
     ++s.stats.tiers[static_cast<int>(info.tier)].hits;
     s.Touch(h);
@@ -943,7 +943,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
     }
     case Tier::kNvme: {
       {
-        absl::MutexLock l(&s.mu);
+        MutexLock l(&s.mu);
         absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, info.size);
         if (loc.ok()) promote_to = *loc;
       }
@@ -959,7 +959,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
   }
   auto release_chunk = [&] {
     if (!promote_to.has_value()) return;
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     s.host_alloc->Free(*promote_to, info.size);
     --s.resident[static_cast<int>(Tier::kHost)];
   };
@@ -972,7 +972,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
   if (!sum.ok() || *sum != info.checksum) {
     release_chunk();
     {
-      absl::MutexLock l(&s.mu);
+      MutexLock l(&s.mu);
       ++s.stats.checksum_failures;
       if (s.E(h).state == State::kCommitted) s.Remove(h, /*durable_delete=*/true);
     }
@@ -983,13 +983,13 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
                                             TierName(info.tier), " tier) and was dropped"));
   }
   if (promote_to.has_value()) {
-    absl::MutexLock l(&s.mu);
+    MutexLock l(&s.mu);
     Entry& e = s.E(h);
     if (e.state == State::kCommitted && e.tier == Tier::kNvme) {
       s.Unlist(h);
       {
         Impl::Shard& shard = s.ShardOf(key);
-        absl::MutexLock sl(&shard.mu);
+        MutexLock sl(&shard.mu);
         // Other readers may still be reading the NVMe copy, which stays valid.
         e.tier = Tier::kHost;
         e.location = *promote_to;
@@ -1021,7 +1021,7 @@ absl::StatusOr<std::vector<uint8_t>> BlockStore::Get(const BlockKey& key) {
 absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {
   Impl& s = *impl_;
   Impl::Shard& shard = s.ShardOf(key);
-  absl::MutexLock l(&shard.mu);
+  MutexLock l(&shard.mu);
   uint32_t h = s.FindLocked(shard, key);
   if (h == kNone || s.E(h).state != State::kCommitted) {
     return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
@@ -1036,13 +1036,13 @@ LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
   r.tiers.reserve(chain.size());
   for (const BlockKey& key : chain) {
     Impl::Shard& shard = s.ShardOf(key);
-    absl::MutexLock l(&shard.mu);
+    MutexLock l(&shard.mu);
     uint32_t h = s.FindLocked(shard, key);
     if (h == kNone || s.E(h).state != State::kCommitted) break;
     r.tiers.push_back(s.E(h).tier);
   }
   r.matched = r.tiers.size();
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   ++s.stats.lookups;
   s.stats.lookup_blocks_hit += r.matched;
   s.stats.lookup_blocks_missed += chain.size() - r.matched;
@@ -1051,7 +1051,7 @@ LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
 
 absl::Status BlockStore::Delete(const BlockKey& key) {
   Impl& s = *impl_;
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   const uint32_t h = s.FindCommitted(key);
   if (h == kNone) return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
   if (s.E(h).leases > 0) {
@@ -1074,7 +1074,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
                                                    s.options.max_lease_ttl_us, "]"));
   }
   if (ttl_us == 0) ttl_us = s.options.lease_ttl_us;
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   s.ReapLeases();
   std::vector<uint32_t> handles;
   handles.reserve(keys.size());
@@ -1133,7 +1133,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
 
 absl::Status BlockStore::Release(uint64_t lease_id) {
   Impl& s = *impl_;
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   s.ReapLeases();
   auto it = s.leases.find(lease_id);
   if (it == s.leases.end()) {
@@ -1144,7 +1144,7 @@ absl::Status BlockStore::Release(uint64_t lease_id) {
 }
 
 size_t BlockStore::ExpireLeases() {
-  absl::MutexLock l(&impl_->mu);
+  MutexLock l(&impl_->mu);
   return impl_->ReapLeases();
 }
 
@@ -1155,7 +1155,7 @@ absl::Status BlockStore::Flush() {
 
 StoreStats BlockStore::Stats() const {
   Impl& s = *impl_;
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   StoreStats st = s.stats;
   auto& hbm = st.tiers[static_cast<int>(Tier::kHbm)];
   hbm.present = s.hbm != nullptr;
@@ -1184,7 +1184,7 @@ StoreStats BlockStore::Stats() const {
 
 absl::Status BlockStore::CheckConsistency() const {
   Impl& s = *impl_;
-  absl::MutexLock l(&s.mu);
+  MutexLock l(&s.mu);
   auto fail = [](const std::string& what) { return absl::InternalError("consistency: " + what); };
   uint64_t listed = 0, orphans = 0;
   for (int t = 0; t < kNumTiers; ++t) {
@@ -1227,7 +1227,7 @@ absl::Status BlockStore::CheckConsistency() const {
   if (orphans != s.orphans) return fail("orphan count");
   uint64_t indexed = 0;
   for (const Impl::Shard& shard : s.shards) {
-    absl::MutexLock sl(&shard.mu);
+    MutexLock sl(&shard.mu);
     for (uint32_t h : shard.set) {
       const Entry& e = s.E(h);
       if (e.state == State::kCommitted && e.leases == 0 && e.cls == kUnlisted) {

@@ -17,7 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "common/checksum.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -121,10 +121,10 @@ struct NvmeTier::Impl {
 
   // Serializes payload appends and every metadata mutation (writes, deletes, compactions), so a
   // compaction never races an update of the same key. Readers never take it.
-  absl::Mutex write_mu;
+  Mutex write_mu;
   std::shared_ptr<BlobFile> active ABSL_GUARDED_BY(write_mu);
 
-  mutable absl::Mutex mu;  // the file table and the counters
+  mutable Mutex mu;  // the file table and the counters
   absl::flat_hash_map<uint32_t, std::shared_ptr<BlobFile>> files ABSL_GUARDED_BY(mu);
   uint32_t next_number ABSL_GUARDED_BY(mu) = 1;
   NvmeTierStats stats ABSL_GUARDED_BY(mu);
@@ -140,7 +140,7 @@ struct NvmeTier::Impl {
   }
 
   std::shared_ptr<BlobFile> FileOf(uint32_t number) const {
-    absl::MutexLock l(&mu);
+    MutexLock l(&mu);
     auto it = files.find(number);
     return it == files.end() ? nullptr : it->second;
   }
@@ -161,7 +161,7 @@ struct NvmeTier::Impl {
     active = nullptr;
     auto f = std::make_shared<BlobFile>();
     {
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       f->number = next_number++;
     }
     f->path = PathOf(f->number);
@@ -170,7 +170,7 @@ struct NvmeTier::Impl {
                   absl::StrCat("create ", f->path)));
     KVTIER_RETURN_IF_ERROR(OpenReader(f.get()));
     {
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       files[f->number] = f;
       ++stats.blob_files;
     }
@@ -183,7 +183,7 @@ struct NvmeTier::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     uint64_t size = 0;
     if (active != nullptr) {
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       size = active->size;
     }
     if (active == nullptr || size + padded > options.blob_file_bytes) {
@@ -202,7 +202,7 @@ struct NvmeTier::Impl {
       return st;
     }
     Location loc{active->number, size};
-    absl::MutexLock l(&mu);
+    MutexLock l(&mu);
     active->size += padded;
     stats.file_bytes += padded;
     return loc;
@@ -214,7 +214,7 @@ struct NvmeTier::Impl {
     std::shared_ptr<BlobFile> f;
     bool remove = false, compact = false;
     {
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       auto it = files.find(number);
       if (it == files.end()) return;
       f = it->second;
@@ -235,7 +235,7 @@ struct NvmeTier::Impl {
 
   void RemoveFile(const std::shared_ptr<BlobFile>& f) {
     {
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       files.erase(f->number);
       stats.file_bytes -= std::min(stats.file_bytes, f->size);
       stats.live_bytes -= std::min(stats.live_bytes, f->live);
@@ -270,7 +270,7 @@ struct NvmeTier::Impl {
       rocksdb::Status s = batch.Put(it->key(), EncodeMeta(m, to));
       if (!s.ok()) return FromRocks(s, "compaction batch");
       moved += padded;
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       files[to.file]->live += padded;
     }
     KVTIER_RETURN_IF_ERROR(FromRocks(it->status(), "compaction scan"));
@@ -282,7 +282,7 @@ struct NvmeTier::Impl {
     wo.sync = true;  // the old file goes next: the new locations must be durable first
     KVTIER_RETURN_IF_ERROR(FromRocks(db->Write(wo, &batch), "compaction commit"));
     {
-      absl::MutexLock l(&mu);
+      MutexLock l(&mu);
       stats.live_bytes += moved;
       stats.bytes_moved += moved;
       ++stats.compactions;
@@ -352,7 +352,7 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(const NvmeTierOptions& 
   std::vector<std::string> names;
   KVTIER_RETURN_IF_ERROR(FromRocks(
       t.fs->GetChildren(t.blob_dir, rocksdb::IOOptions(), &names, nullptr), "list blob files"));
-  absl::MutexLock l(&t.mu);
+  MutexLock l(&t.mu);
   for (const std::string& name : names) {
     uint32_t number = 0;
     if (name.size() != 13 || name.substr(8) != ".blob" ||
@@ -386,7 +386,7 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(const NvmeTierOptions& 
 NvmeTier::~NvmeTier() {
   Impl& t = *impl_;
   {
-    absl::MutexLock l(&t.write_mu);
+    MutexLock l(&t.write_mu);
     if (t.active != nullptr && t.active->writer != nullptr) {
       rocksdb::IOStatus s = t.active->writer->Sync(rocksdb::IOOptions(), nullptr);
       if (s.ok()) s = t.active->writer->Close(rocksdb::IOOptions(), nullptr);
@@ -415,7 +415,7 @@ absl::Status NvmeTier::Write(const BlockKey& key, const BlockMeta& meta,
   }
   uint8_t k[16];
   key.ToBytes(k);
-  absl::MutexLock l(&t.write_mu);
+  MutexLock l(&t.write_mu);
   KVTIER_ASSIGN_OR_RETURN(Location loc, t.Append(src, padded, durable));
   rocksdb::WriteOptions wo;
   wo.sync = durable;
@@ -424,7 +424,7 @@ absl::Status NvmeTier::Write(const BlockKey& key, const BlockMeta& meta,
       t.db->Put(wo, rocksdb::Slice(reinterpret_cast<const char*>(k), 16), EncodeMeta(meta, loc)),
       absl::StrCat("write ", key.Hex()));
   if (!st.ok()) return st;  // the appended payload stays unreferenced garbage
-  absl::MutexLock ml(&t.mu);
+  MutexLock ml(&t.mu);
   t.files[loc.file]->live += padded;
   t.stats.live_bytes += padded;
   return absl::OkStatus();
@@ -474,7 +474,7 @@ absl::Status NvmeTier::Delete(const BlockKey& key, bool durable) {
   uint8_t k[16];
   key.ToBytes(k);
   const rocksdb::Slice ks(reinterpret_cast<const char*>(k), 16);
-  absl::MutexLock l(&t.write_mu);
+  MutexLock l(&t.write_mu);
   std::string value;
   rocksdb::Status s = t.db->Get(rocksdb::ReadOptions(), ks, &value);
   if (!s.ok()) return FromRocks(s, absl::StrCat("delete ", key.Hex()));
@@ -505,7 +505,7 @@ absl::Status NvmeTier::ForEachMeta(
 absl::Status NvmeTier::Flush() {
   Impl& t = *impl_;
   {
-    absl::MutexLock l(&t.write_mu);
+    MutexLock l(&t.write_mu);
     if (t.active != nullptr && t.active->writer != nullptr) {
       KVTIER_RETURN_IF_ERROR(
           FromRocks(t.active->writer->Sync(rocksdb::IOOptions(), nullptr), "sync blob file"));
@@ -520,7 +520,7 @@ uint64_t NvmeTier::TableReaderMemoryBytes() const {
 }
 
 NvmeTierStats NvmeTier::Stats() const {
-  absl::MutexLock l(&impl_->mu);
+  MutexLock l(&impl_->mu);
   return impl_->stats;
 }
 
