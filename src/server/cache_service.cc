@@ -1,0 +1,320 @@
+#include "server/cache_service.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "common/internal/le_bytes.h"
+
+namespace kvtier::server {
+namespace {
+
+absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
+  auto key = BlockKey::FromByteString(bytes);
+  if (!key.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", key.status().message()));
+  }
+  return key;
+}
+
+std::optional<DType> FromProto(v1::DType d) {
+  switch (d) {
+    case v1::DTYPE_FP16: return DType::kFp16;
+    case v1::DTYPE_BF16: return DType::kBf16;
+    case v1::DTYPE_FP8_E4M3: return DType::kFp8E4M3;
+    default: return std::nullopt;
+  }
+}
+
+absl::StatusOr<KvLayout> LayoutFromProto(const v1::KvLayout& p) {
+  KvLayout l;
+  if (p.kind() == v1::LAYOUT_KIND_GQA) {
+    l.kind = LayoutKind::kGqa;
+  } else if (p.kind() == v1::LAYOUT_KIND_MLA) {
+    l.kind = LayoutKind::kMla;
+  } else {
+    return absl::InvalidArgumentError("layout.kind: must be GQA or MLA");
+  }
+  auto dtype = FromProto(p.dtype());
+  if (!dtype) return absl::InvalidArgumentError("layout.dtype: must be fp16, bf16 or fp8-e4m3");
+  l.dtype = *dtype;
+  l.layers = p.layers();
+  l.kv_heads = p.kv_heads();
+  l.head_dim = p.head_dim();
+  l.block_tokens = p.block_tokens();
+  l.latent_rank = p.latent_rank();
+  l.rope_dim = p.rope_dim();
+  absl::Status st = l.Validate();
+  if (!st.ok()) return st;
+  return l;
+}
+
+// Lease ids go out XORed with a per-tenant mask: another tenant's Release names no lease of ours.
+uint64_t LeaseMask(const std::string& tenant) {
+  return XXH3_64bits_withSeed(tenant.data(), tenant.size(), kXxh3Seed) | 1;
+}
+
+v1::Tier ToProto(Tier t) {
+  switch (t) {
+    case Tier::kHbm: return v1::TIER_HBM;
+    case Tier::kHost: return v1::TIER_HOST;
+    case Tier::kNvme: return v1::TIER_NVME;
+  }
+  return v1::TIER_UNSPECIFIED;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
+  if (key.IsZero()) return key;
+  internal::LeWriter w;
+  w.Raw("KVTIER/TENANT/1");
+  w.Bytes(tenant);
+  w.Raw(key.ByteString());
+  XXH128_hash_t h = XXH3_128bits_withSeed(w.data(), w.size(), kXxh3Seed);
+  return BlockKey{h.high64, h.low64};
+}
+
+CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits)
+    : store_(store), limits_(limits) {}
+
+absl::Status CacheServiceImpl::CheckTenant(const std::string& tenant) const {
+  if (tenant.empty()) return absl::InvalidArgumentError("tenant: must be set");
+  if (tenant.size() > limits_.max_tenant_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tenant: longer than ", limits_.max_tenant_bytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
+    const std::string& tenant, const google::protobuf::RepeatedPtrField<std::string>& keys) const {
+  if (absl::Status st = CheckTenant(tenant); !st.ok()) return st;
+  if (static_cast<size_t>(keys.size()) > limits_.max_keys_per_request) {
+    return absl::InvalidArgumentError(absl::StrCat(keys.size(), " keys exceed the limit of ",
+                                                   limits_.max_keys_per_request, " per request"));
+  }
+  std::vector<BlockKey> out;
+  out.reserve(keys.size());
+  for (int i = 0; i < keys.size(); ++i) {
+    auto key = BlockKey::FromByteString(keys[i]);
+    if (!key.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", key.status().message()));
+    }
+    out.push_back(TenantKey(tenant, *key));
+  }
+  return out;
+}
+
+grpc::Status CacheServiceImpl::Put(grpc::ServerContext*, grpc::ServerReader<v1::PutRequest>* reader,
+                                   v1::PutResponse* response) {
+  InFlight guard(&in_flight_);
+  v1::PutRequest msg;
+  std::string tenant;
+  std::optional<KvLayout> layout;
+  std::optional<BlockStore::PutHandle> block;  // the block being received
+  size_t received = 0;
+  std::string block_name;
+  bool first = true;
+  while (reader->Read(&msg)) {
+    if (first) {
+      tenant = msg.tenant();
+      if (absl::Status st = CheckTenant(tenant); !st.ok()) return ToGrpc(st);
+      if (msg.has_layout()) {
+        auto l = LayoutFromProto(msg.layout());
+        if (!l.ok()) return ToGrpc(l.status());
+        layout = *l;
+      }
+      first = false;
+    } else if (!msg.tenant().empty() && msg.tenant() != tenant) {
+      return ToGrpc(absl::InvalidArgumentError("tenant: changes within one Put stream"));
+    }
+    if (msg.has_header()) {
+      if (block.has_value() && received != block->size()) {
+        return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+            "block ", block_name, ": new header after ", received, " of ", block->size(),
+            " bytes")));
+      }
+      const v1::BlockHeader& h = msg.header();
+      auto key = ParseKey(h.key(), "header.key");
+      if (!key.ok()) return ToGrpc(key.status());
+      BlockKey parent;
+      if (!h.parent().empty()) {
+        auto p = ParseKey(h.parent(), "header.parent");
+        if (!p.ok()) return ToGrpc(p.status());
+        parent = *p;
+      }
+      PutOptions opts;
+      opts.layout = layout.has_value() ? &*layout : nullptr;
+      opts.durable = h.durable();
+      if (h.has_checksum()) opts.expected_checksum = h.checksum();
+      auto handle = store_->BeginPut(TenantKey(tenant, *key), TenantKey(tenant, parent),
+                                     h.size(), opts);
+      if (!handle.ok()) return ToGrpc(handle.status());
+      if (handle->noop()) response->set_present(response->present() + 1);
+      block = std::move(*handle);
+      block_name = key->Hex();
+      received = 0;
+    }
+    if (!msg.data().empty()) {
+      if (!block.has_value()) {
+        return ToGrpc(absl::InvalidArgumentError("data before any block header"));
+      }
+      absl::Status st = block->Write(
+          received, std::span(reinterpret_cast<const uint8_t*>(msg.data().data()),
+                              msg.data().size()));
+      if (!st.ok()) return ToGrpc(st);
+      received += msg.data().size();
+    }
+    if (block.has_value() && received == block->size()) {
+      const bool noop = block->noop();
+      absl::Status st = block->Commit();
+      if (!st.ok()) return ToGrpc(st);
+      if (!noop) response->set_stored(response->stored() + 1);
+      block.reset();
+    }
+  }
+  if (block.has_value()) {
+    // The stream ended inside a block (or the client went away): it is dropped, never visible.
+    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+        "block ", block_name, ": stream ended after ", received, " of ", block->size(), " bytes")));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                   grpc::ServerWriter<v1::GetResponse>* writer) {
+  InFlight guard(&in_flight_);
+  auto keys = StoreKeys(request->tenant(), request->keys());
+  if (!keys.ok()) return ToGrpc(keys.status());
+  std::vector<uint8_t> buf;
+  v1::GetResponse msg;
+  for (size_t i = 0; i < keys->size(); ++i) {
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    msg.Clear();
+    v1::BlockHeader* h = msg.mutable_header();
+    h->set_key(request->keys(static_cast<int>(i)));
+    auto info = store_->Stat((*keys)[i]);
+    absl::StatusOr<size_t> n = info.ok() ? absl::StatusOr<size_t>(0) : info.status();
+    if (info.ok()) {
+      buf.resize(info->size);
+      n = store_->Get((*keys)[i], std::span(buf));
+    }
+    if (!n.ok()) {
+      if (n.status().code() != absl::StatusCode::kNotFound) return ToGrpc(n.status());
+      msg.set_found(false);
+      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      continue;
+    }
+    msg.set_found(true);
+    h->set_size(*n);
+    h->set_checksum(info->checksum);
+    for (size_t off = 0; off < *n; off += limits_.get_chunk_bytes) {
+      const size_t len = std::min(limits_.get_chunk_bytes, *n - off);
+      msg.set_data(buf.data() + off, len);
+      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      msg.clear_header();
+      msg.clear_found();
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequest* request,
+                                      v1::LookupResponse* response) {
+  InFlight guard(&in_flight_);
+  auto keys = StoreKeys(request->tenant(), request->keys());
+  if (!keys.ok()) return ToGrpc(keys.status());
+  const LookupResult r = store_->Lookup(*keys);
+  response->set_matched(static_cast<uint32_t>(r.matched));
+  for (Tier t : r.tiers) response->add_tiers(ToProto(t));
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::Lease(grpc::ServerContext*, const v1::LeaseRequest* request,
+                                     v1::LeaseResponse* response) {
+  InFlight guard(&in_flight_);
+  auto keys = StoreKeys(request->tenant(), request->keys());
+  if (!keys.ok()) return ToGrpc(keys.status());
+  auto grant = store_->Lease(*keys, int64_t{request->ttl_ms()} * 1000);
+  if (!grant.ok()) return ToGrpc(grant.status());
+  response->set_lease_id(grant->id ^ LeaseMask(request->tenant()));
+  response->set_expires_in_ms(request->ttl_ms() != 0 ? request->ttl_ms()
+                                                     : store_->options().lease_ttl_us / 1000);
+  for (size_t i = 0; i < grant->blocks.size(); ++i) {
+    const BlockInfo& b = grant->blocks[i];
+    v1::LeasedBlock* out = response->add_blocks();
+    out->set_key(request->keys(static_cast<int>(i)));
+    out->set_tier(ToProto(b.tier));
+    out->set_size(b.size);
+    out->set_checksum(b.checksum);
+    out->set_address(b.location);
+    out->set_generation(b.generation);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::Release(grpc::ServerContext*, const v1::ReleaseRequest* request,
+                                       v1::ReleaseResponse*) {
+  InFlight guard(&in_flight_);
+  if (absl::Status st = CheckTenant(request->tenant()); !st.ok()) return ToGrpc(st);
+  absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
+  if (st.code() == absl::StatusCode::kNotFound) {
+    return ToGrpc(absl::NotFoundError("lease is unknown, expired, or another tenant's"));
+  }
+  return ToGrpc(st);
+}
+
+grpc::Status CacheServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequest* request,
+                                      v1::DeleteResponse* response) {
+  InFlight guard(&in_flight_);
+  auto keys = StoreKeys(request->tenant(), request->keys());
+  if (!keys.ok()) return ToGrpc(keys.status());
+  uint32_t deleted = 0;
+  for (const BlockKey& k : *keys) {
+    absl::Status st = store_->Delete(k);
+    if (st.ok()) {
+      ++deleted;
+    } else if (st.code() != absl::StatusCode::kNotFound) {
+      return ToGrpc(st);
+    }
+  }
+  response->set_deleted(deleted);
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+                                     v1::StatsResponse* response) {
+  InFlight guard(&in_flight_);
+  const StoreStats st = store_->Stats();
+  for (int t = 0; t < kNumTiers; ++t) {
+    v1::TierStats* ts = response->add_tiers();
+    ts->set_tier(ToProto(static_cast<Tier>(t)));
+    ts->set_present(st.tiers[t].present);
+    ts->set_capacity_bytes(st.tiers[t].capacity_bytes);
+    ts->set_used_bytes(st.tiers[t].used_bytes);
+    ts->set_blocks(st.tiers[t].blocks);
+    ts->set_hits(st.tiers[t].hits);
+  }
+  response->set_gets(st.gets);
+  response->set_get_misses(st.get_misses);
+  response->set_lookups(st.lookups);
+  response->set_puts(st.puts);
+  response->set_evictions(st.evictions);
+  response->set_demotions(st.demotions);
+  response->set_promotions(st.promotions);
+  response->set_nvme_admission_rejections(st.nvme_admission_rejections);
+  response->set_checksum_failures(st.checksum_failures);
+  response->set_leases_active(st.leases_active);
+  return grpc::Status::OK;
+}
+
+}  // namespace kvtier::server

@@ -1,0 +1,74 @@
+#pragma once
+// CacheServiceImpl: kvtier.v1.CacheService over one BlockStore (the gRPC edge of kvtierd).
+//
+// Tenant isolation: the store never sees a client's key. Each (tenant, key) becomes the store key
+// XXH3-128("KVTIER/TENANT/1" || u32le(len(tenant)) || tenant || key), parents likewise, so no key
+// a tenant can send names another tenant's block. Errors are absl::Status inside and become
+// gRPC status codes here. Thread-safe (the store is).
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <string_view>
+
+#include "cache/block_store.h"
+#include "kvtier/v1/cache.grpc.pb.h"
+
+namespace kvtier::server {
+
+// The store key of a tenant's block key. The all-zero key (no parent) maps to itself.
+BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
+
+struct ServiceLimits {
+  size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Get/Lookup/Delete.
+  size_t get_chunk_bytes = 1 << 20;       // Default: 1 MiB. Payload bytes per Get message.
+  size_t max_tenant_bytes = 256;          // Default: 256. Longest tenant name.
+};
+
+class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
+ public:
+  CacheServiceImpl(BlockStore* store, ServiceLimits limits = {});
+
+  // RPCs being served right now (for a graceful shutdown).
+  int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+
+  grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
+                   v1::PutResponse* response) override;
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                   grpc::ServerWriter<v1::GetResponse>* writer) override;
+  grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
+                      v1::LookupResponse* response) override;
+  grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
+                     v1::LeaseResponse* response) override;
+  grpc::Status Release(grpc::ServerContext* ctx, const v1::ReleaseRequest* request,
+                       v1::ReleaseResponse* response) override;
+  grpc::Status Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* request,
+                      v1::DeleteResponse* response) override;
+  grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* request,
+                     v1::StatsResponse* response) override;
+
+ private:
+  absl::Status CheckTenant(const std::string& tenant) const;
+  // The store keys of `keys` (16 bytes each) for `tenant`.
+  absl::StatusOr<std::vector<BlockKey>> StoreKeys(
+      const std::string& tenant, const google::protobuf::RepeatedPtrField<std::string>& keys) const;
+
+  // Counts an RPC in flight for its lifetime.
+  class InFlight {
+   public:
+    explicit InFlight(std::atomic<int>* n) : n_(n) { n_->fetch_add(1); }
+    ~InFlight() { n_->fetch_sub(1); }
+
+   private:
+    std::atomic<int>* n_;
+  };
+
+  BlockStore* store_;
+  ServiceLimits limits_;
+  std::atomic<int> in_flight_{0};
+};
+
+// absl::Status -> grpc::Status (the code numbers are the same).
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace kvtier::server

@@ -1,0 +1,100 @@
+#pragma once
+// DaemonProcess: runs a kvtier daemon binary as a real child process for integration tests,
+// waits for its "... listening on HOST:PORT" line, and stops it with SIGTERM (SIGKILL on
+// destruction if still running).
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace kvtier::testing {
+
+class DaemonProcess {
+ public:
+  // Starts `binary` with `args`; address() is empty if it did not report listening within
+  // `timeout`.
+  DaemonProcess(const std::string& binary, const std::vector<std::string>& args,
+                std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    std::vector<std::string> all = {binary};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) pid_ = 0;
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    out_ = fds[0];
+    if (pid_ == 0) return;
+    // Read until the listening line, bounded in time.
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string text;
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[256];
+      const ssize_t n = read(out_, buf, sizeof(buf));
+      if (n <= 0) break;
+      text.append(buf, static_cast<size_t>(n));
+      const size_t at = text.find("listening on ");
+      const size_t eol = at == std::string::npos ? at : text.find('\n', at);
+      if (eol != std::string::npos) {
+        address_ = text.substr(at + 13, eol - at - 13);
+        break;
+      }
+    }
+  }
+  ~DaemonProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_ >= 0) close(out_);
+  }
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  const std::string& address() const { return address_; }
+  pid_t pid() const { return pid_; }
+
+  // SIGTERM, then waits up to `timeout`; returns the exit status as waitpid reports it, or -1 if
+  // it had to be killed.
+  int Stop(std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, SIGTERM);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = 0;
+        return status;
+      }
+      usleep(10'000);
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = 0;
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = 0;
+  int out_ = -1;
+  std::string address_;
+};
+
+}  // namespace kvtier::testing

@@ -1,0 +1,357 @@
+// kvtierd end to end: a real daemon process on a free loopback port, spoken to over gRPC.
+#include <gtest/gtest.h>
+#include <grpcpp/grpcpp.h>
+
+#include "common/checksum.h"
+#include "kvtier/v1/cache.grpc.pb.h"
+#include "testing/daemon_process.h"
+#include "testing/test_util.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::testing::DaemonProcess;
+using ::kvtier::testing::TempDir;
+using ::kvtier::testing::TestBlock;
+using ::kvtier::testing::TestKey;
+
+const std::string kDaemon = std::string(KVTIER_BINARY_DIR) + "/kvtierd";
+
+std::unique_ptr<DaemonProcess> StartDaemon(const std::string& data_dir,
+                                           std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--data", data_dir,
+                                   "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto d = std::make_unique<DaemonProcess>(kDaemon, args);
+  EXPECT_FALSE(d->address().empty()) << "kvtierd did not start";
+  return d;
+}
+
+std::unique_ptr<v1::CacheService::Stub> Connect(const DaemonProcess& d) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return v1::CacheService::NewStub(
+      grpc::CreateCustomChannel(d.address(), grpc::InsecureChannelCredentials(), args));
+}
+
+struct Block {
+  BlockKey key;
+  BlockKey parent;
+  std::vector<uint8_t> data;
+};
+
+std::vector<Block> Chain(uint64_t first, size_t n, size_t size) {
+  std::vector<Block> out;
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back({TestKey(first + i), i == 0 ? BlockKey{} : TestKey(first + i - 1),
+                   TestBlock(first + i, size)});
+  }
+  return out;
+}
+
+// Puts `blocks` in one stream, each payload split into `chunk`-byte messages.
+grpc::Status PutBlocks(v1::CacheService::Stub& stub, const std::string& tenant,
+                       const std::vector<Block>& blocks, size_t chunk = 1 << 20,
+                       bool durable = false, v1::PutResponse* response = nullptr) {
+  grpc::ClientContext ctx;
+  v1::PutResponse local;
+  auto writer = stub.Put(&ctx, response != nullptr ? response : &local);
+  for (const Block& b : blocks) {
+    for (size_t off = 0; off < b.data.size(); off += chunk) {
+      v1::PutRequest req;
+      req.set_tenant(tenant);
+      if (off == 0) {
+        v1::BlockHeader* h = req.mutable_header();
+        h->set_key(b.key.ByteString());
+        if (!b.parent.IsZero()) h->set_parent(b.parent.ByteString());
+        h->set_size(b.data.size());
+        h->set_checksum(Checksum(b.data.data(), b.data.size()));
+        h->set_durable(durable);
+      }
+      req.set_data(b.data.data() + off, std::min(chunk, b.data.size() - off));
+      if (!writer->Write(req)) break;
+    }
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+// Gets `keys`; returns one entry per key: the payload, or nullopt when not found.
+std::vector<std::optional<std::vector<uint8_t>>> GetBlocks(v1::CacheService::Stub& stub,
+                                                           const std::string& tenant,
+                                                           const std::vector<BlockKey>& keys,
+                                                           grpc::Status* status) {
+  grpc::ClientContext ctx;
+  v1::GetRequest req;
+  req.set_tenant(tenant);
+  for (const BlockKey& k : keys) req.add_keys(k.ByteString());
+  auto reader = stub.Get(&ctx, req);
+  std::vector<std::optional<std::vector<uint8_t>>> out;
+  v1::GetResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_header()) {
+      out.emplace_back();
+      if (msg.found()) out.back().emplace();
+    }
+    if (!out.empty() && out.back().has_value()) {
+      out.back()->insert(out.back()->end(), msg.data().begin(), msg.data().end());
+    }
+  }
+  *status = reader->Finish();
+  return out;
+}
+
+std::vector<BlockKey> KeysOf(const std::vector<Block>& blocks) {
+  std::vector<BlockKey> keys;
+  for (const Block& b : blocks) keys.push_back(b.key);
+  return keys;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    daemon_ = StartDaemon(dir_.Sub("data"));
+    ASSERT_FALSE(daemon_->address().empty());
+    stub_ = Connect(*daemon_);
+  }
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<v1::CacheService::Stub> stub_;
+};
+
+TEST_F(DaemonTest, PutGetLookupRoundTrip) {
+  const auto chain = Chain(0, 3, 3 << 20);  // 3 MiB blocks, sent in 1 MiB chunks
+  v1::PutResponse put;
+  ASSERT_TRUE(PutBlocks(*stub_, "tenant-a", chain, 1 << 20, false, &put).ok());
+  EXPECT_EQ(put.stored(), 3u);
+  grpc::Status st;
+  std::vector<BlockKey> keys = KeysOf(chain);
+  keys.push_back(TestKey(99));
+  auto got = GetBlocks(*stub_, "tenant-a", keys, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(got[i].has_value()) << i;
+    EXPECT_EQ(*got[i], chain[i].data) << i;
+  }
+  EXPECT_FALSE(got[3].has_value());
+
+  grpc::ClientContext ctx;
+  v1::LookupRequest lreq;
+  lreq.set_tenant("tenant-a");
+  for (const BlockKey& k : keys) lreq.add_keys(k.ByteString());
+  v1::LookupResponse lres;
+  ASSERT_TRUE(stub_->Lookup(&ctx, lreq, &lres).ok());
+  EXPECT_EQ(lres.matched(), 3u);
+  ASSERT_EQ(lres.tiers_size(), 3);
+  EXPECT_EQ(lres.tiers(0), v1::TIER_HOST);
+
+  // A repeated put is a no-op.
+  ASSERT_TRUE(PutBlocks(*stub_, "tenant-a", chain, 1 << 20, false, &put).ok());
+  EXPECT_EQ(put.stored(), 0u);
+  EXPECT_EQ(put.present(), 3u);
+}
+
+TEST_F(DaemonTest, TenantsCannotReachEachOthersBlocks) {
+  const auto chain = Chain(10, 2, 4096);
+  ASSERT_TRUE(PutBlocks(*stub_, "alice", chain).ok());
+  grpc::Status st;
+  auto got = GetBlocks(*stub_, "mallory", KeysOf(chain), &st);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_FALSE(got[0].has_value());
+  EXPECT_FALSE(got[1].has_value());
+  {
+    grpc::ClientContext ctx;
+    v1::LookupRequest req;
+    req.set_tenant("mallory");
+    req.add_keys(chain[0].key.ByteString());
+    v1::LookupResponse res;
+    ASSERT_TRUE(stub_->Lookup(&ctx, req, &res).ok());
+    EXPECT_EQ(res.matched(), 0u);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::DeleteRequest req;
+    req.set_tenant("mallory");
+    req.add_keys(chain[0].key.ByteString());
+    v1::DeleteResponse res;
+    ASSERT_TRUE(stub_->Delete(&ctx, req, &res).ok());
+    EXPECT_EQ(res.deleted(), 0u);
+  }
+  uint64_t lease_id = 0;
+  {
+    grpc::ClientContext ctx;
+    v1::LeaseRequest req;
+    req.set_tenant("mallory");
+    req.add_keys(chain[0].key.ByteString());
+    v1::LeaseResponse res;
+    EXPECT_EQ(stub_->Lease(&ctx, req, &res).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::LeaseRequest req;
+    req.set_tenant("alice");
+    req.add_keys(chain[0].key.ByteString());
+    v1::LeaseResponse res;
+    ASSERT_TRUE(stub_->Lease(&ctx, req, &res).ok());
+    lease_id = res.lease_id();
+    ASSERT_EQ(res.blocks_size(), 1);
+    EXPECT_EQ(res.blocks(0).size(), 4096u);
+  }
+  for (const char* tenant : {"mallory", "alice"}) {
+    grpc::ClientContext ctx;
+    v1::ReleaseRequest req;
+    req.set_tenant(tenant);
+    req.set_lease_id(lease_id);
+    v1::ReleaseResponse res;
+    grpc::Status rs = stub_->Release(&ctx, req, &res);
+    if (std::string(tenant) == "mallory") {
+      EXPECT_EQ(rs.error_code(), grpc::StatusCode::NOT_FOUND) << "another tenant's lease";
+    } else {
+      EXPECT_TRUE(rs.ok()) << rs.error_message();
+    }
+  }
+  got = GetBlocks(*stub_, "alice", KeysOf(chain), &st);
+  ASSERT_TRUE(st.ok());
+  ASSERT_TRUE(got[0].has_value());
+  EXPECT_EQ(*got[0], chain[0].data);
+}
+
+TEST_F(DaemonTest, BadInputOverTheWire) {
+  auto expect_code = [](grpc::Status st, grpc::StatusCode code, const std::string& what) {
+    EXPECT_EQ(st.error_code(), code) << what << ": " << st.error_message();
+  };
+  {  // malformed key
+    grpc::ClientContext ctx;
+    v1::GetRequest req;
+    req.set_tenant("t");
+    req.add_keys("short");
+    auto reader = stub_->Get(&ctx, req);
+    v1::GetResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    expect_code(reader->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "15-byte key");
+  }
+  {  // no tenant
+    grpc::ClientContext ctx;
+    v1::LookupRequest req;
+    req.add_keys(TestKey(1).ByteString());
+    v1::LookupResponse res;
+    expect_code(stub_->Lookup(&ctx, req, &res), grpc::StatusCode::INVALID_ARGUMENT, "no tenant");
+  }
+  {  // data before a header
+    grpc::ClientContext ctx;
+    v1::PutResponse res;
+    auto w = stub_->Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    req.set_data("xyz");
+    w->Write(req);
+    w->WritesDone();
+    expect_code(w->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "data before header");
+  }
+  {  // a size that does not match the declared layout
+    grpc::ClientContext ctx;
+    v1::PutResponse res;
+    auto w = stub_->Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    v1::KvLayout* l = req.mutable_layout();
+    l->set_kind(v1::LAYOUT_KIND_GQA);
+    l->set_dtype(v1::DTYPE_FP16);
+    l->set_layers(2);
+    l->set_kv_heads(2);
+    l->set_head_dim(16);
+    l->set_block_tokens(16);
+    req.mutable_header()->set_key(TestKey(5).ByteString());
+    req.mutable_header()->set_size(1000);
+    w->Write(req);
+    w->WritesDone();
+    expect_code(w->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "size vs layout");
+  }
+  // A truncated stream and a client that goes away mid-put leave nothing visible.
+  const auto block = Chain(20, 1, 1 << 20);
+  {
+    grpc::ClientContext ctx;
+    v1::PutResponse res;
+    auto w = stub_->Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    req.mutable_header()->set_key(block[0].key.ByteString());
+    req.mutable_header()->set_size(block[0].data.size());
+    req.set_data(block[0].data.data(), 1000);
+    w->Write(req);
+    w->WritesDone();
+    expect_code(w->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "truncated put");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::PutResponse res;
+    auto w = stub_->Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    req.mutable_header()->set_key(block[0].key.ByteString());
+    req.mutable_header()->set_size(block[0].data.size());
+    req.set_data(block[0].data.data(), 1000);
+    w->Write(req);
+    ctx.TryCancel();  // the client disconnects
+    (void)w->Finish();
+  }
+  grpc::Status st;
+  auto got = GetBlocks(*stub_, "t", KeysOf(block), &st);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_FALSE(got[0].has_value()) << "no partial block is ever visible";
+  // A wrong checksum is refused.
+  {
+    grpc::ClientContext ctx;
+    v1::PutResponse res;
+    auto w = stub_->Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    req.mutable_header()->set_key(TestKey(21).ByteString());
+    req.mutable_header()->set_size(4);
+    req.mutable_header()->set_checksum(1);
+    req.set_data("abcd");
+    w->Write(req);
+    w->WritesDone();
+    expect_code(w->Finish(), grpc::StatusCode::DATA_LOSS, "wrong checksum");
+  }
+}
+
+TEST_F(DaemonTest, GetOfOneHundredThousandKeys) {
+  const auto chain = Chain(100, 10, 4096);
+  ASSERT_TRUE(PutBlocks(*stub_, "t", chain).ok());
+  std::vector<BlockKey> keys = KeysOf(chain);
+  for (uint64_t i = 0; keys.size() < 100'000; ++i) keys.push_back(TestKey(1'000'000 + i));
+  grpc::Status st;
+  auto got = GetBlocks(*stub_, "t", keys, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(got.size(), 100'000u);
+  size_t found = 0;
+  for (const auto& g : got) found += g.has_value();
+  EXPECT_EQ(found, 10u);
+  EXPECT_EQ(*got[9], chain[9].data);
+}
+
+TEST_F(DaemonTest, RestartKeepsDurableBlocks) {
+  const auto chain = Chain(200, 4, 64 * 1024);
+  ASSERT_TRUE(PutBlocks(*stub_, "t", chain, 1 << 20, /*durable=*/true).ok());
+  const int status = daemon_->Stop();
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "SIGTERM exit status " << status;
+  daemon_ = StartDaemon(dir_.Sub("data"));
+  ASSERT_FALSE(daemon_->address().empty());
+  stub_ = Connect(*daemon_);
+  grpc::Status st;
+  auto got = GetBlocks(*stub_, "t", KeysOf(chain), &st);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(got[i].has_value()) << i;
+    EXPECT_EQ(*got[i], chain[i].data);
+  }
+}
+
+}  // namespace
+}  // namespace kvtier
