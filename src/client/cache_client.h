@@ -1,0 +1,81 @@
+#pragma once
+// CacheClient: the C++ client of kvtierd (kvtier.v1.CacheService).
+//
+// One client talks to one daemon as one tenant. Every call has a deadline; calls that fail with
+// UNAVAILABLE (daemon restarting, connection lost) are retried with exponential backoff, which is
+// safe because every operation is idempotent (a repeated put of a present block is a no-op).
+// Block keys are computed with common/block_key.h (ChainHasher) from tokens. Thread-safe.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/block_key.h"
+#include "common/kv_layout.h"
+
+namespace kvtier {
+namespace v1 {
+class StatsResponse;
+}
+
+struct ClientOptions {
+  std::string address;            // Required. host:port of kvtierd.
+  std::string tenant;             // Required. Names the key space.
+  int64_t deadline_ms = 30'000;   // Default: 30 s. Per attempt.
+  int max_attempts = 4;           // Default: 4. Attempts for UNAVAILABLE.
+  int64_t initial_backoff_ms = 50;  // Default: 50 ms, doubled after each failed attempt.
+  size_t chunk_bytes = 1 << 20;   // Default: 1 MiB. Payload bytes per Put message.
+  size_t max_message_bytes = 64 << 20;  // Default: 64 MiB. Largest message accepted.
+};
+
+// A block to store: its key, its parent's key (zero for the first block of a chain), its bytes.
+struct BlockToPut {
+  BlockKey key;
+  BlockKey parent;
+  std::span<const uint8_t> data;
+};
+
+struct PutResult {
+  uint32_t stored = 0;   // newly stored
+  uint32_t present = 0;  // already there
+};
+
+struct RemoteLookup {
+  size_t matched = 0;
+  std::vector<std::string> tiers;  // "hbm", "host", "nvme" for each matched block
+};
+
+class CacheClient {
+ public:
+  // INVALID_ARGUMENT for a missing address or tenant. Connects lazily.
+  static absl::StatusOr<std::unique_ptr<CacheClient>> Create(const ClientOptions& options);
+  ~CacheClient();
+
+  // Stores blocks in one stream. durable: acknowledged only once on the daemon's NVMe.
+  // layout, when given, makes the daemon check every block's size against it.
+  absl::StatusOr<PutResult> Put(std::span<const BlockToPut> blocks, bool durable = false,
+                                const KvLayout* layout = nullptr);
+  // One entry per key, in order: the block's bytes, or nullopt when it is not cached.
+  absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> Get(
+      std::span<const BlockKey> keys);
+  // How many leading blocks of the chain are cached, and where.
+  absl::StatusOr<RemoteLookup> Lookup(std::span<const BlockKey> chain);
+  // Returns how many of the keys were present.
+  absl::StatusOr<uint32_t> Delete(std::span<const BlockKey> keys);
+  absl::StatusOr<v1::StatsResponse> Stats();
+
+  const ClientOptions& options() const { return options_; }
+
+ private:
+  struct Rpc;
+  explicit CacheClient(const ClientOptions& options);
+  ClientOptions options_;
+  std::unique_ptr<Rpc> rpc_;
+};
+
+}  // namespace kvtier

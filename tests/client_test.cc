@@ -1,0 +1,105 @@
+// The C++ client library against a real kvtierd.
+#include "client/cache_client.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "kvtier/v1/cache.pb.h"
+#include "testing/daemon_process.h"
+#include "testing/test_util.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::testing::DaemonProcess;
+using ::kvtier::testing::TempDir;
+
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    daemon_ = std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+        std::vector<std::string>{"--listen", "127.0.0.1:0", "--data", dir_.Sub("data"),
+                                 "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn"});
+    ASSERT_FALSE(daemon_->address().empty());
+    auto c = CacheClient::Create({.address = daemon_->address(), .tenant = "frontend-1"});
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+  }
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<CacheClient> client_;
+};
+
+TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
+  const KvLayout layout = KvLayout::SmallGqa();
+  auto hasher = ChainHasher::Create({.tenant_salt = "s", .model_id = "m",
+                                     .layout_fingerprint = layout.Fingerprint()},
+                                    layout.block_tokens);
+  ASSERT_TRUE(hasher.ok());
+  std::vector<uint32_t> prompt(16 * 5 + 7);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<uint32_t>(i * 7919);
+  const std::vector<BlockKey> keys = hasher->Keys(prompt);
+  ASSERT_EQ(keys.size(), 5u);
+  std::vector<std::vector<uint8_t>> payloads;
+  std::vector<BlockToPut> blocks;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    payloads.push_back(testing::TestBlock(i, layout.BytesPerBlock()));
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    blocks.push_back({keys[i], i == 0 ? BlockKey{} : keys[i - 1], payloads[i]});
+  }
+  // Only the first three are "prefilled" at first.
+  auto put = client_->Put(std::span(blocks).first(3), false, &layout);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->stored, 3u);
+  auto found = client_->Lookup(keys);
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(found->matched, 3u);
+  EXPECT_EQ(found->tiers, (std::vector<std::string>{"host", "host", "host"}));
+  put = client_->Put(blocks, false, &layout);
+  ASSERT_TRUE(put.ok());
+  EXPECT_EQ(put->stored, 2u);
+  EXPECT_EQ(put->present, 3u);
+  auto got = client_->Get(keys);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    ASSERT_TRUE((*got)[i].has_value());
+    EXPECT_EQ(*(*got)[i], payloads[i]);
+  }
+  auto deleted = client_->Delete(std::span(keys).subspan(4));
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(*deleted, 1u);
+  found = client_->Lookup(keys);
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(found->matched, 4u);
+  auto stats = client_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_GE(stats->puts(), 5u);
+  // A wrong size for the declared layout is refused by the daemon.
+  std::vector<uint8_t> small(100);
+  BlockToPut bad{BlockKey{1, 2}, BlockKey{}, small};
+  EXPECT_EQ(client_->Put(std::span(&bad, 1), false, &layout).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ClientErrors, BadOptionsAndAnAbsentDaemon) {
+  EXPECT_EQ(CacheClient::Create({.tenant = "t"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CacheClient::Create({.address = "127.0.0.1:1"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Port 1 on loopback: nothing listens there. UNAVAILABLE after bounded retries.
+  auto c = CacheClient::Create({.address = "127.0.0.1:1", .tenant = "t", .deadline_ms = 500,
+                                .max_attempts = 3, .initial_backoff_ms = 10});
+  ASSERT_TRUE(c.ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  const BlockKey key{1, 1};
+  auto r = (*c)->Lookup(std::span(&key, 1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+}
+
+}  // namespace
+}  // namespace kvtier
