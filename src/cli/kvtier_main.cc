@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "cli/demo.h"
+#include "cli/remote.h"
 #include "common/logging.h"
 
 namespace {
@@ -15,6 +16,9 @@ sharing a prefix skip its prefill.
 commands:
   demo      replay a Mooncake trace through a tiered block store and restart it (the README's
             quick start); `kvtier demo --help` for its options
+  put, get, lookup, delete, stats
+            talk to a kvtierd (`kvtier put --help` lists their options)
+  keys      chained block keys of a token sequence
 
 `kvtier <command> --help` explains each command.
 )";
@@ -29,6 +33,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::strcmp(argv[1], "demo") == 0) return kvtier::cli::RunDemo(argc - 2, argv + 2);
+  if (kvtier::cli::IsRemoteCommand(argv[1])) return kvtier::cli::RunRemote(argc - 1, argv + 1);
   std::fprintf(stderr, "kvtier: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
 }
