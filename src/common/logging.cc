@@ -6,12 +6,17 @@
 
 namespace kvtier {
 
-absl::Status InitLogging(const std::string& level) {
-  const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
-  if (parsed == spdlog::level::off && level != "off") {
+absl::Status ValidateLogLevel(const std::string& level) {
+  if (spdlog::level::from_str(level) == spdlog::level::off && level != "off") {
     return absl::InvalidArgumentError(absl::StrCat(
         "log level: unknown '", level, "' (trace, debug, info, warn, error, critical, off)"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status InitLogging(const std::string& level) {
+  if (absl::Status st = ValidateLogLevel(level); !st.ok()) return st;
+  const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
   auto logger = spdlog::get("kvtier");
   if (logger == nullptr) logger = spdlog::stderr_color_mt("kvtier");
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");

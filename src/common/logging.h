@@ -12,4 +12,7 @@ namespace kvtier {
 // off). INVALID_ARGUMENT for another level name.
 absl::Status InitLogging(const std::string& level = "info");
 
+// OK if `level` is one of the names above, else INVALID_ARGUMENT.
+absl::Status ValidateLogLevel(const std::string& level);
+
 }  // namespace kvtier

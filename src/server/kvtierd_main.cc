@@ -11,104 +11,30 @@
 #include <cstring>
 #include <string>
 
-#include "absl/strings/numbers.h"
 #include "cache/block_store.h"
 #include "common/logging.h"
 #include "server/cache_service.h"
+#include "server/daemon_config.h"
 #include "spdlog/spdlog.h"
 
-namespace {
-
-constexpr char kUsage[] = R"(usage: kvtierd [options]
-
-The kvtier cache daemon: keeps KV blocks of LLM prompts in host RAM and on NVMe (and in HBM where
-a GPU is present) and serves them over gRPC (kvtier.v1.CacheService, grpc.health.v1.Health,
-server reflection). With no options it starts a working single-node cache on 127.0.0.1:7700 with
-its NVMe tier in ./kvtier-data.
-
-options (defaults in brackets):
-  --listen ADDR        gRPC address; port 0 picks a free port [127.0.0.1:7700]
-  --data DIR           NVMe tier directory (blob files + RocksDB metadata) [./kvtier-data]
-  --no-nvme            RAM only: no NVMe tier
-  --host-mib N         host tier (pinned RAM) in MiB [1024]
-  --nvme-gib N         NVMe tier capacity in GiB [64]
-  --hbm-mib N          HBM tier in MiB, used only where a GPU is present [0]
-  --max-block-mib N    largest block accepted, in MiB [8]
-  --admission P        NVMe admission: all | seen-twice [seen-twice]
-  --lease-ttl-ms N     default lease TTL [30000]
-  --log-level L        trace | debug | info | warn | error | off [info]
-  --help               this text
-
-On start it prints one line to stdout, "kvtierd listening on HOST:PORT", then logs to stderr.
-SIGTERM or SIGINT: stop accepting, finish in-flight requests (10 s at most), flush the NVMe tier.
-)";
-
-int Usage(const std::string& error) {
-  std::fprintf(stderr, "kvtierd: %s\n\n%s", error.c_str(), kUsage);
-  return 2;
-}
-
-bool ParsePositive(const char* s, uint64_t* out) {
-  return s != nullptr && absl::SimpleAtoi(s, out) && *out > 0;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  std::string listen = "127.0.0.1:7700";
-  std::string log_level = "info";
-  kvtier::StoreOptions so;
-  so.nvme_path = "./kvtier-data";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
-    uint64_t n = 0;
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "--no-nvme") {
-      so.nvme_path.clear();
-      continue;
-    } else if (v == nullptr) {
-      return Usage("unknown option or missing value: '" + a + "'");
-    } else if (a == "--listen") {
-      listen = v;
-    } else if (a == "--data") {
-      so.nvme_path = v;
-    } else if (a == "--host-mib") {
-      if (!ParsePositive(v, &n)) return Usage("--host-mib: needs a number > 0");
-      so.host_bytes = n << 20;
-    } else if (a == "--nvme-gib") {
-      if (!ParsePositive(v, &n)) return Usage("--nvme-gib: needs a number > 0");
-      so.nvme_bytes = n << 30;
-    } else if (a == "--hbm-mib") {
-      if (!absl::SimpleAtoi(v, &n)) return Usage("--hbm-mib: needs a number");
-      so.hbm_bytes = n << 20;
-    } else if (a == "--max-block-mib") {
-      if (!ParsePositive(v, &n)) return Usage("--max-block-mib: needs a number > 0");
-      so.max_block_bytes = n << 20;
-    } else if (a == "--admission") {
-      if (std::strcmp(v, "all") == 0) {
-        so.nvme_admission = kvtier::NvmeAdmission::kAll;
-      } else if (std::strcmp(v, "seen-twice") == 0) {
-        so.nvme_admission = kvtier::NvmeAdmission::kSeenTwice;
-      } else {
-        return Usage("--admission: all or seen-twice");
-      }
-    } else if (a == "--lease-ttl-ms") {
-      if (!ParsePositive(v, &n)) return Usage("--lease-ttl-ms: needs a number > 0");
-      so.lease_ttl_us = static_cast<int64_t>(n) * 1000;
-      so.max_lease_ttl_us = std::max(so.max_lease_ttl_us, so.lease_ttl_us);
-    } else if (a == "--log-level") {
-      log_level = v;
-    } else {
-      return Usage("unknown option '" + a + "'");
-    }
-    ++i;
+  bool help = false;
+  auto config = kvtier::server::LoadDaemonConfig(argc - 1, argv + 1, &help);
+  if (help) {
+    std::fputs(kvtier::server::DaemonUsage().c_str(), stdout);
+    return 0;
   }
-  if (absl::Status st = kvtier::InitLogging(log_level); !st.ok()) {
-    return Usage(std::string(st.message()));
+  if (!config.ok()) {
+    std::fprintf(stderr, "kvtierd: %s\n(see kvtierd --help)\n",
+                 std::string(config.status().message()).c_str());
+    return 2;
   }
+  if (absl::Status st = kvtier::InitLogging(config->log_level); !st.ok()) {
+    std::fprintf(stderr, "kvtierd: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  const kvtier::StoreOptions& so = config->store;
+  const std::string& listen = config->listen;
 
   // Signals are taken by a thread of ours, not by whichever thread they land on.
   sigset_t signals;
@@ -122,14 +48,15 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot open the block store: {}", store.status().ToString());
     return 1;
   }
-  kvtier::server::CacheServiceImpl service(store->get());
+  kvtier::server::CacheServiceImpl service(store->get(), config->limits);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config->max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     spdlog::critical("cannot listen on {}", listen);

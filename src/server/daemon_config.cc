@@ -1,0 +1,263 @@
+#include "server/daemon_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/logging.h"
+
+namespace kvtier::server {
+namespace {
+
+struct Option {
+  std::string key;    // YAML path, dot-separated
+  std::string flag;   // command-line flag without "--"
+  std::string value;  // what the value looks like (empty for a boolean)
+  std::string def;    // default, as text
+  std::string help;
+  // Applies a value given as text; INVALID_ARGUMENT with the reason (the caller adds the name).
+  std::function<absl::Status(DaemonConfig&, const std::string&)> set;
+};
+
+absl::Status Bad(const std::string& why) { return absl::InvalidArgumentError(why); }
+
+template <typename T>
+absl::Status SetNumber(const std::string& v, T* out, uint64_t scale, bool allow_zero) {
+  uint64_t n = 0;
+  if (!absl::SimpleAtoi(v, &n)) return Bad("'" + v + "' is not a non-negative whole number");
+  if (!allow_zero && n == 0) return Bad("must be > 0");
+  if (n > UINT64_MAX / scale) return Bad("'" + v + "' is too large");
+  *out = static_cast<T>(n * scale);
+  return absl::OkStatus();
+}
+
+absl::Status SetBool(const std::string& v, bool* out) {
+  if (v == "true" || v == "yes" || v == "on" || v == "1") {
+    *out = true;
+  } else if (v == "false" || v == "no" || v == "off" || v == "0") {
+    *out = false;
+  } else {
+    return Bad("'" + v + "' is not true or false");
+  }
+  return absl::OkStatus();
+}
+
+constexpr uint64_t kMiB = 1 << 20;
+
+const std::vector<Option>& Options() {
+  static const std::vector<Option> options = {
+      {"listen", "listen", "HOST:PORT", "127.0.0.1:7700", "gRPC address; port 0 picks a free port",
+       [](DaemonConfig& c, const std::string& v) {
+         if (v.rfind(':') == std::string::npos) return Bad("'" + v + "' has no :PORT");
+         c.listen = v;
+         return absl::OkStatus();
+       }},
+      {"log_level", "log-level", "LEVEL", "info", "trace, debug, info, warn, error or off",
+       [](DaemonConfig& c, const std::string& v) {
+         if (!ValidateLogLevel(v).ok()) return Bad("'" + v + "' is not a log level");
+         c.log_level = v;
+         return absl::OkStatus();
+       }},
+      {"max_message_mib", "max-message-mib", "N", "64", "largest gRPC message accepted, MiB",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.max_message_bytes, kMiB, false);
+       }},
+      {"store.host_mib", "host-mib", "N", "1024", "host tier (pinned RAM), MiB",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.host_bytes, kMiB, false);
+       }},
+      {"store.hugepages", "hugepages", "BOOL", "true",
+       "back the host tier with 2 MiB pages where the system has them",
+       [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.host_hugepages); }},
+      {"store.mlock", "mlock", "BOOL", "true", "lock the host tier in RAM (warns if not permitted)",
+       [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.host_lock); }},
+      {"store.max_block_mib", "max-block-mib", "N", "8", "largest block accepted, MiB",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.max_block_bytes, kMiB, false);
+       }},
+      {"store.hbm_mib", "hbm-mib", "N", "0", "HBM tier, MiB; used only where a GPU is present",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.hbm_bytes, kMiB, true);
+       }},
+      {"store.hbm_device", "hbm-device", "N", "0", "CUDA device of the HBM tier",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.hbm_device, 1, true);
+       }},
+      {"store.nvme.path", "data", "DIR", "./kvtier-data",
+       "NVMe tier directory (blob files + RocksDB metadata); empty: no NVMe tier",
+       [](DaemonConfig& c, const std::string& v) {
+         c.store.nvme_path = v;
+         return absl::OkStatus();
+       }},
+      {"store.nvme.capacity_gib", "nvme-gib", "N", "64", "NVMe tier capacity, GiB",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.nvme_bytes, kMiB * 1024, false);
+       }},
+      {"store.nvme.admission", "admission", "POLICY", "seen-twice",
+       "which demoted blocks are written to flash: all, or seen-twice (read since their put)",
+       [](DaemonConfig& c, const std::string& v) {
+         if (v == "all") {
+           c.store.nvme_admission = NvmeAdmission::kAll;
+         } else if (v == "seen-twice") {
+           c.store.nvme_admission = NvmeAdmission::kSeenTwice;
+         } else {
+           return Bad("'" + v + "' is not all or seen-twice");
+         }
+         return absl::OkStatus();
+       }},
+      {"store.nvme.write_mib_per_s", "nvme-write-mib-per-s", "N", "0",
+       "flash write budget for demotions, MiB/s; 0: unlimited",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.nvme_write_bytes_per_s, kMiB, true);
+       }},
+      {"store.nvme.direct_io", "direct-io", "BOOL", "true", "O_DIRECT payload I/O on the NVMe tier",
+       [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.nvme_direct_io); }},
+      {"store.lease_ttl_ms", "lease-ttl-ms", "N", "30000", "lease TTL when a client names none",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.lease_ttl_us, 1000, false);
+       }},
+      {"store.max_lease_ttl_ms", "max-lease-ttl-ms", "N", "300000", "longest lease TTL allowed",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.max_lease_ttl_us, 1000, false);
+       }},
+      {"store.max_leased_mib", "max-leased-mib", "N", "0",
+       "cap on bytes pinned by leases, MiB; 0: half the host tier",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.max_leased_bytes, kMiB, true);
+       }},
+      {"limits.max_keys_per_request", "max-keys-per-request", "N", "1048576",
+       "keys in one Get, Lookup, Lease or Delete",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.limits.max_keys_per_request, 1, false);
+       }},
+  };
+  return options;
+}
+
+const Option* FindByKey(const std::string& key) {
+  for (const Option& o : Options()) {
+    if (o.key == key) return &o;
+  }
+  return nullptr;
+}
+const Option* FindByFlag(const std::string& flag) {
+  for (const Option& o : Options()) {
+    if (o.flag == flag) return &o;
+  }
+  return nullptr;
+}
+
+// Applies a YAML tree, naming the full key of anything unknown or malformed.
+absl::Status ApplyYaml(const YAML::Node& node, const std::string& prefix, DaemonConfig& c) {
+  if (!node.IsMap()) return Bad(absl::StrCat(prefix.empty() ? "config" : prefix, ": expected a map"));
+  for (const auto& kv : node) {
+    const std::string key = (prefix.empty() ? "" : prefix + ".") + kv.first.as<std::string>();
+    if (kv.second.IsMap()) {
+      absl::Status st = ApplyYaml(kv.second, key, c);
+      if (!st.ok()) return st;
+      continue;
+    }
+    const Option* o = FindByKey(key);
+    if (o == nullptr) return Bad(absl::StrCat(key, ": unknown setting"));
+    if (!kv.second.IsScalar() && !kv.second.IsNull()) {
+      return Bad(absl::StrCat(key, ": expected a single value"));
+    }
+    const std::string value = kv.second.IsNull() ? "" : kv.second.as<std::string>();
+    absl::Status st = o->set(c, value);
+    if (!st.ok()) return Bad(absl::StrCat(key, ": ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string DaemonUsage() {
+  std::string out = R"(usage: kvtierd [--config FILE] [options]
+
+The kvtier cache daemon: keeps KV blocks of LLM prompts in host RAM and on NVMe (and in HBM where
+a GPU is present) and serves them over gRPC (kvtier.v1.CacheService, grpc.health.v1.Health,
+server reflection). With no options it starts a working single-node cache on 127.0.0.1:7700 with
+its NVMe tier in ./kvtier-data.
+
+Settings come from a YAML file (--config FILE, keys as below, nested by their dots) and are
+overridden by flags. Every value is checked at start; an error names the key or flag.
+
+  --config FILE
+)";
+  for (const Option& o : Options()) {
+    std::string left = "  --" + o.flag + (o.value.empty() ? "" : " " + o.value);
+    if (left.size() < 32) left.resize(32, ' ');
+    absl::StrAppend(&out, left, " ", o.help, "\n", std::string(33, ' '), "YAML ", o.key,
+                    ", default ", o.def, "\n");
+  }
+  out += R"(  --no-nvme                      no NVMe tier (same as --data "")
+  --help                         this text
+
+On start it prints one line to stdout, "kvtierd listening on HOST:PORT", then logs to stderr.
+SIGTERM or SIGINT: new calls are refused, calls in flight get up to 10 s, the NVMe tier is
+flushed, and it exits 0.
+)";
+  return out;
+}
+
+absl::StatusOr<DaemonConfig> LoadDaemonConfig(int argc, char** argv, bool* help) {
+  *help = false;
+  DaemonConfig c;
+  // The file first, so that flags override it wherever they stand.
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      *help = true;
+      return c;
+    }
+    if (a != "--config") continue;
+    if (i + 1 >= argc) return Bad("--config: needs a file");
+    try {
+      YAML::Node root = YAML::LoadFile(argv[i + 1]);
+      if (!root.IsNull()) {
+        absl::Status st = ApplyYaml(root, "", c);
+        if (!st.ok()) return Bad(absl::StrCat(argv[i + 1], ": ", st.message()));
+      }
+    } catch (const YAML::Exception& e) {
+      return Bad(absl::StrCat("--config ", argv[i + 1], ": ", e.what()));
+    }
+  }
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--config") {
+      ++i;
+      continue;
+    }
+    if (a.rfind("--", 0) != 0) return Bad(absl::StrCat("unexpected argument '", a, "'"));
+    std::string name = a.substr(2), value;
+    if (name == "no-nvme") {
+      c.store.nvme_path.clear();
+      continue;
+    }
+    const size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    const Option* o = FindByFlag(name);
+    if (o == nullptr) return Bad(absl::StrCat("unknown option '--", name, "' (see --help)"));
+    if (eq == std::string::npos) {
+      if (i + 1 >= argc) return Bad(absl::StrCat(a, ": needs a value"));
+      value = argv[++i];
+    }
+    absl::Status st = o->set(c, value);
+    if (!st.ok()) return Bad(absl::StrCat("--", name, ": ", st.message()));
+  }
+  if (c.store.max_lease_ttl_us < c.store.lease_ttl_us) {
+    return Bad("store.max_lease_ttl_ms (--max-lease-ttl-ms): must be >= store.lease_ttl_ms");
+  }
+  absl::Status st = c.store.Validate();
+  if (!st.ok()) return Bad(absl::StrCat("store: ", st.message()));
+  return c;
+}
+
+}  // namespace kvtier::server

@@ -1,0 +1,31 @@
+#pragma once
+// DaemonConfig: everything kvtierd can be told, from a YAML file (--config) with command-line
+// flags overriding it. One table of options drives the YAML keys, the flags, --help and the
+// error messages, so the three never disagree. Validated once, at start; errors name the field.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "cache/store_options.h"
+#include "server/cache_service.h"
+
+namespace kvtier::server {
+
+struct DaemonConfig {
+  std::string listen = "127.0.0.1:7700";  // Default: 127.0.0.1:7700. gRPC address; port 0: any.
+  std::string log_level = "info";         // Default: info.
+  size_t max_message_bytes = size_t{64} << 20;  // Default: 64 MiB. Largest gRPC message.
+  StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
+  ServiceLimits limits;
+
+  DaemonConfig() { store.nvme_path = "./kvtier-data"; }
+};
+
+// The help text: every option with its YAML key, flag, default and meaning.
+std::string DaemonUsage();
+
+// Parses argv (without the program name). Returns the config, or INVALID_ARGUMENT naming the
+// YAML key or flag at fault. Sets *help when --help was given (the config is then defaults).
+absl::StatusOr<DaemonConfig> LoadDaemonConfig(int argc, char** argv, bool* help);
+
+}  // namespace kvtier::server
