@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config
   libabsl-dev libxxhash-dev libssl-dev librocksdb-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-  libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev
+  libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-xxhash
 )

@@ -50,7 +50,8 @@ TEST(Cli, PutLookupGetDeleteStats) {
   TempDir dir;
   DaemonProcess daemon(std::string(KVTIER_BINARY_DIR) + "/kvtierd",
                        {"--listen", "127.0.0.1:0", "--data", dir.Sub("data"), "--host-mib", "64",
-                        "--nvme-gib", "1", "--log-level", "warn"});
+                        "--nvme-gib", "1", "--log-level", "warn", "--metrics-listen",
+                        "127.0.0.1:0"});
   ASSERT_FALSE(daemon.address().empty());
   const std::string common = "--addr " + daemon.address() + " --tenant cli-test ";
   const std::string k0 = TestKey(0).Hex(), k1 = TestKey(1).Hex(), k2 = TestKey(2).Hex();

@@ -21,7 +21,8 @@ class ClientTest : public ::testing::Test {
     daemon_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtierd",
         std::vector<std::string>{"--listen", "127.0.0.1:0", "--data", dir_.Sub("data"),
-                                 "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn"});
+                                 "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn",
+                                 "--metrics-listen", "127.0.0.1:0"});
     ASSERT_FALSE(daemon_->address().empty());
     auto c = CacheClient::Create({.address = daemon_->address(), .tenant = "frontend-1"});
     ASSERT_TRUE(c.ok()) << c.status();

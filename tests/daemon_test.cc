@@ -5,6 +5,7 @@
 #include "common/checksum.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "testing/daemon_process.h"
+#include "testing/http_get.h"
 #include "testing/test_util.h"
 
 namespace kvtier {
@@ -20,7 +21,8 @@ const std::string kDaemon = std::string(KVTIER_BINARY_DIR) + "/kvtierd";
 std::unique_ptr<DaemonProcess> StartDaemon(const std::string& data_dir,
                                            std::vector<std::string> extra = {}) {
   std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--data", data_dir,
-                                   "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn"};
+                                   "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn",
+                                   "--metrics-listen", "127.0.0.1:0"};
   args.insert(args.end(), extra.begin(), extra.end());
   auto d = std::make_unique<DaemonProcess>(kDaemon, args);
   EXPECT_FALSE(d->address().empty()) << "kvtierd did not start";
@@ -333,6 +335,45 @@ TEST_F(DaemonTest, GetOfOneHundredThousandKeys) {
   for (const auto& g : got) found += g.has_value();
   EXPECT_EQ(found, 10u);
   EXPECT_EQ(*got[9], chain[9].data);
+}
+
+// The value of the first sample of `name` (with `labels`, e.g. {tier="host"}) in a Prometheus
+// text exposition, or -1.
+double Sample(const std::string& text, const std::string& name_and_labels) {
+  size_t at = 0;
+  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
+    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size()));
+    at += name_and_labels.size();
+  }
+  return -1;
+}
+
+TEST_F(DaemonTest, MetricsFollowTheWork) {
+  const std::string metrics = daemon_->AddressOf("kvtierd metrics");
+  ASSERT_FALSE(metrics.empty()) << daemon_->output();
+  const auto chain = Chain(300, 3, 8192);
+  ASSERT_TRUE(PutBlocks(*stub_, "t", chain).ok());
+  grpc::Status st;
+  std::vector<BlockKey> keys = KeysOf(chain);
+  keys.push_back(TestKey(999));
+  (void)GetBlocks(*stub_, "t", keys, &st);
+  ASSERT_TRUE(st.ok());
+  const std::string text = testing::HttpGet(metrics, "/metrics");
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(Sample(text, "kvtier_puts_total"), 3);
+  EXPECT_EQ(Sample(text, "kvtier_gets_total"), 3);
+  EXPECT_EQ(Sample(text, "kvtier_tier_blocks{tier=\"host\"}"), 3);
+  EXPECT_EQ(Sample(text, "kvtier_hits_total{tier=\"host\"}"), 3);
+  EXPECT_EQ(Sample(text, "kvtier_tier_capacity_bytes{tier=\"host\"}"), 64 << 20);
+  EXPECT_EQ(Sample(text, "kvtier_tier_capacity_bytes{tier=\"hbm\"}"), 0);
+  EXPECT_EQ(Sample(text, "kvtier_rpc_requests_total{code=\"OK\",rpc=\"Put\"}"), 1);
+  EXPECT_EQ(Sample(text, "kvtier_rpc_duration_seconds_count{rpc=\"Get\"}"), 1);
+  for (const char* name : {"kvtier_evictions_total", "kvtier_demotions_total",
+                           "kvtier_promotions_total", "kvtier_nvme_admission_rejections_total",
+                           "kvtier_checksum_failures_total", "kvtier_leases_active",
+                           "kvtier_index_bytes"}) {
+    EXPECT_GE(Sample(text, name), 0) << name << " missing";
+  }
 }
 
 TEST_F(DaemonTest, RestartKeepsDurableBlocks) {

@@ -2,11 +2,13 @@
 
 #include <xxhash.h>
 
+#include <chrono>
 #include <cstring>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/internal/le_bytes.h"
+#include "server/metrics.h"
 
 namespace kvtier::server {
 namespace {
@@ -21,10 +23,14 @@ absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
 
 std::optional<DType> FromProto(v1::DType d) {
   switch (d) {
-    case v1::DTYPE_FP16: return DType::kFp16;
-    case v1::DTYPE_BF16: return DType::kBf16;
-    case v1::DTYPE_FP8_E4M3: return DType::kFp8E4M3;
-    default: return std::nullopt;
+    case v1::DTYPE_FP16:
+      return DType::kFp16;
+    case v1::DTYPE_BF16:
+      return DType::kBf16;
+    case v1::DTYPE_FP8_E4M3:
+      return DType::kFp8E4M3;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -58,9 +64,12 @@ uint64_t LeaseMask(const std::string& tenant) {
 
 v1::Tier ToProto(Tier t) {
   switch (t) {
-    case Tier::kHbm: return v1::TIER_HBM;
-    case Tier::kHost: return v1::TIER_HOST;
-    case Tier::kNvme: return v1::TIER_NVME;
+    case Tier::kHbm:
+      return v1::TIER_HBM;
+    case Tier::kHost:
+      return v1::TIER_HOST;
+    case Tier::kNvme:
+      return v1::TIER_NVME;
   }
   return v1::TIER_UNSPECIFIED;
 }
@@ -69,8 +78,7 @@ v1::Tier ToProto(Tier t) {
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
@@ -83,8 +91,21 @@ BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
   return BlockKey{h.high64, h.low64};
 }
 
-CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits)
-    : store_(store), limits_(limits) {}
+CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics)
+    : store_(store), limits_(limits), metrics_(metrics) {}
+
+template <typename F>
+grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
+  InFlight guard(&in_flight_);
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status st = body();
+  if (metrics_ != nullptr) {
+    metrics_->ObserveRpc(
+        rpc, st.error_code(),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return st;
+}
 
 absl::Status CacheServiceImpl::CheckTenant(const std::string& tenant) const {
   if (tenant.empty()) return absl::InvalidArgumentError("tenant: must be set");
@@ -114,9 +135,9 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
   return out;
 }
 
-grpc::Status CacheServiceImpl::Put(grpc::ServerContext*, grpc::ServerReader<v1::PutRequest>* reader,
-                                   v1::PutResponse* response) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext*,
+                                       grpc::ServerReader<v1::PutRequest>* reader,
+                                       v1::PutResponse* response) {
   v1::PutRequest msg;
   std::string tenant;
   std::optional<KvLayout> layout;
@@ -139,9 +160,9 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext*, grpc::ServerReader<v1::
     }
     if (msg.has_header()) {
       if (block.has_value() && received != block->size()) {
-        return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
-            "block ", block_name, ": new header after ", received, " of ", block->size(),
-            " bytes")));
+        return ToGrpc(
+            absl::InvalidArgumentError(absl::StrCat("block ", block_name, ": new header after ",
+                                                    received, " of ", block->size(), " bytes")));
       }
       const v1::BlockHeader& h = msg.header();
       auto key = ParseKey(h.key(), "header.key");
@@ -156,8 +177,8 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext*, grpc::ServerReader<v1::
       opts.layout = layout.has_value() ? &*layout : nullptr;
       opts.durable = h.durable();
       if (h.has_checksum()) opts.expected_checksum = h.checksum();
-      auto handle = store_->BeginPut(TenantKey(tenant, *key), TenantKey(tenant, parent),
-                                     h.size(), opts);
+      auto handle =
+          store_->BeginPut(TenantKey(tenant, *key), TenantKey(tenant, parent), h.size(), opts);
       if (!handle.ok()) return ToGrpc(handle.status());
       if (handle->noop()) response->set_present(response->present() + 1);
       block = std::move(*handle);
@@ -169,8 +190,8 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext*, grpc::ServerReader<v1::
         return ToGrpc(absl::InvalidArgumentError("data before any block header"));
       }
       absl::Status st = block->Write(
-          received, std::span(reinterpret_cast<const uint8_t*>(msg.data().data()),
-                              msg.data().size()));
+          received,
+          std::span(reinterpret_cast<const uint8_t*>(msg.data().data()), msg.data().size()));
       if (!st.ok()) return ToGrpc(st);
       received += msg.data().size();
     }
@@ -190,9 +211,8 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext*, grpc::ServerReader<v1::
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                                   grpc::ServerWriter<v1::GetResponse>* writer) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                       grpc::ServerWriter<v1::GetResponse>* writer) {
   auto keys = StoreKeys(request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   std::vector<uint8_t> buf;
@@ -228,9 +248,8 @@ grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetReques
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequest* request,
-                                      v1::LookupResponse* response) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext*, const v1::LookupRequest* request,
+                                          v1::LookupResponse* response) {
   auto keys = StoreKeys(request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   const LookupResult r = store_->Lookup(*keys);
@@ -239,9 +258,8 @@ grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::Lease(grpc::ServerContext*, const v1::LeaseRequest* request,
-                                     v1::LeaseResponse* response) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext*, const v1::LeaseRequest* request,
+                                         v1::LeaseResponse* response) {
   auto keys = StoreKeys(request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   auto grant = store_->Lease(*keys, int64_t{request->ttl_ms()} * 1000);
@@ -262,9 +280,8 @@ grpc::Status CacheServiceImpl::Lease(grpc::ServerContext*, const v1::LeaseReques
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::Release(grpc::ServerContext*, const v1::ReleaseRequest* request,
-                                       v1::ReleaseResponse*) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext*, const v1::ReleaseRequest* request,
+                                           v1::ReleaseResponse*) {
   if (absl::Status st = CheckTenant(request->tenant()); !st.ok()) return ToGrpc(st);
   absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
   if (st.code() == absl::StatusCode::kNotFound) {
@@ -273,9 +290,8 @@ grpc::Status CacheServiceImpl::Release(grpc::ServerContext*, const v1::ReleaseRe
   return ToGrpc(st);
 }
 
-grpc::Status CacheServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequest* request,
-                                      v1::DeleteResponse* response) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext*, const v1::DeleteRequest* request,
+                                          v1::DeleteResponse* response) {
   auto keys = StoreKeys(request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   uint32_t deleted = 0;
@@ -291,9 +307,8 @@ grpc::Status CacheServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequ
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
-                                     v1::StatsResponse* response) {
-  InFlight guard(&in_flight_);
+grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext*, const v1::StatsRequest*,
+                                         v1::StatsResponse* response) {
   const StoreStats st = store_->Stats();
   for (int t = 0; t < kNumTiers; ++t) {
     v1::TierStats* ts = response->add_tiers();
@@ -315,6 +330,42 @@ grpc::Status CacheServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReques
   response->set_checksum_failures(st.checksum_failures);
   response->set_leases_active(st.leases_active);
   return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,
+                                   grpc::ServerReader<v1::PutRequest>* reader,
+                                   v1::PutResponse* response) {
+  return Observed("Put", [&] { return PutImpl(a0, reader, response); });
+}
+
+grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                   grpc::ServerWriter<v1::GetResponse>* writer) {
+  return Observed("Get", [&] { return GetImpl(ctx, request, writer); });
+}
+
+grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext* a0, const v1::LookupRequest* request,
+                                      v1::LookupResponse* response) {
+  return Observed("Lookup", [&] { return LookupImpl(a0, request, response); });
+}
+
+grpc::Status CacheServiceImpl::Lease(grpc::ServerContext* a0, const v1::LeaseRequest* request,
+                                     v1::LeaseResponse* response) {
+  return Observed("Lease", [&] { return LeaseImpl(a0, request, response); });
+}
+
+grpc::Status CacheServiceImpl::Release(grpc::ServerContext* a0, const v1::ReleaseRequest* request,
+                                       v1::ReleaseResponse* a2) {
+  return Observed("Release", [&] { return ReleaseImpl(a0, request, a2); });
+}
+
+grpc::Status CacheServiceImpl::Delete(grpc::ServerContext* a0, const v1::DeleteRequest* request,
+                                      v1::DeleteResponse* response) {
+  return Observed("Delete", [&] { return DeleteImpl(a0, request, response); });
+}
+
+grpc::Status CacheServiceImpl::Stats(grpc::ServerContext* a0, const v1::StatsRequest* a1,
+                                     v1::StatsResponse* response) {
+  return Observed("Stats", [&] { return StatsImpl(a0, a1, response); });
 }
 
 }  // namespace kvtier::server

@@ -16,6 +16,8 @@
 
 namespace kvtier::server {
 
+class DaemonMetrics;
+
 // The store key of a tenant's block key. The all-zero key (no parent) maps to itself.
 BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
 
@@ -27,7 +29,8 @@ struct ServiceLimits {
 
 class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
  public:
-  CacheServiceImpl(BlockStore* store, ServiceLimits limits = {});
+  // `metrics` may be null (no /metrics endpoint). Neither is owned.
+  CacheServiceImpl(BlockStore* store, ServiceLimits limits = {}, DaemonMetrics* metrics = nullptr);
 
   // RPCs being served right now (for a graceful shutdown).
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
@@ -48,6 +51,24 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                      v1::StatsResponse* response) override;
 
  private:
+  grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
+                       v1::PutResponse* response);
+  grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                       grpc::ServerWriter<v1::GetResponse>* writer);
+  grpc::Status LookupImpl(grpc::ServerContext* ctx, const v1::LookupRequest* request,
+                          v1::LookupResponse* response);
+  grpc::Status LeaseImpl(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
+                         v1::LeaseResponse* response);
+  grpc::Status ReleaseImpl(grpc::ServerContext* ctx, const v1::ReleaseRequest* request,
+                           v1::ReleaseResponse* response);
+  grpc::Status DeleteImpl(grpc::ServerContext* ctx, const v1::DeleteRequest* request,
+                          v1::DeleteResponse* response);
+  grpc::Status StatsImpl(grpc::ServerContext* ctx, const v1::StatsRequest* request,
+                         v1::StatsResponse* response);
+  // Runs an RPC body: counts it in flight, records its latency and status code.
+  template <typename F>
+  grpc::Status Observed(const char* rpc, F body);
+
   absl::Status CheckTenant(const std::string& tenant) const;
   // The store keys of `keys` (16 bytes each) for `tenant`.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
@@ -65,6 +86,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
 
   BlockStore* store_;
   ServiceLimits limits_;
+  DaemonMetrics* metrics_;
   std::atomic<int> in_flight_{0};
 };
 

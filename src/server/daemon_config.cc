@@ -56,6 +56,15 @@ const std::vector<Option>& Options() {
          c.listen = v;
          return absl::OkStatus();
        }},
+      {"metrics_listen", "metrics-listen", "HOST:PORT", "127.0.0.1:9770",
+       "Prometheus /metrics over HTTP; port 0 picks a free port; empty: none",
+       [](DaemonConfig& c, const std::string& v) {
+         if (!v.empty() && v.rfind(':') == std::string::npos) {
+           return Bad("'" + v + "' has no :PORT");
+         }
+         c.metrics_listen = v;
+         return absl::OkStatus();
+       }},
       {"log_level", "log-level", "LEVEL", "info", "trace, debug, info, warn, error or off",
        [](DaemonConfig& c, const std::string& v) {
          if (!ValidateLogLevel(v).ok()) return Bad("'" + v + "' is not a log level");
@@ -197,7 +206,8 @@ overridden by flags. Every value is checked at start; an error names the key or 
   out += R"(  --no-nvme                      no NVMe tier (same as --data "")
   --help                         this text
 
-On start it prints one line to stdout, "kvtierd listening on HOST:PORT", then logs to stderr.
+On start it prints "kvtierd metrics on HOST:PORT" (when enabled) and "kvtierd listening on
+HOST:PORT" to stdout, then logs to stderr.
 SIGTERM or SIGINT: new calls are refused, calls in flight get up to 10 s, the NVMe tier is
 flushed, and it exits 0.
 )";

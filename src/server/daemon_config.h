@@ -14,6 +14,8 @@ namespace kvtier::server {
 struct DaemonConfig {
   std::string listen = "127.0.0.1:7700";  // Default: 127.0.0.1:7700. gRPC address; port 0: any.
   std::string log_level = "info";         // Default: info.
+  // Default: 127.0.0.1:9770. Prometheus /metrics over HTTP; empty: no endpoint.
+  std::string metrics_listen = "127.0.0.1:9770";
   size_t max_message_bytes = size_t{64} << 20;  // Default: 64 MiB. Largest gRPC message.
   StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
   ServiceLimits limits;

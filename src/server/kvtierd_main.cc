@@ -15,6 +15,7 @@
 #include "common/logging.h"
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
+#include "server/metrics.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
@@ -48,7 +49,18 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot open the block store: {}", store.status().ToString());
     return 1;
   }
-  kvtier::server::CacheServiceImpl service(store->get(), config->limits);
+  std::unique_ptr<kvtier::server::DaemonMetrics> metrics;
+  if (!config->metrics_listen.empty()) {
+    auto m = kvtier::server::DaemonMetrics::Start(config->metrics_listen, store->get());
+    if (!m.ok()) {
+      spdlog::critical("{}", m.status().ToString());
+      return 1;
+    }
+    metrics = std::move(*m);
+    const std::string mhost = config->metrics_listen.substr(0, config->metrics_listen.rfind(':'));
+    std::printf("kvtierd metrics on %s:%d\n", mhost.c_str(), metrics->port());
+  }
+  kvtier::server::CacheServiceImpl service(store->get(), config->limits, metrics.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -77,6 +89,7 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    (busy > 0 ? std::chrono::milliseconds(10'000) : std::chrono::milliseconds(100)));
   server->Wait();
+  metrics.reset();
   store->reset();  // flushes the NVMe tier
   spdlog::info("kvtierd: stopped");
   spdlog::shutdown();

@@ -50,6 +50,7 @@ class DaemonProcess {
       const ssize_t n = read(out_, buf, sizeof(buf));
       if (n <= 0) break;
       text.append(buf, static_cast<size_t>(n));
+      output_ = text;
       const size_t at = text.find("listening on ");
       const size_t eol = at == std::string::npos ? at : text.find('\n', at);
       if (eol != std::string::npos) {
@@ -69,6 +70,15 @@ class DaemonProcess {
   DaemonProcess& operator=(const DaemonProcess&) = delete;
 
   const std::string& address() const { return address_; }
+  // What the daemon printed on stdout up to its listening line.
+  const std::string& output() const { return output_; }
+  // The HOST:PORT after `what` + " on " in output() ("metrics" gives the metrics endpoint), or "".
+  std::string AddressOf(const std::string& what) const {
+    const size_t at = output_.find(what + " on ");
+    if (at == std::string::npos) return "";
+    const size_t start = at + what.size() + 4;
+    return output_.substr(start, output_.find('\n', start) - start);
+  }
   pid_t pid() const { return pid_; }
 
   // SIGTERM, then waits up to `timeout`; returns the exit status as waitpid reports it, or -1 if
@@ -95,6 +105,7 @@ class DaemonProcess {
   pid_t pid_ = 0;
   int out_ = -1;
   std::string address_;
+  std::string output_;
 };
 
 }  // namespace kvtier::testing

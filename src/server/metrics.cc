@@ -1,0 +1,165 @@
+#include "server/metrics.h"
+
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::server {
+namespace {
+
+constexpr const char* kRpcs[] = {"Put", "Get", "Lookup", "Lease", "Release", "Delete", "Stats"};
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    default:
+      return "OTHER";
+  }
+}
+
+// The store's state, read at scrape time.
+class StoreCollector final : public prometheus::Collectable {
+ public:
+  explicit StoreCollector(const BlockStore* store) : store_(store) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    const StoreStats s = store_->Stats();
+    std::vector<prometheus::MetricFamily> out;
+    auto per_tier = [&](const char* name, const char* help, prometheus::MetricType type,
+                        auto value) {
+      prometheus::MetricFamily f{name, help, type, {}};
+      for (int t = 0; t < kNumTiers; ++t) {
+        prometheus::ClientMetric m;
+        m.label = {{"tier", TierName(static_cast<Tier>(t))}};
+        const double v = static_cast<double>(value(s.tiers[t]));
+        if (type == prometheus::MetricType::Counter)
+          m.counter.value = v;
+        else
+          m.gauge.value = v;
+        f.metric.push_back(std::move(m));
+      }
+      out.push_back(std::move(f));
+    };
+    per_tier("kvtier_tier_capacity_bytes", "Capacity of each tier (0 when absent).",
+             prometheus::MetricType::Gauge, [](const TierStats& t) { return t.capacity_bytes; });
+    per_tier("kvtier_tier_used_bytes", "Bytes of block payloads held by each tier.",
+             prometheus::MetricType::Gauge, [](const TierStats& t) { return t.used_bytes; });
+    per_tier("kvtier_tier_blocks", "Blocks resident in each tier.", prometheus::MetricType::Gauge,
+             [](const TierStats& t) { return t.blocks; });
+    per_tier("kvtier_hits_total", "Gets served from each tier.", prometheus::MetricType::Counter,
+             [](const TierStats& t) { return t.hits; });
+    auto one = [&](const char* name, const char* help, prometheus::MetricType type, double v) {
+      prometheus::ClientMetric m;
+      if (type == prometheus::MetricType::Counter)
+        m.counter.value = v;
+      else
+        m.gauge.value = v;
+      out.push_back(prometheus::MetricFamily{name, help, type, {m}});
+    };
+    using T = prometheus::MetricType;
+    one("kvtier_gets_total", "Block reads.", T::Counter, s.gets);
+    one("kvtier_get_misses_total", "Block reads of absent blocks.", T::Counter, s.get_misses);
+    one("kvtier_lookups_total", "Lookup calls.", T::Counter, s.lookups);
+    one("kvtier_lookup_blocks_hit_total", "Chain blocks found by Lookup.", T::Counter,
+        s.lookup_blocks_hit);
+    one("kvtier_lookup_blocks_missed_total", "Chain blocks Lookup asked for and did not find.",
+        T::Counter, s.lookup_blocks_missed);
+    one("kvtier_puts_total", "Block puts begun.", T::Counter, s.puts);
+    one("kvtier_puts_noop_total", "Puts of blocks already present.", T::Counter, s.puts_noop);
+    one("kvtier_puts_aborted_total", "Puts abandoned before their last byte.", T::Counter,
+        s.puts_aborted);
+    one("kvtier_evictions_total", "Blocks dropped by capacity pressure.", T::Counter, s.evictions);
+    one("kvtier_demotions_total", "Blocks moved one tier down.", T::Counter, s.demotions);
+    one("kvtier_promotions_total", "Blocks moved from NVMe to host.", T::Counter, s.promotions);
+    one("kvtier_nvme_admission_rejections_total", "Demoted blocks kept off flash.", T::Counter,
+        s.nvme_admission_rejections);
+    one("kvtier_nvme_bytes_written_total", "Payload bytes written to flash.", T::Counter,
+        s.nvme_bytes_written);
+    one("kvtier_nvme_write_errors_total", "Failed flash writes.", T::Counter, s.nvme_write_errors);
+    one("kvtier_checksum_failures_total", "Blocks that failed verification and were dropped.",
+        T::Counter, s.checksum_failures);
+    one("kvtier_leases_active", "Leases outstanding.", T::Gauge, s.leases_active);
+    one("kvtier_leases_granted_total", "Leases granted.", T::Counter, s.leases_granted);
+    one("kvtier_leases_expired_total", "Leases that ran out their TTL.", T::Counter,
+        s.leases_expired);
+    one("kvtier_leased_bytes", "Bytes pinned by leases.", T::Gauge, s.leased_bytes);
+    one("kvtier_orphan_blocks", "Blocks whose parent is not cached.", T::Gauge, s.orphan_blocks);
+    one("kvtier_index_bytes", "RAM of the block index and RocksDB table indexes.", T::Gauge,
+        s.index_bytes + s.nvme_index_bytes);
+    return out;
+  }
+
+ private:
+  const BlockStore* store_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::string& listen,
+                                                                    const BlockStore* store) {
+  std::unique_ptr<DaemonMetrics> m(new DaemonMetrics());
+  try {
+    m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics_listen: cannot serve on ", listen, ": ", e.what()));
+  }
+  const std::vector<int> ports = m->exposer_->GetListeningPorts();
+  if (ports.empty()) {
+    return absl::UnavailableError(absl::StrCat("metrics_listen: cannot serve on ", listen));
+  }
+  m->port_ = ports.front();
+  m->registry_ = std::make_shared<prometheus::Registry>();
+  m->requests_ = &prometheus::BuildCounter()
+                      .Name("kvtier_rpc_requests_total")
+                      .Help("CacheService calls by method and status code.")
+                      .Register(*m->registry_);
+  auto& latency = prometheus::BuildHistogram()
+                      .Name("kvtier_rpc_duration_seconds")
+                      .Help("CacheService call latency by method.")
+                      .Register(*m->registry_);
+  const prometheus::Histogram::BucketBoundaries buckets = {
+      50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+      50e-3, 100e-3, 250e-3, 500e-3, 1,    2.5,    5,    10};
+  for (const char* rpc : kRpcs) m->latency_[rpc] = &latency.Add({{"rpc", rpc}}, buckets);
+  auto collector = std::make_shared<StoreCollector>(store);
+  m->exposer_->RegisterCollectable(m->registry_);
+  m->exposer_->RegisterCollectable(collector);
+  m->store_collector_ = std::move(collector);
+  return m;
+}
+
+DaemonMetrics::~DaemonMetrics() = default;
+
+void DaemonMetrics::ObserveRpc(const std::string& rpc, grpc::StatusCode code, double seconds) {
+  auto it = latency_.find(rpc);
+  if (it != latency_.end()) it->second->Observe(seconds);
+  requests_->Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
+}
+
+}  // namespace kvtier::server

@@ -1,0 +1,50 @@
+#pragma once
+// DaemonMetrics: kvtierd's Prometheus endpoint (/metrics). Every metric of the daemon is declared
+// here: the store's tiers and counters (read from BlockStore::Stats() at scrape time, so they
+// cost nothing between scrapes) and per-RPC request counts and latency histograms.
+// Thread-safe.
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "cache/block_store.h"
+
+namespace prometheus {
+class Collectable;
+class Exposer;
+class Registry;
+class Histogram;
+template <typename T>
+class Family;
+class Counter;
+}  // namespace prometheus
+
+namespace kvtier::server {
+
+class DaemonMetrics {
+ public:
+  // Serves /metrics over HTTP on `listen` (HOST:PORT; port 0 picks a free one).
+  // UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<DaemonMetrics>> Start(const std::string& listen,
+                                                              const BlockStore* store);
+  ~DaemonMetrics();
+
+  int port() const { return port_; }
+  // Records one finished RPC. `rpc` is one of CacheService's method names.
+  void ObserveRpc(const std::string& rpc, grpc::StatusCode code, double seconds);
+
+ private:
+  DaemonMetrics() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> store_collector_;  // the exposer holds it weakly
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  std::map<std::string, prometheus::Histogram*> latency_;
+  int port_ = 0;
+};
+
+}  // namespace kvtier::server
