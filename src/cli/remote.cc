@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -42,6 +43,10 @@ common options:
   --addr HOST:PORT   daemon address [127.0.0.1:7700]
   --tenant NAME      key space [default]
   --timeout-ms N     per-attempt deadline [30000]
+  --token TOKEN      bearer token of the tenant (daemons with auth on); or $KVTIER_TOKEN
+  --tls-ca FILE      use TLS; FILE is the CA that signed the daemon's certificate
+  --tls-cert FILE    client certificate for mutual TLS (with --tls-key)
+  --tls-key FILE
   --json             machine-readable output
   --quiet            no progress on stderr
 )";
@@ -130,8 +135,10 @@ int RunKeys(const ParsedFlags& f) {
     if (!absl::SimpleAtoi(t, &v)) return Usage("--tokens: comma-separated uint32 token ids");
     tokens.push_back(v);
   }
-  KeyNamespace ns{.tenant_salt = f.Get("tenant-salt"), .model_id = f.Get("model"),
-                  .layout_fingerprint = layout->Fingerprint(), .adapter_id = f.Get("adapter")};
+  KeyNamespace ns{.tenant_salt = f.Get("tenant-salt"),
+                  .model_id = f.Get("model"),
+                  .layout_fingerprint = layout->Fingerprint(),
+                  .adapter_id = f.Get("adapter")};
   auto hasher = ChainHasher::Create(ns, layout->block_tokens, *hash);
   if (!hasher.ok()) return Fail(hasher.status().ToString());
   const std::vector<BlockKey> keys = hasher->Keys(tokens);
@@ -163,7 +170,7 @@ int RunRemote(int argc, char** argv) {
   auto parsed = ParseFlags(argc - 1, argv + 1,
                            {"addr", "tenant", "timeout-ms", "key", "keys", "parent", "out",
                             "out-dir", "tokens", "model", "tenant-salt", "adapter", "layout",
-                            "block-tokens", "hash"},
+                            "block-tokens", "hash", "token", "tls-ca", "tls-cert", "tls-key"},
                            {"json", "quiet", "durable", "help"});
   if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
   const ParsedFlags& f = *parsed;
@@ -178,9 +185,23 @@ int RunRemote(int argc, char** argv) {
       (!absl::SimpleAtoi(f.Get("timeout-ms"), &timeout_ms) || timeout_ms <= 0)) {
     return Usage("--timeout-ms: needs a number > 0");
   }
-  auto client = CacheClient::Create({.address = f.Get("addr", "127.0.0.1:7700"),
-                                     .tenant = f.Get("tenant", "default"),
-                                     .deadline_ms = timeout_ms});
+  ClientOptions co{.address = f.Get("addr", "127.0.0.1:7700"),
+                   .tenant = f.Get("tenant", "default"),
+                   .deadline_ms = timeout_ms};
+  co.bearer_token = f.Get("token");
+  if (co.bearer_token.empty() && std::getenv("KVTIER_TOKEN") != nullptr) {
+    co.bearer_token = std::getenv("KVTIER_TOKEN");
+  }
+  for (auto [flag, pem] :
+       {std::pair{"tls-ca", &co.tls_ca_pem}, std::pair{"tls-cert", &co.tls_cert_pem},
+        std::pair{"tls-key", &co.tls_key_pem}}) {
+    if (!f.values.contains(flag)) continue;
+    std::vector<uint8_t> bytes;
+    if (!ReadFile(f.Get(flag), &bytes))
+      return Fail(std::string("--") + flag + ": cannot read " + f.Get(flag));
+    pem->assign(bytes.begin(), bytes.end());
+  }
+  auto client = CacheClient::Create(co);
   if (!client.ok()) return Usage(std::string(client.status().message()));
   const bool json = f.Has("json");
 
@@ -188,36 +209,42 @@ int RunRemote(int argc, char** argv) {
     auto st = (*client)->Stats();
     if (!st.ok()) return Fail(st.status().ToString());
     if (json) {
-      nlohmann::json j = {{"gets", st->gets()}, {"get_misses", st->get_misses()},
-                          {"lookups", st->lookups()}, {"puts", st->puts()},
-                          {"evictions", st->evictions()}, {"demotions", st->demotions()},
+      nlohmann::json j = {{"gets", st->gets()},
+                          {"get_misses", st->get_misses()},
+                          {"lookups", st->lookups()},
+                          {"puts", st->puts()},
+                          {"evictions", st->evictions()},
+                          {"demotions", st->demotions()},
                           {"promotions", st->promotions()},
                           {"checksum_failures", st->checksum_failures()},
-                          {"leases_active", st->leases_active()}, {"tiers", nlohmann::json::array()}};
+                          {"leases_active", st->leases_active()},
+                          {"tiers", nlohmann::json::array()}};
       for (const auto& t : st->tiers()) {
-        j["tiers"].push_back({{"tier", v1::Tier_Name(t.tier())}, {"present", t.present()},
+        j["tiers"].push_back({{"tier", v1::Tier_Name(t.tier())},
+                              {"present", t.present()},
                               {"capacity_bytes", t.capacity_bytes()},
-                              {"used_bytes", t.used_bytes()}, {"blocks", t.blocks()},
+                              {"used_bytes", t.used_bytes()},
+                              {"blocks", t.blocks()},
                               {"hits", t.hits()}});
       }
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("%-10s %8s %14s %14s %10s %10s\n", "tier", "present", "capacity MiB",
-                  "used MiB", "blocks", "hits");
+      std::printf("%-10s %8s %14s %14s %10s %10s\n", "tier", "present", "capacity MiB", "used MiB",
+                  "blocks", "hits");
       for (const auto& t : st->tiers()) {
         std::printf("%-10s %8s %14.1f %14.1f %10llu %10llu\n", v1::Tier_Name(t.tier()).c_str() + 5,
                     t.present() ? "yes" : "no", t.capacity_bytes() / 1048576.0,
                     t.used_bytes() / 1048576.0, static_cast<unsigned long long>(t.blocks()),
                     static_cast<unsigned long long>(t.hits()));
       }
-      std::printf("gets %llu (misses %llu), lookups %llu, puts %llu, evictions %llu, demotions "
-                  "%llu, promotions %llu, checksum failures %llu, leases %llu\n",
-                  (unsigned long long)st->gets(), (unsigned long long)st->get_misses(),
-                  (unsigned long long)st->lookups(), (unsigned long long)st->puts(),
-                  (unsigned long long)st->evictions(), (unsigned long long)st->demotions(),
-                  (unsigned long long)st->promotions(),
-                  (unsigned long long)st->checksum_failures(),
-                  (unsigned long long)st->leases_active());
+      std::printf(
+          "gets %llu (misses %llu), lookups %llu, puts %llu, evictions %llu, demotions "
+          "%llu, promotions %llu, checksum failures %llu, leases %llu\n",
+          (unsigned long long)st->gets(), (unsigned long long)st->get_misses(),
+          (unsigned long long)st->lookups(), (unsigned long long)st->puts(),
+          (unsigned long long)st->evictions(), (unsigned long long)st->demotions(),
+          (unsigned long long)st->promotions(), (unsigned long long)st->checksum_failures(),
+          (unsigned long long)st->leases_active());
     }
     return 0;
   }
@@ -252,8 +279,9 @@ int RunRemote(int argc, char** argv) {
       progress.Step(i + 1, "put");
     }
     if (json) {
-      std::printf("%s\n", nlohmann::json({{"stored", total.stored}, {"present", total.present}})
-                              .dump().c_str());
+      std::printf(
+          "%s\n",
+          nlohmann::json({{"stored", total.stored}, {"present", total.present}}).dump().c_str());
     } else {
       std::printf("stored %u, already present %u\n", total.stored, total.present);
     }
@@ -278,15 +306,15 @@ int RunRemote(int argc, char** argv) {
         j.push_back({{"key", (*keys)[i].Hex()}, {"found", false}});
         continue;
       }
-      std::string path = f.values.contains("out-dir") ? f.Get("out-dir") + "/" + (*keys)[i].Hex()
-                                                      : f.Get("out");
+      std::string path =
+          f.values.contains("out-dir") ? f.Get("out-dir") + "/" + (*keys)[i].Hex() : f.Get("out");
       if (path.empty()) {
         std::fwrite(block->data(), 1, block->size(), stdout);
       } else if (!WriteFile(path, *block)) {
         return Fail("cannot write " + path);
       }
-      j.push_back({{"key", (*keys)[i].Hex()}, {"found", true}, {"bytes", block->size()},
-                   {"path", path}});
+      j.push_back(
+          {{"key", (*keys)[i].Hex()}, {"found", true}, {"bytes", block->size()}, {"path", path}});
     }
     if (json) std::printf("%s\n", j.dump().c_str());
     return missing == 0 ? 0 : 3;
@@ -296,9 +324,10 @@ int RunRemote(int argc, char** argv) {
     auto r = (*client)->Lookup(*keys);
     if (!r.ok()) return Fail(r.status().ToString());
     if (json) {
-      std::printf("%s\n", nlohmann::json({{"matched", r->matched}, {"of", keys->size()},
-                                          {"tiers", r->tiers}})
-                              .dump().c_str());
+      std::printf("%s\n", nlohmann::json(
+                              {{"matched", r->matched}, {"of", keys->size()}, {"tiers", r->tiers}})
+                              .dump()
+                              .c_str());
     } else {
       std::printf("%zu of %zu leading blocks cached", r->matched, keys->size());
       for (const std::string& t : r->tiers) std::printf(" %s", t.c_str());

@@ -19,10 +19,14 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 const char* TierName(v1::Tier t) {
   switch (t) {
-    case v1::TIER_HBM: return "hbm";
-    case v1::TIER_HOST: return "host";
-    case v1::TIER_NVME: return "nvme";
-    default: return "unknown";
+    case v1::TIER_HBM:
+      return "hbm";
+    case v1::TIER_HOST:
+      return "host";
+    case v1::TIER_NVME:
+      return "nvme";
+    default:
+      return "unknown";
   }
 }
 
@@ -55,14 +59,27 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   if (options.max_attempts < 1) {
     return absl::InvalidArgumentError("client: max_attempts must be >= 1");
   }
-  if (options.chunk_bytes == 0) return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
+  if (options.chunk_bytes == 0)
+    return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
   std::unique_ptr<CacheClient> c(new CacheClient(options));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   c->rpc_ = std::make_unique<Rpc>();
-  c->rpc_->channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca_pem;
+    ssl.pem_private_key = options.tls_key_pem;
+    ssl.pem_cert_chain = options.tls_cert_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  } else if (!options.tls_cert_pem.empty()) {
+    return absl::InvalidArgumentError("client: a TLS client certificate needs tls_ca_pem");
+  }
+  c->rpc_->channel = grpc::CreateCustomChannel(options.address, creds, args);
   c->rpc_->stub = v1::CacheService::NewStub(c->rpc_->channel);
   return c;
 }
@@ -78,6 +95,7 @@ absl::Status WithRetries(const ClientOptions& o, F attempt) {
   for (int i = 0; i < o.max_attempts; ++i) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
+    if (!o.bearer_token.empty()) ctx.AddMetadata("authorization", "Bearer " + o.bearer_token);
     s = attempt(&ctx);
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     if (i + 1 < o.max_attempts) {

@@ -17,11 +17,9 @@
 #include "absl/status/statusor.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
+#include "kvtier/v1/cache.pb.h"
 
 namespace kvtier {
-namespace v1 {
-class StatsResponse;
-}
 
 struct ClientOptions {
   std::string address;            // Required. host:port of kvtierd.
@@ -31,6 +29,13 @@ struct ClientOptions {
   int64_t initial_backoff_ms = 50;  // Default: 50 ms, doubled after each failed attempt.
   size_t chunk_bytes = 1 << 20;   // Default: 1 MiB. Payload bytes per Put message.
   size_t max_message_bytes = 64 << 20;  // Default: 64 MiB. Largest message accepted.
+  std::string bearer_token;  // Default: none. Sent as `authorization: Bearer <token>`.
+  // TLS: set tls_ca_pem (the CA that signed the daemon's certificate) to use TLS; add a client
+  // certificate and key for mutual TLS. PEM text, not file names.
+  std::string tls_ca_pem;
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string tls_server_name;  // Default: from the address. Overrides the name checked.
 };
 
 // A block to store: its key, its parent's key (zero for the first block of a chain), its bytes.

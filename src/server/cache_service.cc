@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/internal/le_bytes.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 
 namespace kvtier::server {
@@ -91,8 +92,9 @@ BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
   return BlockKey{h.high64, h.low64};
 }
 
-CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics)
-    : store_(store), limits_(limits), metrics_(metrics) {}
+CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits,
+                                   DaemonMetrics* metrics, const TenantAuth* auth)
+    : store_(store), limits_(limits), metrics_(metrics), auth_(auth) {}
 
 template <typename F>
 grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
@@ -107,18 +109,21 @@ grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
   return st;
 }
 
-absl::Status CacheServiceImpl::CheckTenant(const std::string& tenant) const {
+absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContext* ctx,
+                                           const std::string& tenant) const {
   if (tenant.empty()) return absl::InvalidArgumentError("tenant: must be set");
   if (tenant.size() > limits_.max_tenant_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("tenant: longer than ", limits_.max_tenant_bytes, " bytes"));
   }
+  if (auth_ != nullptr) return auth_->Check(*ctx, tenant);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
-    const std::string& tenant, const google::protobuf::RepeatedPtrField<std::string>& keys) const {
-  if (absl::Status st = CheckTenant(tenant); !st.ok()) return st;
+    const grpc::ServerContext* ctx, const std::string& tenant,
+    const google::protobuf::RepeatedPtrField<std::string>& keys) const {
+  if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return st;
   if (static_cast<size_t>(keys.size()) > limits_.max_keys_per_request) {
     return absl::InvalidArgumentError(absl::StrCat(keys.size(), " keys exceed the limit of ",
                                                    limits_.max_keys_per_request, " per request"));
@@ -135,7 +140,7 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
   return out;
 }
 
-grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext*,
+grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
                                        grpc::ServerReader<v1::PutRequest>* reader,
                                        v1::PutResponse* response) {
   v1::PutRequest msg;
@@ -148,7 +153,7 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext*,
   while (reader->Read(&msg)) {
     if (first) {
       tenant = msg.tenant();
-      if (absl::Status st = CheckTenant(tenant); !st.ok()) return ToGrpc(st);
+      if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return ToGrpc(st);
       if (msg.has_layout()) {
         auto l = LayoutFromProto(msg.layout());
         if (!l.ok()) return ToGrpc(l.status());
@@ -213,7 +218,7 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext*,
 
 grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
                                        grpc::ServerWriter<v1::GetResponse>* writer) {
-  auto keys = StoreKeys(request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   std::vector<uint8_t> buf;
   v1::GetResponse msg;
@@ -248,9 +253,9 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext*, const v1::LookupRequest* request,
+grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                                           v1::LookupResponse* response) {
-  auto keys = StoreKeys(request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   const LookupResult r = store_->Lookup(*keys);
   response->set_matched(static_cast<uint32_t>(r.matched));
@@ -258,9 +263,9 @@ grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext*, const v1::Lookup
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext*, const v1::LeaseRequest* request,
+grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
                                          v1::LeaseResponse* response) {
-  auto keys = StoreKeys(request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   auto grant = store_->Lease(*keys, int64_t{request->ttl_ms()} * 1000);
   if (!grant.ok()) return ToGrpc(grant.status());
@@ -280,9 +285,9 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext*, const v1::LeaseRe
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext*, const v1::ReleaseRequest* request,
+grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx, const v1::ReleaseRequest* request,
                                            v1::ReleaseResponse*) {
-  if (absl::Status st = CheckTenant(request->tenant()); !st.ok()) return ToGrpc(st);
+  if (absl::Status st = CheckTenant(ctx, request->tenant()); !st.ok()) return ToGrpc(st);
   absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
   if (st.code() == absl::StatusCode::kNotFound) {
     return ToGrpc(absl::NotFoundError("lease is unknown, expired, or another tenant's"));
@@ -290,9 +295,9 @@ grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext*, const v1::Relea
   return ToGrpc(st);
 }
 
-grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext*, const v1::DeleteRequest* request,
+grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext* ctx, const v1::DeleteRequest* request,
                                           v1::DeleteResponse* response) {
-  auto keys = StoreKeys(request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   uint32_t deleted = 0;
   for (const BlockKey& k : *keys) {
@@ -307,8 +312,11 @@ grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext*, const v1::Delete
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext*, const v1::StatsRequest*,
+grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext* ctx, const v1::StatsRequest*,
                                          v1::StatsResponse* response) {
+  if (auth_ != nullptr) {
+    if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
+  }
   const StoreStats st = store_->Stats();
   for (int t = 0; t < kNumTiers; ++t) {
     v1::TierStats* ts = response->add_tiers();

@@ -17,6 +17,7 @@
 namespace kvtier::server {
 
 class DaemonMetrics;
+class TenantAuth;
 
 // The store key of a tenant's block key. The all-zero key (no parent) maps to itself.
 BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
@@ -29,8 +30,9 @@ struct ServiceLimits {
 
 class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
  public:
-  // `metrics` may be null (no /metrics endpoint). Neither is owned.
-  CacheServiceImpl(BlockStore* store, ServiceLimits limits = {}, DaemonMetrics* metrics = nullptr);
+  // `metrics` may be null (no /metrics endpoint), `auth` null (no tokens required). None is owned.
+  CacheServiceImpl(BlockStore* store, ServiceLimits limits = {}, DaemonMetrics* metrics = nullptr,
+                   const TenantAuth* auth = nullptr);
 
   // RPCs being served right now (for a graceful shutdown).
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
@@ -69,10 +71,12 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   template <typename F>
   grpc::Status Observed(const char* rpc, F body);
 
-  absl::Status CheckTenant(const std::string& tenant) const;
+  // The tenant name is valid and, with auth on, the caller's token grants it.
+  absl::Status CheckTenant(const grpc::ServerContext* ctx, const std::string& tenant) const;
   // The store keys of `keys` (16 bytes each) for `tenant`.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
-      const std::string& tenant, const google::protobuf::RepeatedPtrField<std::string>& keys) const;
+      const grpc::ServerContext* ctx, const std::string& tenant,
+      const google::protobuf::RepeatedPtrField<std::string>& keys) const;
 
   // Counts an RPC in flight for its lifetime.
   class InFlight {
@@ -87,6 +91,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   BlockStore* store_;
   ServiceLimits limits_;
   DaemonMetrics* metrics_;
+  const TenantAuth* auth_;
   std::atomic<int> in_flight_{0};
 };
 

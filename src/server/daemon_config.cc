@@ -75,6 +75,28 @@ const std::vector<Option>& Options() {
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.max_message_bytes, kMiB, false);
        }},
+      {"auth.tokens_file", "auth-tokens", "FILE", "(none)",
+       "YAML map tenant: token; every call must then carry its tenant's bearer token",
+       [](DaemonConfig& c, const std::string& v) {
+         c.auth_tokens_file = v;
+         return absl::OkStatus();
+       }},
+      {"tls.cert", "tls-cert", "FILE", "(none)", "PEM certificate chain: serve gRPC over TLS",
+       [](DaemonConfig& c, const std::string& v) {
+         c.tls_cert = v;
+         return absl::OkStatus();
+       }},
+      {"tls.key", "tls-key", "FILE", "(none)", "PEM private key of tls.cert",
+       [](DaemonConfig& c, const std::string& v) {
+         c.tls_key = v;
+         return absl::OkStatus();
+       }},
+      {"tls.client_ca", "tls-client-ca", "FILE", "(none)",
+       "PEM CA: require client certificates it signed (mutual TLS)",
+       [](DaemonConfig& c, const std::string& v) {
+         c.tls_client_ca = v;
+         return absl::OkStatus();
+       }},
       {"store.host_mib", "host-mib", "N", "1024", "host tier (pinned RAM), MiB",
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.store.host_bytes, kMiB, false);
@@ -261,6 +283,12 @@ absl::StatusOr<DaemonConfig> LoadDaemonConfig(int argc, char** argv, bool* help)
     }
     absl::Status st = o->set(c, value);
     if (!st.ok()) return Bad(absl::StrCat("--", name, ": ", st.message()));
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return Bad("tls.cert (--tls-cert) and tls.key (--tls-key): give both or neither");
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return Bad("tls.client_ca (--tls-client-ca): needs tls.cert and tls.key");
   }
   if (c.store.max_lease_ttl_us < c.store.lease_ttl_us) {
     return Bad("store.max_lease_ttl_ms (--max-lease-ttl-ms): must be >= store.lease_ttl_ms");

@@ -17,6 +17,12 @@ struct DaemonConfig {
   // Default: 127.0.0.1:9770. Prometheus /metrics over HTTP; empty: no endpoint.
   std::string metrics_listen = "127.0.0.1:9770";
   size_t max_message_bytes = size_t{64} << 20;  // Default: 64 MiB. Largest gRPC message.
+  // Default: empty (no auth). YAML file of tenant: token; when set, every call needs
+  // `authorization: Bearer <token>` for the tenant it names.
+  std::string auth_tokens_file;
+  std::string tls_cert;       // Default: empty (plaintext). PEM certificate chain of the server.
+  std::string tls_key;        // Default: empty. PEM private key of tls_cert.
+  std::string tls_client_ca;  // Default: empty. When set, clients must present a cert it signed.
   StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
   ServiceLimits limits;
 

@@ -9,10 +9,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "cache/block_store.h"
 #include "common/logging.h"
+#include "server/auth.h"
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
 #include "server/metrics.h"
@@ -37,6 +39,38 @@ int main(int argc, char** argv) {
   const kvtier::StoreOptions& so = config->store;
   const std::string& listen = config->listen;
 
+  // Credentials first: a daemon that cannot enforce them must not open its store or serve.
+  std::optional<kvtier::server::TenantAuth> auth;
+  if (!config->auth_tokens_file.empty()) {
+    auto a = kvtier::server::TenantAuth::LoadFile(config->auth_tokens_file);
+    if (!a.ok()) {
+      spdlog::critical("auth.tokens_file: {}", std::string(a.status().message()));
+      return 2;
+    }
+    auth = std::move(*a);
+    spdlog::info("kvtierd: bearer tokens required ({} tenants)", auth->tenants());
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!config->tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl(
+        config->tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                      : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    auto cert = kvtier::server::ReadPemFile(config->tls_cert, "tls.cert");
+    auto key = kvtier::server::ReadPemFile(config->tls_key, "tls.key");
+    auto ca = config->tls_client_ca.empty()
+                  ? absl::StatusOr<std::string>("")
+                  : kvtier::server::ReadPemFile(config->tls_client_ca, "tls.client_ca");
+    for (const auto* f : {&cert, &key, &ca}) {
+      if (!f->ok()) {
+        spdlog::critical("{}", std::string(f->status().message()));
+        return 2;
+      }
+    }
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    ssl.pem_root_certs = *ca;
+    creds = grpc::SslServerCredentials(ssl);
+  }
+
   // Signals are taken by a thread of ours, not by whichever thread they land on.
   sigset_t signals;
   sigemptyset(&signals);
@@ -60,12 +94,13 @@ int main(int argc, char** argv) {
     const std::string mhost = config->metrics_listen.substr(0, config->metrics_listen.rfind(':'));
     std::printf("kvtierd metrics on %s:%d\n", mhost.c_str(), metrics->port());
   }
-  kvtier::server::CacheServiceImpl service(store->get(), config->limits, metrics.get());
+  kvtier::server::CacheServiceImpl service(store->get(), config->limits, metrics.get(),
+                                           auth.has_value() ? &*auth : nullptr);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, creds, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config->max_message_bytes));
