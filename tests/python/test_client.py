@@ -1,0 +1,143 @@
+"""The Python client: block-key vectors, and round trips against a real kvtierd.
+
+Run by ctest as: /usr/bin/python3 -m unittest (PYTHONPATH=build/python, KVTIER_BINARY_DIR and
+KVTIER_SOURCE_DIR set).
+"""
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import grpc
+
+import kvtier
+from kvtier import ChainHasher, Client, KeyNamespace, KvLayout, KvtierError
+
+SOURCE = os.environ.get("KVTIER_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+BINARY = os.environ.get("KVTIER_BINARY_DIR", os.path.join(SOURCE, "build"))
+
+
+class BlockKeyVectors(unittest.TestCase):
+    def setUp(self):
+        with open(os.path.join(SOURCE, "tests", "data", "block_keys.json")) as f:
+            self.doc = json.load(f)
+
+    def test_every_case(self):
+        self.assertGreaterEqual(len(self.doc["cases"]), 10)
+        for case in self.doc["cases"]:
+            with self.subTest(case["name"]):
+                ns = case["namespace"]
+                namespace = KeyNamespace(bytes.fromhex(ns["tenant_salt_hex"]), ns["model_id"],
+                                         int(ns["layout_fingerprint"], 16), ns["adapter_id"])
+                self.assertEqual(namespace.encode(case["hash"], case["block_tokens"]).hex(),
+                                 case["namespace_bytes_hex"])
+                hasher = ChainHasher(namespace, case["block_tokens"], case["hash"])
+                self.assertEqual(hasher.root.hex(), case["root"])
+                self.assertEqual([k.hex() for k in hasher.keys(case["tokens"])], case["keys"])
+
+    def test_layouts(self):
+        for layout in self.doc["layouts"]:
+            with self.subTest(layout["name"]):
+                l = KvLayout(layout["kind"], layout["dtype"], layout["layers"], layout["kv_heads"],
+                             layout["head_dim"], layout["block_tokens"], layout["latent_rank"],
+                             layout["rope_dim"])
+                self.assertEqual(l.bytes_per_block, layout["bytes_per_block"])
+                self.assertEqual("%016x" % l.fingerprint(), layout["fingerprint"])
+
+    def test_bad_layouts_name_the_field(self):
+        with self.assertRaisesRegex(ValueError, "layers"):
+            KvLayout("gqa", "bf16", 0, 8, 128)
+        with self.assertRaisesRegex(ValueError, "dtype"):
+            KvLayout("gqa", "int4", 1, 8, 128)
+
+
+class Daemon:
+    """A kvtierd on a free loopback port, stopped with SIGTERM."""
+
+    def __init__(self, *extra):
+        self.dir = tempfile.TemporaryDirectory()
+        self.proc = subprocess.Popen(
+            [os.path.join(BINARY, "kvtierd"), "--listen", "127.0.0.1:0", "--data",
+             os.path.join(self.dir.name, "data"), "--host-mib", "64", "--nvme-gib", "1",
+             "--metrics-listen", "", "--log-level", "warn", *extra],
+            stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "listening on " not in line:
+            self.close()
+            raise RuntimeError(f"kvtierd did not start: {line!r}")
+        self.address = line.split("listening on ")[1].strip()
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.dir.cleanup()
+
+
+class LiveDaemon(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.close()
+
+    def test_put_lookup_get_delete_stats(self):
+        layout = kvtier.KvLayout("gqa", "fp16", layers=2, kv_heads=2, head_dim=16, block_tokens=16)
+        hasher = ChainHasher(KeyNamespace(b"py", "model", layout.fingerprint()), 16)
+        keys = hasher.keys(list(range(16 * 4 + 3)))
+        self.assertEqual(len(keys), 4)
+        payloads = [bytes([i]) * layout.bytes_per_block for i in range(4)]
+        blocks = [(keys[i], keys[i - 1] if i else None, payloads[i]) for i in range(4)]
+        with Client(self.daemon.address, "py-tenant") as kv:
+            res = kv.put(blocks[:2], layout=layout)
+            self.assertEqual((res.stored, res.present), (2, 0))
+            found = kv.lookup(keys)
+            self.assertEqual(found.matched, 2)
+            self.assertEqual(found.tiers, ["host", "host"])
+            res = kv.put(blocks, layout=layout)
+            self.assertEqual((res.stored, res.present), (2, 2))
+            self.assertEqual(kv.get(keys + [b"\x01" * 16]), payloads + [None])
+            self.assertEqual(kv.delete(keys[3:]), 1)
+            self.assertEqual(kv.lookup(keys).matched, 3)
+            stats = kv.stats()
+            self.assertGreaterEqual(stats["puts"], 4)
+            self.assertEqual(stats["tiers"]["host"]["capacity_bytes"], 64 << 20)
+        with Client(self.daemon.address, "someone-else") as other:
+            self.assertEqual(other.lookup(keys).matched, 0)
+            self.assertEqual(other.get(keys[:1]), [None])
+
+    def test_large_blocks_are_chunked(self):
+        data = os.urandom(5 << 20)
+        key = b"\x07" * 16
+        with Client(self.daemon.address, "big", chunk_bytes=1 << 20) as kv:
+            self.assertEqual(kv.put([(key, None, data)]).stored, 1)
+            self.assertEqual(kv.get([key]), [data])
+
+    def test_errors_are_typed(self):
+        with Client(self.daemon.address, "t") as kv:
+            with self.assertRaises(KvtierError) as e:
+                kv.lookup([b"short"])
+            self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+            layout = kvtier.KvLayout("gqa", "fp16", layers=2, kv_heads=2, head_dim=16)
+            with self.assertRaises(KvtierError) as e:
+                kv.put([(b"\x02" * 16, None, b"wrong size")], layout=layout)
+            self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        with self.assertRaises(ValueError):
+            Client(self.daemon.address, "")
+
+    def test_absent_daemon_is_unavailable(self):
+        with Client("127.0.0.1:1", "t", timeout=2, attempts=2) as kv:
+            with self.assertRaises(KvtierError) as e:
+                kv.lookup([b"\x00" * 16])
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+
+
+if __name__ == "__main__":
+    unittest.main()
