@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 
+#include <thread>
+
 #include "common/checksum.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "testing/daemon_process.h"
@@ -374,6 +376,67 @@ TEST_F(DaemonTest, MetricsFollowTheWork) {
                            "kvtier_index_bytes"}) {
     EXPECT_GE(Sample(text, name), 0) << name << " missing";
   }
+}
+
+// A Put stream that has sent a block's header and part of its payload, then waits.
+struct OpenPut {
+  OpenPut(v1::CacheService::Stub& stub, const Block& b) {
+    writer = stub.Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    req.mutable_header()->set_key(b.key.ByteString());
+    req.mutable_header()->set_size(b.data.size());
+    req.set_data(b.data.data(), 1024);
+    writer->Write(req);
+  }
+  grpc::Status Finish(const Block& b) {
+    v1::PutRequest req;
+    req.set_data(b.data.data() + 1024, b.data.size() - 1024);
+    writer->Write(req);
+    writer->WritesDone();
+    return writer->Finish();
+  }
+  grpc::ClientContext ctx;
+  v1::PutResponse res;
+  std::unique_ptr<grpc::ClientWriter<v1::PutRequest>> writer;
+};
+
+std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
+  return v1::CacheService::NewStub(
+      grpc::CreateCustomChannel(d.address(), grpc::InsecureChannelCredentials(), args));
+}
+
+TEST(DaemonLimits, InflightBytesAreCappedPerConnectionAndInTotal) {
+  TempDir dir;
+  auto d = StartDaemon(dir.Sub("data"), {"--max-inflight-mib-per-connection", "3",
+                                         "--max-inflight-mib", "5"});
+  ASSERT_FALSE(d->address().empty());
+  const std::string metrics = d->AddressOf("kvtierd metrics");
+  auto inflight = [&] {
+    return Sample(testing::HttpGet(metrics, "/metrics"), "kvtier_inflight_bytes");
+  };
+  auto one = OwnConnection(*d);
+  const auto a = Chain(400, 1, 2 << 20)[0];
+  OpenPut put_a(*one, a);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (inflight() != (2 << 20) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(inflight(), 2 << 20) << "the first put holds its 2 MiB";
+  // Same connection: 2 + 2 MiB passes its 3 MiB.
+  const auto b = Chain(410, 1, 2 << 20);
+  EXPECT_EQ(PutBlocks(*one, "t", b).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // Another connection: 2 + 2 MiB fits the 5 MiB total...
+  auto two = OwnConnection(*d);
+  EXPECT_TRUE(PutBlocks(*two, "t", b).ok());
+  // ...and 2 + 4 MiB does not.
+  auto three = OwnConnection(*d);
+  EXPECT_EQ(PutBlocks(*three, "t", Chain(420, 1, 4 << 20)).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(put_a.Finish(a).ok());
+  EXPECT_EQ(inflight(), 0);
 }
 
 TEST_F(DaemonTest, RestartKeepsDurableBlocks) {

@@ -94,7 +94,21 @@ BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
 
 CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits,
                                    DaemonMetrics* metrics, const TenantAuth* auth)
-    : store_(store), limits_(limits), metrics_(metrics), auth_(auth) {}
+    : store_(store),
+      limits_(limits),
+      metrics_(metrics),
+      auth_(auth),
+      inflight_bytes_(limits.max_inflight_bytes, limits.max_inflight_bytes_per_connection,
+                      [metrics](uint64_t total) {
+                        if (metrics != nullptr) metrics->SetInflightBytes(total);
+                      }) {}
+
+absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::ServerContext* ctx,
+                                                               uint64_t n) {
+  const std::string peer = ctx->peer();
+  if (absl::Status st = inflight_bytes_.Acquire(peer, n); !st.ok()) return st;
+  return InflightBytes::Hold(&inflight_bytes_, peer, n);
+}
 
 template <typename F>
 grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
@@ -147,6 +161,7 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
   std::string tenant;
   std::optional<KvLayout> layout;
   std::optional<BlockStore::PutHandle> block;  // the block being received
+  InflightBytes::Hold held;                    // its bytes, counted against the limits
   size_t received = 0;
   std::string block_name;
   bool first = true;
@@ -178,6 +193,9 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
         if (!p.ok()) return ToGrpc(p.status());
         parent = *p;
       }
+      auto hold = HoldBytes(ctx, h.size());
+      if (!hold.ok()) return ToGrpc(hold.status());
+      held = std::move(*hold);
       PutOptions opts;
       opts.layout = layout.has_value() ? &*layout : nullptr;
       opts.durable = h.durable();
@@ -206,6 +224,7 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
       if (!st.ok()) return ToGrpc(st);
       if (!noop) response->set_stored(response->stored() + 1);
       block.reset();
+      held.Reset();
     }
   }
   if (block.has_value()) {
@@ -229,7 +248,11 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
     h->set_key(request->keys(static_cast<int>(i)));
     auto info = store_->Stat((*keys)[i]);
     absl::StatusOr<size_t> n = info.ok() ? absl::StatusOr<size_t>(0) : info.status();
+    InflightBytes::Hold held;
     if (info.ok()) {
+      auto hold = HoldBytes(ctx, info->size);
+      if (!hold.ok()) return ToGrpc(hold.status());
+      held = std::move(*hold);
       buf.resize(info->size);
       n = store_->Get((*keys)[i], std::span(buf));
     }

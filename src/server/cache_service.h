@@ -13,6 +13,7 @@
 
 #include "cache/block_store.h"
 #include "kvtier/v1/cache.grpc.pb.h"
+#include "server/inflight.h"
 
 namespace kvtier::server {
 
@@ -26,6 +27,10 @@ struct ServiceLimits {
   size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Get/Lookup/Delete.
   size_t get_chunk_bytes = 1 << 20;       // Default: 1 MiB. Payload bytes per Get message.
   size_t max_tenant_bytes = 256;          // Default: 256. Longest tenant name.
+  // Default: 4 GiB. Payload bytes held for Puts being received and Gets being sent, in total.
+  uint64_t max_inflight_bytes = uint64_t{4} << 30;
+  // Default: 1 GiB. The same, per client connection.
+  uint64_t max_inflight_bytes_per_connection = uint64_t{1} << 30;
 };
 
 class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
@@ -36,6 +41,8 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
 
   // RPCs being served right now (for a graceful shutdown).
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  // Payload bytes held for requests in progress.
+  uint64_t inflight_bytes() const { return inflight_bytes_.total(); }
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
@@ -73,6 +80,8 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
 
   // The tenant name is valid and, with auth on, the caller's token grants it.
   absl::Status CheckTenant(const grpc::ServerContext* ctx, const std::string& tenant) const;
+  // Reserves `n` payload bytes for the caller's connection until the Hold is destroyed.
+  absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContext* ctx, uint64_t n);
   // The store keys of `keys` (16 bytes each) for `tenant`.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
       const grpc::ServerContext* ctx, const std::string& tenant,
@@ -93,6 +102,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   DaemonMetrics* metrics_;
   const TenantAuth* auth_;
   std::atomic<int> in_flight_{0};
+  InflightBytes inflight_bytes_;
 };
 
 // absl::Status -> grpc::Status (the code numbers are the same).

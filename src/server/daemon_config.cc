@@ -160,6 +160,16 @@ const std::vector<Option>& Options() {
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.store.max_leased_bytes, kMiB, true);
        }},
+      {"limits.max_inflight_mib", "max-inflight-mib", "N", "4096",
+       "payload MiB held for requests in progress, in total (RESOURCE_EXHAUSTED beyond)",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.limits.max_inflight_bytes, kMiB, false);
+       }},
+      {"limits.max_inflight_mib_per_connection", "max-inflight-mib-per-connection", "N", "1024",
+       "the same, per client connection",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.limits.max_inflight_bytes_per_connection, kMiB, false);
+       }},
       {"limits.max_keys_per_request", "max-keys-per-request", "N", "1048576",
        "keys in one Get, Lookup, Lease or Delete",
        [](DaemonConfig& c, const std::string& v) {

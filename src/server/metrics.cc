@@ -3,6 +3,7 @@
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
@@ -147,6 +148,11 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::s
       50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
       50e-3, 100e-3, 250e-3, 500e-3, 1,    2.5,    5,    10};
   for (const char* rpc : kRpcs) m->latency_[rpc] = &latency.Add({{"rpc", rpc}}, buckets);
+  m->inflight_bytes_ = &prometheus::BuildGauge()
+                            .Name("kvtier_inflight_bytes")
+                            .Help("Payload bytes held for Puts being received and Gets being sent.")
+                            .Register(*m->registry_)
+                            .Add({});
   auto collector = std::make_shared<StoreCollector>(store);
   m->exposer_->RegisterCollectable(m->registry_);
   m->exposer_->RegisterCollectable(collector);
@@ -160,6 +166,10 @@ void DaemonMetrics::ObserveRpc(const std::string& rpc, grpc::StatusCode code, do
   auto it = latency_.find(rpc);
   if (it != latency_.end()) it->second->Observe(seconds);
   requests_->Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
+}
+
+void DaemonMetrics::SetInflightBytes(uint64_t bytes) {
+  inflight_bytes_->Set(static_cast<double>(bytes));
 }
 
 }  // namespace kvtier::server

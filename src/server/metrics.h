@@ -21,6 +21,7 @@ class Histogram;
 template <typename T>
 class Family;
 class Counter;
+class Gauge;
 }  // namespace prometheus
 
 namespace kvtier::server {
@@ -36,6 +37,8 @@ class DaemonMetrics {
   int port() const { return port_; }
   // Records one finished RPC. `rpc` is one of CacheService's method names.
   void ObserveRpc(const std::string& rpc, grpc::StatusCode code, double seconds);
+  // Payload bytes held for requests in progress.
+  void SetInflightBytes(uint64_t bytes);
 
  private:
   DaemonMetrics() = default;
@@ -44,6 +47,7 @@ class DaemonMetrics {
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   std::map<std::string, prometheus::Histogram*> latency_;
+  prometheus::Gauge* inflight_bytes_ = nullptr;
   int port_ = 0;
 };
 
