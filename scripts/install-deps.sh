@@ -10,6 +10,7 @@ packages=(
   libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-xxhash python3-grpcio python3-protobuf
+  redis-server libhiredis-dev
 )
 
 missing=()

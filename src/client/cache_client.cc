@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
+#include "common/grpc_tuning.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
@@ -15,6 +16,15 @@ namespace {
 absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+// Keys back to back, 16 bytes each (the packed_keys form of a request).
+std::string Packed(std::span<const BlockKey> keys) {
+  std::string out(keys.size() * BlockKey::kBytes, '\0');
+  for (size_t i = 0; i < keys.size(); ++i) {
+    keys[i].ToBytes(reinterpret_cast<uint8_t*>(out.data()) + i * BlockKey::kBytes);
+  }
+  return out;
 }
 
 const char* TierName(v1::Tier t) {
@@ -65,6 +75,10 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kGrpcMaxFrameBytes);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kGrpcStreamWindowBytes);
+  args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kGrpcWriteBufferBytes);
+  args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, kGrpcReadChunkBytes);
   c->rpc_ = std::make_unique<Rpc>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_pem.empty()) {
@@ -152,7 +166,7 @@ absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Ge
   std::vector<std::optional<std::vector<uint8_t>>> out;
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
-  for (const BlockKey& k : keys) req.add_keys(k.ByteString());
+  req.set_packed_keys(Packed(keys));
   absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
     out.clear();
     out.reserve(keys.size());
@@ -196,7 +210,7 @@ absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Ge
 absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain) {
   v1::LookupRequest req;
   req.set_tenant(options_.tenant);
-  for (const BlockKey& k : chain) req.add_keys(k.ByteString());
+  req.set_packed_keys(Packed(chain));
   v1::LookupResponse res;
   absl::Status st = WithRetries(
       options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Lookup(ctx, req, &res); });
@@ -210,7 +224,7 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
 absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
   v1::DeleteRequest req;
   req.set_tenant(options_.tenant);
-  for (const BlockKey& k : keys) req.add_keys(k.ByteString());
+  req.set_packed_keys(Packed(keys));
   v1::DeleteResponse res;
   absl::Status st = WithRetries(
       options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Delete(ctx, req, &res); });

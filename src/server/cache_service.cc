@@ -63,6 +63,13 @@ uint64_t LeaseMask(const std::string& tenant) {
   return XXH3_64bits_withSeed(tenant.data(), tenant.size(), kXxh3Seed) | 1;
 }
 
+// The i-th key of a request that names keys either way, as 16 bytes.
+template <typename Request>
+std::string KeyBytes(const Request& r, size_t i) {
+  if (r.keys_size() > 0) return r.keys(static_cast<int>(i));
+  return r.packed_keys().substr(16 * i, 16);
+}
+
 v1::Tier ToProto(Tier t) {
   switch (t) {
     case Tier::kHbm:
@@ -92,8 +99,8 @@ BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
   return BlockKey{h.high64, h.low64};
 }
 
-CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits,
-                                   DaemonMetrics* metrics, const TenantAuth* auth)
+CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics,
+                                   const TenantAuth* auth)
     : store_(store),
       limits_(limits),
       metrics_(metrics),
@@ -104,7 +111,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits,
                       }) {}
 
 absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::ServerContext* ctx,
-                                                               uint64_t n) {
+                                                                uint64_t n) {
   const std::string peer = ctx->peer();
   if (absl::Status st = inflight_bytes_.Acquire(peer, n); !st.ok()) return st;
   return InflightBytes::Hold(&inflight_bytes_, peer, n);
@@ -136,20 +143,34 @@ absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContext* ctx,
 
 absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
     const grpc::ServerContext* ctx, const std::string& tenant,
-    const google::protobuf::RepeatedPtrField<std::string>& keys) const {
+    const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const {
   if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return st;
-  if (static_cast<size_t>(keys.size()) > limits_.max_keys_per_request) {
-    return absl::InvalidArgumentError(absl::StrCat(keys.size(), " keys exceed the limit of ",
+  if (!keys.empty() && !packed.empty()) {
+    return absl::InvalidArgumentError("give keys or packed_keys, not both");
+  }
+  if (packed.size() % BlockKey::kBytes != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("packed_keys: ", packed.size(), " bytes is not a multiple of 16"));
+  }
+  const size_t n = keys.empty() ? packed.size() / BlockKey::kBytes : keys.size();
+  if (n > limits_.max_keys_per_request) {
+    return absl::InvalidArgumentError(absl::StrCat(n, " keys exceed the limit of ",
                                                    limits_.max_keys_per_request, " per request"));
   }
   std::vector<BlockKey> out;
-  out.reserve(keys.size());
-  for (int i = 0; i < keys.size(); ++i) {
-    auto key = BlockKey::FromByteString(keys[i]);
-    if (!key.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", key.status().message()));
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    BlockKey key;
+    if (keys.empty()) {
+      key = BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(packed.data()) + 16 * i);
+    } else {
+      auto k = BlockKey::FromByteString(keys[static_cast<int>(i)]);
+      if (!k.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", k.status().message()));
+      }
+      key = *k;
     }
-    out.push_back(TenantKey(tenant, *key));
+    out.push_back(TenantKey(tenant, key));
   }
   return out;
 }
@@ -237,7 +258,7 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
 
 grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
                                        grpc::ServerWriter<v1::GetResponse>* writer) {
-  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   std::vector<uint8_t> buf;
   v1::GetResponse msg;
@@ -245,19 +266,28 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
     if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
     msg.Clear();
     v1::BlockHeader* h = msg.mutable_header();
-    h->set_key(request->keys(static_cast<int>(i)));
+    h->set_key(KeyBytes(*request, i));
     auto info = store_->Stat((*keys)[i]);
     absl::StatusOr<size_t> n = info.ok() ? absl::StatusOr<size_t>(0) : info.status();
     InflightBytes::Hold held;
+    std::string* data = msg.mutable_data();
     if (info.ok()) {
       auto hold = HoldBytes(ctx, info->size);
       if (!hold.ok()) return ToGrpc(hold.status());
       held = std::move(*hold);
-      buf.resize(info->size);
-      n = store_->Get((*keys)[i], std::span(buf));
+      if (info->size <= limits_.get_chunk_bytes) {
+        // The common case: the block goes out in this one message, read straight into it.
+        data->resize(info->size);
+        n = store_->Get((*keys)[i],
+                        std::span(reinterpret_cast<uint8_t*>(data->data()), data->size()));
+      } else {
+        buf.resize(info->size);
+        n = store_->Get((*keys)[i], std::span(buf));
+      }
     }
     if (!n.ok()) {
       if (n.status().code() != absl::StatusCode::kNotFound) return ToGrpc(n.status());
+      data->clear();
       msg.set_found(false);
       if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
       continue;
@@ -265,6 +295,10 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
     msg.set_found(true);
     h->set_size(*n);
     h->set_checksum(info->checksum);
+    if (*n <= limits_.get_chunk_bytes) {
+      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      continue;
+    }
     for (size_t off = 0; off < *n; off += limits_.get_chunk_bytes) {
       const size_t len = std::min(limits_.get_chunk_bytes, *n - off);
       msg.set_data(buf.data() + off, len);
@@ -276,9 +310,10 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx, const v1::LookupRequest* request,
+grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx,
+                                          const v1::LookupRequest* request,
                                           v1::LookupResponse* response) {
-  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   const LookupResult r = store_->Lookup(*keys);
   response->set_matched(static_cast<uint32_t>(r.matched));
@@ -288,7 +323,7 @@ grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx, const v1::Lo
 
 grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
                                          v1::LeaseResponse* response) {
-  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   auto grant = store_->Lease(*keys, int64_t{request->ttl_ms()} * 1000);
   if (!grant.ok()) return ToGrpc(grant.status());
@@ -298,7 +333,7 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
   for (size_t i = 0; i < grant->blocks.size(); ++i) {
     const BlockInfo& b = grant->blocks[i];
     v1::LeasedBlock* out = response->add_blocks();
-    out->set_key(request->keys(static_cast<int>(i)));
+    out->set_key(KeyBytes(*request, i));
     out->set_tier(ToProto(b.tier));
     out->set_size(b.size);
     out->set_checksum(b.checksum);
@@ -308,7 +343,8 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx, const v1::ReleaseRequest* request,
+grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx,
+                                           const v1::ReleaseRequest* request,
                                            v1::ReleaseResponse*) {
   if (absl::Status st = CheckTenant(ctx, request->tenant()); !st.ok()) return ToGrpc(st);
   absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
@@ -318,9 +354,10 @@ grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx, const v1::R
   return ToGrpc(st);
 }
 
-grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext* ctx, const v1::DeleteRequest* request,
+grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext* ctx,
+                                          const v1::DeleteRequest* request,
                                           v1::DeleteResponse* response) {
-  auto keys = StoreKeys(ctx, request->tenant(), request->keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
   uint32_t deleted = 0;
   for (const BlockKey& k : *keys) {

@@ -25,7 +25,7 @@ BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
 
 struct ServiceLimits {
   size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Get/Lookup/Delete.
-  size_t get_chunk_bytes = 1 << 20;       // Default: 1 MiB. Payload bytes per Get message.
+  size_t get_chunk_bytes = 16 << 20;      // Default: 16 MiB. Payload bytes per Get message.
   size_t max_tenant_bytes = 256;          // Default: 256. Longest tenant name.
   // Default: 4 GiB. Payload bytes held for Puts being received and Gets being sent, in total.
   uint64_t max_inflight_bytes = uint64_t{4} << 30;
@@ -83,9 +83,11 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   // Reserves `n` payload bytes for the caller's connection until the Hold is destroyed.
   absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContext* ctx, uint64_t n);
   // The store keys of `keys` (16 bytes each) for `tenant`.
+  // `keys` or `packed` (16 bytes a key) must be given, not both.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
       const grpc::ServerContext* ctx, const std::string& tenant,
-      const google::protobuf::RepeatedPtrField<std::string>& keys) const;
+      const google::protobuf::RepeatedPtrField<std::string>& keys,
+      const std::string& packed) const;
 
   // Counts an RPC in flight for its lifetime.
   class InFlight {

@@ -13,7 +13,9 @@
 #include <string>
 
 #include "cache/block_store.h"
+#include "common/grpc_tuning.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "server/auth.h"
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
@@ -21,6 +23,7 @@
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
+  kvtier::TuneMallocForLargeBuffers();
   bool help = false;
   auto config = kvtier::server::LoadDaemonConfig(argc - 1, argv + 1, &help);
   if (help) {
@@ -104,6 +107,10 @@ int main(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config->max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kvtier::kGrpcMaxFrameBytes);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kvtier::kGrpcStreamWindowBytes);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kvtier::kGrpcWriteBufferBytes);
+  builder.AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, kvtier::kGrpcReadChunkBytes);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     spdlog::critical("cannot listen on {}", listen);
