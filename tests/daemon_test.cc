@@ -111,6 +111,29 @@ std::vector<BlockKey> KeysOf(const std::vector<Block>& blocks) {
   return keys;
 }
 
+// A Put stream that has sent a block's header and part of its payload, then waits.
+struct OpenPut {
+  OpenPut(v1::CacheService::Stub& stub, const Block& b) {
+    writer = stub.Put(&ctx, &res);
+    v1::PutRequest req;
+    req.set_tenant("t");
+    req.mutable_header()->set_key(b.key.ByteString());
+    req.mutable_header()->set_size(b.data.size());
+    req.set_data(b.data.data(), 1024);
+    writer->Write(req);
+  }
+  grpc::Status Finish(const Block& b) {
+    v1::PutRequest req;
+    req.set_data(b.data.data() + 1024, b.data.size() - 1024);
+    writer->Write(req);
+    writer->WritesDone();
+    return writer->Finish();
+  }
+  grpc::ClientContext ctx;
+  v1::PutResponse res;
+  std::unique_ptr<grpc::ClientWriter<v1::PutRequest>> writer;
+};
+
 class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -277,30 +300,14 @@ TEST_F(DaemonTest, BadInputOverTheWire) {
   // A truncated stream and a client that goes away mid-put leave nothing visible.
   const auto block = Chain(20, 1, 1 << 20);
   {
-    grpc::ClientContext ctx;
-    v1::PutResponse res;
-    auto w = stub_->Put(&ctx, &res);
-    v1::PutRequest req;
-    req.set_tenant("t");
-    req.mutable_header()->set_key(block[0].key.ByteString());
-    req.mutable_header()->set_size(block[0].data.size());
-    req.set_data(block[0].data.data(), 1000);
-    w->Write(req);
-    w->WritesDone();
-    expect_code(w->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "truncated put");
+    OpenPut put(*stub_, block[0]);
+    put.writer->WritesDone();
+    expect_code(put.writer->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "truncated put");
   }
   {
-    grpc::ClientContext ctx;
-    v1::PutResponse res;
-    auto w = stub_->Put(&ctx, &res);
-    v1::PutRequest req;
-    req.set_tenant("t");
-    req.mutable_header()->set_key(block[0].key.ByteString());
-    req.mutable_header()->set_size(block[0].data.size());
-    req.set_data(block[0].data.data(), 1000);
-    w->Write(req);
-    ctx.TryCancel();  // the client disconnects
-    (void)w->Finish();
+    OpenPut put(*stub_, block[0]);
+    put.ctx.TryCancel();  // the client disconnects
+    (void)put.writer->Finish();
   }
   grpc::Status st;
   auto got = GetBlocks(*stub_, "t", KeysOf(block), &st);
@@ -377,29 +384,6 @@ TEST_F(DaemonTest, MetricsFollowTheWork) {
     EXPECT_GE(Sample(text, name), 0) << name << " missing";
   }
 }
-
-// A Put stream that has sent a block's header and part of its payload, then waits.
-struct OpenPut {
-  OpenPut(v1::CacheService::Stub& stub, const Block& b) {
-    writer = stub.Put(&ctx, &res);
-    v1::PutRequest req;
-    req.set_tenant("t");
-    req.mutable_header()->set_key(b.key.ByteString());
-    req.mutable_header()->set_size(b.data.size());
-    req.set_data(b.data.data(), 1024);
-    writer->Write(req);
-  }
-  grpc::Status Finish(const Block& b) {
-    v1::PutRequest req;
-    req.set_data(b.data.data() + 1024, b.data.size() - 1024);
-    writer->Write(req);
-    writer->WritesDone();
-    return writer->Finish();
-  }
-  grpc::ClientContext ctx;
-  v1::PutResponse res;
-  std::unique_ptr<grpc::ClientWriter<v1::PutRequest>> writer;
-};
 
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {
   grpc::ChannelArguments args;
