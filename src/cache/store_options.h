@@ -33,7 +33,7 @@ struct StoreOptions {
   size_t hbm_bytes = 0;  // Default: 0 (off). Bytes of device memory for blocks.
   int hbm_device = 0;    // Default: 0. CUDA device ordinal.
 
-  // NVMe tier (RocksDB with blob files).
+  // NVMe tier (O_DIRECT blob files for payloads, RocksDB for keys and metadata).
   std::string nvme_path;               // Default: empty (no NVMe tier). Data directory.
   uint64_t nvme_bytes = uint64_t{64} << 30;  // Default: 64 GiB. Payload bytes kept on flash.
   NvmeAdmission nvme_admission = NvmeAdmission::kSeenTwice;  // Default: seen twice.

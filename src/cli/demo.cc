@@ -26,7 +26,7 @@ constexpr char kUsage[] = R"(usage: kvtier demo [options]
 Replays the first requests of a Mooncake trace through one kvtier block store, the way an inference
 engine uses it: compute the chained block keys of each prompt, Lookup how much of the prefix is
 cached, read those blocks back (checksums verified), "prefill" the rest (deterministic KV bytes)
-and Put them with their parent keys. Blocks spill from host RAM to NVMe (RocksDB) as RAM fills.
+and Put them with their parent keys. Blocks spill from host RAM to the NVMe tier as RAM fills.
 Then the store is closed and reopened from its NVMe directory, and the recovered blocks are
 verified byte for byte.
 
