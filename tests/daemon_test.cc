@@ -392,6 +392,24 @@ std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {
       grpc::CreateCustomChannel(d.address(), grpc::InsecureChannelCredentials(), args));
 }
 
+TEST(DaemonLimits, OversizedMessagesAndBlocksAreRefused) {
+  TempDir dir;
+  auto d = StartDaemon(dir.Sub("data"), {"--max-message-mib", "1", "--max-block-mib", "2"});
+  ASSERT_FALSE(d->address().empty());
+  auto stub = Connect(*d);
+  const auto big = Chain(500, 1, 1536 * 1024);  // one 1.5 MiB message: over the 1 MiB limit
+  EXPECT_EQ(PutBlocks(*stub, "t", big, 2 << 20).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(PutBlocks(*stub, "t", big, 512 * 1024).ok()) << "the same block in 512 KiB chunks";
+  grpc::Status st;
+  auto got = GetBlocks(*stub, "t", KeysOf(big), &st);  // comes back in chunks under the limit
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_TRUE(got[0].has_value());
+  EXPECT_EQ(*got[0], big[0].data);
+  const auto huge = Chain(510, 1, 3 << 20);  // over --max-block-mib
+  EXPECT_EQ(PutBlocks(*stub, "t", huge, 512 * 1024).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST(DaemonLimits, InflightBytesAreCappedPerConnectionAndInTotal) {
   TempDir dir;
   auto d = StartDaemon(dir.Sub("data"), {"--max-inflight-mib-per-connection", "3",

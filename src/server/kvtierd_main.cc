@@ -97,7 +97,12 @@ int main(int argc, char** argv) {
     const std::string mhost = config->metrics_listen.substr(0, config->metrics_listen.rfind(':'));
     std::printf("kvtierd metrics on %s:%d\n", mhost.c_str(), metrics->port());
   }
-  kvtier::server::CacheServiceImpl service(store->get(), config->limits, metrics.get(),
+  kvtier::server::ServiceLimits limits = config->limits;
+  // A Get message carries one chunk of payload plus its header: keep it under the message limit.
+  limits.get_chunk_bytes = std::min(
+      limits.get_chunk_bytes,
+      config->max_message_bytes - std::min<size_t>(config->max_message_bytes / 2, 64 << 10));
+  kvtier::server::CacheServiceImpl service(store->get(), limits, metrics.get(),
                                            auth.has_value() ? &*auth : nullptr);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -131,7 +136,9 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    (busy > 0 ? std::chrono::milliseconds(10'000) : std::chrono::milliseconds(100)));
   server->Wait();
-  metrics.reset();
+  spdlog::debug("kvtierd: gRPC server stopped");
+  // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
+  if (metrics != nullptr) metrics->DetachStore();
   store->reset();  // flushes the NVMe tier
   spdlog::info("kvtierd: stopped");
   spdlog::shutdown();

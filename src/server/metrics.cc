@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/mutex.h"
 
 namespace kvtier::server {
 namespace {
@@ -48,7 +49,15 @@ class StoreCollector final : public prometheus::Collectable {
  public:
   explicit StoreCollector(const BlockStore* store) : store_(store) {}
 
+  // From now on scrapes report no store figures; the store may then be destroyed.
+  void Detach() {
+    MutexLock l(&mu_);
+    store_ = nullptr;
+  }
+
   std::vector<prometheus::MetricFamily> Collect() const override {
+    MutexLock l(&mu_);
+    if (store_ == nullptr) return {};
     const StoreStats s = store_->Stats();
     std::vector<prometheus::MetricFamily> out;
     auto per_tier = [&](const char* name, const char* help, prometheus::MetricType type,
@@ -116,7 +125,8 @@ class StoreCollector final : public prometheus::Collectable {
   }
 
  private:
-  const BlockStore* store_;
+  mutable Mutex mu_;
+  const BlockStore* store_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -166,6 +176,10 @@ void DaemonMetrics::ObserveRpc(const std::string& rpc, grpc::StatusCode code, do
   auto it = latency_.find(rpc);
   if (it != latency_.end()) it->second->Observe(seconds);
   requests_->Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
+}
+
+void DaemonMetrics::DetachStore() {
+  static_cast<StoreCollector*>(store_collector_.get())->Detach();
 }
 
 void DaemonMetrics::SetInflightBytes(uint64_t bytes) {

@@ -39,6 +39,8 @@ class DaemonMetrics {
   void ObserveRpc(const std::string& rpc, grpc::StatusCode code, double seconds);
   // Payload bytes held for requests in progress.
   void SetInflightBytes(uint64_t bytes);
+  // Stops reading the store (call before destroying it); the endpoint keeps serving the rest.
+  void DetachStore();
 
  private:
   DaemonMetrics() = default;
