@@ -1018,6 +1018,31 @@ absl::StatusOr<std::vector<uint8_t>> BlockStore::Get(const BlockKey& key) {
   }
 }
 
+absl::StatusOr<BlockStore::PinnedBlock> BlockStore::PinHostBlock(const BlockKey& key) {
+  Impl& s = *impl_;
+  BlockInfo info;
+  const uint32_t h = s.PinForRead(key, &info);
+  if (h == kNone) {
+    MutexLock l(&s.mu);
+    ++s.stats.gets;
+    ++s.stats.get_misses;
+    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  }
+  if (info.tier != Tier::kHost) {
+    s.Unpin(h);
+    return absl::FailedPreconditionError("block is not in the host tier");
+  }
+  {
+    MutexLock l(&s.mu);
+    ++s.stats.gets;
+    ++s.stats.tiers[static_cast<int>(Tier::kHost)].hits;
+    s.Touch(h);
+  }
+  return PinnedBlock{s.host_base + info.location, info.size, info.checksum, h};
+}
+
+void BlockStore::UnpinHostBlock(const PinnedBlock& pinned) { impl_->Unpin(pinned.handle); }
+
 absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {
   Impl& s = *impl_;
   Impl::Shard& shard = s.ShardOf(key);

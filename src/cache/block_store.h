@@ -131,6 +131,21 @@ class BlockStore {
   // Size, tier and checksum of a present block, without reading it. NOT_FOUND if absent.
   absl::StatusOr<BlockInfo> Stat(const BlockKey& key) const;
 
+  // Zero-copy reads of host-tier blocks: pins the block (it is not moved, evicted or freed until
+  // UnpinHostBlock) and returns where its bytes are. Counts as a Get (recency, hit statistics);
+  // the caller verifies `checksum` before using the bytes and, on a mismatch, calls Get (which
+  // drops the block). NOT_FOUND if absent; FAILED_PRECONDITION if the block is not in host RAM
+  // (use Get, which also promotes it).
+  struct PinnedBlock {
+    const uint8_t* data = nullptr;
+    uint32_t size = 0;
+    uint64_t checksum = 0;
+    uint32_t handle = 0;
+  };
+  absl::StatusOr<PinnedBlock> PinHostBlock(const BlockKey& key);
+  // REQUIRES: `pinned` came from PinHostBlock and is unpinned once. Any thread.
+  void UnpinHostBlock(const PinnedBlock& pinned);
+
   // How many leading blocks of `chain` are present, and the tier of each.
   LookupResult Lookup(std::span<const BlockKey> chain) const;
 

@@ -555,6 +555,37 @@ TEST_F(NvmeStore, LeasePromotesFlashBlocksToHost) {
             TestBlock(0, kBlock));
 }
 
+TEST(BlockStorePins, PinnedHostBlocksStayPutUntilUnpinned) {
+  auto s = OpenOrDie(SmallOptions(2));
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  ASSERT_TRUE(PutN(*s, 2).ok());
+  auto a = s->PinHostBlock(TestKey(1));
+  auto b = s->PinHostBlock(TestKey(2));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(std::vector<uint8_t>(a->data, a->data + a->size), TestBlock(1, kBlock));
+  EXPECT_EQ(a->checksum, Checksum(a->data, a->size));
+  EXPECT_EQ(PutN(*s, 3).code(), absl::StatusCode::kResourceExhausted)
+      << "both blocks are pinned: nothing can be evicted";
+  s->UnpinHostBlock(*a);
+  ASSERT_TRUE(PutN(*s, 3).ok());
+  EXPECT_FALSE(Has(*s, 1)) << "unpinned, it could go";
+  EXPECT_TRUE(Has(*s, 2));
+  s->UnpinHostBlock(*b);
+  EXPECT_EQ(s->PinHostBlock(TestKey(9)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(s->CheckConsistency().ok()) << s->CheckConsistency();
+}
+
+TEST_F(NvmeStore, PinningAFlashBlockAsksForAGet) {
+  auto s = OpenOrDie(Options(2));
+  for (uint64_t n = 0; n < 4; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  ASSERT_EQ(s->Stat(TestKey(0))->tier, Tier::kNvme);
+  EXPECT_EQ(s->PinHostBlock(TestKey(0)).status().code(), absl::StatusCode::kFailedPrecondition);
+  ExpectBlock(*s, 0);  // promotes it
+  auto p = s->PinHostBlock(TestKey(0));
+  ASSERT_TRUE(p.ok()) << p.status();
+  s->UnpinHostBlock(*p);
+}
+
 TEST(BlockStoreCorruption, CorruptHostBlockIsDroppedAndCounted) {
   auto s = OpenOrDie(SmallOptions(8));
   ASSERT_TRUE(PutN(*s, 1).ok());
