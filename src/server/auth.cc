@@ -43,7 +43,7 @@ TenantAuth TenantAuth::FromMap(absl::flat_hash_map<std::string, std::string> tok
   return a;
 }
 
-absl::StatusOr<std::string> TenantAuth::Authenticate(const grpc::ServerContextBase& ctx) const {
+absl::StatusOr<std::string> TenantAuth::Authenticate(const grpc::ServerContext& ctx) const {
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return absl::UnauthenticatedError("missing authorization: Bearer <token>");
@@ -63,7 +63,7 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(const grpc::ServerContextBa
   return absl::UnauthenticatedError("invalid token");
 }
 
-absl::Status TenantAuth::Check(const grpc::ServerContextBase& ctx, const std::string& tenant) const {
+absl::Status TenantAuth::Check(const grpc::ServerContext& ctx, const std::string& tenant) const {
   auto who = Authenticate(ctx);
   if (!who.ok()) return who.status();
   if (*who != tenant) {
@@ -73,7 +73,7 @@ absl::Status TenantAuth::Check(const grpc::ServerContextBase& ctx, const std::st
   return absl::OkStatus();
 }
 
-absl::Status TenantAuth::CheckAny(const grpc::ServerContextBase& ctx) const {
+absl::Status TenantAuth::CheckAny(const grpc::ServerContext& ctx) const {
   return Authenticate(ctx).status();
 }
 

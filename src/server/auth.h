@@ -22,14 +22,14 @@ class TenantAuth {
 
   // UNAUTHENTICATED without a valid token; PERMISSION_DENIED when the token belongs to another
   // tenant than `tenant` (or `tenant` has no token).
-  absl::Status Check(const grpc::ServerContextBase& ctx, const std::string& tenant) const;
+  absl::Status Check(const grpc::ServerContext& ctx, const std::string& tenant) const;
   // Any valid token (for tenant-less calls such as Stats).
-  absl::Status CheckAny(const grpc::ServerContextBase& ctx) const;
+  absl::Status CheckAny(const grpc::ServerContext& ctx) const;
   size_t tenants() const { return tokens_.size(); }
 
  private:
   // The tenant whose token the request carries, or an error.
-  absl::StatusOr<std::string> Authenticate(const grpc::ServerContextBase& ctx) const;
+  absl::StatusOr<std::string> Authenticate(const grpc::ServerContext& ctx) const;
   absl::flat_hash_map<std::string, std::string> tokens_;  // tenant -> token
 };
 

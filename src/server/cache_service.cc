@@ -4,11 +4,9 @@
 
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "common/checksum.h"
 #include "common/internal/le_bytes.h"
 #include "server/auth.h"
 #include "server/metrics.h"
@@ -112,7 +110,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
                         if (metrics != nullptr) metrics->SetInflightBytes(total);
                       }) {}
 
-absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::ServerContextBase* ctx,
+absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::ServerContext* ctx,
                                                                 uint64_t n) {
   const std::string peer = ctx->peer();
   if (absl::Status st = inflight_bytes_.Acquire(peer, n); !st.ok()) return st;
@@ -132,7 +130,7 @@ grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
   return st;
 }
 
-absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContextBase* ctx,
+absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContext* ctx,
                                            const std::string& tenant) const {
   if (tenant.empty()) return absl::InvalidArgumentError("tenant: must be set");
   if (tenant.size() > limits_.max_tenant_bytes) {
@@ -144,7 +142,7 @@ absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContextBase* ctx,
 }
 
 absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
-    const grpc::ServerContextBase* ctx, const std::string& tenant,
+    const grpc::ServerContext* ctx, const std::string& tenant,
     const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const {
   if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return st;
   if (!keys.empty() && !packed.empty()) {
@@ -258,180 +256,58 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-// Serves one Get call: for each requested key, in order, one message with the block's header
-// and (when found) its payload; a host-tier payload is a slice of the arena holding the block's
-// pin, anything else is copied out of the store first.
-class CacheServiceImpl::GetReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
- public:
-  GetReactor(CacheServiceImpl* service, grpc::CallbackServerContext* ctx,
-             const grpc::ByteBuffer* raw)
-      : service_(service), ctx_(ctx), start_(std::chrono::steady_clock::now()) {
-    service_->in_flight_.fetch_add(1);
-    grpc::ByteBuffer copy(*raw);  // Deserialize consumes its buffer
-    grpc::Status st = grpc::SerializationTraits<v1::GetRequest>::Deserialize(&copy, &request_);
-    if (!st.ok()) {
-      Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed GetRequest"));
-      return;
-    }
-    auto keys =
-        service_->StoreKeys(ctx_, request_.tenant(), request_.keys(), request_.packed_keys());
-    if (!keys.ok()) {
-      Done(ToGrpc(keys.status()));
-      return;
-    }
-    keys_ = std::move(*keys);
-    Next();
-  }
-
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Done(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    pending_.pop_front();
-    Next();
-  }
-
-  void OnDone() override {
-    if (service_->metrics_ != nullptr) {
-      service_->metrics_->ObserveRpc(
-          "Get", final_code_,
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
-    }
-    service_->in_flight_.fetch_sub(1);
-    delete this;
-  }
-
- private:
-  // Releases a pinned block and its in-flight bytes when gRPC is done with the slice.
-  struct SliceOwner {
-    BlockStore* store;
-    BlockStore::PinnedBlock pinned;
-    InflightBytes::Hold hold;
-    static void Release(void* p) {
-      auto* o = static_cast<SliceOwner*>(p);
-      o->store->UnpinHostBlock(o->pinned);
-      delete o;
-    }
-  };
-
-  void Done(const grpc::Status& st) {
-    final_code_ = st.error_code();
-    Finish(st);
-  }
-
-  // Writes the next queued message, queueing the next block's messages when none is left.
-  void Next() {
-    while (pending_.empty()) {
-      if (next_ == keys_.size()) {
-        Done(grpc::Status::OK);
-        return;
-      }
-      if (ctx_->IsCancelled()) {
-        Done(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-        return;
-      }
-      grpc::Status st = Queue(next_++);
-      if (!st.ok()) {
-        Done(st);
-        return;
-      }
-    }
-    StartWrite(&pending_.front());
-  }
-
-  void Append(const v1::GetResponse& msg) {
-    grpc::ByteBuffer bb;
-    bool own = false;
-    (void)grpc::SerializationTraits<v1::GetResponse>::Serialize(msg, &bb, &own);
-    pending_.push_back(std::move(bb));
-  }
-
-  // Queues the message(s) answering key i.
-  grpc::Status Queue(size_t i) {
-    BlockStore* store = service_->store_;
-    const BlockKey& key = keys_[i];
-    v1::GetResponse msg;
-    msg.mutable_header()->set_key(KeyBytes(request_, i));
-    auto pinned = store->PinHostBlock(key);
-    if (pinned.ok() && pinned->size <= service_->limits_.get_chunk_bytes &&
-        Checksum(pinned->data, pinned->size) == pinned->checksum) {
-      auto hold = service_->HoldBytes(ctx_, pinned->size);
-      if (!hold.ok()) {
-        store->UnpinHostBlock(*pinned);
-        return ToGrpc(hold.status());
-      }
-      msg.set_found(true);
-      msg.mutable_header()->set_size(pinned->size);
-      msg.mutable_header()->set_checksum(pinned->checksum);
-      // The message's bytes: the header fields, then field 3 (data) framed by hand around the
-      // arena slice. Protobuf accepts fields in any order.
-      std::string head = msg.SerializeAsString();
-      head.push_back(static_cast<char>((3 << 3) | 2));
-      for (uint64_t v = pinned->size;; v >>= 7) {
-        if (v < 0x80) {
-          head.push_back(static_cast<char>(v));
-          break;
-        }
-        head.push_back(static_cast<char>((v & 0x7f) | 0x80));
-      }
-      auto* owner = new SliceOwner{store, *pinned, std::move(*hold)};
-      grpc::Slice slices[2] = {grpc::Slice(head),
-                               grpc::Slice(const_cast<uint8_t*>(pinned->data), pinned->size,
-                                           &SliceOwner::Release, owner)};
-      pending_.emplace_back(slices, 2);
-      return grpc::Status::OK;
-    }
-    if (pinned.ok()) store->UnpinHostBlock(*pinned);  // too large, or failed its checksum
-    if (!pinned.ok() && pinned.status().code() == absl::StatusCode::kNotFound) {
-      msg.set_found(false);
-      Append(msg);
-      return grpc::Status::OK;
-    }
-    // Not in host RAM (or to be re-verified): copy it out; Get promotes or drops it.
-    auto info = store->Stat(key);
+grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                       grpc::ServerWriter<v1::GetResponse>* writer) {
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
+  if (!keys.ok()) return ToGrpc(keys.status());
+  std::vector<uint8_t> buf;
+  v1::GetResponse msg;
+  for (size_t i = 0; i < keys->size(); ++i) {
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    msg.Clear();
+    v1::BlockHeader* h = msg.mutable_header();
+    h->set_key(KeyBytes(*request, i));
+    auto info = store_->Stat((*keys)[i]);
     absl::StatusOr<size_t> n = info.ok() ? absl::StatusOr<size_t>(0) : info.status();
     InflightBytes::Hold held;
+    std::string* data = msg.mutable_data();
     if (info.ok()) {
-      auto hold = service_->HoldBytes(ctx_, info->size);
+      auto hold = HoldBytes(ctx, info->size);
       if (!hold.ok()) return ToGrpc(hold.status());
       held = std::move(*hold);
-      buf_.resize(info->size);
-      n = store->Get(key, std::span(buf_));
+      if (info->size <= limits_.get_chunk_bytes) {
+        // The common case: the block goes out in this one message, read straight into it.
+        data->resize(info->size);
+        n = store_->Get((*keys)[i],
+                        std::span(reinterpret_cast<uint8_t*>(data->data()), data->size()));
+      } else {
+        buf.resize(info->size);
+        n = store_->Get((*keys)[i], std::span(buf));
+      }
     }
     if (!n.ok()) {
       if (n.status().code() != absl::StatusCode::kNotFound) return ToGrpc(n.status());
+      data->clear();
       msg.set_found(false);
-      Append(msg);
-      return grpc::Status::OK;
+      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      continue;
     }
     msg.set_found(true);
-    msg.mutable_header()->set_size(*n);
-    msg.mutable_header()->set_checksum(info->checksum);
-    const size_t chunk = service_->limits_.get_chunk_bytes;
-    for (size_t off = 0; off < *n; off += chunk) {
-      msg.set_data(buf_.data() + off, std::min(chunk, *n - off));
-      Append(msg);
+    h->set_size(*n);
+    h->set_checksum(info->checksum);
+    if (*n <= limits_.get_chunk_bytes) {
+      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      continue;
+    }
+    for (size_t off = 0; off < *n; off += limits_.get_chunk_bytes) {
+      const size_t len = std::min(limits_.get_chunk_bytes, *n - off);
+      msg.set_data(buf.data() + off, len);
+      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
       msg.clear_header();
       msg.clear_found();
     }
-    return grpc::Status::OK;
   }
-
-  CacheServiceImpl* service_;
-  grpc::CallbackServerContext* ctx_;
-  const std::chrono::steady_clock::time_point start_;
-  v1::GetRequest request_;
-  std::vector<BlockKey> keys_;
-  size_t next_ = 0;
-  std::deque<grpc::ByteBuffer> pending_;
-  std::vector<uint8_t> buf_;
-  grpc::StatusCode final_code_ = grpc::StatusCode::OK;
-};
-
-grpc::ServerWriteReactor<grpc::ByteBuffer>* CacheServiceImpl::Get(grpc::CallbackServerContext* ctx,
-                                                                  const grpc::ByteBuffer* request) {
-  return new GetReactor(this, ctx, request);
+  return grpc::Status::OK;
 }
 
 grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx,
@@ -528,6 +404,11 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,
                                    grpc::ServerReader<v1::PutRequest>* reader,
                                    v1::PutResponse* response) {
   return Observed("Put", [&] { return PutImpl(a0, reader, response); });
+}
+
+grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                   grpc::ServerWriter<v1::GetResponse>* writer) {
+  return Observed("Get", [&] { return GetImpl(ctx, request, writer); });
 }
 
 grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext* a0, const v1::LookupRequest* request,

@@ -33,11 +33,7 @@ struct ServiceLimits {
   uint64_t max_inflight_bytes_per_connection = uint64_t{1} << 30;
 };
 
-// Get is a raw callback method: found host-tier blocks go out as gRPC slices that point into the
-// host arena (the block stays pinned until gRPC releases the slice), so the daemon never copies a
-// payload it serves from RAM.
-class CacheServiceImpl final
-    : public v1::CacheService::WithRawCallbackMethod_Get<v1::CacheService::Service> {
+class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
  public:
   // `metrics` may be null (no /metrics endpoint), `auth` null (no tokens required). None is owned.
   CacheServiceImpl(BlockStore* store, ServiceLimits limits = {}, DaemonMetrics* metrics = nullptr,
@@ -50,8 +46,8 @@ class CacheServiceImpl final
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
-  grpc::ServerWriteReactor<grpc::ByteBuffer>* Get(grpc::CallbackServerContext* ctx,
-                                                  const grpc::ByteBuffer* request) override;
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                   grpc::ServerWriter<v1::GetResponse>* writer) override;
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -66,7 +62,8 @@ class CacheServiceImpl final
  private:
   grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                        v1::PutResponse* response);
-  class GetReactor;
+  grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                       grpc::ServerWriter<v1::GetResponse>* writer);
   grpc::Status LookupImpl(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                           v1::LookupResponse* response);
   grpc::Status LeaseImpl(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -82,14 +79,15 @@ class CacheServiceImpl final
   grpc::Status Observed(const char* rpc, F body);
 
   // The tenant name is valid and, with auth on, the caller's token grants it.
-  absl::Status CheckTenant(const grpc::ServerContextBase* ctx, const std::string& tenant) const;
+  absl::Status CheckTenant(const grpc::ServerContext* ctx, const std::string& tenant) const;
   // Reserves `n` payload bytes for the caller's connection until the Hold is destroyed.
-  absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContextBase* ctx, uint64_t n);
+  absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContext* ctx, uint64_t n);
   // The store keys of `keys` (16 bytes each) for `tenant`.
   // `keys` or `packed` (16 bytes a key) must be given, not both.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
-      const grpc::ServerContextBase* ctx, const std::string& tenant,
-      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
+      const grpc::ServerContext* ctx, const std::string& tenant,
+      const google::protobuf::RepeatedPtrField<std::string>& keys,
+      const std::string& packed) const;
 
   // Counts an RPC in flight for its lifetime.
   class InFlight {

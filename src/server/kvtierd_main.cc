@@ -136,8 +136,6 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    (busy > 0 ? std::chrono::milliseconds(10'000) : std::chrono::milliseconds(100)));
   server->Wait();
-  // Destroying the server releases the transports and with them any arena slices still queued.
-  server.reset();
   spdlog::debug("kvtierd: gRPC server stopped");
   // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
   if (metrics != nullptr) metrics->DetachStore();
