@@ -516,6 +516,20 @@ struct BlockStore::Impl {
     *info = BlockInfo{key, e.tier, e.size, e.checksum, e.location, e.generation};
     return h;
   }
+  // Statistics and recency of a read: a miss, or a hit served by `tier`.
+  absl::Status CountMiss(const BlockKey& key) {
+    MutexLock l(&mu);
+    ++stats.gets;
+    ++stats.get_misses;
+    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  }
+  void CountHit(uint32_t h, Tier tier) {
+    MutexLock l(&mu);
+    ++stats.gets;
+    ++stats.tiers[static_cast<int>(tier)].hits;
+    Touch(h);
+  }
+
   void Unpin(uint32_t h) {
     Entry& e = E(h);
     bool remove = false;
@@ -912,23 +926,13 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
   Impl& s = *impl_;
   BlockInfo info;
   const uint32_t h = s.PinForRead(key, &info);
-  if (h == kNone) {
-    MutexLock l(&s.mu);
-    ++s.stats.gets;
-    ++s.stats.get_misses;
-    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
-  }
+  if (h == kNone) return s.CountMiss(key);
   if (out.size() < info.size) {
     s.Unpin(h);
     return absl::InvalidArgumentError(absl::StrCat("get: buffer of ", out.size(),
                                                    " bytes for a block of ", info.size));
   }
-  {
-    MutexLock l(&s.mu);
-    ++s.stats.gets;
-    ++s.stats.tiers[static_cast<int>(info.tier)].hits;
-    s.Touch(h);
-  }
+  s.CountHit(h, info.tier);
   absl::StatusOr<uint64_t> sum;
   // An NVMe block is read straight into the host chunk it is promoted to, then copied out.
   std::optional<uint64_t> promote_to;
@@ -1022,22 +1026,12 @@ absl::StatusOr<BlockStore::PinnedBlock> BlockStore::PinHostBlock(const BlockKey&
   Impl& s = *impl_;
   BlockInfo info;
   const uint32_t h = s.PinForRead(key, &info);
-  if (h == kNone) {
-    MutexLock l(&s.mu);
-    ++s.stats.gets;
-    ++s.stats.get_misses;
-    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
-  }
+  if (h == kNone) return s.CountMiss(key);
   if (info.tier != Tier::kHost) {
     s.Unpin(h);
     return absl::FailedPreconditionError("block is not in the host tier");
   }
-  {
-    MutexLock l(&s.mu);
-    ++s.stats.gets;
-    ++s.stats.tiers[static_cast<int>(Tier::kHost)].hits;
-    s.Touch(h);
-  }
+  s.CountHit(h, Tier::kHost);
   return PinnedBlock{s.host_base + info.location, info.size, info.checksum, h};
 }
 
