@@ -1,6 +1,10 @@
 #include "common/logging.h"
 
+#include <cstdio>
+#include <string_view>
+
 #include "absl/strings/str_cat.h"
+#include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -14,12 +18,69 @@ absl::Status ValidateLogLevel(const std::string& level) {
   return absl::OkStatus();
 }
 
-absl::Status InitLogging(const std::string& level) {
+namespace {
+
+// %* in a pattern: the message, escaped for a JSON string.
+class JsonMessage final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    auto put = [&dest](std::string_view text) {
+      dest.append(text.data(), text.data() + text.size());
+    };
+    for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
+      switch (c) {
+        case '"':
+          put("\\\"");
+          break;
+        case '\\':
+          put("\\\\");
+          break;
+        case '\n':
+          put("\\n");
+          break;
+        case '\t':
+          put("\\t");
+          break;
+        default:
+          if (static_cast<unsigned char>(c) < 0x20) {
+            char buf[8];
+            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+            put(buf);
+          } else {
+            dest.push_back(c);
+          }
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonMessage>();
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<spdlog::formatter> MakeJsonLogFormatter() {
+  auto f = std::make_unique<spdlog::pattern_formatter>();
+  f->add_flag<JsonMessage>('*').set_pattern(
+      R"({"ts":"%Y-%m-%dT%H:%M:%S.%e","level":"%l","msg":"%*"})");
+  return f;
+}
+
+absl::Status InitLogging(const std::string& level, const std::string& format) {
   if (absl::Status st = ValidateLogLevel(level); !st.ok()) return st;
+  if (format != "text" && format != "json") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("log format: unknown '", format, "' (text or json)"));
+  }
   const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
   auto logger = spdlog::get("kvtier");
   if (logger == nullptr) logger = spdlog::stderr_color_mt("kvtier");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  if (format == "json") {
+    logger->set_formatter(MakeJsonLogFormatter());
+  } else {
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
   spdlog::set_default_logger(logger);
   spdlog::set_level(parsed);
   return absl::OkStatus();

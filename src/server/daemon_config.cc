@@ -71,6 +71,13 @@ const std::vector<Option>& Options() {
          c.log_level = v;
          return absl::OkStatus();
        }},
+      {"log_format", "log-format", "FORMAT", "text",
+       "text, or json (one object a line: ts, level, msg) for log collectors",
+       [](DaemonConfig& c, const std::string& v) {
+         if (v != "text" && v != "json") return Bad("'" + v + "' is not text or json");
+         c.log_format = v;
+         return absl::OkStatus();
+       }},
       {"max_message_mib", "max-message-mib", "N", "64", "largest gRPC message accepted, MiB",
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.max_message_bytes, kMiB, false);

@@ -14,6 +14,7 @@ namespace kvtier::server {
 struct DaemonConfig {
   std::string listen = "127.0.0.1:7700";  // Default: 127.0.0.1:7700. gRPC address; port 0: any.
   std::string log_level = "info";         // Default: info.
+  std::string log_format = "text";        // Default: text. Or json: one object a line.
   // Default: 127.0.0.1:9770. Prometheus /metrics over HTTP; empty: no endpoint.
   std::string metrics_listen = "127.0.0.1:9770";
   size_t max_message_bytes = size_t{64} << 20;  // Default: 64 MiB. Largest gRPC message.

@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
                  std::string(config.status().message()).c_str());
     return 2;
   }
-  if (absl::Status st = kvtier::InitLogging(config->log_level); !st.ok()) {
+  if (absl::Status st = kvtier::InitLogging(config->log_level, config->log_format); !st.ok()) {
     std::fprintf(stderr, "kvtierd: %s\n", std::string(st.message()).c_str());
     return 2;
   }

@@ -132,6 +132,17 @@ class LiveDaemon(unittest.TestCase):
         with self.assertRaises(ValueError):
             Client(self.daemon.address, "")
 
+    def test_health_and_reflection(self):
+        with grpc.insecure_channel(self.daemon.address) as ch:
+            # grpc.health.v1.Health/Check with an empty request: status SERVING is field 1 = 1.
+            check = ch.unary_unary("/grpc.health.v1.Health/Check")
+            self.assertEqual(check(b"", timeout=5), b"\x08\x01")
+            # Server reflection, list_services (field 7, empty string).
+            info = ch.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+            replies = b"".join(info(iter([b"\x3a\x00"]), timeout=5))
+            self.assertIn(b"kvtier.v1.CacheService", replies)
+            self.assertIn(b"grpc.health.v1.Health", replies)
+
     def test_absent_daemon_is_unavailable(self):
         with Client("127.0.0.1:1", "t", timeout=2, attempts=2) as kv:
             with self.assertRaises(KvtierError) as e:
