@@ -1,0 +1,80 @@
+#pragma once
+// Decode attention over KV blocks in kvtier's GQA layout (docs/block-keys.md, "payload order"):
+// a block holds [layer][K|V][kv_head][token][head_dim] elements, so one head's K (or V) slice of
+// one layer is contiguous. The blocks of a context are found through a page table (any order in
+// memory); the last block may be partial, and its unused slots are never read.
+//
+// This header is dependency-free (no Abseil, gRPC or RocksDB): the CUDA test and benchmark
+// binaries that run on GPU machines build from it alone.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvtier::gpu {
+
+enum class ElemType : uint8_t { kFp16, kBf16, kFp32 };
+int ElemBytes(ElemType t);
+
+// Shape of a GQA block (the fields of KvLayout that matter to attention).
+struct GqaShape {
+  int layers = 1;
+  int kv_heads = 1;
+  int head_dim = 64;
+  int block_tokens = 16;
+  ElemType dtype = ElemType::kBf16;
+
+  size_t HeadSliceElems() const { return size_t(block_tokens) * head_dim; }
+  size_t BlockBytes() const {
+    return size_t(layers) * 2 * kv_heads * HeadSliceElems() * ElemBytes(dtype);
+  }
+  // Element offset of (layer, part 0=K/1=V, kv_head)'s slice within a block.
+  size_t SliceOffset(int layer, int part, int kv_head) const {
+    return ((size_t(layer) * 2 + part) * kv_heads + kv_head) * HeadSliceElems();
+  }
+};
+
+// A context: `blocks[i]` holds tokens [i*block_tokens, (i+1)*block_tokens).
+struct PagedKv {
+  GqaShape shape;
+  std::vector<const void*> blocks;
+  int context_tokens = 0;  // <= blocks.size() * block_tokens
+};
+
+// Head-sparse attention: per layer, which KV heads are recall heads (attend to every token);
+// the others are local (attend to the first `sink` and the last `window` tokens only).
+struct HeadProfile {
+  int sink = 4;      // Default: 4 attention-sink tokens.
+  int window = 64;   // Default: 64 most recent tokens.
+  std::vector<std::vector<bool>> recall;  // [layer][kv_head]; empty: every head is recall
+
+  bool IsRecall(int layer, int kv_head) const {
+    return recall.empty() || recall[layer][kv_head];
+  }
+};
+
+// One decode step for one layer. q: [q_heads][head_dim] floats, q_heads a multiple of kv_heads
+// (query head h uses KV head h / (q_heads / kv_heads)). Scores are scale * q.k.
+struct DecodeRequest {
+  int layer = 0;
+  int q_heads = 1;
+  const float* q = nullptr;
+  float scale = 1.0f;
+  const HeadProfile* profile = nullptr;  // null: dense
+};
+
+// out: [q_heads][head_dim]; lse: [q_heads], natural log of the sum of exp(score) over the tokens
+// each head attended to.
+struct DecodeResult {
+  std::vector<float> out;
+  std::vector<float> lse;
+};
+
+// Empty string when `kv` and `req` are consistent, else what is wrong.
+std::string ValidateDecode(const PagedKv& kv, const DecodeRequest& req);
+
+// The judge of every other implementation: plain loops, double accumulation.
+// REQUIRES: ValidateDecode(kv, req).empty().
+DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req);
+
+}  // namespace kvtier::gpu

@@ -1,0 +1,252 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "gpu/attention.h"
+#include "gpu/half.h"
+
+namespace kvtier::gpu {
+namespace {
+
+TEST(Half, KnownValuesAndRoundTrips) {
+  EXPECT_EQ(FloatToFp16(1.0f), 0x3c00);
+  EXPECT_EQ(FloatToFp16(-2.0f), 0xc000);
+  EXPECT_EQ(FloatToFp16(65504.0f), 0x7bff);
+  EXPECT_EQ(FloatToFp16(1e6f), 0x7c00) << "overflow goes to infinity";
+  EXPECT_EQ(FloatToFp16(5.9604645e-8f), 0x0001) << "smallest subnormal";
+  EXPECT_EQ(Fp16ToFloat(0x0001), 5.9604645e-8f);
+  EXPECT_TRUE(std::isnan(Fp16ToFloat(FloatToFp16(std::nanf("")))));
+  EXPECT_EQ(FloatToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(Bf16ToFloat(0x3f80), 1.0f);
+  for (uint32_t h = 0; h < 0x7c00; ++h) {  // every finite non-negative half survives a round trip
+    ASSERT_EQ(FloatToFp16(Fp16ToFloat(static_cast<uint16_t>(h))), h) << h;
+  }
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-100, 100);
+  for (int i = 0; i < 10000; ++i) {
+    const float f = dist(rng);
+    EXPECT_NEAR(Fp16ToFloat(FloatToFp16(f)), f, std::abs(f) * 1e-3 + 1e-4);
+    EXPECT_NEAR(Bf16ToFloat(FloatToBf16(f)), f, std::abs(f) * 8e-3 + 1e-4);
+  }
+}
+
+// A context in a shuffled block pool, plus the same values laid out plainly for a naive check.
+struct Context {
+  GqaShape shape;
+  int tokens;
+  std::vector<uint8_t> pool;             // blocks in shuffled order; unused slots hold NaN
+  PagedKv paged;
+  std::vector<double> k, v;              // [layer][kv_head][token][dim], dequantized
+  std::vector<float> q;                  // [q_heads][dim]
+  int q_heads;
+
+  double K(int l, int h, int t, int i) const {
+    return k[((size_t(l) * shape.kv_heads + h) * tokens + t) * shape.head_dim + i];
+  }
+  double V(int l, int h, int t, int i) const {
+    return v[((size_t(l) * shape.kv_heads + h) * tokens + t) * shape.head_dim + i];
+  }
+};
+
+void Store(void* base, size_t index, ElemType t, float value, float* dequantized) {
+  switch (t) {
+    case ElemType::kFp16: {
+      const uint16_t h = FloatToFp16(value);
+      static_cast<uint16_t*>(base)[index] = h;
+      *dequantized = Fp16ToFloat(h);
+      break;
+    }
+    case ElemType::kBf16: {
+      const uint16_t h = FloatToBf16(value);
+      static_cast<uint16_t*>(base)[index] = h;
+      *dequantized = Bf16ToFloat(h);
+      break;
+    }
+    case ElemType::kFp32:
+      static_cast<float*>(base)[index] = value;
+      *dequantized = value;
+      break;
+  }
+}
+
+Context MakeContext(GqaShape shape, int tokens, int group, uint32_t seed) {
+  Context c{shape, tokens, {}, {}, {}, {}, {}, shape.kv_heads * group};
+  const int nblocks = (tokens + shape.block_tokens - 1) / shape.block_tokens;
+  const size_t block_bytes = shape.BlockBytes();
+  c.pool.resize(block_bytes * nblocks);
+  // Every element NaN first: a kernel that reads an unused slot poisons its output.
+  const size_t elems = c.pool.size() / ElemBytes(shape.dtype);
+  float unused;
+  for (size_t i = 0; i < elems; ++i) {
+    Store(c.pool.data(), i, shape.dtype, std::numeric_limits<float>::quiet_NaN(), &unused);
+  }
+  std::vector<int> order(nblocks);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  for (int b = 0; b < nblocks; ++b) c.paged.blocks.push_back(c.pool.data() + order[b] * block_bytes);
+  c.paged.shape = shape;
+  c.paged.context_tokens = tokens;
+  std::normal_distribution<float> dist(0, 1);
+  c.k.resize(size_t(shape.layers) * shape.kv_heads * tokens * shape.head_dim);
+  c.v.resize(c.k.size());
+  for (int l = 0; l < shape.layers; ++l) {
+    for (int h = 0; h < shape.kv_heads; ++h) {
+      for (int t = 0; t < tokens; ++t) {
+        void* block = const_cast<void*>(c.paged.blocks[t / shape.block_tokens]);
+        for (int i = 0; i < shape.head_dim; ++i) {
+          const size_t at = ((size_t(l) * shape.kv_heads + h) * tokens + t) * shape.head_dim + i;
+          float kq = 0, vq = 0;
+          Store(block, shape.SliceOffset(l, 0, h) + size_t(t % shape.block_tokens) * shape.head_dim + i,
+                shape.dtype, dist(rng), &kq);
+          Store(block, shape.SliceOffset(l, 1, h) + size_t(t % shape.block_tokens) * shape.head_dim + i,
+                shape.dtype, dist(rng), &vq);
+          c.k[at] = kq;
+          c.v[at] = vq;
+        }
+      }
+    }
+  }
+  c.q.resize(size_t(c.q_heads) * shape.head_dim);
+  for (float& x : c.q) x = dist(rng);
+  return c;
+}
+
+// Attention computed the obvious way from the plain arrays, over the tokens `keep` allows.
+template <typename Keep>
+void Naive(const Context& c, int layer, float scale, Keep keep, std::vector<double>* out,
+           std::vector<double>* lse) {
+  const int d = c.shape.head_dim, group = c.q_heads / c.shape.kv_heads;
+  out->assign(size_t(c.q_heads) * d, 0);
+  lse->assign(c.q_heads, 0);
+  for (int h = 0; h < c.q_heads; ++h) {
+    const int kvh = h / group;
+    std::vector<double> s;
+    std::vector<int> toks;
+    for (int t = 0; t < c.tokens; ++t) {
+      if (!keep(kvh, t)) continue;
+      double dot = 0;
+      for (int i = 0; i < d; ++i) dot += double(c.q[size_t(h) * d + i]) * c.K(layer, kvh, t, i);
+      s.push_back(dot * scale);
+      toks.push_back(t);
+    }
+    const double m = *std::max_element(s.begin(), s.end());
+    double sum = 0;
+    for (double x : s) sum += std::exp(x - m);
+    for (size_t j = 0; j < s.size(); ++j) {
+      const double w = std::exp(s[j] - m) / sum;
+      for (int i = 0; i < d; ++i) (*out)[size_t(h) * d + i] += w * c.V(layer, kvh, toks[j], i);
+    }
+    (*lse)[h] = m + std::log(sum);
+  }
+}
+
+void ExpectMatches(const DecodeResult& r, const std::vector<double>& out,
+                   const std::vector<double>& lse, const std::string& what) {
+  ASSERT_EQ(r.out.size(), out.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_FALSE(std::isnan(r.out[i])) << what << ": an unused (NaN) slot was read";
+    ASSERT_NEAR(r.out[i], out[i], 1e-5 * (1 + std::abs(out[i]))) << what << " at " << i;
+  }
+  for (size_t h = 0; h < lse.size(); ++h) {
+    ASSERT_NEAR(r.lse[h], lse[h], 1e-5 * (1 + std::abs(lse[h]))) << what << " lse " << h;
+  }
+}
+
+struct Case {
+  int tokens, block_tokens, group, head_dim;
+  ElemType dtype;
+};
+
+TEST(ReferenceDecode, MatchesTheObviousComputationOnAwkwardShapes) {
+  const Case cases[] = {
+      {1, 16, 1, 64, ElemType::kBf16},    {63, 16, 4, 64, ElemType::kFp16},
+      {64, 16, 8, 128, ElemType::kBf16},  {65, 64, 4, 128, ElemType::kFp16},
+      {4099, 7, 4, 64, ElemType::kBf16},  {12345, 64, 8, 64, ElemType::kFp16},
+      {100, 7, 1, 128, ElemType::kFp32},
+  };
+  uint32_t seed = 1;
+  for (const Case& k : cases) {
+    const std::string what = "tokens " + std::to_string(k.tokens) + " block " +
+                             std::to_string(k.block_tokens) + " group " + std::to_string(k.group) +
+                             " dim " + std::to_string(k.head_dim);
+    GqaShape shape{.layers = 2, .kv_heads = 2, .head_dim = k.head_dim,
+                   .block_tokens = k.block_tokens, .dtype = k.dtype};
+    const Context c = MakeContext(shape, k.tokens, k.group, seed++);
+    const float scale = 1.0f / std::sqrt(float(k.head_dim));
+    DecodeRequest req{.layer = 1, .q_heads = c.q_heads, .q = c.q.data(), .scale = scale};
+    ASSERT_EQ(ValidateDecode(c.paged, req), "") << what;
+    std::vector<double> out, lse;
+    Naive(c, 1, scale, [](int, int) { return true; }, &out, &lse);
+    ExpectMatches(ReferenceDecode(c.paged, req), out, lse, what);
+  }
+}
+
+TEST(ReferenceDecode, HeadSparseProfiles) {
+  GqaShape shape{.layers = 1, .kv_heads = 4, .head_dim = 64, .block_tokens = 16,
+                 .dtype = ElemType::kBf16};
+  const Context c = MakeContext(shape, 1000, 2, 7);
+  DecodeRequest req{.layer = 0, .q_heads = c.q_heads, .q = c.q.data(), .scale = 0.125f};
+  std::vector<double> dense_out, dense_lse, out, lse;
+  Naive(c, 0, 0.125f, [](int, int) { return true; }, &dense_out, &dense_lse);
+
+  HeadProfile all_recall{.recall = {{true, true, true, true}}};
+  req.profile = &all_recall;
+  ExpectMatches(ReferenceDecode(c.paged, req), dense_out, dense_lse, "all recall");
+
+  HeadProfile wide{.sink = 4, .window = 5000, .recall = {{false, false, false, false}}};
+  req.profile = &wide;
+  ExpectMatches(ReferenceDecode(c.paged, req), dense_out, dense_lse, "window longer than context");
+
+  HeadProfile mixed{.sink = 4, .window = 64, .recall = {{true, false, false, true}}};
+  req.profile = &mixed;
+  Naive(c, 0, 0.125f,
+        [&](int kvh, int t) { return kvh == 0 || kvh == 3 || t < 4 || t >= 1000 - 64; }, &out, &lse);
+  ExpectMatches(ReferenceDecode(c.paged, req), out, lse, "mixed profile");
+
+  HeadProfile all_local{.sink = 4, .window = 64, .recall = {{false, false, false, false}}};
+  req.profile = &all_local;
+  Naive(c, 0, 0.125f, [&](int, int t) { return t < 4 || t >= 1000 - 64; }, &out, &lse);
+  ExpectMatches(ReferenceDecode(c.paged, req), out, lse, "all local");
+}
+
+TEST(ReferenceDecode, LocalHeadsNeverTouchBlocksOutsideTheirWindow) {
+  GqaShape shape{.layers = 1, .kv_heads = 1, .head_dim = 64, .block_tokens = 16,
+                 .dtype = ElemType::kFp16};
+  Context c = MakeContext(shape, 640, 4, 3);
+  HeadProfile local{.sink = 4, .window = 64, .recall = {{false}}};
+  DecodeRequest req{.layer = 0, .q_heads = 4, .q = c.q.data(), .scale = 0.125f, .profile = &local};
+  const DecodeResult before = ReferenceDecode(c.paged, req);
+  // Blocks 1..35 hold neither sinks (block 0) nor the window (blocks 36..39): point them at a
+  // block of NaN. Reading any of it would poison the output.
+  std::vector<uint16_t> poison(shape.BlockBytes() / 2, FloatToFp16(std::nanf("")));
+  PagedKv holes = c.paged;
+  for (int b = 1; b < 36; ++b) holes.blocks[b] = poison.data();
+  const DecodeResult after = ReferenceDecode(holes, req);
+  EXPECT_EQ(before.out, after.out);
+  EXPECT_EQ(before.lse, after.lse);
+}
+
+TEST(ReferenceDecode, ValidationNamesTheProblem) {
+  GqaShape shape{.layers = 1, .kv_heads = 2, .head_dim = 8, .block_tokens = 4};
+  std::vector<uint8_t> block(shape.BlockBytes());
+  PagedKv kv{shape, {block.data()}, 4};
+  std::vector<float> q(3 * 8);
+  DecodeRequest req{.layer = 0, .q_heads = 3, .q = q.data()};
+  EXPECT_NE(ValidateDecode(kv, req).find("multiple of kv_heads"), std::string::npos);
+  req.q_heads = 2;
+  kv.context_tokens = 5;
+  EXPECT_NE(ValidateDecode(kv, req).find("exceeds"), std::string::npos);
+  kv.context_tokens = 4;
+  req.layer = 1;
+  EXPECT_NE(ValidateDecode(kv, req).find("layer"), std::string::npos);
+  req.layer = 0;
+  EXPECT_EQ(ValidateDecode(kv, req), "");
+}
+
+}  // namespace
+}  // namespace kvtier::gpu
