@@ -44,13 +44,11 @@ struct PagedKv {
 // Head-sparse attention: per layer, which KV heads are recall heads (attend to every token);
 // the others are local (attend to the first `sink` and the last `window` tokens only).
 struct HeadProfile {
-  int sink = 4;      // Default: 4 attention-sink tokens.
-  int window = 64;   // Default: 64 most recent tokens.
+  int sink = 4;                           // Default: 4 attention-sink tokens.
+  int window = 64;                        // Default: 64 most recent tokens.
   std::vector<std::vector<bool>> recall;  // [layer][kv_head]; empty: every head is recall
 
-  bool IsRecall(int layer, int kv_head) const {
-    return recall.empty() || recall[layer][kv_head];
-  }
+  bool IsRecall(int layer, int kv_head) const { return recall.empty() || recall[layer][kv_head]; }
 };
 
 // One decode step for one layer. q: [q_heads][head_dim] floats, q_heads a multiple of kv_heads
@@ -76,5 +74,44 @@ std::string ValidateDecode(const PagedKv& kv, const DecodeRequest& req);
 // The judge of every other implementation: plain loops, double accumulation.
 // REQUIRES: ValidateDecode(kv, req).empty().
 DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req);
+
+// Split-KV (flash-decoding): the result over tokens [begin, end) only (a head that attends to
+// none of them gets lse = -inf and zero output), and the exact merge of such partial results by
+// their log-sum-exp. Merging the splits of [0, context) gives ReferenceDecode's result.
+DecodeResult ReferencePartialDecode(const PagedKv& kv, const DecodeRequest& req, int begin,
+                                    int end);
+DecodeResult CombineSplits(const std::vector<DecodeResult>& parts);
+
+// MLA (DeepSeek style). A block holds [layer][token][latent_rank ++ rope_dim] elements.
+struct MlaShape {
+  int layers = 1;
+  int latent_rank = 512;
+  int rope_dim = 64;
+  int block_tokens = 16;
+  ElemType dtype = ElemType::kBf16;
+  size_t TokenElems() const { return size_t(latent_rank) + rope_dim; }
+  size_t BlockBytes() const {
+    return size_t(layers) * block_tokens * TokenElems() * ElemBytes(dtype);
+  }
+};
+
+struct MlaPagedKv {
+  MlaShape shape;
+  std::vector<const void*> blocks;
+  int context_tokens = 0;
+};
+
+// A decode step with the query already absorbed into latent space: per head, q_latent
+// [heads][latent_rank] (= W_UK^T q_nope) and q_rope [heads][rope_dim]; score = scale *
+// (q_latent . c_t + q_rope . k_rope_t). The result is the attention-weighted latent
+// [heads][latent_rank] (project with W_UV per head for the output) and lse [heads].
+struct MlaRequest {
+  int layer = 0;
+  int heads = 1;
+  const float* q_latent = nullptr;
+  const float* q_rope = nullptr;
+  float scale = 1.0f;
+};
+DecodeResult ReferenceMlaDecode(const MlaPagedKv& kv, const MlaRequest& req);
 
 }  // namespace kvtier::gpu

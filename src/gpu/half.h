@@ -51,9 +51,9 @@ inline uint16_t FloatToFp16(float f) {
   std::memcpy(&bits, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;       // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;      // overflow (and inf) -> inf
-  if (abs < 0x33000001u) return sign;                  // underflow -> 0
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (and inf) -> inf
+  if (abs < 0x33000001u) return sign;             // underflow -> 0
   int exp = static_cast<int>(abs >> 23) - 112;
   uint32_t man = (abs & 0x7fffffu) | 0x800000u;
   if (exp <= 0) {  // subnormal half

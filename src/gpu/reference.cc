@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -69,6 +70,11 @@ std::string ValidateDecode(const PagedKv& kv, const DecodeRequest& req) {
 }
 
 DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req) {
+  return ReferencePartialDecode(kv, req, 0, kv.context_tokens);
+}
+
+DecodeResult ReferencePartialDecode(const PagedKv& kv, const DecodeRequest& req, int begin,
+                                    int end) {
   const GqaShape& s = kv.shape;
   const int group = req.q_heads / s.kv_heads;
   const int d = s.head_dim;
@@ -81,7 +87,7 @@ DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req) {
     const bool recall = req.profile == nullptr || req.profile->IsRecall(req.layer, kvh);
     const float* q = req.q + size_t(h) * d;
     double max_score = -std::numeric_limits<double>::infinity();
-    for (int t = 0; t < kv.context_tokens; ++t) {
+    for (int t = begin; t < end; ++t) {
       if (!Attends(recall, req.profile, t, kv.context_tokens)) continue;
       const void* block = kv.blocks[t / s.block_tokens];
       const size_t base = s.SliceOffset(req.layer, 0, kvh) + size_t(t % s.block_tokens) * d;
@@ -92,7 +98,11 @@ DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req) {
     }
     double sum = 0;
     std::fill(acc.begin(), acc.end(), 0.0);
-    for (int t = 0; t < kv.context_tokens; ++t) {
+    if (max_score == -std::numeric_limits<double>::infinity()) {  // nothing attended in range
+      r.lse[h] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    for (int t = begin; t < end; ++t) {
       if (!Attends(recall, req.profile, t, kv.context_tokens)) continue;
       const double w = std::exp(scores[t] - max_score);
       sum += w;
@@ -102,6 +112,72 @@ DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req) {
     }
     for (int i = 0; i < d; ++i) r.out[size_t(h) * d + i] = static_cast<float>(acc[i] / sum);
     r.lse[h] = static_cast<float>(max_score + std::log(sum));
+  }
+  return r;
+}
+
+DecodeResult CombineSplits(const std::vector<DecodeResult>& parts) {
+  DecodeResult r;
+  if (parts.empty()) return r;
+  const size_t heads = parts[0].lse.size();
+  const size_t d = heads == 0 ? 0 : parts[0].out.size() / heads;
+  r.out.assign(parts[0].out.size(), 0.0f);
+  r.lse.assign(heads, 0.0f);
+  for (size_t h = 0; h < heads; ++h) {
+    double m = -std::numeric_limits<double>::infinity();
+    for (const DecodeResult& p : parts) m = std::max(m, double(p.lse[h]));
+    if (m == -std::numeric_limits<double>::infinity()) {
+      r.lse[h] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    double total = 0;
+    std::vector<double> acc(d, 0.0);
+    for (const DecodeResult& p : parts) {
+      if (p.lse[h] == -std::numeric_limits<float>::infinity()) continue;
+      const double w = std::exp(double(p.lse[h]) - m);  // the part's share, up to exp(m)
+      total += w;
+      for (size_t i = 0; i < d; ++i) acc[i] += w * p.out[h * d + i];
+    }
+    for (size_t i = 0; i < d; ++i) r.out[h * d + i] = static_cast<float>(acc[i] / total);
+    r.lse[h] = static_cast<float>(m + std::log(total));
+  }
+  return r;
+}
+
+DecodeResult ReferenceMlaDecode(const MlaPagedKv& kv, const MlaRequest& req) {
+  const MlaShape& s = kv.shape;
+  const int rank = s.latent_rank, rope = s.rope_dim;
+  DecodeResult r;
+  r.out.assign(size_t(req.heads) * rank, 0.0f);
+  r.lse.assign(req.heads, 0.0f);
+  std::vector<double> scores(kv.context_tokens), acc(rank);
+  auto token_base = [&](int t) {
+    return (size_t(req.layer) * s.block_tokens + t % s.block_tokens) * s.TokenElems();
+  };
+  for (int h = 0; h < req.heads; ++h) {
+    const float* ql = req.q_latent + size_t(h) * rank;
+    const float* qr = req.q_rope + size_t(h) * rope;
+    double m = -std::numeric_limits<double>::infinity();
+    for (int t = 0; t < kv.context_tokens; ++t) {
+      const void* block = kv.blocks[t / s.block_tokens];
+      const size_t base = token_base(t);
+      double dot = 0;
+      for (int i = 0; i < rank; ++i) dot += double(ql[i]) * Load(block, base + i, s.dtype);
+      for (int i = 0; i < rope; ++i) dot += double(qr[i]) * Load(block, base + rank + i, s.dtype);
+      scores[t] = dot * req.scale;
+      m = std::max(m, scores[t]);
+    }
+    double sum = 0;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int t = 0; t < kv.context_tokens; ++t) {
+      const double w = std::exp(scores[t] - m);
+      sum += w;
+      const void* block = kv.blocks[t / s.block_tokens];
+      const size_t base = token_base(t);
+      for (int i = 0; i < rank; ++i) acc[i] += w * Load(block, base + i, s.dtype);
+    }
+    for (int i = 0; i < rank; ++i) r.out[size_t(h) * rank + i] = static_cast<float>(acc[i] / sum);
+    r.lse[h] = static_cast<float>(m + std::log(sum));
   }
   return r;
 }

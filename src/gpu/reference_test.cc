@@ -38,10 +38,10 @@ TEST(Half, KnownValuesAndRoundTrips) {
 struct Context {
   GqaShape shape;
   int tokens;
-  std::vector<uint8_t> pool;             // blocks in shuffled order; unused slots hold NaN
+  std::vector<uint8_t> pool;  // blocks in shuffled order; unused slots hold NaN
   PagedKv paged;
-  std::vector<double> k, v;              // [layer][kv_head][token][dim], dequantized
-  std::vector<float> q;                  // [q_heads][dim]
+  std::vector<double> k, v;  // [layer][kv_head][token][dim], dequantized
+  std::vector<float> q;      // [q_heads][dim]
   int q_heads;
 
   double K(int l, int h, int t, int i) const {
@@ -88,7 +88,8 @@ Context MakeContext(GqaShape shape, int tokens, int group, uint32_t seed) {
   std::iota(order.begin(), order.end(), 0);
   std::mt19937 rng(seed);
   std::shuffle(order.begin(), order.end(), rng);
-  for (int b = 0; b < nblocks; ++b) c.paged.blocks.push_back(c.pool.data() + order[b] * block_bytes);
+  for (int b = 0; b < nblocks; ++b)
+    c.paged.blocks.push_back(c.pool.data() + order[b] * block_bytes);
   c.paged.shape = shape;
   c.paged.context_tokens = tokens;
   std::normal_distribution<float> dist(0, 1);
@@ -101,9 +102,11 @@ Context MakeContext(GqaShape shape, int tokens, int group, uint32_t seed) {
         for (int i = 0; i < shape.head_dim; ++i) {
           const size_t at = ((size_t(l) * shape.kv_heads + h) * tokens + t) * shape.head_dim + i;
           float kq = 0, vq = 0;
-          Store(block, shape.SliceOffset(l, 0, h) + size_t(t % shape.block_tokens) * shape.head_dim + i,
+          Store(block,
+                shape.SliceOffset(l, 0, h) + size_t(t % shape.block_tokens) * shape.head_dim + i,
                 shape.dtype, dist(rng), &kq);
-          Store(block, shape.SliceOffset(l, 1, h) + size_t(t % shape.block_tokens) * shape.head_dim + i,
+          Store(block,
+                shape.SliceOffset(l, 1, h) + size_t(t % shape.block_tokens) * shape.head_dim + i,
                 shape.dtype, dist(rng), &vq);
           c.k[at] = kq;
           c.v[at] = vq;
@@ -164,9 +167,9 @@ struct Case {
 
 TEST(ReferenceDecode, MatchesTheObviousComputationOnAwkwardShapes) {
   const Case cases[] = {
-      {1, 16, 1, 64, ElemType::kBf16},    {63, 16, 4, 64, ElemType::kFp16},
-      {64, 16, 8, 128, ElemType::kBf16},  {65, 64, 4, 128, ElemType::kFp16},
-      {4099, 7, 4, 64, ElemType::kBf16},  {12345, 64, 8, 64, ElemType::kFp16},
+      {1, 16, 1, 64, ElemType::kBf16},   {63, 16, 4, 64, ElemType::kFp16},
+      {64, 16, 8, 128, ElemType::kBf16}, {65, 64, 4, 128, ElemType::kFp16},
+      {4099, 7, 4, 64, ElemType::kBf16}, {12345, 64, 8, 64, ElemType::kFp16},
       {100, 7, 1, 128, ElemType::kFp32},
   };
   uint32_t seed = 1;
@@ -174,25 +177,30 @@ TEST(ReferenceDecode, MatchesTheObviousComputationOnAwkwardShapes) {
     const std::string what = "tokens " + std::to_string(k.tokens) + " block " +
                              std::to_string(k.block_tokens) + " group " + std::to_string(k.group) +
                              " dim " + std::to_string(k.head_dim);
-    GqaShape shape{.layers = 2, .kv_heads = 2, .head_dim = k.head_dim,
-                   .block_tokens = k.block_tokens, .dtype = k.dtype};
+    GqaShape shape{.layers = 2,
+                   .kv_heads = 2,
+                   .head_dim = k.head_dim,
+                   .block_tokens = k.block_tokens,
+                   .dtype = k.dtype};
     const Context c = MakeContext(shape, k.tokens, k.group, seed++);
     const float scale = 1.0f / std::sqrt(float(k.head_dim));
     DecodeRequest req{.layer = 1, .q_heads = c.q_heads, .q = c.q.data(), .scale = scale};
     ASSERT_EQ(ValidateDecode(c.paged, req), "") << what;
     std::vector<double> out, lse;
-    Naive(c, 1, scale, [](int, int) { return true; }, &out, &lse);
+    Naive(
+        c, 1, scale, [](int, int) { return true; }, &out, &lse);
     ExpectMatches(ReferenceDecode(c.paged, req), out, lse, what);
   }
 }
 
 TEST(ReferenceDecode, HeadSparseProfiles) {
-  GqaShape shape{.layers = 1, .kv_heads = 4, .head_dim = 64, .block_tokens = 16,
-                 .dtype = ElemType::kBf16};
+  GqaShape shape{
+      .layers = 1, .kv_heads = 4, .head_dim = 64, .block_tokens = 16, .dtype = ElemType::kBf16};
   const Context c = MakeContext(shape, 1000, 2, 7);
   DecodeRequest req{.layer = 0, .q_heads = c.q_heads, .q = c.q.data(), .scale = 0.125f};
   std::vector<double> dense_out, dense_lse, out, lse;
-  Naive(c, 0, 0.125f, [](int, int) { return true; }, &dense_out, &dense_lse);
+  Naive(
+      c, 0, 0.125f, [](int, int) { return true; }, &dense_out, &dense_lse);
 
   HeadProfile all_recall{.recall = {{true, true, true, true}}};
   req.profile = &all_recall;
@@ -204,19 +212,21 @@ TEST(ReferenceDecode, HeadSparseProfiles) {
 
   HeadProfile mixed{.sink = 4, .window = 64, .recall = {{true, false, false, true}}};
   req.profile = &mixed;
-  Naive(c, 0, 0.125f,
-        [&](int kvh, int t) { return kvh == 0 || kvh == 3 || t < 4 || t >= 1000 - 64; }, &out, &lse);
+  Naive(
+      c, 0, 0.125f, [&](int kvh, int t) { return kvh == 0 || kvh == 3 || t < 4 || t >= 1000 - 64; },
+      &out, &lse);
   ExpectMatches(ReferenceDecode(c.paged, req), out, lse, "mixed profile");
 
   HeadProfile all_local{.sink = 4, .window = 64, .recall = {{false, false, false, false}}};
   req.profile = &all_local;
-  Naive(c, 0, 0.125f, [&](int, int t) { return t < 4 || t >= 1000 - 64; }, &out, &lse);
+  Naive(
+      c, 0, 0.125f, [&](int, int t) { return t < 4 || t >= 1000 - 64; }, &out, &lse);
   ExpectMatches(ReferenceDecode(c.paged, req), out, lse, "all local");
 }
 
 TEST(ReferenceDecode, LocalHeadsNeverTouchBlocksOutsideTheirWindow) {
-  GqaShape shape{.layers = 1, .kv_heads = 1, .head_dim = 64, .block_tokens = 16,
-                 .dtype = ElemType::kFp16};
+  GqaShape shape{
+      .layers = 1, .kv_heads = 1, .head_dim = 64, .block_tokens = 16, .dtype = ElemType::kFp16};
   Context c = MakeContext(shape, 640, 4, 3);
   HeadProfile local{.sink = 4, .window = 64, .recall = {{false}}};
   DecodeRequest req{.layer = 0, .q_heads = 4, .q = c.q.data(), .scale = 0.125f, .profile = &local};
@@ -229,6 +239,123 @@ TEST(ReferenceDecode, LocalHeadsNeverTouchBlocksOutsideTheirWindow) {
   const DecodeResult after = ReferenceDecode(holes, req);
   EXPECT_EQ(before.out, after.out);
   EXPECT_EQ(before.lse, after.lse);
+}
+
+TEST(ReferenceDecode, SplitKvPartsCombineToTheWhole) {
+  GqaShape shape{
+      .layers = 1, .kv_heads = 2, .head_dim = 64, .block_tokens = 16, .dtype = ElemType::kBf16};
+  const Context c = MakeContext(shape, 5000, 4, 11);
+  HeadProfile mixed{.sink = 4, .window = 64, .recall = {{true, false}}};
+  for (const HeadProfile* profile : std::vector<const HeadProfile*>{nullptr, &mixed}) {
+    DecodeRequest req{
+        .layer = 0, .q_heads = c.q_heads, .q = c.q.data(), .scale = 0.125f, .profile = profile};
+    const DecodeResult whole = ReferenceDecode(c.paged, req);
+    std::vector<DecodeResult> parts;
+    for (auto [b, e] : {std::pair{0, 1000}, {1000, 1001}, {1001, 4096}, {4096, 5000}}) {
+      parts.push_back(ReferencePartialDecode(c.paged, req, b, e));
+    }
+    // With the profile, local heads attend to nothing in the middle splits: lse -inf there.
+    if (profile != nullptr) {
+      EXPECT_TRUE(std::isinf(parts[2].lse[c.q_heads - 1]));
+    }
+    const DecodeResult merged = CombineSplits(parts);
+    for (size_t i = 0; i < whole.out.size(); ++i) {
+      ASSERT_NEAR(merged.out[i], whole.out[i], 1e-5 * (1 + std::abs(whole.out[i]))) << i;
+    }
+    for (size_t h = 0; h < whole.lse.size(); ++h) {
+      ASSERT_NEAR(merged.lse[h], whole.lse[h], 1e-5 * (1 + std::abs(whole.lse[h]))) << h;
+    }
+  }
+}
+
+// MLA: attention with the query absorbed into latent space must equal the expanded computation
+// (decompress K and V from the latent with W_UK and W_UV, ordinary attention).
+TEST(ReferenceMla, AbsorbedEqualsExpanded) {
+  for (ElemType dtype : {ElemType::kFp32, ElemType::kBf16}) {
+    constexpr int kHeads = 4, kRank = 32, kRope = 8, kNope = 16, kDv = 16, kTokens = 77;
+    MlaShape shape{
+        .layers = 2, .latent_rank = kRank, .rope_dim = kRope, .block_tokens = 16, .dtype = dtype};
+    std::mt19937 rng(5);
+    std::normal_distribution<float> dist(0, 0.5f);
+    const int nblocks = (kTokens + 15) / 16;
+    std::vector<uint8_t> pool(shape.BlockBytes() * nblocks);
+    MlaPagedKv kv{shape, {}, kTokens};
+    for (int b = 0; b < nblocks; ++b) kv.blocks.push_back(pool.data() + b * shape.BlockBytes());
+    const int layer = 1;
+    std::vector<double> c(size_t(kTokens) * kRank), kr(size_t(kTokens) * kRope);
+    for (int t = 0; t < kTokens; ++t) {
+      void* block = pool.data() + (t / 16) * shape.BlockBytes();
+      const size_t base = (size_t(layer) * 16 + t % 16) * shape.TokenElems();
+      for (int i = 0; i < kRank + kRope; ++i) {
+        float deq = 0;
+        Store(block, base + i, dtype, dist(rng), &deq);
+        if (i < kRank)
+          c[size_t(t) * kRank + i] = deq;
+        else
+          kr[size_t(t) * kRope + i - kRank] = deq;
+      }
+    }
+    std::vector<double> wuk(size_t(kHeads) * kNope * kRank), wuv(size_t(kHeads) * kDv * kRank);
+    for (double& x : wuk) x = dist(rng);
+    for (double& x : wuv) x = dist(rng);
+    std::vector<float> q_nope(size_t(kHeads) * kNope), q_rope(size_t(kHeads) * kRope);
+    for (float& x : q_nope) x = dist(rng);
+    for (float& x : q_rope) x = dist(rng);
+    const float scale = 1.0f / std::sqrt(float(kNope + kRope));
+
+    // Absorbed: q_latent = W_UK^T q_nope; attention in latent space; project with W_UV.
+    std::vector<float> q_latent(size_t(kHeads) * kRank, 0.0f);
+    for (int h = 0; h < kHeads; ++h) {
+      for (int r = 0; r < kRank; ++r) {
+        double sum = 0;
+        for (int j = 0; j < kNope; ++j)
+          sum += wuk[(size_t(h) * kNope + j) * kRank + r] * q_nope[h * kNope + j];
+        q_latent[size_t(h) * kRank + r] = static_cast<float>(sum);
+      }
+    }
+    MlaRequest req{.layer = layer,
+                   .heads = kHeads,
+                   .q_latent = q_latent.data(),
+                   .q_rope = q_rope.data(),
+                   .scale = scale};
+    const DecodeResult absorbed = ReferenceMlaDecode(kv, req);
+
+    for (int h = 0; h < kHeads; ++h) {
+      // Expanded: per token, k = [W_UK c ; k_rope], v = W_UV c.
+      std::vector<double> s(kTokens);
+      double m = -1e300;
+      for (int t = 0; t < kTokens; ++t) {
+        double dot = 0;
+        for (int j = 0; j < kNope; ++j) {
+          double k = 0;
+          for (int r = 0; r < kRank; ++r)
+            k += wuk[(size_t(h) * kNope + j) * kRank + r] * c[size_t(t) * kRank + r];
+          dot += double(q_nope[h * kNope + j]) * k;
+        }
+        for (int i = 0; i < kRope; ++i)
+          dot += double(q_rope[h * kRope + i]) * kr[size_t(t) * kRope + i];
+        s[t] = dot * scale;
+        m = std::max(m, s[t]);
+      }
+      double sum = 0;
+      for (double x : s) sum += std::exp(x - m);
+      for (int j = 0; j < kDv; ++j) {
+        double expanded = 0, projected = 0;
+        for (int t = 0; t < kTokens; ++t) {
+          double v = 0;
+          for (int r = 0; r < kRank; ++r)
+            v += wuv[(size_t(h) * kDv + j) * kRank + r] * c[size_t(t) * kRank + r];
+          expanded += std::exp(s[t] - m) / sum * v;
+        }
+        for (int r = 0; r < kRank; ++r) {
+          projected += wuv[(size_t(h) * kDv + j) * kRank + r] * absorbed.out[size_t(h) * kRank + r];
+        }
+        ASSERT_NEAR(projected, expanded, 1e-5 * (1 + std::abs(expanded)))
+            << "head " << h << " dim " << j;
+      }
+      ASSERT_NEAR(absorbed.lse[h], m + std::log(sum), 1e-5 * (1 + std::abs(m))) << "head " << h;
+    }
+  }
 }
 
 TEST(ReferenceDecode, ValidationNamesTheProblem) {
