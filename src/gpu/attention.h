@@ -75,6 +75,13 @@ std::string ValidateDecode(const PagedKv& kv, const DecodeRequest& req);
 // REQUIRES: ValidateDecode(kv, req).empty().
 DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req);
 
+// The CPU fast path: float accumulation, an online softmax per block, each KV slice converted
+// once for all the query heads that share it, work split over (KV head, token range) on
+// `threads` threads (0: the machine's cores) and merged by log-sum-exp. Local heads of a
+// head-sparse profile touch only the blocks of their sinks and window.
+// REQUIRES: ValidateDecode(kv, req).empty().
+DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads = 0);
+
 // Split-KV (flash-decoding): the result over tokens [begin, end) only (a head that attends to
 // none of them gets lse = -inf and zero output), and the exact merge of such partial results by
 // their log-sum-exp. Merging the splits of [0, context) gives ReferenceDecode's result.

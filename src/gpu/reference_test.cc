@@ -358,6 +358,45 @@ TEST(ReferenceMla, AbsorbedEqualsExpanded) {
   }
 }
 
+// The fast path against the reference. Both read the same dequantized inputs; the fast path
+// accumulates in float, so the tolerance is that of float sums over up to 12,345 tokens.
+TEST(CpuDecode, MatchesTheReferenceOnAwkwardShapesAndProfiles) {
+  const Case cases[] = {
+      {1, 16, 1, 64, ElemType::kBf16},    {63, 16, 4, 64, ElemType::kFp16},
+      {64, 16, 8, 128, ElemType::kBf16},  {65, 64, 4, 128, ElemType::kFp16},
+      {4099, 7, 4, 64, ElemType::kBf16},  {12345, 64, 8, 64, ElemType::kFp16},
+      {2000, 16, 1, 128, ElemType::kFp32},
+  };
+  uint32_t seed = 100;
+  for (const Case& k : cases) {
+    GqaShape shape{.layers = 2, .kv_heads = 2, .head_dim = k.head_dim,
+                   .block_tokens = k.block_tokens, .dtype = k.dtype};
+    const Context c = MakeContext(shape, k.tokens, k.group, seed++);
+    HeadProfile local{.sink = 4, .window = 64, .recall = {{true, false}, {false, true}}};
+    HeadProfile all_local{.sink = 4, .window = 64, .recall = {{false, false}, {false, false}}};
+    for (const HeadProfile* profile :
+         std::vector<const HeadProfile*>{nullptr, &local, &all_local}) {
+      for (int threads : {1, 2, 5}) {
+        const std::string what = "tokens " + std::to_string(k.tokens) + " block " +
+                                 std::to_string(k.block_tokens) + " group " +
+                                 std::to_string(k.group) + " threads " + std::to_string(threads) +
+                                 (profile ? " sparse" : " dense");
+        DecodeRequest req{.layer = 1, .q_heads = c.q_heads, .q = c.q.data(),
+                          .scale = 1.0f / std::sqrt(float(k.head_dim)), .profile = profile};
+        const DecodeResult ref = ReferenceDecode(c.paged, req);
+        const DecodeResult fast = CpuDecode(c.paged, req, threads);
+        for (size_t i = 0; i < ref.out.size(); ++i) {
+          ASSERT_FALSE(std::isnan(fast.out[i])) << what;
+          ASSERT_NEAR(fast.out[i], ref.out[i], 2e-4 * (1 + std::abs(ref.out[i]))) << what << " " << i;
+        }
+        for (size_t h = 0; h < ref.lse.size(); ++h) {
+          ASSERT_NEAR(fast.lse[h], ref.lse[h], 2e-4 * (1 + std::abs(ref.lse[h]))) << what;
+        }
+      }
+    }
+  }
+}
+
 TEST(ReferenceDecode, ValidationNamesTheProblem) {
   GqaShape shape{.layers = 1, .kv_heads = 2, .head_dim = 8, .block_tokens = 4};
   std::vector<uint8_t> block(shape.BlockBytes());
