@@ -165,15 +165,18 @@ struct Case {
   ElemType dtype;
 };
 
+// Shapes that break kernels: contexts at and around block edges, odd block sizes, every group
+// size, both head dims, every element type. Every implementation is checked on all of them.
+constexpr Case kAwkwardCases[] = {
+    {1, 16, 1, 64, ElemType::kBf16},   {63, 16, 4, 64, ElemType::kFp16},
+    {64, 16, 8, 128, ElemType::kBf16}, {65, 64, 4, 128, ElemType::kFp16},
+    {4099, 7, 4, 64, ElemType::kBf16}, {12345, 64, 8, 64, ElemType::kFp16},
+    {100, 7, 1, 128, ElemType::kFp32}, {2000, 16, 1, 128, ElemType::kFp32},
+};
+
 TEST(ReferenceDecode, MatchesTheObviousComputationOnAwkwardShapes) {
-  const Case cases[] = {
-      {1, 16, 1, 64, ElemType::kBf16},   {63, 16, 4, 64, ElemType::kFp16},
-      {64, 16, 8, 128, ElemType::kBf16}, {65, 64, 4, 128, ElemType::kFp16},
-      {4099, 7, 4, 64, ElemType::kBf16}, {12345, 64, 8, 64, ElemType::kFp16},
-      {100, 7, 1, 128, ElemType::kFp32},
-  };
   uint32_t seed = 1;
-  for (const Case& k : cases) {
+  for (const Case& k : kAwkwardCases) {
     const std::string what = "tokens " + std::to_string(k.tokens) + " block " +
                              std::to_string(k.block_tokens) + " group " + std::to_string(k.group) +
                              " dim " + std::to_string(k.head_dim);
@@ -361,14 +364,8 @@ TEST(ReferenceMla, AbsorbedEqualsExpanded) {
 // The fast path against the reference. Both read the same dequantized inputs; the fast path
 // accumulates in float, so the tolerance is that of float sums over up to 12,345 tokens.
 TEST(CpuDecode, MatchesTheReferenceOnAwkwardShapesAndProfiles) {
-  const Case cases[] = {
-      {1, 16, 1, 64, ElemType::kBf16},    {63, 16, 4, 64, ElemType::kFp16},
-      {64, 16, 8, 128, ElemType::kBf16},  {65, 64, 4, 128, ElemType::kFp16},
-      {4099, 7, 4, 64, ElemType::kBf16},  {12345, 64, 8, 64, ElemType::kFp16},
-      {2000, 16, 1, 128, ElemType::kFp32},
-  };
   uint32_t seed = 100;
-  for (const Case& k : cases) {
+  for (const Case& k : kAwkwardCases) {
     GqaShape shape{.layers = 2, .kv_heads = 2, .head_dim = k.head_dim,
                    .block_tokens = k.block_tokens, .dtype = k.dtype};
     const Context c = MakeContext(shape, k.tokens, k.group, seed++);
