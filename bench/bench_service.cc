@@ -31,6 +31,7 @@ namespace {
 
 struct Figures {
   double gbps = 0, ops = 0, p50_us = 0, p99_us = 0;
+  std::vector<size_t> done;  // operations completed per client
 };
 
 double Percentile(std::vector<double>& v, double q) {
@@ -54,7 +55,9 @@ int FreePort() {
 // Runs `op(thread, i)` on `clients` threads for `seconds` (each at most `max_ops` times); each op
 // moves `bytes`. Returns throughput and latency percentiles.
 template <typename Op>
-Figures Drive(int clients, double seconds, size_t bytes, size_t max_ops, Op op) {
+Figures Drive(const char* what, int clients, double seconds, size_t bytes, size_t max_ops, Op op) {
+  Figures f;
+  f.done.assign(clients, 0);
   std::vector<std::vector<double>> lat(clients);
   std::atomic<size_t> total{0};
   const double start = NowSeconds();
@@ -64,10 +67,11 @@ Figures Drive(int clients, double seconds, size_t bytes, size_t max_ops, Op op) 
       for (size_t i = 0; i < max_ops && NowSeconds() - start < seconds; ++i) {
         const double t0 = NowSeconds();
         if (!op(t, i)) {
-          std::fprintf(stderr, "bench_service: operation failed\n");
+          std::fprintf(stderr, "bench_service: %s failed (client %d, operation %zu)\n", what, t, i);
           std::exit(1);
         }
         lat[t].push_back((NowSeconds() - t0) * 1e6);
+        ++f.done[t];
         ++total;
       }
     });
@@ -76,7 +80,6 @@ Figures Drive(int clients, double seconds, size_t bytes, size_t max_ops, Op op) 
   const double elapsed = NowSeconds() - start;
   std::vector<double> all;
   for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
-  Figures f;
   f.ops = total / elapsed;
   f.gbps = total * bytes / elapsed / 1e9;
   f.p50_us = Percentile(all, 0.50);
@@ -170,27 +173,32 @@ int Main(int argc, char** argv) {
       };
       // Puts overwrite nothing: cap them so the working set fits both servers' memory.
       const size_t max_puts = std::max<size_t>(1, keys / clients);
-      Figures kp = Drive(clients, phase_s, size, max_puts, kv_put);
-      Figures rp = Drive(clients, phase_s, size, max_puts, redis_put);
-      // Gets read the keys written by the first round of puts (i == 0 ... max_puts - 1).
-      auto kv_get = [&](int t, size_t i) {
+      Figures kp = Drive("kvtier put", clients, phase_s, size, max_puts, kv_put);
+      Figures rp = Drive("redis put", clients, phase_s, size, max_puts, redis_put);
+      // Gets read keys that client t wrote in the put phase of both servers.
+      auto written = [&](int t, size_t i) {
         std::mt19937_64 rng(i * 31 + t);
-        const size_t j = rng() % max_puts, k = (j * clients + t) % keys;
+        return rng() % std::max<size_t>(1, std::min(kp.done[t], rp.done[t]));
+      };
+      // kvtier's client reads into buffers allocated once, as an inference frontend would.
+      std::vector<std::vector<uint8_t>> bufs(clients, std::vector<uint8_t>(size));
+      auto kv_get = [&](int t, size_t i) {
+        const size_t j = written(t, i), k = (j * clients + t) % keys;
         const BlockKey key = testing::TestKey(base + k + j * keys);
-        auto got = kv[t]->Get(std::span(&key, 1));
-        return got.ok() && (*got)[0].has_value() && (*got)[0]->size() == size;
+        const std::span<uint8_t> dst(bufs[t]);
+        auto got = kv[t]->GetInto(std::span(&key, 1), std::span(&dst, 1));
+        return got.ok() && (*got)[0] == size;
       };
       auto redis_get = [&](int t, size_t i) {
-        std::mt19937_64 rng(i * 31 + t);
-        const size_t j = rng() % max_puts, k = (j * clients + t) % keys;
+        const size_t j = written(t, i), k = (j * clients + t) % keys;
         const std::string key = std::to_string(base + k + j * keys);
         auto* r = static_cast<redisReply*>(redisCommand(rc[t], "GET %b", key.data(), key.size()));
         const bool ok = r != nullptr && r->type == REDIS_REPLY_STRING && r->len == size;
         if (r != nullptr) freeReplyObject(r);
         return ok;
       };
-      Figures kg = Drive(clients, phase_s, size, SIZE_MAX, kv_get);
-      Figures rg = Drive(clients, phase_s, size, SIZE_MAX, redis_get);
+      Figures kg = Drive("kvtier get", clients, phase_s, size, SIZE_MAX, kv_get);
+      Figures rg = Drive("redis get", clients, phase_s, size, SIZE_MAX, redis_get);
       for (auto [op, k, r] : {std::tuple{"put", kp, rp}, std::tuple{"get", kg, rg}}) {
         std::printf("%-8s %-3d %-4s | %10.2f %10.0f %9.0f %9.0f | %10.2f %10.0f %9.0f %9.0f | %.2f\n",
                     SizeName(size).c_str(), clients, op, k.gbps, k.ops, k.p50_us, k.p99_us,
@@ -219,7 +227,7 @@ int Main(int argc, char** argv) {
       blocks.push_back({chain[i], i ? chain[i - 1] : BlockKey{}, payload});
     }
     if (!c->Put(blocks).ok()) return 1;
-    Figures f = Drive(1, phase_s, 0, quick ? 500 : 2000, [&](int, size_t) {
+    Figures f = Drive("lookup", 1, phase_s, 0, quick ? 500 : 2000, [&](int, size_t) {
       auto r = c->Lookup(chain);
       return r.ok() && r->matched == 8192;
     });

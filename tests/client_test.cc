@@ -86,6 +86,52 @@ TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(ClientTest, GetIntoCallerBuffers) {
+  const std::vector<uint8_t> a = testing::TestBlock(1, 300'000), b = testing::TestBlock(2, 4096);
+  const BlockKey ka{7, 1}, kb{7, 2}, missing{7, 3};
+  const BlockToPut blocks[] = {{ka, BlockKey{}, a}, {kb, ka, b}};
+  ASSERT_TRUE(client_->Put(blocks).ok());
+  std::vector<uint8_t> buf_a(a.size()), buf_b(8192, 0xEE), buf_m(16);
+  const BlockKey keys[] = {ka, missing, kb};
+  const std::span<uint8_t> dst[] = {buf_a, buf_m, buf_b};
+  auto sizes = client_->GetInto(keys, dst);
+  ASSERT_TRUE(sizes.ok()) << sizes.status();
+  EXPECT_EQ(*sizes, (std::vector<std::optional<size_t>>{a.size(), std::nullopt, b.size()}));
+  EXPECT_EQ(buf_a, a);
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), buf_b.begin()));
+  EXPECT_EQ(buf_b[b.size()], 0xEE);  // nothing written past the block
+  // A buffer too small for its block, and a count that does not match.
+  std::vector<uint8_t> tiny(100);
+  const std::span<uint8_t> small[] = {tiny};
+  auto st = client_->GetInto(std::span(&ka, 1), small).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kOutOfRange) << st;
+  EXPECT_NE(st.message().find(ka.Hex()), std::string::npos) << st;
+  EXPECT_EQ(client_->GetInto(keys, small).status().code(), absl::StatusCode::kInvalidArgument);
+  // The connection is still good after an abandoned stream.
+  auto again = client_->GetInto(keys, dst);
+  ASSERT_TRUE(again.ok()) << again.status();
+}
+
+// A daemon whose messages are smaller than its blocks sends each block in several chunks.
+TEST(ClientChunks, BlocksLargerThanOneMessage) {
+  TempDir dir;
+  DaemonProcess daemon(std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+                       {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "64",
+                        "--max-message-mib", "1", "--log-level", "warn"});
+  ASSERT_FALSE(daemon.address().empty());
+  auto c = CacheClient::Create(
+      {.address = daemon.address(), .tenant = "t", .chunk_bytes = 256 << 10});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::vector<uint8_t> big = testing::TestBlock(9, (3 << 20) + 12345);
+  const BlockToPut block{BlockKey{9, 9}, BlockKey{}, big};
+  ASSERT_TRUE((*c)->Put(std::span(&block, 1)).ok());
+  const BlockKey keys[] = {block.key, block.key};
+  auto got = (*c)->Get(keys);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)[0], big);
+  EXPECT_EQ((*got)[1], big);
+}
+
 TEST(ClientErrors, BadOptionsAndAnAbsentDaemon) {
   EXPECT_EQ(CacheClient::Create({.tenant = "t"}).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -1,6 +1,9 @@
 #include "client/cache_client.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <chrono>
 #include <thread>
@@ -58,6 +61,8 @@ void ToProto(const KvLayout& l, v1::KvLayout* p) {
 struct CacheClient::Rpc {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::CacheService::Stub> stub;
+  // Get, called raw (GetStream parses its responses itself).
+  std::unique_ptr<grpc::internal::RpcMethod> get_method;
 };
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
@@ -79,6 +84,9 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kGrpcStreamWindowBytes);
   args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kGrpcWriteBufferBytes);
   args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, kGrpcReadChunkBytes);
+  // Each client gets its own TCP connection. gRPC would otherwise share one connection among all
+  // channels to the same address, and megabyte streams queue behind each other on it.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   c->rpc_ = std::make_unique<Rpc>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_pem.empty()) {
@@ -95,6 +103,9 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   }
   c->rpc_->channel = grpc::CreateCustomChannel(options.address, creds, args);
   c->rpc_->stub = v1::CacheService::NewStub(c->rpc_->channel);
+  c->rpc_->get_method = std::make_unique<grpc::internal::RpcMethod>(
+      "/kvtier.v1.CacheService/Get", grpc::internal::RpcMethod::SERVER_STREAMING,
+      c->rpc_->channel);
   return c;
 }
 
@@ -161,50 +172,176 @@ absl::StatusOr<PutResult> CacheClient::Put(std::span<const BlockToPut> blocks, b
   return result;
 }
 
-absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
-    std::span<const BlockKey> keys) {
-  std::vector<std::optional<std::vector<uint8_t>>> out;
+namespace {
+
+using google::protobuf::internal::WireFormatLite;
+
+// The state of one Get stream on the client: parses each GetResponse straight from gRPC's receive
+// buffers, so a block's bytes are copied once, into the place the caller chose for them.
+class GetReceiver {
+ public:
+  GetReceiver(std::span<const BlockKey> keys, const CacheClient::PlaceFn& place)
+      : keys_(keys), place_(place) {}
+
+  // One message. A header starts the next block; data continues the current one.
+  absl::Status Receive(grpc::ByteBuffer* bb) {
+    grpc::ProtoBufferReader zin(bb);
+    google::protobuf::io::CodedInputStream in(&zin);
+    std::optional<v1::BlockHeader> header;
+    bool found = false;
+    bool started = false;  // this message's header has been acted on
+    auto start = [&]() -> absl::Status {
+      started = true;
+      return header.has_value() ? StartBlock(*header, found) : absl::OkStatus();
+    };
+    while (const uint32_t tag = in.ReadTag()) {
+      const int field = WireFormatLite::GetTagFieldNumber(tag);
+      const auto wire = WireFormatLite::GetTagWireType(tag);
+      uint32_t len = 0;
+      uint64_t v = 0;
+      if (field == v1::GetResponse::kHeaderFieldNumber &&
+          wire == WireFormatLite::WIRETYPE_LENGTH_DELIMITED && !started) {
+        if (!in.ReadVarint32(&len)) return Malformed();
+        const auto limit = in.PushLimit(static_cast<int>(len));
+        if (!header.emplace().MergeFromCodedStream(&in) || !in.ConsumedEntireMessage()) {
+          return Malformed();
+        }
+        in.PopLimit(limit);
+      } else if (field == v1::GetResponse::kFoundFieldNumber &&
+                 wire == WireFormatLite::WIRETYPE_VARINT && !started) {
+        if (!in.ReadVarint64(&v)) return Malformed();
+        found = v != 0;
+      } else if (field == v1::GetResponse::kDataFieldNumber &&
+                 wire == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+        if (!started) {
+          if (absl::Status st = start(); !st.ok()) return st;
+        }
+        if (!in.ReadVarint32(&len)) return Malformed();
+        if (len > dst_.size() - filled_) {
+          return absl::InternalError(absl::StrCat("get: more bytes than announced for block ",
+                                                  Current()));
+        }
+        if (!in.ReadRaw(dst_.data() + filled_, static_cast<int>(len))) return Malformed();
+        filled_ += len;
+      } else if (!WireFormatLite::SkipField(&in, tag)) {
+        return Malformed();
+      }
+    }
+    if (!in.ConsumedEntireMessage()) return Malformed();
+    return started ? absl::OkStatus() : start();
+  }
+
+  // After the stream: every key answered, the last block complete.
+  absl::Status Finish() {
+    if (absl::Status st = EndBlock(); !st.ok()) return st;
+    if (answered_ != keys_.size()) {
+      return absl::InternalError(
+          absl::StrCat("get: ", answered_, " answers for ", keys_.size(), " keys"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status StartBlock(const v1::BlockHeader& h, bool found) {
+    if (absl::Status st = EndBlock(); !st.ok()) return st;
+    if (answered_ == keys_.size()) return absl::InternalError("get: more answers than keys");
+    const size_t i = answered_++;
+    auto dst = place_(i, found ? std::optional<size_t>(h.size()) : std::nullopt);
+    if (!dst.ok()) return dst.status();
+    dst_ = *dst;
+    filled_ = 0;
+    checksum_ = h.checksum();
+    in_block_ = found;
+    return absl::OkStatus();
+  }
+
+  absl::Status EndBlock() {
+    if (!in_block_) return absl::OkStatus();
+    in_block_ = false;
+    if (filled_ != dst_.size()) {
+      return absl::InternalError(absl::StrCat("get: block ", Current(), " ended after ", filled_,
+                                              " of ", dst_.size(), " bytes"));
+    }
+    // End to end: the bytes that arrived are the bytes the daemon verified.
+    if (Checksum(dst_.data(), dst_.size()) != checksum_) {
+      return absl::DataLossError(absl::StrCat("get: block ", Current(), " arrived corrupted"));
+    }
+    return absl::OkStatus();
+  }
+
+  std::string Current() const { return answered_ > 0 ? keys_[answered_ - 1].Hex() : "(none)"; }
+  static absl::Status Malformed() { return absl::InternalError("get: malformed response"); }
+
+  std::span<const BlockKey> keys_;
+  const CacheClient::PlaceFn& place_;
+  size_t answered_ = 0;
+  bool in_block_ = false;
+  std::span<uint8_t> dst_;
+  size_t filled_ = 0;
+  uint64_t checksum_ = 0;
+};
+
+}  // namespace
+
+absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(Packed(keys));
+  absl::Status failed;
   absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
-    out.clear();
-    out.reserve(keys.size());
-    auto reader = rpc_->stub->Get(ctx, req);
-    v1::GetResponse msg;
-    std::vector<uint64_t> checksums;  // of the found blocks, in order
-    while (reader->Read(&msg)) {
-      if (msg.has_header()) {
-        out.emplace_back();
-        if (msg.found()) {
-          out.back().emplace();
-          out.back()->reserve(msg.header().size());
-          checksums.push_back(msg.header().checksum());
-        }
-      }
-      if (!out.empty() && out.back().has_value()) {
-        out.back()->insert(out.back()->end(), msg.data().begin(), msg.data().end());
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(rpc_->channel.get(),
+                                                                      *rpc_->get_method, ctx, req));
+    GetReceiver receiver(keys, place);
+    failed = absl::OkStatus();
+    grpc::ByteBuffer bb;
+    while (reader->Read(&bb)) {
+      failed = receiver.Receive(&bb);
+      if (!failed.ok()) {
+        ctx->TryCancel();
+        break;
       }
     }
     grpc::Status s = reader->Finish();
-    if (!s.ok()) return s;
-    if (out.size() != keys.size()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL,
-                          absl::StrCat("get: ", out.size(), " answers for ", keys.size(), " keys"));
-    }
-    // End to end: the bytes that arrived are the bytes the daemon verified.
-    size_t next = 0;
-    for (size_t i = 0; i < out.size(); ++i) {
-      if (!out[i].has_value()) continue;
-      if (Checksum(out[i]->data(), out[i]->size()) != checksums[next++]) {
-        return grpc::Status(grpc::StatusCode::DATA_LOSS,
-                            absl::StrCat("get: block ", keys[i].Hex(), " arrived corrupted"));
-      }
-    }
-    return s;
+    if (failed.ok() && s.ok()) failed = receiver.Finish();
+    return failed.ok() ? s : grpc::Status::OK;
+  });
+  return failed.ok() ? st : failed;
+}
+
+absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
+    std::span<const BlockKey> keys) {
+  std::vector<std::optional<std::vector<uint8_t>>> out(keys.size());
+  absl::Status st = GetStream(keys, [&](size_t i, std::optional<size_t> size)
+                                        -> absl::StatusOr<std::span<uint8_t>> {
+    out[i].reset();
+    if (!size.has_value()) return std::span<uint8_t>();
+    out[i].emplace(*size);
+    return std::span(*out[i]);
   });
   if (!st.ok()) return st;
   return out;
+}
+
+absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
+    std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst) {
+  if (dst.size() != keys.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("get: ", dst.size(), " buffers for ", keys.size(), " keys"));
+  }
+  std::vector<std::optional<size_t>> sizes(keys.size());
+  absl::Status st = GetStream(keys, [&](size_t i, std::optional<size_t> size)
+                                        -> absl::StatusOr<std::span<uint8_t>> {
+    sizes[i] = size;
+    if (!size.has_value()) return std::span<uint8_t>();
+    if (*size > dst[i].size()) {
+      return absl::OutOfRangeError(absl::StrCat("get: block ", keys[i].Hex(), " is ", *size,
+                                                " bytes, its buffer ", dst[i].size()));
+    }
+    return dst[i].first(*size);
+  });
+  if (!st.ok()) return st;
+  return sizes;
 }
 
 absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain) {

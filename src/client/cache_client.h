@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/block_key.h"
@@ -68,6 +69,17 @@ class CacheClient {
   // One entry per key, in order: the block's bytes, or nullopt when it is not cached.
   absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> Get(
       std::span<const BlockKey> keys);
+  // Reads blocks straight into caller buffers (for example, registered once and reused): block
+  // keys[i] goes to the start of dst[i]. One entry per key: the block's size, or nullopt when it is
+  // not cached. OUT_OF_RANGE when a block is larger than its buffer.
+  absl::StatusOr<std::vector<std::optional<size_t>>> GetInto(
+      std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst);
+  // Where block `i` goes, once its size is known (nullopt: not cached; return an empty span).
+  using PlaceFn = absl::FunctionRef<absl::StatusOr<std::span<uint8_t>>(
+      size_t i, std::optional<size_t> size)>;
+  // The core of Get and GetInto: streams the blocks of `keys`, each into the place `place` picks,
+  // and verifies each against its checksum.
+  absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place);
   // How many leading blocks of the chain are cached, and where.
   absl::StatusOr<RemoteLookup> Lookup(std::span<const BlockKey> chain);
   // Returns how many of the keys were present.

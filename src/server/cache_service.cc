@@ -6,13 +6,22 @@
 #include <cstring>
 #include <optional>
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/support/method_handler.h>
+
 #include "absl/strings/str_cat.h"
+#include "common/checksum.h"
 #include "common/internal/le_bytes.h"
 #include "server/auth.h"
 #include "server/metrics.h"
 
 namespace kvtier::server {
 namespace {
+
+// CacheService.Get: its index in the generated service (methods in .proto order).
+constexpr int kGetMethodIndex = 1;
 
 absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
   auto key = BlockKey::FromByteString(bytes);
@@ -102,13 +111,37 @@ BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
 CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics,
                                    const TenantAuth* auth)
     : store_(store),
+      pins_(std::make_shared<PinLedger>()),
       limits_(limits),
       metrics_(metrics),
       auth_(auth),
       inflight_bytes_(limits.max_inflight_bytes, limits.max_inflight_bytes_per_connection,
                       [metrics](uint64_t total) {
                         if (metrics != nullptr) metrics->SetInflightBytes(total);
-                      }) {}
+                      }) {
+  {
+    MutexLock lock(&pins_->mu);
+    pins_->store = store;
+  }
+  // Get is re-registered with raw byte-buffer responses, so that a block can leave from the arena
+  // without being copied into a message first. The wire format is unchanged.
+  MarkMethodStreamed(
+      kGetMethodIndex,
+      new grpc::internal::SplitServerStreamingHandler<v1::GetRequest, grpc::ByteBuffer>(
+          [this](grpc::ServerContext* ctx,
+                 grpc::ServerSplitStreamer<v1::GetRequest, grpc::ByteBuffer>* stream) {
+            v1::GetRequest request;
+            if (!stream->Read(&request)) {
+              return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "get: no request");
+            }
+            return Get(ctx, &request, stream);
+          }));
+}
+
+void CacheServiceImpl::DetachStore() {
+  MutexLock lock(&pins_->mu);
+  pins_->store = nullptr;
+}
 
 absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::ServerContext* ctx,
                                                                 uint64_t n) {
@@ -256,55 +289,112 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+namespace {
+
+// A host-tier block lent to gRPC: unpinned when gRPC drops its last reference to the bytes.
+template <typename Ledger>
+struct PinnedSlice {
+  std::shared_ptr<Ledger> ledger;
+  BlockStore::PinnedBlock block;
+  static void Release(void* p) {
+    auto* self = static_cast<PinnedSlice*>(p);
+    {
+      MutexLock lock(&self->ledger->mu);
+      if (self->ledger->store != nullptr) self->ledger->store->UnpinHostBlock(self->block);
+    }
+    delete self;
+  }
+};
+
+// The wire prefix of a GetResponse: header (field 1), found (field 2), and the tag and length of
+// data (field 3) when `data_bytes` follow. Field order as protobuf writes it.
+std::string ResponsePrefix(const v1::GetResponse& head, size_t data_bytes) {
+  std::string out = head.SerializeAsString();
+  if (data_bytes > 0) {
+    google::protobuf::io::StringOutputStream s(&out);
+    google::protobuf::io::CodedOutputStream c(&s);
+    c.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
+        v1::GetResponse::kDataFieldNumber,
+        google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    c.WriteVarint64(data_bytes);
+  }
+  return out;
+}
+
+grpc::ByteBuffer Serialized(const v1::GetResponse& msg) {
+  grpc::ByteBuffer bb;
+  bool own = false;
+  (void)grpc::SerializationTraits<v1::GetResponse>::Serialize(msg, &bb, &own);
+  return bb;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<grpc::ByteBuffer>> CacheServiceImpl::GetResponseFor(const v1::GetRequest& request,
+                                                                  size_t i, const BlockKey& key,
+                                                                  const BlockInfo& info) {
+  v1::GetResponse head;
+  head.mutable_header()->set_key(KeyBytes(request, i));
+  head.set_found(true);
+  if (info.size <= limits_.get_chunk_bytes) {
+    auto pinned = store_->PinHostBlock(key);
+    if (pinned.ok() && Checksum(pinned->data, pinned->size) == pinned->checksum) {
+      head.mutable_header()->set_size(pinned->size);
+      head.mutable_header()->set_checksum(pinned->checksum);
+      const std::string prefix = ResponsePrefix(head, pinned->size);
+      grpc::Slice slices[2] = {
+          grpc::Slice(prefix),
+          grpc::Slice(const_cast<uint8_t*>(pinned->data), pinned->size,
+                      &PinnedSlice<PinLedger>::Release, new PinnedSlice<PinLedger>{pins_, *pinned})};
+      std::vector<grpc::ByteBuffer> out;
+      out.emplace_back(slices, 2);
+      return out;
+    }
+    if (pinned.ok()) store_->UnpinHostBlock(*pinned);  // Get below drops the damaged copy
+  }
+  // NVMe (promoted by the read), HBM, a damaged host copy, or a block too large for one message.
+  std::vector<uint8_t> buf(info.size);
+  auto n = store_->Get(key, std::span(buf));
+  if (!n.ok()) return n.status();
+  head.mutable_header()->set_size(*n);
+  head.mutable_header()->set_checksum(info.checksum);
+  std::vector<grpc::ByteBuffer> out;
+  for (size_t off = 0; off < *n || off == 0; off += limits_.get_chunk_bytes) {
+    head.set_data(buf.data() + off, std::min(limits_.get_chunk_bytes, *n - off));
+    out.push_back(Serialized(head));
+    head.clear_header();  // the later chunks carry data only
+    head.clear_found();
+  }
+  return out;
+}
+
 grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                                       grpc::ServerWriter<v1::GetResponse>* writer) {
+                                       GetWriter* writer) {
   auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
-  std::vector<uint8_t> buf;
-  v1::GetResponse msg;
   for (size_t i = 0; i < keys->size(); ++i) {
     if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-    msg.Clear();
-    v1::BlockHeader* h = msg.mutable_header();
-    h->set_key(KeyBytes(*request, i));
-    auto info = store_->Stat((*keys)[i]);
-    absl::StatusOr<size_t> n = info.ok() ? absl::StatusOr<size_t>(0) : info.status();
+    const BlockKey& key = (*keys)[i];
+    auto info = store_->Stat(key);
+    absl::StatusOr<std::vector<grpc::ByteBuffer>> msgs;
     InflightBytes::Hold held;
-    std::string* data = msg.mutable_data();
     if (info.ok()) {
       auto hold = HoldBytes(ctx, info->size);
       if (!hold.ok()) return ToGrpc(hold.status());
       held = std::move(*hold);
-      if (info->size <= limits_.get_chunk_bytes) {
-        // The common case: the block goes out in this one message, read straight into it.
-        data->resize(info->size);
-        n = store_->Get((*keys)[i],
-                        std::span(reinterpret_cast<uint8_t*>(data->data()), data->size()));
-      } else {
-        buf.resize(info->size);
-        n = store_->Get((*keys)[i], std::span(buf));
-      }
+      msgs = GetResponseFor(*request, i, key, *info);
+    } else {
+      msgs = info.status();
     }
-    if (!n.ok()) {
-      if (n.status().code() != absl::StatusCode::kNotFound) return ToGrpc(n.status());
-      data->clear();
-      msg.set_found(false);
-      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
-      continue;
+    if (!msgs.ok()) {
+      if (msgs.status().code() != absl::StatusCode::kNotFound) return ToGrpc(msgs.status());
+      v1::GetResponse missing;
+      missing.mutable_header()->set_key(KeyBytes(*request, i));
+      missing.set_found(false);
+      msgs = std::vector<grpc::ByteBuffer>{Serialized(missing)};
     }
-    msg.set_found(true);
-    h->set_size(*n);
-    h->set_checksum(info->checksum);
-    if (*n <= limits_.get_chunk_bytes) {
+    for (const grpc::ByteBuffer& msg : *msgs) {
       if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
-      continue;
-    }
-    for (size_t off = 0; off < *n; off += limits_.get_chunk_bytes) {
-      const size_t len = std::min(limits_.get_chunk_bytes, *n - off);
-      msg.set_data(buf.data() + off, len);
-      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
-      msg.clear_header();
-      msg.clear_found();
     }
   }
   return grpc::Status::OK;
@@ -407,7 +497,7 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,
 }
 
 grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                                   grpc::ServerWriter<v1::GetResponse>* writer) {
+                                   GetWriter* writer) {
   return Observed("Get", [&] { return GetImpl(ctx, request, writer); });
 }
 

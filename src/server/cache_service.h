@@ -9,9 +9,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <memory>
 #include <string_view>
 
 #include "cache/block_store.h"
+#include "common/mutex.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "server/inflight.h"
 
@@ -35,19 +37,26 @@ struct ServiceLimits {
 
 class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
  public:
+  using GetWriter = grpc::internal::WriterInterface<grpc::ByteBuffer>;
+
   // `metrics` may be null (no /metrics endpoint), `auth` null (no tokens required). None is owned.
   CacheServiceImpl(BlockStore* store, ServiceLimits limits = {}, DaemonMetrics* metrics = nullptr,
                    const TenantAuth* auth = nullptr);
+  ~CacheServiceImpl() override { DetachStore(); }
 
   // RPCs being served right now (for a graceful shutdown).
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   // Payload bytes held for requests in progress.
   uint64_t inflight_bytes() const { return inflight_bytes_.total(); }
+  // Call after the server has stopped and before the store is closed: host blocks that gRPC still
+  // references (a zero-copy Get's buffers can outlive the call) are then no longer unpinned.
+  void DetachStore();
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
+  // Get is served raw (see GetImpl): its responses are assembled as byte buffers.
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                   grpc::ServerWriter<v1::GetResponse>* writer) override;
+                   GetWriter* writer);
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -63,7 +72,12 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                        v1::PutResponse* response);
   grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                       grpc::ServerWriter<v1::GetResponse>* writer);
+                       GetWriter* writer);
+  // The GetResponse messages of one present block (key index `i`): a host-tier block goes out in
+  // one message that references the arena (pinned until gRPC has sent it); others are read (and
+  // promoted) into a new buffer, in chunks of at most get_chunk_bytes.
+  absl::StatusOr<std::vector<grpc::ByteBuffer>> GetResponseFor(const v1::GetRequest& request, size_t i,
+                                                   const BlockKey& key, const BlockInfo& info);
   grpc::Status LookupImpl(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                           v1::LookupResponse* response);
   grpc::Status LeaseImpl(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -99,7 +113,15 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
     std::atomic<int>* n_;
   };
 
+  // Unpins the host blocks that zero-copy Gets lent to gRPC. Shared with every lent buffer, so it
+  // outlives the service.
+  struct PinLedger {
+    Mutex mu;
+    BlockStore* store ABSL_GUARDED_BY(mu);
+  };
+
   BlockStore* store_;
+  std::shared_ptr<PinLedger> pins_;
   ServiceLimits limits_;
   DaemonMetrics* metrics_;
   const TenantAuth* auth_;

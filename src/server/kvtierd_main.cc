@@ -139,6 +139,7 @@ int main(int argc, char** argv) {
   spdlog::debug("kvtierd: gRPC server stopped");
   // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
   if (metrics != nullptr) metrics->DetachStore();
+  service.DetachStore();
   store->reset();  // flushes the NVMe tier
   spdlog::info("kvtierd: stopped");
   spdlog::shutdown();
