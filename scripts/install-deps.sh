@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-xxhash python3-grpcio python3-protobuf
   redis-server libhiredis-dev
+  libucx-dev ucx-utils
 )
 
 missing=()

@@ -1128,6 +1128,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
     if (s.E(h).tier == Tier::kNvme) {
       failed = s.PromoteFromNvme(h);
       if (!failed.ok()) break;
+      ++grant.promoted;
     }
   }
   if (!failed.ok()) {

@@ -70,6 +70,7 @@ struct LeaseGrant {
   uint64_t id = 0;
   int64_t expires_at_us = 0;     // on the store's clock
   std::vector<BlockInfo> blocks;  // in the order asked for
+  uint32_t promoted = 0;          // blocks brought up from NVMe for this lease
 };
 
 struct TierStats {

@@ -8,40 +8,21 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/grpc_tuning.h"
+#include "client/internal.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
+
+using client_internal::FromGrpc;
+using client_internal::Packed;
+using client_internal::TierName;
+using client_internal::WithRetries;
+
 namespace {
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
-// Keys back to back, 16 bytes each (the packed_keys form of a request).
-std::string Packed(std::span<const BlockKey> keys) {
-  std::string out(keys.size() * BlockKey::kBytes, '\0');
-  for (size_t i = 0; i < keys.size(); ++i) {
-    keys[i].ToBytes(reinterpret_cast<uint8_t*>(out.data()) + i * BlockKey::kBytes);
-  }
-  return out;
-}
-
-const char* TierName(v1::Tier t) {
-  switch (t) {
-    case v1::TIER_HBM:
-      return "hbm";
-    case v1::TIER_HOST:
-      return "host";
-    case v1::TIER_NVME:
-      return "nvme";
-    default:
-      return "unknown";
-  }
-}
 
 void ToProto(const KvLayout& l, v1::KvLayout* p) {
   p->set_kind(l.kind == LayoutKind::kGqa ? v1::LAYOUT_KIND_GQA : v1::LAYOUT_KIND_MLA);
@@ -57,13 +38,6 @@ void ToProto(const KvLayout& l, v1::KvLayout* p) {
 }
 
 }  // namespace
-
-struct CacheClient::Rpc {
-  std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::CacheService::Stub> stub;
-  // Get, called raw (GetStream parses its responses itself).
-  std::unique_ptr<grpc::internal::RpcMethod> get_method;
-};
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
 CacheClient::~CacheClient() = default;
@@ -88,6 +62,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   // channels to the same address, and megabyte streams queue behind each other on it.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   c->rpc_ = std::make_unique<Rpc>();
+  c->ucx_ = std::make_unique<Ucx>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_pem.empty()) {
     grpc::SslCredentialsOptions ssl;
@@ -109,29 +84,6 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   return c;
 }
 
-namespace {
-
-// Runs `attempt` (which returns a grpc::Status) until it succeeds, fails with anything but
-// UNAVAILABLE, or runs out of attempts.
-template <typename F>
-absl::Status WithRetries(const ClientOptions& o, F attempt) {
-  int64_t backoff = o.initial_backoff_ms;
-  grpc::Status s;
-  for (int i = 0; i < o.max_attempts; ++i) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
-    if (!o.bearer_token.empty()) ctx.AddMetadata("authorization", "Bearer " + o.bearer_token);
-    s = attempt(&ctx);
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-    if (i + 1 < o.max_attempts) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-      backoff *= 2;
-    }
-  }
-  return FromGrpc(s);
-}
-
-}  // namespace
 
 absl::StatusOr<PutResult> CacheClient::Put(std::span<const BlockToPut> blocks, bool durable,
                                            const KvLayout* layout) {
@@ -223,6 +175,7 @@ class GetReceiver {
         }
         if (!in.ReadRaw(dst_.data() + filled_, static_cast<int>(len))) return Malformed();
         filled_ += len;
+        bytes_ += len;
       } else if (!WireFormatLite::SkipField(&in, tag)) {
         return Malformed();
       }
@@ -230,6 +183,8 @@ class GetReceiver {
     if (!in.ConsumedEntireMessage()) return Malformed();
     return started ? absl::OkStatus() : start();
   }
+
+  uint64_t bytes() const { return bytes_; }  // payload bytes received
 
   // After the stream: every key answered, the last block complete.
   absl::Status Finish() {
@@ -279,6 +234,7 @@ class GetReceiver {
   std::span<uint8_t> dst_;
   size_t filled_ = 0;
   uint64_t checksum_ = 0;
+  uint64_t bytes_ = 0;  // payload bytes received
 };
 
 }  // namespace
@@ -304,6 +260,7 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
     }
     grpc::Status s = reader->Finish();
     if (failed.ok() && s.ok()) failed = receiver.Finish();
+    if (failed.ok() && s.ok()) ucx_->grpc_bytes.fetch_add(receiver.bytes());
     return failed.ok() ? s : grpc::Status::OK;
   });
   return failed.ok() ? st : failed;
@@ -323,6 +280,15 @@ absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Ge
   return out;
 }
 
+namespace {
+
+absl::Status TooSmall(const BlockKey& key, uint64_t size, size_t buffer) {
+  return absl::OutOfRangeError(
+      absl::StrCat("get: block ", key.Hex(), " is ", size, " bytes, its buffer ", buffer));
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
     std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst) {
   if (dst.size() != keys.size()) {
@@ -330,14 +296,28 @@ absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
         absl::StrCat("get: ", dst.size(), " buffers for ", keys.size(), " keys"));
   }
   std::vector<std::optional<size_t>> sizes(keys.size());
+  // UCX when the daemon offers it (leases need distinct keys, and every block cached).
+  if (options_.use_ucx && absl::flat_hash_set<BlockKey>(keys.begin(), keys.end()).size() ==
+                              keys.size()) {
+    auto used = ReadOverUcx(keys, [&](const LeaseInfo& lease)
+                                      -> absl::StatusOr<std::vector<BlockRead>> {
+      std::vector<BlockRead> reads;
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const uint64_t size = lease.blocks[i].size;
+        if (size > dst[i].size()) return TooSmall(keys[i], size, dst[i].size());
+        sizes[i] = size;
+        reads.push_back({.block = i, .offset = 0, .dst = dst[i].first(size)});
+      }
+      return reads;
+    });
+    if (!used.ok()) return used.status();
+    if (*used) return sizes;
+  }
   absl::Status st = GetStream(keys, [&](size_t i, std::optional<size_t> size)
                                         -> absl::StatusOr<std::span<uint8_t>> {
     sizes[i] = size;
     if (!size.has_value()) return std::span<uint8_t>();
-    if (*size > dst[i].size()) {
-      return absl::OutOfRangeError(absl::StrCat("get: block ", keys[i].Hex(), " is ", *size,
-                                                " bytes, its buffer ", dst[i].size()));
-    }
+    if (*size > dst[i].size()) return TooSmall(keys[i], *size, dst[i].size());
     return dst[i].first(*size);
   });
   if (!st.ok()) return st;

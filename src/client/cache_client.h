@@ -6,6 +6,7 @@
 // safe because every operation is idempotent (a repeated put of a present block is a no-op).
 // Block keys are computed with common/block_key.h (ChainHasher) from tokens. Thread-safe.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -37,6 +38,45 @@ struct ClientOptions {
   std::string tls_cert_pem;
   std::string tls_key_pem;
   std::string tls_server_name;  // Default: from the address. Overrides the name checked.
+  // Default: true. Reads blocks with one-sided UCX gets when the daemon offers a data plane
+  // (CacheService.DataPlane), and with gRPC Get when it does not or UCX fails.
+  bool use_ucx = true;
+  uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
+};
+
+// A leased block, as CacheService.Lease returns it.
+struct LeasedBlock {
+  BlockKey key;
+  std::string tier;  // "host" for blocks a UCX reader can read
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+  uint64_t offset = 0;  // in the daemon's host arena
+  uint32_t generation = 0;
+};
+
+struct LeaseInfo {
+  uint64_t id = 0;
+  // When the lease ends, on this process's steady clock, measured from before the request was
+  // sent (so never later than the daemon's own view).
+  std::chrono::steady_clock::time_point expires;
+  std::vector<LeasedBlock> blocks;
+};
+
+// Part of a block to read: `dst.size()` bytes from `offset` in block `key`.
+struct RangeRead {
+  BlockKey key;
+  uint64_t offset = 0;
+  std::span<uint8_t> dst;
+};
+
+// What a client moved, and how (monotonic counters).
+struct TransferStats {
+  uint64_t ucx_bytes = 0;      // read with one-sided UCX gets
+  uint64_t grpc_bytes = 0;     // received in gRPC Get responses
+  uint64_t leases = 0;         // leases taken for UCX reads
+  uint64_t lease_retries = 0;  // reads redone under a new lease (expiry race or bad checksum)
+  uint64_t ucx_fallbacks = 0;  // reads that went to gRPC because UCX could not serve them
+  uint64_t ucx_connects = 0;   // UCX connections made (reconnects included)
 };
 
 // A block to store: its key, its parent's key (zero for the first block of a chain), its bytes.
@@ -80,6 +120,19 @@ class CacheClient {
   // The core of Get and GetInto: streams the blocks of `keys`, each into the place `place` picks,
   // and verifies each against its checksum.
   absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place);
+  // Reads parts of blocks (for example one layer's or one head's slice), over UCX when the daemon
+  // offers it, else by fetching the whole blocks with gRPC. NOT_FOUND names the first block not
+  // cached; OUT_OF_RANGE for a range past the end of its block. Whole-block reads over UCX are
+  // verified against the block's checksum; ranges are guarded by the lease (read before it ends).
+  absl::Status ReadRanges(std::span<const RangeRead> reads);
+
+  // Pins blocks in the daemon's host RAM (NVMe blocks are promoted) for one-sided reads.
+  absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms = 0);
+  // `bytes_read` is reported to the daemon's metrics.
+  absl::Status Release(uint64_t lease_id, uint64_t bytes_read = 0);
+
+  TransferStats transfer_stats() const;
+
   // How many leading blocks of the chain are cached, and where.
   absl::StatusOr<RemoteLookup> Lookup(std::span<const BlockKey> chain);
   // Returns how many of the keys were present.
@@ -90,9 +143,24 @@ class CacheClient {
 
  private:
   struct Rpc;
+  struct Ucx;
   explicit CacheClient(const ClientOptions& options);
+  // One read of the UCX path: part of lease.blocks[block].
+  struct BlockRead {
+    size_t block = 0;
+    uint64_t offset = 0;
+    std::span<uint8_t> dst;
+  };
+  using PlanFn = absl::FunctionRef<absl::StatusOr<std::vector<BlockRead>>(const LeaseInfo&)>;
+  // The UCX path of GetInto and ReadRanges: leases `keys` (unique), reads what `plan` asks for,
+  // verifies whole-block reads against their checksums, releases. A read that may have outlived
+  // its lease, or a bad checksum, is redone under a new lease. Returns false (nothing usable
+  // read) when the caller should use gRPC instead: no data plane, a block not cached or not in
+  // host RAM, UCX failing.
+  absl::StatusOr<bool> ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan);
   ClientOptions options_;
   std::unique_ptr<Rpc> rpc_;
+  std::unique_ptr<Ucx> ucx_;
 };
 
 }  // namespace kvtier

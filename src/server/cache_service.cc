@@ -16,6 +16,7 @@
 #include "common/internal/le_bytes.h"
 #include "server/auth.h"
 #include "server/metrics.h"
+#include "transfer/ucx_server.h"
 
 namespace kvtier::server {
 namespace {
@@ -415,8 +416,16 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
                                          v1::LeaseResponse* response) {
   auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
+  const auto start = std::chrono::steady_clock::now();
   auto grant = store_->Lease(*keys, int64_t{request->ttl_ms()} * 1000);
   if (!grant.ok()) return ToGrpc(grant.status());
+  if (metrics_ != nullptr) {
+    uint64_t bytes = 0;
+    for (const BlockInfo& b : grant->blocks) bytes += b.size;
+    metrics_->ObserveLease(
+        grant->blocks.size(), bytes, grant->promoted,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
   response->set_lease_id(grant->id ^ LeaseMask(request->tenant()));
   response->set_expires_in_ms(request->ttl_ms() != 0 ? request->ttl_ms()
                                                      : store_->options().lease_ttl_us / 1000);
@@ -438,6 +447,7 @@ grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx,
                                            v1::ReleaseResponse*) {
   if (absl::Status st = CheckTenant(ctx, request->tenant()); !st.ok()) return ToGrpc(st);
   absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
+  if (metrics_ != nullptr) metrics_->AddUcxBytesRead(request->bytes_read());
   if (st.code() == absl::StatusCode::kNotFound) {
     return ToGrpc(absl::NotFoundError("lease is unknown, expired, or another tenant's"));
   }
@@ -488,6 +498,31 @@ grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext* ctx, const v1::Sta
   response->set_checksum_failures(st.checksum_failures);
   response->set_leases_active(st.leases_active);
   return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::DataPlaneImpl(grpc::ServerContext* ctx,
+                                             const v1::DataPlaneRequest* request,
+                                             v1::DataPlaneResponse* response) {
+  if (absl::Status st = CheckTenant(ctx, request->tenant()); !st.ok()) return ToGrpc(st);
+  if (ucx_ == nullptr) {
+    response->set_available(false);
+    return grpc::Status::OK;
+  }
+  response->set_available(true);
+  const std::string& host = ucx_->host();
+  // A wildcard listener is reached at whatever address the client used for gRPC.
+  if (host != "0.0.0.0" && host != "::") response->set_ucx_host(host);
+  response->set_ucx_port(static_cast<uint32_t>(ucx_->port()));
+  response->set_rkey(ucx_->packed_rkey());
+  response->set_arena_base(ucx_->region_base());
+  response->set_arena_bytes(ucx_->region_bytes());
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::DataPlane(grpc::ServerContext* ctx,
+                                         const v1::DataPlaneRequest* request,
+                                         v1::DataPlaneResponse* response) {
+  return Observed("DataPlane", [&] { return DataPlaneImpl(ctx, request, response); });
 }
 
 grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,

@@ -17,6 +17,10 @@
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "server/inflight.h"
 
+namespace kvtier::transfer {
+class UcxServer;
+}
+
 namespace kvtier::server {
 
 class DaemonMetrics;
@@ -67,6 +71,12 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                       v1::DeleteResponse* response) override;
   grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* request,
                      v1::StatsResponse* response) override;
+  grpc::Status DataPlane(grpc::ServerContext* ctx, const v1::DataPlaneRequest* request,
+                         v1::DataPlaneResponse* response) override;
+
+  // Offers `ucx` (the host arena's UCX data plane; not owned, outlives the service) to clients.
+  // Call before serving.
+  void SetDataPlane(const transfer::UcxServer* ucx) { ucx_ = ucx; }
 
  private:
   grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
@@ -88,6 +98,8 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                           v1::DeleteResponse* response);
   grpc::Status StatsImpl(grpc::ServerContext* ctx, const v1::StatsRequest* request,
                          v1::StatsResponse* response);
+  grpc::Status DataPlaneImpl(grpc::ServerContext* ctx, const v1::DataPlaneRequest* request,
+                             v1::DataPlaneResponse* response);
   // Runs an RPC body: counts it in flight, records its latency and status code.
   template <typename F>
   grpc::Status Observed(const char* rpc, F body);
@@ -125,6 +137,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   ServiceLimits limits_;
   DaemonMetrics* metrics_;
   const TenantAuth* auth_;
+  const transfer::UcxServer* ucx_ = nullptr;
   std::atomic<int> in_flight_{0};
   InflightBytes inflight_bytes_;
 };

@@ -65,6 +65,17 @@ const std::vector<Option>& Options() {
          c.metrics_listen = v;
          return absl::OkStatus();
        }},
+      {"ucx.listen", "ucx-listen", "HOST:PORT|auto|off", "auto",
+       "UCX data plane listener for one-sided block reads; port 0 picks a free port. auto: the "
+       "gRPC host, any port, but off when auth is on (a UCX reader can read the whole host "
+       "arena, so set it explicitly only where every tenant is trusted)",
+       [](DaemonConfig& c, const std::string& v) {
+         if (v != "auto" && v != "off" && v.rfind(':') == std::string::npos) {
+           return Bad("'" + v + "' is not HOST:PORT, auto or off");
+         }
+         c.ucx_listen = v;
+         return absl::OkStatus();
+       }},
       {"log_level", "log-level", "LEVEL", "info", "trace, debug, info, warn, error or off",
        [](DaemonConfig& c, const std::string& v) {
          if (!ValidateLogLevel(v).ok()) return Bad("'" + v + "' is not a log level");
@@ -245,8 +256,8 @@ overridden by flags. Every value is checked at start; an error names the key or 
   out += R"(  --no-nvme                      no NVMe tier (same as --data "")
   --help                         this text
 
-On start it prints "kvtierd metrics on HOST:PORT" (when enabled) and "kvtierd listening on
-HOST:PORT" to stdout, then logs to stderr.
+On start it prints "kvtierd metrics on HOST:PORT" and "kvtierd ucx on HOST:PORT" (when
+enabled), then "kvtierd listening on HOST:PORT" (gRPC, last) to stdout, then logs to stderr.
 SIGTERM or SIGINT: new calls are refused, calls in flight get up to 10 s, the NVMe tier is
 flushed, and it exits 0.
 )";

@@ -24,6 +24,9 @@ struct DaemonConfig {
   std::string tls_cert;       // Default: empty (plaintext). PEM certificate chain of the server.
   std::string tls_key;        // Default: empty. PEM private key of tls_cert.
   std::string tls_client_ca;  // Default: empty. When set, clients must present a cert it signed.
+  // Default: auto. UCX data plane listener: HOST:PORT, off, or auto (the gRPC host, any free
+  // port; off when auth is on, because a UCX reader can read the whole host arena).
+  std::string ucx_listen = "auto";
   StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
   ServiceLimits limits;
 

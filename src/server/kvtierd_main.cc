@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -20,6 +22,7 @@
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
 #include "server/metrics.h"
+#include "transfer/ucx_server.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
@@ -104,6 +107,28 @@ int main(int argc, char** argv) {
       config->max_message_bytes - std::min<size_t>(config->max_message_bytes / 2, 64 << 10));
   kvtier::server::CacheServiceImpl service(store->get(), limits, metrics.get(),
                                            auth.has_value() ? &*auth : nullptr);
+  // The UCX data plane: one-sided reads of leased blocks straight from the host arena.
+  std::unique_ptr<kvtier::transfer::UcxServer> ucx;
+  std::string ucx_listen = config->ucx_listen;
+  if (ucx_listen == "auto") {
+    ucx_listen = auth.has_value() ? "off" : listen.substr(0, listen.rfind(':')) + ":0";
+  } else if (ucx_listen != "off" && auth.has_value()) {
+    spdlog::warn("kvtierd: ucx.listen is set with auth on: every client that can reach {} can "
+                 "read any block in the host arena, whatever its tenant",
+                 ucx_listen);
+  }
+  if (ucx_listen != "off") {
+    auto u = kvtier::transfer::UcxServer::Start({.listen = ucx_listen,
+                                                 .region = (*store)->host_arena_base(),
+                                                 .region_bytes = (*store)->host_arena_bytes()});
+    if (!u.ok()) {
+      spdlog::critical("ucx.listen: {}", std::string(u.status().message()));
+      return 1;
+    }
+    ucx = std::move(*u);
+    service.SetDataPlane(ucx.get());
+    std::printf("kvtierd ucx on %s:%d\n", ucx->host().c_str(), ucx->port());
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -127,6 +152,16 @@ int main(int argc, char** argv) {
   spdlog::info("kvtierd: host tier {} MiB, NVMe tier {}", so.host_bytes >> 20,
                so.nvme_path.empty() ? std::string("off") : so.nvme_path);
 
+  // Leases also end on every put and lease; this ends them on an idle daemon too, so that the
+  // pinned capacity of a client that never released comes back, and the lease gauge is right.
+  std::atomic<bool> stopping{false};
+  std::thread reaper([&] {
+    while (!stopping.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      (*store)->ExpireLeases();
+    }
+  });
+
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("kvtierd: {} received, shutting down", strsignal(sig));
@@ -137,6 +172,9 @@ int main(int argc, char** argv) {
                    (busy > 0 ? std::chrono::milliseconds(10'000) : std::chrono::milliseconds(100)));
   server->Wait();
   spdlog::debug("kvtierd: gRPC server stopped");
+  stopping.store(true);
+  reaper.join();
+  ucx.reset();  // clients' UCX reads fail from here on
   // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
   if (metrics != nullptr) metrics->DetachStore();
   service.DetachStore();

@@ -13,7 +13,8 @@
 namespace kvtier::server {
 namespace {
 
-constexpr const char* kRpcs[] = {"Put", "Get", "Lookup", "Lease", "Release", "Delete", "Stats"};
+constexpr const char* kRpcs[] = {"Put",    "Get",   "Lookup",   "Lease",
+                                 "Release", "Delete", "Stats", "DataPlane"};
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
@@ -163,6 +164,22 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::s
                             .Help("Payload bytes held for Puts being received and Gets being sent.")
                             .Register(*m->registry_)
                             .Add({});
+  auto counter = [&](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(*m->registry_).Add({});
+  };
+  m->leased_blocks_ = counter("kvtier_ucx_leased_blocks_total",
+                              "Blocks granted to one-sided (UCX) readers by leases.");
+  m->leased_bytes_ = counter("kvtier_ucx_leased_bytes_total",
+                             "Payload bytes granted to one-sided (UCX) readers by leases.");
+  m->lease_promotions_ = counter("kvtier_ucx_lease_promotions_total",
+                                 "Blocks promoted from NVMe to host RAM to be leased.");
+  m->ucx_bytes_read_ = counter("kvtier_ucx_read_bytes_total",
+                               "Bytes clients read over UCX, as they report on Release.");
+  m->lease_wait_ = &prometheus::BuildHistogram()
+                        .Name("kvtier_ucx_lease_wait_seconds")
+                        .Help("Time to grant a lease, promotions from NVMe included.")
+                        .Register(*m->registry_)
+                        .Add({}, buckets);
   auto collector = std::make_shared<StoreCollector>(store);
   m->exposer_->RegisterCollectable(m->registry_);
   m->exposer_->RegisterCollectable(collector);
@@ -180,6 +197,18 @@ void DaemonMetrics::ObserveRpc(const std::string& rpc, grpc::StatusCode code, do
 
 void DaemonMetrics::DetachStore() {
   static_cast<StoreCollector*>(store_collector_.get())->Detach();
+}
+
+void DaemonMetrics::ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted,
+                                 double seconds) {
+  leased_blocks_->Increment(static_cast<double>(blocks));
+  leased_bytes_->Increment(static_cast<double>(bytes));
+  lease_promotions_->Increment(promoted);
+  lease_wait_->Observe(seconds);
+}
+
+void DaemonMetrics::AddUcxBytesRead(uint64_t bytes) {
+  ucx_bytes_read_->Increment(static_cast<double>(bytes));
 }
 
 void DaemonMetrics::SetInflightBytes(uint64_t bytes) {

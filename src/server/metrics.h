@@ -39,6 +39,11 @@ class DaemonMetrics {
   void ObserveRpc(const std::string& rpc, grpc::StatusCode code, double seconds);
   // Payload bytes held for requests in progress.
   void SetInflightBytes(uint64_t bytes);
+  // One granted lease: its blocks and bytes, how many blocks it promoted from NVMe, and how long
+  // the caller waited for it.
+  void ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted, double seconds);
+  // Bytes a client read over UCX under a lease (reported when it releases the lease).
+  void AddUcxBytesRead(uint64_t bytes);
   // Stops reading the store (call before destroying it); the endpoint keeps serving the rest.
   void DetachStore();
 
@@ -50,6 +55,11 @@ class DaemonMetrics {
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   std::map<std::string, prometheus::Histogram*> latency_;
   prometheus::Gauge* inflight_bytes_ = nullptr;
+  prometheus::Counter* leased_blocks_ = nullptr;
+  prometheus::Counter* leased_bytes_ = nullptr;
+  prometheus::Counter* lease_promotions_ = nullptr;
+  prometheus::Counter* ucx_bytes_read_ = nullptr;
+  prometheus::Histogram* lease_wait_ = nullptr;
   int port_ = 0;
 };
 

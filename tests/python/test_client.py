@@ -63,6 +63,8 @@ class Daemon:
              "--metrics-listen", "", "--log-level", "warn", *extra],
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
+        while line.startswith("kvtierd ") and "listening on " not in line:
+            line = self.proc.stdout.readline()  # the metrics and UCX endpoints come first
         if "listening on " not in line:
             self.close()
             raise RuntimeError(f"kvtierd did not start: {line!r}")

@@ -1,0 +1,257 @@
+// CacheClient's UCX data plane: leases, one-sided reads, verification, and the fall back to gRPC.
+#include <algorithm>
+#include <cstring>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "client/internal.h"
+#include "common/checksum.h"
+#include "transfer/ucx_common.h"
+
+namespace kvtier {
+
+using client_internal::FromGrpc;
+using client_internal::Packed;
+using client_internal::TierName;
+using client_internal::WithRetries;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Attempts at a UCX read before giving up on it (a lease that ran out, a bad checksum).
+constexpr int kUcxAttempts = 3;
+// After a failed connect, how long reads go to gRPC before UCX is tried again.
+constexpr auto kReconnectPause = std::chrono::seconds(1);
+
+// The end of a lease with a safety margin for the two clocks' rates (1%) and scheduling (1 ms).
+Clock::time_point SafeEnd(const LeaseInfo& lease, Clock::time_point granted_at) {
+  const auto ttl = lease.expires - granted_at;
+  return lease.expires - ttl / 100 - std::chrono::milliseconds(1);
+}
+
+}  // namespace
+
+absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uint32_t ttl_ms) {
+  v1::LeaseRequest req;
+  req.set_tenant(options_.tenant);
+  req.set_packed_keys(Packed(keys));
+  req.set_ttl_ms(ttl_ms);
+  LeaseInfo out;
+  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+    const Clock::time_point sent = Clock::now();
+    v1::LeaseResponse res;
+    grpc::Status s = rpc_->stub->Lease(ctx, req, &res);
+    if (!s.ok()) return s;
+    if (static_cast<size_t>(res.blocks_size()) != keys.size()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          absl::StrCat("lease: ", res.blocks_size(), " blocks for ",
+                                       keys.size(), " keys"));
+    }
+    out.id = res.lease_id();
+    out.expires = sent + std::chrono::milliseconds(res.expires_in_ms());
+    out.blocks.clear();
+    for (int i = 0; i < res.blocks_size(); ++i) {
+      const v1::LeasedBlock& b = res.blocks(i);
+      out.blocks.push_back({.key = keys[i],
+                            .tier = TierName(b.tier()),
+                            .size = b.size(),
+                            .checksum = b.checksum(),
+                            .offset = b.address(),
+                            .generation = b.generation()});
+    }
+    return s;
+  });
+  if (!st.ok()) return st;
+  return out;
+}
+
+absl::Status CacheClient::Release(uint64_t lease_id, uint64_t bytes_read) {
+  v1::ReleaseRequest req;
+  req.set_tenant(options_.tenant);
+  req.set_lease_id(lease_id);
+  req.set_bytes_read(bytes_read);
+  return WithRetries(options_, [&](grpc::ClientContext* ctx) {
+    v1::ReleaseResponse res;
+    return rpc_->stub->Release(ctx, req, &res);
+  });
+}
+
+TransferStats CacheClient::transfer_stats() const {
+  return {.ucx_bytes = ucx_->ucx_bytes.load(),
+          .grpc_bytes = ucx_->grpc_bytes.load(),
+          .leases = ucx_->leases.load(),
+          .lease_retries = ucx_->lease_retries.load(),
+          .ucx_fallbacks = ucx_->ucx_fallbacks.load(),
+          .ucx_connects = ucx_->ucx_connects.load()};
+}
+
+absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan) {
+  if (!options_.use_ucx || keys.empty()) return false;
+  Ucx& u = *ucx_;
+  MutexLock lock(&u.mu);
+  if (!u.offered) return false;
+  if (u.reader == nullptr || u.reader->broken()) {
+    if (Clock::now() < u.retry_after) return false;
+    u.reader.reset();
+    v1::DataPlaneRequest req;
+    req.set_tenant(options_.tenant);
+    v1::DataPlaneResponse res;
+    absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+      return rpc_->stub->DataPlane(ctx, req, &res);
+    });
+    if (st.code() == absl::StatusCode::kUnimplemented) {
+      u.offered = false;  // a daemon without the DataPlane call
+      return false;
+    }
+    if (!st.ok()) return st;
+    if (!res.available()) {
+      u.offered = false;
+      return false;
+    }
+    transfer::RemoteRegion region{.host = res.ucx_host(),
+                                  .port = static_cast<int>(res.ucx_port()),
+                                  .packed_rkey = res.rkey(),
+                                  .base = res.arena_base(),
+                                  .bytes = res.arena_bytes()};
+    if (region.host.empty()) {
+      int unused = 0;
+      if (!transfer::SplitHostPort(options_.address, "address", &region.host, &unused).ok()) {
+        u.offered = false;
+        return false;
+      }
+    }
+    auto reader = transfer::UcxReader::Connect(
+        region, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
+    if (!reader.ok()) {
+      u.retry_after = Clock::now() + kReconnectPause;
+      u.ucx_fallbacks.fetch_add(1);
+      return false;
+    }
+    u.reader = std::move(*reader);
+    u.ucx_connects.fetch_add(1);
+  }
+
+  absl::Status last;
+  for (int attempt = 0; attempt < kUcxAttempts; ++attempt) {
+    const Clock::time_point asked = Clock::now();
+    auto lease = Lease(keys, options_.lease_ttl_ms);
+    if (!lease.ok()) {
+      // Not cached, not leasable now (the pinned-bytes cap), or a problem Get will report too.
+      return false;
+    }
+    u.leases.fetch_add(1);
+    auto release = [&](uint64_t bytes) { (void)Release(lease->id, bytes); };
+    for (const LeasedBlock& b : lease->blocks) {
+      if (b.tier != "host") {  // HBM blocks are not exported over UCX
+        release(0);
+        return false;
+      }
+    }
+    auto reads = plan(*lease);
+    if (!reads.ok()) {
+      release(0);
+      return reads.status();
+    }
+    std::vector<transfer::ReadOp> ops;
+    ops.reserve(reads->size());
+    uint64_t bytes = 0;
+    for (const BlockRead& r : *reads) {
+      ops.push_back({.offset = lease->blocks[r.block].offset + r.offset,
+                     .length = r.dst.size(),
+                     .dst = r.dst.data()});
+      bytes += r.dst.size();
+    }
+    // Reads in flight cannot be recalled without dropping the connection, so a read that ends
+    // after its lease is let finish and then discarded (the block may have been reused meanwhile).
+    const Clock::time_point safe_end = SafeEnd(*lease, asked);
+    if (Clock::now() >= safe_end) {
+      release(0);
+      last = absl::DeadlineExceededError("ucx: the lease ended before the read began");
+      u.lease_retries.fetch_add(1);
+      continue;
+    }
+    absl::Status st =
+        u.reader->Read(ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
+    const bool in_time = Clock::now() < safe_end;
+    if (!st.ok()) {
+      // The connection failed (the daemon went away, a transport error, a stuck read): gRPC
+      // serves this read, and the next one reconnects.
+      release(0);
+      u.ucx_fallbacks.fetch_add(1);
+      return false;
+    }
+    bool verified = true;
+    for (const BlockRead& r : *reads) {
+      const LeasedBlock& b = lease->blocks[r.block];
+      if (r.offset == 0 && r.dst.size() == b.size &&
+          Checksum(r.dst.data(), r.dst.size()) != b.checksum) {
+        verified = false;
+        last = absl::DataLossError(
+            absl::StrCat("ucx: block ", b.key.Hex(), " read with a wrong checksum"));
+        break;
+      }
+    }
+    release(bytes);
+    if (verified && in_time) {
+      u.ucx_bytes.fetch_add(bytes);
+      return true;
+    }
+    if (verified) {
+      last = absl::DeadlineExceededError("ucx: the lease ended before the read did");
+    }
+    u.lease_retries.fetch_add(1);
+  }
+  // Persistently wrong bytes are an error; a lease too short for the read is worth trying by gRPC.
+  if (last.code() == absl::StatusCode::kDataLoss) return last;
+  u.ucx_fallbacks.fetch_add(1);
+  return false;
+}
+
+absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads) {
+  std::vector<BlockKey> keys;
+  absl::flat_hash_map<BlockKey, size_t> index;
+  std::vector<size_t> block_of(reads.size());
+  for (size_t i = 0; i < reads.size(); ++i) {
+    auto [it, added] = index.try_emplace(reads[i].key, keys.size());
+    if (added) keys.push_back(reads[i].key);
+    block_of[i] = it->second;
+  }
+  auto out_of_range = [&](size_t i, uint64_t size) {
+    return absl::OutOfRangeError(absl::StrCat("read: ", reads[i].dst.size(), " bytes at ",
+                                              reads[i].offset, " of block ",
+                                              reads[i].key.Hex(), " (", size, " bytes)"));
+  };
+  auto used = ReadOverUcx(keys, [&](const LeaseInfo& lease)
+                                    -> absl::StatusOr<std::vector<BlockRead>> {
+    std::vector<BlockRead> plan;
+    plan.reserve(reads.size());
+    for (size_t i = 0; i < reads.size(); ++i) {
+      const uint64_t size = lease.blocks[block_of[i]].size;
+      if (reads[i].offset > size || reads[i].dst.size() > size - reads[i].offset) {
+        return out_of_range(i, size);
+      }
+      plan.push_back({.block = block_of[i], .offset = reads[i].offset, .dst = reads[i].dst});
+    }
+    return plan;
+  });
+  if (!used.ok()) return used.status();
+  if (*used) return absl::OkStatus();
+  // gRPC: whole blocks, then the ranges out of them.
+  auto blocks = Get(keys);
+  if (!blocks.ok()) return blocks.status();
+  for (size_t i = 0; i < reads.size(); ++i) {
+    const auto& b = (*blocks)[block_of[i]];
+    if (!b.has_value()) {
+      return absl::NotFoundError(absl::StrCat("read: block ", reads[i].key.Hex(), " not found"));
+    }
+    if (reads[i].offset > b->size() || reads[i].dst.size() > b->size() - reads[i].offset) {
+      return out_of_range(i, b->size());
+    }
+    std::memcpy(reads[i].dst.data(), b->data() + reads[i].offset, reads[i].dst.size());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,90 @@
+#pragma once
+// Pieces shared by the files of CacheClient (not part of its API).
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "client/cache_client.h"
+#include "common/mutex.h"
+#include "kvtier/v1/cache.grpc.pb.h"
+#include "transfer/ucx_reader.h"
+
+namespace kvtier {
+namespace client_internal {
+
+inline absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+// Keys back to back, 16 bytes each (the packed_keys form of a request).
+inline std::string Packed(std::span<const BlockKey> keys) {
+  std::string out(keys.size() * BlockKey::kBytes, '\0');
+  for (size_t i = 0; i < keys.size(); ++i) {
+    keys[i].ToBytes(reinterpret_cast<uint8_t*>(out.data()) + i * BlockKey::kBytes);
+  }
+  return out;
+}
+
+// The tier's name as the client API spells it.
+inline const char* TierName(v1::Tier t) {
+  switch (t) {
+    case v1::TIER_HBM:
+      return "hbm";
+    case v1::TIER_HOST:
+      return "host";
+    case v1::TIER_NVME:
+      return "nvme";
+    default:
+      return "unknown";
+  }
+}
+
+// Runs `attempt` (which returns a grpc::Status) until it succeeds, fails with anything but
+// UNAVAILABLE, or runs out of attempts.
+template <typename F>
+absl::Status WithRetries(const ClientOptions& o, F attempt) {
+  int64_t backoff = o.initial_backoff_ms;
+  grpc::Status s;
+  for (int i = 0; i < o.max_attempts; ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
+    if (!o.bearer_token.empty()) ctx.AddMetadata("authorization", "Bearer " + o.bearer_token);
+    s = attempt(&ctx);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    if (i + 1 < o.max_attempts) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
+      backoff *= 2;
+    }
+  }
+  return FromGrpc(s);
+}
+
+}  // namespace client_internal
+
+struct CacheClient::Rpc {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::CacheService::Stub> stub;
+  // Get, called raw (GetStream parses its responses itself).
+  std::unique_ptr<grpc::internal::RpcMethod> get_method;
+};
+
+// The UCX side of a client: one reader (reconnected when it breaks) and the transfer counters.
+struct CacheClient::Ucx {
+  Mutex mu;  // one UCX worker: one reading thread at a time
+  std::unique_ptr<transfer::UcxReader> reader ABSL_GUARDED_BY(mu);
+  bool offered ABSL_GUARDED_BY(mu) = true;  // false once the daemon said it has no data plane
+  // After a failed connect, UCX is not tried again before this (reads go to gRPC meanwhile).
+  std::chrono::steady_clock::time_point retry_after ABSL_GUARDED_BY(mu);
+  std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0},
+      ucx_fallbacks{0}, ucx_connects{0};
+};
+
+}  // namespace kvtier

@@ -1,0 +1,204 @@
+#include "transfer/ucx_reader.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::transfer {
+
+// Completion state of one Read call, shared by its requests' callbacks.
+struct UcxReader::Pending {
+  size_t outstanding = 0;
+  ucs_status_t first_error = UCS_OK;
+};
+
+namespace {
+
+void OnReadDone(void* /*request*/, ucs_status_t status, void* user_data) {
+  auto* p = static_cast<UcxReader::Pending*>(user_data);
+  if (status != UCS_OK && p->first_error == UCS_OK) p->first_error = status;
+  --p->outstanding;
+}
+
+// Progresses `worker` until `request` is complete; returns its status.
+ucs_status_t Wait(ucp_worker_h worker, ucs_status_ptr_t request) {
+  if (request == nullptr) return UCS_OK;
+  if (UCS_PTR_IS_ERR(request)) return UCS_PTR_STATUS(request);
+  ucs_status_t st;
+  while ((st = ucp_request_check_status(request)) == UCS_INPROGRESS) ucp_worker_progress(worker);
+  ucp_request_free(request);
+  return st;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion& region,
+                                                              Deadline deadline) {
+  socklen_t len = 0;
+  auto addr = ResolveAddress(region.host, region.port, false, &len);
+  if (!addr.ok()) return addr.status();
+  std::unique_ptr<UcxReader> r(new UcxReader(region));
+  auto ucx = UcxEndpointHost::Create();
+  if (!ucx.ok()) return ucx.status();
+  r->ucx_ = std::move(*ucx);
+
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&*addr);
+  ep.sockaddr.addrlen = len;
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = &UcxReader::OnError;
+  ep.err_handler.arg = r.get();
+  const std::string where = absl::StrCat(region.host, ":", region.port);
+  if (ucs_status_t st = ucp_ep_create(r->ucx_->worker(), &ep, &r->ep_); st != UCS_OK) {
+    r->ep_ = nullptr;
+    return FromUcs(st, absl::StrCat("ucx: cannot connect to ", where));
+  }
+  // The endpoint is usable once the connection is established: flush waits for that.
+  ucp_request_param_t param{};
+  ucs_status_ptr_t req = ucp_ep_flush_nbx(r->ep_, &param);
+  if (UCS_PTR_IS_PTR(req)) {
+    ucs_status_t st;
+    while ((st = ucp_request_check_status(req)) == UCS_INPROGRESS && !r->broken_) {
+      ucp_worker_progress(r->ucx_->worker());
+      if (std::chrono::steady_clock::now() > deadline) {
+        ucp_request_cancel(r->ucx_->worker(), req);
+        (void)Wait(r->ucx_->worker(), req);
+        r->Break(absl::DeadlineExceededError(absl::StrCat("ucx: connecting to ", where)));
+        return r->error_;
+      }
+    }
+    if (st == UCS_INPROGRESS) {
+      (void)Wait(r->ucx_->worker(), req);
+    } else {
+      ucp_request_free(req);
+    }
+    if (st != UCS_OK && st != UCS_INPROGRESS) {
+      return FromUcs(st, absl::StrCat("ucx: connecting to ", where));
+    }
+  } else if (UCS_PTR_IS_ERR(req)) {
+    return FromUcs(UCS_PTR_STATUS(req), absl::StrCat("ucx: connecting to ", where));
+  }
+  if (r->broken_) return r->error_;
+  if (ucs_status_t st = ucp_ep_rkey_unpack(r->ep_, region.packed_rkey.data(), &r->rkey_);
+      st != UCS_OK) {
+    r->rkey_ = nullptr;
+    return FromUcs(st, "ucx: unpacking the daemon's remote key");
+  }
+  return r;
+}
+
+void UcxReader::OnError(void* arg, ucp_ep_h, ucs_status_t status) {
+  auto* self = static_cast<UcxReader*>(arg);
+  self->broken_ = true;
+  if (self->error_.ok()) {
+    self->error_ = FromUcs(status, absl::StrCat("ucx: connection to ", self->region_.host, ":",
+                                                self->region_.port, " lost"));
+  }
+}
+
+void UcxReader::Break(const absl::Status& why) {
+  broken_ = true;
+  if (error_.ok()) error_ = why;
+  if (rkey_ != nullptr) {
+    ucp_rkey_destroy(rkey_);
+    rkey_ = nullptr;
+  }
+  CloseEndpoint();
+}
+
+void UcxReader::CloseEndpoint() {
+  if (ep_ == nullptr) return;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  (void)Wait(ucx_->worker(), ucp_ep_close_nbx(ep_, &param));  // completes every request
+  ep_ = nullptr;
+}
+
+absl::Status UcxReader::RegisterBuffer(void* data, size_t size) {
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = data;
+  mp.length = size;
+  ucp_mem_h memh = nullptr;
+  if (ucs_status_t st = ucp_mem_map(ucx_->context(), &mp, &memh); st != UCS_OK) {
+    return FromUcs(st, "ucx: registering a read buffer");
+  }
+  registered_[reinterpret_cast<uintptr_t>(data)] = {size, memh};
+  return absl::OkStatus();
+}
+
+ucp_mem_h UcxReader::MemhFor(const uint8_t* p, size_t n) const {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = registered_.upper_bound(a);
+  if (it == registered_.begin()) return nullptr;
+  --it;
+  return a + n <= it->first + it->second.first ? it->second.second : nullptr;
+}
+
+absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
+  if (broken_) return error_;
+  for (const ReadOp& op : ops) {
+    if (op.offset > region_.bytes || op.length > region_.bytes - op.offset) {
+      return absl::OutOfRangeError(absl::StrCat("ucx: read of ", op.length, " bytes at ",
+                                                op.offset, " is outside the ", region_.bytes,
+                                                "-byte region"));
+    }
+  }
+  Pending pending;
+  std::vector<void*> requests;
+  requests.reserve(ops.size());
+  for (const ReadOp& op : ops) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = &OnReadDone;
+    param.user_data = &pending;
+    if (ucp_mem_h memh = MemhFor(op.dst, op.length); memh != nullptr) {
+      param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+      param.memh = memh;
+    }
+    ucs_status_ptr_t req =
+        ucp_get_nbx(ep_, op.dst, op.length, region_.base + op.offset, rkey_, &param);
+    if (UCS_PTR_IS_ERR(req)) {
+      if (pending.first_error == UCS_OK) pending.first_error = UCS_PTR_STATUS(req);
+      break;
+    }
+    if (req != nullptr) {
+      ++pending.outstanding;
+      requests.push_back(req);
+    }
+  }
+  // Reads complete locally once their bytes have landed; a flush is not needed for gets.
+  while (pending.outstanding > 0 && pending.first_error == UCS_OK && !broken_) {
+    ucp_worker_progress(ucx_->worker());
+    if (std::chrono::steady_clock::now() > deadline) {
+      Break(absl::DeadlineExceededError(absl::StrCat("ucx: reads from ", region_.host, ":",
+                                                     region_.port, " did not finish in time")));
+      break;
+    }
+  }
+  if (pending.outstanding > 0 && !broken_) {
+    Break(FromUcs(pending.first_error, "ucx: read failed"));
+  }
+  // Break completed every request; all callbacks have run.
+  for (void* req : requests) ucp_request_free(req);
+  if (broken_) return error_;
+  if (pending.first_error != UCS_OK) {
+    Break(FromUcs(pending.first_error, "ucx: read failed"));
+    return error_;
+  }
+  return absl::OkStatus();
+}
+
+UcxReader::~UcxReader() {
+  if (ucx_ == nullptr) return;
+  if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
+  rkey_ = nullptr;
+  CloseEndpoint();
+  for (auto& [start, reg] : registered_) ucp_mem_unmap(ucx_->context(), reg.second);
+}
+
+}  // namespace kvtier::transfer
