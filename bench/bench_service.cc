@@ -5,11 +5,7 @@
 //   GB/s, ops/s, p50 and p99 latency; Lookup of an 8,192-block chain: p50/p99.
 //
 // Usage: bench_service [--quick]      Ends with one line: RESULT {json}.
-#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +17,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "bench/servers.h"
 #include "client/cache_client.h"
 #include "common/logging.h"
 #include "testing/daemon_process.h"
@@ -38,18 +35,6 @@ double Percentile(std::vector<double>& v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
-}
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
 }
 
 // Runs `op(thread, i)` on `clients` threads for `seconds` (each at most `max_ops` times); each op
@@ -94,17 +79,13 @@ std::string SizeName(size_t size) {
 int Main(int argc, char** argv) {
   (void)InitLogging("warn");
   bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else if (std::strcmp(argv[i], "--help") == 0) {
-      std::printf("usage: bench_service [--quick]\n  Starts kvtierd and redis-server on loopback "
-                  "and compares them. --quick: under a minute.\n");
-      return 0;
-    } else {
-      std::fprintf(stderr, "bench_service: unknown argument '%s'\n", argv[i]);
-      return 2;
-    }
+  if (int rc = ParseBenchFlags(
+          argc, argv, "bench_service",
+          "  Starts kvtierd and redis-server on loopback and compares them. --quick: under a\n"
+          "  minute.\n",
+          &quick);
+      rc >= 0) {
+    return rc;
   }
   const double phase_s = quick ? 1.0 : 4.0;
   testing::TempDir dir;
@@ -116,33 +97,17 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "bench_service: kvtierd did not start\n");
     return 1;
   }
-  const int redis_port = FreePort();
-  testing::DaemonProcess redis(
-      "/usr/bin/redis-server",
-      {"--port", std::to_string(redis_port), "--bind", "127.0.0.1", "--save", "",
-       "--appendonly", "no", "--protected-mode", "no", "--dir", dir.path(), "--loglevel",
-       "warning", "--logfile", "", "--daemonize", "no"},
-      std::chrono::seconds(10));
-  // redis-server says "Ready to accept connections" on stdout rather than "listening on": wait
-  // for its port instead.
-  redisContext* probe = nullptr;
-  for (int i = 0; i < 100; ++i) {
-    probe = redisConnect("127.0.0.1", redis_port);
-    if (probe != nullptr && probe->err == 0) break;
-    if (probe != nullptr) redisFree(probe);
-    probe = nullptr;
-    usleep(50'000);
-  }
-  if (probe == nullptr) {
+  RedisServer redis = StartRedis(dir.path());
+  if (redis.process == nullptr) {
     std::fprintf(stderr, "bench_service: redis-server did not start (is it installed?)\n");
     return 1;
   }
-  redisFree(probe);
+  const int redis_port = redis.port;
 
   Result result;
   std::printf("%-8s %-3s %-4s | %10s %10s %9s %9s | %10s %10s %9s %9s | %s\n", "size", "cli", "op",
-              "kvtier GB/s", "ops/s", "p50 us", "p99 us", "redis GB/s", "ops/s", "p50 us",
-              "p99 us", "kvtier/redis");
+              "kvtier GB/s", "ops/s", "p50 us", "p99 us", "redis GB/s", "ops/s", "p50 us", "p99 us",
+              "kvtier/redis");
   for (size_t size : {size_t{256} << 10, size_t{1} << 20, size_t{4} << 20}) {
     const size_t keys = std::max<size_t>(32, (256u << 20) / size);  // 256 MiB working set
     std::vector<std::vector<uint8_t>> payloads;
@@ -152,7 +117,11 @@ int Main(int argc, char** argv) {
       std::vector<redisContext*> rc;
       for (int t = 0; t < clients; ++t) {
         kv.push_back(std::move(*CacheClient::Create(
-            {.address = kvtierd.address(), .tenant = "bench", .max_message_bytes = 256 << 20})));
+            // The gRPC path: this benchmark measures Get, not the UCX data plane.
+            {.address = kvtierd.address(),
+             .tenant = "bench",
+             .max_message_bytes = 256 << 20,
+             .use_ucx = false})));
         rc.push_back(redisConnect("127.0.0.1", redis_port));
       }
       // Keys are per size and client count, so every put stores a new block.
@@ -165,8 +134,8 @@ int Main(int argc, char** argv) {
       auto redis_put = [&](int t, size_t i) {
         const size_t k = (i * clients + t) % keys;
         const std::string key = std::to_string(base + k + i * keys);
-        auto* r = static_cast<redisReply*>(redisCommand(rc[t], "SET %b %b", key.data(), key.size(),
-                                                        payloads[k % 8].data(), size));
+        auto* r = static_cast<redisReply*>(
+            redisCommand(rc[t], "SET %b %b", key.data(), key.size(), payloads[k % 8].data(), size));
         const bool ok = r != nullptr && r->type == REDIS_REPLY_STATUS;
         if (r != nullptr) freeReplyObject(r);
         return ok;
@@ -200,9 +169,10 @@ int Main(int argc, char** argv) {
       Figures kg = Drive("kvtier get", clients, phase_s, size, SIZE_MAX, kv_get);
       Figures rg = Drive("redis get", clients, phase_s, size, SIZE_MAX, redis_get);
       for (auto [op, k, r] : {std::tuple{"put", kp, rp}, std::tuple{"get", kg, rg}}) {
-        std::printf("%-8s %-3d %-4s | %10.2f %10.0f %9.0f %9.0f | %10.2f %10.0f %9.0f %9.0f | %.2f\n",
-                    SizeName(size).c_str(), clients, op, k.gbps, k.ops, k.p50_us, k.p99_us,
-                    r.gbps, r.ops, r.p50_us, r.p99_us, k.gbps / r.gbps);
+        std::printf(
+            "%-8s %-3d %-4s | %10.2f %10.0f %9.0f %9.0f | %10.2f %10.0f %9.0f %9.0f | %.2f\n",
+            SizeName(size).c_str(), clients, op, k.gbps, k.ops, k.p50_us, k.p99_us, r.gbps, r.ops,
+            r.p50_us, r.p99_us, k.gbps / r.gbps);
         if (clients == 8) {
           result.Add(std::string("kvtier_") + op + "_gbps_" + SizeName(size), k.gbps);
           result.Add(std::string("redis_") + op + "_gbps_" + SizeName(size), r.gbps);

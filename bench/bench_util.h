@@ -11,8 +11,7 @@
 namespace kvtier::bench {
 
 inline double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 inline double Median(std::vector<double> v) {
@@ -20,6 +19,26 @@ inline double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Parses the only flags a benchmark takes: --quick and --help (which prints `usage`). Returns -1
+// to go on, else the exit code (0 after --help, 2 for an unknown argument).
+inline int ParseBenchFlags(int argc, char** argv, const char* name, const char* usage,
+                           bool* quick) {
+  *quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      *quick = true;
+    } else if (arg == "--help") {
+      std::printf("usage: %s [--quick]\n%s", name, usage);
+      return 0;
+    } else {
+      std::fprintf(stderr, "%s: unknown argument '%s'\n", name, argv[i]);
+      return 2;
+    }
+  }
+  return -1;
 }
 
 // Ordered key -> number pairs printed as `RESULT {json}`.

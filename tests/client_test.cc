@@ -1,10 +1,9 @@
 // The C++ client library against a real kvtierd.
-#include "client/cache_client.h"
-
 #include <gtest/gtest.h>
 
 #include <chrono>
 
+#include "client/cache_client.h"
 #include "kvtier/v1/cache.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/test_util.h"
@@ -35,9 +34,9 @@ class ClientTest : public ::testing::Test {
 
 TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   const KvLayout layout = KvLayout::SmallGqa();
-  auto hasher = ChainHasher::Create({.tenant_salt = "s", .model_id = "m",
-                                     .layout_fingerprint = layout.Fingerprint()},
-                                    layout.block_tokens);
+  auto hasher = ChainHasher::Create(
+      {.tenant_salt = "s", .model_id = "m", .layout_fingerprint = layout.Fingerprint()},
+      layout.block_tokens);
   ASSERT_TRUE(hasher.ok());
   std::vector<uint32_t> prompt(16 * 5 + 7);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<uint32_t>(i * 7919);
@@ -119,8 +118,8 @@ TEST(ClientChunks, BlocksLargerThanOneMessage) {
                        {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "64",
                         "--max-message-mib", "1", "--log-level", "warn"});
   ASSERT_FALSE(daemon.address().empty());
-  auto c = CacheClient::Create(
-      {.address = daemon.address(), .tenant = "t", .chunk_bytes = 256 << 10});
+  auto c =
+      CacheClient::Create({.address = daemon.address(), .tenant = "t", .chunk_bytes = 256 << 10});
   ASSERT_TRUE(c.ok()) << c.status();
   const std::vector<uint8_t> big = testing::TestBlock(9, (3 << 20) + 12345);
   const BlockToPut block{BlockKey{9, 9}, BlockKey{}, big};
@@ -138,8 +137,11 @@ TEST(ClientErrors, BadOptionsAndAnAbsentDaemon) {
   EXPECT_EQ(CacheClient::Create({.address = "127.0.0.1:1"}).status().code(),
             absl::StatusCode::kInvalidArgument);
   // Port 1 on loopback: nothing listens there. UNAVAILABLE after bounded retries.
-  auto c = CacheClient::Create({.address = "127.0.0.1:1", .tenant = "t", .deadline_ms = 500,
-                                .max_attempts = 3, .initial_backoff_ms = 10});
+  auto c = CacheClient::Create({.address = "127.0.0.1:1",
+                                .tenant = "t",
+                                .deadline_ms = 500,
+                                .max_attempts = 3,
+                                .initial_backoff_ms = 10});
   ASSERT_TRUE(c.ok());
   const auto t0 = std::chrono::steady_clock::now();
   const BlockKey key{1, 1};

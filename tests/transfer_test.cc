@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <random>
@@ -45,9 +46,14 @@ class TransferTest : public ::testing::TestWithParam<const char*> {
     ASSERT_FALSE(daemon_->AddressOf("ucx").empty()) << daemon_->output();
   }
 
-  std::unique_ptr<CacheClient> Client(ClientOptions o = {}) {
+  bool tcp() const { return !std::string(GetParam()).empty(); }
+
+  // With UCX_TLS=tcp, UCX can only emulate one-sided reads; the tests use them anyway (they are
+  // what crosses hosts without RDMA) unless `software_rma` is false, the client's default.
+  std::unique_ptr<CacheClient> Client(ClientOptions o = {}, bool software_rma = true) {
     o.address = daemon_->address();
     o.tenant = "t";
+    o.ucx_software_rma = software_rma;
     auto c = CacheClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
@@ -57,7 +63,8 @@ class TransferTest : public ::testing::TestWithParam<const char*> {
   std::vector<std::vector<uint8_t>> PutBlocks(CacheClient& c, uint64_t id, size_t n) {
     std::vector<std::vector<uint8_t>> payloads;
     std::vector<BlockToPut> blocks;
-    for (size_t i = 0; i < n; ++i) payloads.push_back(testing::TestBlock(id * 1000 + i, kBlockBytes));
+    for (size_t i = 0; i < n; ++i)
+      payloads.push_back(testing::TestBlock(id * 1000 + i, kBlockBytes));
     for (size_t i = 0; i < n; ++i) {
       blocks.push_back({BlockKey{id, i}, i == 0 ? BlockKey{} : BlockKey{id, i - 1}, payloads[i]});
     }
@@ -236,6 +243,41 @@ TEST_P(TransferTest, DaemonKilledMidTransferGivesErrorsNotWrongBytes) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(failed.load(), 0);  // the reads after the kill failed
+}
+
+TEST_P(TransferTest, AReaderKilledMidReadLeavesTheDaemonServing) {
+  // With default client options. Over TCP the client then reads through gRPC: UCX 1.13 would
+  // emulate the reads with replies from the daemon, and a reply to a dead reader aborts it.
+  // The reader is a child process (forked before this process touches gRPC or UCX).
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto c = Client({}, false);
+    const auto payloads = PutBlocks(*c, 8, 32);
+    std::vector<std::vector<uint8_t>> bufs(32, std::vector<uint8_t>(kBlockBytes));
+    std::vector<BlockKey> keys;
+    std::vector<std::span<uint8_t>> dst;
+    for (size_t i = 0; i < 32; ++i) {
+      keys.push_back(BlockKey{8, i});
+      dst.push_back(bufs[i]);
+    }
+    for (int i = 0; i < 100'000; ++i) (void)c->GetInto(keys, dst);  // until killed
+    _exit(0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  // The daemon still serves (the dead reader's lease runs out on its own).
+  auto c = Client({}, false);
+  const auto payloads = PutBlocks(*c, 9, 4);
+  std::vector<uint8_t> buf(kBlockBytes);
+  const BlockKey key{9, 3};
+  const std::span<uint8_t> dst[] = {buf};
+  auto sizes = c->GetInto(std::span(&key, 1), dst);
+  ASSERT_TRUE(sizes.ok()) << sizes.status();
+  EXPECT_EQ(buf, payloads[3]);
+  EXPECT_EQ(c->transfer_stats().ucx_bytes, tcp() ? 0 : kBlockBytes);
+  EXPECT_EQ(c->transfer_stats().grpc_bytes, tcp() ? kBlockBytes : 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("", "tcp"),

@@ -682,7 +682,8 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
   KVTIER_ASSIGN_OR_RETURN(s.host, HostArena::Create(HostArenaOptions{
                                       .bytes = options.host_bytes,
                                       .hugepages = options.host_hugepages,
-                                      .lock = options.host_lock}));
+                                      .lock = options.host_lock,
+                                      .provider = options.host_memory}));
   s.host_base = s.host->base();
   MutexLock l(&s.mu);
   s.host_alloc = std::make_unique<SlabAllocator>(options.host_bytes, slab);

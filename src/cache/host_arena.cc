@@ -16,9 +16,13 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(const HostArenaOpti
   const size_t size = (options.bytes + kHuge - 1) / kHuge * kHuge;
   void* p = MAP_FAILED;
   bool hugetlb = false;
-  if (options.hugepages) {
-    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB,
-             -1, 0);
+  if (options.provider) {
+    auto provided = options.provider(size);
+    if (!provided.ok()) return provided.status();
+    p = *provided;
+  } else if (options.hugepages) {
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1,
+             0);
     hugetlb = p != MAP_FAILED;
   }
   if (p == MAP_FAILED) {
@@ -46,9 +50,11 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(const HostArenaOpti
     madvise(p, size, MADV_WILLNEED);
   }
   return std::unique_ptr<HostArena>(
-      new HostArena(static_cast<uint8_t*>(p), size, hugetlb, locked));
+      new HostArena(static_cast<uint8_t*>(p), size, hugetlb, locked, !options.provider));
 }
 
-HostArena::~HostArena() { munmap(base_, size_); }
+HostArena::~HostArena() {
+  if (owned_) munmap(base_, size_);
+}
 
 }  // namespace kvtier

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -17,6 +18,11 @@ struct HostArenaOptions {
   size_t bytes = size_t{1} << 30;  // Default: 1 GiB. Rounded up to a 2 MiB multiple.
   bool hugepages = true;           // Default: true. Try MAP_HUGETLB, then THP (madvise).
   bool lock = true;                // Default: true. mlock the arena; warn if not permitted.
+  // Default: none (the anonymous mapping above). Where the memory comes from instead: for
+  // example the UCX data plane, which allocates memory that readers on the same host can map.
+  // Returns `bytes` of zero-filled memory that outlives the arena; `hugepages` is then the
+  // provider's business.
+  std::function<absl::StatusOr<uint8_t*>(size_t bytes)> provider;
 };
 
 class HostArena {
@@ -35,12 +41,13 @@ class HostArena {
   bool locked() const { return locked_; }
 
  private:
-  HostArena(uint8_t* base, size_t size, bool hugetlb, bool locked)
-      : base_(base), size_(size), hugetlb_(hugetlb), locked_(locked) {}
+  HostArena(uint8_t* base, size_t size, bool hugetlb, bool locked, bool owned)
+      : base_(base), size_(size), hugetlb_(hugetlb), locked_(locked), owned_(owned) {}
   uint8_t* base_;
   size_t size_;
   bool hugetlb_;
   bool locked_;
+  bool owned_;  // mapped here (else the provider's)
 };
 
 }  // namespace kvtier

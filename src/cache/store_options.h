@@ -4,9 +4,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/clock.h"
 
 namespace rocksdb {
@@ -26,6 +28,9 @@ struct StoreOptions {
   size_t host_bytes = size_t{1} << 30;  // Default: 1 GiB. Size of the host arena.
   bool host_hugepages = true;           // Default: true. Back the arena with 2 MiB pages.
   bool host_lock = true;                // Default: true. mlock the arena (warns if not permitted).
+  // Default: none. Where the arena's memory comes from, when not from an anonymous mapping
+  // (HostArenaOptions::provider): kvtierd lets its UCX data plane allocate it.
+  std::function<absl::StatusOr<uint8_t*>(size_t bytes)> host_memory;
   // Largest block accepted; also the slab size of the tier allocators. Default: 8 MiB.
   size_t max_block_bytes = size_t{8} << 20;
 

@@ -10,9 +10,9 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "client/internal.h"
 #include "common/checksum.h"
 #include "common/grpc_tuning.h"
-#include "client/internal.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
@@ -40,7 +40,12 @@ void ToProto(const KvLayout& l, v1::KvLayout* p) {
 }  // namespace
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
-CacheClient::~CacheClient() = default;
+CacheClient::~CacheClient() {
+  // Background releases hold pointers into this client: wait for them (each has a deadline).
+  if (ucx_ == nullptr) return;
+  std::unique_lock lock(ucx_->release_mu);
+  ucx_->release_done.wait(lock, [this] { return ucx_->releases_in_flight == 0; });
+}
 
 absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("client: address must be set");
@@ -79,11 +84,9 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   c->rpc_->channel = grpc::CreateCustomChannel(options.address, creds, args);
   c->rpc_->stub = v1::CacheService::NewStub(c->rpc_->channel);
   c->rpc_->get_method = std::make_unique<grpc::internal::RpcMethod>(
-      "/kvtier.v1.CacheService/Get", grpc::internal::RpcMethod::SERVER_STREAMING,
-      c->rpc_->channel);
+      "/kvtier.v1.CacheService/Get", grpc::internal::RpcMethod::SERVER_STREAMING, c->rpc_->channel);
   return c;
 }
-
 
 absl::StatusOr<PutResult> CacheClient::Put(std::span<const BlockToPut> blocks, bool durable,
                                            const KvLayout* layout) {
@@ -170,8 +173,8 @@ class GetReceiver {
         }
         if (!in.ReadVarint32(&len)) return Malformed();
         if (len > dst_.size() - filled_) {
-          return absl::InternalError(absl::StrCat("get: more bytes than announced for block ",
-                                                  Current()));
+          return absl::InternalError(
+              absl::StrCat("get: more bytes than announced for block ", Current()));
         }
         if (!in.ReadRaw(dst_.data() + filled_, static_cast<int>(len))) return Malformed();
         filled_ += len;
@@ -269,13 +272,13 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
 absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
     std::span<const BlockKey> keys) {
   std::vector<std::optional<std::vector<uint8_t>>> out(keys.size());
-  absl::Status st = GetStream(keys, [&](size_t i, std::optional<size_t> size)
-                                        -> absl::StatusOr<std::span<uint8_t>> {
-    out[i].reset();
-    if (!size.has_value()) return std::span<uint8_t>();
-    out[i].emplace(*size);
-    return std::span(*out[i]);
-  });
+  absl::Status st = GetStream(
+      keys, [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
+        out[i].reset();
+        if (!size.has_value()) return std::span<uint8_t>();
+        out[i].emplace(*size);
+        return std::span(*out[i]);
+      });
   if (!st.ok()) return st;
   return out;
 }
@@ -297,29 +300,29 @@ absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
   }
   std::vector<std::optional<size_t>> sizes(keys.size());
   // UCX when the daemon offers it (leases need distinct keys, and every block cached).
-  if (options_.use_ucx && absl::flat_hash_set<BlockKey>(keys.begin(), keys.end()).size() ==
-                              keys.size()) {
-    auto used = ReadOverUcx(keys, [&](const LeaseInfo& lease)
-                                      -> absl::StatusOr<std::vector<BlockRead>> {
-      std::vector<BlockRead> reads;
-      for (size_t i = 0; i < keys.size(); ++i) {
-        const uint64_t size = lease.blocks[i].size;
-        if (size > dst[i].size()) return TooSmall(keys[i], size, dst[i].size());
-        sizes[i] = size;
-        reads.push_back({.block = i, .offset = 0, .dst = dst[i].first(size)});
-      }
-      return reads;
-    });
+  if (options_.use_ucx &&
+      absl::flat_hash_set<BlockKey>(keys.begin(), keys.end()).size() == keys.size()) {
+    auto used =
+        ReadOverUcx(keys, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
+          std::vector<BlockRead> reads;
+          for (size_t i = 0; i < keys.size(); ++i) {
+            const uint64_t size = lease.blocks[i].size;
+            if (size > dst[i].size()) return TooSmall(keys[i], size, dst[i].size());
+            sizes[i] = size;
+            reads.push_back({.block = i, .offset = 0, .dst = dst[i].first(size)});
+          }
+          return reads;
+        });
     if (!used.ok()) return used.status();
     if (*used) return sizes;
   }
-  absl::Status st = GetStream(keys, [&](size_t i, std::optional<size_t> size)
-                                        -> absl::StatusOr<std::span<uint8_t>> {
-    sizes[i] = size;
-    if (!size.has_value()) return std::span<uint8_t>();
-    if (*size > dst[i].size()) return TooSmall(keys[i], *size, dst[i].size());
-    return dst[i].first(*size);
-  });
+  absl::Status st = GetStream(
+      keys, [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
+        sizes[i] = size;
+        if (!size.has_value()) return std::span<uint8_t>();
+        if (*size > dst[i].size()) return TooSmall(keys[i], *size, dst[i].size());
+        return dst[i].first(*size);
+      });
   if (!st.ok()) return st;
   return sizes;
 }

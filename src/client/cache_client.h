@@ -24,14 +24,14 @@
 namespace kvtier {
 
 struct ClientOptions {
-  std::string address;            // Required. host:port of kvtierd.
-  std::string tenant;             // Required. Names the key space.
-  int64_t deadline_ms = 30'000;   // Default: 30 s. Per attempt.
-  int max_attempts = 4;           // Default: 4. Attempts for UNAVAILABLE.
-  int64_t initial_backoff_ms = 50;  // Default: 50 ms, doubled after each failed attempt.
-  size_t chunk_bytes = 1 << 20;   // Default: 1 MiB. Payload bytes per Put message.
+  std::string address;                  // Required. host:port of kvtierd.
+  std::string tenant;                   // Required. Names the key space.
+  int64_t deadline_ms = 30'000;         // Default: 30 s. Per attempt.
+  int max_attempts = 4;                 // Default: 4. Attempts for UNAVAILABLE.
+  int64_t initial_backoff_ms = 50;      // Default: 50 ms, doubled after each failed attempt.
+  size_t chunk_bytes = 1 << 20;         // Default: 1 MiB. Payload bytes per Put message.
   size_t max_message_bytes = 64 << 20;  // Default: 64 MiB. Largest message accepted.
-  std::string bearer_token;  // Default: none. Sent as `authorization: Bearer <token>`.
+  std::string bearer_token;             // Default: none. Sent as `authorization: Bearer <token>`.
   // TLS: set tls_ca_pem (the CA that signed the daemon's certificate) to use TLS; add a client
   // certificate and key for mutual TLS. PEM text, not file names.
   std::string tls_ca_pem;
@@ -41,6 +41,11 @@ struct ClientOptions {
   // Default: true. Reads blocks with one-sided UCX gets when the daemon offers a data plane
   // (CacheService.DataPlane), and with gRPC Get when it does not or UCX fails.
   bool use_ucx = true;
+  // Default: false. Also use UCX where it can only emulate one-sided reads with messages that
+  // the daemon answers (TCP without RDMA; UcxReader::one_sided). UCX 1.13 may then abort the
+  // daemon when a reader dies in the middle of a read, so only turn this on where readers are
+  // trusted not to (and TCP's speed is wanted from UCX rather than gRPC).
+  bool ucx_software_rma = false;
   uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
 };
 
@@ -115,8 +120,8 @@ class CacheClient {
   absl::StatusOr<std::vector<std::optional<size_t>>> GetInto(
       std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst);
   // Where block `i` goes, once its size is known (nullopt: not cached; return an empty span).
-  using PlaceFn = absl::FunctionRef<absl::StatusOr<std::span<uint8_t>>(
-      size_t i, std::optional<size_t> size)>;
+  using PlaceFn =
+      absl::FunctionRef<absl::StatusOr<std::span<uint8_t>>(size_t i, std::optional<size_t> size)>;
   // The core of Get and GetInto: streams the blocks of `keys`, each into the place `place` picks,
   // and verifies each against its checksum.
   absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place);
@@ -130,6 +135,11 @@ class CacheClient {
   absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms = 0);
   // `bytes_read` is reported to the daemon's metrics.
   absl::Status Release(uint64_t lease_id, uint64_t bytes_read = 0);
+
+  // Registers a buffer that reads will land in, once, so UCX reads into it need no per-read
+  // registration (done when the data plane connects; a no-op without one). The buffer must
+  // outlive the client.
+  void RegisterBuffer(std::span<uint8_t> buffer);
 
   TransferStats transfer_stats() const;
 
@@ -158,6 +168,8 @@ class CacheClient {
   // read) when the caller should use gRPC instead: no data plane, a block not cached or not in
   // host RAM, UCX failing.
   absl::StatusOr<bool> ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan);
+  // Release without waiting for the answer.
+  void ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read);
   ClientOptions options_;
   std::unique_ptr<Rpc> rpc_;
   std::unique_ptr<Ucx> ucx_;

@@ -45,9 +45,9 @@ absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uin
     grpc::Status s = rpc_->stub->Lease(ctx, req, &res);
     if (!s.ok()) return s;
     if (static_cast<size_t>(res.blocks_size()) != keys.size()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL,
-                          absl::StrCat("lease: ", res.blocks_size(), " blocks for ",
-                                       keys.size(), " keys"));
+      return grpc::Status(
+          grpc::StatusCode::INTERNAL,
+          absl::StrCat("lease: ", res.blocks_size(), " blocks for ", keys.size(), " keys"));
     }
     out.id = res.lease_id();
     out.expires = sent + std::chrono::milliseconds(res.expires_in_ms());
@@ -67,6 +67,34 @@ absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uin
   return out;
 }
 
+void CacheClient::ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read) {
+  // Nobody waits for it: a lost Release costs only the lease's TTL of pinned memory.
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::ReleaseRequest req;
+    v1::ReleaseResponse res;
+  };
+  auto* call = new Call;
+  call->ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(options_.deadline_ms));
+  if (!options_.bearer_token.empty()) {
+    call->ctx.AddMetadata("authorization", "Bearer " + options_.bearer_token);
+  }
+  call->req.set_tenant(options_.tenant);
+  call->req.set_lease_id(lease_id);
+  call->req.set_bytes_read(bytes_read);
+  {
+    std::lock_guard lock(ucx_->release_mu);
+    ++ucx_->releases_in_flight;
+  }
+  rpc_->stub->async()->Release(&call->ctx, &call->req, &call->res,
+                               [call, u = ucx_.get()](const grpc::Status&) {
+                                 delete call;
+                                 std::lock_guard lock(u->release_mu);
+                                 if (--u->releases_in_flight == 0) u->release_done.notify_all();
+                               });
+}
+
 absl::Status CacheClient::Release(uint64_t lease_id, uint64_t bytes_read) {
   v1::ReleaseRequest req;
   req.set_tenant(options_.tenant);
@@ -76,6 +104,14 @@ absl::Status CacheClient::Release(uint64_t lease_id, uint64_t bytes_read) {
     v1::ReleaseResponse res;
     return rpc_->stub->Release(ctx, req, &res);
   });
+}
+
+void CacheClient::RegisterBuffer(std::span<uint8_t> buffer) {
+  MutexLock lock(&ucx_->mu);
+  ucx_->buffers.push_back(buffer);
+  if (ucx_->reader != nullptr && !ucx_->reader->broken()) {
+    (void)ucx_->reader->RegisterBuffer(buffer.data(), buffer.size());
+  }
 }
 
 TransferStats CacheClient::transfer_stats() const {
@@ -98,9 +134,8 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     v1::DataPlaneRequest req;
     req.set_tenant(options_.tenant);
     v1::DataPlaneResponse res;
-    absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
-      return rpc_->stub->DataPlane(ctx, req, &res);
-    });
+    absl::Status st = WithRetries(
+        options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->DataPlane(ctx, req, &res); });
     if (st.code() == absl::StatusCode::kUnimplemented) {
       u.offered = false;  // a daemon without the DataPlane call
       return false;
@@ -129,8 +164,18 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       u.ucx_fallbacks.fetch_add(1);
       return false;
     }
+    if (!(*reader)->one_sided() && !options_.ucx_software_rma) {
+      u.offered = false;  // emulated reads only (see ClientOptions::ucx_software_rma): use gRPC
+      return false;
+    }
     u.reader = std::move(*reader);
     u.ucx_connects.fetch_add(1);
+    for (std::span<uint8_t> b : u.buffers) {
+      if (absl::Status st = u.reader->RegisterBuffer(b.data(), b.size()); !st.ok()) {
+        u.buffers.clear();  // reads still work, each registered by UCX as it goes
+        break;
+      }
+    }
   }
 
   absl::Status last;
@@ -142,7 +187,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       return false;
     }
     u.leases.fetch_add(1);
-    auto release = [&](uint64_t bytes) { (void)Release(lease->id, bytes); };
+    auto release = [&](uint64_t bytes) { ReleaseInBackground(lease->id, bytes); };
     for (const LeasedBlock& b : lease->blocks) {
       if (b.tier != "host") {  // HBM blocks are not exported over UCX
         release(0);
@@ -156,11 +201,16 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     }
     std::vector<transfer::ReadOp> ops;
     ops.reserve(reads->size());
+    std::vector<uint64_t> sums(reads->size());
     uint64_t bytes = 0;
-    for (const BlockRead& r : *reads) {
-      ops.push_back({.offset = lease->blocks[r.block].offset + r.offset,
+    for (size_t i = 0; i < reads->size(); ++i) {
+      const BlockRead& r = (*reads)[i];
+      const LeasedBlock& b = lease->blocks[r.block];
+      const bool whole = r.offset == 0 && r.dst.size() == b.size;  // verifiable
+      ops.push_back({.offset = b.offset + r.offset,
                      .length = r.dst.size(),
-                     .dst = r.dst.data()});
+                     .dst = r.dst.data(),
+                     .checksum = whole ? &sums[i] : nullptr});
       bytes += r.dst.size();
     }
     // Reads in flight cannot be recalled without dropping the connection, so a read that ends
@@ -174,6 +224,15 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     }
     absl::Status st =
         u.reader->Read(ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
+    bool verified = true;
+    for (size_t i = 0; i < ops.size() && st.ok() && verified; ++i) {
+      const LeasedBlock& b = lease->blocks[(*reads)[i].block];
+      if (ops[i].checksum != nullptr && sums[i] != b.checksum) {
+        verified = false;
+        last = absl::DataLossError(
+            absl::StrCat("ucx: block ", b.key.Hex(), " read with a wrong checksum"));
+      }
+    }
     const bool in_time = Clock::now() < safe_end;
     if (!st.ok()) {
       // The connection failed (the daemon went away, a transport error, a stuck read): gRPC
@@ -181,17 +240,6 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       release(0);
       u.ucx_fallbacks.fetch_add(1);
       return false;
-    }
-    bool verified = true;
-    for (const BlockRead& r : *reads) {
-      const LeasedBlock& b = lease->blocks[r.block];
-      if (r.offset == 0 && r.dst.size() == b.size &&
-          Checksum(r.dst.data(), r.dst.size()) != b.checksum) {
-        verified = false;
-        last = absl::DataLossError(
-            absl::StrCat("ucx: block ", b.key.Hex(), " read with a wrong checksum"));
-        break;
-      }
     }
     release(bytes);
     if (verified && in_time) {
@@ -220,22 +268,22 @@ absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads) {
   }
   auto out_of_range = [&](size_t i, uint64_t size) {
     return absl::OutOfRangeError(absl::StrCat("read: ", reads[i].dst.size(), " bytes at ",
-                                              reads[i].offset, " of block ",
-                                              reads[i].key.Hex(), " (", size, " bytes)"));
+                                              reads[i].offset, " of block ", reads[i].key.Hex(),
+                                              " (", size, " bytes)"));
   };
-  auto used = ReadOverUcx(keys, [&](const LeaseInfo& lease)
-                                    -> absl::StatusOr<std::vector<BlockRead>> {
-    std::vector<BlockRead> plan;
-    plan.reserve(reads.size());
-    for (size_t i = 0; i < reads.size(); ++i) {
-      const uint64_t size = lease.blocks[block_of[i]].size;
-      if (reads[i].offset > size || reads[i].dst.size() > size - reads[i].offset) {
-        return out_of_range(i, size);
-      }
-      plan.push_back({.block = block_of[i], .offset = reads[i].offset, .dst = reads[i].dst});
-    }
-    return plan;
-  });
+  auto used =
+      ReadOverUcx(keys, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
+        std::vector<BlockRead> plan;
+        plan.reserve(reads.size());
+        for (size_t i = 0; i < reads.size(); ++i) {
+          const uint64_t size = lease.blocks[block_of[i]].size;
+          if (reads[i].offset > size || reads[i].dst.size() > size - reads[i].offset) {
+            return out_of_range(i, size);
+          }
+          plan.push_back({.block = block_of[i], .offset = reads[i].offset, .dst = reads[i].dst});
+        }
+        return plan;
+      });
   if (!used.ok()) return used.status();
   if (*used) return absl::OkStatus();
   // gRPC: whole blocks, then the ranges out of them.

@@ -5,10 +5,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "client/cache_client.h"
@@ -83,8 +86,14 @@ struct CacheClient::Ucx {
   bool offered ABSL_GUARDED_BY(mu) = true;  // false once the daemon said it has no data plane
   // After a failed connect, UCX is not tried again before this (reads go to gRPC meanwhile).
   std::chrono::steady_clock::time_point retry_after ABSL_GUARDED_BY(mu);
-  std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0},
-      ucx_fallbacks{0}, ucx_connects{0};
+  // Buffers to register with every reader (RegisterBuffer).
+  std::vector<std::span<uint8_t>> buffers ABSL_GUARDED_BY(mu);
+  std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0}, ucx_fallbacks{0},
+      ucx_connects{0};
+  // Releases sent without waiting (ReleaseInBackground); the client waits for them to end.
+  std::mutex release_mu;
+  std::condition_variable release_done;
+  int releases_in_flight = 0;  // guarded by release_mu
 };
 
 }  // namespace kvtier

@@ -1,15 +1,14 @@
 #include "server/cache_service.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/support/method_handler.h>
 #include <xxhash.h>
 
 #include <chrono>
 #include <cstring>
 #include <optional>
-
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
-#include <google/protobuf/wire_format_lite.h>
-#include <grpcpp/support/method_handler.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
@@ -331,9 +330,8 @@ grpc::ByteBuffer Serialized(const v1::GetResponse& msg) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<grpc::ByteBuffer>> CacheServiceImpl::GetResponseFor(const v1::GetRequest& request,
-                                                                  size_t i, const BlockKey& key,
-                                                                  const BlockInfo& info) {
+absl::StatusOr<std::vector<grpc::ByteBuffer>> CacheServiceImpl::GetResponseFor(
+    const v1::GetRequest& request, size_t i, const BlockKey& key, const BlockInfo& info) {
   v1::GetResponse head;
   head.mutable_header()->set_key(KeyBytes(request, i));
   head.set_found(true);
@@ -343,10 +341,10 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> CacheServiceImpl::GetResponseFor(c
       head.mutable_header()->set_size(pinned->size);
       head.mutable_header()->set_checksum(pinned->checksum);
       const std::string prefix = ResponsePrefix(head, pinned->size);
-      grpc::Slice slices[2] = {
-          grpc::Slice(prefix),
-          grpc::Slice(const_cast<uint8_t*>(pinned->data), pinned->size,
-                      &PinnedSlice<PinLedger>::Release, new PinnedSlice<PinLedger>{pins_, *pinned})};
+      grpc::Slice slices[2] = {grpc::Slice(prefix),
+                               grpc::Slice(const_cast<uint8_t*>(pinned->data), pinned->size,
+                                           &PinnedSlice<PinLedger>::Release,
+                                           new PinnedSlice<PinLedger>{pins_, *pinned})};
       std::vector<grpc::ByteBuffer> out;
       out.emplace_back(slices, 2);
       return out;

@@ -59,8 +59,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
   // Get is served raw (see GetImpl): its responses are assembled as byte buffers.
-  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                   GetWriter* writer);
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request, GetWriter* writer);
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -81,13 +80,13 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
  private:
   grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                        v1::PutResponse* response);
-  grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
-                       GetWriter* writer);
+  grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request, GetWriter* writer);
   // The GetResponse messages of one present block (key index `i`): a host-tier block goes out in
   // one message that references the arena (pinned until gRPC has sent it); others are read (and
   // promoted) into a new buffer, in chunks of at most get_chunk_bytes.
-  absl::StatusOr<std::vector<grpc::ByteBuffer>> GetResponseFor(const v1::GetRequest& request, size_t i,
-                                                   const BlockKey& key, const BlockInfo& info);
+  absl::StatusOr<std::vector<grpc::ByteBuffer>> GetResponseFor(const v1::GetRequest& request,
+                                                               size_t i, const BlockKey& key,
+                                                               const BlockInfo& info);
   grpc::Status LookupImpl(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                           v1::LookupResponse* response);
   grpc::Status LeaseImpl(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -112,8 +111,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   // `keys` or `packed` (16 bytes a key) must be given, not both.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
       const grpc::ServerContext* ctx, const std::string& tenant,
-      const google::protobuf::RepeatedPtrField<std::string>& keys,
-      const std::string& packed) const;
+      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
 
   // Counts an RPC in flight for its lifetime.
   class InFlight {

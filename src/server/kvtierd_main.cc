@@ -8,12 +8,13 @@
 
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "cache/block_store.h"
 #include "common/grpc_tuning.h"
 #include "common/logging.h"
@@ -22,8 +23,8 @@
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
 #include "server/metrics.h"
-#include "transfer/ucx_server.h"
 #include "spdlog/spdlog.h"
+#include "transfer/ucx_server.h"
 
 int main(int argc, char** argv) {
   kvtier::TuneMallocForLargeBuffers();
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvtierd: %s\n", std::string(st.message()).c_str());
     return 2;
   }
-  const kvtier::StoreOptions& so = config->store;
+  kvtier::StoreOptions so = config->store;
   const std::string& listen = config->listen;
 
   // Credentials first: a daemon that cannot enforce them must not open its store or serve.
@@ -84,6 +85,28 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // The UCX data plane: one-sided reads of leased blocks straight from the host arena, which UCX
+  // allocates so that readers on this host can map it (and copy at memory speed).
+  std::unique_ptr<kvtier::transfer::UcxServer> ucx;
+  std::string ucx_listen = config->ucx_listen;
+  if (ucx_listen == "auto") {
+    ucx_listen = auth.has_value() ? "off" : listen.substr(0, listen.rfind(':')) + ":0";
+  } else if (ucx_listen != "off" && auth.has_value()) {
+    spdlog::warn(
+        "kvtierd: ucx.listen is set with auth on: every client that can reach {} can "
+        "read any block in the host arena, whatever its tenant",
+        ucx_listen);
+  }
+  if (ucx_listen != "off") {
+    so.host_memory = [&](size_t bytes) -> absl::StatusOr<uint8_t*> {
+      auto u = kvtier::transfer::UcxServer::Start({.listen = ucx_listen, .region_bytes = bytes});
+      if (!u.ok()) {
+        return absl::Status(u.status().code(), absl::StrCat("ucx.listen: ", u.status().message()));
+      }
+      ucx = std::move(*u);
+      return ucx->allocated_region();
+    };
+  }
   auto store = kvtier::BlockStore::Open(so);
   if (!store.ok()) {
     spdlog::critical("cannot open the block store: {}", store.status().ToString());
@@ -107,25 +130,7 @@ int main(int argc, char** argv) {
       config->max_message_bytes - std::min<size_t>(config->max_message_bytes / 2, 64 << 10));
   kvtier::server::CacheServiceImpl service(store->get(), limits, metrics.get(),
                                            auth.has_value() ? &*auth : nullptr);
-  // The UCX data plane: one-sided reads of leased blocks straight from the host arena.
-  std::unique_ptr<kvtier::transfer::UcxServer> ucx;
-  std::string ucx_listen = config->ucx_listen;
-  if (ucx_listen == "auto") {
-    ucx_listen = auth.has_value() ? "off" : listen.substr(0, listen.rfind(':')) + ":0";
-  } else if (ucx_listen != "off" && auth.has_value()) {
-    spdlog::warn("kvtierd: ucx.listen is set with auth on: every client that can reach {} can "
-                 "read any block in the host arena, whatever its tenant",
-                 ucx_listen);
-  }
-  if (ucx_listen != "off") {
-    auto u = kvtier::transfer::UcxServer::Start({.listen = ucx_listen,
-                                                 .region = (*store)->host_arena_base(),
-                                                 .region_bytes = (*store)->host_arena_bytes()});
-    if (!u.ok()) {
-      spdlog::critical("ucx.listen: {}", std::string(u.status().message()));
-      return 1;
-    }
-    ucx = std::move(*u);
+  if (ucx != nullptr) {
     service.SetDataPlane(ucx.get());
     std::printf("kvtierd ucx on %s:%d\n", ucx->host().c_str(), ucx->port());
   }
@@ -174,11 +179,12 @@ int main(int argc, char** argv) {
   spdlog::debug("kvtierd: gRPC server stopped");
   stopping.store(true);
   reaper.join();
-  ucx.reset();  // clients' UCX reads fail from here on
+  if (ucx != nullptr) ucx->StopServing();  // clients' UCX reads fail from here on
   // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
   if (metrics != nullptr) metrics->DetachStore();
   service.DetachStore();
   store->reset();  // flushes the NVMe tier
+  ucx.reset();     // frees the arena's memory
   spdlog::info("kvtierd: stopped");
   spdlog::shutdown();
   std::fflush(nullptr);

@@ -13,8 +13,8 @@
 namespace kvtier::server {
 namespace {
 
-constexpr const char* kRpcs[] = {"Put",    "Get",   "Lookup",   "Lease",
-                                 "Release", "Delete", "Stats", "DataPlane"};
+constexpr const char* kRpcs[] = {"Put",     "Get",    "Lookup", "Lease",
+                                 "Release", "Delete", "Stats",  "DataPlane"};
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
@@ -199,8 +199,7 @@ void DaemonMetrics::DetachStore() {
   static_cast<StoreCollector*>(store_collector_.get())->Detach();
 }
 
-void DaemonMetrics::ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted,
-                                 double seconds) {
+void DaemonMetrics::ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted, double seconds) {
   leased_blocks_->Increment(static_cast<double>(blocks));
   leased_bytes_->Increment(static_cast<double>(bytes));
   lease_promotions_->Increment(promoted);

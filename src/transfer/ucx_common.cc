@@ -35,8 +35,7 @@ absl::Status SplitHostPort(const std::string& address, const char* what, std::st
                            int* port) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon + 1 == address.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": '", address, "' is not host:port"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": '", address, "' is not host:port"));
   }
   std::string h = address.substr(0, colon);
   if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
@@ -51,7 +50,7 @@ absl::Status SplitHostPort(const std::string& address, const char* what, std::st
 }
 
 absl::StatusOr<sockaddr_storage> ResolveAddress(const std::string& host, int port, bool passive,
-                                         socklen_t* len) {
+                                                socklen_t* len) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

@@ -22,18 +22,21 @@ namespace kvtier::transfer {
 
 // Where a daemon's exported region is and how to reach it (from CacheService.DataPlane).
 struct RemoteRegion {
-  std::string host;         // the daemon's UCX listener
+  std::string host;  // the daemon's UCX listener
   int port = 0;
   std::string packed_rkey;  // ucp_rkey_pack output
   uint64_t base = 0;        // the region's address in the daemon
   uint64_t bytes = 0;
 };
 
-// One read: `length` bytes at `offset` in the region, into `dst`.
+// One read: `length` bytes at `offset` in the region, into `dst`. With `checksum` set, the
+// XXH3-64 of the bytes that landed is stored there (fused with the copy where the reader copies
+// itself).
 struct ReadOp {
   uint64_t offset = 0;
   size_t length = 0;
   uint8_t* dst = nullptr;
+  uint64_t* checksum = nullptr;
 };
 
 class UcxReader {
@@ -43,7 +46,7 @@ class UcxReader {
   // Connects and waits until the endpoint is usable. UNAVAILABLE when the daemon cannot be
   // reached; DEADLINE_EXCEEDED at `deadline`.
   static absl::StatusOr<std::unique_ptr<UcxReader>> Connect(const RemoteRegion& region,
-                                                           Deadline deadline);
+                                                            Deadline deadline);
   ~UcxReader();
 
   // Registers [data, data + size) once, so reads into it skip per-read registration lookups.
@@ -56,9 +59,19 @@ class UcxReader {
   absl::Status Read(std::span<const ReadOp> ops, Deadline deadline);
 
   bool broken() const { return broken_; }
+  // True when UCX mapped the region into this process (shared memory on one host): reads are
+  // then copies made by this thread, with no request to the transport.
+  bool mapped() const { return local_ != nullptr; }
+  // True when reads need nothing from the daemon's CPU: the region is mapped here, or UCX has a
+  // native RMA lane to it (RDMA). False when UCX would emulate gets with messages that the
+  // daemon's progress thread answers (TCP). With UCX 1.13 such an emulated read whose reader
+  // dies mid-way can abort the daemon (ucp_get_req_handler treats the failed reply as fatal),
+  // which is why CacheClient uses UCX only where this holds, unless told otherwise.
+  bool one_sided() const { return local_ != nullptr || native_rma_; }
   const RemoteRegion& region() const { return region_; }
 
   struct Pending;  // completion state of one Read (used by its callbacks)
+  struct Op;       // one op's completion (used by its callback)
 
  private:
   explicit UcxReader(const RemoteRegion& region) : region_(region) {}
@@ -73,6 +86,8 @@ class UcxReader {
   std::unique_ptr<UcxEndpointHost> ucx_;
   ucp_ep_h ep_ = nullptr;
   ucp_rkey_h rkey_ = nullptr;
+  const uint8_t* local_ = nullptr;  // the region, where UCX mapped it here (ucp_rkey_ptr)
+  bool native_rma_ = false;         // a lane does RMA in hardware / the kernel
   bool broken_ = false;
   absl::Status error_;
   std::map<uintptr_t, std::pair<size_t, ucp_mem_h>> registered_;  // start -> (size, handle)

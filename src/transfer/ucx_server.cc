@@ -2,22 +2,18 @@
 
 #include <netinet/in.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include <spdlog/spdlog.h>
-
 #include "absl/strings/str_cat.h"
-
 
 namespace kvtier::transfer {
 
 absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptions& options) {
-  if (options.region == nullptr || options.region_bytes == 0) {
-    return absl::InvalidArgumentError("ucx: no memory region to export");
-  }
+  if (options.region_bytes == 0) return absl::InvalidArgumentError("ucx: empty memory region");
   std::string host;
   int port = 0;
   if (absl::Status st = SplitHostPort(options.listen, "ucx.listen", &host, &port); !st.ok()) {
@@ -35,12 +31,25 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptio
   s->region_bytes_ = options.region_bytes;
 
   ucp_mem_map_params_t mp{};
-  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                  UCP_MEM_MAP_PARAM_FIELD_FLAGS;
   mp.address = options.region;
   mp.length = options.region_bytes;
+  mp.flags = options.region == nullptr ? UCP_MEM_MAP_ALLOCATE : 0;
   if (ucs_status_t st = ucp_mem_map(s->ucx_->context(), &mp, &s->memh_); st != UCS_OK) {
     s->memh_ = nullptr;
-    return FromUcs(st, "ucx: registering the host arena (ucp_mem_map)");
+    return FromUcs(st, options.region == nullptr ? "ucx: allocating the host arena"
+                                                 : "ucx: registering the host arena");
+  }
+  if (options.region == nullptr) {
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    if (ucs_status_t st = ucp_mem_query(s->memh_, &attr); st != UCS_OK) {
+      return FromUcs(st, "ucx: ucp_mem_query");
+    }
+    s->region_ = attr.address;
+    s->allocated_ = true;
+    std::memset(s->region_, 0, options.region_bytes);  // and fault every page in now
   }
   void* rkey = nullptr;
   size_t rkey_bytes = 0;
@@ -67,9 +76,9 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptio
     return FromUcs(st, "ucx: ucp_listener_query");
   }
   const auto* bound = reinterpret_cast<const sockaddr*>(&la.sockaddr);
-  s->port_ = ntohs(bound->sa_family == AF_INET6
-                       ? reinterpret_cast<const sockaddr_in6*>(bound)->sin6_port
-                       : reinterpret_cast<const sockaddr_in*>(bound)->sin_port);
+  s->port_ =
+      ntohs(bound->sa_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(bound)->sin6_port
+                                         : reinterpret_cast<const sockaddr_in*>(bound)->sin_port);
   s->host_ = host;
   s->thread_ = std::thread([raw = s.get()] { raw->Run(); });
   return s;
@@ -140,7 +149,7 @@ void UcxServer::Run() {
   }
 }
 
-UcxServer::~UcxServer() {
+void UcxServer::StopServing() {
   if (thread_.joinable()) {
     stop_.store(true, std::memory_order_release);
     ucp_worker_signal(ucx_->worker());
@@ -149,6 +158,11 @@ UcxServer::~UcxServer() {
   if (ucx_ == nullptr) return;
   while (!endpoints_.empty()) CloseEndpoint(endpoints_.back());
   if (listener_ != nullptr) ucp_listener_destroy(listener_);
+  listener_ = nullptr;
+}
+
+UcxServer::~UcxServer() {
+  StopServing();
   if (memh_ != nullptr) ucp_mem_unmap(ucx_->context(), memh_);
 }
 

@@ -18,9 +18,12 @@
 namespace kvtier::transfer {
 
 struct UcxServerOptions {
-  std::string listen;             // Required. host:port to listen on; port 0 picks a free one.
-  void* region = nullptr;         // Required. The memory exported for reads.
-  size_t region_bytes = 0;        // Required. Its length.
+  std::string listen;  // Required. host:port to listen on; port 0 picks a free one.
+  // The memory exported for reads: `region` (owned by the caller), or, when null, region_bytes
+  // that UCX allocates (AllocatedRegion), in the form its transports read fastest (on one host,
+  // shared memory that readers map and copy from directly).
+  void* region = nullptr;
+  size_t region_bytes = 0;  // Required.
 };
 
 class UcxServer {
@@ -29,6 +32,15 @@ class UcxServer {
   static absl::StatusOr<std::unique_ptr<UcxServer>> Start(const UcxServerOptions& options);
   // Stops the progress thread and closes every connection (in-flight reads fail on the client).
   ~UcxServer();
+
+  // The region when UCX allocated it (options.region was null): zero-filled, valid until the
+  // server is destroyed.
+  uint8_t* allocated_region() const {
+    return allocated_ ? static_cast<uint8_t*>(region_) : nullptr;
+  }
+  // Closes the listener and every connection and stops the progress thread; the region stays
+  // valid (for a store still using it) until the destructor.
+  void StopServing();
 
   const std::string& host() const { return host_; }
   int port() const { return port_; }
@@ -52,6 +64,7 @@ class UcxServer {
   ucp_listener_h listener_ = nullptr;
   ucp_mem_h memh_ = nullptr;
   void* region_ = nullptr;
+  bool allocated_ = false;
   size_t region_bytes_ = 0;
   std::string rkey_;
   std::string host_;
