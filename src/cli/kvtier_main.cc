@@ -4,6 +4,7 @@
 
 #include "cli/demo.h"
 #include "cli/remote.h"
+#include "cli/replay.h"
 #include "common/logging.h"
 
 namespace {
@@ -16,6 +17,8 @@ sharing a prefix skip its prefill.
 commands:
   demo      replay a Mooncake trace through a tiered block store and restart it (the README's
             quick start); `kvtier demo --help` for its options
+  replay    a Mooncake trace through simulated nodes under each routing policy (hit rates,
+            balance, modeled TTFT); `kvtier replay --help`
   put, get, lookup, delete, stats
             talk to a kvtierd (`kvtier put --help` lists their options)
   keys      chained block keys of a token sequence
@@ -33,6 +36,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::strcmp(argv[1], "demo") == 0) return kvtier::cli::RunDemo(argc - 2, argv + 2);
+  if (std::strcmp(argv[1], "replay") == 0) return kvtier::cli::RunReplay(argc - 2, argv + 2);
   if (kvtier::cli::IsRemoteCommand(argv[1])) return kvtier::cli::RunRemote(argc - 1, argv + 1);
   std::fprintf(stderr, "kvtier: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;

@@ -1,0 +1,36 @@
+#pragma once
+// PrefixPopularity: how often each prefix key occurred among recent requests, in bounded memory.
+// A count-min sketch (4 rows) whose counters and request total are halved every `window`
+// requests, so shares follow the recent traffic. Estimates never undercount (before decay).
+
+#include <cstdint>
+#include <vector>
+
+#include "common/block_key.h"
+
+namespace kvtier::router {
+
+class PrefixPopularity {
+ public:
+  // `width` counters per row (rounded up to a power of two); memory is 16 * width bytes.
+  explicit PrefixPopularity(size_t width = 1 << 14, uint32_t window = 4096);
+
+  // Counts one request (call once per request, before or after its keys).
+  void AddRequest();
+  // Counts `key` once for the current request.
+  void Add(const BlockKey& key);
+  // Estimated fraction of recent requests that contained `key` (0 before any request).
+  double Share(const BlockKey& key) const;
+  size_t memory_bytes() const { return counters_.size() * sizeof(uint32_t); }
+
+ private:
+  uint32_t Estimate(const BlockKey& key) const;
+  size_t Slot(int row, const BlockKey& key) const;
+  size_t mask_;
+  uint32_t window_;
+  uint32_t since_decay_ = 0;
+  double requests_ = 0;
+  std::vector<uint32_t> counters_;  // 4 rows of mask_ + 1
+};
+
+}  // namespace kvtier::router

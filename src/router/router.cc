@@ -1,0 +1,53 @@
+#include "router/router.h"
+
+namespace kvtier::router {
+
+Router::Router(std::vector<RingNode> nodes, RouterOptions options)
+    : ring_(std::move(nodes), options.points_per_weight),
+      options_(options),
+      popularity_(options.popularity_width, options.popularity_window) {
+  for (size_t i = 0; i < ring_.size(); ++i) total_weight_ += ring_.node(i).weight;
+}
+
+size_t Router::Depth(std::span<const BlockKey> chain) {
+  if (chain.empty() || ring_.size() == 0) return 0;
+  popularity_.AddRequest();
+  const double fair = 1.0 / static_cast<double>(ring_.size());
+  for (size_t d = 0; d < chain.size(); ++d) {
+    popularity_.Add(chain[d]);
+    if (popularity_.Share(chain[d]) <= fair) return d + 1;
+  }
+  return chain.size();
+}
+
+bool Router::WithinBound(int n, std::span<const double> loads) const {
+  double total = 0;
+  for (double l : loads) total += l;
+  const double share = ring_.node(n).weight / total_weight_;
+  return loads[n] <= options_.load_factor * total * share;
+}
+
+int Router::Pick(const BlockKey& key, std::span<const double> loads) const {
+  ring_.Candidates(RingHash(key), ring_.size(), &candidates_);
+  if (candidates_.empty()) return -1;
+  double total = 0;
+  for (double l : loads) total += l;
+  int least = candidates_.front();
+  for (int n : candidates_) {
+    const double share = ring_.node(n).weight / total_weight_;
+    if (loads[n] <= options_.load_factor * total * share) return n;
+    if (loads[n] / share < loads[least] / (ring_.node(least).weight / total_weight_)) least = n;
+  }
+  return least;  // unreachable: some node is at or below its share
+}
+
+RouteChoice Router::Route(std::span<const BlockKey> chain, std::span<const double> loads) {
+  RouteChoice c;
+  c.depth = Depth(chain);
+  if (c.depth == 0) return c;
+  c.routing_key = chain[c.depth - 1];
+  c.node = Pick(c.routing_key, loads);
+  return c;
+}
+
+}  // namespace kvtier::router

@@ -1,0 +1,70 @@
+#pragma once
+// Router: where a request should be prefilled, so that requests sharing a prefix meet the same
+// node's cache while no node takes much more than its share of the work.
+//
+// Routing key, at an adaptive depth: the shallowest prefix key of the request's chain whose
+// recent share of requests is at most one node's fair share (1/N), else the whole chain. A
+// system prompt that nearly every request shares is hot at depth 1, so its requests spread by
+// what follows it; the turns of one conversation share a key that only they carry, so they stay
+// together. No per-trace parameter: the threshold is the node count itself.
+//
+// Node choice: consistent hashing (HashRing) wrapped in bounded loads (Mirrokni, Thorup and
+// Zadimoghaddam): walking the key's ring candidates, the first node whose in-flight prefill work
+// is within load_factor x its weighted share of the total takes the request.
+//
+// Not thread-safe (Depth updates the popularity sketch): one router per routing thread.
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "common/block_key.h"
+#include "router/popularity.h"
+#include "router/ring.h"
+
+namespace kvtier::router {
+
+struct RouterOptions {
+  double load_factor = 1.25;   // Default: 1.25. Bounded loads' 1 + epsilon.
+  int points_per_weight = 160;  // Default: 160. Ring points per unit of node weight.
+  size_t popularity_width = size_t{1} << 14;  // Default: 16,384 counters a row (256 KiB).
+  uint32_t popularity_window = 4096;  // Default: 4,096 requests between halvings.
+};
+
+struct RouteChoice {
+  int node = -1;        // index into the node list
+  size_t depth = 0;     // blocks in the routing key
+  BlockKey routing_key;
+};
+
+class Router {
+ public:
+  Router(std::vector<RingNode> nodes, RouterOptions options = {});
+
+  // The routing depth of `chain` (1..chain.size(); 0 for an empty chain), counting the request
+  // in the popularity sketch.
+  size_t Depth(std::span<const BlockKey> chain);
+  // The first ring candidate of `key` whose load is within the bound. `loads[i]` is node i's
+  // in-flight prefill work (any unit; blocks in kvtier).
+  int Pick(const BlockKey& key, std::span<const double> loads) const;
+  // Depth, then Pick.
+  RouteChoice Route(std::span<const BlockKey> chain, std::span<const double> loads);
+  // True when `loads[n]` is within node n's bound.
+  bool WithinBound(int n, std::span<const double> loads) const;
+
+  const HashRing& ring() const { return ring_; }
+  const RouterOptions& options() const { return options_; }
+  size_t popularity_bytes() const { return popularity_.memory_bytes(); }
+
+ private:
+  HashRing ring_;
+  RouterOptions options_;
+  double total_weight_ = 0;
+  PrefixPopularity popularity_;
+  mutable std::vector<int> candidates_;
+};
+
+// The ring position of a routing key.
+inline uint64_t RingHash(const BlockKey& key) { return key.hi ^ (key.lo * 0x9E3779B97F4A7C15ULL); }
+
+}  // namespace kvtier::router

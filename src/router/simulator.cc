@@ -1,0 +1,224 @@
+#include "router/simulator.h"
+
+#include <algorithm>
+#include <fstream>
+#include <list>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::router {
+namespace {
+
+// A prefix cache of `capacity` blocks with LRU replacement.
+class PrefixLru {
+ public:
+  explicit PrefixLru(size_t capacity) : capacity_(capacity) {}
+
+  // Leading blocks of `chain` that are cached, without touching them.
+  size_t Peek(std::span<const BlockKey> chain) const {
+    size_t n = 0;
+    while (n < chain.size() && index_.contains(chain[n])) ++n;
+    return n;
+  }
+  // Leading hits; then every block of the chain is cached, the first most recent (so that a
+  // prefix's tail goes before its head).
+  size_t Access(std::span<const BlockKey> chain) {
+    const size_t hits = Peek(chain);
+    for (size_t i = chain.size(); i-- > 0;) {
+      auto it = index_.find(chain[i]);
+      if (it != index_.end()) {
+        order_.splice(order_.begin(), order_, it->second);
+      } else {
+        order_.push_front(chain[i]);
+        index_[chain[i]] = order_.begin();
+        if (order_.size() > capacity_) {
+          index_.erase(order_.back());
+          order_.pop_back();
+        }
+      }
+    }
+    return hits;
+  }
+
+ private:
+  size_t capacity_;
+  std::list<BlockKey> order_;
+  absl::flat_hash_map<BlockKey, std::list<BlockKey>::iterator> index_;
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
+}
+
+}  // namespace
+
+const char* PolicyName(Policy p) {
+  switch (p) {
+    case Policy::kRoundRobin:
+      return "round_robin";
+    case Policy::kRandom:
+      return "random";
+    case Policy::kHashDepth1:
+      return "hash_depth1";
+    case Policy::kHashDepth4:
+      return "hash_depth4";
+    case Policy::kKvtier:
+      return "kvtier";
+    case Policy::kCacheAware:
+      return "cache_aware";
+  }
+  return "?";
+}
+
+std::vector<RingNode> SimNodes(size_t n) {
+  std::vector<RingNode> nodes;
+  for (size_t i = 0; i < n; ++i) nodes.push_back({absl::StrCat("node-", i), 1.0});
+  return nodes;
+}
+
+absl::StatusOr<std::vector<TraceRequest>> LoadMooncakeTrace(const std::string& path,
+                                                            size_t max_requests) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("trace: cannot open ", path));
+  std::vector<TraceRequest> out;
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("timestamp") || !j.contains("hash_ids") ||
+        !j["hash_ids"].is_array()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trace ", path, " line ", n, ": not {timestamp, hash_ids, ...}"));
+    }
+    TraceRequest r;
+    r.arrival_s = j["timestamp"].get<double>() / 1000.0;
+    for (const auto& id : j["hash_ids"]) r.chain.push_back(BlockKey{0, id.get<uint64_t>() + 1});
+    out.push_back(std::move(r));
+    if (max_requests != 0 && out.size() == max_requests) break;
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("trace ", path, " is empty"));
+  return out;
+}
+
+PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
+                      const SimOptions& o) {
+  const size_t n = o.nodes;
+  std::vector<PrefixLru> caches(n, PrefixLru(o.capacity));
+  std::vector<double> busy_until(n, 0), loads(n, 0);
+  PolicyResult r;
+  r.prefilled.assign(n, 0);
+  r.hits.assign(n, 0);
+  Router router(SimNodes(n), o.router);
+  std::mt19937_64 rng(o.seed);
+  absl::flat_hash_set<BlockKey> routing_keys;
+  std::vector<double> ttft;
+  ttft.reserve(trace.size());
+  uint64_t all_blocks = 0, hit_blocks = 0;
+  size_t next_rr = 0;
+  for (const TraceRequest& req : trace) {
+    if (req.chain.empty()) continue;
+    const double now = req.arrival_s;
+    // The load signal: prefill work each node has taken on (missed blocks), as the nodes report.
+    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(r.prefilled[i]);
+    int node = 0;
+    switch (policy) {
+      case Policy::kRoundRobin:
+        node = static_cast<int>(next_rr++ % n);
+        break;
+      case Policy::kRandom:
+        node = static_cast<int>(rng() % n);
+        break;
+      case Policy::kHashDepth1:
+      case Policy::kHashDepth4: {
+        const size_t depth =
+            std::min<size_t>(req.chain.size(), policy == Policy::kHashDepth1 ? 1 : 4);
+        node = router.ring().Home(RingHash(req.chain[depth - 1]));
+        break;
+      }
+      case Policy::kKvtier: {
+        const RouteChoice c = router.Route(req.chain, loads);
+        routing_keys.insert(c.routing_key);
+        node = c.node;
+        break;
+      }
+      case Policy::kCacheAware: {
+        // The router's index of who holds what, here exact: each node's cache, peeked. Among
+        // the nodes within the load bound, the fewest blocks to prefill; ties go in ring order
+        // of the routing key (where a new prefix goes).
+        const size_t depth = router.Depth(req.chain);
+        std::vector<int> order;
+        router.ring().Candidates(RingHash(req.chain[depth - 1]), n, &order);
+        double best = -1;
+        for (int c : order) {
+          if (!router.WithinBound(c, loads)) continue;
+          const double work = static_cast<double>(req.chain.size() - caches[c].Peek(req.chain));
+          if (best < 0 || work < best) {
+            best = work;
+            node = c;
+          }
+        }
+        if (best < 0) node = router.Pick(req.chain[depth - 1], loads);
+        break;
+      }
+    }
+    const size_t hits = caches[node].Access(req.chain);
+    const size_t missed = req.chain.size() - hits;
+    all_blocks += req.chain.size();
+    hit_blocks += hits;
+    r.prefilled[node] += missed;
+    r.hits[node] += hits;
+    const double start = std::max(now, busy_until[node]);
+    busy_until[node] = start + static_cast<double>(missed) / o.prefill_rate;
+    ttft.push_back(busy_until[node] - now);
+  }
+  r.hit_rate = all_blocks ? static_cast<double>(hit_blocks) / all_blocks : 0;
+  uint64_t sum = 0, max = 0;
+  for (uint64_t p : r.prefilled) {
+    sum += p;
+    max = std::max(max, p);
+  }
+  r.max_mean_load = sum ? static_cast<double>(max) * n / sum : 0;
+  r.ttft_p50_s = Percentile(ttft, 0.5);
+  r.ttft_p90_s = Percentile(ttft, 0.9);
+  r.routing_keys.assign(routing_keys.begin(), routing_keys.end());
+  return r;
+}
+
+double GlobalLruHitRate(const std::vector<TraceRequest>& trace, size_t capacity) {
+  PrefixLru lru(capacity);
+  uint64_t all = 0, hits = 0;
+  for (const TraceRequest& req : trace) {
+    all += req.chain.size();
+    hits += lru.Access(req.chain);
+  }
+  return all ? static_cast<double>(hits) / all : 0;
+}
+
+KeysMoved MeasureKeysMoved(const std::vector<BlockKey>& keys, size_t nodes,
+                           const RouterOptions& options) {
+  KeysMoved m;
+  if (keys.empty() || nodes < 2) return m;
+  const HashRing before(SimNodes(nodes), options.points_per_weight);
+  const HashRing joined(SimNodes(nodes + 1), options.points_per_weight);
+  const HashRing left(SimNodes(nodes - 1), options.points_per_weight);
+  size_t moved_join = 0, moved_leave = 0;
+  for (const BlockKey& k : keys) {
+    const uint64_t h = RingHash(k);
+    const int home = before.Home(h);
+    // Same names, same points: a node index means the same node in all three rings.
+    moved_join += joined.Home(h) != home;
+    moved_leave += left.Home(h) != home;
+  }
+  m.join = static_cast<double>(moved_join) / keys.size();
+  m.leave = static_cast<double>(moved_leave) / keys.size();
+  return m;
+}
+
+}  // namespace kvtier::router

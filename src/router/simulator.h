@@ -1,0 +1,68 @@
+#pragma once
+// Trace replay through simulated nodes, with the router's real code: what `kvtier replay` runs.
+//
+// Each node has a prefix cache of `capacity` blocks (LRU; a block hits only when it and every
+// earlier block of its request are cached, as a KV cache reuses only whole prefixes) and
+// prefills missed blocks at `prefill_rate` blocks per second from a FIFO queue, so in-flight
+// work (the router's load signal) and a time-to-first-token exist. Time is the trace's.
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/block_key.h"
+#include "router/router.h"
+
+namespace kvtier::router {
+
+struct TraceRequest {
+  double arrival_s = 0;
+  std::vector<BlockKey> chain;  // the prompt's block keys, block 0 first
+};
+
+// A Mooncake-format trace (one JSON object a line: timestamp in ms, hash_ids). Trace block ids
+// become keys {0, id + 1}. `max_requests` 0: all. INVALID_ARGUMENT names the bad line.
+absl::StatusOr<std::vector<TraceRequest>> LoadMooncakeTrace(const std::string& path,
+                                                            size_t max_requests = 0);
+
+enum class Policy { kRoundRobin, kRandom, kHashDepth1, kHashDepth4, kKvtier, kCacheAware };
+const char* PolicyName(Policy p);  // round_robin, random, hash_depth1, ...
+inline constexpr Policy kAllPolicies[] = {Policy::kRoundRobin, Policy::kRandom,
+                                          Policy::kHashDepth1, Policy::kHashDepth4,
+                                          Policy::kKvtier,     Policy::kCacheAware};
+
+struct SimOptions {
+  size_t nodes = 8;
+  size_t capacity = 2000;     // blocks per node
+  double prefill_rate = 40;   // blocks per second per node
+  RouterOptions router;
+  uint64_t seed = 1;          // for the random policy
+};
+
+struct PolicyResult {
+  double hit_rate = 0;        // hit blocks / all blocks
+  double max_mean_load = 0;   // max over nodes of missed (prefilled) blocks / their mean
+  double ttft_p50_s = 0, ttft_p90_s = 0;
+  std::vector<uint64_t> prefilled;  // missed blocks per node
+  std::vector<uint64_t> hits;       // hit blocks per node
+  std::vector<BlockKey> routing_keys;  // distinct routing keys used (hash policies)
+};
+
+PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
+                      const SimOptions& options);
+
+// The hit rate of one LRU of `capacity` blocks that sees every request (a perfect pool).
+double GlobalLruHitRate(const std::vector<TraceRequest>& trace, size_t capacity);
+
+// Fraction of `keys` whose home node changes when a node joins (N + 1 nodes) or the last one
+// leaves (N - 1), with the router's ring over `nodes` equal nodes.
+struct KeysMoved {
+  double join = 0, leave = 0;
+};
+KeysMoved MeasureKeysMoved(const std::vector<BlockKey>& keys, size_t nodes,
+                           const RouterOptions& options);
+
+// Node names used by the simulation ("node-0", ...).
+std::vector<RingNode> SimNodes(size_t n);
+
+}  // namespace kvtier::router
