@@ -9,15 +9,39 @@ Router::Router(std::vector<RingNode> nodes, RouterOptions options)
   for (size_t i = 0; i < ring_.size(); ++i) total_weight_ += ring_.node(i).weight;
 }
 
-size_t Router::Depth(std::span<const BlockKey> chain) {
-  if (chain.empty() || ring_.size() == 0) return 0;
+template <typename KeyAt>
+size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key) {
+  if (blocks == 0 || ring_.size() == 0) return 0;
   popularity_.AddRequest();
   const double fair = 1.0 / static_cast<double>(ring_.size());
-  for (size_t d = 0; d < chain.size(); ++d) {
-    popularity_.Add(chain[d]);
-    if (popularity_.Share(chain[d]) <= fair) return d + 1;
+  for (size_t d = 0; d < blocks; ++d) {
+    *routing_key = key_at(d);
+    popularity_.Add(*routing_key);
+    if (popularity_.Share(*routing_key) <= fair) return d + 1;
   }
-  return chain.size();
+  return blocks;
+}
+
+size_t Router::Depth(std::span<const BlockKey> chain) {
+  BlockKey unused;
+  return DepthOf(chain.size(), [&](size_t d) { return chain[d]; }, &unused);
+}
+
+RouteChoice Router::RouteTokens(const ChainHasher& hasher, std::span<const uint32_t> tokens,
+                                std::span<const double> loads) {
+  RouteChoice c;
+  const size_t bt = hasher.block_tokens();
+  BlockKey parent = hasher.root();
+  c.depth = DepthOf(
+      tokens.size() / bt,
+      [&](size_t d) {
+        parent = hasher.Next(parent, tokens.subspan(d * bt, bt));
+        return parent;
+      },
+      &c.routing_key);
+  if (c.depth == 0) c.routing_key = hasher.root();
+  c.node = Pick(c.routing_key, loads);
+  return c;
 }
 
 bool Router::WithinBound(int n, std::span<const double> loads) const {

@@ -49,6 +49,11 @@ class Router {
   int Pick(const BlockKey& key, std::span<const double> loads) const;
   // Depth, then Pick.
   RouteChoice Route(std::span<const BlockKey> chain, std::span<const double> loads);
+  // The same from a prompt's tokens, hashing only as many blocks as the depth needs (usually a
+  // few, whatever the prompt's length). A prompt shorter than one block has no routing key
+  // and goes by the hasher's root (depth 0).
+  RouteChoice RouteTokens(const ChainHasher& hasher, std::span<const uint32_t> tokens,
+                          std::span<const double> loads);
   // True when `loads[n]` is within node n's bound.
   bool WithinBound(int n, std::span<const double> loads) const;
 
@@ -57,6 +62,9 @@ class Router {
   size_t popularity_bytes() const { return popularity_.memory_bytes(); }
 
  private:
+  // Depth over `blocks` keys produced by key_at(d), in order.
+  template <typename KeyAt>
+  size_t DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key);
   HashRing ring_;
   RouterOptions options_;
   double total_weight_ = 0;

@@ -95,6 +95,29 @@ TEST(Router, HotPrefixesAreRoutedDeeperConversationsStayTogether) {
   EXPECT_LT(*std::max_element(per.begin(), per.end()), 20);
 }
 
+TEST(Router, RoutingTokensHashesOnlyWhatItNeedsAndAgreesWithKeys) {
+  auto hasher = ChainHasher::Create({.tenant_salt = "t", .model_id = "m"}, 16);
+  ASSERT_TRUE(hasher.ok());
+  Router by_keys(SimNodes(8)), by_tokens(SimNodes(8));
+  const std::vector<double> idle(8, 0);
+  std::vector<uint32_t> system(64, 7);  // a shared 4-block system prompt
+  for (int i = 0; i < 300; ++i) {
+    std::vector<uint32_t> prompt = system;
+    for (int t = 0; t < 16 * (1 + i % 5) + 3; ++t) prompt.push_back(i * 1000 + t);
+    const RouteChoice a = by_keys.Route(hasher->Keys(prompt), idle);
+    const RouteChoice b = by_tokens.RouteTokens(*hasher, prompt, idle);
+    ASSERT_EQ(a.depth, b.depth) << i;
+    ASSERT_EQ(a.routing_key, b.routing_key) << i;
+    ASSERT_EQ(a.node, b.node) << i;
+  }
+  // Shorter than a block: routed by the namespace root, never refused.
+  const std::vector<uint32_t> short_prompt(5, 1);
+  const RouteChoice c = by_tokens.RouteTokens(*hasher, short_prompt, idle);
+  EXPECT_EQ(c.depth, 0u);
+  EXPECT_EQ(c.routing_key, hasher->root());
+  EXPECT_GE(c.node, 0);
+}
+
 TEST(Router, EmptyChainHasNoRoute) {
   Router r(SimNodes(3));
   const std::vector<double> idle(3, 0);
