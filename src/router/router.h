@@ -40,22 +40,27 @@ struct RouteChoice {
 class Router {
  public:
   Router(std::vector<RingNode> nodes, RouterOptions options = {});
+  // New membership (a node joined, left or was ejected); the popularity state is kept.
+  void SetNodes(std::vector<RingNode> nodes);
 
   // The routing depth of `chain` (1..chain.size(); 0 for an empty chain), counting the request
   // in the popularity sketch.
   size_t Depth(std::span<const BlockKey> chain);
-  // The first ring candidate of `key` whose load is within the bound. `loads[i]` is node i's
-  // in-flight prefill work (any unit; blocks in kvtier).
-  int Pick(const BlockKey& key, std::span<const double> loads) const;
+  // The first ring candidate of `key` whose load is within the bound: load_factor x its share
+  // of the total, plus `slack` (kvtier-router passes about one request's work, so that at low
+  // volume a node may run one request ahead instead of losing its prefixes to the next node).
+  // `loads[i]` is node i's prefill work (any unit; blocks in kvtier).
+  int Pick(const BlockKey& key, std::span<const double> loads, double slack = 0) const;
   // Depth, then Pick.
-  RouteChoice Route(std::span<const BlockKey> chain, std::span<const double> loads);
+  RouteChoice Route(std::span<const BlockKey> chain, std::span<const double> loads,
+                    double slack = 0);
   // The same from a prompt's tokens, hashing only as many blocks as the depth needs (usually a
   // few, whatever the prompt's length). A prompt shorter than one block has no routing key
   // and goes by the hasher's root (depth 0).
   RouteChoice RouteTokens(const ChainHasher& hasher, std::span<const uint32_t> tokens,
-                          std::span<const double> loads);
+                          std::span<const double> loads, double slack = 0);
   // True when `loads[n]` is within node n's bound.
-  bool WithinBound(int n, std::span<const double> loads) const;
+  bool WithinBound(int n, std::span<const double> loads, double slack = 0) const;
 
   const HashRing& ring() const { return ring_; }
   const RouterOptions& options() const { return options_; }

@@ -1,0 +1,146 @@
+// kvtier-router: routes each request to the kvtierd node that should hold its prefix
+// (kvtier.v1.RouteService), with health probes of every node and Prometheus metrics.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "common/logging.h"
+#include "router/route_service.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: kvtier-router --nodes HOST:PORT[=WEIGHT],... [options]
+
+Routes requests (kvtier.v1.RouteService) to the kvtierd node that should prefill and cache them:
+the shallowest prefix key that is not hot (shared by more than 1/N of recent requests) picks a
+node by consistent hashing, and bounded loads keep any node from taking more than
+--load-factor x its share of the work. Nodes failing their gRPC health probes are ejected and
+re-admitted when they pass again.
+
+options:
+  --nodes LIST           kvtierd gRPC addresses, comma-separated, each with an optional
+                         =WEIGHT (default 1). Required.
+  --listen HOST:PORT     gRPC address (default 127.0.0.1:7800; port 0 picks a free port)
+  --metrics-listen H:P   Prometheus /metrics (default 127.0.0.1:9780; empty: none)
+  --load-factor F        bounded loads' 1 + epsilon (default 1.25)
+  --probe-interval-ms N  health probe period (default 1000)
+  --failures-to-eject N  failed probes in a row that eject a node (default 2)
+  --log-level LEVEL      trace, debug, info, warn, error, off (default info)
+  --help                 this text
+
+On start it prints "kvtier-router metrics on HOST:PORT" (when enabled), then
+"kvtier-router listening on HOST:PORT". SIGTERM or SIGINT stops it.
+)";
+
+int Bad(const std::string& why) {
+  std::fprintf(stderr, "kvtier-router: %s\n\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string nodes_flag, listen = "127.0.0.1:7800", metrics_listen = "127.0.0.1:9780";
+  std::string log_level = "info";
+  kvtier::router::RouterOptions options;
+  kvtier::router::HealthOptions health;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+    auto take = [&](std::string* out) {
+      if (v == nullptr) return false;
+      *out = v;
+      ++i;
+      return true;
+    };
+    auto take_int = [&](int* out, int min) {
+      if (v == nullptr || !absl::SimpleAtoi(v, out) || *out < min) return false;
+      ++i;
+      return true;
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--nodes") {
+      if (!take(&nodes_flag)) return Bad("--nodes needs a list");
+    } else if (a == "--listen") {
+      if (!take(&listen)) return Bad("--listen needs HOST:PORT");
+    } else if (a == "--metrics-listen") {
+      if (!take(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
+    } else if (a == "--load-factor") {
+      if (v == nullptr || !absl::SimpleAtod(v, &options.load_factor) ||
+          options.load_factor < 1.0) {
+        return Bad("--load-factor needs a number >= 1");
+      }
+      ++i;
+    } else if (a == "--probe-interval-ms") {
+      if (!take_int(&health.probe_interval_ms, 10)) return Bad("--probe-interval-ms: >= 10");
+      health.probe_timeout_ms = std::min(health.probe_timeout_ms, health.probe_interval_ms);
+    } else if (a == "--failures-to-eject") {
+      if (!take_int(&health.failures_to_eject, 1)) return Bad("--failures-to-eject: >= 1");
+    } else if (a == "--log-level") {
+      if (!take(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
+        return Bad("--log-level needs trace, debug, info, warn, error or off");
+      }
+    } else {
+      return Bad("unknown option '" + a + "'");
+    }
+  }
+  if (nodes_flag.empty()) return Bad("--nodes is required");
+  auto nodes = kvtier::router::ParseNodeList(nodes_flag);
+  if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
+  (void)kvtier::InitLogging(log_level);
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!metrics_listen.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(metrics_listen);
+    } catch (const std::exception& e) {
+      spdlog::critical("metrics-listen: cannot serve on {}: {}", metrics_listen, e.what());
+      return 1;
+    }
+    exposer->RegisterCollectable(registry);
+    std::printf("kvtier-router metrics on %s:%d\n",
+                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
+                exposer->GetListeningPorts().front());
+  }
+  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    spdlog::critical("cannot listen on {}", listen);
+    return 1;
+  }
+  std::printf("kvtier-router listening on %s:%d\n", listen.substr(0, listen.rfind(':')).c_str(),
+              port);
+  std::fflush(stdout);
+  spdlog::info("kvtier-router: {} nodes, load factor {}", nodes->size(), options.load_factor);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("kvtier-router: {} received, stopping", strsignal(sig));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  server->Wait();
+  std::fflush(nullptr);
+  _exit(0);
+}

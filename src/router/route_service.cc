@@ -1,0 +1,292 @@
+#include "router/route_service.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <chrono>
+#include <cmath>
+#include <optional>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "spdlog/spdlog.h"
+
+namespace kvtier::router {
+namespace {
+
+constexpr double kLoadHalfLifeS = 60;
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+struct RouteServiceImpl::Member {
+  RingNode node;
+  bool healthy = true;
+  int failures = 0;
+  uint64_t decisions = 0;
+  double load = 0;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  prometheus::Counter* decisions_metric = nullptr;
+  prometheus::Counter* ejections_metric = nullptr;
+  prometheus::Gauge* load_metric = nullptr;
+  prometheus::Gauge* healthy_metric = nullptr;
+};
+
+struct RouteServiceImpl::Metrics {
+  prometheus::Histogram* latency = nullptr;
+  prometheus::Gauge* imbalance = nullptr;
+  prometheus::Gauge* popularity_bytes = nullptr;
+};
+
+absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list) {
+  std::vector<RingNode> nodes;
+  for (absl::string_view entry : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    std::vector<std::string> parts = absl::StrSplit(entry, '=');
+    RingNode n{.name = parts[0], .weight = 1.0};
+    if (parts[0].rfind(':') == std::string::npos || parts.size() > 2 ||
+        (parts.size() == 2 && (!absl::SimpleAtod(parts[1], &n.weight) || n.weight <= 0))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "nodes: '", std::string(entry), "' is not host:port or host:port=weight (weight > 0)"));
+    }
+    for (const RingNode& other : nodes) {
+      if (other.name == n.name) {
+        return absl::InvalidArgumentError(absl::StrCat("nodes: ", n.name, " listed twice"));
+      }
+    }
+    nodes.push_back(n);
+  }
+  if (nodes.empty()) return absl::InvalidArgumentError("nodes: the list is empty");
+  return nodes;
+}
+
+RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions options,
+                                   HealthOptions health, prometheus::Registry* registry)
+    : health_(health), router_(nodes, options), metrics_(std::make_unique<Metrics>()) {
+  prometheus::Family<prometheus::Counter>* decisions = nullptr;
+  prometheus::Family<prometheus::Counter>* ejections = nullptr;
+  prometheus::Family<prometheus::Gauge>* load = nullptr;
+  prometheus::Family<prometheus::Gauge>* healthy = nullptr;
+  if (registry != nullptr) {
+    decisions = &prometheus::BuildCounter()
+                     .Name("kvtier_router_decisions_total")
+                     .Help("Requests routed, by first-choice node.")
+                     .Register(*registry);
+    ejections = &prometheus::BuildCounter()
+                     .Name("kvtier_router_ejections_total")
+                     .Help("Times a node was ejected for failing health probes.")
+                     .Register(*registry);
+    load = &prometheus::BuildGauge()
+                .Name("kvtier_router_load_blocks")
+                .Help("Prefill work routed to each node (blocks, one-minute half-life).")
+                .Register(*registry);
+    healthy = &prometheus::BuildGauge()
+                   .Name("kvtier_router_node_healthy")
+                   .Help("1 while the node passes its health probes.")
+                   .Register(*registry);
+    metrics_->latency = &prometheus::BuildHistogram()
+                             .Name("kvtier_router_decision_seconds")
+                             .Help("Time to route one request, key hashing included.")
+                             .Register(*registry)
+                             .Add({}, prometheus::Histogram::BucketBoundaries{
+                                          1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2});
+    metrics_->imbalance = &prometheus::BuildGauge()
+                               .Name("kvtier_router_imbalance")
+                               .Help("Max over healthy nodes of load / mean load.")
+                               .Register(*registry)
+                               .Add({});
+    metrics_->popularity_bytes = &prometheus::BuildGauge()
+                                      .Name("kvtier_router_index_bytes")
+                                      .Help("Memory of the prefix popularity sketch.")
+                                      .Register(*registry)
+                                      .Add({});
+    metrics_->popularity_bytes->Set(static_cast<double>(router_.popularity_bytes()));
+  }
+  MutexLock lock(&mu_);
+  for (const RingNode& n : nodes) {
+    auto m = std::make_unique<Member>();
+    m->node = n;
+    // Reconnect attempts no further apart than the probes, so a recovered node is seen soon.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(health.probe_interval_ms, 1000));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, health.probe_interval_ms);
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    m->health = grpc::health::v1::Health::NewStub(
+        grpc::CreateCustomChannel(n.name, grpc::InsecureChannelCredentials(), args));
+    if (registry != nullptr) {
+      m->decisions_metric = &decisions->Add({{"node", n.name}});
+      m->ejections_metric = &ejections->Add({{"node", n.name}});
+      m->load_metric = &load->Add({{"node", n.name}});
+      m->healthy_metric = &healthy->Add({{"node", n.name}});
+      m->healthy_metric->Set(1);
+    }
+    members_.push_back(std::move(m));
+  }
+  RebuildLocked();
+  last_decay_s_ = Now();
+  prober_ = std::thread([this] { ProbeLoop(); });
+}
+
+RouteServiceImpl::~RouteServiceImpl() {
+  stop_ = true;
+  prober_.join();
+}
+
+void RouteServiceImpl::RebuildLocked() {
+  std::vector<RingNode> healthy;
+  ring_members_.clear();
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (!members_[i]->healthy) continue;
+    healthy.push_back(members_[i]->node);
+    ring_members_.push_back(static_cast<int>(i));
+  }
+  router_.SetNodes(std::move(healthy));
+}
+
+void RouteServiceImpl::DecayLocked() {
+  const double now = Now();
+  const double f = std::exp2(-(now - last_decay_s_) / kLoadHalfLifeS);
+  last_decay_s_ = now;
+  for (auto& m : members_) m->load *= f;
+}
+
+void RouteServiceImpl::ProbeLoop() {
+  while (!stop_) {
+    for (size_t i = 0; i < members_.size() && !stop_; ++i) {
+      grpc::health::v1::Health::Stub* stub;
+      {
+        MutexLock lock(&mu_);
+        stub = members_[i]->health.get();
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(health_.probe_timeout_ms));
+      grpc::health::v1::HealthCheckRequest req;
+      grpc::health::v1::HealthCheckResponse res;
+      const grpc::Status st = stub->Check(&ctx, req, &res);
+      const bool ok = st.ok() && res.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+      MutexLock lock(&mu_);
+      Member& m = *members_[i];
+      if (ok) {
+        m.failures = 0;
+        if (!m.healthy) {
+          m.healthy = true;
+          spdlog::info("kvtier-router: {} is healthy again; re-admitted", m.node.name);
+          if (m.healthy_metric != nullptr) m.healthy_metric->Set(1);
+          RebuildLocked();
+        }
+      } else if (++m.failures >= health_.failures_to_eject && m.healthy) {
+        m.healthy = false;
+        spdlog::warn("kvtier-router: {} failed {} health probes ({}); ejected", m.node.name,
+                     m.failures, st.ok() ? "not serving" : st.error_message());
+        if (m.healthy_metric != nullptr) m.healthy_metric->Set(0);
+        if (m.ejections_metric != nullptr) m.ejections_metric->Increment();
+        RebuildLocked();
+      }
+    }
+    for (int waited = 0; waited < health_.probe_interval_ms && !stop_; waited += 10) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+}
+
+grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteRequest* request,
+                                     v1::RouteResponse* response) {
+  const double start = Now();
+  if (request->tenant().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tenant: must be set");
+  }
+  if (request->tokens().empty() == request->packed_keys().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "give the prompt as tokens or as packed_keys (one of the two)");
+  }
+  if (request->packed_keys().size() % BlockKey::kBytes != 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "packed_keys: not a multiple of 16 bytes");
+  }
+  std::vector<BlockKey> keys;
+  for (size_t i = 0; i < request->packed_keys().size(); i += BlockKey::kBytes) {
+    keys.push_back(BlockKey::FromBytes(
+        reinterpret_cast<const uint8_t*>(request->packed_keys().data()) + i));
+  }
+  std::optional<ChainHasher> hasher;
+  if (!request->tokens().empty()) {
+    auto h = ChainHasher::Create({.tenant_salt = request->tenant(),
+                                  .model_id = request->model(),
+                                  .layout_fingerprint = request->layout_fingerprint(),
+                                  .adapter_id = request->adapter()},
+                                 request->block_tokens() == 0 ? 16 : request->block_tokens());
+    if (!h.ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(h.status().message()));
+    }
+    hasher = std::move(*h);
+  }
+  MutexLock lock(&mu_);
+  if (ring_members_.empty()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "no healthy kvtierd node: every member failed its health probes");
+  }
+  DecayLocked();
+  std::vector<double> loads;
+  for (int m : ring_members_) loads.push_back(members_[m]->load);
+  const RouteChoice c =
+      hasher.has_value()
+          ? router_.RouteTokens(*hasher,
+                                std::span(request->tokens().data(), request->tokens().size()),
+                                loads, mean_request_blocks_)
+          : router_.Route(keys, loads, mean_request_blocks_);
+  std::vector<int> order;
+  router_.ring().Candidates(RingHash(c.routing_key), router_.ring().size(), &order);
+  // The chosen node first, then the rest in ring order (where to go if it fails).
+  response->add_nodes(members_[ring_members_[c.node]]->node.name);
+  for (int n : order) {
+    if (n != c.node) response->add_nodes(members_[ring_members_[n]]->node.name);
+  }
+  response->set_routing_depth(static_cast<uint32_t>(c.depth));
+  Member& chosen = *members_[ring_members_[c.node]];
+  const size_t blocks = hasher.has_value()
+                            ? request->tokens().size() / hasher->block_tokens()
+                            : keys.size();
+  const double cost = static_cast<double>(std::max<size_t>(blocks, 1));
+  chosen.load += cost;
+  mean_request_blocks_ =
+      mean_request_blocks_ == 0 ? cost : mean_request_blocks_ + (cost - mean_request_blocks_) / 32;
+  ++chosen.decisions;
+  if (chosen.decisions_metric != nullptr) {
+    chosen.decisions_metric->Increment();
+    double total = 0, max = 0;
+    for (int m : ring_members_) {
+      members_[m]->load_metric->Set(members_[m]->load);
+      total += members_[m]->load;
+      max = std::max(max, members_[m]->load);
+    }
+    metrics_->imbalance->Set(total > 0 ? max * ring_members_.size() / total : 0);
+    metrics_->latency->Observe(Now() - start);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RouteServiceImpl::Members(grpc::ServerContext*, const v1::MembersRequest*,
+                                       v1::MembersResponse* response) {
+  MutexLock lock(&mu_);
+  DecayLocked();
+  for (const auto& m : members_) {
+    v1::Member* out = response->add_members();
+    out->set_address(m->node.name);
+    out->set_weight(m->node.weight);
+    out->set_healthy(m->healthy);
+    out->set_decisions(m->decisions);
+    out->set_load(m->load);
+  }
+  response->set_load_factor(router_.options().load_factor);
+  response->set_points_per_weight(static_cast<uint32_t>(router_.options().points_per_weight));
+  return grpc::Status::OK;
+}
+
+}  // namespace kvtier::router

@@ -1,0 +1,71 @@
+#pragma once
+// RouteServiceImpl: kvtier.v1.RouteService, the gRPC face of kvtier-router. Routes with Router
+// over the healthy members of a static list; a prober thread checks each daemon with
+// grpc.health.v1 every `probe_interval_ms`, ejects a node after `failures_to_eject` failed
+// probes in a row and re-admits it at its first good one. Loads are the router's own accounting:
+// the blocks of the requests it sent each node, decaying with a one-minute half-life; a node may
+// run one mean request ahead of its bound (Router::Pick's slack).
+// Thread-safe.
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/mutex.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "kvtier/v1/router.grpc.pb.h"
+#include "router/router.h"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace kvtier::router {
+
+struct HealthOptions {
+  int probe_interval_ms = 1000;  // Default: 1 s.
+  int probe_timeout_ms = 500;    // Default: 500 ms.
+  int failures_to_eject = 2;     // Default: 2 failed probes in a row.
+};
+
+class RouteServiceImpl final : public v1::RouteService::Service {
+ public:
+  // `registry` may be null (no metrics). Starts the prober.
+  RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions options, HealthOptions health,
+                   prometheus::Registry* registry);
+  ~RouteServiceImpl() override;
+
+  grpc::Status Route(grpc::ServerContext* ctx, const v1::RouteRequest* request,
+                     v1::RouteResponse* response) override;
+  grpc::Status Members(grpc::ServerContext* ctx, const v1::MembersRequest* request,
+                       v1::MembersResponse* response) override;
+
+ private:
+  struct Member;
+  struct Metrics;
+  void ProbeLoop();
+  void RebuildLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DecayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const HealthOptions health_;
+  Mutex mu_;
+  std::vector<std::unique_ptr<Member>> members_ ABSL_GUARDED_BY(mu_);
+  Router router_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> ring_members_ ABSL_GUARDED_BY(mu_);  // ring node index -> member index
+  double last_decay_s_ ABSL_GUARDED_BY(mu_) = 0;
+  // Recent mean of request sizes (blocks): the bounded loads' slack.
+  double mean_request_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<Metrics> metrics_;
+  std::atomic<bool> stop_{false};
+  std::thread prober_;
+};
+
+// Parses "host:port[=weight],..." into nodes. INVALID_ARGUMENT names the bad entry.
+absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list);
+
+}  // namespace kvtier::router

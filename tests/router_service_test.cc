@@ -1,0 +1,162 @@
+// kvtier-router as a process, in front of real kvtierd processes: routing over gRPC, health
+// ejection and re-admission, bad input.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "kvtier/v1/router.grpc.pb.h"
+#include "testing/daemon_process.h"
+#include "testing/http_get.h"
+#include "testing/test_util.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::testing::DaemonProcess;
+
+std::unique_ptr<DaemonProcess> StartDaemon(const std::string& listen) {
+  return std::make_unique<DaemonProcess>(
+      std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+      std::vector<std::string>{"--listen", listen, "--no-nvme", "--host-mib", "32",
+                               "--ucx-listen", "off", "--metrics-listen", "", "--log-level",
+                               "warn"});
+}
+
+class RouterServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string list;
+    for (int i = 0; i < 3; ++i) {
+      daemons_.push_back(StartDaemon("127.0.0.1:0"));
+      ASSERT_FALSE(daemons_.back()->address().empty());
+      addresses_.push_back(daemons_.back()->address());
+      list += (i ? "," : "") + addresses_.back();
+    }
+    router_ = std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen",
+                                 "127.0.0.1:0", "--probe-interval-ms", "100",
+                                 "--failures-to-eject", "2", "--log-level", "warn"});
+    ASSERT_FALSE(router_->address().empty()) << router_->output();
+    stub_ = v1::RouteService::NewStub(
+        grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  grpc::Status Route(const v1::RouteRequest& req, v1::RouteResponse* res) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return stub_->Route(&ctx, req, res);
+  }
+
+  v1::RouteRequest Prompt(int conversation, int turns) {
+    v1::RouteRequest req;
+    req.set_tenant("t");
+    req.set_model("m");
+    for (int t = 0; t < 64; ++t) req.add_tokens(7);  // a shared system prompt
+    for (int t = 0; t < 16 * turns + 5; ++t) req.add_tokens(conversation * 10000 + t);
+    return req;
+  }
+
+  // Waits until Members reports `address` healthy (or not).
+  bool WaitHealthy(const std::string& address, bool healthy) {
+    for (int i = 0; i < 100; ++i) {
+      grpc::ClientContext ctx;
+      v1::MembersResponse res;
+      if (stub_->Members(&ctx, v1::MembersRequest(), &res).ok()) {
+        for (const auto& m : res.members()) {
+          if (m.address() == address && m.healthy() == healthy) return true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  std::vector<std::unique_ptr<DaemonProcess>> daemons_;
+  std::vector<std::string> addresses_;
+  std::unique_ptr<DaemonProcess> router_;
+  std::unique_ptr<v1::RouteService::Stub> stub_;
+};
+
+TEST_F(RouterServiceTest, RoutesEjectsAndReadmits) {
+  v1::RouteResponse res;
+  ASSERT_TRUE(Route(Prompt(1, 2), &res).ok());
+  ASSERT_EQ(res.nodes_size(), 3);
+  EXPECT_GE(res.routing_depth(), 1u);
+  std::vector<std::string> got(res.nodes().begin(), res.nodes().end());
+  std::sort(got.begin(), got.end());
+  std::vector<std::string> want = addresses_;
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+  // The same prompt goes to the same node.
+  v1::RouteResponse again;
+  ASSERT_TRUE(Route(Prompt(1, 2), &again).ok());
+  EXPECT_EQ(again.nodes(0), res.nodes(0));
+
+  // Kill the node that prompt 1 goes to: it is ejected, and nothing is routed to it.
+  const std::string victim = res.nodes(0);
+  const size_t v = std::find(addresses_.begin(), addresses_.end(), victim) - addresses_.begin();
+  kill(daemons_[v]->pid(), SIGKILL);
+  ASSERT_TRUE(WaitHealthy(victim, false));
+  for (int c = 0; c < 30; ++c) {
+    v1::RouteResponse r;
+    ASSERT_TRUE(Route(Prompt(c, 1), &r).ok());
+    EXPECT_EQ(r.nodes_size(), 2);
+    for (const auto& n : r.nodes()) EXPECT_NE(n, victim);
+  }
+  // Restarted on its address, it is re-admitted and gets its prompts back.
+  daemons_[v] = StartDaemon(victim);
+  ASSERT_FALSE(daemons_[v]->address().empty());
+  ASSERT_TRUE(WaitHealthy(victim, true));
+  v1::RouteResponse back;
+  ASSERT_TRUE(Route(Prompt(1, 2), &back).ok());
+  EXPECT_EQ(back.nodes_size(), 3);
+
+  const std::string metrics = testing::HttpGet(router_->AddressOf("metrics"), "/metrics");
+  EXPECT_NE(metrics.find("kvtier_router_decisions_total"), std::string::npos);
+  EXPECT_NE(metrics.find("kvtier_router_ejections_total{node=\"" + victim + "\"} 1"),
+            std::string::npos)
+      << metrics;
+}
+
+TEST_F(RouterServiceTest, BadInputAndNoHealthyNode) {
+  v1::RouteResponse res;
+  v1::RouteRequest no_tenant = Prompt(1, 1);
+  no_tenant.clear_tenant();
+  EXPECT_EQ(Route(no_tenant, &res).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::RouteRequest empty;
+  empty.set_tenant("t");
+  EXPECT_EQ(Route(empty, &res).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::RouteRequest both = Prompt(1, 1);
+  both.set_packed_keys(std::string(16, 'k'));
+  EXPECT_EQ(Route(both, &res).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::RouteRequest ragged;
+  ragged.set_tenant("t");
+  ragged.set_packed_keys(std::string(17, 'k'));
+  EXPECT_EQ(Route(ragged, &res).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Keys work as well as tokens.
+  v1::RouteRequest keys;
+  keys.set_tenant("t");
+  keys.set_packed_keys(std::string(48, 'k'));
+  EXPECT_TRUE(Route(keys, &res).ok());
+
+  for (auto& d : daemons_) kill(d->pid(), SIGKILL);
+  for (const auto& a : addresses_) ASSERT_TRUE(WaitHealthy(a, false));
+  const grpc::Status st = Route(Prompt(1, 1), &res);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("no healthy"), std::string::npos) << st.error_message();
+}
+
+TEST(RouterFlags, BadNodeListsAreRefused) {
+  for (const char* list : {"", "nohostport", "127.0.0.1:1=0", "a:1,a:1"}) {
+    DaemonProcess router(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+                         {"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen", ""},
+                         std::chrono::seconds(5));
+    EXPECT_TRUE(router.address().empty()) << list;
+    EXPECT_EQ(router.Stop(), 2 << 8) << list;  // exit status 2
+  }
+}
+
+}  // namespace
+}  // namespace kvtier
