@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "cli/cluster_replay.h"
 #include "router/simulator.h"
 
 namespace kvtier::cli {
@@ -33,6 +34,15 @@ options:
   --requests N         replay only the first N requests (default: all)
   --json               end with one line: RESULT {json}
   --help               this text
+
+Against a real cluster (scripts/local-cluster.sh):
+  --router HOST:PORT   replay through kvtier-router and its kvtierd nodes instead: per request,
+                       Route, then Lookup on the chosen node, then Put the blocks it missed
+                       (--block-bytes each, default 4096). Prints hit rates per node and tier,
+                       the router's balance, and the simulation of the same cluster beside it
+                       (capacity per node: --capacity, which should match the daemons' host
+                       tier divided by the block size).
+  --tenant NAME        tenant for the cluster replay (default: replay)
 )";
 
 int Usage(const std::string& error) {
@@ -48,6 +58,7 @@ int RunReplay(int argc, char** argv) {
   router::SimOptions o;
   size_t requests = 0;
   bool json = false;
+  ClusterReplayOptions cluster;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -78,6 +89,16 @@ int RunReplay(int argc, char** argv) {
       if (!number(&requests, false)) return Usage("--requests needs a number > 0");
     } else if (a == "--json") {
       json = true;
+    } else if (a == "--router") {
+      const char* v = value();
+      if (v == nullptr) return Usage("--router needs HOST:PORT");
+      cluster.router = v;
+    } else if (a == "--tenant") {
+      const char* v = value();
+      if (v == nullptr || *v == '\0') return Usage("--tenant needs a name");
+      cluster.tenant = v;
+    } else if (a == "--block-bytes") {
+      if (!number(&cluster.block_bytes, false)) return Usage("--block-bytes needs a number > 0");
     } else {
       return Usage("unknown option '" + a + "'");
     }
@@ -87,6 +108,7 @@ int RunReplay(int argc, char** argv) {
     std::fprintf(stderr, "kvtier replay: %s\n", std::string(trace.status().message()).c_str());
     return 1;
   }
+  if (!cluster.router.empty()) return RunClusterReplay(*trace, cluster, o, json);
   const double global = router::GlobalLruHitRate(*trace, o.nodes * o.capacity);
   std::printf("%zu requests, %zu nodes x %zu blocks, prefill %.0f blocks/s per node\n",
               trace->size(), o.nodes, o.capacity, o.prefill_rate);

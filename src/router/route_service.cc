@@ -29,6 +29,7 @@ double Now() {
 struct RouteServiceImpl::Member {
   RingNode node;
   bool healthy = true;
+  bool reported = false;  // load comes from Report
   int failures = 0;
   uint64_t decisions = 0;
   double load = 0;
@@ -254,7 +255,7 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
                             ? request->tokens().size() / hasher->block_tokens()
                             : keys.size();
   const double cost = static_cast<double>(std::max<size_t>(blocks, 1));
-  chosen.load += cost;
+  if (!chosen.reported) chosen.load += cost;
   mean_request_blocks_ =
       mean_request_blocks_ == 0 ? cost : mean_request_blocks_ + (cost - mean_request_blocks_) / 32;
   ++chosen.decisions;
@@ -270,6 +271,22 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
     metrics_->latency->Observe(Now() - start);
   }
   return grpc::Status::OK;
+}
+
+grpc::Status RouteServiceImpl::Report(grpc::ServerContext*, const v1::ReportRequest* request,
+                                      v1::ReportResponse*) {
+  MutexLock lock(&mu_);
+  for (auto& m : members_) {
+    if (m->node.name != request->node()) continue;
+    DecayLocked();
+    if (!m->reported) m->load = 0;  // from now on, reported work only
+    m->reported = true;
+    m->load += static_cast<double>(request->prefilled_blocks());
+    if (m->load_metric != nullptr) m->load_metric->Set(m->load);
+    return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::NOT_FOUND, "report: " + request->node() +
+                                                       " is not a member");
 }
 
 grpc::Status RouteServiceImpl::Members(grpc::ServerContext*, const v1::MembersRequest*,

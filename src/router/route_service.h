@@ -2,9 +2,10 @@
 // RouteServiceImpl: kvtier.v1.RouteService, the gRPC face of kvtier-router. Routes with Router
 // over the healthy members of a static list; a prober thread checks each daemon with
 // grpc.health.v1 every `probe_interval_ms`, ejects a node after `failures_to_eject` failed
-// probes in a row and re-admits it at its first good one. Loads are the router's own accounting:
-// the blocks of the requests it sent each node, decaying with a one-minute half-life; a node may
-// run one mean request ahead of its bound (Router::Pick's slack).
+// probes in a row and re-admits it at its first good one. A node's load is the prefill work
+// reported for it (Report: blocks it missed), or, until the first report, the blocks of the
+// requests routed to it; it decays with a one-minute half-life, and a node may run one mean
+// request ahead of its bound (Router::Pick's slack).
 // Thread-safe.
 
 #include <grpcpp/grpcpp.h>
@@ -44,6 +45,8 @@ class RouteServiceImpl final : public v1::RouteService::Service {
                      v1::RouteResponse* response) override;
   grpc::Status Members(grpc::ServerContext* ctx, const v1::MembersRequest* request,
                        v1::MembersResponse* response) override;
+  grpc::Status Report(grpc::ServerContext* ctx, const v1::ReportRequest* request,
+                      v1::ReportResponse* response) override;
 
  private:
   struct Member;
