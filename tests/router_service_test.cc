@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
 #include <thread>
 
 #include "kvtier/v1/router.grpc.pb.h"
@@ -146,6 +148,73 @@ TEST_F(RouterServiceTest, BadInputAndNoHealthyNode) {
   const grpc::Status st = Route(Prompt(1, 1), &res);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(st.error_message().find("no healthy"), std::string::npos) << st.error_message();
+}
+
+// Members' addresses, once `want` of them are listed (or whatever is there after 5 s).
+std::vector<std::string> WaitMembers(v1::RouteService::Stub* stub, size_t want) {
+  std::vector<std::string> got;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::MembersResponse res;
+    got.clear();
+    if (stub->Members(&ctx, v1::MembersRequest(), &res).ok()) {
+      for (const auto& m : res.members()) got.push_back(m.address());
+    }
+    if (got.size() == want) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::sort(got.begin(), got.end());
+  return got;
+}
+
+TEST_F(RouterServiceTest, MembershipFromAFileFollowsItsChanges) {
+  testing::TempDir dir;
+  const std::string file = dir.Sub("nodes");
+  auto write = [&](const std::string& text) {
+    std::ofstream(file + ".tmp") << text;
+    std::rename((file + ".tmp").c_str(), file.c_str());
+  };
+  write("# two nodes\n" + addresses_[0] + "\n" + addresses_[1] + "=2\n");
+  DaemonProcess router(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+                       {"--nodes-file", file, "--refresh-ms", "50", "--listen", "127.0.0.1:0",
+                        "--metrics-listen", "", "--probe-interval-ms", "100", "--log-level",
+                        "warn"});
+  ASSERT_FALSE(router.address().empty()) << router.output();
+  auto stub = v1::RouteService::NewStub(
+      grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
+  auto sorted = [](std::vector<std::string> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  EXPECT_EQ(WaitMembers(stub.get(), 2), sorted({addresses_[0], addresses_[1]}));
+  write(addresses_[0] + "\n" + addresses_[1] + "\n" + addresses_[2] + "\n");
+  EXPECT_EQ(WaitMembers(stub.get(), 3), sorted(addresses_));
+  write(addresses_[0] + "\n" + addresses_[2] + "\n");
+  EXPECT_EQ(WaitMembers(stub.get(), 2), sorted({addresses_[0], addresses_[2]}));
+  {
+    grpc::ClientContext ctx;
+    v1::RouteResponse res;
+    ASSERT_TRUE(stub->Route(&ctx, Prompt(3, 1), &res).ok());
+    EXPECT_EQ(res.nodes_size(), 2);
+    for (const auto& n : res.nodes()) EXPECT_NE(n, addresses_[1]);
+  }
+  // A broken file keeps the last good membership.
+  write("not an address\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(WaitMembers(stub.get(), 2), sorted({addresses_[0], addresses_[2]}));
+}
+
+TEST_F(RouterServiceTest, MembershipFromDns) {
+  // localhost resolves here without any server of ours: its IPv4 address must be a member.
+  const std::string port = addresses_[0].substr(addresses_[0].rfind(':') + 1);
+  DaemonProcess router(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+                       {"--nodes-dns", "localhost:" + port, "--refresh-ms", "100", "--listen",
+                        "127.0.0.1:0", "--metrics-listen", "", "--log-level", "warn"});
+  ASSERT_FALSE(router.address().empty()) << router.output();
+  auto stub = v1::RouteService::NewStub(
+      grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
+  const std::vector<std::string> members = WaitMembers(stub.get(), 1);
+  EXPECT_NE(std::find(members.begin(), members.end(), "127.0.0.1:" + port), members.end());
 }
 
 TEST(RouterFlags, BadNodeListsAreRefused) {

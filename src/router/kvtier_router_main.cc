@@ -6,7 +6,9 @@
 #include <prometheus/registry.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
+#include <thread>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -18,7 +20,7 @@
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: kvtier-router --nodes HOST:PORT[=WEIGHT],... [options]
+constexpr char kUsage[] = R"(usage: kvtier-router (--nodes LIST | --nodes-file FILE | --nodes-dns NAME:PORT) [options]
 
 Routes requests (kvtier.v1.RouteService) to the kvtierd node that should prefill and cache them:
 the shallowest prefix key that is not hot (shared by more than 1/N of recent requests) picks a
@@ -28,7 +30,11 @@ re-admitted when they pass again.
 
 options:
   --nodes LIST           kvtierd gRPC addresses, comma-separated, each with an optional
-                         =WEIGHT (default 1). Required.
+                         =WEIGHT (default 1)
+  --nodes-file FILE      the same, one a line (# comments); re-read when it changes
+  --nodes-dns NAME:PORT  every address NAME resolves to (a Kubernetes headless service),
+                         re-resolved every --refresh-ms
+  --refresh-ms N         how often the file or name is checked (default 5000)
   --listen HOST:PORT     gRPC address (default 127.0.0.1:7800; port 0 picks a free port)
   --metrics-listen H:P   Prometheus /metrics (default 127.0.0.1:9780; empty: none)
   --load-factor F        bounded loads' 1 + epsilon (default 1.25)
@@ -49,7 +55,9 @@ int Bad(const std::string& why) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string nodes_flag, listen = "127.0.0.1:7800", metrics_listen = "127.0.0.1:9780";
+  std::string nodes_flag, nodes_file, nodes_dns, listen = "127.0.0.1:7800";
+  std::string metrics_listen = "127.0.0.1:9780";
+  int refresh_ms = 5000;
   std::string log_level = "info";
   kvtier::router::RouterOptions options;
   kvtier::router::HealthOptions health;
@@ -72,6 +80,12 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--nodes") {
       if (!take(&nodes_flag)) return Bad("--nodes needs a list");
+    } else if (a == "--nodes-file") {
+      if (!take(&nodes_file)) return Bad("--nodes-file needs a file");
+    } else if (a == "--nodes-dns") {
+      if (!take(&nodes_dns)) return Bad("--nodes-dns needs NAME:PORT");
+    } else if (a == "--refresh-ms") {
+      if (!take_int(&refresh_ms, 10)) return Bad("--refresh-ms: >= 10");
     } else if (a == "--listen") {
       if (!take(&listen)) return Bad("--listen needs HOST:PORT");
     } else if (a == "--metrics-listen") {
@@ -95,8 +109,16 @@ int main(int argc, char** argv) {
       return Bad("unknown option '" + a + "'");
     }
   }
-  if (nodes_flag.empty()) return Bad("--nodes is required");
-  auto nodes = kvtier::router::ParseNodeList(nodes_flag);
+  if (nodes_flag.empty() + nodes_file.empty() + nodes_dns.empty() != 2) {
+    return Bad("give one of --nodes, --nodes-file and --nodes-dns");
+  }
+  // Where the membership comes from, now and at every refresh.
+  auto load_nodes = [&]() -> absl::StatusOr<std::vector<kvtier::router::RingNode>> {
+    if (!nodes_file.empty()) return kvtier::router::ReadNodeFile(nodes_file);
+    if (!nodes_dns.empty()) return kvtier::router::ResolveNodes(nodes_dns);
+    return kvtier::router::ParseNodeList(nodes_flag);
+  };
+  auto nodes = load_nodes();
   if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
   (void)kvtier::InitLogging(log_level);
 
@@ -136,8 +158,35 @@ int main(int argc, char** argv) {
               port);
   std::fflush(stdout);
   spdlog::info("kvtier-router: {} nodes, load factor {}", nodes->size(), options.load_factor);
+  std::atomic<bool> stopping{false};
+  std::thread refresher;
+  if (nodes_flag.empty()) {
+    refresher = std::thread([&] {
+      std::vector<kvtier::router::RingNode> current = *nodes;
+      while (!stopping) {
+        for (int w = 0; w < refresh_ms && !stopping; w += 10) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        auto next = load_nodes();
+        if (!next.ok()) {
+          // Keep routing over the last good membership.
+          spdlog::warn("kvtier-router: membership not refreshed: {}", next.status().ToString());
+          continue;
+        }
+        bool same = next->size() == current.size();
+        for (size_t i = 0; same && i < current.size(); ++i) {
+          same = (*next)[i].name == current[i].name && (*next)[i].weight == current[i].weight;
+        }
+        if (same) continue;
+        service.SetMembers(*next);
+        current = std::move(*next);
+      }
+    });
+  }
   int sig = 0;
   sigwait(&signals, &sig);
+  stopping = true;
+  if (refresher.joinable()) refresher.join();
   spdlog::info("kvtier-router: {} received, stopping", strsignal(sig));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server->Wait();

@@ -6,12 +6,20 @@
 #include <prometheus/registry.h>
 
 #include <chrono>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <fstream>
 #include <cmath>
 #include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "spdlog/spdlog.h"
 
 namespace kvtier::router {
@@ -41,6 +49,10 @@ struct RouteServiceImpl::Member {
 };
 
 struct RouteServiceImpl::Metrics {
+  prometheus::Family<prometheus::Counter>* decisions = nullptr;
+  prometheus::Family<prometheus::Counter>* ejections = nullptr;
+  prometheus::Family<prometheus::Gauge>* load = nullptr;
+  prometheus::Family<prometheus::Gauge>* healthy = nullptr;
   prometheus::Histogram* latency = nullptr;
   prometheus::Gauge* imbalance = nullptr;
   prometheus::Gauge* popularity_bytes = nullptr;
@@ -67,30 +79,79 @@ absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list) {
   return nodes;
 }
 
+absl::StatusOr<std::vector<RingNode>> ReadNodeFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("nodes file: cannot read ", path));
+  std::string line, list;
+  while (std::getline(in, line)) {
+    const size_t hash = line.find('#');
+    if (hash != std::string::npos) line.resize(hash);
+    line = std::string(absl::StripAsciiWhitespace(line));
+    if (line.empty()) continue;
+    list += (list.empty() ? "" : ",") + line;
+  }
+  auto nodes = ParseNodeList(list);
+  if (!nodes.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", nodes.status().message()));
+  }
+  return nodes;
+}
+
+absl::StatusOr<std::vector<RingNode>> ResolveNodes(const std::string& host_port) {
+  const size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("nodes-dns: '", host_port, "' is not NAME:PORT"));
+  }
+  const std::string host = host_port.substr(0, colon), port = host_port.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("nodes-dns: ", host, " does not resolve: ", gai_strerror(rc)));
+  }
+  std::vector<std::string> names;
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    char ip[INET6_ADDRSTRLEN] = {};
+    if (a->ai_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, ip, sizeof(ip));
+      names.push_back(absl::StrCat(ip, ":", port));
+    } else if (a->ai_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, ip,
+                sizeof(ip));
+      names.push_back(absl::StrCat("[", ip, "]:", port));
+    }
+  }
+  freeaddrinfo(res);
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::vector<RingNode> nodes;
+  for (const std::string& n : names) nodes.push_back({n, 1.0});
+  if (nodes.empty()) return absl::UnavailableError("nodes-dns: " + host + " has no addresses");
+  return nodes;
+}
+
 RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions options,
                                    HealthOptions health, prometheus::Registry* registry)
-    : health_(health), router_(nodes, options), metrics_(std::make_unique<Metrics>()) {
-  prometheus::Family<prometheus::Counter>* decisions = nullptr;
-  prometheus::Family<prometheus::Counter>* ejections = nullptr;
-  prometheus::Family<prometheus::Gauge>* load = nullptr;
-  prometheus::Family<prometheus::Gauge>* healthy = nullptr;
+    : health_(health), router_({}, options), metrics_(std::make_unique<Metrics>()) {
   if (registry != nullptr) {
-    decisions = &prometheus::BuildCounter()
-                     .Name("kvtier_router_decisions_total")
-                     .Help("Requests routed, by first-choice node.")
-                     .Register(*registry);
-    ejections = &prometheus::BuildCounter()
-                     .Name("kvtier_router_ejections_total")
-                     .Help("Times a node was ejected for failing health probes.")
-                     .Register(*registry);
-    load = &prometheus::BuildGauge()
-                .Name("kvtier_router_load_blocks")
-                .Help("Prefill work routed to each node (blocks, one-minute half-life).")
-                .Register(*registry);
-    healthy = &prometheus::BuildGauge()
-                   .Name("kvtier_router_node_healthy")
-                   .Help("1 while the node passes its health probes.")
-                   .Register(*registry);
+    metrics_->decisions = &prometheus::BuildCounter()
+                               .Name("kvtier_router_decisions_total")
+                               .Help("Requests routed, by first-choice node.")
+                               .Register(*registry);
+    metrics_->ejections = &prometheus::BuildCounter()
+                               .Name("kvtier_router_ejections_total")
+                               .Help("Times a node was ejected for failing health probes.")
+                               .Register(*registry);
+    metrics_->load = &prometheus::BuildGauge()
+                          .Name("kvtier_router_load_blocks")
+                          .Help("Prefill work of each node (blocks, one-minute half-life).")
+                          .Register(*registry);
+    metrics_->healthy = &prometheus::BuildGauge()
+                             .Name("kvtier_router_node_healthy")
+                             .Help("1 while the node is a member and passes its health probes.")
+                             .Register(*registry);
     metrics_->latency = &prometheus::BuildHistogram()
                              .Name("kvtier_router_decision_seconds")
                              .Help("Time to route one request, key hashing included.")
@@ -109,29 +170,56 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                                       .Add({});
     metrics_->popularity_bytes->Set(static_cast<double>(router_.popularity_bytes()));
   }
+  SetMembers(std::move(nodes));
+  {
+    MutexLock lock(&mu_);
+    last_decay_s_ = Now();
+  }
+  prober_ = std::thread([this] { ProbeLoop(); });
+}
+
+void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
   MutexLock lock(&mu_);
+  std::vector<std::shared_ptr<Member>> next;
+  bool changed = nodes.size() != members_.size();
   for (const RingNode& n : nodes) {
-    auto m = std::make_unique<Member>();
+    std::shared_ptr<Member> m;
+    for (const auto& old : members_) {
+      if (old->node.name == n.name) m = old;
+    }
+    if (m != nullptr) {
+      changed |= m->node.weight != n.weight;
+      m->node.weight = n.weight;
+      next.push_back(std::move(m));
+      continue;
+    }
+    changed = true;
+    m = std::make_shared<Member>();
     m->node = n;
     // Reconnect attempts no further apart than the probes, so a recovered node is seen soon.
     grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(health.probe_interval_ms, 1000));
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, health.probe_interval_ms);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(health_.probe_interval_ms, 1000));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, health_.probe_interval_ms);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     m->health = grpc::health::v1::Health::NewStub(
         grpc::CreateCustomChannel(n.name, grpc::InsecureChannelCredentials(), args));
-    if (registry != nullptr) {
-      m->decisions_metric = &decisions->Add({{"node", n.name}});
-      m->ejections_metric = &ejections->Add({{"node", n.name}});
-      m->load_metric = &load->Add({{"node", n.name}});
-      m->healthy_metric = &healthy->Add({{"node", n.name}});
+    if (metrics_->decisions != nullptr) {
+      m->decisions_metric = &metrics_->decisions->Add({{"node", n.name}});
+      m->ejections_metric = &metrics_->ejections->Add({{"node", n.name}});
+      m->load_metric = &metrics_->load->Add({{"node", n.name}});
+      m->healthy_metric = &metrics_->healthy->Add({{"node", n.name}});
       m->healthy_metric->Set(1);
     }
-    members_.push_back(std::move(m));
+    spdlog::info("kvtier-router: {} joined", n.name);
+    next.push_back(std::move(m));
   }
-  RebuildLocked();
-  last_decay_s_ = Now();
-  prober_ = std::thread([this] { ProbeLoop(); });
+  for (const auto& old : members_) {
+    if (std::find(next.begin(), next.end(), old) != next.end()) continue;
+    spdlog::info("kvtier-router: {} left", old->node.name);
+    if (old->healthy_metric != nullptr) old->healthy_metric->Set(0);
+  }
+  members_ = std::move(next);
+  if (changed) RebuildLocked();
 }
 
 RouteServiceImpl::~RouteServiceImpl() {
@@ -159,21 +247,23 @@ void RouteServiceImpl::DecayLocked() {
 
 void RouteServiceImpl::ProbeLoop() {
   while (!stop_) {
-    for (size_t i = 0; i < members_.size() && !stop_; ++i) {
-      grpc::health::v1::Health::Stub* stub;
-      {
-        MutexLock lock(&mu_);
-        stub = members_[i]->health.get();
-      }
+    std::vector<std::shared_ptr<Member>> snapshot;
+    {
+      MutexLock lock(&mu_);
+      snapshot = members_;
+    }
+    for (const std::shared_ptr<Member>& member : snapshot) {
+      if (stop_) break;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(health_.probe_timeout_ms));
       grpc::health::v1::HealthCheckRequest req;
       grpc::health::v1::HealthCheckResponse res;
-      const grpc::Status st = stub->Check(&ctx, req, &res);
+      const grpc::Status st = member->health->Check(&ctx, req, &res);
       const bool ok = st.ok() && res.status() == grpc::health::v1::HealthCheckResponse::SERVING;
       MutexLock lock(&mu_);
-      Member& m = *members_[i];
+      if (std::find(members_.begin(), members_.end(), member) == members_.end()) continue;
+      Member& m = *member;
       if (ok) {
         m.failures = 0;
         if (!m.healthy) {

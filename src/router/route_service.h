@@ -48,6 +48,11 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   grpc::Status Report(grpc::ServerContext* ctx, const v1::ReportRequest* request,
                       v1::ReportResponse* response) override;
 
+  // New membership (from a re-read node file or a re-resolved DNS name). Members that stay keep
+  // their load and health; new ones start healthy; only the keys of nodes that join or leave
+  // move.
+  void SetMembers(std::vector<RingNode> nodes);
+
  private:
   struct Member;
   struct Metrics;
@@ -57,7 +62,7 @@ class RouteServiceImpl final : public v1::RouteService::Service {
 
   const HealthOptions health_;
   Mutex mu_;
-  std::vector<std::unique_ptr<Member>> members_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Member>> members_ ABSL_GUARDED_BY(mu_);
   Router router_ ABSL_GUARDED_BY(mu_);
   std::vector<int> ring_members_ ABSL_GUARDED_BY(mu_);  // ring node index -> member index
   double last_decay_s_ ABSL_GUARDED_BY(mu_) = 0;
@@ -70,5 +75,10 @@ class RouteServiceImpl final : public v1::RouteService::Service {
 
 // Parses "host:port[=weight],..." into nodes. INVALID_ARGUMENT names the bad entry.
 absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list);
+// A node file: one host:port[=weight] a line; blank lines and # comments are skipped.
+absl::StatusOr<std::vector<RingNode>> ReadNodeFile(const std::string& path);
+// Every address `host` resolves to, as ip:port nodes of weight 1 (sorted). UNAVAILABLE when it
+// does not resolve.
+absl::StatusOr<std::vector<RingNode>> ResolveNodes(const std::string& host_port);
 
 }  // namespace kvtier::router
