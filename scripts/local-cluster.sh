@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A local kvtier cluster on loopback: N kvtierd daemons and one kvtier-router, on free ports.
 #
-#   scripts/local-cluster.sh start [N] [HOST_MIB]   start N daemons (default 4) with HOST_MIB MiB
+#   scripts/local-cluster.sh start [N] [HOST_MIB] [ROUTER_FLAG...]
+#                                                   start N daemons (default 4) with HOST_MIB MiB
 #                                                   of host tier each (default 64), then the router
+#                                                   (with the given flags, e.g. --cache-aware)
 #   scripts/local-cluster.sh status                 addresses and whether each process is up
 #   scripts/local-cluster.sh stop                   SIGTERM everything (SIGKILL after 10 s)
 #
@@ -54,7 +56,7 @@ stop() {
 
 case "${1:-}" in
   start)
-    n="${2:-4}"; host_mib="${3:-64}"
+    n="${2:-4}"; host_mib="${3:-64}"; shift $(( $# < 3 ? $# : 3 )); router_flags=("$@")
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "local-cluster: N must be a positive number" >&2; exit 2; }
     [[ "$host_mib" =~ ^[1-9][0-9]*$ ]] || { echo "local-cluster: HOST_MIB must be a positive number" >&2; exit 2; }
     for bin in kvtierd kvtier-router; do
@@ -72,7 +74,7 @@ case "${1:-}" in
     done
     list="$(IFS=,; echo "${nodes[*]}")"
     launch router "$root/build/kvtier-router" --nodes "$list" --listen 127.0.0.1:0 \
-      --metrics-listen 127.0.0.1:0 --log-level warn
+      --metrics-listen 127.0.0.1:0 --log-level warn "${router_flags[@]}"
     {
       echo "KVTIER_ROUTER=$(field "$dir/router.out" listening)"
       echo "KVTIER_ROUTER_METRICS=$(field "$dir/router.out" metrics)"
@@ -94,7 +96,7 @@ case "${1:-}" in
     stop
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

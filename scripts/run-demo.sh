@@ -3,7 +3,8 @@
 # kvtier-router on loopback), replay the shared Mooncake trace through it, print hit rates per
 # node and tier, the router's balance and every /metrics endpoint, then stop the cluster.
 #
-#   scripts/run-demo.sh [NODES] [CAPACITY_BLOCKS]     defaults: 4 nodes of 2,048 blocks (4 KiB)
+#   scripts/run-demo.sh [NODES] [CAPACITY_BLOCKS] [ROUTER_FLAG...]
+#       defaults: 4 nodes of 2,048 blocks (4 KiB); e.g. `scripts/run-demo.sh 8 2048 --cache-aware`
 #
 # `build/kvtier demo` (one tiered store with real KV bytes, restarted and verified) and
 # `build/kvtier replay` (the routing policies simulated) are the other demos.
@@ -11,11 +12,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 nodes="${1:-4}"
 capacity="${2:-2048}"
+shift $(( $# < 2 ? $# : 2 ))
 block_bytes=4096
 bash "$root/scripts/build.sh" --target kvtier --target kvtierd --target kvtier-router
 host_mib=$(( (capacity * block_bytes + (1 << 20) - 1) >> 20 ))
 trap '"$root/scripts/local-cluster.sh" stop' EXIT
-"$root/scripts/local-cluster.sh" start "$nodes" "$host_mib" > /dev/null
+"$root/scripts/local-cluster.sh" start "$nodes" "$host_mib" "$@" > /dev/null
 # shellcheck disable=SC1091
 source "$root/build/cluster/cluster.env"
 echo "local cluster: $nodes kvtierd nodes ($host_mib MiB host tier each), kvtier-router at $KVTIER_ROUTER"

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "client/cache_client.h"
 #include "kvtier/v1/router.grpc.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/http_get.h"
@@ -215,6 +216,60 @@ TEST_F(RouterServiceTest, MembershipFromDns) {
       grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
   const std::vector<std::string> members = WaitMembers(stub.get(), 1);
   EXPECT_NE(std::find(members.begin(), members.end(), "127.0.0.1:" + port), members.end());
+}
+
+TEST_F(RouterServiceTest, CacheAwareModeFollowsTheBlocksDaemonsHold) {
+  std::string list;
+  for (const auto& a : addresses_) list += (list.empty() ? "" : ",") + a;
+  DaemonProcess router(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+                       {"--nodes", list, "--cache-aware", "--listen", "127.0.0.1:0",
+                        "--metrics-listen", "", "--probe-interval-ms", "100", "--log-level",
+                        "warn"});
+  ASSERT_FALSE(router.address().empty()) << router.output();
+  auto stub = v1::RouteService::NewStub(
+      grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
+  std::vector<BlockKey> chain;
+  for (uint64_t i = 0; i < 4; ++i) chain.push_back(BlockKey{77, i});
+  std::string packed(chain.size() * 16, '\0');
+  for (size_t i = 0; i < chain.size(); ++i) chain[i].ToBytes(reinterpret_cast<uint8_t*>(packed.data()) + 16 * i);
+  v1::RouteRequest req;
+  req.set_tenant("t");
+  req.set_packed_keys(packed);
+  auto route = [&](v1::RouteResponse* res) {
+    grpc::ClientContext ctx;
+    return stub->Route(&ctx, req, res);
+  };
+  v1::RouteResponse first;
+  ASSERT_TRUE(route(&first).ok());
+  EXPECT_EQ(first.expected_cached_blocks(), 0u);
+  // Store the chain on a node that is not the ring's choice: the router must notice and send
+  // the request there.
+  const std::string holder = first.nodes(1);
+  auto client = CacheClient::Create({.address = holder, .tenant = "t", .use_ucx = false});
+  ASSERT_TRUE(client.ok());
+  std::vector<std::vector<uint8_t>> bytes;
+  std::vector<BlockToPut> blocks;
+  for (size_t i = 0; i < chain.size(); ++i) bytes.push_back(testing::TestBlock(i, 4096));
+  for (size_t i = 0; i < chain.size(); ++i) {
+    blocks.push_back({chain[i], i == 0 ? BlockKey{} : chain[i - 1], bytes[i]});
+  }
+  ASSERT_TRUE((*client)->Put(blocks).ok());
+  v1::RouteResponse res;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(route(&res).ok());
+    if (res.expected_cached_blocks() == 4) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(res.expected_cached_blocks(), 4u);
+  EXPECT_EQ(res.nodes(0), holder);
+  // Deleted there, the blocks leave the index too.
+  ASSERT_TRUE((*client)->Delete(std::span(chain).subspan(2)).ok());
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(route(&res).ok());
+    if (res.expected_cached_blocks() == 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(res.expected_cached_blocks(), 2u);
 }
 
 TEST(RouterFlags, BadNodeListsAreRefused) {

@@ -482,6 +482,9 @@ struct BlockStore::Impl {
   // (doomed) and the last reader's Unpin finishes the removal.
   void Remove(uint32_t h, bool durable_delete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
+    if (e.state == State::kCommitted && options.on_block_event) {
+      options.on_block_event(e.key, /*stored=*/false);
+    }
     Unlist(h);
     UnlinkChain(h);
     {
@@ -919,6 +922,7 @@ absl::Status BlockStore::PutHandle::Commit() {
   e.last_access = ++s.tick;
   s.LinkChain(handle_, /*adopt=*/true);
   s.ListByRecency(handle_);
+  if (s.options.on_block_event) s.options.on_block_event(e.key, /*stored=*/true);
   store_ = nullptr;
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/block_key.h"
 #include "common/clock.h"
 
 namespace rocksdb {
@@ -31,6 +32,11 @@ struct StoreOptions {
   // Default: none. Where the arena's memory comes from, when not from an anonymous mapping
   // (HostArenaOptions::provider): kvtierd lets its UCX data plane allocate it.
   std::function<absl::StatusOr<uint8_t*>(size_t bytes)> host_memory;
+  // Default: none. Called when a block becomes visible (stored: its put committed) and when it
+  // leaves the store (evicted from the last tier, deleted, dropped as corrupt), with the store's
+  // lock held: it must be quick and must not call the store. kvtierd queues these for
+  // CacheService.WatchBlocks (the router's cache-aware index).
+  std::function<void(const BlockKey& key, bool stored)> on_block_event;
   // Largest block accepted; also the slab size of the tier allocators. Default: 8 MiB.
   size_t max_block_bytes = size_t{8} << 20;
 

@@ -126,6 +126,8 @@ int RunClusterReplay(const std::vector<router::TraceRequest>& trace,
   router::SimOptions so = sim_options;
   so.nodes = tally.size();
   const router::PolicyResult simulated = router::Simulate(trace, router::Policy::kKvtier, so);
+  const router::PolicyResult simulated_aware =
+      router::Simulate(trace, router::Policy::kCacheAware, so);
   const double global = router::GlobalLruHitRate(trace, so.nodes * so.capacity);
 
   const double hit_rate = all_blocks ? static_cast<double>(all_hits) / all_blocks : 0;
@@ -148,13 +150,15 @@ int RunClusterReplay(const std::vector<router::TraceRequest>& trace,
   const double balance =
       sum_prefill ? static_cast<double>(max_prefill) * tally.size() / sum_prefill : 0;
   std::printf("\ncluster: hit rate %.3f, prefill max/mean %.2f\n", hit_rate, balance);
-  std::printf("simulated (kvtier policy, %zu x %zu blocks): hit rate %.3f, max/mean %.2f; "
-              "global LRU %.3f\n",
-              so.nodes, so.capacity, simulated.hit_rate, simulated.max_mean_load, global);
+  std::printf("simulated, %zu x %zu blocks: kvtier policy hit rate %.3f (max/mean %.2f), "
+              "cache-aware %.3f (%.2f); global LRU %.3f\n",
+              so.nodes, so.capacity, simulated.hit_rate, simulated.max_mean_load,
+              simulated_aware.hit_rate, simulated_aware.max_mean_load, global);
   if (json) {
     nlohmann::json out = {{"cluster_hit_rate", hit_rate},
                           {"cluster_max_mean_load", balance},
                           {"simulated_hit_rate", simulated.hit_rate},
+                          {"simulated_cache_aware_hit_rate", simulated_aware.hit_rate},
                           {"global_lru_hit_rate", global},
                           {"nodes", tally.size()}};
     std::printf("RESULT %s\n", out.dump().c_str());

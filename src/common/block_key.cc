@@ -161,4 +161,14 @@ std::vector<BlockKey> ChainHasher::Keys(std::span<const uint32_t> tokens) const 
   return keys;
 }
 
+BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
+  if (key.IsZero()) return key;
+  internal::LeWriter w;
+  w.Raw("KVTIER/TENANT/1");
+  w.Bytes(tenant);
+  w.Raw(key.ByteString());
+  XXH128_hash_t h = XXH3_128bits_withSeed(w.data(), w.size(), kXxh3Seed);
+  return BlockKey{h.high64, h.low64};
+}
+
 }  // namespace kvtier

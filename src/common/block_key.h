@@ -64,6 +64,11 @@ struct KeyNamespace {
   std::string adapter_id;           // empty for the base model
 };
 
+// The key a daemon stores a tenant's block under: XXH3-128("KVTIER/TENANT/1" ||
+// u32le(len(tenant)) || tenant || key), so no key one tenant can send names another tenant's
+// block. The all-zero key (no parent) maps to itself.
+BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
+
 class ChainHasher {
  public:
   // INVALID_ARGUMENT if block_tokens is 0 or a namespace string is longer than 64 KiB.

@@ -38,6 +38,11 @@ options:
   --listen HOST:PORT     gRPC address (default 127.0.0.1:7800; port 0 picks a free port)
   --metrics-listen H:P   Prometheus /metrics (default 127.0.0.1:9780; empty: none)
   --load-factor F        bounded loads' 1 + epsilon (default 1.25)
+  --cache-aware          also index which node holds which blocks (each daemon's WatchBlocks
+                         stream) and send a request, among the nodes within the load bound, to
+                         the one holding the longest prefix of it; Route then reports the
+                         expected cached prefix
+  --index-max-keys N     cap on the cache-aware index (default 2097152 keys, about 64 MiB)
   --probe-interval-ms N  health probe period (default 1000)
   --failures-to-eject N  failed probes in a row that eject a node (default 2)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
@@ -61,6 +66,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   kvtier::router::RouterOptions options;
   kvtier::router::HealthOptions health;
+  kvtier::router::CacheAwareOptions cache_aware;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -96,6 +102,12 @@ int main(int argc, char** argv) {
         return Bad("--load-factor needs a number >= 1");
       }
       ++i;
+    } else if (a == "--cache-aware") {
+      cache_aware.enabled = true;
+    } else if (a == "--index-max-keys") {
+      int n = 0;
+      if (!take_int(&n, 1)) return Bad("--index-max-keys needs a number > 0");
+      cache_aware.max_keys = static_cast<size_t>(n);
     } else if (a == "--probe-interval-ms") {
       if (!take_int(&health.probe_interval_ms, 10)) return Bad("--probe-interval-ms: >= 10");
       health.probe_timeout_ms = std::min(health.probe_timeout_ms, health.probe_interval_ms);
@@ -142,7 +154,7 @@ int main(int argc, char** argv) {
                 metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
                 exposer->GetListeningPorts().front());
   }
-  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get());
+  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -35,6 +35,11 @@ double Now() {
 }  // namespace
 
 struct RouteServiceImpl::Member {
+  int id = -1;  // bit in the cache-aware index (-1: beyond 64 members, not indexed)
+  std::atomic<bool> gone{false};  // left the membership: its watcher stops
+  std::mutex watch_mu;
+  grpc::ClientContext* watch_ctx = nullptr;  // guarded by watch_mu
+  std::unique_ptr<v1::CacheService::Stub> cache;
   RingNode node;
   bool healthy = true;
   bool reported = false;  // load comes from Report
@@ -56,6 +61,8 @@ struct RouteServiceImpl::Metrics {
   prometheus::Histogram* latency = nullptr;
   prometheus::Gauge* imbalance = nullptr;
   prometheus::Gauge* popularity_bytes = nullptr;
+  prometheus::Gauge* index_keys = nullptr;
+  prometheus::Counter* index_dropped = nullptr;
 };
 
 absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list) {
@@ -133,8 +140,12 @@ absl::StatusOr<std::vector<RingNode>> ResolveNodes(const std::string& host_port)
 }
 
 RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions options,
-                                   HealthOptions health, prometheus::Registry* registry)
-    : health_(health), router_({}, options), metrics_(std::make_unique<Metrics>()) {
+                                   HealthOptions health, prometheus::Registry* registry,
+                                   CacheAwareOptions cache_aware)
+    : health_(health),
+      cache_aware_(cache_aware),
+      router_({}, options),
+      metrics_(std::make_unique<Metrics>()) {
   if (registry != nullptr) {
     metrics_->decisions = &prometheus::BuildCounter()
                                .Name("kvtier_router_decisions_total")
@@ -169,6 +180,16 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                                       .Register(*registry)
                                       .Add({});
     metrics_->popularity_bytes->Set(static_cast<double>(router_.popularity_bytes()));
+    metrics_->index_keys = &prometheus::BuildGauge()
+                                .Name("kvtier_router_index_keys")
+                                .Help("Blocks in the cache-aware index (which node holds what).")
+                                .Register(*registry)
+                                .Add({});
+    metrics_->index_dropped = &prometheus::BuildCounter()
+                                   .Name("kvtier_router_index_dropped_total")
+                                   .Help("Stored-block events not indexed: the index was full.")
+                                   .Register(*registry)
+                                   .Add({});
   }
   SetMembers(std::move(nodes));
   {
@@ -211,12 +232,21 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
       m->healthy_metric->Set(1);
     }
     spdlog::info("kvtier-router: {} joined", n.name);
+    if (cache_aware_.enabled) {
+      m->id = next_member_id_ < 64 ? next_member_id_++ : -1;
+      m->cache = v1::CacheService::NewStub(
+          grpc::CreateCustomChannel(n.name, grpc::InsecureChannelCredentials(), args));
+      watchers_.emplace_back([this, m] { WatchLoop(m); });
+    }
     next.push_back(std::move(m));
   }
   for (const auto& old : members_) {
     if (std::find(next.begin(), next.end(), old) != next.end()) continue;
     spdlog::info("kvtier-router: {} left", old->node.name);
     if (old->healthy_metric != nullptr) old->healthy_metric->Set(0);
+    old->gone = true;
+    std::lock_guard watch(old->watch_mu);
+    if (old->watch_ctx != nullptr) old->watch_ctx->TryCancel();
   }
   members_ = std::move(next);
   if (changed) RebuildLocked();
@@ -225,6 +255,85 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
 RouteServiceImpl::~RouteServiceImpl() {
   stop_ = true;
   prober_.join();
+  std::vector<std::thread> watchers;
+  {
+    MutexLock lock(&mu_);
+    for (auto& m : members_) {
+      std::lock_guard watch(m->watch_mu);
+      if (m->watch_ctx != nullptr) m->watch_ctx->TryCancel();
+    }
+    watchers.swap(watchers_);
+  }
+  for (auto& t : watchers) t.join();
+}
+
+void RouteServiceImpl::WatchLoop(std::shared_ptr<Member> m) {
+  const uint64_t bit = m->id >= 0 ? uint64_t{1} << m->id : 0;
+  auto forget = [&] {
+    MutexLock lock(&index_mu_);
+    for (auto it = index_.begin(); it != index_.end();) {
+      it->second &= ~bit;
+      if (it->second == 0) {
+        index_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  };
+  while (!stop_ && !m->gone && bit != 0) {
+    grpc::ClientContext ctx;
+    {
+      std::lock_guard watch(m->watch_mu);
+      m->watch_ctx = &ctx;
+    }
+    if (stop_ || m->gone) ctx.TryCancel();
+    auto reader = m->cache->WatchBlocks(&ctx, v1::WatchBlocksRequest());
+    v1::BlockEventBatch batch;
+    while (reader->Read(&batch)) {
+      if (batch.reset()) forget();
+      const std::string& ev = batch.events();
+      MutexLock lock(&index_mu_);
+      for (size_t i = 0; i + BlockKey::kBytes + 1 <= ev.size(); i += BlockKey::kBytes + 1) {
+        const BlockKey key = BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(ev.data()) + i);
+        if (ev[i + BlockKey::kBytes] != 0) {
+          auto it = index_.find(key);
+          if (it != index_.end()) {
+            it->second |= bit;
+          } else if (index_.size() < cache_aware_.max_keys) {
+            index_.emplace(key, bit);
+          } else if (metrics_->index_dropped != nullptr) {
+            metrics_->index_dropped->Increment();
+          }
+        } else if (auto it = index_.find(key); it != index_.end()) {
+          it->second &= ~bit;
+          if (it->second == 0) index_.erase(it);
+        }
+      }
+      if (metrics_->index_keys != nullptr) metrics_->index_keys->Set(index_.size());
+    }
+    (void)reader->Finish();
+    {
+      std::lock_guard watch(m->watch_mu);
+      m->watch_ctx = nullptr;
+    }
+    forget();  // what it held is unknown until the next stream says
+    for (int w = 0; w < health_.probe_interval_ms && !stop_ && !m->gone; w += 10) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+}
+
+size_t RouteServiceImpl::CachedPrefix(std::span<const BlockKey> store_keys, int id) {
+  if (id < 0) return 0;
+  const uint64_t bit = uint64_t{1} << id;
+  MutexLock lock(&index_mu_);
+  size_t n = 0;
+  while (n < store_keys.size()) {
+    auto it = index_.find(store_keys[n]);
+    if (it == index_.end() || (it->second & bit) == 0) break;
+    ++n;
+  }
+  return n;
 }
 
 void RouteServiceImpl::RebuildLocked() {
@@ -334,13 +443,32 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
           : router_.Route(keys, loads, mean_request_blocks_);
   std::vector<int> order;
   router_.ring().Candidates(RingHash(c.routing_key), router_.ring().size(), &order);
+  int node = c.node;
+  if (cache_aware_.enabled) {
+    // Among the nodes within the bound, the one holding the longest prefix; ties in ring order.
+    if (hasher.has_value()) {
+      keys = hasher->Keys(std::span(request->tokens().data(), request->tokens().size()));
+    }
+    for (BlockKey& k : keys) k = TenantKey(request->tenant(), k);
+    size_t best = CachedPrefix(keys, members_[ring_members_[node]]->id);
+    for (int n : order) {
+      if (best == keys.size()) break;
+      if (!router_.WithinBound(n, loads, mean_request_blocks_)) continue;
+      const size_t cached = CachedPrefix(keys, members_[ring_members_[n]]->id);
+      if (cached > best) {
+        best = cached;
+        node = n;
+      }
+    }
+    response->set_expected_cached_blocks(static_cast<uint32_t>(best));
+  }
   // The chosen node first, then the rest in ring order (where to go if it fails).
-  response->add_nodes(members_[ring_members_[c.node]]->node.name);
+  response->add_nodes(members_[ring_members_[node]]->node.name);
   for (int n : order) {
-    if (n != c.node) response->add_nodes(members_[ring_members_[n]]->node.name);
+    if (n != node) response->add_nodes(members_[ring_members_[n]]->node.name);
   }
   response->set_routing_depth(static_cast<uint32_t>(c.depth));
-  Member& chosen = *members_[ring_members_[c.node]];
+  Member& chosen = *members_[ring_members_[node]];
   const size_t blocks = hasher.has_value()
                             ? request->tokens().size() / hasher->block_tokens()
                             : keys.size();

@@ -12,13 +12,16 @@
 
 #include <atomic>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "kvtier/v1/cache.grpc.pb.h"
 #include "kvtier/v1/router.grpc.pb.h"
 #include "router/router.h"
 
@@ -27,6 +30,14 @@ class Registry;
 }
 
 namespace kvtier::router {
+
+struct CacheAwareOptions {
+  // Default: false. Also keep an index of which node holds which blocks (fed by every daemon's
+  // CacheService.WatchBlocks) and send a request, among the nodes within the load bound, to the
+  // one holding the longest prefix of it.
+  bool enabled = false;
+  size_t max_keys = size_t{2} << 20;  // Default: 2,097,152 keys (about 64 MiB).
+};
 
 struct HealthOptions {
   int probe_interval_ms = 1000;  // Default: 1 s.
@@ -38,7 +49,7 @@ class RouteServiceImpl final : public v1::RouteService::Service {
  public:
   // `registry` may be null (no metrics). Starts the prober.
   RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions options, HealthOptions health,
-                   prometheus::Registry* registry);
+                   prometheus::Registry* registry, CacheAwareOptions cache_aware = {});
   ~RouteServiceImpl() override;
 
   grpc::Status Route(grpc::ServerContext* ctx, const v1::RouteRequest* request,
@@ -57,10 +68,14 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   struct Member;
   struct Metrics;
   void ProbeLoop();
+  void WatchLoop(std::shared_ptr<Member> member);
+  // Leading blocks of `store_keys` that node `id` holds, as the index knows.
+  size_t CachedPrefix(std::span<const BlockKey> store_keys, int id);
   void RebuildLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DecayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const HealthOptions health_;
+  const CacheAwareOptions cache_aware_;
   Mutex mu_;
   std::vector<std::shared_ptr<Member>> members_ ABSL_GUARDED_BY(mu_);
   Router router_ ABSL_GUARDED_BY(mu_);
@@ -71,6 +86,11 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   std::unique_ptr<Metrics> metrics_;
   std::atomic<bool> stop_{false};
   std::thread prober_;
+  std::vector<std::thread> watchers_ ABSL_GUARDED_BY(mu_);
+  int next_member_id_ ABSL_GUARDED_BY(mu_) = 0;
+  // The cache-aware index: store key -> bitmask of member ids holding it.
+  Mutex index_mu_;
+  absl::flat_hash_map<BlockKey, uint64_t> index_ ABSL_GUARDED_BY(index_mu_);
 };
 
 // Parses "host:port[=weight],..." into nodes. INVALID_ARGUMENT names the bad entry.

@@ -98,15 +98,6 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
-  if (key.IsZero()) return key;
-  internal::LeWriter w;
-  w.Raw("KVTIER/TENANT/1");
-  w.Bytes(tenant);
-  w.Raw(key.ByteString());
-  XXH128_hash_t h = XXH3_128bits_withSeed(w.data(), w.size(), kXxh3Seed);
-  return BlockKey{h.high64, h.low64};
-}
 
 CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics,
                                    const TenantAuth* auth)
@@ -514,6 +505,30 @@ grpc::Status CacheServiceImpl::DataPlaneImpl(grpc::ServerContext* ctx,
   response->set_rkey(ucx_->packed_rkey());
   response->set_arena_base(ucx_->region_base());
   response->set_arena_bytes(ucx_->region_bytes());
+  return grpc::Status::OK;
+}
+
+grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx,
+                                           const v1::WatchBlocksRequest*,
+                                           grpc::ServerWriter<v1::BlockEventBatch>* writer) {
+  if (auth_ != nullptr) {
+    if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
+  }
+  if (events_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this daemon publishes no block events");
+  }
+  uint64_t cursor = events_->head();
+  v1::BlockEventBatch msg;
+  msg.set_reset(true);
+  if (!writer->Write(msg)) return grpc::Status::OK;
+  while (!ctx->IsCancelled()) {
+    BlockEvents::Batch b = events_->Read(cursor, 4096, std::chrono::milliseconds(200));
+    cursor = b.next;
+    if (b.events.empty() && !b.lost) continue;
+    msg.set_reset(b.lost);
+    msg.set_events(std::move(b.events));
+    if (!writer->Write(msg)) break;
+  }
   return grpc::Status::OK;
 }
 

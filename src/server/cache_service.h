@@ -15,6 +15,7 @@
 #include "cache/block_store.h"
 #include "common/mutex.h"
 #include "kvtier/v1/cache.grpc.pb.h"
+#include "server/block_events.h"
 #include "server/inflight.h"
 
 namespace kvtier::transfer {
@@ -26,8 +27,6 @@ namespace kvtier::server {
 class DaemonMetrics;
 class TenantAuth;
 
-// The store key of a tenant's block key. The all-zero key (no parent) maps to itself.
-BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
 
 struct ServiceLimits {
   size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Get/Lookup/Delete.
@@ -72,6 +71,12 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                      v1::StatsResponse* response) override;
   grpc::Status DataPlane(grpc::ServerContext* ctx, const v1::DataPlaneRequest* request,
                          v1::DataPlaneResponse* response) override;
+  // Long-lived: not counted in in_flight() (a shutdown does not wait for watchers).
+  grpc::Status WatchBlocks(grpc::ServerContext* ctx, const v1::WatchBlocksRequest* request,
+                           grpc::ServerWriter<v1::BlockEventBatch>* writer) override;
+
+  // The events WatchBlocks serves (not owned; outlives the service). Call before serving.
+  void SetBlockEvents(BlockEvents* events) { events_ = events; }
 
   // Offers `ucx` (the host arena's UCX data plane; not owned, outlives the service) to clients.
   // Call before serving.
@@ -136,6 +141,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   DaemonMetrics* metrics_;
   const TenantAuth* auth_;
   const transfer::UcxServer* ucx_ = nullptr;
+  BlockEvents* events_ = nullptr;
   std::atomic<int> in_flight_{0};
   InflightBytes inflight_bytes_;
 };

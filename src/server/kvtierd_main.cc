@@ -107,6 +107,11 @@ int main(int argc, char** argv) {
       return ucx->allocated_region();
     };
   }
+  // Block stored/removed events for CacheService.WatchBlocks (kvtier-router's cache-aware index).
+  kvtier::server::BlockEvents block_events;
+  so.on_block_event = [&block_events](const kvtier::BlockKey& key, bool stored) {
+    block_events.Publish(key, stored);
+  };
   auto store = kvtier::BlockStore::Open(so);
   if (!store.ok()) {
     spdlog::critical("cannot open the block store: {}", store.status().ToString());
@@ -130,6 +135,7 @@ int main(int argc, char** argv) {
       config->max_message_bytes - std::min<size_t>(config->max_message_bytes / 2, 64 << 10));
   kvtier::server::CacheServiceImpl service(store->get(), limits, metrics.get(),
                                            auth.has_value() ? &*auth : nullptr);
+  service.SetBlockEvents(&block_events);
   if (ucx != nullptr) {
     service.SetDataPlane(ucx.get());
     std::printf("kvtierd ucx on %s:%d\n", ucx->host().c_str(), ucx->port());
