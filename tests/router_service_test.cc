@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "client/cache_client.h"
+#include "client/router_client.h"
 #include "kvtier/v1/router.grpc.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/http_get.h"
@@ -270,6 +271,30 @@ TEST_F(RouterServiceTest, CacheAwareModeFollowsTheBlocksDaemonsHold) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_EQ(res.expected_cached_blocks(), 2u);
+}
+
+TEST_F(RouterServiceTest, CppClientRoutesRemotelyAndLocally) {
+  auto client = RouterClient::Create(router_->address());
+  ASSERT_TRUE(client.ok());
+  std::vector<BlockKey> chain;
+  for (uint64_t i = 0; i < 5; ++i) chain.push_back(BlockKey{55, i});
+  EXPECT_EQ((*client)->RouteLocally(chain).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*client)->RefreshMembers().ok());
+  // A fresh router here and there, the same membership: the same choice.
+  auto local = (*client)->RouteLocally(chain);
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto remote = (*client)->Route("t", chain);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_EQ(local->nodes, remote->nodes);
+  EXPECT_EQ(local->routing_depth, remote->routing_depth);
+  const std::vector<uint32_t> tokens(100, 3);
+  auto by_tokens = (*client)->RouteTokens("t", "m", tokens);
+  ASSERT_TRUE(by_tokens.ok());
+  EXPECT_EQ(by_tokens->nodes.size(), 3u);
+  EXPECT_TRUE((*client)->Report(remote->nodes[0], 7).ok());
+  EXPECT_EQ((*client)->Report("127.0.0.1:1", 7).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*client)->Route("", chain).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RouterFlags, BadNodeListsAreRefused) {

@@ -15,7 +15,7 @@ from kvtier.keys import (DEEPSEEK_V3, LLAMA3_8B, XXH3_SEED, ChainHasher, KeyName
                          KvLayout)
 
 __all__ = ["ChainHasher", "KeyNamespace", "KvLayout", "LLAMA3_8B", "DEEPSEEK_V3", "XXH3_SEED",
-           "Client", "KvtierError", "PutResult", "Lookup"]
+           "Client", "KvtierError", "PutResult", "Lookup", "RouterClient", "Route", "Member"]
 
 
 def __getattr__(name):
@@ -23,4 +23,7 @@ def __getattr__(name):
     if name in ("Client", "KvtierError", "PutResult", "Lookup"):
         from kvtier import client
         return getattr(client, name)
+    if name in ("RouterClient", "Route", "Member"):
+        from kvtier import router
+        return getattr(router, name)
     raise AttributeError(name)

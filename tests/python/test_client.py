@@ -81,6 +81,39 @@ class Daemon:
         self.dir.cleanup()
 
 
+class LiveRouter(unittest.TestCase):
+    """kvtier-router in front of one kvtierd."""
+
+    def test_route_members_report(self):
+        daemon = Daemon()
+        router = subprocess.Popen(
+            [os.path.join(BINARY, "kvtier-router"), "--nodes", daemon.address, "--listen",
+             "127.0.0.1:0", "--metrics-listen", "", "--log-level", "warn"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            line = router.stdout.readline()
+            self.assertIn("listening on ", line)
+            address = line.split("listening on ")[1].strip()
+            with kvtier.RouterClient(address) as r:
+                route = r.route("py", tokens=list(range(100)), model="m")
+                self.assertEqual(route.nodes, [daemon.address])
+                self.assertGreaterEqual(route.routing_depth, 1)
+                self.assertEqual(r.route("py", keys=[b"k" * 16] * 3).nodes, [daemon.address])
+                r.report(daemon.address, 5)
+                [m] = r.members()
+                self.assertEqual((m.address, m.healthy), (daemon.address, True))
+                with self.assertRaises(ValueError):
+                    r.route("py")
+                with self.assertRaises(KvtierError) as e:
+                    r.route("", tokens=[1, 2, 3])
+                self.assertEqual(e.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        finally:
+            router.terminate()
+            router.wait(timeout=20)
+            router.stdout.close()
+            daemon.close()
+
+
 class LiveDaemon(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
