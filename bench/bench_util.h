@@ -41,23 +41,29 @@ inline int ParseBenchFlags(int argc, char** argv, const char* name, const char* 
   return -1;
 }
 
-// Ordered key -> number pairs printed as `RESULT {json}`.
+// Ordered key -> value pairs printed as `RESULT {json}`.
 class Result {
  public:
-  void Add(const std::string& key, double value) { values_.emplace_back(key, value); }
+  void Add(const std::string& key, double value) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%.6g", value);
+    values_.emplace_back(key, buf);
+  }
+  // A string value (no characters that need escaping).
+  void AddString(const std::string& key, const std::string& value) {
+    values_.emplace_back(key, "\"" + value + "\"");
+  }
   void Print() const {
     std::string out = "RESULT {";
     for (size_t i = 0; i < values_.size(); ++i) {
-      char buf[64];
-      std::snprintf(buf, sizeof(buf), "%.6g", values_[i].second);
-      out += (i ? ", \"" : "\"") + values_[i].first + "\": " + buf;
+      out += (i ? ", \"" : "\"") + values_[i].first + "\": " + values_[i].second;
     }
     std::printf("%s}\n", out.c_str());
     std::fflush(stdout);
   }
 
  private:
-  std::vector<std::pair<std::string, double>> values_;
+  std::vector<std::pair<std::string, std::string>> values_;  // key, JSON value
 };
 
 }  // namespace kvtier::bench

@@ -121,4 +121,9 @@ struct MlaRequest {
 };
 DecodeResult ReferenceMlaDecode(const MlaPagedKv& kv, const MlaRequest& req);
 
+// The CPU fast path for MLA: every head reads the same latent cache, so each block's tokens are
+// converted once for all heads; the context is split over `threads` threads (0: the machine's
+// cores), each with an online softmax, and the splits are merged by log-sum-exp.
+DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads = 0);
+
 }  // namespace kvtier::gpu

@@ -120,40 +120,138 @@ void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh, int begi
   }
 }
 
+// MLA attention of every head over tokens [begin, end): writes [heads][rank] and lse.
+void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, int begin, int end, float* out,
+              float* lse) {
+  const MlaShape& s = kv.shape;
+  const int rank = s.latent_rank, rope = s.rope_dim, bt = s.block_tokens;
+  const size_t te = s.TokenElems();
+  const int heads = req.heads;
+  std::vector<float> tok(size_t(bt) * te), scores(size_t(bt) * heads);
+  std::vector<float> m(heads, -std::numeric_limits<float>::infinity()), l(heads, 0.0f);
+  std::vector<float> acc(size_t(heads) * rank, 0.0f);
+  for (int t0 = begin; t0 < end;) {
+    const int block = t0 / bt, first = t0 % bt, count = std::min(bt - first, end - t0);
+    ToFloat(kv.blocks[block], (size_t(req.layer) * bt + first) * te, size_t(count) * te, s.dtype,
+            tok.data());
+    for (int h = 0; h < heads; ++h) {
+      const float* ql = req.q_latent + size_t(h) * rank;
+      const float* qr = req.q_rope + size_t(h) * rope;
+      float block_max = -std::numeric_limits<float>::infinity();
+      for (int j = 0; j < count; ++j) {
+        const float* c = tok.data() + size_t(j) * te;
+        float dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int i = 0; i < rank; ++i) dot += ql[i] * c[i];
+        float dr = 0;
+#pragma omp simd reduction(+ : dr)
+        for (int i = 0; i < rope; ++i) dr += qr[i] * c[rank + i];
+        const float score = (dot + dr) * req.scale;
+        scores[size_t(h) * bt + j] = score;
+        block_max = std::max(block_max, score);
+      }
+      const float new_m = std::max(m[h], block_max);
+      const float correction = std::exp(m[h] - new_m);
+      float* a = acc.data() + size_t(h) * rank;
+#pragma omp simd
+      for (int i = 0; i < rank; ++i) a[i] *= correction;
+      l[h] *= correction;
+      for (int j = 0; j < count; ++j) {
+        const float w = std::exp(scores[size_t(h) * bt + j] - new_m);
+        l[h] += w;
+        const float* c = tok.data() + size_t(j) * te;
+#pragma omp simd
+        for (int i = 0; i < rank; ++i) a[i] += w * c[i];
+      }
+      m[h] = new_m;
+    }
+    t0 += count;
+  }
+  for (int h = 0; h < heads; ++h) {
+    if (l[h] == 0) {
+      lse[h] = -std::numeric_limits<float>::infinity();
+      std::fill(out + size_t(h) * rank, out + size_t(h + 1) * rank, 0.0f);
+      continue;
+    }
+    const float inv = 1.0f / l[h];
+    for (int i = 0; i < rank; ++i) out[size_t(h) * rank + i] = acc[size_t(h) * rank + i] * inv;
+    lse[h] = m[h] + std::log(l[h]);
+  }
+}
+
+// Runs task(0..tasks-1) on up to `threads` threads.
+template <typename Task>
+void RunTasks(int tasks, int threads, Task task) {
+  if (threads <= 1 || tasks <= 1) {
+    for (int t = 0; t < tasks; ++t) task(t);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int n = std::min(threads, tasks);
+  for (int w = 0; w < n; ++w) {
+    pool.emplace_back([&, w] {
+      for (int t = w; t < tasks; t += n) task(t);
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
+
+DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads) {
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  const int splits = std::max(1, std::min(threads, kv.context_tokens / 256));
+  const int split_len = (kv.context_tokens + splits - 1) / splits;
+  std::vector<DecodeResult> parts(splits);
+  for (auto& p : parts) {
+    p.out.assign(size_t(req.heads) * kv.shape.latent_rank, 0.0f);
+    p.lse.assign(req.heads, -std::numeric_limits<float>::infinity());
+  }
+  RunTasks(splits, threads, [&](int i) {
+    const int begin = i * split_len, end = std::min(kv.context_tokens, begin + split_len);
+    MlaRange(kv, req, begin, end, parts[i].out.data(), parts[i].lse.data());
+  });
+  if (splits == 1) return std::move(parts[0]);
+  return CombineSplits(parts);
+}
 
 DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads) {
   const GqaShape& s = kv.shape;
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  // Enough splits per KV head to keep every thread busy, none shorter than 512 tokens.
-  const int per_head = std::max(1, std::min((threads + s.kv_heads - 1) / s.kv_heads,
-                                            kv.context_tokens / 512));
-  const int split_len = (kv.context_tokens + per_head - 1) / per_head;
-  std::vector<DecodeResult> parts(per_head);
+  // A head that reads the whole context is split over the threads (no split under 512 tokens):
+  // dense, every KV head shares them; head-sparse, the few recall heads get them all, and a
+  // local head (sinks and window only) is one task.
+  const int longest = std::max(1, std::min(threads, kv.context_tokens / 512));
+  const int dense = std::max(1, std::min((threads + s.kv_heads - 1) / s.kv_heads,
+                                         kv.context_tokens / 512));
+  struct Task {
+    int kvh, split, begin, end;
+  };
+  std::vector<Task> tasks;
+  int max_splits = 1;
+  for (int kvh = 0; kvh < s.kv_heads; ++kvh) {
+    const bool recall = req.profile == nullptr || req.profile->IsRecall(req.layer, kvh);
+    const int n = req.profile == nullptr ? dense : recall ? longest : 1;
+    const int len = (kv.context_tokens + n - 1) / n;
+    for (int i = 0; i < n; ++i) {
+      tasks.push_back({kvh, i, i * len, std::min(kv.context_tokens, (i + 1) * len)});
+    }
+    max_splits = std::max(max_splits, n);
+  }
+  // Long tasks first: dealt round robin, the threads get equal shares of them.
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [](const Task& a, const Task& b) { return a.end - a.begin > b.end - b.begin; });
+  std::vector<DecodeResult> parts(max_splits);
   for (auto& p : parts) {
     p.out.assign(size_t(req.q_heads) * s.head_dim, 0.0f);
     p.lse.assign(req.q_heads, -std::numeric_limits<float>::infinity());
   }
-  const int tasks = s.kv_heads * per_head;
-  auto run = [&](int task) {
-    const int kvh = task / per_head, split = task % per_head;
-    const int begin = split * split_len;
-    const int end = std::min(kv.context_tokens, begin + split_len);
-    DecodeKvHead(kv, req, kvh, begin, end, parts[split].out.data(), parts[split].lse.data());
-  };
-  if (threads == 1 || tasks == 1) {
-    for (int t = 0; t < tasks; ++t) run(t);
-  } else {
-    std::vector<std::thread> pool;
-    const int n = std::min(threads, tasks);
-    for (int w = 0; w < n; ++w) {
-      pool.emplace_back([&, w] {
-        for (int t = w; t < tasks; t += n) run(t);
-      });
-    }
-    for (auto& th : pool) th.join();
-  }
-  if (per_head == 1) return std::move(parts[0]);
+  RunTasks(static_cast<int>(tasks.size()), threads, [&](int i) {
+    const Task& t = tasks[i];
+    DecodeKvHead(kv, req, t.kvh, t.begin, t.end, parts[t.split].out.data(),
+                 parts[t.split].lse.data());
+  });
+  if (max_splits == 1) return std::move(parts[0]);
   return CombineSplits(parts);
 }
 

@@ -394,6 +394,68 @@ TEST(CpuDecode, MatchesTheReferenceOnAwkwardShapesAndProfiles) {
   }
 }
 
+// MLA's fast path against the reference: contexts around block and split edges, shuffled pages,
+// a partial last block whose unused slots hold NaN, fp16 and bf16.
+TEST(CpuMlaDecode, MatchesTheReference) {
+  uint32_t seed = 900;
+  for (ElemType dtype : {ElemType::kBf16, ElemType::kFp16}) {
+    for (int tokens : {1, 63, 64, 65, 4099}) {
+      for (int block_tokens : {16, 13}) {
+        MlaShape shape{.layers = 2, .latent_rank = 64, .rope_dim = 16,
+                       .block_tokens = block_tokens, .dtype = dtype};
+        std::mt19937 rng(seed++);
+        std::normal_distribution<float> dist(0, 0.5f);
+        const int nblocks = (tokens + block_tokens - 1) / block_tokens;
+        std::vector<uint8_t> pool(shape.BlockBytes() * nblocks);
+        // Every element, used or not, starts as NaN; the context's tokens are then written.
+        for (size_t b = 0; b < size_t(nblocks); ++b) {
+          for (size_t e = 0; e < shape.BlockBytes() / 2; ++e) {
+            float unused;
+            Store(pool.data() + b * shape.BlockBytes(), e, dtype, NAN, &unused);
+          }
+        }
+        std::vector<int> order(nblocks);
+        for (int b = 0; b < nblocks; ++b) order[b] = b;
+        std::shuffle(order.begin(), order.end(), rng);
+        MlaPagedKv kv{shape, {}, tokens};
+        for (int b = 0; b < nblocks; ++b) {
+          kv.blocks.push_back(pool.data() + size_t(order[b]) * shape.BlockBytes());
+        }
+        for (int t = 0; t < tokens; ++t) {
+          void* block = const_cast<void*>(kv.blocks[t / block_tokens]);
+          for (int layer = 0; layer < 2; ++layer) {
+            const size_t base =
+                (size_t(layer) * block_tokens + t % block_tokens) * shape.TokenElems();
+            for (size_t i = 0; i < shape.TokenElems(); ++i) {
+              float unused;
+              Store(block, base + i, dtype, dist(rng), &unused);
+            }
+          }
+        }
+        constexpr int kHeads = 6;
+        std::vector<float> ql(size_t(kHeads) * 64), qr(size_t(kHeads) * 16);
+        for (float& x : ql) x = dist(rng);
+        for (float& x : qr) x = dist(rng);
+        MlaRequest req{.layer = 1, .heads = kHeads, .q_latent = ql.data(), .q_rope = qr.data(),
+                       .scale = 0.125f};
+        const DecodeResult ref = ReferenceMlaDecode(kv, req);
+        for (int threads : {1, 3}) {
+          const DecodeResult fast = CpuMlaDecode(kv, req, threads);
+          const std::string what = "tokens " + std::to_string(tokens) + " block " +
+                                   std::to_string(block_tokens) + " threads " +
+                                   std::to_string(threads);
+          for (size_t i = 0; i < ref.out.size(); ++i) {
+            ASSERT_NEAR(fast.out[i], ref.out[i], 2e-4 * (1 + std::abs(ref.out[i]))) << what;
+          }
+          for (size_t h = 0; h < ref.lse.size(); ++h) {
+            ASSERT_NEAR(fast.lse[h], ref.lse[h], 2e-4 * (1 + std::abs(ref.lse[h]))) << what;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(ReferenceDecode, ValidationNamesTheProblem) {
   GqaShape shape{.layers = 1, .kv_heads = 2, .head_dim = 8, .block_tokens = 4};
   std::vector<uint8_t> block(shape.BlockBytes());
