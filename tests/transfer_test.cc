@@ -128,9 +128,10 @@ TEST_P(TransferTest, WholeBlocksAndRangesArriveByteForByte) {
   EXPECT_EQ(c->ReadRanges(missing).code(), absl::StatusCode::kNotFound);
 }
 
-TEST_P(TransferTest, ReadsThatOutliveTheirLeaseAreRedone) {
-  // A 1 ms lease is over before a read of 16 blocks can finish: the client must notice, try
-  // again under new leases, and in the end return the right bytes (through gRPC).
+TEST_P(TransferTest, ReadsUnderLeasesTooShortAreRedone) {
+  // A 1 ms lease is over (by the client's safety margin) before a read can start: the client must
+  // notice, try again under new leases, and in the end return the right bytes (through gRPC).
+  // (A read that starts in time and ends late is discarded by the same check after it lands.)
   auto c = Client({.lease_ttl_ms = 1});
   const auto payloads = PutBlocks(*c, 2, 16);
   std::vector<BlockKey> keys;

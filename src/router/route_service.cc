@@ -248,6 +248,9 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
     std::lock_guard watch(old->watch_mu);
     if (old->watch_ctx != nullptr) old->watch_ctx->TryCancel();
   }
+  // The ring maps its node indexes to positions in members_: rebuild whenever those moved.
+  changed |= next.size() != members_.size();
+  for (size_t i = 0; !changed && i < next.size(); ++i) changed = next[i] != members_[i];
   members_ = std::move(next);
   if (changed) RebuildLocked();
 }

@@ -139,11 +139,12 @@ void UcxReader::OnError(void* arg, ucp_ep_h, ucs_status_t status) {
 void UcxReader::Break(const absl::Status& why) {
   broken_ = true;
   if (error_.ok()) error_ = why;
+  // Close first (this completes every request still in flight), then drop the rkey they used.
+  CloseEndpoint();
   if (rkey_ != nullptr) {
     ucp_rkey_destroy(rkey_);
     rkey_ = nullptr;
   }
-  CloseEndpoint();
 }
 
 void UcxReader::CloseEndpoint() {
@@ -233,8 +234,10 @@ absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
       break;
     }
   }
-  if (pending.outstanding > 0 && !broken_) {
-    Break(FromUcs(pending.first_error, "ucx: read failed"));
+  if (pending.outstanding > 0) {
+    // An error or a lost connection with reads still running: end them all before returning,
+    // so that none lands in a buffer after this call.
+    Break(broken_ ? error_ : FromUcs(pending.first_error, "ucx: read failed"));
   }
   // Break completed every request; all callbacks have run.
   for (void* req : requests) ucp_request_free(req);
@@ -248,9 +251,9 @@ absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
 
 UcxReader::~UcxReader() {
   if (ucx_ == nullptr) return;
+  CloseEndpoint();
   if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
   rkey_ = nullptr;
-  CloseEndpoint();
   for (auto& [start, reg] : registered_) ucp_mem_unmap(ucx_->context(), reg.second);
 }
 

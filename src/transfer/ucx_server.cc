@@ -32,7 +32,10 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptio
 
   ucp_mem_map_params_t mp{};
   mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                  UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+                  UCP_MEM_MAP_PARAM_FIELD_FLAGS | UCP_MEM_MAP_PARAM_FIELD_PROT;
+  // Readers may read, never write: the default would let any rkey holder write the arena.
+  mp.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE |
+            UCP_MEM_MAP_PROT_REMOTE_READ;
   mp.address = options.region;
   mp.length = options.region_bytes;
   mp.flags = options.region == nullptr ? UCP_MEM_MAP_ALLOCATE : 0;
@@ -96,6 +99,7 @@ void UcxServer::OnConnRequest(ucp_conn_request_h request, void* arg) {
   ucp_ep_h handle = nullptr;
   if (ucs_status_t st = ucp_ep_create(self->ucx_->worker(), &ep, &handle); st != UCS_OK) {
     spdlog::warn("ucx: refusing a connection: {}", ucs_status_string(st));
+    (void)ucp_listener_reject(self->listener_, request);  // the client learns at once
     return;
   }
   self->endpoints_.push_back(handle);
@@ -156,9 +160,10 @@ void UcxServer::StopServing() {
     thread_.join();
   }
   if (ucx_ == nullptr) return;
-  while (!endpoints_.empty()) CloseEndpoint(endpoints_.back());
+  // No new connections first, then close the open ones.
   if (listener_ != nullptr) ucp_listener_destroy(listener_);
   listener_ = nullptr;
+  while (!endpoints_.empty()) CloseEndpoint(endpoints_.back());
 }
 
 UcxServer::~UcxServer() {
