@@ -19,14 +19,6 @@ struct NodeTally {
   std::map<std::string, uint64_t> hits_by_tier;
 };
 
-std::string PackedKeys(const std::vector<BlockKey>& chain) {
-  std::string out(chain.size() * BlockKey::kBytes, '\0');
-  for (size_t i = 0; i < chain.size(); ++i) {
-    chain[i].ToBytes(reinterpret_cast<uint8_t*>(out.data()) + i * BlockKey::kBytes);
-  }
-  return out;
-}
-
 // Deterministic bytes for a block: what a prefill would have produced.
 void Payload(const BlockKey& key, std::vector<uint8_t>* out) {
   uint64_t x = key.lo * 0x9E3779B97F4A7C15ULL + key.hi + 1;
@@ -73,7 +65,7 @@ int RunClusterReplay(const std::vector<router::TraceRequest>& trace,
     if (chain.empty()) continue;
     v1::RouteRequest req;
     req.set_tenant(options.tenant);
-    req.set_packed_keys(PackedKeys(chain));
+    req.set_packed_keys(PackKeys(chain));
     v1::RouteResponse res;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

@@ -18,7 +18,6 @@
 namespace kvtier {
 
 using client_internal::FromGrpc;
-using client_internal::Packed;
 using client_internal::TierName;
 using client_internal::WithRetries;
 
@@ -245,7 +244,7 @@ class GetReceiver {
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
-  req.set_packed_keys(Packed(keys));
+  req.set_packed_keys(PackKeys(keys));
   absl::Status failed;
   absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
     std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
@@ -330,7 +329,7 @@ absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
 absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain) {
   v1::LookupRequest req;
   req.set_tenant(options_.tenant);
-  req.set_packed_keys(Packed(chain));
+  req.set_packed_keys(PackKeys(chain));
   v1::LookupResponse res;
   absl::Status st = WithRetries(
       options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Lookup(ctx, req, &res); });
@@ -344,7 +343,7 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
 absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
   v1::DeleteRequest req;
   req.set_tenant(options_.tenant);
-  req.set_packed_keys(Packed(keys));
+  req.set_packed_keys(PackKeys(keys));
   v1::DeleteResponse res;
   absl::Status st = WithRetries(
       options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Delete(ctx, req, &res); });

@@ -12,7 +12,6 @@
 namespace kvtier {
 
 using client_internal::FromGrpc;
-using client_internal::Packed;
 using client_internal::TierName;
 using client_internal::WithRetries;
 
@@ -36,7 +35,7 @@ Clock::time_point SafeEnd(const LeaseInfo& lease, Clock::time_point granted_at) 
 absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uint32_t ttl_ms) {
   v1::LeaseRequest req;
   req.set_tenant(options_.tenant);
-  req.set_packed_keys(Packed(keys));
+  req.set_packed_keys(PackKeys(keys));
   req.set_ttl_ms(ttl_ms);
   LeaseInfo out;
   absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {

@@ -27,15 +27,6 @@ inline absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-// Keys back to back, 16 bytes each (the packed_keys form of a request).
-inline std::string Packed(std::span<const BlockKey> keys) {
-  std::string out(keys.size() * BlockKey::kBytes, '\0');
-  for (size_t i = 0; i < keys.size(); ++i) {
-    keys[i].ToBytes(reinterpret_cast<uint8_t*>(out.data()) + i * BlockKey::kBytes);
-  }
-  return out;
-}
-
 // The tier's name as the client API spells it.
 inline const char* TierName(v1::Tier t) {
   switch (t) {

@@ -4,16 +4,15 @@
 
 #include <chrono>
 
+#include "client/internal.h"
 #include "kvtier/v1/router.grpc.pb.h"
 #include "router/router.h"
 
 namespace kvtier {
-namespace {
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
+using client_internal::FromGrpc;
+
+namespace {
 
 RouteResult FromProto(const v1::RouteResponse& res) {
   RouteResult r;
@@ -51,11 +50,7 @@ absl::StatusOr<RouteResult> RouterClient::Route(const std::string& tenant,
                                                 std::span<const BlockKey> chain) {
   v1::RouteRequest req;
   req.set_tenant(tenant);
-  std::string packed(chain.size() * BlockKey::kBytes, '\0');
-  for (size_t i = 0; i < chain.size(); ++i) {
-    chain[i].ToBytes(reinterpret_cast<uint8_t*>(packed.data()) + i * BlockKey::kBytes);
-  }
-  req.set_packed_keys(std::move(packed));
+  req.set_packed_keys(PackKeys(chain));
   v1::RouteResponse res;
   auto ctx = rpc_->Context(deadline_ms_);
   if (grpc::Status st = rpc_->stub->Route(ctx.get(), req, &res); !st.ok()) return FromGrpc(st);

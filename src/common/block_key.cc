@@ -161,6 +161,14 @@ std::vector<BlockKey> ChainHasher::Keys(std::span<const uint32_t> tokens) const 
   return keys;
 }
 
+std::string PackKeys(std::span<const BlockKey> keys) {
+  std::string out(keys.size() * BlockKey::kBytes, '\0');
+  for (size_t i = 0; i < keys.size(); ++i) {
+    keys[i].ToBytes(reinterpret_cast<uint8_t*>(out.data()) + i * BlockKey::kBytes);
+  }
+  return out;
+}
+
 BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
   if (key.IsZero()) return key;
   internal::LeWriter w;

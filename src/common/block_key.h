@@ -64,6 +64,9 @@ struct KeyNamespace {
   std::string adapter_id;           // empty for the base model
 };
 
+// Keys back to back, 16 bytes each (the packed_keys form of kvtier's requests).
+std::string PackKeys(std::span<const BlockKey> keys);
+
 // The key a daemon stores a tenant's block under: XXH3-128("KVTIER/TENANT/1" ||
 // u32le(len(tenant)) || tenant || key), so no key one tenant can send names another tenant's
 // block. The all-zero key (no parent) maps to itself.
