@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <atomic>
 #include <queue>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -69,6 +71,8 @@ namespace {
 constexpr uint32_t kNone = UINT32_MAX;
 constexpr uint32_t kChunkEntries = 4096;
 constexpr uint32_t kMaxChunks = 1u << 16;  // 268M entries
+// NVMe reads in flight at once for one lease's promotions.
+constexpr size_t kLeasePromotionThreads = 8;
 
 enum class State : uint8_t { kFree, kReserved, kCommitted, kDoomed };
 // Eviction classes, evicted in this order.
@@ -490,7 +494,7 @@ struct BlockStore::Impl {
     {
       Shard& s = ShardOf(e.key);
       MutexLock l(&s.mu);
-      if (e.pins != 0) {
+      if (e.pins != 0 || e.leases != 0) {  // freed by the last Unpin or lease end
         e.state = State::kDoomed;
         if (durable_delete) e.flags |= kDeleteDurably;
         return;
@@ -549,6 +553,7 @@ struct BlockStore::Impl {
       MutexLock sl(&s.mu);
       still = e.pins == 0 && e.state == State::kDoomed;
     }
+    still = still && e.leases == 0;
     if (still) Remove(h, /*durable_delete=*/true);
   }
   // Host copy of an NVMe-resident block, for a lease. Requires mu.
@@ -584,12 +589,25 @@ struct BlockStore::Impl {
     std::vector<uint32_t> handles;
     uint64_t bytes;
   };
+  // Ends one lease's hold on `h`: listed again, or freed if it was removed meanwhile.
+  void ReleaseLeasePin(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (--e.leases != 0) return;
+    if (e.state != State::kDoomed) {
+      ListByRecency(h);
+      return;
+    }
+    bool unpinned = false;
+    {
+      Shard& s = ShardOf(e.key);
+      MutexLock l(&s.mu);
+      unpinned = e.pins == 0;
+    }
+    if (unpinned) Remove(h, /*durable_delete=*/true);
+  }
   void EndLease(absl::flat_hash_map<uint64_t, LeaseRecord>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    for (uint32_t h : it->second.handles) {
-      Entry& e = E(h);
-      if (--e.leases == 0) ListByRecency(h);
-    }
+    for (uint32_t h : it->second.handles) ReleaseLeasePin(h);
     leased_bytes -= it->second.bytes;
     leases.erase(it);
   }
@@ -1098,61 +1116,158 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
                                                    s.options.max_lease_ttl_us, "]"));
   }
   if (ttl_us == 0) ttl_us = s.options.lease_ttl_us;
-  MutexLock l(&s.mu);
-  s.ReapLeases();
+  // One NVMe block brought up for this lease: read into `location` outside the store's lock.
+  struct Promotion {
+    uint32_t handle;
+    BlockKey key;
+    uint64_t size;
+    uint64_t checksum;
+    uint64_t location;
+    absl::StatusOr<uint64_t> sum = absl::UnknownError("not read");
+  };
   std::vector<uint32_t> handles;
-  handles.reserve(keys.size());
+  std::vector<Promotion> promotions;
   uint64_t bytes = 0;
-  absl::flat_hash_set<uint32_t> seen;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    uint32_t h = s.FindCommitted(keys[i]);
-    if (h == kNone) {
-      return absl::NotFoundError(
-          absl::StrCat("lease: block ", keys[i].Hex(), " (position ", i, ") not found"));
+  // Undoes the pins of a lease that is not granted. Requires mu.
+  auto unpin_all = [&] {
+    for (uint32_t h : handles) s.ReleaseLeasePin(h);
+  };
+  {
+    MutexLock l(&s.mu);
+    s.ReapLeases();
+    handles.reserve(keys.size());
+    absl::flat_hash_set<uint32_t> seen;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      uint32_t h = s.FindCommitted(keys[i]);
+      if (h == kNone) {
+        return absl::NotFoundError(
+            absl::StrCat("lease: block ", keys[i].Hex(), " (position ", i, ") not found"));
+      }
+      if (!seen.insert(h).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("lease: block ", keys[i].Hex(), " named twice"));
+      }
+      handles.push_back(h);
+      bytes += s.E(h).size;
     }
-    if (!seen.insert(h).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("lease: block ", keys[i].Hex(), " named twice"));
+    if (s.leased_bytes + bytes > s.max_leased_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("lease: ", bytes, " more bytes would pass the leased-bytes cap of ",
+                       s.max_leased_bytes, " (", s.leased_bytes, " leased)"));
     }
-    handles.push_back(h);
-    bytes += s.E(h).size;
-  }
-  if (s.leased_bytes + bytes > s.max_leased_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("lease: ", bytes, " more bytes would pass the leased-bytes cap of ",
-                     s.max_leased_bytes, " (", s.leased_bytes, " leased)"));
-  }
-  // Pin first, so that promoting one block cannot evict another of the same lease.
-  LeaseGrant grant;
-  for (uint32_t h : handles) {
-    Entry& e = s.E(h);
-    if (e.leases++ == 0) s.Unlist(h);
-  }
-  absl::Status failed;
-  for (uint32_t h : handles) {
-    if (s.E(h).tier == Tier::kNvme) {
-      failed = s.PromoteFromNvme(h);
-      if (!failed.ok()) break;
-      ++grant.promoted;
-    }
-  }
-  if (!failed.ok()) {
+    // Leased blocks are neither evicted nor moved, so room made for one NVMe block cannot
+    // come from another block of the same lease.
     for (uint32_t h : handles) {
       Entry& e = s.E(h);
-      if (--e.leases == 0) s.ListByRecency(h);
+      if (e.leases++ == 0) s.Unlist(h);
     }
-    return failed;
+    // Room in the host tier for each NVMe block; a pin keeps the entry from being freed
+    // while the lock is dropped below (a failed checksum elsewhere may doom it meanwhile).
+    for (uint32_t h : handles) {
+      Entry& e = s.E(h);
+      if (e.tier != Tier::kNvme) continue;
+      absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, e.size);
+      if (!loc.ok()) {
+        for (const Promotion& p : promotions) s.host_alloc->Free(p.location, p.size);
+        s.resident[static_cast<int>(Tier::kHost)] -= promotions.size();
+        for (const Promotion& p : promotions) {
+          Impl::Shard& shard = s.ShardOf(p.key);
+          MutexLock sl(&shard.mu);
+          --s.E(p.handle).pins;  // not doomed: the store lock was held since the pin
+        }
+        unpin_all();
+        return loc.status();
+      }
+      {
+        Impl::Shard& shard = s.ShardOf(e.key);
+        MutexLock sl(&shard.mu);
+        ++e.pins;
+      }
+      promotions.push_back({h, e.key, e.size, e.checksum, *loc});
+    }
   }
-  grant.id = s.next_lease_id++;
-  grant.expires_at_us = s.clock->NowMicros() + ttl_us;
-  for (uint32_t h : handles) {
-    const Entry& e = s.E(h);
-    grant.blocks.push_back(BlockInfo{e.key, e.tier, e.size, e.checksum, e.location, e.generation});
+
+  // The NVMe reads, in parallel and without the store's lock: other requests go on meanwhile.
+  if (!promotions.empty()) {
+    auto read = [&](Promotion& p) {
+      p.sum = s.nvme->Read(p.key, std::span<uint8_t>(s.host_base + p.location, p.size));
+    };
+    const size_t workers = std::min<size_t>(promotions.size(), kLeasePromotionThreads);
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < promotions.size();) read(promotions[i]);
+    };
+    std::vector<std::thread> threads;
+    threads.reserve(workers - 1);
+    for (size_t t = 1; t < workers; ++t) threads.emplace_back(work);
+    work();
+    for (std::thread& t : threads) t.join();
   }
-  s.leases.emplace(grant.id, Impl::LeaseRecord{grant.expires_at_us, std::move(handles), bytes});
-  s.lease_expiry.emplace(grant.expires_at_us, grant.id);
-  s.leased_bytes += bytes;
-  ++s.stats.leases_granted;
+
+  LeaseGrant grant;
+  absl::Status failed;
+  {
+    MutexLock l(&s.mu);
+    for (Promotion& p : promotions) {
+      Entry& e = s.E(p.handle);
+      const bool good = p.sum.ok() && *p.sum == p.checksum;
+      const bool still_nvme = e.state == State::kCommitted && e.tier == Tier::kNvme;
+      if (!good || !still_nvme) {  // bad bytes, or a Get promoted the block first
+        s.host_alloc->Free(p.location, p.size);
+        --s.resident[static_cast<int>(Tier::kHost)];
+      }
+      if (!good) {
+        const bool corrupt = !p.sum.ok() ? p.sum.status().code() == absl::StatusCode::kDataLoss ||
+                                               p.sum.status().code() == absl::StatusCode::kNotFound
+                                         : true;
+        if (corrupt) {
+          ++s.stats.checksum_failures;
+          if (e.state == State::kCommitted) s.Remove(p.handle, /*durable_delete=*/true);
+        }
+        if (failed.ok()) {
+          failed = corrupt ? absl::DataLossError(absl::StrCat(
+                                 "block ", p.key.Hex(), " is corrupt on NVMe and was dropped"))
+                           : p.sum.status();
+        }
+        continue;
+      }
+      if (!still_nvme) continue;
+      {
+        Impl::Shard& shard = s.ShardOf(p.key);
+        MutexLock sl(&shard.mu);
+        // Readers that pinned the NVMe copy before may still read it; it stays valid.
+        e.tier = Tier::kHost;
+        e.location = p.location;
+        ++e.generation;
+      }
+      ++s.stats.promotions;
+      s.OnTierChanged(p.handle, Tier::kNvme);
+      ++grant.promoted;
+    }
+    for (uint32_t h : handles) {
+      if (failed.ok() && s.E(h).state != State::kCommitted) {  // dropped by a failed check
+        failed = absl::AbortedError(absl::StrCat("lease: block ", s.E(h).key.Hex(),
+                                                 " was dropped while being leased; retry"));
+      }
+    }
+    if (failed.ok()) {
+      grant.id = s.next_lease_id++;
+      grant.expires_at_us = s.clock->NowMicros() + ttl_us;
+      for (uint32_t h : handles) {
+        const Entry& e = s.E(h);
+        grant.blocks.push_back(
+            BlockInfo{e.key, e.tier, e.size, e.checksum, e.location, e.generation});
+      }
+      s.leases.emplace(grant.id, Impl::LeaseRecord{grant.expires_at_us, handles, bytes});
+      s.lease_expiry.emplace(grant.expires_at_us, grant.id);
+      s.leased_bytes += bytes;
+      ++s.stats.leases_granted;
+    } else {
+      unpin_all();
+    }
+  }
+  for (const Promotion& p : promotions) s.Unpin(p.handle);  // frees an entry doomed meanwhile
+  if (!failed.ok()) return failed;
   return grant;
 }
 
