@@ -13,6 +13,7 @@
 #include "client/internal.h"
 #include "common/checksum.h"
 #include "common/grpc_tuning.h"
+#include "common/layout_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
@@ -20,23 +21,6 @@ namespace kvtier {
 using client_internal::FromGrpc;
 using client_internal::TierName;
 using client_internal::WithRetries;
-
-namespace {
-
-void ToProto(const KvLayout& l, v1::KvLayout* p) {
-  p->set_kind(l.kind == LayoutKind::kGqa ? v1::LAYOUT_KIND_GQA : v1::LAYOUT_KIND_MLA);
-  p->set_dtype(l.dtype == DType::kFp16   ? v1::DTYPE_FP16
-               : l.dtype == DType::kBf16 ? v1::DTYPE_BF16
-                                         : v1::DTYPE_FP8_E4M3);
-  p->set_layers(l.layers);
-  p->set_kv_heads(l.kv_heads);
-  p->set_head_dim(l.head_dim);
-  p->set_block_tokens(l.block_tokens);
-  p->set_latent_rank(l.latent_rank);
-  p->set_rope_dim(l.rope_dim);
-}
-
-}  // namespace
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
 CacheClient::~CacheClient() {
@@ -100,7 +84,7 @@ absl::StatusOr<PutResult> CacheClient::Put(std::span<const BlockToPut> blocks, b
         v1::PutRequest req;
         if (first) {
           req.set_tenant(options_.tenant);
-          if (layout != nullptr) ToProto(*layout, req.mutable_layout());
+          if (layout != nullptr) LayoutToProto(*layout, req.mutable_layout());
           first = false;
         }
         if (off == 0) {

@@ -129,7 +129,8 @@ class CacheClient {
   // offers it, else by fetching the whole blocks with gRPC. NOT_FOUND names the first block not
   // cached; OUT_OF_RANGE for a range past the end of its block. Whole-block reads over UCX are
   // verified against the block's checksum; ranges are guarded by the lease (read before it ends).
-  absl::Status ReadRanges(std::span<const RangeRead> reads);
+  // `over_ucx`, when given, says which path served the reads.
+  absl::Status ReadRanges(std::span<const RangeRead> reads, bool* over_ucx = nullptr);
 
   // Pins blocks in the daemon's host RAM (NVMe blocks are promoted) for one-sided reads.
   absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms = 0);

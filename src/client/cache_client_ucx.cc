@@ -257,7 +257,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
   return false;
 }
 
-absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads) {
+absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads, bool* over_ucx) {
   std::vector<BlockKey> keys;
   absl::flat_hash_map<BlockKey, size_t> index;
   std::vector<size_t> block_of(reads.size());
@@ -285,6 +285,7 @@ absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads) {
         return plan;
       });
   if (!used.ok()) return used.status();
+  if (over_ucx != nullptr) *over_ucx = *used;
   if (*used) return absl::OkStatus();
   // gRPC: whole blocks, then the ranges out of them.
   auto blocks = Get(keys);

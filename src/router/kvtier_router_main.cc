@@ -15,6 +15,7 @@
 
 #include "absl/strings/numbers.h"
 #include "common/logging.h"
+#include "common/service_main.h"
 #include "router/route_service.h"
 #include "spdlog/spdlog.h"
 
@@ -134,25 +135,17 @@ int main(int argc, char** argv) {
   if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
   (void)kvtier::InitLogging(log_level);
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = kvtier::BlockStopSignals();
 
   auto registry = std::make_shared<prometheus::Registry>();
   std::unique_ptr<prometheus::Exposer> exposer;
   if (!metrics_listen.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(metrics_listen);
-    } catch (const std::exception& e) {
-      spdlog::critical("metrics-listen: cannot serve on {}: {}", metrics_listen, e.what());
+    auto served = kvtier::ServeMetrics("kvtier-router", metrics_listen, registry);
+    if (!served.ok()) {
+      spdlog::critical("{}", served.status().ToString());
       return 1;
     }
-    exposer->RegisterCollectable(registry);
-    std::printf("kvtier-router metrics on %s:%d\n",
-                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
-                exposer->GetListeningPorts().front());
+    exposer = std::move(*served);
   }
   kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware);
   grpc::EnableDefaultHealthCheckService(true);

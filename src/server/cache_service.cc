@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/internal/le_bytes.h"
+#include "common/layout_proto.h"
 #include "server/auth.h"
 #include "server/metrics.h"
 #include "transfer/ucx_server.h"
@@ -29,42 +30,6 @@ absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", key.status().message()));
   }
   return key;
-}
-
-std::optional<DType> FromProto(v1::DType d) {
-  switch (d) {
-    case v1::DTYPE_FP16:
-      return DType::kFp16;
-    case v1::DTYPE_BF16:
-      return DType::kBf16;
-    case v1::DTYPE_FP8_E4M3:
-      return DType::kFp8E4M3;
-    default:
-      return std::nullopt;
-  }
-}
-
-absl::StatusOr<KvLayout> LayoutFromProto(const v1::KvLayout& p) {
-  KvLayout l;
-  if (p.kind() == v1::LAYOUT_KIND_GQA) {
-    l.kind = LayoutKind::kGqa;
-  } else if (p.kind() == v1::LAYOUT_KIND_MLA) {
-    l.kind = LayoutKind::kMla;
-  } else {
-    return absl::InvalidArgumentError("layout.kind: must be GQA or MLA");
-  }
-  auto dtype = FromProto(p.dtype());
-  if (!dtype) return absl::InvalidArgumentError("layout.dtype: must be fp16, bf16 or fp8-e4m3");
-  l.dtype = *dtype;
-  l.layers = p.layers();
-  l.kv_heads = p.kv_heads();
-  l.head_dim = p.head_dim();
-  l.block_tokens = p.block_tokens();
-  l.latent_rank = p.latent_rank();
-  l.rope_dim = p.rope_dim();
-  absl::Status st = l.Validate();
-  if (!st.ok()) return st;
-  return l;
 }
 
 // Lease ids go out XORed with a per-tenant mask: another tenant's Release names no lease of ours.

@@ -18,6 +18,7 @@
 #include "cache/block_store.h"
 #include "common/grpc_tuning.h"
 #include "common/logging.h"
+#include "common/service_main.h"
 #include "common/malloc_tuning.h"
 #include "server/auth.h"
 #include "server/cache_service.h"
@@ -79,11 +80,7 @@ int main(int argc, char** argv) {
   }
 
   // Signals are taken by a thread of ours, not by whichever thread they land on.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = kvtier::BlockStopSignals();
 
   // The UCX data plane: one-sided reads of leased blocks straight from the host arena, which UCX
   // allocates so that readers on this host can map it (and copy at memory speed).

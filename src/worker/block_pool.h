@@ -1,0 +1,92 @@
+#pragma once
+// BlockPool: the worker's cache of fetched KV bytes, so that a prefix read once is not fetched
+// again. One unit per (block, layer) holds that layer's bytes; a unit is cut into slices (GQA:
+// one per K|V and kv_head; MLA: one, the whole layer) that are fetched separately, so a
+// head-sparse request fills only the slices it reads. Least recently used units go first once
+// the pool passes its capacity. Thread-safe.
+//
+// Several requests may want the same slice at once: the first claims it (pending) and fetches
+// it, the others wait for it instead of fetching it again.
+
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/block_key.h"
+
+namespace kvtier::worker {
+
+class BlockPool {
+ public:
+  struct Unit {
+    explicit Unit(uint64_t bytes, uint32_t slices) : data(bytes), state(slices, kAbsent) {}
+    std::vector<uint8_t> data;  // zero-filled; a slice's bytes once it is present
+    enum : uint8_t { kAbsent, kPending, kPresent };
+    std::vector<uint8_t> state;  // per slice; guarded by the pool's mutex
+  };
+
+  // What a request needs of one unit.
+  struct Need {
+    BlockKey key;
+    uint32_t layer = 0;
+    uint64_t unit_bytes = 0;  // the layer's bytes in a block
+    uint32_t slices = 1;      // equal parts of the unit
+    std::vector<uint32_t> wanted;
+  };
+
+  // The unit (held: it stays valid while the claim lives, evicted or not), the slices this
+  // caller must fetch (claimed), and those another request is fetching.
+  struct Claim {
+    std::shared_ptr<Unit> unit;
+    std::vector<uint32_t> fetch;
+    std::vector<uint32_t> wait;
+    uint64_t present_bytes = 0;  // wanted bytes that were already there
+  };
+
+  explicit BlockPool(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
+
+  // One claim per need, in order.
+  std::vector<Claim> Acquire(std::span<const Need> needs);
+  // After this caller's fetch: its claimed slices become present (ok) or absent again.
+  void Settle(std::span<const Claim> claims, bool ok);
+  // Waits until the slices others were fetching are settled; false on timeout. Slices that
+  // ended absent (the other fetch failed) are moved from wait to fetch, and claimed: the caller
+  // fetches and Settles them (on false too, Settle(claims, false) gives them back).
+  bool AwaitOthers(std::span<Claim> claims, std::chrono::steady_clock::time_point deadline);
+
+  struct Stats {
+    uint64_t bytes = 0;  // of the units the pool holds
+    uint64_t units = 0;
+    uint64_t evictions = 0;
+  };
+  Stats stats() const;
+
+ private:
+  struct Id {
+    BlockKey key;
+    uint32_t layer;
+    friend bool operator==(const Id&, const Id&) = default;
+    template <typename H>
+    friend H AbslHashValue(H h, const Id& id) {
+      return H::combine(std::move(h), id.key, id.layer);
+    }
+  };
+  struct Slot {
+    std::shared_ptr<Unit> unit;
+    std::list<Id>::iterator lru;
+  };
+
+  const uint64_t capacity_;
+  mutable std::mutex mu_;
+  std::condition_variable settled_;
+  absl::flat_hash_map<Id, Slot> units_;  // guarded by mu_
+  std::list<Id> lru_;                    // most recent first; guarded by mu_
+  Stats stats_;                          // guarded by mu_
+};
+
+}  // namespace kvtier::worker

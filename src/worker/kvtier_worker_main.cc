@@ -1,0 +1,156 @@
+// kvtier-worker: decode attention over cached prefixes (kvtier.v1.AttentionService), reading the
+// KV blocks from whichever kvtierd nodes hold them, with Prometheus metrics.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/logging.h"
+#include "common/service_main.h"
+#include "spdlog/spdlog.h"
+#include "worker/worker.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: kvtier-worker (--router HOST:PORT | --nodes LIST) [options]
+
+Serves decode attention (kvtier.v1.AttentionService) over cached prefixes: finds which kvtierd
+nodes hold a prefix's blocks, reads only the bytes the attention needs (the requested layers;
+for head-sparse attention, outside the local window, only the recall heads' slices) over UCX
+where the daemons offer it and gRPC otherwise, keeps them in a block pool, and computes on the
+CPU fast path (no GPU kernels are built into this worker yet).
+
+options:
+  --router HOST:PORT     kvtier-router: its membership orders the nodes asked for a prefix
+  --nodes LIST           or: kvtierd gRPC addresses, comma-separated, asked in this order
+  --listen HOST:PORT     gRPC address (default 127.0.0.1:7900; port 0 picks a free port)
+  --metrics-listen H:P   Prometheus /metrics (default 127.0.0.1:9790; empty: none)
+  --pool-mib N           block pool capacity (default 1024)
+  --threads N            compute threads per request (default 0: every core)
+  --fetch-deadline-ms N  deadline of each call to a daemon (default 10000)
+  --max-request-blocks N blocks over all sequences of one request (default 1048576)
+  --no-ucx               read blocks over gRPC only
+  --log-level LEVEL      trace, debug, info, warn, error, off (default info)
+  --help                 this text
+
+Requests carry the tenant of their blocks; an `authorization: Bearer TOKEN` header is passed on
+to the daemons, which check it. On start it prints "kvtier-worker metrics on HOST:PORT" (when
+enabled), then "kvtier-worker listening on HOST:PORT". SIGTERM or SIGINT stops it.
+)";
+
+int Bad(const std::string& why) {
+  std::fprintf(stderr, "kvtier-worker: %s\n\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  kvtier::worker::WorkerOptions options;
+  std::string listen = "127.0.0.1:7900", metrics_listen = "127.0.0.1:9790";
+  std::string log_level = "info";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+    auto take = [&](std::string* out) {
+      if (v == nullptr) return false;
+      *out = v;
+      ++i;
+      return true;
+    };
+    auto take_num = [&](auto* out, long long min) {
+      long long n = 0;
+      if (v == nullptr || !absl::SimpleAtoi(v, &n) || n < min) return false;
+      *out = static_cast<std::remove_reference_t<decltype(*out)>>(n);
+      ++i;
+      return true;
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--router") {
+      if (!take(&options.router)) return Bad("--router needs HOST:PORT");
+    } else if (a == "--nodes") {
+      std::string list;
+      if (!take(&list)) return Bad("--nodes needs a list");
+      options.nodes = absl::StrSplit(list, ',', absl::SkipEmpty());
+    } else if (a == "--listen") {
+      if (!take(&listen)) return Bad("--listen needs HOST:PORT");
+    } else if (a == "--metrics-listen") {
+      if (!take(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
+    } else if (a == "--pool-mib") {
+      uint64_t mib = 0;
+      if (!take_num(&mib, 1)) return Bad("--pool-mib needs a number > 0");
+      options.pool_bytes = mib << 20;
+    } else if (a == "--threads") {
+      if (!take_num(&options.threads, 0)) return Bad("--threads needs a number >= 0");
+    } else if (a == "--fetch-deadline-ms") {
+      if (!take_num(&options.fetch_deadline_ms, 1)) return Bad("--fetch-deadline-ms: > 0");
+    } else if (a == "--max-request-blocks") {
+      if (!take_num(&options.max_request_blocks, 1)) return Bad("--max-request-blocks: > 0");
+    } else if (a == "--no-ucx") {
+      options.use_ucx = false;
+    } else if (a == "--log-level") {
+      if (!take(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
+        return Bad("--log-level needs trace, debug, info, warn, error or off");
+      }
+    } else {
+      return Bad("unknown option '" + a + "'");
+    }
+  }
+  if (options.router.empty() == options.nodes.empty()) {
+    return Bad("give one of --router and --nodes");
+  }
+  (void)kvtier::InitLogging(log_level);
+
+  sigset_t signals = kvtier::BlockStopSignals();
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!metrics_listen.empty()) {
+    auto served = kvtier::ServeMetrics("kvtier-worker", metrics_listen, registry);
+    if (!served.ok()) {
+      spdlog::critical("{}", served.status().ToString());
+      return 1;
+    }
+    exposer = std::move(*served);
+  }
+  auto worker = kvtier::worker::Worker::Create(options, registry.get());
+  if (!worker.ok()) return Bad(std::string(worker.status().message()));
+  kvtier::worker::AttentionServiceImpl service(worker->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(256 << 20);  // queries of many layers and sequences
+  builder.SetMaxSendMessageSize(256 << 20);
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    spdlog::critical("cannot listen on {}", listen);
+    return 1;
+  }
+  std::printf("kvtier-worker listening on %s:%d\n", listen.substr(0, listen.rfind(':')).c_str(),
+              port);
+  std::fflush(stdout);
+  spdlog::info("kvtier-worker: reading from {}, pool {} MiB",
+               options.router.empty() ? "a static node list" : "router " + options.router,
+               options.pool_bytes >> 20);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("kvtier-worker: {} received, stopping", strsignal(sig));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  std::fflush(nullptr);
+  _exit(0);
+}

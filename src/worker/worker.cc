@@ -1,0 +1,608 @@
+#include "worker/worker.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <cmath>
+#include <thread>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "common/layout_proto.h"
+#include "gpu/attention.h"
+#include "spdlog/spdlog.h"
+
+namespace kvtier::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How often the router's membership is fetched again for local routing.
+constexpr auto kMembersMaxAge = std::chrono::seconds(1);
+// Rounds of waiting for slices another request was fetching (and fetching them if it failed).
+constexpr int kClaimRounds = 3;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+const char* ModeName(v1::AttentionMode m) {
+  switch (m) {
+    case v1::ATTENTION_MODE_DENSE:
+      return "dense";
+    case v1::ATTENTION_MODE_HEAD_SPARSE:
+      return "head_sparse";
+    case v1::ATTENTION_MODE_MLA:
+      return "mla";
+    default:
+      return "unspecified";
+  }
+}
+
+absl::Status Invalid(const std::string& what) { return absl::InvalidArgumentError(what); }
+
+}  // namespace
+
+struct Worker::Metrics {
+  explicit Metrics(prometheus::Registry* r)
+      : requests(prometheus::BuildCounter()
+                     .Name("kvtier_worker_requests_total")
+                     .Help("Decode requests, by attention mode and gRPC status code")
+                     .Register(*r)),
+        bytes(prometheus::BuildCounter()
+                  .Name("kvtier_worker_fetch_bytes_total")
+                  .Help("KV bytes a request used, by source: ucx and grpc (fetched from "
+                        "daemons), pool (already in the worker's block pool)")
+                  .Register(*r)),
+        ucx(bytes.Add({{"source", "ucx"}})),
+        grpc(bytes.Add({{"source", "grpc"}})),
+        pool(bytes.Add({{"source", "pool"}})),
+        skipped(prometheus::BuildCounter()
+                    .Name("kvtier_worker_sparse_skipped_bytes_total")
+                    .Help("KV bytes head-sparse attention did not need to fetch")
+                    .Register(*r)
+                    .Add({})),
+        fetch(prometheus::BuildHistogram()
+                  .Name("kvtier_worker_fetch_seconds")
+                  .Help("Time a request spent locating and fetching blocks")
+                  .Register(*r)
+                  .Add({}, Buckets())),
+        compute(prometheus::BuildHistogram()
+                    .Name("kvtier_worker_compute_seconds")
+                    .Help("Time a request spent computing attention")
+                    .Register(*r)
+                    .Add({}, Buckets())),
+        pool_bytes(prometheus::BuildGauge()
+                       .Name("kvtier_worker_pool_bytes")
+                       .Help("Bytes the worker's block pool holds")
+                       .Register(*r)
+                       .Add({})) {}
+  static prometheus::Histogram::BucketBoundaries Buckets() {
+    return {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10};
+  }
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Counter>& bytes;
+  prometheus::Counter& ucx;
+  prometheus::Counter& grpc;
+  prometheus::Counter& pool;
+  prometheus::Counter& skipped;
+  prometheus::Histogram& fetch;
+  prometheus::Histogram& compute;
+  prometheus::Gauge& pool_bytes;
+};
+
+// One sequence of a request: its blocks and what is needed of each.
+struct Worker::Plan {
+  std::vector<BlockKey> keys;   // the blocks the context covers
+  int context = 0;              // tokens attended to
+  uint32_t block_tokens = 0;
+  std::vector<uint32_t> layers; // requested, in query order
+  uint64_t unit_bytes = 0;      // one layer of one block
+  uint32_t slices = 1;          // per unit
+  std::vector<uint64_t> layer_offset;  // [layer]: where its bytes start in a block
+  std::vector<BlockPool::Need> needs;  // [block * layers.size() + i]
+  std::vector<BlockPool::Claim> claims;
+  uint64_t skipped_bytes = 0;
+};
+
+Worker::Worker(const WorkerOptions& options) : options_(options), pool_(options.pool_bytes) {}
+Worker::~Worker() = default;
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options,
+                                                       prometheus::Registry* registry) {
+  if (options.router.empty() == options.nodes.empty()) {
+    return Invalid("worker: give a router address or a list of nodes (one of the two)");
+  }
+  std::unique_ptr<Worker> w(new Worker(options));
+  if (!options.router.empty()) {
+    auto r = RouterClient::Create(options.router, options.fetch_deadline_ms);
+    if (!r.ok()) return r.status();
+    w->router_ = std::move(*r);
+  }
+  if (registry != nullptr) w->metrics_ = std::make_unique<Metrics>(registry);
+  return w;
+}
+
+absl::StatusOr<std::vector<std::string>> Worker::NodesFor(std::span<const BlockKey> keys) {
+  if (router_ == nullptr) return options_.nodes;
+  bool refresh = false;
+  {
+    MutexLock lock(&mu_);
+    const auto now = Clock::now();
+    if (now - members_at_ > kMembersMaxAge) {
+      members_at_ = now;
+      refresh = true;
+    }
+  }
+  if (refresh) {
+    absl::Status st = router_->RefreshMembers();
+    if (!st.ok()) {
+      spdlog::warn("worker: router membership not refreshed: {}", st.ToString());
+    }
+  }
+  auto route = router_->RouteLocally(keys);
+  if (!route.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("worker: no kvtierd node to read from: ", route.status().message()));
+  }
+  return route->nodes;
+}
+
+CacheClient* Worker::ClientFor(const std::string& node, const std::string& tenant,
+                               const std::string& token) {
+  const std::string id = absl::StrCat(node, "\n", tenant, "\n", token);
+  MutexLock lock(&mu_);
+  auto& c = clients_[id];
+  if (c == nullptr) {
+    ClientOptions o;
+    o.address = node;
+    o.tenant = tenant;
+    o.bearer_token = token;
+    o.deadline_ms = options_.fetch_deadline_ms;
+    o.max_attempts = 2;  // a node that is gone costs one retry, then the next node is asked
+    o.use_ucx = options_.use_ucx;
+    auto made = CacheClient::Create(o);
+    if (!made.ok()) return nullptr;  // cannot happen: address and tenant are set
+    c = std::move(*made);
+  }
+  return c.get();
+}
+
+absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, size_t sequence,
+                           Plan& plan, v1::DecodeStats* stats) {
+  const size_t n = plan.keys.size();
+  const size_t per_block = plan.layers.size();
+  auto block_needs_fetch = [&](size_t b) {
+    for (size_t i = 0; i < per_block; ++i) {
+      if (!plan.claims[b * per_block + i].fetch.empty()) return true;
+    }
+    return false;
+  };
+  // Which node serves each block to fetch: runs of consecutive blocks, each from the node that
+  // holds the longest run starting there (the router's order breaks ties).
+  struct Segment {
+    std::string node;
+    size_t begin, end;
+  };
+  std::vector<Segment> segments;
+  std::vector<std::string> order;
+  for (size_t p = 0; p < n;) {
+    if (!block_needs_fetch(p)) {
+      ++p;
+      continue;
+    }
+    size_t run_end = p;
+    while (run_end < n && block_needs_fetch(run_end)) ++run_end;
+    if (order.empty()) {
+      auto nodes = NodesFor(plan.keys);
+      if (!nodes.ok()) return nodes.status();
+      order = std::move(*nodes);
+    }
+    while (p < run_end) {
+      size_t best = 0;
+      std::string holder;
+      for (const std::string& node : order) {
+        CacheClient* c = ClientFor(node, tenant, token);
+        auto found = c->Lookup(std::span(plan.keys).subspan(p, run_end - p));
+        if (!found.ok()) {
+          if (found.status().code() == absl::StatusCode::kUnavailable ||
+              found.status().code() == absl::StatusCode::kDeadlineExceeded) {
+            spdlog::warn("worker: node {} did not answer a lookup: {}", node,
+                         found.status().ToString());
+            continue;
+          }
+          return found.status();  // bad token, unknown tenant: the caller's to fix
+        }
+        if (found->matched > best) {
+          best = found->matched;
+          holder = node;
+        }
+        if (best == run_end - p) break;
+      }
+      if (best == 0) {
+        return absl::NotFoundError(absl::StrCat(
+            "sequence ", sequence, ": block ", p, " (key ", plan.keys[p].Hex(),
+            ") is not cached on any of ", order.size(), " nodes; first missing block position ",
+            p, ", recompute from token ", p * plan.block_tokens));
+      }
+      segments.push_back({holder, p, p + best});
+      p += best;
+    }
+  }
+  if (segments.empty()) return absl::OkStatus();
+
+  // The reads of each node, in batches of at most read_batch_bytes of whole blocks (a lease
+  // pins whole blocks).
+  const uint64_t slice_bytes = plan.unit_bytes / plan.slices;
+  struct Batch {
+    std::string node;
+    std::vector<RangeRead> reads;
+    size_t blocks = 0;
+    uint64_t bytes = 0;
+  };
+  std::vector<Batch> batches;
+  const uint64_t whole_block = plan.unit_bytes * plan.layer_offset.size();
+  const size_t blocks_per_batch =
+      std::max<uint64_t>(1, options_.read_batch_bytes / std::max<uint64_t>(whole_block, 1));
+  for (const Segment& seg : segments) {
+    for (size_t b = seg.begin; b < seg.end; ++b) {
+      if (!block_needs_fetch(b)) continue;
+      if (batches.empty() || batches.back().node != seg.node ||
+          batches.back().blocks == blocks_per_batch) {
+        batches.push_back({seg.node, {}, 0, 0});
+      }
+      Batch& batch = batches.back();
+      ++batch.blocks;
+      for (size_t i = 0; i < per_block; ++i) {
+        const BlockPool::Claim& c = plan.claims[b * per_block + i];
+        // Consecutive slices are one range.
+        std::vector<uint32_t> s = c.fetch;
+        std::sort(s.begin(), s.end());
+        for (size_t k = 0; k < s.size();) {
+          size_t e = k + 1;
+          while (e < s.size() && s[e] == s[e - 1] + 1) ++e;
+          const uint64_t off = uint64_t{s[k]} * slice_bytes;
+          const uint64_t len = uint64_t{e - k} * slice_bytes;
+          batch.reads.push_back({.key = plan.keys[b],
+                                 .offset = plan.layer_offset[plan.layers[i]] + off,
+                                 .dst = std::span(c.unit->data.data() + off, len)});
+          batch.bytes += len;
+          k = e;
+        }
+      }
+    }
+  }
+  // Nodes in parallel, each node's batches in order.
+  absl::flat_hash_map<std::string, std::vector<Batch*>> by_node;
+  for (Batch& b : batches) by_node[b.node].push_back(&b);
+  struct Outcome {
+    absl::Status status;
+    uint64_t ucx = 0, grpc = 0;
+  };
+  std::vector<Outcome> outcomes(by_node.size());
+  std::vector<std::thread> threads;
+  size_t k = 0;
+  for (auto& [node, list] : by_node) {
+    auto run = [&, list = &list, out = &outcomes[k], c = ClientFor(node, tenant, token)] {
+      for (Batch* b : *list) {
+        bool over_ucx = false;
+        out->status = c->ReadRanges(b->reads, &over_ucx);
+        if (!out->status.ok()) return;
+        // Without UCX the daemon sends whole blocks.
+        if (over_ucx) out->ucx += b->bytes; else out->grpc += b->blocks * whole_block;
+      }
+    };
+    if (k + 1 < by_node.size()) threads.emplace_back(run); else run();
+    ++k;
+  }
+  for (std::thread& t : threads) t.join();
+  for (const Outcome& o : outcomes) {
+    stats->set_bytes_fetched(stats->bytes_fetched() + o.ucx + o.grpc);
+    stats->set_bytes_fetched_ucx(stats->bytes_fetched_ucx() + o.ucx);
+    if (metrics_ != nullptr) {
+      metrics_->ucx.Increment(static_cast<double>(o.ucx));
+      metrics_->grpc.Increment(static_cast<double>(o.grpc));
+    }
+  }
+  stats->set_nodes_read(stats->nodes_read() + static_cast<uint32_t>(by_node.size()));
+  for (const Outcome& o : outcomes) {
+    if (!o.status.ok()) {
+      return absl::Status(o.status.code(),
+                          absl::StrCat("sequence ", sequence, ": ", o.status.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::Decode(const v1::DecodeRequest& request, const std::string& bearer_token,
+                            v1::DecodeResponse* response) {
+  const auto started = Clock::now();
+  v1::AttentionMode mode = request.mode();
+  absl::Status st = DecodeChecked(request, bearer_token, &mode, response);
+  if (metrics_ != nullptr) {
+    metrics_->requests
+        .Add({{"mode", ModeName(mode)}, {"code", absl::StatusCodeToString(st.code())}})
+        .Increment();
+    metrics_->fetch.Observe(response->stats().fetch_us() / 1e6);
+    metrics_->compute.Observe(response->stats().compute_us() / 1e6);
+    metrics_->pool.Increment(static_cast<double>(response->stats().bytes_from_pool()));
+    metrics_->skipped.Increment(static_cast<double>(response->stats().bytes_skipped()));
+    metrics_->pool_bytes.Set(static_cast<double>(pool_.stats().bytes));
+  }
+  if (!st.ok()) {
+    spdlog::debug("worker: decode failed after {:.1f} ms: {}",
+                  Seconds(Clock::now() - started) * 1e3, st.ToString());
+  }
+  return st;
+}
+
+absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
+                                   const std::string& bearer_token, v1::AttentionMode* mode,
+                                   v1::DecodeResponse* response) {
+  if (request.tenant().empty()) return Invalid("tenant: must be set");
+  auto parsed = LayoutFromProto(request.layout());
+  if (!parsed.ok()) return parsed.status();
+  const KvLayout layout = *parsed;
+  gpu::ElemType elem;
+  switch (layout.dtype) {
+    case DType::kFp16:
+      elem = gpu::ElemType::kFp16;
+      break;
+    case DType::kBf16:
+      elem = gpu::ElemType::kBf16;
+      break;
+    default:
+      return Invalid("layout.dtype: the worker's kernels take fp16 and bf16");
+  }
+  const bool mla = layout.kind == LayoutKind::kMla;
+  if (*mode == v1::ATTENTION_MODE_UNSPECIFIED) {
+    *mode = mla ? v1::ATTENTION_MODE_MLA : v1::ATTENTION_MODE_DENSE;
+  }
+  if (mla != (*mode == v1::ATTENTION_MODE_MLA)) {
+    return Invalid(mla ? "mode: an MLA layout takes MLA attention"
+                       : "mode: MLA attention needs an MLA layout");
+  }
+  const bool sparse = *mode == v1::ATTENTION_MODE_HEAD_SPARSE;
+  gpu::HeadProfile profile;
+  if (sparse) {
+    const v1::HeadProfile& p = request.profile();
+    if (p.layers_size() != static_cast<int>(layout.layers)) {
+      return Invalid(absl::StrCat("profile.layers: ", p.layers_size(), " entries for ",
+                                  layout.layers, " layers"));
+    }
+    if (p.sink() > 0) profile.sink = static_cast<int>(p.sink());
+    if (p.window() > 0) profile.window = static_cast<int>(p.window());
+    profile.recall.assign(layout.layers, std::vector<bool>(layout.kv_heads, false));
+    for (int l = 0; l < p.layers_size(); ++l) {
+      for (uint32_t h : p.layers(l).recall_heads()) {
+        if (h >= layout.kv_heads) {
+          return Invalid(absl::StrCat("profile.layers[", l, "]: recall head ", h, " of ",
+                                      layout.kv_heads, " kv heads"));
+        }
+        profile.recall[l][h] = true;
+      }
+    }
+  }
+  if (request.sequences().empty()) return Invalid("sequences: none given");
+  const float scale =
+      request.scale() != 0
+          ? request.scale()
+          : static_cast<float>(1.0 / std::sqrt(mla ? layout.latent_rank + layout.rope_dim
+                                                   : layout.head_dim));
+  const uint32_t bt = layout.block_tokens;
+
+  // Plans: keys, context and the slices each block's layers need.
+  std::vector<Plan> plans(request.sequences_size());
+  uint64_t total_blocks = 0;
+  v1::DecodeStats* stats = response->mutable_stats();
+  for (int si = 0; si < request.sequences_size(); ++si) {
+    const v1::Sequence& seq = request.sequences(si);
+    Plan& plan = plans[si];
+    const std::string where = absl::StrCat("sequences[", si, "]");
+    if (seq.packed_keys().empty() == seq.tokens().empty()) {
+      return Invalid(where + ": give packed_keys or tokens (one of the two)");
+    }
+    if (!seq.packed_keys().empty()) {
+      if (seq.packed_keys().size() % BlockKey::kBytes != 0) {
+        return Invalid(where + ".packed_keys: not a multiple of 16 bytes");
+      }
+      for (size_t i = 0; i < seq.packed_keys().size(); i += BlockKey::kBytes) {
+        plan.keys.push_back(BlockKey::FromBytes(
+            reinterpret_cast<const uint8_t*>(seq.packed_keys().data()) + i));
+      }
+    } else {
+      auto hasher = ChainHasher::Create({.tenant_salt = request.tenant(),
+                                         .model_id = request.model(),
+                                         .layout_fingerprint = layout.Fingerprint(),
+                                         .adapter_id = request.adapter()},
+                                        bt);
+      if (!hasher.ok()) return hasher.status();
+      plan.keys = hasher->Keys(std::span(seq.tokens().data(), seq.tokens().size()));
+      if (plan.keys.empty()) return Invalid(where + ".tokens: shorter than one block");
+    }
+    const uint64_t covered = plan.keys.size() * uint64_t{bt};
+    const uint64_t context = seq.context_tokens() == 0 ? covered : seq.context_tokens();
+    if (context > covered || context + bt <= covered) {
+      return Invalid(absl::StrCat(where, ".context_tokens: ", context, " for ",
+                                  plan.keys.size(), " blocks of ", bt,
+                                  " tokens (must end in the last block)"));
+    }
+    plan.context = static_cast<int>(context);
+    plan.block_tokens = bt;
+    total_blocks += plan.keys.size();
+    if (total_blocks > options_.max_request_blocks) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "request: more than ", options_.max_request_blocks, " blocks (--max-request-blocks)"));
+    }
+    if (seq.queries().empty()) return Invalid(where + ".queries: none given");
+    absl::flat_hash_set<uint32_t> seen;
+    for (int qi = 0; qi < seq.queries_size(); ++qi) {
+      const v1::LayerQuery& q = seq.queries(qi);
+      const std::string qw = absl::StrCat(where, ".queries[", qi, "]");
+      if (q.layer() >= layout.layers) {
+        return Invalid(absl::StrCat(qw, ".layer: ", q.layer(), " of ", layout.layers));
+      }
+      if (!seen.insert(q.layer()).second) return Invalid(qw + ".layer: given twice");
+      if (mla) {
+        const size_t heads = q.q_size() / layout.latent_rank;
+        if (heads == 0 || static_cast<size_t>(q.q_size()) != heads * layout.latent_rank ||
+            static_cast<size_t>(q.q_rope_size()) != heads * layout.rope_dim) {
+          return Invalid(absl::StrCat(qw, ": q must be heads x ", layout.latent_rank,
+                                      " and q_rope heads x ", layout.rope_dim));
+        }
+      } else {
+        const size_t heads = q.q_size() / layout.head_dim;
+        if (heads == 0 || static_cast<size_t>(q.q_size()) != heads * layout.head_dim ||
+            heads % layout.kv_heads != 0 || q.q_rope_size() != 0) {
+          return Invalid(absl::StrCat(qw, ": q must be q_heads x ", layout.head_dim,
+                                      ", q_heads a multiple of ", layout.kv_heads,
+                                      " (and no q_rope)"));
+        }
+      }
+      plan.layers.push_back(q.layer());
+    }
+    for (uint32_t l = 0; l < layout.layers; ++l) {
+      plan.layer_offset.push_back(layout.LayerSlice(l)->offset);
+    }
+    plan.unit_bytes = layout.LayerSlice(0)->length;
+    plan.slices = mla ? 1 : 2 * layout.kv_heads;
+    const uint64_t slice_bytes = plan.unit_bytes / plan.slices;
+    // Blocks a local head reads: those holding its sinks or its window.
+    auto local_reads = [&](size_t b) {
+      const int64_t first = int64_t(b) * bt;
+      return first < profile.sink || first + bt > int64_t(plan.context) - profile.window;
+    };
+    for (size_t b = 0; b < plan.keys.size(); ++b) {
+      for (uint32_t l : plan.layers) {
+        BlockPool::Need need{.key = plan.keys[b],
+                             .layer = l,
+                             .unit_bytes = plan.unit_bytes,
+                             .slices = plan.slices};
+        for (uint32_t s = 0; s < plan.slices; ++s) {
+          const uint32_t head = s % std::max<uint32_t>(layout.kv_heads, 1);
+          if (!sparse || profile.recall[l][head] || local_reads(b)) {
+            need.wanted.push_back(s);
+          } else {
+            plan.skipped_bytes += slice_bytes;
+          }
+        }
+        plan.needs.push_back(std::move(need));
+      }
+    }
+    stats->set_bytes_skipped(stats->bytes_skipped() + plan.skipped_bytes);
+  }
+
+  // Fetch what the pool lacks.
+  const auto fetch_started = Clock::now();
+  const auto deadline = fetch_started + std::chrono::milliseconds(options_.fetch_deadline_ms);
+  for (size_t si = 0; si < plans.size(); ++si) {
+    Plan& plan = plans[si];
+    plan.claims = pool_.Acquire(plan.needs);
+    absl::Status fetched;
+    for (int round = 0;; ++round) {
+      fetched = Fetch(request.tenant(), bearer_token, si, plan, stats);
+      pool_.Settle(plan.claims, fetched.ok());
+      if (!fetched.ok()) break;
+      bool waiting = false;
+      for (const auto& c : plan.claims) waiting = waiting || !c.wait.empty();
+      if (!waiting) break;
+      if (round + 1 == kClaimRounds) {
+        fetched = absl::AbortedError(absl::StrCat(
+            "sequence ", si, ": blocks that other requests were fetching kept failing"));
+        break;
+      }
+      if (!pool_.AwaitOthers(plan.claims, deadline)) {
+        pool_.Settle(plan.claims, false);
+        fetched = absl::DeadlineExceededError(absl::StrCat(
+            "sequence ", si, ": blocks that another request was fetching did not come"));
+        break;
+      }
+    }
+    for (const auto& c : plan.claims) {
+      stats->set_bytes_from_pool(stats->bytes_from_pool() + c.present_bytes);
+    }
+    if (!fetched.ok()) {
+      stats->set_fetch_us(static_cast<uint64_t>(Seconds(Clock::now() - fetch_started) * 1e6));
+      return fetched;
+    }
+  }
+  const auto compute_started = Clock::now();
+  stats->set_fetch_us(static_cast<uint64_t>(Seconds(compute_started - fetch_started) * 1e6));
+
+  // Attention, layer by layer, over the pool's units (each a one-layer block).
+  for (size_t si = 0; si < plans.size(); ++si) {
+    const Plan& plan = plans[si];
+    const v1::Sequence& seq = request.sequences(static_cast<int>(si));
+    v1::SequenceOutput* out = response->add_sequences();
+    const size_t per_block = plan.layers.size();
+    for (size_t i = 0; i < per_block; ++i) {
+      const v1::LayerQuery& q = seq.queries(static_cast<int>(i));
+      std::vector<const void*> blocks(plan.keys.size());
+      for (size_t b = 0; b < plan.keys.size(); ++b) {
+        blocks[b] = plan.claims[b * per_block + i].unit->data.data();
+      }
+      gpu::DecodeResult r;
+      if (mla) {
+        gpu::MlaPagedKv kv{.shape = {.layers = 1,
+                                     .latent_rank = static_cast<int>(layout.latent_rank),
+                                     .rope_dim = static_cast<int>(layout.rope_dim),
+                                     .block_tokens = static_cast<int>(bt),
+                                     .dtype = elem},
+                           .blocks = std::move(blocks),
+                           .context_tokens = plan.context};
+        gpu::MlaRequest req{.layer = 0,
+                            .heads = static_cast<int>(q.q_size() / layout.latent_rank),
+                            .q_latent = q.q().data(),
+                            .q_rope = q.q_rope().data(),
+                            .scale = scale};
+        r = gpu::CpuMlaDecode(kv, req, options_.threads);
+      } else {
+        gpu::PagedKv kv{.shape = {.layers = 1,
+                                  .kv_heads = static_cast<int>(layout.kv_heads),
+                                  .head_dim = static_cast<int>(layout.head_dim),
+                                  .block_tokens = static_cast<int>(bt),
+                                  .dtype = elem},
+                        .blocks = std::move(blocks),
+                        .context_tokens = plan.context};
+        gpu::HeadProfile layer_profile;
+        if (sparse) {
+          layer_profile.sink = profile.sink;
+          layer_profile.window = profile.window;
+          layer_profile.recall = {profile.recall[plan.layers[i]]};
+        }
+        gpu::DecodeRequest req{.layer = 0,
+                               .q_heads = static_cast<int>(q.q_size() / layout.head_dim),
+                               .q = q.q().data(),
+                               .scale = scale,
+                               .profile = sparse ? &layer_profile : nullptr};
+        const std::string bad = gpu::ValidateDecode(kv, req);
+        if (!bad.empty()) return absl::InternalError("worker: " + bad);
+        r = gpu::CpuDecode(kv, req, options_.threads);
+      }
+      v1::LayerOutput* lo = out->add_layers();
+      lo->set_layer(plan.layers[i]);
+      lo->mutable_out()->Assign(r.out.begin(), r.out.end());
+      lo->mutable_lse()->Assign(r.lse.begin(), r.lse.end());
+    }
+  }
+  stats->set_compute_us(static_cast<uint64_t>(Seconds(Clock::now() - compute_started) * 1e6));
+  response->set_device("cpu");
+  return absl::OkStatus();
+}
+
+grpc::Status AttentionServiceImpl::Decode(grpc::ServerContext* context,
+                                          const v1::DecodeRequest* request,
+                                          v1::DecodeResponse* response) {
+  std::string token;
+  auto auth = context->client_metadata().find("authorization");
+  if (auth != context->client_metadata().end()) {
+    const std::string value(auth->second.data(), auth->second.size());
+    if (value.rfind("Bearer ", 0) == 0) token = value.substr(7);
+  }
+  absl::Status st = worker_->Decode(*request, token, response);
+  if (st.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
+}
+
+}  // namespace kvtier::worker

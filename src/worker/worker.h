@@ -1,0 +1,96 @@
+#pragma once
+// Worker: kvtier-worker's core. A decode request names a cached prefix (keys or tokens) and the
+// query of some layers; the worker finds which kvtierd nodes hold the prefix's blocks (the
+// router's membership in ring order, or a static list, each asked with Lookup), reads only the
+// byte ranges the attention needs (the requested layers; for head-sparse attention, outside
+// the local heads' sinks and window, only the recall heads' slices) over UCX where the daemon
+// offers it (gRPC otherwise) into its block pool, and runs the CPU fast path of src/gpu over
+// them. Thread-safe: requests run concurrently.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "client/cache_client.h"
+#include "client/router_client.h"
+#include "common/mutex.h"
+#include "kvtier/v1/attention.grpc.pb.h"
+#include "worker/block_pool.h"
+
+namespace prometheus {
+class Registry;
+template <typename T>
+class Family;
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace kvtier::worker {
+
+struct WorkerOptions {
+  std::string router;                // kvtier-router address; or
+  std::vector<std::string> nodes;    // kvtierd addresses, asked in this order
+  uint64_t pool_bytes = 1ull << 30;  // Default: 1 GiB. The block pool's capacity.
+  int threads = 0;                   // Default: 0, every core. Compute threads per request.
+  int64_t fetch_deadline_ms = 10'000;  // Default: 10 s. Per call to a daemon.
+  bool use_ucx = true;               // Default: true. Reads over UCX where daemons offer it.
+  uint64_t max_request_blocks = 1 << 20;  // Default: 1M. Blocks over all sequences of a request.
+  // Default: 64 MiB. Whole-block bytes per read call (one lease): bounds a lease's pinned memory.
+  uint64_t read_batch_bytes = 64ull << 20;
+};
+
+class Worker {
+ public:
+  // INVALID_ARGUMENT unless exactly one of router and nodes is given. `registry` (may be null)
+  // receives the worker's metrics.
+  static absl::StatusOr<std::unique_ptr<Worker>> Create(const WorkerOptions& options,
+                                                        prometheus::Registry* registry);
+  ~Worker();
+
+  // One decode step. `bearer_token` (may be empty) is forwarded to the daemons, which check it
+  // against the request's tenant.
+  absl::Status Decode(const v1::DecodeRequest& request, const std::string& bearer_token,
+                      v1::DecodeResponse* response);
+
+  BlockPool::Stats pool_stats() const { return pool_.stats(); }
+
+ private:
+  struct Metrics;
+  struct Plan;
+  explicit Worker(const WorkerOptions& options);
+
+  // Decode after the mode is settled (reported in metrics even when the request fails).
+  absl::Status DecodeChecked(const v1::DecodeRequest& request, const std::string& bearer_token,
+                             v1::AttentionMode* mode, v1::DecodeResponse* response);
+  // The kvtierd nodes to ask for `keys`, best first.
+  absl::StatusOr<std::vector<std::string>> NodesFor(std::span<const BlockKey> keys);
+  CacheClient* ClientFor(const std::string& node, const std::string& tenant,
+                         const std::string& token);
+  // Fills the claimed slices of plan (one sequence) from the daemons.
+  absl::Status Fetch(const std::string& tenant, const std::string& token, size_t sequence,
+                     Plan& plan, v1::DecodeStats* stats);
+
+  const WorkerOptions options_;
+  BlockPool pool_;
+  std::unique_ptr<RouterClient> router_;
+  Mutex mu_;
+  std::chrono::steady_clock::time_point members_at_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<CacheClient>> clients_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Metrics> metrics_;
+};
+
+// AttentionService over a Worker.
+class AttentionServiceImpl final : public v1::AttentionService::Service {
+ public:
+  explicit AttentionServiceImpl(Worker* worker) : worker_(worker) {}
+  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                      v1::DecodeResponse* response) override;
+
+ private:
+  Worker* worker_;
+};
+
+}  // namespace kvtier::worker

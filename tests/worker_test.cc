@@ -1,0 +1,330 @@
+// kvtier-worker end to end on loopback: three kvtierd processes, kvtier-router and the worker.
+// A client writes the KV blocks of a random prefix through the router, then asks the worker for
+// dense, head-sparse and MLA attention and checks the outputs against the CPU reference
+// computed from the same bytes.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "client/cache_client.h"
+#include "client/router_client.h"
+#include "common/layout_proto.h"
+#include "gpu/attention.h"
+#include "gpu/half.h"
+#include "kvtier/v1/attention.grpc.pb.h"
+#include "testing/daemon_process.h"
+#include "testing/http_get.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::testing::DaemonProcess;
+
+constexpr char kTenant[] = "tenant-a";
+
+// Small GQA: 2 layers, 4 kv heads of 16, 16-token blocks, bf16 (8 KiB a block).
+KvLayout Gqa() {
+  return {.kind = LayoutKind::kGqa, .dtype = DType::kBf16, .layers = 2, .kv_heads = 4,
+          .head_dim = 16, .block_tokens = 16};
+}
+// Small MLA: 2 layers, latent 32 + rope 8, 16-token blocks, bf16.
+KvLayout Mla() { return KvLayout::SmallMla(); }
+
+// A prefix: its keys and blocks (random bf16 values).
+struct Prefix {
+  KvLayout layout;
+  std::vector<BlockKey> keys;
+  std::vector<std::vector<uint8_t>> blocks;
+};
+
+Prefix MakePrefix(const KvLayout& layout, size_t blocks, uint64_t seed) {
+  Prefix p{.layout = layout};
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  for (size_t b = 0; b < blocks; ++b) {
+    const BlockKey key{rng(), rng()};
+    p.keys.push_back(key);
+    std::vector<uint8_t> bytes(layout.BytesPerBlock());
+    auto* e = reinterpret_cast<uint16_t*>(bytes.data());
+    for (size_t i = 0; i < bytes.size() / 2; ++i) e[i] = gpu::FloatToBf16(value(rng));
+    p.blocks.push_back(std::move(bytes));
+  }
+  return p;
+}
+
+std::vector<float> RandomFloats(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& f : v) f = value(rng);
+  return v;
+}
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string list;
+    for (int i = 0; i < 3; ++i) {
+      daemons_.push_back(std::make_unique<DaemonProcess>(
+          std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+          std::vector<std::string>{"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "64",
+                                   "--metrics-listen", "", "--log-level", "warn"}));
+      ASSERT_FALSE(daemons_.back()->address().empty()) << daemons_.back()->output();
+      nodes_.push_back(daemons_.back()->address());
+      list += (i ? "," : "") + nodes_.back();
+    }
+    router_ = std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen",
+                                 "", "--probe-interval-ms", "200", "--log-level", "warn"});
+    ASSERT_FALSE(router_->address().empty()) << router_->output();
+    worker_ = std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
+        std::vector<std::string>{"--router", router_->address(), "--listen", "127.0.0.1:0",
+                                 "--metrics-listen", "127.0.0.1:0", "--pool-mib", "64",
+                                 "--threads", "2", "--fetch-deadline-ms", "3000",
+                                 "--log-level", "warn"});
+    ASSERT_FALSE(worker_->address().empty()) << worker_->output();
+    stub_ = v1::AttentionService::NewStub(
+        grpc::CreateChannel(worker_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  std::unique_ptr<CacheClient> Client(const std::string& node) {
+    auto c = CacheClient::Create({.address = node, .tenant = kTenant});
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+
+  // Stores blocks [begin, end) of the prefix on `node`.
+  void PutOn(const std::string& node, const Prefix& p, size_t begin, size_t end) {
+    std::vector<BlockToPut> puts;
+    for (size_t b = begin; b < end; ++b) {
+      puts.push_back({.key = p.keys[b],
+                      .parent = b == 0 ? BlockKey{} : p.keys[b - 1],
+                      .data = std::span<const uint8_t>(p.blocks[b])});
+    }
+    auto put = Client(node)->Put(puts, /*durable=*/false, &p.layout);
+    ASSERT_TRUE(put.ok()) << put.status();
+  }
+
+  // Stores the whole prefix where the router sends it; returns that node.
+  std::string PutThroughRouter(const Prefix& p) {
+    auto router = RouterClient::Create(router_->address());
+    EXPECT_TRUE(router.ok());
+    auto route = (*router)->Route(kTenant, p.keys);
+    EXPECT_TRUE(route.ok()) << route.status();
+    if (!route.ok()) return "";
+    PutOn(route->nodes.front(), p, 0, p.keys.size());
+    return route->nodes.front();
+  }
+
+  v1::DecodeRequest Request(const Prefix& p, v1::AttentionMode mode, int context,
+                            const std::vector<std::vector<float>>& q,
+                            const std::vector<std::vector<float>>& q_rope = {}) {
+    v1::DecodeRequest req;
+    req.set_tenant(kTenant);
+    LayoutToProto(p.layout, req.mutable_layout());
+    req.set_mode(mode);
+    v1::Sequence* s = req.add_sequences();
+    s->set_packed_keys(PackKeys(p.keys));
+    s->set_context_tokens(context);
+    for (size_t l = 0; l < q.size(); ++l) {
+      v1::LayerQuery* lq = s->add_queries();
+      lq->set_layer(static_cast<uint32_t>(l));
+      lq->mutable_q()->Assign(q[l].begin(), q[l].end());
+      if (!q_rope.empty()) lq->mutable_q_rope()->Assign(q_rope[l].begin(), q_rope[l].end());
+    }
+    return req;
+  }
+
+  grpc::Status Decode(const v1::DecodeRequest& req, v1::DecodeResponse* res) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return stub_->Decode(&ctx, req, res);
+  }
+
+  std::vector<std::unique_ptr<DaemonProcess>> daemons_;
+  std::vector<std::string> nodes_;
+  std::unique_ptr<DaemonProcess> router_, worker_;
+  std::unique_ptr<v1::AttentionService::Stub> stub_;
+};
+
+void ExpectClose(const std::vector<float>& want, const google::protobuf::RepeatedField<float>& got,
+                 const std::string& what) {
+  ASSERT_EQ(want.size(), static_cast<size_t>(got.size())) << what;
+  for (size_t i = 0; i < want.size(); ++i) {
+    // The CPU fast path accumulates in float; the reference in double.
+    ASSERT_NEAR(got[i], want[i], 2e-4 * (1 + std::fabs(want[i]))) << what << " element " << i;
+  }
+}
+
+gpu::PagedKv GqaView(const Prefix& p, int context) {
+  gpu::PagedKv kv{.shape = {.layers = static_cast<int>(p.layout.layers),
+                            .kv_heads = static_cast<int>(p.layout.kv_heads),
+                            .head_dim = static_cast<int>(p.layout.head_dim),
+                            .block_tokens = static_cast<int>(p.layout.block_tokens),
+                            .dtype = gpu::ElemType::kBf16},
+                  .context_tokens = context};
+  for (const auto& b : p.blocks) kv.blocks.push_back(b.data());
+  return kv;
+}
+
+TEST_F(WorkerTest, DenseAndHeadSparseMatchTheReferenceAndSparseFetchesLess) {
+  const Prefix p = MakePrefix(Gqa(), 40, 1);
+  const int context = 40 * 16 - 7;  // a partial last block
+  ASSERT_FALSE(PutThroughRouter(p).empty());
+  const int q_heads = 8;
+  std::vector<std::vector<float>> q = {RandomFloats(q_heads * 16, 10), RandomFloats(q_heads * 16, 11)};
+  const gpu::PagedKv kv = GqaView(p, context);
+
+  // Head-sparse first, so that dense then has to fetch the slices sparse left out.
+  v1::DecodeRequest sparse_req = Request(p, v1::ATTENTION_MODE_HEAD_SPARSE, context, q);
+  gpu::HeadProfile profile;  // defaults: 4 sinks, 64 recent tokens
+  profile.recall = {{false, true, false, false}, {true, false, false, true}};
+  for (const auto& layer : profile.recall) {
+    v1::HeadProfile::Layer* pl = sparse_req.mutable_profile()->add_layers();
+    for (uint32_t h = 0; h < layer.size(); ++h) {
+      if (layer[h]) pl->add_recall_heads(h);
+    }
+  }
+  v1::DecodeResponse sparse;
+  ASSERT_TRUE(Decode(sparse_req, &sparse).ok());
+  v1::DecodeResponse dense;
+  ASSERT_TRUE(Decode(Request(p, v1::ATTENTION_MODE_DENSE, context, q), &dense).ok());
+
+  for (int l = 0; l < 2; ++l) {
+    gpu::DecodeRequest r{.layer = l, .q_heads = q_heads, .q = q[l].data(),
+                         .scale = 1.0f / 4.0f};
+    const gpu::DecodeResult want = gpu::ReferenceDecode(kv, r);
+    ExpectClose(want.out, dense.sequences(0).layers(l).out(), "dense out");
+    ExpectClose(want.lse, dense.sequences(0).layers(l).lse(), "dense lse");
+    r.profile = &profile;
+    const gpu::DecodeResult want_sparse = gpu::ReferenceDecode(kv, r);
+    ExpectClose(want_sparse.out, sparse.sequences(0).layers(l).out(), "sparse out");
+    ExpectClose(want_sparse.lse, sparse.sequences(0).layers(l).lse(), "sparse lse");
+  }
+  // Sparse read 3 of 8 heads outside the sink and window blocks; dense then read the rest.
+  const uint64_t total = 40 * p.layout.BytesPerBlock();
+  EXPECT_GT(sparse.stats().bytes_skipped(), 0u);
+  EXPECT_EQ(sparse.stats().bytes_fetched() + sparse.stats().bytes_skipped(), total);
+  EXPECT_LT(sparse.stats().bytes_fetched(), total / 2);
+  EXPECT_EQ(dense.stats().bytes_from_pool(), sparse.stats().bytes_fetched());
+  EXPECT_EQ(dense.stats().bytes_fetched(), sparse.stats().bytes_skipped());
+  EXPECT_EQ(sparse.stats().bytes_fetched_ucx(), sparse.stats().bytes_fetched())
+      << "the daemons offer UCX on loopback";
+  EXPECT_EQ(dense.device(), "cpu");
+
+  const std::string metrics = ::kvtier::testing::HttpGet(worker_->AddressOf("metrics"), "/metrics");
+  EXPECT_NE(metrics.find("kvtier_worker_sparse_skipped_bytes_total"), std::string::npos);
+  EXPECT_NE(metrics.find("kvtier_worker_fetch_bytes_total{source=\"pool\"}"), std::string::npos);
+  EXPECT_NE(metrics.find("mode=\"head_sparse\""), std::string::npos);
+}
+
+TEST_F(WorkerTest, MlaMatchesTheReference) {
+  const Prefix p = MakePrefix(Mla(), 9, 2);
+  ASSERT_FALSE(PutThroughRouter(p).empty());
+  const int heads = 4, context = 9 * 16;
+  const std::vector<std::vector<float>> q = {RandomFloats(heads * 32, 20),
+                                             RandomFloats(heads * 32, 21)};
+  const std::vector<std::vector<float>> q_rope = {RandomFloats(heads * 8, 22),
+                                                  RandomFloats(heads * 8, 23)};
+  v1::DecodeResponse res;
+  grpc::Status st = Decode(Request(p, v1::ATTENTION_MODE_UNSPECIFIED, 0, q, q_rope), &res);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  gpu::MlaPagedKv kv{.shape = {.layers = 2, .latent_rank = 32, .rope_dim = 8,
+                               .block_tokens = 16, .dtype = gpu::ElemType::kBf16},
+                     .context_tokens = context};
+  for (const auto& b : p.blocks) kv.blocks.push_back(b.data());
+  for (int l = 0; l < 2; ++l) {
+    gpu::MlaRequest r{.layer = l, .heads = heads, .q_latent = q[l].data(),
+                      .q_rope = q_rope[l].data(), .scale = 1.0f / std::sqrt(40.0f)};
+    const gpu::DecodeResult want = gpu::ReferenceMlaDecode(kv, r);
+    ExpectClose(want.out, res.sequences(0).layers(l).out(), "mla out");
+    ExpectClose(want.lse, res.sequences(0).layers(l).lse(), "mla lse");
+  }
+}
+
+TEST_F(WorkerTest, APrefixSpreadOverThreeNodesThenServedFromThePool) {
+  const Prefix p = MakePrefix(Gqa(), 30, 3);
+  PutOn(nodes_[0], p, 0, 10);
+  PutOn(nodes_[1], p, 10, 20);
+  PutOn(nodes_[2], p, 20, 30);
+  const std::vector<std::vector<float>> q = {RandomFloats(4 * 16, 30)};
+  v1::DecodeResponse first;
+  grpc::Status st = Decode(Request(p, v1::ATTENTION_MODE_DENSE, 0, q), &first);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(first.stats().nodes_read(), 3u);
+  const uint64_t layer_bytes = p.layout.BytesPerBlock() / 2;
+  EXPECT_EQ(first.stats().bytes_fetched(), 30 * layer_bytes) << "only layer 0 was asked for";
+  const gpu::PagedKv kv = GqaView(p, 30 * 16);
+  gpu::DecodeRequest r{.layer = 0, .q_heads = 4, .q = q[0].data(), .scale = 0.25f};
+  ExpectClose(gpu::ReferenceDecode(kv, r).out, first.sequences(0).layers(0).out(), "spread");
+
+  v1::DecodeResponse second;
+  ASSERT_TRUE(Decode(Request(p, v1::ATTENTION_MODE_DENSE, 0, q), &second).ok());
+  EXPECT_EQ(second.stats().bytes_fetched(), 0u) << "every block was in the worker's pool";
+  EXPECT_EQ(second.stats().bytes_from_pool(), 30 * layer_bytes);
+  EXPECT_EQ(second.stats().nodes_read(), 0u);
+  ExpectClose(gpu::ReferenceDecode(kv, r).out, second.sequences(0).layers(0).out(), "pool");
+}
+
+TEST_F(WorkerTest, ABlockCachedNowhereIsAnErrorNamingItsPosition) {
+  const Prefix p = MakePrefix(Gqa(), 12, 4);
+  PutOn(nodes_[0], p, 0, 5);
+  PutOn(nodes_[1], p, 5, 12);
+  daemons_[1].reset();  // killed: blocks 5-11 are gone
+  const std::vector<std::vector<float>> q = {RandomFloats(4 * 16, 40)};
+  v1::DecodeResponse res;
+  grpc::Status st = Decode(Request(p, v1::ATTENTION_MODE_DENSE, 0, q), &res);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_NE(st.error_message().find("first missing block position 5"), std::string::npos)
+      << st.error_message();
+  EXPECT_NE(st.error_message().find("recompute from token 80"), std::string::npos);
+}
+
+TEST_F(WorkerTest, BadRequestsAreClearErrors) {
+  const Prefix p = MakePrefix(Gqa(), 2, 5);
+  const std::vector<std::vector<float>> q = {RandomFloats(4 * 16, 50)};
+  struct Case {
+    const char* name;
+    std::function<void(v1::DecodeRequest*)> spoil;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"no tenant", [](v1::DecodeRequest* r) { r->clear_tenant(); }, "tenant"},
+      {"no layout", [](v1::DecodeRequest* r) { r->clear_layout(); }, "layout"},
+      {"MLA mode on GQA",
+       [](v1::DecodeRequest* r) { r->set_mode(v1::ATTENTION_MODE_MLA); }, "mode"},
+      {"keys cut short",
+       [](v1::DecodeRequest* r) { r->mutable_sequences(0)->mutable_packed_keys()->resize(20); },
+       "multiple of 16"},
+      {"q not a multiple of kv heads",
+       [](v1::DecodeRequest* r) {
+         r->mutable_sequences(0)->mutable_queries(0)->mutable_q()->Resize(2 * 16, 0.0f);
+       },
+       "q_heads"},
+      {"layer out of range",
+       [](v1::DecodeRequest* r) { r->mutable_sequences(0)->mutable_queries(0)->set_layer(9); },
+       "layer"},
+      {"context past the blocks",
+       [](v1::DecodeRequest* r) { r->mutable_sequences(0)->set_context_tokens(33); },
+       "context_tokens"},
+      {"sparse without a profile",
+       [](v1::DecodeRequest* r) { r->set_mode(v1::ATTENTION_MODE_HEAD_SPARSE); }, "profile"},
+      {"no sequences", [](v1::DecodeRequest* r) { r->clear_sequences(); }, "sequences"},
+  };
+  for (const Case& c : cases) {
+    v1::DecodeRequest req = Request(p, v1::ATTENTION_MODE_DENSE, 0, q);
+    c.spoil(&req);
+    v1::DecodeResponse res;
+    grpc::Status st = Decode(req, &res);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_NE(st.error_message().find(c.says), std::string::npos)
+        << c.name << ": " << st.error_message();
+  }
+}
+
+}  // namespace
+}  // namespace kvtier
