@@ -9,9 +9,9 @@ std::vector<BlockPool::Claim> BlockPool::Acquire(std::span<const Need> needs) {
     const Need& n = needs[i];
     const Id id{n.key, n.layer};
     auto it = units_.find(id);
-    if (it != units_.end() && it->second.unit->data.size() != n.unit_bytes) {
+    if (it != units_.end() && it->second.unit->size != n.unit_bytes) {
       // The same key read with another layout: never mix the two.
-      stats_.bytes -= it->second.unit->data.size();
+      stats_.bytes -= it->second.unit->size;
       --stats_.units;
       lru_.erase(it->second.lru);
       units_.erase(it);
@@ -19,7 +19,7 @@ std::vector<BlockPool::Claim> BlockPool::Acquire(std::span<const Need> needs) {
     }
     if (it == units_.end()) {
       lru_.push_front(id);
-      it = units_.emplace(id, Slot{std::make_shared<Unit>(n.unit_bytes, n.slices), lru_.begin()})
+      it = units_.emplace(id, Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, spares_), lru_.begin()})
                .first;
       stats_.bytes += n.unit_bytes;
       ++stats_.units;
@@ -44,7 +44,7 @@ std::vector<BlockPool::Claim> BlockPool::Acquire(std::span<const Need> needs) {
   // Over capacity: drop the least recent units (those in use live on in their claims).
   while (stats_.bytes > capacity_ && !lru_.empty()) {
     auto it = units_.find(lru_.back());
-    stats_.bytes -= it->second.unit->data.size();
+    stats_.bytes -= it->second.unit->size;
     --stats_.units;
     ++stats_.evictions;
     units_.erase(it);
@@ -77,7 +77,7 @@ bool BlockPool::AwaitOthers(std::span<Claim> claims,
         c.unit->state[s] = Unit::kPending;
         c.fetch.push_back(s);
       } else {
-        c.present_bytes += c.unit->data.size() / c.unit->state.size();
+        c.present_bytes += c.unit->size / c.unit->state.size();
       }
     }
     c.wait.clear();
@@ -86,8 +86,39 @@ bool BlockPool::AwaitOthers(std::span<Claim> claims,
 }
 
 BlockPool::Stats BlockPool::stats() const {
+  Stats s;
+  {
+    std::lock_guard lock(mu_);
+    s = stats_;
+  }
+  s.spare_bytes = spares_->bytes();
+  return s;
+}
+
+std::unique_ptr<uint8_t[]> BlockPool::Spares::Take(uint64_t bytes) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = free_.find(bytes);
+    if (it != free_.end() && !it->second.empty()) {
+      std::unique_ptr<uint8_t[]> b = std::move(it->second.back());
+      it->second.pop_back();
+      bytes_ -= bytes;
+      return b;
+    }
+  }
+  return std::unique_ptr<uint8_t[]>(new uint8_t[bytes]);
+}
+
+void BlockPool::Spares::Give(std::unique_ptr<uint8_t[]> buffer, uint64_t bytes) {
   std::lock_guard lock(mu_);
-  return stats_;
+  if (bytes_ + bytes > capacity_) return;  // freed
+  free_[bytes].push_back(std::move(buffer));
+  bytes_ += bytes;
+}
+
+uint64_t BlockPool::Spares::bytes() const {
+  std::lock_guard lock(mu_);
+  return bytes_;
 }
 
 }  // namespace kvtier::worker

@@ -23,11 +23,38 @@ namespace kvtier::worker {
 
 class BlockPool {
  public:
+  // Buffers of units that are gone, kept (up to a cap) for the next units of the same size: a
+  // request's blocks land in memory that is already mapped, instead of faulting in fresh pages
+  // (which costs more than the copy itself on some machines).
+  class Spares {
+   public:
+    explicit Spares(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
+    std::unique_ptr<uint8_t[]> Take(uint64_t bytes);
+    void Give(std::unique_ptr<uint8_t[]> buffer, uint64_t bytes);
+    uint64_t bytes() const;
+
+   private:
+    const uint64_t capacity_;
+    mutable std::mutex mu_;
+    absl::flat_hash_map<uint64_t, std::vector<std::unique_ptr<uint8_t[]>>> free_;  // by size
+    uint64_t bytes_ = 0;
+  };
+
   struct Unit {
-    explicit Unit(uint64_t bytes, uint32_t slices) : data(bytes), state(slices, kAbsent) {}
-    std::vector<uint8_t> data;  // zero-filled; a slice's bytes once it is present
+    Unit(uint64_t bytes, uint32_t slices, std::shared_ptr<Spares> spares)
+        : data(spares->Take(bytes)), size(bytes), state(slices, kAbsent), spares_(spares) {}
+    ~Unit() { spares_->Give(std::move(data), size); }
+    Unit(const Unit&) = delete;
+    Unit& operator=(const Unit&) = delete;
+    // A slice's bytes once it is present; not initialised before (slices a request skips are
+    // never read).
+    std::unique_ptr<uint8_t[]> data;
+    uint64_t size;
     enum : uint8_t { kAbsent, kPending, kPresent };
     std::vector<uint8_t> state;  // per slice; guarded by the pool's mutex
+
+   private:
+    std::shared_ptr<Spares> spares_;
   };
 
   // What a request needs of one unit.
@@ -48,7 +75,10 @@ class BlockPool {
     uint64_t present_bytes = 0;  // wanted bytes that were already there
   };
 
-  explicit BlockPool(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
+  // capacity_bytes: units kept for later requests. spare_bytes: buffers kept for reuse beyond
+  // them (the memory of requests' blocks that the pool does not keep).
+  explicit BlockPool(uint64_t capacity_bytes, uint64_t spare_bytes = 0)
+      : capacity_(capacity_bytes), spares_(std::make_shared<Spares>(spare_bytes)) {}
 
   // One claim per need, in order.
   std::vector<Claim> Acquire(std::span<const Need> needs);
@@ -63,6 +93,7 @@ class BlockPool {
     uint64_t bytes = 0;  // of the units the pool holds
     uint64_t units = 0;
     uint64_t evictions = 0;
+    uint64_t spare_bytes = 0;  // kept for reuse
   };
   Stats stats() const;
 
@@ -82,6 +113,7 @@ class BlockPool {
   };
 
   const uint64_t capacity_;
+  const std::shared_ptr<Spares> spares_;
   mutable std::mutex mu_;
   std::condition_variable settled_;
   absl::flat_hash_map<Id, Slot> units_;  // guarded by mu_

@@ -43,7 +43,7 @@ TEST(BlockPool, TheLeastRecentUnitsGoPastCapacityButLiveOnInTheirClaims) {
   EXPECT_EQ(pool.stats().evictions, 1u);
   EXPECT_TRUE(pool.Acquire(a)[0].fetch.empty()) << "1 stayed";
   EXPECT_EQ(pool.Acquire(b)[0].fetch.size(), 1u) << "2 went";
-  EXPECT_EQ(ca[0].unit->data.size(), 400u) << "a claim keeps its unit";
+  EXPECT_EQ(ca[0].unit->size, 400u) << "a claim keeps its unit";
 }
 
 TEST(BlockPool, ASecondRequestWaitsForTheFirstsFetchInsteadOfFetchingAgain) {
@@ -82,6 +82,25 @@ TEST(BlockPool, WaitingEndsAtTheDeadline) {
   auto second = pool.Acquire(needs);
   EXPECT_FALSE(pool.AwaitOthers(second, std::chrono::steady_clock::now() +
                                             std::chrono::milliseconds(20)));
+}
+
+}  // namespace
+}  // namespace kvtier::worker
+
+namespace kvtier::worker {
+namespace {
+
+TEST(BlockPool, BuffersOfGoneUnitsAreReusedUpToTheSpareCap) {
+  BlockPool pool(/*capacity_bytes=*/0, /*spare_bytes=*/800);
+  const BlockPool::Need needs[] = {NeedOf(1, 0, {0}), NeedOf(2, 0, {0}), NeedOf(3, 0, {0})};
+  {
+    auto claims = pool.Acquire(needs);
+    EXPECT_EQ(pool.stats().units, 0u) << "no capacity: nothing is kept as a unit";
+  }
+  EXPECT_EQ(pool.stats().spare_bytes, 800u) << "two of the three buffers fit the spare cap";
+  auto again = pool.Acquire(std::span(needs).first(1));
+  EXPECT_NE(again[0].unit->data.get(), nullptr);
+  EXPECT_EQ(pool.stats().spare_bytes, 400u) << "one was taken again";
 }
 
 }  // namespace

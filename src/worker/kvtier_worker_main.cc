@@ -34,7 +34,9 @@ options:
   --nodes LIST           or: kvtierd gRPC addresses, comma-separated, asked in this order
   --listen HOST:PORT     gRPC address (default 127.0.0.1:7900; port 0 picks a free port)
   --metrics-listen H:P   Prometheus /metrics (default 127.0.0.1:9790; empty: none)
-  --pool-mib N           block pool capacity (default 1024)
+  --pool-mib N           block pool capacity (default 1024; 0: none, every request fetches)
+  --spare-mib N          memory kept for reuse beyond the pool, where requests' other blocks
+                         land (default 1024)
   --threads N            compute threads per request (default 0: every core)
   --fetch-deadline-ms N  deadline of each call to a daemon (default 10000)
   --max-request-blocks N blocks over all sequences of one request (default 1048576)
@@ -89,8 +91,12 @@ int main(int argc, char** argv) {
       if (!take(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
     } else if (a == "--pool-mib") {
       uint64_t mib = 0;
-      if (!take_num(&mib, 1)) return Bad("--pool-mib needs a number > 0");
+      if (!take_num(&mib, 0)) return Bad("--pool-mib needs a number >= 0");
       options.pool_bytes = mib << 20;
+    } else if (a == "--spare-mib") {
+      uint64_t mib = 0;
+      if (!take_num(&mib, 0)) return Bad("--spare-mib needs a number >= 0");
+      options.spare_bytes = mib << 20;
     } else if (a == "--threads") {
       if (!take_num(&options.threads, 0)) return Bad("--threads needs a number >= 0");
     } else if (a == "--fetch-deadline-ms") {

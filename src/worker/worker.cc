@@ -106,7 +106,7 @@ struct Worker::Plan {
   uint64_t skipped_bytes = 0;
 };
 
-Worker::Worker(const WorkerOptions& options) : options_(options), pool_(options.pool_bytes) {}
+Worker::Worker(const WorkerOptions& options) : options_(options), pool_(options.pool_bytes, options.spare_bytes) {}
 Worker::~Worker() = default;
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options,
@@ -266,7 +266,7 @@ absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, 
           const uint64_t len = uint64_t{e - k} * slice_bytes;
           batch.reads.push_back({.key = plan.keys[b],
                                  .offset = plan.layer_offset[plan.layers[i]] + off,
-                                 .dst = std::span(c.unit->data.data() + off, len)});
+                                 .dst = std::span(c.unit->data.get() + off, len)});
           batch.bytes += len;
           k = e;
         }
@@ -540,7 +540,7 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
       const v1::LayerQuery& q = seq.queries(static_cast<int>(i));
       std::vector<const void*> blocks(plan.keys.size());
       for (size_t b = 0; b < plan.keys.size(); ++b) {
-        blocks[b] = plan.claims[b * per_block + i].unit->data.data();
+        blocks[b] = plan.claims[b * per_block + i].unit->data.get();
       }
       gpu::DecodeResult r;
       if (mla) {

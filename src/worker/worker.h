@@ -34,6 +34,9 @@ struct WorkerOptions {
   std::string router;                // kvtier-router address; or
   std::vector<std::string> nodes;    // kvtierd addresses, asked in this order
   uint64_t pool_bytes = 1ull << 30;  // Default: 1 GiB. The block pool's capacity.
+  // Default: 1 GiB. Memory kept for reuse beyond the pool: where the blocks of requests go that
+  // the pool does not keep (a larger request than this faults in fresh memory).
+  uint64_t spare_bytes = 1ull << 30;
   int threads = 0;                   // Default: 0, every core. Compute threads per request.
   int64_t fetch_deadline_ms = 10'000;  // Default: 10 s. Per call to a daemon.
   bool use_ucx = true;               // Default: true. Reads over UCX where daemons offer it.
