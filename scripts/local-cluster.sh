@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# A local kvtier cluster on loopback: N kvtierd daemons and one kvtier-router, on free ports.
+# A local kvtier cluster on loopback: N kvtierd daemons, one kvtier-router and one kvtier-worker,
+# on free ports.
 #
 #   scripts/local-cluster.sh start [N] [HOST_MIB] [ROUTER_FLAG...]
 #                                                   start N daemons (default 4) with HOST_MIB MiB
 #                                                   of host tier each (default 64), then the router
 #                                                   (with the given flags, e.g. --cache-aware)
+#                                                   and the worker (reading through the router)
 #   scripts/local-cluster.sh status                 addresses and whether each process is up
 #   scripts/local-cluster.sh stop                   SIGTERM everything (SIGKILL after 10 s)
 #
 # State (addresses, pids, logs) lives in build/cluster/; `cluster.env` there can be sourced:
-# KVTIER_ROUTER, KVTIER_ROUTER_METRICS, KVTIER_NODES (comma-separated), KVTIER_NODE_METRICS.
+# KVTIER_ROUTER, KVTIER_ROUTER_METRICS, KVTIER_NODES (comma-separated), KVTIER_NODE_METRICS,
+# KVTIER_WORKER, KVTIER_WORKER_METRICS.
 # Expects the binaries in build/ (scripts/build.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,7 +62,7 @@ case "${1:-}" in
     n="${2:-4}"; host_mib="${3:-64}"; shift $(( $# < 3 ? $# : 3 )); router_flags=("$@")
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "local-cluster: N must be a positive number" >&2; exit 2; }
     [[ "$host_mib" =~ ^[1-9][0-9]*$ ]] || { echo "local-cluster: HOST_MIB must be a positive number" >&2; exit 2; }
-    for bin in kvtierd kvtier-router; do
+    for bin in kvtierd kvtier-router kvtier-worker; do
       [ -x "$root/build/$bin" ] || { echo "local-cluster: build/$bin missing (scripts/build.sh)" >&2; exit 1; }
     done
     stop
@@ -68,18 +71,23 @@ case "${1:-}" in
     nodes=(); node_metrics=()
     for i in $(seq 0 $((n - 1))); do
       launch "kvtierd-$i" "$root/build/kvtierd" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
-        --no-nvme --host-mib "$host_mib" --max-block-mib 1 --ucx-listen off --log-level warn
+        --no-nvme --host-mib "$host_mib" --max-block-mib 1 --log-level warn
       nodes+=("$(field "$dir/kvtierd-$i.out" listening)")
       node_metrics+=("$(field "$dir/kvtierd-$i.out" metrics)")
     done
     list="$(IFS=,; echo "${nodes[*]}")"
     launch router "$root/build/kvtier-router" --nodes "$list" --listen 127.0.0.1:0 \
       --metrics-listen 127.0.0.1:0 --log-level warn "${router_flags[@]}"
+    launch worker "$root/build/kvtier-worker" --router "$(field "$dir/router.out" listening)" \
+      --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --pool-mib 64 --spare-mib 64 \
+      --log-level warn
     {
       echo "KVTIER_ROUTER=$(field "$dir/router.out" listening)"
       echo "KVTIER_ROUTER_METRICS=$(field "$dir/router.out" metrics)"
       echo "KVTIER_NODES=$list"
       echo "KVTIER_NODE_METRICS=$(IFS=,; echo "${node_metrics[*]}")"
+      echo "KVTIER_WORKER=$(field "$dir/worker.out" listening)"
+      echo "KVTIER_WORKER_METRICS=$(field "$dir/worker.out" metrics)"
     } > "$env_file"
     trap - ERR
     cat "$env_file"
@@ -96,7 +104,7 @@ case "${1:-}" in
     stop
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -12,6 +12,9 @@ struct ClusterReplayOptions {
   std::string router;        // kvtier-router's gRPC address
   std::string tenant = "replay";
   size_t block_bytes = 4096;  // payload bytes per block put
+  // kvtier-worker's gRPC address: after the replay, decode attention over a few replayed
+  // prefixes (their blocks read as KvLayout::SmallGqa, so block_bytes must be 4096).
+  std::string worker;
 };
 
 // Prints per-node and per-tier hit rates, the router's balance, every /metrics address it

@@ -43,6 +43,9 @@ Against a real cluster (scripts/local-cluster.sh):
                        (capacity per node: --capacity, which should match the daemons' host
                        tier divided by the block size).
   --tenant NAME        tenant for the cluster replay (default: replay)
+  --worker HOST:PORT   then ask kvtier-worker for decode attention over a few of the replayed
+                       prefixes (dense and head-sparse, each twice): latency, bytes fetched,
+                       bytes served from its pool, bytes head-sparse did not need
 )";
 
 int Usage(const std::string& error) {
@@ -97,6 +100,10 @@ int RunReplay(int argc, char** argv) {
       const char* v = value();
       if (v == nullptr || *v == '\0') return Usage("--tenant needs a name");
       cluster.tenant = v;
+    } else if (a == "--worker") {
+      const char* v = value();
+      if (v == nullptr) return Usage("--worker needs HOST:PORT");
+      cluster.worker = v;
     } else if (a == "--block-bytes") {
       if (!number(&cluster.block_bytes, false)) return Usage("--block-bytes needs a number > 0");
     } else {
