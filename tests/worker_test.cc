@@ -270,6 +270,40 @@ TEST_F(WorkerTest, APrefixSpreadOverThreeNodesThenServedFromThePool) {
   ExpectClose(gpu::ReferenceDecode(kv, r).out, second.sequences(0).layers(0).out(), "pool");
 }
 
+TEST_F(WorkerTest, SequencesOfOneRequestByKeysAndByTokens) {
+  const Prefix by_keys = MakePrefix(Gqa(), 5, 6);
+  // The second prefix is named by its tokens: its keys are the router's and the worker's.
+  Prefix by_tokens = MakePrefix(Gqa(), 7, 7);
+  std::vector<uint32_t> tokens(7 * 16 + 9);  // a partial block at the end, not cached
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint32_t>(i * 31 + 5);
+  auto hasher = ChainHasher::Create({.tenant_salt = kTenant,
+                                     .model_id = "model-x",
+                                     .layout_fingerprint = Gqa().Fingerprint()},
+                                    16);
+  ASSERT_TRUE(hasher.ok());
+  by_tokens.keys = hasher->Keys(tokens);
+  ASSERT_EQ(by_tokens.keys.size(), 7u);
+  PutOn(nodes_[0], by_keys, 0, 5);
+  PutOn(nodes_[2], by_tokens, 0, 7);
+
+  const std::vector<std::vector<float>> q = {RandomFloats(8 * 16, 60)};
+  v1::DecodeRequest req = Request(by_keys, v1::ATTENTION_MODE_DENSE, 0, q);
+  req.set_model("model-x");
+  v1::Sequence* second = req.add_sequences();
+  second->mutable_tokens()->Assign(tokens.begin(), tokens.end());
+  *second->add_queries() = req.sequences(0).queries(0);
+  v1::DecodeResponse res;
+  grpc::Status st = Decode(req, &res);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(res.sequences_size(), 2);
+  int i = 0;
+  for (const Prefix* p : {&by_keys, static_cast<const Prefix*>(&by_tokens)}) {
+    const gpu::PagedKv kv = GqaView(*p, static_cast<int>(p->keys.size() * 16));
+    gpu::DecodeRequest r{.layer = 0, .q_heads = 8, .q = q[0].data(), .scale = 0.25f};
+    ExpectClose(gpu::ReferenceDecode(kv, r).out, res.sequences(i++).layers(0).out(), "sequence");
+  }
+}
+
 TEST_F(WorkerTest, ABlockCachedNowhereIsAnErrorNamingItsPosition) {
   const Prefix p = MakePrefix(Gqa(), 12, 4);
   PutOn(nodes_[0], p, 0, 5);

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "cli/demo.h"
+#include "cli/profile_heads.h"
 #include "cli/remote.h"
 #include "cli/replay.h"
 #include "common/logging.h"
@@ -22,6 +23,9 @@ commands:
   put, get, lookup, delete, stats
             talk to a kvtierd (`kvtier put --help` lists their options)
   keys      chained block keys of a token sequence
+  profile-heads
+            a head profile (recall heads for head-sparse attention) from recorded attention
+            statistics; `kvtier profile-heads --help`
 
 `kvtier <command> --help` explains each command.
 )";
@@ -37,6 +41,9 @@ int main(int argc, char** argv) {
   }
   if (std::strcmp(argv[1], "demo") == 0) return kvtier::cli::RunDemo(argc - 2, argv + 2);
   if (std::strcmp(argv[1], "replay") == 0) return kvtier::cli::RunReplay(argc - 2, argv + 2);
+  if (std::strcmp(argv[1], "profile-heads") == 0) {
+    return kvtier::cli::RunProfileHeads(argc - 2, argv + 2);
+  }
   if (kvtier::cli::IsRemoteCommand(argv[1])) return kvtier::cli::RunRemote(argc - 1, argv + 1);
   std::fprintf(stderr, "kvtier: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
