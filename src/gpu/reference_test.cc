@@ -8,6 +8,7 @@
 
 #include "gpu/attention.h"
 #include "gpu/half.h"
+#include "gpu/quest.h"
 
 namespace kvtier::gpu {
 namespace {
@@ -471,6 +472,59 @@ TEST(ReferenceDecode, ValidationNamesTheProblem) {
   EXPECT_NE(ValidateDecode(kv, req).find("layer"), std::string::npos);
   req.layer = 0;
   EXPECT_EQ(ValidateDecode(kv, req), "");
+}
+
+// The Quest bound is never below the true best score in its block: on awkward shapes, every
+// dtype, shuffled pages, a partial last block whose unused slots hold NaN.
+TEST(Quest, TheBoundIsNeverBelowTheBestScoreInItsBlock) {
+  for (ElemType dtype : {ElemType::kFp16, ElemType::kBf16, ElemType::kFp32}) {
+    for (int tokens : {1, 63, 65, 1000}) {
+      const GqaShape shape{.layers = 2, .kv_heads = 2, .head_dim = 64, .block_tokens = 16,
+                           .dtype = dtype};
+      const Context c = MakeContext(shape, tokens, /*group=*/4, tokens * 7 + 1);
+      const KeyBounds b = ComputeKeyBounds(c.paged);
+      ASSERT_EQ(b.blocks, (tokens + 15) / 16);
+      for (int l = 0; l < shape.layers; ++l) {
+        for (int qh = 0; qh < c.q_heads; ++qh) {
+          const int h = qh / 4;
+          const float* q = c.q.data() + size_t(qh) * shape.head_dim;
+          for (int blk = 0; blk < b.blocks; ++blk) {
+            const float u = QuestBound(q, b.min.data() + b.Offset(blk, l, h),
+                                       b.max.data() + b.Offset(blk, l, h), shape.head_dim);
+            ASSERT_TRUE(std::isfinite(u)) << "an unused slot reached the bounds";
+            double best = -1e300;
+            for (int t = blk * 16; t < std::min(tokens, blk * 16 + 16); ++t) {
+              double dot = 0;
+              for (int i = 0; i < shape.head_dim; ++i) dot += double(q[i]) * c.K(l, h, t, i);
+              best = std::max(best, dot);
+            }
+            // Float sums of 64 terms: allow their rounding.
+            ASSERT_GE(double(u), best - 1e-4 * (1 + std::fabs(best)))
+                << "tokens " << tokens << " layer " << l << " head " << qh << " block " << blk;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Quest, SelectionKeepsTheNeedleBlockAndTheLastBlock) {
+  const GqaShape shape{.layers = 1, .kv_heads = 2, .head_dim = 32, .block_tokens = 16,
+                       .dtype = ElemType::kFp32};
+  Context c = MakeContext(shape, 16 * 20 - 3, /*group=*/2, 11);
+  // Block 7 of KV head 1 holds a key along query head 2's query: its bound is the highest.
+  const int needle = 7 * 16 + 5;
+  float* k = static_cast<float*>(const_cast<void*>(c.paged.blocks[7])) +
+             shape.SliceOffset(0, 0, 1) + size_t(needle % 16) * shape.head_dim;
+  for (int i = 0; i < shape.head_dim; ++i) k[i] = 10.0f * c.q[2 * shape.head_dim + i];
+  const KeyBounds b = ComputeKeyBounds(c.paged);
+  DecodeRequest req{.layer = 0, .q_heads = 4, .q = c.q.data(), .scale = 1.0f};
+  const auto chosen = SelectBlocks(c.paged, b, req, /*budget=*/2);
+  EXPECT_EQ(chosen[1], (std::vector<int>{7, 19}));
+  EXPECT_EQ(chosen[0].size(), 2u);
+  EXPECT_EQ(chosen[0].back(), 19) << "the most recent block is always read";
+  const auto all = SelectBlocks(c.paged, b, req, /*budget=*/100);
+  EXPECT_EQ(all[0].size(), 20u);
 }
 
 }  // namespace
