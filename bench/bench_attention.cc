@@ -8,9 +8,11 @@
 //            attend to 4 sink and 64 recent tokens
 //   mla      128 heads, latent rank 512, rope 64, bf16, one layer
 //
-// --device cpu (the default; the only one this build has: the CUDA kernels are not written yet,
-// and --device cuda says so). Ends with one line: RESULT {json} with dense_gbps_32k,
-// sparse_speedup_128k, mla_gbps_32k, copy_gbps and device.
+// --device cpu (the default) runs the CPU fast path against memcpy and the reference; --device
+// cuda (in builds with the CUDA toolkit, on a machine with a GPU) runs the CUDA kernels on blocks
+// in GPU memory against the card's device-to-device copy bandwidth (kernel time from CUDA
+// events), and checks each kernel's output against the CPU fast path once. Ends with one line:
+// RESULT {json} with dense_gbps_32k, sparse_speedup_128k, mla_gbps_32k, copy_gbps and device.
 //
 // Usage: bench_attention [--quick] [--device cpu|cuda]
 #include <algorithm>
@@ -23,6 +25,9 @@
 
 #include "bench/bench_util.h"
 #include "gpu/attention.h"
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+#include "gpu/cuda_attention.h"
+#endif
 
 namespace kvtier::bench {
 namespace {
@@ -73,6 +78,147 @@ Pool MakePool(size_t block_bytes, int blocks, uint64_t seed) {
   return p;
 }
 
+constexpr gpu::GqaShape kShape{.layers = 4, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                               .dtype = gpu::ElemType::kBf16};
+constexpr int kQHeads = 32;
+constexpr gpu::MlaShape kMla{.layers = 1, .latent_rank = 512, .rope_dim = 64, .block_tokens = 16,
+                             .dtype = gpu::ElemType::kBf16};
+constexpr int kMlaHeads = 128;
+
+std::vector<float> Normal(size_t n, float sigma, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0, sigma);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// 15% recall heads: 5 of the 32 (layer, KV head) pairs.
+gpu::HeadProfile SparseProfile() {
+  gpu::HeadProfile sparse{.sink = 4, .window = 64, .recall = {}};
+  sparse.recall.assign(kShape.layers, std::vector<bool>(kShape.kv_heads, false));
+  for (int i = 0; i < 5; ++i) sparse.recall[(i * 7) % kShape.layers][(i * 3) % kShape.kv_heads] = true;
+  return sparse;
+}
+
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+// Largest |a - b| / (1 + |b|) over the outputs.
+double MaxRelDiff(const DecodeResult& a, const DecodeResult& b) {
+  if (a.out.size() != b.out.size()) return INFINITY;
+  double worst = 0;
+  for (size_t i = 0; i < a.out.size(); ++i) {
+    worst = std::max(worst, std::fabs(double(a.out[i]) - b.out[i]) / (1 + std::fabs(b.out[i])));
+  }
+  return worst;
+}
+
+int RunCuda(bool quick) {
+  std::string why;
+  if (!gpu::cuda::Available(&why)) {
+    std::fprintf(stderr, "bench_attention: --device cuda: %s\n", why.c_str());
+    return 1;
+  }
+  const int reps = quick ? 5 : 20;
+  Result result;
+  std::string error;
+  const double copy = gpu::cuda::CopyGBps(size_t(1) << 30, reps, &error);
+  if (copy <= 0) {
+    std::fprintf(stderr, "bench_attention: device copy: %s\n", error.c_str());
+    return 1;
+  }
+  std::printf("%s; device-to-device copy %.1f GB/s\n", gpu::cuda::DeviceName().c_str(), copy);
+  const std::vector<float> q = Normal(size_t(kQHeads) * kShape.head_dim, 1, 3);
+  const gpu::HeadProfile sparse = SparseProfile();
+  std::printf("GQA decode, 32 q heads / 8 KV heads / head_dim 128, bf16, 4 layers a step:\n");
+  std::printf("%-6s | %10s %8s %8s | %10s %8s | %10s\n", "tokens", "dense ms", "GB/s", "vs copy",
+              "sparse ms", "speedup", "vs CPU");
+  for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
+    const int blocks = tokens / kShape.block_tokens;
+    const Pool pool = MakePool(kShape.BlockBytes(), blocks, tokens);
+    const gpu::PagedKv kv{kShape, pool.pages, tokens};
+    auto device = gpu::cuda::DeviceKv::Upload(kv, &error);
+    if (device == nullptr) {
+      std::fprintf(stderr, "bench_attention: upload: %s\n", error.c_str());
+      return 1;
+    }
+    // Kernel time of one step (every layer), median over reps.
+    auto step_ms = [&](const gpu::HeadProfile* profile) {
+      std::vector<double> t;
+      for (int r = 0; r <= reps; ++r) {
+        double sum = 0;
+        for (int layer = 0; layer < kShape.layers; ++layer) {
+          DecodeRequest req{.layer = layer, .q_heads = kQHeads, .q = q.data(),
+                            .scale = 1.0f / std::sqrt(128.0f), .profile = profile};
+          float ms = 0;
+          if (device->Decode(req, &ms, &error).out.empty()) return -1.0;
+          sum += ms;
+        }
+        if (r > 0) t.push_back(sum);  // the first is a warm-up
+      }
+      return Median(t);
+    };
+    const double dense_ms = step_ms(nullptr), sparse_ms = step_ms(&sparse);
+    if (dense_ms < 0 || sparse_ms < 0) {
+      std::fprintf(stderr, "bench_attention: kernel: %s\n", error.c_str());
+      return 1;
+    }
+    // Once: the GPU's answer against the CPU fast path on layer 0.
+    DecodeRequest req0{.layer = 0, .q_heads = kQHeads, .q = q.data(),
+                       .scale = 1.0f / std::sqrt(128.0f)};
+    const double diff = MaxRelDiff(device->Decode(req0, nullptr, &error), gpu::CpuDecode(kv, req0));
+    const double gbps = double(kShape.BlockBytes()) * blocks / (dense_ms / 1e3) / 1e9;
+    std::printf("%-6s | %10.3f %8.1f %8.2f | %10.3f %8.2f | %10.1e\n",
+                (std::to_string(tokens >> 10) + "k").c_str(), dense_ms, gbps, gbps / copy,
+                sparse_ms, dense_ms / sparse_ms, diff);
+    const std::string k = std::to_string(tokens >> 10) + "k";
+    result.Add("dense_gbps_" + k, gbps);
+    result.Add("dense_vs_copy_" + k, gbps / copy);
+    result.Add("sparse_speedup_" + k, dense_ms / sparse_ms);
+    result.Add("max_rel_diff_vs_cpu_" + k, diff);
+  }
+  result.Add("copy_gbps", copy);
+
+  const std::vector<float> ql = Normal(size_t(kMlaHeads) * 512, 0.1f, 4);
+  const std::vector<float> qr = Normal(size_t(kMlaHeads) * 64, 0.1f, 5);
+  std::printf("\nMLA decode, 128 heads, latent 512 + rope 64, bf16:\n");
+  std::printf("%-6s | %10s %8s %8s | %10s\n", "tokens", "ms", "GB/s", "vs copy", "vs CPU");
+  for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
+    const int blocks = tokens / kMla.block_tokens;
+    const Pool pool = MakePool(kMla.BlockBytes(), blocks, tokens + 1);
+    const gpu::MlaPagedKv kv{kMla, pool.pages, tokens};
+    auto device = gpu::cuda::DeviceKv::UploadMla(kv, &error);
+    if (device == nullptr) {
+      std::fprintf(stderr, "bench_attention: upload: %s\n", error.c_str());
+      return 1;
+    }
+    const gpu::MlaRequest req{.layer = 0, .heads = kMlaHeads, .q_latent = ql.data(),
+                              .q_rope = qr.data(), .scale = 1.0f / std::sqrt(192.0f)};
+    std::vector<double> t;
+    for (int r = 0; r <= reps; ++r) {
+      float ms = 0;
+      if (device->MlaDecode(req, &ms, &error).out.empty()) {
+        std::fprintf(stderr, "bench_attention: MLA kernel: %s\n", error.c_str());
+        return 1;
+      }
+      if (r > 0) t.push_back(ms);
+    }
+    const double ms = Median(t);
+    const double diff = tokens == (4 << 10) ? MaxRelDiff(device->MlaDecode(req, nullptr, &error),
+                                                          gpu::CpuMlaDecode(kv, req))
+                                            : 0;
+    const double gbps = double(kMla.BlockBytes()) * blocks / (ms / 1e3) / 1e9;
+    std::printf("%-6s | %10.3f %8.1f %8.2f | %10.1e\n",
+                (std::to_string(tokens >> 10) + "k").c_str(), ms, gbps, gbps / copy, diff);
+    result.Add("mla_gbps_" + std::to_string(tokens >> 10) + "k", gbps);
+    result.Add("mla_vs_copy_" + std::to_string(tokens >> 10) + "k", gbps / copy);
+    if (tokens == (4 << 10)) result.Add("mla_max_rel_diff_vs_cpu_4k", diff);
+  }
+  result.AddString("device", "cuda");
+  result.Print();
+  return 0;
+}
+#endif
+
 int Main(int argc, char** argv) {
   bool quick = false;
   std::string device = "cpu";
@@ -93,10 +239,14 @@ int Main(int argc, char** argv) {
     return rc;
   }
   if (device == "cuda") {
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+    return RunCuda(quick);
+#else
     std::fprintf(stderr,
-                 "bench_attention: this build has no CUDA attention kernels yet; use --device "
-                 "cpu\n");
+                 "bench_attention: this build has no CUDA kernels (no CUDA toolkit at build "
+                 "time); use --device cpu\n");
     return 2;
+#endif
   }
   if (device != "cpu") {
     std::fprintf(stderr, "bench_attention: --device must be cpu or cuda\n");
@@ -106,18 +256,10 @@ int Main(int argc, char** argv) {
   Result result;
 
   // Dense and head-sparse GQA.
-  const gpu::GqaShape shape{.layers = 4, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
-                            .dtype = gpu::ElemType::kBf16};
-  const int q_heads = 32;
-  std::vector<float> q(size_t(q_heads) * shape.head_dim);
-  {
-    std::mt19937 rng(3);
-    std::normal_distribution<float> dist(0, 1);
-    for (float& x : q) x = dist(rng);
-  }
-  gpu::HeadProfile sparse{.sink = 4, .window = 64, .recall = {}};
-  sparse.recall.assign(shape.layers, std::vector<bool>(shape.kv_heads, false));
-  for (int i = 0; i < 5; ++i) sparse.recall[(i * 7) % shape.layers][(i * 3) % shape.kv_heads] = true;
+  const gpu::GqaShape shape = kShape;
+  const int q_heads = kQHeads;
+  const std::vector<float> q = Normal(size_t(q_heads) * shape.head_dim, 1, 3);
+  const gpu::HeadProfile sparse = SparseProfile();
   std::printf("GQA decode, 32 q heads / 8 KV heads / head_dim 128, bf16, 4 layers a step:\n");
   std::printf("%-6s | %10s %8s %8s | %10s %8s | %10s %8s\n", "tokens", "dense ms", "GB/s",
               "vs copy", "ref ms", "fast/ref", "sparse ms", "speedup");
@@ -170,16 +312,10 @@ int Main(int argc, char** argv) {
   result.Add("copy_gbps", copy_gbps);
 
   // MLA.
-  const gpu::MlaShape mla{.layers = 1, .latent_rank = 512, .rope_dim = 64, .block_tokens = 16,
-                          .dtype = gpu::ElemType::kBf16};
-  const int heads = 128;
-  std::vector<float> ql(size_t(heads) * 512), qr(size_t(heads) * 64);
-  {
-    std::mt19937 rng(4);
-    std::normal_distribution<float> dist(0, 0.1f);
-    for (float& x : ql) x = dist(rng);
-    for (float& x : qr) x = dist(rng);
-  }
+  const gpu::MlaShape mla = kMla;
+  const int heads = kMlaHeads;
+  const std::vector<float> ql = Normal(size_t(heads) * 512, 0.1f, 4);
+  const std::vector<float> qr = Normal(size_t(heads) * 64, 0.1f, 5);
   std::printf("\nMLA decode, 128 heads, latent 512 + rope 64, bf16:\n");
   std::printf("%-6s | %10s %8s | %10s %8s\n", "tokens", "fast ms", "GB/s", "ref ms", "fast/ref");
   for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
