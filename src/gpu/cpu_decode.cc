@@ -1,5 +1,6 @@
 // CPU fast path for GQA decode attention (see attention.h).
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <cmath>
 #include <limits>
@@ -33,6 +34,27 @@ void ToFloat(const void* base, size_t index, size_t n, ElemType t, float* out) {
   }
 }
 
+// exp(x) for x <= 88 within about 2 ulp (x below -87 gives about 1e-38, as good as 0 for softmax
+// weights), branch-free and without calls so that loops over it vectorize: std::exp is a scalar
+// libm call, and with one per token per head it costs more than the rest of the attention.
+inline float FastExp(float x) {
+  x = std::max(x, -87.0f);
+  const float t = x * 1.44269504088896341f;  // x / ln 2
+  constexpr float kRound = 12582912.0f;      // 1.5 x 2^23: adding it rounds to an integer
+  const float n = (t + kRound) - kRound;
+  // r = x - n ln 2 in two steps (ln 2 split high/low), |r| <= ln 2 / 2.
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606820309417232e-6f;
+  float p = 1.0f / 720;  // Taylor to r^6: error below r^7/5040 < 6e-8 relative
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  return p * std::bit_cast<float>(bits);
+}
+
 struct Range {
   int begin, end;
 };
@@ -55,9 +77,17 @@ int AttendedRanges(bool recall, const HeadProfile* p, int context, int begin, in
   return n;
 }
 
+// The hot loops are compiled twice: for x86-64-v3 (AVX2 and FMA, 8 floats a step) and for the
+// baseline (SSE2); the loader picks one for this CPU (GCC function multiversioning).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define KVTIER_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KVTIER_VECTOR_CLONES
+#endif
+
 // Attention of the `group` query heads of KV head `kvh` over tokens [begin, end): writes their
 // outputs and lse into `out`/`lse` at the heads' positions.
-void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh, int begin, int end,
+KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh, int begin, int end,
                   float* out, float* lse) {
   const GqaShape& s = kv.shape;
   const int d = s.head_dim, bt = s.block_tokens;
@@ -90,14 +120,19 @@ void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh, int begi
           block_max = std::max(block_max, scores[j]);
         }
         const float new_m = std::max(m[g], block_max);
-        const float correction = std::exp(m[g] - new_m);  // 0 on the first block
+        const float correction = FastExp(m[g] - new_m);  // ~0 on the first block
         float* a = acc.data() + size_t(g) * d;
 #pragma omp simd
         for (int i = 0; i < d; ++i) a[i] *= correction;
-        l[g] *= correction;
+        float weights = 0;
+#pragma omp simd reduction(+ : weights)
         for (int j = 0; j < count; ++j) {
-          const float w = std::exp(scores[j] - new_m);
-          l[g] += w;
+          scores[j] = FastExp(scores[j] - new_m);  // now the token's weight
+          weights += scores[j];
+        }
+        l[g] = l[g] * correction + weights;
+        for (int j = 0; j < count; ++j) {
+          const float w = scores[j];
           const float* vj = v.data() + size_t(j) * d;
 #pragma omp simd
           for (int i = 0; i < d; ++i) a[i] += w * vj[i];
@@ -121,7 +156,7 @@ void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh, int begi
 }
 
 // MLA attention of every head over tokens [begin, end): writes [heads][rank] and lse.
-void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, int begin, int end, float* out,
+KVTIER_VECTOR_CLONES void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, int begin, int end, float* out,
               float* lse) {
   const MlaShape& s = kv.shape;
   const int rank = s.latent_rank, rope = s.rope_dim, bt = s.block_tokens;
@@ -151,14 +186,20 @@ void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, int begin, int end, f
         block_max = std::max(block_max, score);
       }
       const float new_m = std::max(m[h], block_max);
-      const float correction = std::exp(m[h] - new_m);
+      const float correction = FastExp(m[h] - new_m);
       float* a = acc.data() + size_t(h) * rank;
 #pragma omp simd
       for (int i = 0; i < rank; ++i) a[i] *= correction;
-      l[h] *= correction;
+      float* hs = scores.data() + size_t(h) * bt;
+      float weights = 0;
+#pragma omp simd reduction(+ : weights)
       for (int j = 0; j < count; ++j) {
-        const float w = std::exp(scores[size_t(h) * bt + j] - new_m);
-        l[h] += w;
+        hs[j] = FastExp(hs[j] - new_m);
+        weights += hs[j];
+      }
+      l[h] = l[h] * correction + weights;
+      for (int j = 0; j < count; ++j) {
+        const float w = hs[j];
         const float* c = tok.data() + size_t(j) * te;
 #pragma omp simd
         for (int i = 0; i < rank; ++i) a[i] += w * c[i];
