@@ -27,7 +27,7 @@ Serves decode attention (kvtier.v1.AttentionService) over cached prefixes: finds
 nodes hold a prefix's blocks, reads only the bytes the attention needs (the requested layers;
 for head-sparse attention, outside the local window, only the recall heads' slices) over UCX
 where the daemons offer it and gRPC otherwise, keeps them in a block pool, and computes on the
-CPU fast path (no GPU kernels are built into this worker yet).
+CUDA kernels on a GPU, else on the CPU fast path.
 
 options:
   --router HOST:PORT     kvtier-router: its membership orders the nodes asked for a prefix
@@ -41,6 +41,8 @@ options:
   --fetch-deadline-ms N  deadline of each call to a daemon (default 10000)
   --max-request-blocks N blocks over all sequences of one request (default 1048576)
   --no-ucx               read blocks over gRPC only
+  --device auto|cpu|cuda where attention runs (default auto: the GPU when there is one and this
+                         build has its kernels, else the CPU; cuda: fail to start without one)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
   --help                 this text
 
@@ -103,6 +105,11 @@ int main(int argc, char** argv) {
       if (!take_num(&options.fetch_deadline_ms, 1)) return Bad("--fetch-deadline-ms: > 0");
     } else if (a == "--max-request-blocks") {
       if (!take_num(&options.max_request_blocks, 1)) return Bad("--max-request-blocks: > 0");
+    } else if (a == "--device") {
+      if (!take(&options.device) ||
+          (options.device != "auto" && options.device != "cpu" && options.device != "cuda")) {
+        return Bad("--device needs auto, cpu or cuda");
+      }
     } else if (a == "--no-ucx") {
       options.use_ucx = false;
     } else if (a == "--log-level") {

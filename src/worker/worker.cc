@@ -13,6 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/layout_proto.h"
 #include "gpu/attention.h"
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+#include "gpu/cuda_attention.h"
+#endif
 #include "spdlog/spdlog.h"
 
 namespace kvtier::worker {
@@ -121,6 +124,20 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
     w->router_ = std::move(*r);
   }
   if (registry != nullptr) w->metrics_ = std::make_unique<Metrics>(registry);
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+  std::string why;
+  if (options.device != "cpu" && gpu::cuda::Available(&why)) {
+    w->use_gpu_ = true;
+    w->device_name_ = gpu::cuda::DeviceName();
+  } else if (options.device == "cuda") {
+    return absl::FailedPreconditionError("--device cuda: " + why);
+  }
+#else
+  if (options.device == "cuda") {
+    return absl::FailedPreconditionError(
+        "--device cuda: built without the CUDA toolkit (no GPU kernels)");
+  }
+#endif
   return w;
 }
 
@@ -530,6 +547,15 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
   const auto compute_started = Clock::now();
   stats->set_fetch_us(static_cast<uint64_t>(Seconds(compute_started - fetch_started) * 1e6));
 
+  // A GPU step that fails (a shape its kernels do not take, a device error) is computed on the
+  // CPU instead; the response then says "cpu".
+  std::string gpu_error;
+  auto GpuOrCpu = [&](gpu::DecodeResult gpu_result, auto cpu) {
+    if (gpu_error.empty() && !gpu_result.out.empty()) return gpu_result;
+    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", gpu_error);
+    if (gpu_error.empty()) gpu_error = "no output";
+    return cpu();
+  };
   // Attention, layer by layer, over the pool's units (each a one-layer block).
   for (size_t si = 0; si < plans.size(); ++si) {
     const Plan& plan = plans[si];
@@ -556,7 +582,10 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
                             .q_latent = q.q().data(),
                             .q_rope = q.q_rope().data(),
                             .scale = scale};
-        r = gpu::CpuMlaDecode(kv, req, options_.threads);
+        r = use_gpu_ ? GpuOrCpu(gpu::cuda::MlaDecode(kv, req, &gpu_error), [&] {
+              return gpu::CpuMlaDecode(kv, req, options_.threads);
+            })
+                     : gpu::CpuMlaDecode(kv, req, options_.threads);
       } else {
         gpu::PagedKv kv{.shape = {.layers = 1,
                                   .kv_heads = static_cast<int>(layout.kv_heads),
@@ -578,7 +607,9 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
                                .profile = sparse ? &layer_profile : nullptr};
         const std::string bad = gpu::ValidateDecode(kv, req);
         if (!bad.empty()) return absl::InternalError("worker: " + bad);
-        r = gpu::CpuDecode(kv, req, options_.threads);
+        r = use_gpu_ ? GpuOrCpu(gpu::cuda::Decode(kv, req, &gpu_error),
+                                [&] { return gpu::CpuDecode(kv, req, options_.threads); })
+                     : gpu::CpuDecode(kv, req, options_.threads);
       }
       v1::LayerOutput* lo = out->add_layers();
       lo->set_layer(plan.layers[i]);
@@ -587,7 +618,7 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
     }
   }
   stats->set_compute_us(static_cast<uint64_t>(Seconds(Clock::now() - compute_started) * 1e6));
-  response->set_device("cpu");
+  response->set_device(gpu_error.empty() && use_gpu_ ? device_name_ : "cpu");
   return absl::OkStatus();
 }
 

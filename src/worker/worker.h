@@ -40,6 +40,9 @@ struct WorkerOptions {
   int threads = 0;                   // Default: 0, every core. Compute threads per request.
   int64_t fetch_deadline_ms = 10'000;  // Default: 10 s. Per call to a daemon.
   bool use_ucx = true;               // Default: true. Reads over UCX where daemons offer it.
+  // Default: "auto": the CUDA kernels where a GPU is present (and the build has them), else the
+  // CPU fast path. "cpu": always the CPU. "cuda": the GPU or fail to start.
+  std::string device = "auto";
   uint64_t max_request_blocks = 1 << 20;  // Default: 1M. Blocks over all sequences of a request.
   // Default: 64 MiB. Whole-block bytes per read call (one lease): bounds a lease's pinned memory.
   uint64_t read_batch_bytes = 64ull << 20;
@@ -83,6 +86,8 @@ class Worker {
   std::chrono::steady_clock::time_point members_at_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<CacheClient>> clients_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Metrics> metrics_;
+  bool use_gpu_ = false;
+  std::string device_name_;
 };
 
 // AttentionService over a Worker.
