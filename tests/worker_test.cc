@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <random>
 
 #include "client/cache_client.h"
@@ -16,6 +17,7 @@
 #include "kvtier/v1/attention.grpc.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/http_get.h"
+#include "testing/test_util.h"
 
 namespace kvtier {
 namespace {
@@ -316,6 +318,59 @@ TEST_F(WorkerTest, ABlockCachedNowhereIsAnErrorNamingItsPosition) {
   EXPECT_NE(st.error_message().find("first missing block position 5"), std::string::npos)
       << st.error_message();
   EXPECT_NE(st.error_message().find("recompute from token 80"), std::string::npos);
+}
+
+// With auth on, the worker passes the caller's bearer token on: the daemon decides.
+TEST(WorkerAuth, TheCallersTokenIsWhatTheDaemonChecks) {
+  ::kvtier::testing::TempDir dir;
+  std::ofstream(dir.Sub("tokens.yaml")) << kTenant << ": tenant-a-secret-token-01\n"
+                                        << "tenant-b: tenant-b-secret-token-02\n";
+  DaemonProcess daemon(std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+                       {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "16",
+                        "--metrics-listen", "", "--log-level", "warn", "--auth-tokens",
+                        dir.Sub("tokens.yaml")});
+  ASSERT_FALSE(daemon.address().empty()) << daemon.output();
+  DaemonProcess worker(std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
+                       {"--nodes", daemon.address(), "--listen", "127.0.0.1:0",
+                        "--metrics-listen", "", "--threads", "1", "--log-level", "error"});
+  ASSERT_FALSE(worker.address().empty()) << worker.output();
+  auto stub = v1::AttentionService::NewStub(
+      grpc::CreateChannel(worker.address(), grpc::InsecureChannelCredentials()));
+
+  const Prefix p = MakePrefix(Gqa(), 3, 8);
+  {
+    auto c = CacheClient::Create(
+        {.address = daemon.address(), .tenant = kTenant, .bearer_token = "tenant-a-secret-token-01"});
+    ASSERT_TRUE(c.ok());
+    std::vector<BlockToPut> puts;
+    for (size_t b = 0; b < 3; ++b) {
+      puts.push_back({p.keys[b], b == 0 ? BlockKey{} : p.keys[b - 1], p.blocks[b]});
+    }
+    ASSERT_TRUE((*c)->Put(puts).ok());
+  }
+  v1::DecodeRequest req;
+  req.set_tenant(kTenant);
+  LayoutToProto(p.layout, req.mutable_layout());
+  v1::Sequence* s = req.add_sequences();
+  s->set_packed_keys(PackKeys(p.keys));
+  const std::vector<float> q = RandomFloats(4 * 16, 80);
+  s->add_queries()->mutable_q()->Assign(q.begin(), q.end());
+  auto decode = [&](const std::string& tenant, const std::string& token) {
+    v1::DecodeRequest r = req;
+    r.set_tenant(tenant);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::DecodeResponse res;
+    return stub->Decode(&ctx, r, &res).error_code();
+  };
+  EXPECT_EQ(decode(kTenant, "tenant-a-secret-token-01"), grpc::StatusCode::OK);
+  EXPECT_EQ(decode(kTenant, ""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(decode(kTenant, "tenant-a-secret-token-99"), grpc::StatusCode::UNAUTHENTICATED);
+  // Another tenant's valid token does not open tenant-a's blocks.
+  EXPECT_NE(decode(kTenant, "tenant-b-secret-token-02"), grpc::StatusCode::OK);
+  EXPECT_EQ(decode("tenant-b", "tenant-b-secret-token-02"), grpc::StatusCode::NOT_FOUND)
+      << "tenant-b's key space does not hold tenant-a's blocks";
 }
 
 TEST_F(WorkerTest, BadRequestsAreClearErrors) {

@@ -409,6 +409,11 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
                                                    : layout.head_dim));
   const uint32_t bt = layout.block_tokens;
 
+  // The pool keeps what one caller fetched for that caller only: its entries are keyed by tenant
+  // and bearer token, so a request is never served bytes that the daemons would refuse it (another
+  // tenant's, or without the token they checked).
+  const std::string pool_scope = absl::StrCat(request.tenant(), "\n", bearer_token);
+
   // Plans: keys, context and the slices each block's layers need.
   std::vector<Plan> plans(request.sequences_size());
   uint64_t total_blocks = 0;
@@ -492,7 +497,7 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
     };
     for (size_t b = 0; b < plan.keys.size(); ++b) {
       for (uint32_t l : plan.layers) {
-        BlockPool::Need need{.key = plan.keys[b],
+        BlockPool::Need need{.key = TenantKey(pool_scope, plan.keys[b]),
                              .layer = l,
                              .unit_bytes = plan.unit_bytes,
                              .slices = plan.slices};
