@@ -15,7 +15,8 @@ from kvtier.keys import (DEEPSEEK_V3, LLAMA3_8B, XXH3_SEED, ChainHasher, KeyName
                          KvLayout)
 
 __all__ = ["ChainHasher", "KeyNamespace", "KvLayout", "LLAMA3_8B", "DEEPSEEK_V3", "XXH3_SEED",
-           "Client", "KvtierError", "PutResult", "Lookup", "RouterClient", "Route", "Member"]
+           "Client", "KvtierError", "PutResult", "Lookup", "RouterClient", "Route", "Member",
+           "WorkerClient", "SequenceQuery", "DecodeResult", "LayerOutput", "DecodeStats"]
 
 
 def __getattr__(name):
@@ -26,4 +27,7 @@ def __getattr__(name):
     if name in ("RouterClient", "Route", "Member"):
         from kvtier import router
         return getattr(router, name)
+    if name in ("WorkerClient", "SequenceQuery", "DecodeResult", "LayerOutput", "DecodeStats"):
+        from kvtier import worker
+        return getattr(worker, name)
     raise AttributeError(name)

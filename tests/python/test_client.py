@@ -4,7 +4,10 @@ Run by ctest as: /usr/bin/python3 -m unittest (PYTHONPATH=build/python, KVTIER_B
 KVTIER_SOURCE_DIR set).
 """
 import json
+import math
 import os
+import random
+import struct
 import subprocess
 import tempfile
 import unittest
@@ -184,6 +187,89 @@ class LiveDaemon(unittest.TestCase):
                 kv.lookup([b"\x00" * 16])
             self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
 
+
+
+def _attention(blocks, layout, layer, q, q_heads, context, recall=None, sink=4, window=64):
+    """Decode attention over fp16 GQA blocks, the obvious way (the test's reference)."""
+    d, bt, kvh_n = layout.head_dim, layout.block_tokens, layout.kv_heads
+    group = q_heads // kvh_n
+    values = [struct.unpack(f"<{len(b) // 2}e", b) for b in blocks]
+
+    def elem(t, part, kvh, i):
+        base = ((layer * 2 + part) * kvh_n + kvh) * bt * d
+        return values[t // bt][base + (t % bt) * d + i]
+
+    out, lse = [], []
+    for h in range(q_heads):
+        kvh = h // group
+        local = recall is not None and kvh not in recall
+        toks = [t for t in range(context)
+                if not local or t < sink or t >= context - window]
+        scores = [sum(q[h * d + i] * elem(t, 0, kvh, i) for i in range(d)) / math.sqrt(d)
+                  for t in toks]
+        m = max(scores)
+        w = [math.exp(x - m) for x in scores]
+        total = sum(w)
+        out += [sum(w[j] * elem(t, 1, kvh, i) for j, t in enumerate(toks)) / total
+                for i in range(d)]
+        lse.append(m + math.log(total))
+    return out, lse
+
+
+class LiveWorker(unittest.TestCase):
+    """kvtier-worker in front of one kvtierd."""
+
+    def test_dense_head_sparse_pool_and_missing_blocks(self):
+        daemon = Daemon()
+        worker = subprocess.Popen(
+            [os.path.join(BINARY, "kvtier-worker"), "--nodes", daemon.address, "--listen",
+             "127.0.0.1:0", "--metrics-listen", "", "--threads", "1", "--log-level", "error"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            line = worker.stdout.readline()
+            self.assertIn("listening on ", line)
+            address = line.split("listening on ")[1].strip()
+            layout = KvLayout("gqa", "fp16", layers=2, kv_heads=2, head_dim=16, block_tokens=16)
+            rng = random.Random(5)
+            blocks = [struct.pack(f"<{layout.bytes_per_block // 2}e",
+                                  *[rng.uniform(-1, 1) for _ in range(layout.bytes_per_block // 2)])
+                      for _ in range(5)]
+            keys = [bytes([n]) * 16 for n in range(1, 6)]
+            with Client(daemon.address, tenant="py") as kv:
+                kv.put([(keys[i], keys[i - 1] if i else None, blocks[i]) for i in range(5)])
+            q = {layer: [rng.uniform(-1, 1) for _ in range(4 * 16)] for layer in (0, 1)}
+            context = 5 * 16 - 3
+            with kvtier.WorkerClient(address) as w:
+                seq = kvtier.SequenceQuery(keys=keys, queries=q, context_tokens=context)
+                profile = {"format": "kvtier.head_profile.v1", "layers": 2, "kv_heads": 2,
+                           "sink": 4, "window": 16, "recall": [[1], []]}
+                sparse = w.decode("py", layout, [seq], mode="head_sparse", profile=profile)
+                dense = w.decode("py", layout, [seq])
+                self.assertGreater(sparse.stats.bytes_skipped, 0)
+                self.assertEqual(dense.device, "cpu")
+                for layer in (0, 1):
+                    for result, recall in ((dense, None), (sparse, profile["recall"][layer])):
+                        want_out, want_lse = _attention(blocks, layout, layer, q[layer], 4,
+                                                        context, recall=recall, window=16)
+                        got = result.sequences[0][layer]
+                        self.assertEqual(got.layer, layer)
+                        for a, b in zip(got.out + got.lse, want_out + want_lse):
+                            self.assertAlmostEqual(a, b, delta=2e-4 * (1 + abs(b)))
+                again = w.decode("py", layout, [seq])
+                self.assertEqual(again.stats.bytes_fetched, 0)
+                self.assertEqual(again.stats.bytes_from_pool, 5 * layout.bytes_per_block)
+                with self.assertRaises(KvtierError) as e:
+                    w.decode("py", layout, [kvtier.SequenceQuery(
+                        keys=keys + [b"\x77" * 16], queries={0: q[0]})])
+                self.assertEqual(e.exception.code, grpc.StatusCode.NOT_FOUND)
+                self.assertIn("first missing block position 5", e.exception.args[0])
+                with self.assertRaises(ValueError):
+                    w.decode("py", layout, [kvtier.SequenceQuery(queries={0: q[0]})])
+        finally:
+            worker.terminate()
+            worker.wait(timeout=20)
+            worker.stdout.close()
+            daemon.close()
 
 if __name__ == "__main__":
     unittest.main()
