@@ -354,276 +354,320 @@ absl::Status Worker::Decode(const v1::DecodeRequest& request, const std::string&
   return st;
 }
 
-absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
-                                   const std::string& bearer_token, v1::AttentionMode* mode,
-                                   v1::DecodeResponse* response) {
+absl::StatusOr<Worker::Step> Worker::ParseStep(const v1::DecodeRequest& request,
+                                               const std::string& bearer_token,
+                                               v1::AttentionMode* mode) const {
   if (request.tenant().empty()) return Invalid("tenant: must be set");
   auto parsed = LayoutFromProto(request.layout());
   if (!parsed.ok()) return parsed.status();
-  const KvLayout layout = *parsed;
-  gpu::ElemType elem;
+  Step step;
+  const KvLayout& layout = step.layout = *parsed;
   switch (layout.dtype) {
     case DType::kFp16:
-      elem = gpu::ElemType::kFp16;
+      step.elem = gpu::ElemType::kFp16;
       break;
     case DType::kBf16:
-      elem = gpu::ElemType::kBf16;
+      step.elem = gpu::ElemType::kBf16;
       break;
     default:
       return Invalid("layout.dtype: the worker's kernels take fp16 and bf16");
   }
-  const bool mla = layout.kind == LayoutKind::kMla;
+  step.mla = layout.kind == LayoutKind::kMla;
   if (*mode == v1::ATTENTION_MODE_UNSPECIFIED) {
-    *mode = mla ? v1::ATTENTION_MODE_MLA : v1::ATTENTION_MODE_DENSE;
+    *mode = step.mla ? v1::ATTENTION_MODE_MLA : v1::ATTENTION_MODE_DENSE;
   }
-  if (mla != (*mode == v1::ATTENTION_MODE_MLA)) {
-    return Invalid(mla ? "mode: an MLA layout takes MLA attention"
-                       : "mode: MLA attention needs an MLA layout");
+  if (step.mla != (*mode == v1::ATTENTION_MODE_MLA)) {
+    return Invalid(step.mla ? "mode: an MLA layout takes MLA attention"
+                            : "mode: MLA attention needs an MLA layout");
   }
-  const bool sparse = *mode == v1::ATTENTION_MODE_HEAD_SPARSE;
-  gpu::HeadProfile profile;
-  if (sparse) {
+  step.sparse = *mode == v1::ATTENTION_MODE_HEAD_SPARSE;
+  if (step.sparse) {
     const v1::HeadProfile& p = request.profile();
     if (p.layers_size() != static_cast<int>(layout.layers)) {
       return Invalid(absl::StrCat("profile.layers: ", p.layers_size(), " entries for ",
                                   layout.layers, " layers"));
     }
-    if (p.sink() > 0) profile.sink = static_cast<int>(p.sink());
-    if (p.window() > 0) profile.window = static_cast<int>(p.window());
-    profile.recall.assign(layout.layers, std::vector<bool>(layout.kv_heads, false));
+    if (p.sink() > 0) step.profile.sink = static_cast<int>(p.sink());
+    if (p.window() > 0) step.profile.window = static_cast<int>(p.window());
+    step.profile.recall.assign(layout.layers, std::vector<bool>(layout.kv_heads, false));
     for (int l = 0; l < p.layers_size(); ++l) {
       for (uint32_t h : p.layers(l).recall_heads()) {
         if (h >= layout.kv_heads) {
           return Invalid(absl::StrCat("profile.layers[", l, "]: recall head ", h, " of ",
                                       layout.kv_heads, " kv heads"));
         }
-        profile.recall[l][h] = true;
+        step.profile.recall[l][h] = true;
       }
     }
   }
   if (request.sequences().empty()) return Invalid("sequences: none given");
-  const float scale =
-      request.scale() != 0
-          ? request.scale()
-          : static_cast<float>(1.0 / std::sqrt(mla ? layout.latent_rank + layout.rope_dim
-                                                   : layout.head_dim));
-  const uint32_t bt = layout.block_tokens;
-
+  step.scale = request.scale() != 0
+                   ? request.scale()
+                   : static_cast<float>(1.0 / std::sqrt(step.mla
+                                                            ? layout.latent_rank + layout.rope_dim
+                                                            : layout.head_dim));
   // The pool keeps what one caller fetched for that caller only: its entries are keyed by tenant
-  // and bearer token, so a request is never served bytes that the daemons would refuse it (another
-  // tenant's, or without the token they checked).
-  const std::string pool_scope = absl::StrCat(request.tenant(), "\n", bearer_token);
+  // and bearer token, so a request is never served bytes that the daemons would refuse it
+  // (another tenant's, or without the token they checked).
+  step.pool_scope = absl::StrCat(request.tenant(), "\n", bearer_token);
+  return step;
+}
 
-  // Plans: keys, context and the slices each block's layers need.
-  std::vector<Plan> plans(request.sequences_size());
-  uint64_t total_blocks = 0;
-  v1::DecodeStats* stats = response->mutable_stats();
-  for (int si = 0; si < request.sequences_size(); ++si) {
-    const v1::Sequence& seq = request.sequences(si);
-    Plan& plan = plans[si];
-    const std::string where = absl::StrCat("sequences[", si, "]");
-    if (seq.packed_keys().empty() == seq.tokens().empty()) {
-      return Invalid(where + ": give packed_keys or tokens (one of the two)");
+absl::Status Worker::PlanSequence(const v1::DecodeRequest& request, int si, const Step& step,
+                                  Plan* plan) const {
+  const KvLayout& layout = step.layout;
+  const uint32_t bt = layout.block_tokens;
+  const v1::Sequence& seq = request.sequences(si);
+  const std::string where = absl::StrCat("sequences[", si, "]");
+  if (seq.packed_keys().empty() == seq.tokens().empty()) {
+    return Invalid(where + ": give packed_keys or tokens (one of the two)");
+  }
+  if (!seq.packed_keys().empty()) {
+    if (seq.packed_keys().size() % BlockKey::kBytes != 0) {
+      return Invalid(where + ".packed_keys: not a multiple of 16 bytes");
     }
-    if (!seq.packed_keys().empty()) {
-      if (seq.packed_keys().size() % BlockKey::kBytes != 0) {
-        return Invalid(where + ".packed_keys: not a multiple of 16 bytes");
-      }
-      for (size_t i = 0; i < seq.packed_keys().size(); i += BlockKey::kBytes) {
-        plan.keys.push_back(BlockKey::FromBytes(
-            reinterpret_cast<const uint8_t*>(seq.packed_keys().data()) + i));
+    for (size_t i = 0; i < seq.packed_keys().size(); i += BlockKey::kBytes) {
+      plan->keys.push_back(BlockKey::FromBytes(
+          reinterpret_cast<const uint8_t*>(seq.packed_keys().data()) + i));
+    }
+  } else {
+    auto hasher = ChainHasher::Create({.tenant_salt = request.tenant(),
+                                       .model_id = request.model(),
+                                       .layout_fingerprint = layout.Fingerprint(),
+                                       .adapter_id = request.adapter()},
+                                      bt);
+    if (!hasher.ok()) return hasher.status();
+    plan->keys = hasher->Keys(std::span(seq.tokens().data(), seq.tokens().size()));
+    if (plan->keys.empty()) return Invalid(where + ".tokens: shorter than one block");
+  }
+  const uint64_t covered = plan->keys.size() * uint64_t{bt};
+  const uint64_t context = seq.context_tokens() == 0 ? covered : seq.context_tokens();
+  if (context > covered || context + bt <= covered) {
+    return Invalid(absl::StrCat(where, ".context_tokens: ", context, " for ",
+                                plan->keys.size(), " blocks of ", bt,
+                                " tokens (must end in the last block)"));
+  }
+  plan->context = static_cast<int>(context);
+  plan->block_tokens = bt;
+  if (seq.queries().empty()) return Invalid(where + ".queries: none given");
+  absl::flat_hash_set<uint32_t> seen;
+  for (int qi = 0; qi < seq.queries_size(); ++qi) {
+    const v1::LayerQuery& q = seq.queries(qi);
+    const std::string qw = absl::StrCat(where, ".queries[", qi, "]");
+    if (q.layer() >= layout.layers) {
+      return Invalid(absl::StrCat(qw, ".layer: ", q.layer(), " of ", layout.layers));
+    }
+    if (!seen.insert(q.layer()).second) return Invalid(qw + ".layer: given twice");
+    const size_t size = static_cast<size_t>(q.q_size());
+    if (step.mla) {
+      const size_t heads = size / layout.latent_rank;
+      if (heads == 0 || size != heads * layout.latent_rank ||
+          static_cast<size_t>(q.q_rope_size()) != heads * layout.rope_dim) {
+        return Invalid(absl::StrCat(qw, ": q must be heads x ", layout.latent_rank,
+                                    " and q_rope heads x ", layout.rope_dim));
       }
     } else {
-      auto hasher = ChainHasher::Create({.tenant_salt = request.tenant(),
-                                         .model_id = request.model(),
-                                         .layout_fingerprint = layout.Fingerprint(),
-                                         .adapter_id = request.adapter()},
-                                        bt);
-      if (!hasher.ok()) return hasher.status();
-      plan.keys = hasher->Keys(std::span(seq.tokens().data(), seq.tokens().size()));
-      if (plan.keys.empty()) return Invalid(where + ".tokens: shorter than one block");
+      const size_t heads = size / layout.head_dim;
+      if (heads == 0 || size != heads * layout.head_dim || heads % layout.kv_heads != 0 ||
+          q.q_rope_size() != 0) {
+        return Invalid(absl::StrCat(qw, ": q must be q_heads x ", layout.head_dim,
+                                    ", q_heads a multiple of ", layout.kv_heads,
+                                    " (and no q_rope)"));
+      }
     }
-    const uint64_t covered = plan.keys.size() * uint64_t{bt};
-    const uint64_t context = seq.context_tokens() == 0 ? covered : seq.context_tokens();
-    if (context > covered || context + bt <= covered) {
-      return Invalid(absl::StrCat(where, ".context_tokens: ", context, " for ",
-                                  plan.keys.size(), " blocks of ", bt,
-                                  " tokens (must end in the last block)"));
+    plan->layers.push_back(q.layer());
+  }
+  for (uint32_t l = 0; l < layout.layers; ++l) {
+    plan->layer_offset.push_back(layout.LayerSlice(l)->offset);
+  }
+  plan->unit_bytes = layout.LayerSlice(0)->length;
+  plan->slices = step.mla ? 1 : 2 * layout.kv_heads;
+  const uint64_t slice_bytes = plan->unit_bytes / plan->slices;
+  // Blocks a local head reads: those holding its sinks or its window.
+  auto local_reads = [&](size_t b) {
+    const int64_t first = int64_t(b) * bt;
+    return first < step.profile.sink || first + bt > int64_t(plan->context) - step.profile.window;
+  };
+  for (size_t b = 0; b < plan->keys.size(); ++b) {
+    for (uint32_t l : plan->layers) {
+      BlockPool::Need need{.key = TenantKey(step.pool_scope, plan->keys[b]),
+                           .layer = l,
+                           .unit_bytes = plan->unit_bytes,
+                           .slices = plan->slices};
+      for (uint32_t s = 0; s < plan->slices; ++s) {
+        const uint32_t head = s % std::max<uint32_t>(layout.kv_heads, 1);
+        if (!step.sparse || step.profile.recall[l][head] || local_reads(b)) {
+          need.wanted.push_back(s);
+        } else {
+          plan->skipped_bytes += slice_bytes;
+        }
+      }
+      plan->needs.push_back(std::move(need));
     }
-    plan.context = static_cast<int>(context);
-    plan.block_tokens = bt;
-    total_blocks += plan.keys.size();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::FillFromPool(const std::string& tenant, const std::string& token,
+                                  size_t sequence, Plan& plan,
+                                  std::chrono::steady_clock::time_point deadline,
+                                  v1::DecodeStats* stats) {
+  plan.claims = pool_.Acquire(plan.needs);
+  absl::Status fetched;
+  for (int round = 0;; ++round) {
+    fetched = Fetch(tenant, token, sequence, plan, stats);
+    pool_.Settle(plan.claims, fetched.ok());
+    if (!fetched.ok()) break;
+    bool waiting = false;
+    for (const auto& c : plan.claims) waiting = waiting || !c.wait.empty();
+    if (!waiting) break;
+    if (round + 1 == kClaimRounds) {
+      fetched = absl::AbortedError(absl::StrCat(
+          "sequence ", sequence, ": blocks that other requests were fetching kept failing"));
+      break;
+    }
+    if (!pool_.AwaitOthers(plan.claims, deadline)) {
+      pool_.Settle(plan.claims, false);
+      fetched = absl::DeadlineExceededError(absl::StrCat(
+          "sequence ", sequence, ": blocks that another request was fetching did not come"));
+      break;
+    }
+  }
+  for (const auto& c : plan.claims) {
+    stats->set_bytes_from_pool(stats->bytes_from_pool() + c.present_bytes);
+  }
+  return fetched;
+}
+
+gpu::DecodeResult Worker::RunGqa(const gpu::PagedKv& kv, const gpu::DecodeRequest& req,
+                                 std::string* gpu_error) const {
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+  if (use_gpu_ && gpu_error->empty()) {
+    gpu::DecodeResult r = gpu::cuda::Decode(kv, req, gpu_error);
+    if (gpu_error->empty() && !r.out.empty()) return r;
+    if (gpu_error->empty()) *gpu_error = "no output";
+    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", *gpu_error);
+  }
+#else
+  (void)gpu_error;
+#endif
+  return gpu::CpuDecode(kv, req, options_.threads);
+}
+
+gpu::DecodeResult Worker::RunMla(const gpu::MlaPagedKv& kv, const gpu::MlaRequest& req,
+                                 std::string* gpu_error) const {
+#ifdef KVTIER_HAVE_CUDA_KERNELS
+  if (use_gpu_ && gpu_error->empty()) {
+    gpu::DecodeResult r = gpu::cuda::MlaDecode(kv, req, gpu_error);
+    if (gpu_error->empty() && !r.out.empty()) return r;
+    if (gpu_error->empty()) *gpu_error = "no output";
+    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", *gpu_error);
+  }
+#else
+  (void)gpu_error;
+#endif
+  return gpu::CpuMlaDecode(kv, req, options_.threads);
+}
+
+absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
+                             v1::SequenceOutput* out, std::string* gpu_error) const {
+  const KvLayout& layout = step.layout;
+  const int bt = static_cast<int>(layout.block_tokens);
+  const size_t per_block = plan.layers.size();
+  // Layer by layer, over the pool's units (each a one-layer block).
+  for (size_t i = 0; i < per_block; ++i) {
+    const v1::LayerQuery& q = seq.queries(static_cast<int>(i));
+    std::vector<const void*> blocks(plan.keys.size());
+    for (size_t b = 0; b < plan.keys.size(); ++b) {
+      blocks[b] = plan.claims[b * per_block + i].unit->data.get();
+    }
+    gpu::DecodeResult r;
+    if (step.mla) {
+      const gpu::MlaPagedKv kv{.shape = {.layers = 1,
+                                         .latent_rank = static_cast<int>(layout.latent_rank),
+                                         .rope_dim = static_cast<int>(layout.rope_dim),
+                                         .block_tokens = bt,
+                                         .dtype = step.elem},
+                               .blocks = std::move(blocks),
+                               .context_tokens = plan.context};
+      const gpu::MlaRequest req{.layer = 0,
+                                .heads = static_cast<int>(q.q_size() / layout.latent_rank),
+                                .q_latent = q.q().data(),
+                                .q_rope = q.q_rope().data(),
+                                .scale = step.scale};
+      r = RunMla(kv, req, gpu_error);
+    } else {
+      const gpu::PagedKv kv{.shape = {.layers = 1,
+                                      .kv_heads = static_cast<int>(layout.kv_heads),
+                                      .head_dim = static_cast<int>(layout.head_dim),
+                                      .block_tokens = bt,
+                                      .dtype = step.elem},
+                            .blocks = std::move(blocks),
+                            .context_tokens = plan.context};
+      gpu::HeadProfile layer_profile;
+      if (step.sparse) {
+        layer_profile.sink = step.profile.sink;
+        layer_profile.window = step.profile.window;
+        layer_profile.recall = {step.profile.recall[plan.layers[i]]};
+      }
+      const gpu::DecodeRequest req{.layer = 0,
+                                   .q_heads = static_cast<int>(q.q_size() / layout.head_dim),
+                                   .q = q.q().data(),
+                                   .scale = step.scale,
+                                   .profile = step.sparse ? &layer_profile : nullptr};
+      const std::string bad = gpu::ValidateDecode(kv, req);
+      if (!bad.empty()) return absl::InternalError("worker: " + bad);
+      r = RunGqa(kv, req, gpu_error);
+    }
+    v1::LayerOutput* lo = out->add_layers();
+    lo->set_layer(plan.layers[i]);
+    lo->mutable_out()->Assign(r.out.begin(), r.out.end());
+    lo->mutable_lse()->Assign(r.lse.begin(), r.lse.end());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
+                                   const std::string& bearer_token, v1::AttentionMode* mode,
+                                   v1::DecodeResponse* response) {
+  auto step = ParseStep(request, bearer_token, mode);
+  if (!step.ok()) return step.status();
+  v1::DecodeStats* stats = response->mutable_stats();
+  std::vector<Plan> plans(request.sequences_size());
+  uint64_t total_blocks = 0;
+  for (int si = 0; si < request.sequences_size(); ++si) {
+    if (absl::Status st = PlanSequence(request, si, *step, &plans[si]); !st.ok()) return st;
+    total_blocks += plans[si].keys.size();
     if (total_blocks > options_.max_request_blocks) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "request: more than ", options_.max_request_blocks, " blocks (--max-request-blocks)"));
     }
-    if (seq.queries().empty()) return Invalid(where + ".queries: none given");
-    absl::flat_hash_set<uint32_t> seen;
-    for (int qi = 0; qi < seq.queries_size(); ++qi) {
-      const v1::LayerQuery& q = seq.queries(qi);
-      const std::string qw = absl::StrCat(where, ".queries[", qi, "]");
-      if (q.layer() >= layout.layers) {
-        return Invalid(absl::StrCat(qw, ".layer: ", q.layer(), " of ", layout.layers));
-      }
-      if (!seen.insert(q.layer()).second) return Invalid(qw + ".layer: given twice");
-      if (mla) {
-        const size_t heads = q.q_size() / layout.latent_rank;
-        if (heads == 0 || static_cast<size_t>(q.q_size()) != heads * layout.latent_rank ||
-            static_cast<size_t>(q.q_rope_size()) != heads * layout.rope_dim) {
-          return Invalid(absl::StrCat(qw, ": q must be heads x ", layout.latent_rank,
-                                      " and q_rope heads x ", layout.rope_dim));
-        }
-      } else {
-        const size_t heads = q.q_size() / layout.head_dim;
-        if (heads == 0 || static_cast<size_t>(q.q_size()) != heads * layout.head_dim ||
-            heads % layout.kv_heads != 0 || q.q_rope_size() != 0) {
-          return Invalid(absl::StrCat(qw, ": q must be q_heads x ", layout.head_dim,
-                                      ", q_heads a multiple of ", layout.kv_heads,
-                                      " (and no q_rope)"));
-        }
-      }
-      plan.layers.push_back(q.layer());
-    }
-    for (uint32_t l = 0; l < layout.layers; ++l) {
-      plan.layer_offset.push_back(layout.LayerSlice(l)->offset);
-    }
-    plan.unit_bytes = layout.LayerSlice(0)->length;
-    plan.slices = mla ? 1 : 2 * layout.kv_heads;
-    const uint64_t slice_bytes = plan.unit_bytes / plan.slices;
-    // Blocks a local head reads: those holding its sinks or its window.
-    auto local_reads = [&](size_t b) {
-      const int64_t first = int64_t(b) * bt;
-      return first < profile.sink || first + bt > int64_t(plan.context) - profile.window;
-    };
-    for (size_t b = 0; b < plan.keys.size(); ++b) {
-      for (uint32_t l : plan.layers) {
-        BlockPool::Need need{.key = TenantKey(pool_scope, plan.keys[b]),
-                             .layer = l,
-                             .unit_bytes = plan.unit_bytes,
-                             .slices = plan.slices};
-        for (uint32_t s = 0; s < plan.slices; ++s) {
-          const uint32_t head = s % std::max<uint32_t>(layout.kv_heads, 1);
-          if (!sparse || profile.recall[l][head] || local_reads(b)) {
-            need.wanted.push_back(s);
-          } else {
-            plan.skipped_bytes += slice_bytes;
-          }
-        }
-        plan.needs.push_back(std::move(need));
-      }
-    }
-    stats->set_bytes_skipped(stats->bytes_skipped() + plan.skipped_bytes);
+    stats->set_bytes_skipped(stats->bytes_skipped() + plans[si].skipped_bytes);
   }
 
-  // Fetch what the pool lacks.
   const auto fetch_started = Clock::now();
   const auto deadline = fetch_started + std::chrono::milliseconds(options_.fetch_deadline_ms);
   for (size_t si = 0; si < plans.size(); ++si) {
-    Plan& plan = plans[si];
-    plan.claims = pool_.Acquire(plan.needs);
-    absl::Status fetched;
-    for (int round = 0;; ++round) {
-      fetched = Fetch(request.tenant(), bearer_token, si, plan, stats);
-      pool_.Settle(plan.claims, fetched.ok());
-      if (!fetched.ok()) break;
-      bool waiting = false;
-      for (const auto& c : plan.claims) waiting = waiting || !c.wait.empty();
-      if (!waiting) break;
-      if (round + 1 == kClaimRounds) {
-        fetched = absl::AbortedError(absl::StrCat(
-            "sequence ", si, ": blocks that other requests were fetching kept failing"));
-        break;
-      }
-      if (!pool_.AwaitOthers(plan.claims, deadline)) {
-        pool_.Settle(plan.claims, false);
-        fetched = absl::DeadlineExceededError(absl::StrCat(
-            "sequence ", si, ": blocks that another request was fetching did not come"));
-        break;
-      }
-    }
-    for (const auto& c : plan.claims) {
-      stats->set_bytes_from_pool(stats->bytes_from_pool() + c.present_bytes);
-    }
-    if (!fetched.ok()) {
+    absl::Status st =
+        FillFromPool(request.tenant(), bearer_token, si, plans[si], deadline, stats);
+    if (!st.ok()) {
       stats->set_fetch_us(static_cast<uint64_t>(Seconds(Clock::now() - fetch_started) * 1e6));
-      return fetched;
+      return st;
     }
   }
   const auto compute_started = Clock::now();
   stats->set_fetch_us(static_cast<uint64_t>(Seconds(compute_started - fetch_started) * 1e6));
 
   // A GPU step that fails (a shape its kernels do not take, a device error) is computed on the
-  // CPU instead; the response then says "cpu".
+  // CPU, and so is the rest of the request; the response then says "cpu".
   std::string gpu_error;
-  auto GpuOrCpu = [&](gpu::DecodeResult gpu_result, auto cpu) {
-    if (gpu_error.empty() && !gpu_result.out.empty()) return gpu_result;
-    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", gpu_error);
-    if (gpu_error.empty()) gpu_error = "no output";
-    return cpu();
-  };
-  // Attention, layer by layer, over the pool's units (each a one-layer block).
   for (size_t si = 0; si < plans.size(); ++si) {
-    const Plan& plan = plans[si];
-    const v1::Sequence& seq = request.sequences(static_cast<int>(si));
-    v1::SequenceOutput* out = response->add_sequences();
-    const size_t per_block = plan.layers.size();
-    for (size_t i = 0; i < per_block; ++i) {
-      const v1::LayerQuery& q = seq.queries(static_cast<int>(i));
-      std::vector<const void*> blocks(plan.keys.size());
-      for (size_t b = 0; b < plan.keys.size(); ++b) {
-        blocks[b] = plan.claims[b * per_block + i].unit->data.get();
-      }
-      gpu::DecodeResult r;
-      if (mla) {
-        gpu::MlaPagedKv kv{.shape = {.layers = 1,
-                                     .latent_rank = static_cast<int>(layout.latent_rank),
-                                     .rope_dim = static_cast<int>(layout.rope_dim),
-                                     .block_tokens = static_cast<int>(bt),
-                                     .dtype = elem},
-                           .blocks = std::move(blocks),
-                           .context_tokens = plan.context};
-        gpu::MlaRequest req{.layer = 0,
-                            .heads = static_cast<int>(q.q_size() / layout.latent_rank),
-                            .q_latent = q.q().data(),
-                            .q_rope = q.q_rope().data(),
-                            .scale = scale};
-        r = use_gpu_ ? GpuOrCpu(gpu::cuda::MlaDecode(kv, req, &gpu_error), [&] {
-              return gpu::CpuMlaDecode(kv, req, options_.threads);
-            })
-                     : gpu::CpuMlaDecode(kv, req, options_.threads);
-      } else {
-        gpu::PagedKv kv{.shape = {.layers = 1,
-                                  .kv_heads = static_cast<int>(layout.kv_heads),
-                                  .head_dim = static_cast<int>(layout.head_dim),
-                                  .block_tokens = static_cast<int>(bt),
-                                  .dtype = elem},
-                        .blocks = std::move(blocks),
-                        .context_tokens = plan.context};
-        gpu::HeadProfile layer_profile;
-        if (sparse) {
-          layer_profile.sink = profile.sink;
-          layer_profile.window = profile.window;
-          layer_profile.recall = {profile.recall[plan.layers[i]]};
-        }
-        gpu::DecodeRequest req{.layer = 0,
-                               .q_heads = static_cast<int>(q.q_size() / layout.head_dim),
-                               .q = q.q().data(),
-                               .scale = scale,
-                               .profile = sparse ? &layer_profile : nullptr};
-        const std::string bad = gpu::ValidateDecode(kv, req);
-        if (!bad.empty()) return absl::InternalError("worker: " + bad);
-        r = use_gpu_ ? GpuOrCpu(gpu::cuda::Decode(kv, req, &gpu_error),
-                                [&] { return gpu::CpuDecode(kv, req, options_.threads); })
-                     : gpu::CpuDecode(kv, req, options_.threads);
-      }
-      v1::LayerOutput* lo = out->add_layers();
-      lo->set_layer(plan.layers[i]);
-      lo->mutable_out()->Assign(r.out.begin(), r.out.end());
-      lo->mutable_lse()->Assign(r.lse.begin(), r.lse.end());
-    }
+    absl::Status st = Compute(request.sequences(static_cast<int>(si)), *step, plans[si],
+                              response->add_sequences(), &gpu_error);
+    if (!st.ok()) return st;
   }
   stats->set_compute_us(static_cast<uint64_t>(Seconds(Clock::now() - compute_started) * 1e6));
-  response->set_device(gpu_error.empty() && use_gpu_ ? device_name_ : "cpu");
+  response->set_device(use_gpu_ && gpu_error.empty() ? device_name_ : "cpu");
   return absl::OkStatus();
 }
 

@@ -15,7 +15,9 @@
 #include "absl/status/status.h"
 #include "client/cache_client.h"
 #include "client/router_client.h"
+#include "common/kv_layout.h"
 #include "common/mutex.h"
+#include "gpu/attention.h"
 #include "kvtier/v1/attention.grpc.pb.h"
 #include "worker/block_pool.h"
 
@@ -66,7 +68,36 @@ class Worker {
  private:
   struct Metrics;
   struct Plan;
+  // What a request asks of every sequence, checked.
+  struct Step {
+    KvLayout layout;
+    gpu::ElemType elem = gpu::ElemType::kBf16;
+    bool mla = false;
+    bool sparse = false;
+    gpu::HeadProfile profile;  // head-sparse only
+    float scale = 1.0f;
+    std::string pool_scope;    // tenant and bearer token: whose pool entries these are
+  };
   explicit Worker(const WorkerOptions& options);
+
+  // The steps of DecodeChecked: check the request, plan each sequence's reads, fill the plan's
+  // pool units (fetching what they lack), compute each sequence.
+  absl::StatusOr<Step> ParseStep(const v1::DecodeRequest& request,
+                                 const std::string& bearer_token,
+                                 v1::AttentionMode* mode) const;
+  absl::Status PlanSequence(const v1::DecodeRequest& request, int si, const Step& step,
+                            Plan* plan) const;
+  absl::Status FillFromPool(const std::string& tenant, const std::string& token, size_t sequence,
+                            Plan& plan, std::chrono::steady_clock::time_point deadline,
+                            v1::DecodeStats* stats);
+  absl::Status Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
+                       v1::SequenceOutput* out, std::string* gpu_error) const;
+  // One layer's attention on the GPU where there is one (until a GPU step fails: *gpu_error),
+  // else on the CPU.
+  gpu::DecodeResult RunGqa(const gpu::PagedKv& kv, const gpu::DecodeRequest& req,
+                           std::string* gpu_error) const;
+  gpu::DecodeResult RunMla(const gpu::MlaPagedKv& kv, const gpu::MlaRequest& req,
+                           std::string* gpu_error) const;
 
   // Decode after the mode is settled (reported in metrics even when the request fails).
   absl::Status DecodeChecked(const v1::DecodeRequest& request, const std::string& bearer_token,
