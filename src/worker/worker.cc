@@ -18,6 +18,19 @@
 #endif
 #include "spdlog/spdlog.h"
 
+#ifndef KVTIER_HAVE_CUDA_KERNELS
+namespace kvtier::gpu::cuda {  // a build without the toolkit: the worker never picks the GPU
+inline DecodeResult Decode(const PagedKv&, const DecodeRequest&, std::string* error) {
+  *error = "this build has no CUDA kernels";
+  return {};
+}
+inline DecodeResult MlaDecode(const MlaPagedKv&, const MlaRequest&, std::string* error) {
+  *error = "this build has no CUDA kernels";
+  return {};
+}
+}  // namespace kvtier::gpu::cuda
+#endif
+
 namespace kvtier::worker {
 namespace {
 
@@ -44,6 +57,20 @@ const char* ModeName(v1::AttentionMode m) {
 }
 
 absl::Status Invalid(const std::string& what) { return absl::InvalidArgumentError(what); }
+
+// One layer's attention on the GPU while it works (a failure is kept in *gpu_error and every
+// later step of the request runs on the CPU), else on the CPU.
+template <typename GpuStep, typename CpuStep>
+gpu::DecodeResult GpuOrCpu(bool use_gpu, std::string* gpu_error, GpuStep on_gpu,
+                           CpuStep on_cpu) {
+  if (use_gpu && gpu_error->empty()) {
+    gpu::DecodeResult r = on_gpu(gpu_error);
+    if (gpu_error->empty() && !r.out.empty()) return r;
+    if (gpu_error->empty()) *gpu_error = "no output";
+    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", *gpu_error);
+  }
+  return on_cpu();
+}
 
 }  // namespace
 
@@ -539,36 +566,6 @@ absl::Status Worker::FillFromPool(const std::string& tenant, const std::string& 
   return fetched;
 }
 
-gpu::DecodeResult Worker::RunGqa(const gpu::PagedKv& kv, const gpu::DecodeRequest& req,
-                                 std::string* gpu_error) const {
-#ifdef KVTIER_HAVE_CUDA_KERNELS
-  if (use_gpu_ && gpu_error->empty()) {
-    gpu::DecodeResult r = gpu::cuda::Decode(kv, req, gpu_error);
-    if (gpu_error->empty() && !r.out.empty()) return r;
-    if (gpu_error->empty()) *gpu_error = "no output";
-    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", *gpu_error);
-  }
-#else
-  (void)gpu_error;
-#endif
-  return gpu::CpuDecode(kv, req, options_.threads);
-}
-
-gpu::DecodeResult Worker::RunMla(const gpu::MlaPagedKv& kv, const gpu::MlaRequest& req,
-                                 std::string* gpu_error) const {
-#ifdef KVTIER_HAVE_CUDA_KERNELS
-  if (use_gpu_ && gpu_error->empty()) {
-    gpu::DecodeResult r = gpu::cuda::MlaDecode(kv, req, gpu_error);
-    if (gpu_error->empty() && !r.out.empty()) return r;
-    if (gpu_error->empty()) *gpu_error = "no output";
-    spdlog::warn("worker: GPU attention failed ({}); computing on the CPU", *gpu_error);
-  }
-#else
-  (void)gpu_error;
-#endif
-  return gpu::CpuMlaDecode(kv, req, options_.threads);
-}
-
 absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
                              v1::SequenceOutput* out, std::string* gpu_error) const {
   const KvLayout& layout = step.layout;
@@ -595,7 +592,9 @@ absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Pl
                                 .q_latent = q.q().data(),
                                 .q_rope = q.q_rope().data(),
                                 .scale = step.scale};
-      r = RunMla(kv, req, gpu_error);
+      r = GpuOrCpu(
+          use_gpu_, gpu_error, [&](std::string* e) { return gpu::cuda::MlaDecode(kv, req, e); },
+          [&] { return gpu::CpuMlaDecode(kv, req, options_.threads); });
     } else {
       const gpu::PagedKv kv{.shape = {.layers = 1,
                                       .kv_heads = static_cast<int>(layout.kv_heads),
@@ -617,7 +616,9 @@ absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Pl
                                    .profile = step.sparse ? &layer_profile : nullptr};
       const std::string bad = gpu::ValidateDecode(kv, req);
       if (!bad.empty()) return absl::InternalError("worker: " + bad);
-      r = RunGqa(kv, req, gpu_error);
+      r = GpuOrCpu(
+          use_gpu_, gpu_error, [&](std::string* e) { return gpu::cuda::Decode(kv, req, e); },
+          [&] { return gpu::CpuDecode(kv, req, options_.threads); });
     }
     v1::LayerOutput* lo = out->add_layers();
     lo->set_layer(plan.layers[i]);

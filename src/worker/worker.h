@@ -92,12 +92,6 @@ class Worker {
                             v1::DecodeStats* stats);
   absl::Status Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
                        v1::SequenceOutput* out, std::string* gpu_error) const;
-  // One layer's attention on the GPU where there is one (until a GPU step fails: *gpu_error),
-  // else on the CPU.
-  gpu::DecodeResult RunGqa(const gpu::PagedKv& kv, const gpu::DecodeRequest& req,
-                           std::string* gpu_error) const;
-  gpu::DecodeResult RunMla(const gpu::MlaPagedKv& kv, const gpu::MlaRequest& req,
-                           std::string* gpu_error) const;
 
   // Decode after the mode is settled (reported in metrics even when the request fails).
   absl::Status DecodeChecked(const v1::DecodeRequest& request, const std::string& bearer_token,
