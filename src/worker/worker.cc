@@ -213,31 +213,19 @@ CacheClient* Worker::ClientFor(const std::string& node, const std::string& tenan
   return c.get();
 }
 
-absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, size_t sequence,
-                           Plan& plan, v1::DecodeStats* stats) {
+absl::StatusOr<std::vector<Worker::Segment>> Worker::Locate(
+    const std::string& tenant, const std::string& token, size_t sequence, const Plan& plan,
+    absl::FunctionRef<bool(size_t)> needs_fetch) {
   const size_t n = plan.keys.size();
-  const size_t per_block = plan.layers.size();
-  auto block_needs_fetch = [&](size_t b) {
-    for (size_t i = 0; i < per_block; ++i) {
-      if (!plan.claims[b * per_block + i].fetch.empty()) return true;
-    }
-    return false;
-  };
-  // Which node serves each block to fetch: runs of consecutive blocks, each from the node that
-  // holds the longest run starting there (the router's order breaks ties).
-  struct Segment {
-    std::string node;
-    size_t begin, end;
-  };
   std::vector<Segment> segments;
   std::vector<std::string> order;
   for (size_t p = 0; p < n;) {
-    if (!block_needs_fetch(p)) {
+    if (!needs_fetch(p)) {
       ++p;
       continue;
     }
     size_t run_end = p;
-    while (run_end < n && block_needs_fetch(run_end)) ++run_end;
+    while (run_end < n && needs_fetch(run_end)) ++run_end;
     if (order.empty()) {
       auto nodes = NodesFor(plan.keys);
       if (!nodes.ok()) return nodes.status();
@@ -274,6 +262,21 @@ absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, 
       p += best;
     }
   }
+  return segments;
+}
+
+absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, size_t sequence,
+                           Plan& plan, v1::DecodeStats* stats) {
+  const size_t per_block = plan.layers.size();
+  auto block_needs_fetch = [&](size_t b) {
+    for (size_t i = 0; i < per_block; ++i) {
+      if (!plan.claims[b * per_block + i].fetch.empty()) return true;
+    }
+    return false;
+  };
+  auto located = Locate(tenant, token, sequence, plan, block_needs_fetch);
+  if (!located.ok()) return located.status();
+  const std::vector<Segment>& segments = *located;
   if (segments.empty()) return absl::OkStatus();
 
   // The reads of each node, in batches of at most read_batch_bytes of whole blocks (a lease

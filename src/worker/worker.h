@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "client/cache_client.h"
 #include "client/router_client.h"
@@ -100,6 +101,17 @@ class Worker {
   absl::StatusOr<std::vector<std::string>> NodesFor(std::span<const BlockKey> keys);
   CacheClient* ClientFor(const std::string& node, const std::string& tenant,
                          const std::string& token);
+  // Blocks [begin, end) of a sequence, to be read from `node`.
+  struct Segment {
+    std::string node;
+    size_t begin, end;
+  };
+  // Which node serves each block that needs fetching: runs of consecutive blocks, each from the
+  // node holding the longest run from there (asked with Lookup, in the router's order). NOT_FOUND
+  // names the first block no node holds.
+  absl::StatusOr<std::vector<Segment>> Locate(const std::string& tenant, const std::string& token,
+                                              size_t sequence, const Plan& plan,
+                                              absl::FunctionRef<bool(size_t)> needs_fetch);
   // Fills the claimed slices of plan (one sequence) from the daemons.
   absl::Status Fetch(const std::string& tenant, const std::string& token, size_t sequence,
                      Plan& plan, v1::DecodeStats* stats);
