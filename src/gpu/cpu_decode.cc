@@ -93,7 +93,7 @@ KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& r
   const int d = s.head_dim, bt = s.block_tokens;
   const int group = req.q_heads / s.kv_heads;
   const bool recall = req.profile == nullptr || req.profile->IsRecall(req.layer, kvh);
-  std::vector<float> k(size_t(bt) * d), v(size_t(bt) * d), scores(bt);
+  std::vector<float> k(size_t(bt) * d), v(size_t(bt) * d), scores(size_t(group) * bt);
   std::vector<float> m(group, -std::numeric_limits<float>::infinity()), l(group, 0.0f);
   std::vector<float> acc(size_t(group) * d, 0.0f);
   Range ranges[2];
@@ -108,17 +108,43 @@ KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& r
               s.dtype, k.data());
       ToFloat(base, s.SliceOffset(req.layer, 1, kvh) + size_t(first) * d, size_t(count) * d,
               s.dtype, v.data());
-      for (int g = 0; g < group; ++g) {
-        const float* q = req.q + size_t(kvh * group + g) * d;
-        float block_max = -std::numeric_limits<float>::infinity();
+      // Scores of every query head of the group: four heads at a time share each key load.
+      const float* q0 = req.q + size_t(kvh) * group * d;
+      int g = 0;
+      for (; g + 4 <= group; g += 4) {
+        const float *qa = q0 + size_t(g) * d, *qb = qa + d, *qc = qb + d, *qd = qc + d;
+        for (int j = 0; j < count; ++j) {
+          const float* kj = k.data() + size_t(j) * d;
+          float da = 0, db = 0, dc = 0, dd = 0;
+#pragma omp simd reduction(+ : da, db, dc, dd)
+          for (int i = 0; i < d; ++i) {
+            const float x = kj[i];
+            da += qa[i] * x;
+            db += qb[i] * x;
+            dc += qc[i] * x;
+            dd += qd[i] * x;
+          }
+          scores[size_t(g) * bt + j] = da * req.scale;
+          scores[size_t(g + 1) * bt + j] = db * req.scale;
+          scores[size_t(g + 2) * bt + j] = dc * req.scale;
+          scores[size_t(g + 3) * bt + j] = dd * req.scale;
+        }
+      }
+      for (; g < group; ++g) {
+        const float* q = q0 + size_t(g) * d;
         for (int j = 0; j < count; ++j) {
           const float* kj = k.data() + size_t(j) * d;
           float dot = 0;
 #pragma omp simd reduction(+ : dot)
           for (int i = 0; i < d; ++i) dot += q[i] * kj[i];
-          scores[j] = dot * req.scale;
-          block_max = std::max(block_max, scores[j]);
+          scores[size_t(g) * bt + j] = dot * req.scale;
         }
+      }
+      // Online softmax per head: rescale what came before, turn scores into weights.
+      for (g = 0; g < group; ++g) {
+        float* sg = scores.data() + size_t(g) * bt;
+        float block_max = -std::numeric_limits<float>::infinity();
+        for (int j = 0; j < count; ++j) block_max = std::max(block_max, sg[j]);
         const float new_m = std::max(m[g], block_max);
         const float correction = FastExp(m[g] - new_m);  // ~0 on the first block
         float* a = acc.data() + size_t(g) * d;
@@ -127,17 +153,38 @@ KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& r
         float weights = 0;
 #pragma omp simd reduction(+ : weights)
         for (int j = 0; j < count; ++j) {
-          scores[j] = FastExp(scores[j] - new_m);  // now the token's weight
-          weights += scores[j];
+          sg[j] = FastExp(sg[j] - new_m);  // now the token's weight
+          weights += sg[j];
         }
         l[g] = l[g] * correction + weights;
+        m[g] = new_m;
+      }
+      // Weighted values, four heads at a time sharing each value load.
+      for (g = 0; g + 4 <= group; g += 4) {
+        float *aa = acc.data() + size_t(g) * d, *ab = aa + d, *ac = ab + d, *ad = ac + d;
+        const float* sg = scores.data() + size_t(g) * bt;
         for (int j = 0; j < count; ++j) {
-          const float w = scores[j];
+          const float wa = sg[j], wb = sg[bt + j], wc = sg[2 * bt + j], wd = sg[3 * bt + j];
+          const float* vj = v.data() + size_t(j) * d;
+#pragma omp simd
+          for (int i = 0; i < d; ++i) {
+            const float x = vj[i];
+            aa[i] += wa * x;
+            ab[i] += wb * x;
+            ac[i] += wc * x;
+            ad[i] += wd * x;
+          }
+        }
+      }
+      for (; g < group; ++g) {
+        float* a = acc.data() + size_t(g) * d;
+        const float* sg = scores.data() + size_t(g) * bt;
+        for (int j = 0; j < count; ++j) {
+          const float w = sg[j];
           const float* vj = v.data() + size_t(j) * d;
 #pragma omp simd
           for (int i = 0; i < d; ++i) a[i] += w * vj[i];
         }
-        m[g] = new_m;
       }
       t0 += count;
     }
