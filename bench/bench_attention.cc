@@ -130,8 +130,8 @@ int RunCuda(bool quick) {
   const std::vector<float> q = Normal(size_t(kQHeads) * kShape.head_dim, 1, 3);
   const gpu::HeadProfile sparse = SparseProfile();
   std::printf("GQA decode, 32 q heads / 8 KV heads / head_dim 128, bf16, 4 layers a step:\n");
-  std::printf("%-6s | %10s %8s %8s | %10s %8s | %10s\n", "tokens", "dense ms", "GB/s", "vs copy",
-              "sparse ms", "speedup", "vs CPU");
+  std::printf("%-6s %8s | %10s %8s %8s | %10s %8s | %10s\n", "tokens", "MiB", "dense ms", "GB/s",
+              "vs copy", "sparse ms", "speedup", "vs CPU");
   for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
     const int blocks = tokens / kShape.block_tokens;
     const Pool pool = MakePool(kShape.BlockBytes(), blocks, tokens);
@@ -167,8 +167,9 @@ int RunCuda(bool quick) {
                        .scale = 1.0f / std::sqrt(128.0f)};
     const double diff = MaxRelDiff(device->Decode(req0, nullptr, &error), gpu::CpuDecode(kv, req0));
     const double gbps = double(kShape.BlockBytes()) * blocks / (dense_ms / 1e3) / 1e9;
-    std::printf("%-6s | %10.3f %8.1f %8.2f | %10.3f %8.2f | %10.1e\n",
-                (std::to_string(tokens >> 10) + "k").c_str(), dense_ms, gbps, gbps / copy,
+    std::printf("%-6s %8.0f | %10.3f %8.1f %8.2f | %10.3f %8.2f | %10.1e\n",
+                (std::to_string(tokens >> 10) + "k").c_str(),
+                double(kShape.BlockBytes()) * blocks / 1048576, dense_ms, gbps, gbps / copy,
                 sparse_ms, dense_ms / sparse_ms, diff);
     const std::string k = std::to_string(tokens >> 10) + "k";
     result.Add("dense_gbps_" + k, gbps);
@@ -181,7 +182,8 @@ int RunCuda(bool quick) {
   const std::vector<float> ql = Normal(size_t(kMlaHeads) * 512, 0.1f, 4);
   const std::vector<float> qr = Normal(size_t(kMlaHeads) * 64, 0.1f, 5);
   std::printf("\nMLA decode, 128 heads, latent 512 + rope 64, bf16:\n");
-  std::printf("%-6s | %10s %8s %8s | %10s\n", "tokens", "ms", "GB/s", "vs copy", "vs CPU");
+  std::printf("%-6s %8s | %10s %8s %8s | %10s\n", "tokens", "MiB", "ms", "GB/s", "vs copy",
+              "vs CPU");
   for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
     const int blocks = tokens / kMla.block_tokens;
     const Pool pool = MakePool(kMla.BlockBytes(), blocks, tokens + 1);
@@ -207,8 +209,9 @@ int RunCuda(bool quick) {
                                                           gpu::CpuMlaDecode(kv, req))
                                             : 0;
     const double gbps = double(kMla.BlockBytes()) * blocks / (ms / 1e3) / 1e9;
-    std::printf("%-6s | %10.3f %8.1f %8.2f | %10.1e\n",
-                (std::to_string(tokens >> 10) + "k").c_str(), ms, gbps, gbps / copy, diff);
+    std::printf("%-6s %8.0f | %10.3f %8.1f %8.2f | %10.1e\n",
+                (std::to_string(tokens >> 10) + "k").c_str(),
+                double(kMla.BlockBytes()) * blocks / 1048576, ms, gbps, gbps / copy, diff);
     result.Add("mla_gbps_" + std::to_string(tokens >> 10) + "k", gbps);
     result.Add("mla_vs_copy_" + std::to_string(tokens >> 10) + "k", gbps / copy);
     if (tokens == (4 << 10)) result.Add("mla_max_rel_diff_vs_cpu_4k", diff);
@@ -261,8 +264,8 @@ int Main(int argc, char** argv) {
   const std::vector<float> q = Normal(size_t(q_heads) * shape.head_dim, 1, 3);
   const gpu::HeadProfile sparse = SparseProfile();
   std::printf("GQA decode, 32 q heads / 8 KV heads / head_dim 128, bf16, 4 layers a step:\n");
-  std::printf("%-6s | %10s %8s %8s | %10s %8s | %10s %8s\n", "tokens", "dense ms", "GB/s",
-              "vs copy", "ref ms", "fast/ref", "sparse ms", "speedup");
+  std::printf("%-6s %8s | %10s %8s %8s | %10s %8s | %10s %8s\n", "tokens", "MiB", "dense ms",
+              "GB/s", "vs copy", "ref ms", "fast/ref", "sparse ms", "speedup");
   double copy_gbps = 0;
   for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
     const int blocks = tokens / shape.block_tokens;
@@ -299,8 +302,9 @@ int Main(int argc, char** argv) {
               shape.layers;
     }
     const double gbps = bytes / dense_s / 1e9;
-    std::printf("%-6s | %10.2f %8.2f %8.2f | %10s %8s | %10.2f %8.2f\n",
-                (std::to_string(tokens >> 10) + "k").c_str(), dense_s * 1e3, gbps, gbps / copy,
+    std::printf("%-6s %8.0f | %10.2f %8.2f %8.2f | %10s %8s | %10.2f %8.2f\n",
+                (std::to_string(tokens >> 10) + "k").c_str(), bytes / 1048576, dense_s * 1e3,
+                gbps, gbps / copy,
                 ref_s > 0 ? std::to_string(ref_s * 1e3).substr(0, 8).c_str() : "-",
                 ref_s > 0 ? std::to_string(ref_s / dense_s).substr(0, 5).c_str() : "-",
                 sparse_s * 1e3, dense_s / sparse_s);
@@ -319,7 +323,8 @@ int Main(int argc, char** argv) {
   const std::vector<float> ql = Normal(size_t(heads) * 512, 0.1f, 4);
   const std::vector<float> qr = Normal(size_t(heads) * 64, 0.1f, 5);
   std::printf("\nMLA decode, 128 heads, latent 512 + rope 64, bf16:\n");
-  std::printf("%-6s | %10s %8s | %10s %8s\n", "tokens", "fast ms", "GB/s", "ref ms", "fast/ref");
+  std::printf("%-6s %8s | %10s %8s | %10s %8s\n", "tokens", "MiB", "fast ms", "GB/s", "ref ms",
+              "fast/ref");
   for (int tokens : {4 << 10, 32 << 10, 128 << 10}) {
     if (quick && tokens > (32 << 10)) break;
     const int blocks = tokens / mla.block_tokens;
@@ -331,8 +336,9 @@ int Main(int argc, char** argv) {
     double ref_s = 0;
     if (tokens == (4 << 10)) ref_s = Time(1, [&] { (void)gpu::ReferenceMlaDecode(kv, req); });
     const double gbps = double(mla.BlockBytes()) * blocks / fast_s / 1e9;
-    std::printf("%-6s | %10.2f %8.3f | %10s %8s\n", (std::to_string(tokens >> 10) + "k").c_str(),
-                fast_s * 1e3, gbps,
+    std::printf("%-6s %8.0f | %10.2f %8.3f | %10s %8s\n",
+                (std::to_string(tokens >> 10) + "k").c_str(),
+                double(mla.BlockBytes()) * blocks / 1048576, fast_s * 1e3, gbps,
                 ref_s > 0 ? std::to_string(ref_s * 1e3).substr(0, 8).c_str() : "-",
                 ref_s > 0 ? std::to_string(ref_s / fast_s).substr(0, 5).c_str() : "-");
     result.Add("mla_gbps_" + std::to_string(tokens >> 10) + "k", gbps);

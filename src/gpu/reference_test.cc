@@ -274,8 +274,10 @@ TEST(CpuDecode, MatchesTheReferenceOnAwkwardShapesAndProfiles) {
     const Context c = MakeContext(shape, k.tokens, k.group, seed++);
     HeadProfile local{.sink = 4, .window = 64, .recall = {{true, false}, {false, true}}};
     HeadProfile all_local{.sink = 4, .window = 64, .recall = {{false, false}, {false, false}}};
+    HeadProfile all_recall{.sink = 4, .window = 64, .recall = {{true, true}, {true, true}}};
+    HeadProfile wide{.sink = 2, .window = 1 << 20, .recall = {{false, false}, {false, false}}};
     for (const HeadProfile* profile :
-         std::vector<const HeadProfile*>{nullptr, &local, &all_local}) {
+         std::vector<const HeadProfile*>{nullptr, &local, &all_local, &all_recall, &wide}) {
       for (int threads : {1, 2, 5}) {
         const std::string what = "tokens " + std::to_string(k.tokens) + " block " +
                                  std::to_string(k.block_tokens) + " group " +
