@@ -40,6 +40,8 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kMembersMaxAge = std::chrono::seconds(1);
 // Rounds of waiting for slices another request was fetching (and fetching them if it failed).
 constexpr int kClaimRounds = 3;
+// Daemon clients kept (one per node, tenant and token).
+constexpr size_t kMaxClients = 1024;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -193,24 +195,28 @@ absl::StatusOr<std::vector<std::string>> Worker::NodesFor(std::span<const BlockK
   return route->nodes;
 }
 
-CacheClient* Worker::ClientFor(const std::string& node, const std::string& tenant,
-                               const std::string& token) {
+std::shared_ptr<CacheClient> Worker::ClientFor(const std::string& node, const std::string& tenant,
+                                               const std::string& token) {
   const std::string id = absl::StrCat(node, "\n", tenant, "\n", token);
   MutexLock lock(&mu_);
-  auto& c = clients_[id];
-  if (c == nullptr) {
-    ClientOptions o;
-    o.address = node;
-    o.tenant = tenant;
-    o.bearer_token = token;
-    o.deadline_ms = options_.fetch_deadline_ms;
-    o.max_attempts = 2;  // a node that is gone costs one retry, then the next node is asked
-    o.use_ucx = options_.use_ucx;
-    auto made = CacheClient::Create(o);
-    if (!made.ok()) return nullptr;  // cannot happen: address and tenant are set
-    c = std::move(*made);
-  }
-  return c.get();
+  auto it = clients_.find(id);
+  if (it != clients_.end()) return it->second;
+  // One client (and connection) per node, tenant and token: bounded, so that callers sending
+  // many different tokens cannot pile up connections. A client dropped here lives on in the
+  // requests using it.
+  if (clients_.size() >= kMaxClients) clients_.erase(clients_.begin());
+  ClientOptions o;
+  o.address = node;
+  o.tenant = tenant;
+  o.bearer_token = token;
+  o.deadline_ms = options_.fetch_deadline_ms;
+  o.max_attempts = 2;  // a node that is gone costs one retry, then the next node is asked
+  o.use_ucx = options_.use_ucx;
+  auto made = CacheClient::Create(o);
+  if (!made.ok()) return nullptr;  // an empty address or tenant, which callers rule out
+  std::shared_ptr<CacheClient> c = std::move(*made);
+  clients_.emplace(id, c);
+  return c;
 }
 
 absl::StatusOr<std::vector<Worker::Segment>> Worker::Locate(
@@ -235,7 +241,8 @@ absl::StatusOr<std::vector<Worker::Segment>> Worker::Locate(
       size_t best = 0;
       std::string holder;
       for (const std::string& node : order) {
-        CacheClient* c = ClientFor(node, tenant, token);
+        std::shared_ptr<CacheClient> c = ClientFor(node, tenant, token);
+        if (c == nullptr) return absl::InvalidArgumentError("worker: empty node address");
         auto found = c->Lookup(std::span(plan.keys).subspan(p, run_end - p));
         if (!found.ok()) {
           if (found.status().code() == absl::StatusCode::kUnavailable ||
@@ -332,6 +339,10 @@ absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, 
   size_t k = 0;
   for (auto& [node, list] : by_node) {
     auto run = [&, list = &list, out = &outcomes[k], c = ClientFor(node, tenant, token)] {
+      if (c == nullptr) {
+        out->status = absl::InvalidArgumentError("worker: empty node address");
+        return;
+      }
       for (Batch* b : *list) {
         bool over_ucx = false;
         out->status = c->ReadRanges(b->reads, &over_ucx);

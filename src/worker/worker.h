@@ -99,8 +99,8 @@ class Worker {
                              v1::AttentionMode* mode, v1::DecodeResponse* response);
   // The kvtierd nodes to ask for `keys`, best first.
   absl::StatusOr<std::vector<std::string>> NodesFor(std::span<const BlockKey> keys);
-  CacheClient* ClientFor(const std::string& node, const std::string& tenant,
-                         const std::string& token);
+  std::shared_ptr<CacheClient> ClientFor(const std::string& node, const std::string& tenant,
+                                         const std::string& token);
   // Blocks [begin, end) of a sequence, to be read from `node`.
   struct Segment {
     std::string node;
@@ -121,7 +121,7 @@ class Worker {
   std::unique_ptr<RouterClient> router_;
   Mutex mu_;
   std::chrono::steady_clock::time_point members_at_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, std::unique_ptr<CacheClient>> clients_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<CacheClient>> clients_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Metrics> metrics_;
   bool use_gpu_ = false;
   std::string device_name_;
