@@ -119,6 +119,7 @@ TEST_P(TransferTest, WholeBlocksAndRangesArriveByteForByte) {
   st = c->transfer_stats();
   EXPECT_EQ(st.ucx_bytes, 16 * kBlockBytes + 16 * layers * slice);
   EXPECT_EQ(st.grpc_bytes, 0u);
+  EXPECT_EQ(st.verified_reads, 1u) << "ranges (no checksums) are confirmed by generation";
 
   // Bad ranges and missing blocks are errors, never short reads.
   std::vector<uint8_t> two(2);
@@ -126,6 +127,29 @@ TEST_P(TransferTest, WholeBlocksAndRangesArriveByteForByte) {
   EXPECT_EQ(c->ReadRanges(past).code(), absl::StatusCode::kOutOfRange);
   const RangeRead missing[] = {{BlockKey{99, 99}, 0, two}};
   EXPECT_EQ(c->ReadRanges(missing).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(TransferTest, TheDaemonConfirmsLeasedBlocksStayedPutEvenAfterTheLeaseEnded) {
+  auto c = Client();
+  PutBlocks(*c, 3, 4);
+  std::vector<BlockKey> keys;
+  for (uint64_t i = 0; i < 4; ++i) keys.push_back(BlockKey{3, i});
+  auto lease = c->Lease(keys, /*ttl_ms=*/20);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the lease ends
+  auto unchanged = c->ReleaseVerified(*lease);
+  ASSERT_TRUE(unchanged.ok()) << unchanged.status();
+  EXPECT_TRUE(*unchanged) << "nothing moved: reads made under the lease read the blocks";
+  auto deleted = c->Delete(std::span(keys).first(1));
+  ASSERT_TRUE(deleted.ok());
+  ASSERT_EQ(*deleted, 1u);
+  unchanged = c->ReleaseVerified(*lease);
+  ASSERT_TRUE(unchanged.ok()) << unchanged.status();
+  EXPECT_FALSE(*unchanged) << "block 0 is gone";
+  PutBlocks(*c, 3, 1);  // stored again: a new placement, whatever its address
+  unchanged = c->ReleaseVerified(*lease);
+  ASSERT_TRUE(unchanged.ok());
+  EXPECT_FALSE(*unchanged);
 }
 
 TEST_P(TransferTest, ReadsUnderLeasesTooShortAreRedone) {

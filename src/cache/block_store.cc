@@ -115,6 +115,9 @@ struct BlockStore::Impl {
 
   // ---- entry pool: handle -> Entry, stable addresses ------------------------------------------
   Entry& E(uint32_t h) const { return chunks[h / kChunkEntries][h % kChunkEntries]; }
+  // Every placement of a block (stored, moved, promoted) gets a generation no placement had
+  // before, so a block seen at the same place with the same generation never left it.
+  uint32_t NewGeneration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return next_generation++; }
   uint32_t AllocEntry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (free_entries.empty()) {
       if (num_chunks == kMaxChunks) return kNone;
@@ -374,7 +377,7 @@ struct BlockStore::Impl {
     if (e.pins != 0) return false;
     e.tier = t;
     e.location = location;
-    ++e.generation;
+    e.generation = NewGeneration();
     return true;
   }
   // Moves an unpinned victim one tier down, or out of the store.
@@ -675,6 +678,7 @@ struct BlockStore::Impl {
   double write_tokens ABSL_GUARDED_BY(mu) = 0;
   int64_t tokens_at_us ABSL_GUARDED_BY(mu) = 0;
   absl::flat_hash_map<uint64_t, LeaseRecord> leases ABSL_GUARDED_BY(mu);
+  uint32_t next_generation ABSL_GUARDED_BY(mu) = 1;
   std::priority_queue<std::pair<int64_t, uint64_t>, std::vector<std::pair<int64_t, uint64_t>>,
                       std::greater<>>
       lease_expiry ABSL_GUARDED_BY(mu);
@@ -748,6 +752,7 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
       e.size = meta.size;
       e.tier = Tier::kNvme;
       e.flags = kOnNvme;
+      e.generation = s.NewGeneration();
       e.state = State::kCommitted;
       Impl::Shard& shard = s.ShardOf(key);
       MutexLock sl(&shard.mu);
@@ -831,6 +836,7 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   e.size = static_cast<uint32_t>(size);
   e.tier = tier;
   e.location = *loc;
+  e.generation = s.NewGeneration();
   e.state = State::kReserved;
   e.pins = 1;  // the writer's
   {
@@ -1020,7 +1026,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
         // Other readers may still be reading the NVMe copy, which stays valid.
         e.tier = Tier::kHost;
         e.location = *promote_to;
-        ++e.generation;
+        e.generation = s.NewGeneration();
       }
       ++s.stats.promotions;
       s.OnTierChanged(h, Tier::kNvme);
@@ -1238,7 +1244,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
         // Readers that pinned the NVMe copy before may still read it; it stays valid.
         e.tier = Tier::kHost;
         e.location = p.location;
-        ++e.generation;
+        e.generation = s.NewGeneration();
       }
       ++s.stats.promotions;
       s.OnTierChanged(p.handle, Tier::kNvme);
@@ -1281,6 +1287,22 @@ absl::Status BlockStore::Release(uint64_t lease_id) {
   }
   s.EndLease(it);
   return absl::OkStatus();
+}
+
+size_t BlockStore::FirstChanged(std::span<const BlockInfo> seen) const {
+  Impl& s = *impl_;
+  for (size_t i = 0; i < seen.size(); ++i) {
+    Impl::Shard& shard = s.ShardOf(seen[i].key);
+    MutexLock l(&shard.mu);
+    const uint32_t h = s.FindLocked(shard, seen[i].key);
+    if (h == kNone) return i;
+    const Entry& e = s.E(h);
+    if (e.state != State::kCommitted || e.tier != seen[i].tier ||
+        e.location != seen[i].location || e.generation != seen[i].generation) {
+      return i;
+    }
+  }
+  return seen.size();
 }
 
 size_t BlockStore::ExpireLeases() {

@@ -57,7 +57,8 @@ struct BlockInfo {
   uint64_t checksum = 0;
   // Byte offset in the host arena (host tier) or the HBM arena (HBM tier).
   uint64_t location = 0;
-  // Changes whenever the block's location changes; lets a remote reader detect reuse.
+  // Unique to this placement of the block: a new one whenever it is stored, moved or promoted,
+  // so a remote reader can tell that a place was reused (see FirstChanged).
   uint32_t generation = 0;
 };
 
@@ -160,6 +161,11 @@ class BlockStore {
   absl::StatusOr<LeaseGrant> Lease(std::span<const BlockKey> keys, int64_t ttl_us = 0);
   // NOT_FOUND if the lease is unknown or already expired.
   absl::Status Release(uint64_t lease_id);
+  // For blocks as a lease (or Stat) saw them: the index of the first that is no longer in the
+  // same tier and place with the same generation (moved, evicted, dropped, stored again), or
+  // seen.size() when none changed. A block that never left its place kept its bytes there, so
+  // reads of it made meanwhile, under a lease or not, read the block.
+  size_t FirstChanged(std::span<const BlockInfo> seen) const;
   // Ends leases whose TTL has passed; returns how many. Also runs on every put and lease.
   size_t ExpireLeases();
 

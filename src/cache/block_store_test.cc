@@ -523,6 +523,36 @@ TEST(BlockStoreLeases, LeasedBlocksAreNeverEvictedAndLeasesExpire) {
   EXPECT_EQ(s->Release(lease->id).code(), absl::StatusCode::kNotFound);
 }
 
+TEST(BlockStoreLeases, GenerationsTellWhetherALeasedBlockStayedPut) {
+  // Every placement gets a new generation: a block seen unchanged after its lease ended never
+  // left its place; one dropped, stored again (even at the same place) or moved is caught.
+  ManualClock clock;
+  StoreOptions o = SmallOptions(2);
+  o.clock = &clock;
+  o.lease_ttl_us = 1'000'000;
+  o.max_leased_bytes = o.host_bytes;
+  auto s = OpenOrDie(o);
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  ASSERT_TRUE(PutN(*s, 2).ok());
+  const BlockKey keys[] = {TestKey(1), TestKey(2)};
+  auto lease = s->Lease(keys);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_NE(lease->blocks[0].generation, lease->blocks[1].generation);
+  clock.AdvanceSeconds(2);
+  EXPECT_EQ(s->ExpireLeases(), 1u);
+  EXPECT_EQ(s->FirstChanged(lease->blocks), 2u) << "expired, but nothing moved";
+
+  ASSERT_TRUE(s->Delete(TestKey(2)).ok());
+  EXPECT_EQ(s->FirstChanged(lease->blocks), 1u) << "block 2 is gone";
+  ASSERT_TRUE(PutN(*s, 2).ok());  // back, most likely in the same place
+  auto again = s->Stat(TestKey(2));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->location, lease->blocks[1].location);
+  EXPECT_EQ(s->FirstChanged(lease->blocks), 1u) << "stored again: a new generation";
+  ASSERT_TRUE(PutN(*s, 3).ok());  // evicts block 1 (no NVMe tier)
+  EXPECT_EQ(s->FirstChanged(std::span(lease->blocks).first(1)), 0u);
+}
+
 TEST(BlockStoreLeases, ReleaseAndCap) {
   StoreOptions o = SmallOptions(8);
   o.max_leased_bytes = 3 * kBlock;

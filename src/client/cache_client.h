@@ -82,6 +82,8 @@ struct TransferStats {
   uint64_t lease_retries = 0;  // reads redone under a new lease (expiry race or bad checksum)
   uint64_t ucx_fallbacks = 0;  // reads that went to gRPC because UCX could not serve them
   uint64_t ucx_connects = 0;   // UCX connections made (reconnects included)
+  uint64_t verified_reads = 0; // UCX reads the daemon confirmed by generation (byte ranges, or
+                               // reads that outlived their lease)
 };
 
 // A block to store: its key, its parent's key (zero for the first block of a chain), its bytes.
@@ -136,6 +138,10 @@ class CacheClient {
   absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms = 0);
   // `bytes_read` is reported to the daemon's metrics.
   absl::Status Release(uint64_t lease_id, uint64_t bytes_read = 0);
+  // Releases `lease` (if it is still held) and asks whether every leased block is still where the
+  // lease found it, with the same generation: true proves that reads of the blocks made since
+  // the lease were of their bytes, even if the lease ended meanwhile.
+  absl::StatusOr<bool> ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read = 0);
 
   // Registers a buffer that reads will land in, once, so UCX reads into it need no per-read
   // registration (done when the data plane connects; a no-op without one). The buffer must

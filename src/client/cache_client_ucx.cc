@@ -105,6 +105,26 @@ absl::Status CacheClient::Release(uint64_t lease_id, uint64_t bytes_read) {
   });
 }
 
+absl::StatusOr<bool> CacheClient::ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read) {
+  v1::ReleaseRequest req;
+  req.set_tenant(options_.tenant);
+  req.set_lease_id(lease.id);
+  req.set_bytes_read(bytes_read);
+  std::vector<BlockKey> keys;
+  keys.reserve(lease.blocks.size());
+  for (const LeasedBlock& b : lease.blocks) {
+    keys.push_back(b.key);
+    req.add_addresses(b.offset);
+    req.add_generations(b.generation);
+  }
+  req.set_packed_keys(PackKeys(keys));
+  v1::ReleaseResponse res;
+  absl::Status st = WithRetries(
+      options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Release(ctx, req, &res); });
+  if (!st.ok()) return st;
+  return res.unchanged();
+}
+
 void CacheClient::RegisterBuffer(std::span<uint8_t> buffer) {
   MutexLock lock(&ucx_->mu);
   ucx_->buffers.push_back(buffer);
@@ -119,7 +139,8 @@ TransferStats CacheClient::transfer_stats() const {
           .leases = ucx_->leases.load(),
           .lease_retries = ucx_->lease_retries.load(),
           .ucx_fallbacks = ucx_->ucx_fallbacks.load(),
-          .ucx_connects = ucx_->ucx_connects.load()};
+          .ucx_connects = ucx_->ucx_connects.load(),
+          .verified_reads = ucx_->verified_reads.load()};
 }
 
 absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan) {
@@ -223,9 +244,10 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     }
     absl::Status st =
         u.reader->Read(ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
-    bool verified = true;
+    bool verified = true, all_whole = true;
     for (size_t i = 0; i < ops.size() && st.ok() && verified; ++i) {
       const LeasedBlock& b = lease->blocks[(*reads)[i].block];
+      all_whole = all_whole && ops[i].checksum != nullptr;
       if (ops[i].checksum != nullptr && sums[i] != b.checksum) {
         verified = false;
         last = absl::DataLossError(
@@ -240,15 +262,31 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       u.ucx_fallbacks.fetch_add(1);
       return false;
     }
-    release(bytes);
-    if (verified && in_time) {
+    if (!verified) {
+      release(bytes);
+      u.lease_retries.fetch_add(1);
+      continue;
+    }
+    if (all_whole && in_time) {
+      // Whole blocks read while the lease held them are proven by their checksums.
+      release(bytes);
       u.ucx_bytes.fetch_add(bytes);
       return true;
     }
-    if (!in_time) {
-      // Whatever the checksum said: bytes read after the lease ended prove nothing.
-      last = absl::DeadlineExceededError("ucx: the lease ended before the read did");
+    // Byte ranges carry no checksum, and a read that may have outlived its lease proves
+    // nothing by itself: the daemon confirms that every block stayed where the lease found it,
+    // with the same generation, so the bytes read were the blocks'.
+    auto unchanged = ReleaseVerified(*lease, bytes);
+    if (!unchanged.ok()) {
+      u.ucx_fallbacks.fetch_add(1);
+      return false;  // the daemon is not answering: gRPC serves this read, or reports why not
     }
+    if (*unchanged) {
+      u.ucx_bytes.fetch_add(bytes);
+      u.verified_reads.fetch_add(1);
+      return true;
+    }
+    last = absl::DeadlineExceededError("ucx: a block moved before the read was verified");
     u.lease_retries.fetch_add(1);
   }
   // Persistently wrong bytes are an error; a lease too short for the read is worth trying by gRPC.

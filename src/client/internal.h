@@ -80,7 +80,7 @@ struct CacheClient::Ucx {
   // Buffers to register with every reader (RegisterBuffer).
   std::vector<std::span<uint8_t>> buffers ABSL_GUARDED_BY(mu);
   std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0}, ucx_fallbacks{0},
-      ucx_connects{0};
+      ucx_connects{0}, verified_reads{0};
   // Releases sent without waiting (ReleaseInBackground); the client waits for them to end.
   std::mutex release_mu;
   std::condition_variable release_done;

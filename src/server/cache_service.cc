@@ -398,11 +398,32 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
 
 grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx,
                                            const v1::ReleaseRequest* request,
-                                           v1::ReleaseResponse*) {
+                                           v1::ReleaseResponse* response) {
   if (absl::Status st = CheckTenant(ctx, request->tenant()); !st.ok()) return ToGrpc(st);
+  std::vector<BlockInfo> seen;
+  if (!request->packed_keys().empty()) {
+    auto keys = StoreKeys(ctx, request->tenant(), google::protobuf::RepeatedPtrField<std::string>(),
+                          request->packed_keys());
+    if (!keys.ok()) return ToGrpc(keys.status());
+    if (static_cast<size_t>(request->addresses_size()) != keys->size() ||
+        static_cast<size_t>(request->generations_size()) != keys->size()) {
+      return ToGrpc(absl::InvalidArgumentError(
+          "release: one address and one generation per key in packed_keys"));
+    }
+    for (size_t i = 0; i < keys->size(); ++i) {
+      seen.push_back(BlockInfo{.key = (*keys)[i],
+                               .tier = Tier::kHost,
+                               .location = request->addresses(i),
+                               .generation = request->generations(i)});
+    }
+  }
+  // Verified before the lease ends, so that the blocks cannot have moved in between.
+  if (!seen.empty()) response->set_unchanged(store_->FirstChanged(seen) == seen.size());
   absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
   if (metrics_ != nullptr) metrics_->AddUcxBytesRead(request->bytes_read());
+  response->set_lease_active(st.ok());
   if (st.code() == absl::StatusCode::kNotFound) {
+    if (!seen.empty()) return grpc::Status::OK;  // the answer is `unchanged`
     return ToGrpc(absl::NotFoundError("lease is unknown, expired, or another tenant's"));
   }
   return ToGrpc(st);
