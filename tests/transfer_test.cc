@@ -119,7 +119,6 @@ TEST_P(TransferTest, WholeBlocksAndRangesArriveByteForByte) {
   st = c->transfer_stats();
   EXPECT_EQ(st.ucx_bytes, 16 * kBlockBytes + 16 * layers * slice);
   EXPECT_EQ(st.grpc_bytes, 0u);
-  EXPECT_EQ(st.verified_reads, 1u) << "ranges (no checksums) are confirmed by generation";
 
   // Bad ranges and missing blocks are errors, never short reads.
   std::vector<uint8_t> two(2);

@@ -82,8 +82,8 @@ struct TransferStats {
   uint64_t lease_retries = 0;  // reads redone under a new lease (expiry race or bad checksum)
   uint64_t ucx_fallbacks = 0;  // reads that went to gRPC because UCX could not serve them
   uint64_t ucx_connects = 0;   // UCX connections made (reconnects included)
-  uint64_t verified_reads = 0; // UCX reads the daemon confirmed by generation (byte ranges, or
-                               // reads that outlived their lease)
+  uint64_t verified_reads = 0; // UCX reads that outlived their lease, kept because the daemon
+                               // confirmed by generation that their blocks stayed put
 };
 
 // A block to store: its key, its parent's key (zero for the first block of a chain), its bytes.

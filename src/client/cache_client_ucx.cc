@@ -244,10 +244,9 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     }
     absl::Status st =
         u.reader->Read(ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
-    bool verified = true, all_whole = true;
+    bool verified = true;
     for (size_t i = 0; i < ops.size() && st.ok() && verified; ++i) {
       const LeasedBlock& b = lease->blocks[(*reads)[i].block];
-      all_whole = all_whole && ops[i].checksum != nullptr;
       if (ops[i].checksum != nullptr && sums[i] != b.checksum) {
         verified = false;
         last = absl::DataLossError(
@@ -267,15 +266,16 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       u.lease_retries.fetch_add(1);
       continue;
     }
-    if (all_whole && in_time) {
-      // Whole blocks read while the lease held them are proven by their checksums.
+    if (in_time) {
+      // Read while the lease held the blocks in place (and whole blocks also checked against
+      // their checksums).
       release(bytes);
       u.ucx_bytes.fetch_add(bytes);
       return true;
     }
-    // Byte ranges carry no checksum, and a read that may have outlived its lease proves
-    // nothing by itself: the daemon confirms that every block stayed where the lease found it,
-    // with the same generation, so the bytes read were the blocks'.
+    // A read that may have outlived its lease proves nothing by itself: the daemon confirms
+    // that every block stayed where the lease found it, with the same generation, so the bytes
+    // read were the blocks'.
     auto unchanged = ReleaseVerified(*lease, bytes);
     if (!unchanged.ok()) {
       u.ucx_fallbacks.fetch_add(1);
