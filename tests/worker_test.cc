@@ -8,6 +8,7 @@
 #include <cmath>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "client/cache_client.h"
 #include "client/router_client.h"
@@ -270,6 +271,36 @@ TEST_F(WorkerTest, APrefixSpreadOverThreeNodesThenServedFromThePool) {
   EXPECT_EQ(second.stats().bytes_from_pool(), 30 * layer_bytes);
   EXPECT_EQ(second.stats().nodes_read(), 0u);
   ExpectClose(gpu::ReferenceDecode(kv, r).out, second.sequences(0).layers(0).out(), "pool");
+}
+
+TEST_F(WorkerTest, ConcurrentRequestsForOnePrefixFetchItOnce) {
+  // Requests that want the same slices at once: one fetches each slice, the others wait for
+  // it; every answer is right, and the bytes fetched add up to the prefix once.
+  const Prefix p = MakePrefix(Gqa(), 24, 9);
+  ASSERT_FALSE(PutThroughRouter(p).empty());
+  const std::vector<std::vector<float>> q = {RandomFloats(8 * 16, 90),
+                                             RandomFloats(8 * 16, 91)};
+  const v1::DecodeRequest req = Request(p, v1::ATTENTION_MODE_DENSE, 0, q);
+  constexpr int kClients = 6;
+  std::vector<v1::DecodeResponse> res(kClients);
+  std::vector<grpc::Status> st(kClients);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] { st[t] = Decode(req, &res[t]); });
+  }
+  for (std::thread& t : threads) t.join();
+  const gpu::PagedKv kv = GqaView(p, 24 * 16);
+  uint64_t fetched = 0;
+  for (int t = 0; t < kClients; ++t) {
+    ASSERT_TRUE(st[t].ok()) << st[t].error_message();
+    fetched += res[t].stats().bytes_fetched();
+    for (int l = 0; l < 2; ++l) {
+      gpu::DecodeRequest r{.layer = l, .q_heads = 8, .q = q[l].data(), .scale = 0.25f};
+      ExpectClose(gpu::ReferenceDecode(kv, r).out, res[t].sequences(0).layers(l).out(),
+                  "concurrent");
+    }
+  }
+  EXPECT_EQ(fetched, 24 * p.layout.BytesPerBlock()) << "each slice fetched by one request";
 }
 
 TEST_F(WorkerTest, SequencesOfOneRequestByKeysAndByTokens) {
