@@ -97,7 +97,9 @@ std::vector<float> Normal(size_t n, float sigma, uint32_t seed) {
 gpu::HeadProfile SparseProfile() {
   gpu::HeadProfile sparse{.sink = 4, .window = 64, .recall = {}};
   sparse.recall.assign(kShape.layers, std::vector<bool>(kShape.kv_heads, false));
-  for (int i = 0; i < 5; ++i) sparse.recall[(i * 7) % kShape.layers][(i * 3) % kShape.kv_heads] = true;
+  for (int i = 0; i < 5; ++i) {
+    sparse.recall[(i * 7) % kShape.layers][(i * 3) % kShape.kv_heads] = true;
+  }
   return sparse;
 }
 

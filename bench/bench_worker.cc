@@ -38,8 +38,12 @@ constexpr char kTenant[] = "bench";
 constexpr int kQHeads = 32;
 
 KvLayout Layout() {
-  return {.kind = LayoutKind::kGqa, .dtype = DType::kBf16, .layers = 4, .kv_heads = 8,
-          .head_dim = 128, .block_tokens = 16};
+  return {.kind = LayoutKind::kGqa,
+          .dtype = DType::kBf16,
+          .layers = 4,
+          .kv_heads = 8,
+          .head_dim = 128,
+          .block_tokens = 16};
 }
 
 // Writes a prefix of `blocks` blocks: the first half on `a`, the rest on `b`.
@@ -47,8 +51,7 @@ bool PutPrefix(CacheClient& a, CacheClient& b, const std::vector<BlockKey>& keys
   const KvLayout layout = Layout();
   std::mt19937_64 rng(keys.size());
   constexpr size_t kBatch = 32;
-  std::vector<std::vector<uint8_t>> payloads(kBatch,
-                                             std::vector<uint8_t>(layout.BytesPerBlock()));
+  std::vector<std::vector<uint8_t>> payloads(kBatch, std::vector<uint8_t>(layout.BytesPerBlock()));
   for (size_t i = 0; i < keys.size(); i += kBatch) {
     std::vector<BlockToPut> puts;
     for (size_t j = i; j < std::min(keys.size(), i + kBatch); ++j) {
@@ -111,8 +114,7 @@ int Main(int argc, char** argv) {
   testing::DaemonProcess worker(
       std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
       {"--nodes", nodes, "--listen", "127.0.0.1:0", "--metrics-listen", "", "--pool-mib", "0",
-       "--spare-mib", "2560",
-       "--log-level", "warn"});
+       "--spare-mib", "2560", "--log-level", "warn"});
   if (worker.address().empty()) {
     std::fprintf(stderr, "bench_worker: kvtier-worker did not start\n%s\n",
                  worker.output().c_str());
@@ -211,10 +213,10 @@ int Main(int argc, char** argv) {
       std::vector<uint8_t> buf(batch * layout.BytesPerBlock());
       std::vector<double> gbps;
       for (int r = 0; r < reps; ++r) {
-        auto reader_a = std::move(
-            *CacheClient::Create({.address = daemons[0]->address(), .tenant = kTenant}));
-        auto reader_b = std::move(
-            *CacheClient::Create({.address = daemons[1]->address(), .tenant = kTenant}));
+        auto reader_a =
+            std::move(*CacheClient::Create({.address = daemons[0]->address(), .tenant = kTenant}));
+        auto reader_b =
+            std::move(*CacheClient::Create({.address = daemons[1]->address(), .tenant = kTenant}));
         reader_a->RegisterBuffer(buf);
         reader_b->RegisterBuffer(buf);
         // Connect first (as the worker's clients are by the time of its later requests).
@@ -226,8 +228,8 @@ int Main(int argc, char** argv) {
           const size_t m = std::min(batch, n - i);
           std::vector<std::span<uint8_t>> dst;
           for (size_t j = 0; j < m; ++j) {
-            dst.push_back(std::span(buf).subspan(j * layout.BytesPerBlock(),
-                                                 layout.BytesPerBlock()));
+            dst.push_back(
+                std::span(buf).subspan(j * layout.BytesPerBlock(), layout.BytesPerBlock()));
           }
           CacheClient& reader = i < n / 2 ? *reader_a : *reader_b;
           auto got = reader.GetInto(std::span(keys).subspan(i, m), dst);

@@ -29,8 +29,12 @@ constexpr char kTenant[] = "tenant-a";
 
 // Small GQA: 2 layers, 4 kv heads of 16, 16-token blocks, bf16 (8 KiB a block).
 KvLayout Gqa() {
-  return {.kind = LayoutKind::kGqa, .dtype = DType::kBf16, .layers = 2, .kv_heads = 4,
-          .head_dim = 16, .block_tokens = 16};
+  return {.kind = LayoutKind::kGqa,
+          .dtype = DType::kBf16,
+          .layers = 2,
+          .kv_heads = 4,
+          .head_dim = 16,
+          .block_tokens = 16};
 }
 // Small MLA: 2 layers, latent 32 + rope 8, 16-token blocks, bf16.
 KvLayout Mla() { return KvLayout::SmallMla(); }
@@ -80,15 +84,14 @@ class WorkerTest : public ::testing::Test {
     }
     router_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
-        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen",
-                                 "", "--probe-interval-ms", "200", "--log-level", "warn"});
+        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                                 "--probe-interval-ms", "200", "--log-level", "warn"});
     ASSERT_FALSE(router_->address().empty()) << router_->output();
     worker_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
         std::vector<std::string>{"--router", router_->address(), "--listen", "127.0.0.1:0",
-                                 "--metrics-listen", "127.0.0.1:0", "--pool-mib", "64",
-                                 "--threads", "2", "--fetch-deadline-ms", "3000",
-                                 "--log-level", "warn"});
+                                 "--metrics-listen", "127.0.0.1:0", "--pool-mib", "64", "--threads",
+                                 "2", "--fetch-deadline-ms", "3000", "--log-level", "warn"});
     ASSERT_FALSE(worker_->address().empty()) << worker_->output();
     stub_ = v1::AttentionService::NewStub(
         grpc::CreateChannel(worker_->address(), grpc::InsecureChannelCredentials()));
@@ -179,7 +182,8 @@ TEST_F(WorkerTest, DenseAndHeadSparseMatchTheReferenceAndSparseFetchesLess) {
   const int context = 40 * 16 - 7;  // a partial last block
   ASSERT_FALSE(PutThroughRouter(p).empty());
   const int q_heads = 8;
-  std::vector<std::vector<float>> q = {RandomFloats(q_heads * 16, 10), RandomFloats(q_heads * 16, 11)};
+  std::vector<std::vector<float>> q = {RandomFloats(q_heads * 16, 10),
+                                       RandomFloats(q_heads * 16, 11)};
   const gpu::PagedKv kv = GqaView(p, context);
 
   // Head-sparse first, so that dense then has to fetch the slices sparse left out.
@@ -198,8 +202,7 @@ TEST_F(WorkerTest, DenseAndHeadSparseMatchTheReferenceAndSparseFetchesLess) {
   ASSERT_TRUE(Decode(Request(p, v1::ATTENTION_MODE_DENSE, context, q), &dense).ok());
 
   for (int l = 0; l < 2; ++l) {
-    gpu::DecodeRequest r{.layer = l, .q_heads = q_heads, .q = q[l].data(),
-                         .scale = 1.0f / 4.0f};
+    gpu::DecodeRequest r{.layer = l, .q_heads = q_heads, .q = q[l].data(), .scale = 1.0f / 4.0f};
     const gpu::DecodeResult want = gpu::ReferenceDecode(kv, r);
     ExpectClose(want.out, dense.sequences(0).layers(l).out(), "dense out");
     ExpectClose(want.lse, dense.sequences(0).layers(l).lse(), "dense lse");
@@ -236,13 +239,19 @@ TEST_F(WorkerTest, MlaMatchesTheReference) {
   v1::DecodeResponse res;
   grpc::Status st = Decode(Request(p, v1::ATTENTION_MODE_UNSPECIFIED, 0, q, q_rope), &res);
   ASSERT_TRUE(st.ok()) << st.error_message();
-  gpu::MlaPagedKv kv{.shape = {.layers = 2, .latent_rank = 32, .rope_dim = 8,
-                               .block_tokens = 16, .dtype = gpu::ElemType::kBf16},
+  gpu::MlaPagedKv kv{.shape = {.layers = 2,
+                               .latent_rank = 32,
+                               .rope_dim = 8,
+                               .block_tokens = 16,
+                               .dtype = gpu::ElemType::kBf16},
                      .context_tokens = context};
   for (const auto& b : p.blocks) kv.blocks.push_back(b.data());
   for (int l = 0; l < 2; ++l) {
-    gpu::MlaRequest r{.layer = l, .heads = heads, .q_latent = q[l].data(),
-                      .q_rope = q_rope[l].data(), .scale = 1.0f / std::sqrt(40.0f)};
+    gpu::MlaRequest r{.layer = l,
+                      .heads = heads,
+                      .q_latent = q[l].data(),
+                      .q_rope = q_rope[l].data(),
+                      .scale = 1.0f / std::sqrt(40.0f)};
     const gpu::DecodeResult want = gpu::ReferenceMlaDecode(kv, r);
     ExpectClose(want.out, res.sequences(0).layers(l).out(), "mla out");
     ExpectClose(want.lse, res.sequences(0).layers(l).lse(), "mla lse");
@@ -278,8 +287,7 @@ TEST_F(WorkerTest, ConcurrentRequestsForOnePrefixFetchItOnce) {
   // it; every answer is right, and the bytes fetched add up to the prefix once.
   const Prefix p = MakePrefix(Gqa(), 24, 9);
   ASSERT_FALSE(PutThroughRouter(p).empty());
-  const std::vector<std::vector<float>> q = {RandomFloats(8 * 16, 90),
-                                             RandomFloats(8 * 16, 91)};
+  const std::vector<std::vector<float>> q = {RandomFloats(8 * 16, 90), RandomFloats(8 * 16, 91)};
   const v1::DecodeRequest req = Request(p, v1::ATTENTION_MODE_DENSE, 0, q);
   constexpr int kClients = 6;
   std::vector<v1::DecodeResponse> res(kClients);
@@ -309,10 +317,9 @@ TEST_F(WorkerTest, SequencesOfOneRequestByKeysAndByTokens) {
   Prefix by_tokens = MakePrefix(Gqa(), 7, 7);
   std::vector<uint32_t> tokens(7 * 16 + 9);  // a partial block at the end, not cached
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint32_t>(i * 31 + 5);
-  auto hasher = ChainHasher::Create({.tenant_salt = kTenant,
-                                     .model_id = "model-x",
-                                     .layout_fingerprint = Gqa().Fingerprint()},
-                                    16);
+  auto hasher = ChainHasher::Create(
+      {.tenant_salt = kTenant, .model_id = "model-x", .layout_fingerprint = Gqa().Fingerprint()},
+      16);
   ASSERT_TRUE(hasher.ok());
   by_tokens.keys = hasher->Keys(tokens);
   ASSERT_EQ(by_tokens.keys.size(), 7u);
@@ -356,22 +363,23 @@ TEST(WorkerAuth, TheCallersTokenIsWhatTheDaemonChecks) {
   ::kvtier::testing::TempDir dir;
   std::ofstream(dir.Sub("tokens.yaml")) << kTenant << ": tenant-a-secret-token-01\n"
                                         << "tenant-b: tenant-b-secret-token-02\n";
-  DaemonProcess daemon(std::string(KVTIER_BINARY_DIR) + "/kvtierd",
-                       {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "16",
-                        "--metrics-listen", "", "--log-level", "warn", "--auth-tokens",
-                        dir.Sub("tokens.yaml")});
+  DaemonProcess daemon(
+      std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+      {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "16", "--metrics-listen", "",
+       "--log-level", "warn", "--auth-tokens", dir.Sub("tokens.yaml")});
   ASSERT_FALSE(daemon.address().empty()) << daemon.output();
   DaemonProcess worker(std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
-                       {"--nodes", daemon.address(), "--listen", "127.0.0.1:0",
-                        "--metrics-listen", "", "--threads", "1", "--log-level", "error"});
+                       {"--nodes", daemon.address(), "--listen", "127.0.0.1:0", "--metrics-listen",
+                        "", "--threads", "1", "--log-level", "error"});
   ASSERT_FALSE(worker.address().empty()) << worker.output();
   auto stub = v1::AttentionService::NewStub(
       grpc::CreateChannel(worker.address(), grpc::InsecureChannelCredentials()));
 
   const Prefix p = MakePrefix(Gqa(), 3, 8);
   {
-    auto c = CacheClient::Create(
-        {.address = daemon.address(), .tenant = kTenant, .bearer_token = "tenant-a-secret-token-01"});
+    auto c = CacheClient::Create({.address = daemon.address(),
+                                  .tenant = kTenant,
+                                  .bearer_token = "tenant-a-secret-token-01"});
     ASSERT_TRUE(c.ok());
     std::vector<BlockToPut> puts;
     for (size_t b = 0; b < 3; ++b) {
@@ -415,8 +423,8 @@ TEST_F(WorkerTest, BadRequestsAreClearErrors) {
   const Case cases[] = {
       {"no tenant", [](v1::DecodeRequest* r) { r->clear_tenant(); }, "tenant"},
       {"no layout", [](v1::DecodeRequest* r) { r->clear_layout(); }, "layout"},
-      {"MLA mode on GQA",
-       [](v1::DecodeRequest* r) { r->set_mode(v1::ATTENTION_MODE_MLA); }, "mode"},
+      {"MLA mode on GQA", [](v1::DecodeRequest* r) { r->set_mode(v1::ATTENTION_MODE_MLA); },
+       "mode"},
       {"keys cut short",
        [](v1::DecodeRequest* r) { r->mutable_sequences(0)->mutable_packed_keys()->resize(20); },
        "multiple of 16"},

@@ -41,8 +41,8 @@ int RunProfileHeads(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  auto flags = ParseFlags(argc, argv, {"stats", "recall-fraction", "sink", "window", "model", "out"},
-                          {"help"});
+  auto flags = ParseFlags(argc, argv,
+                          {"stats", "recall-fraction", "sink", "window", "model", "out"}, {"help"});
   if (!flags.ok()) return Usage(std::string(flags.status().message()));
   if (flags->Has("help")) {
     std::fputs(kUsage, stdout);

@@ -87,8 +87,8 @@ int AttendedRanges(bool recall, const HeadProfile* p, int context, int begin, in
 
 // Attention of the `group` query heads of KV head `kvh` over tokens [begin, end): writes their
 // outputs and lse into `out`/`lse` at the heads' positions.
-KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh, int begin, int end,
-                  float* out, float* lse) {
+KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& req, int kvh,
+                                       int begin, int end, float* out, float* lse) {
   const GqaShape& s = kv.shape;
   const int d = s.head_dim, bt = s.block_tokens;
   const int group = req.q_heads / s.kv_heads;
@@ -203,8 +203,8 @@ KVTIER_VECTOR_CLONES void DecodeKvHead(const PagedKv& kv, const DecodeRequest& r
 }
 
 // MLA attention of every head over tokens [begin, end): writes [heads][rank] and lse.
-KVTIER_VECTOR_CLONES void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, int begin, int end, float* out,
-              float* lse) {
+KVTIER_VECTOR_CLONES void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, int begin,
+                                   int end, float* out, float* lse) {
   const MlaShape& s = kv.shape;
   const int rank = s.latent_rank, rope = s.rope_dim, bt = s.block_tokens;
   const size_t te = s.TokenElems();

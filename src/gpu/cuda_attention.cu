@@ -24,10 +24,10 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kMaxGroup = 8;       // query heads per KV head
+constexpr int kMaxGroup = 8;  // query heads per KV head
 constexpr int kMaxHeadDim = 256;
-constexpr int kMlaHeads = 4;       // MLA heads per thread block
-constexpr int kMlaMaxRow = 768;    // latent_rank + rope_dim
+constexpr int kMlaHeads = 4;     // MLA heads per thread block
+constexpr int kMlaMaxRow = 768;  // latent_rank + rope_dim
 constexpr int kMlaMaxRank = 512;
 constexpr int kMinSplitTokens = 64;
 
@@ -206,7 +206,7 @@ struct MlaParams {
   float* part_lse;  // [splits][heads]
 };
 
-constexpr int kMlaRowPerLane = kMlaMaxRow / 32;   // 24
+constexpr int kMlaRowPerLane = kMlaMaxRow / 32;    // 24
 constexpr int kMlaRankPerLane = kMlaMaxRank / 32;  // 16
 
 template <int DT>
@@ -361,9 +361,9 @@ struct DeviceKv::Impl {
     }
     for (int i = 0; i < used; ++i) host_table[i] = blocks.as<uint8_t>() + slot[i] * block_bytes;
     if (!table.Allocate(used * sizeof(void*), error)) return false;
-    if (!Check(cudaMemcpy(table.ptr, host_table.data(), used * sizeof(void*),
-                          cudaMemcpyHostToDevice),
-               "copy of the page table", error)) {
+    if (!Check(
+            cudaMemcpy(table.ptr, host_table.data(), used * sizeof(void*), cudaMemcpyHostToDevice),
+            "copy of the page table", error)) {
       return false;
     }
     return Check(cudaEventCreate(&start), "cudaEventCreate", error) &&
@@ -372,8 +372,8 @@ struct DeviceKv::Impl {
 
   bool CopyIn(DeviceBuffer& buf, const void* src, size_t bytes, std::string* error) {
     if (!buf.Allocate(bytes, error)) return false;
-    return bytes == 0 || Check(cudaMemcpy(buf.ptr, src, bytes, cudaMemcpyHostToDevice),
-                               "copy to the GPU", error);
+    return bytes == 0 ||
+           Check(cudaMemcpy(buf.ptr, src, bytes, cudaMemcpyHostToDevice), "copy to the GPU", error);
   }
 
   DecodeResult Finish(int heads, int dim, float* ms, std::string* error) {
@@ -446,8 +446,9 @@ std::unique_ptr<DeviceKv> DeviceKv::UploadMla(const MlaPagedKv& kv, std::string*
   const MlaShape& s = kv.shape;
   if (s.latent_rank % 32 != 0 || s.latent_rank > kMlaMaxRank ||
       s.latent_rank + s.rope_dim > kMlaMaxRow) {
-    *error = "the GPU MLA kernel takes latent_rank a multiple of 32 up to 512 and latent_rank + "
-             "rope_dim up to 768";
+    *error =
+        "the GPU MLA kernel takes latent_rank a multiple of 32 up to 512 and latent_rank + "
+        "rope_dim up to 768";
     return nullptr;
   }
   auto impl = std::make_unique<Impl>();
@@ -585,9 +586,9 @@ DecodeResult DeviceKv::MlaDecode(const MlaRequest& req, float* ms, std::string* 
       MlaSplitKernel<2><<<grid, kThreads>>>(p);
       break;
   }
-  CombineKernel<<<req.heads, kThreads>>>(k.part_out.as<const float>(),
-                                         k.part_lse.as<const float>(), splits, req.heads,
-                                         s.latent_rank, k.out.as<float>(), k.lse.as<float>());
+  CombineKernel<<<req.heads, kThreads>>>(k.part_out.as<const float>(), k.part_lse.as<const float>(),
+                                         splits, req.heads, s.latent_rank, k.out.as<float>(),
+                                         k.lse.as<float>());
   cudaEventRecord(k.stop);
   return k.Finish(req.heads, s.latent_rank, ms, error);
 }

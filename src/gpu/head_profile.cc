@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 namespace kvtier::gpu {
 namespace {
@@ -104,10 +104,14 @@ std::string HeadProfileToJson(const HeadProfileFile& f) {
     }
     recall.push_back(heads);
   }
-  const json j = {{"format", kProfileFormat},   {"model", f.model},
-                  {"layers", f.layers},          {"kv_heads", f.kv_heads},
-                  {"sink", f.profile.sink},      {"window", f.profile.window},
-                  {"recall_fraction", f.recall_fraction}, {"recall", recall}};
+  const json j = {{"format", kProfileFormat},
+                  {"model", f.model},
+                  {"layers", f.layers},
+                  {"kv_heads", f.kv_heads},
+                  {"sink", f.profile.sink},
+                  {"window", f.profile.window},
+                  {"recall_fraction", f.recall_fraction},
+                  {"recall", recall}};
   return j.dump() + "\n";
 }
 

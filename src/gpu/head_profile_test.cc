@@ -15,8 +15,8 @@ HeadProfileFile Sample() {
   f.recall_fraction = 0.25;
   f.profile.sink = 2;
   f.profile.window = 32;
-  f.profile.recall = {{true, false, false, false}, {false, false, false, false},
-                      {false, true, false, true}};
+  f.profile.recall = {
+      {true, false, false, false}, {false, false, false, false}, {false, true, false, true}};
   return f;
 }
 
@@ -88,8 +88,7 @@ TEST(HeadScoring, MeansOverProbesAndTheBestHeadsBecomeRecallHeads) {
 
 TEST(HeadScoring, BadStatisticsNameTheField) {
   const std::pair<const char*, const char*> cases[] = {
-      {R"({"format": "kvtier.head_stats.v1", "layers": 1, "kv_heads": 1, "probes": []})",
-       "probes"},
+      {R"({"format": "kvtier.head_stats.v1", "layers": 1, "kv_heads": 1, "probes": []})", "probes"},
       {R"({"format": "kvtier.head_stats.v1", "layers": 1, "kv_heads": 2,
            "probes": [{"needle_mass": [[0.5]]}]})",
        "probes[0].needle_mass[0]"},
@@ -108,8 +107,8 @@ TEST(HeadScoring, BadStatisticsNameTheField) {
 // the needle: recorded with AttentionMass over a few probes, scored, and selected, exactly those
 // become the recall heads.
 TEST(HeadScoring, RetrievalHeadsAreFoundFromRecordedNeedleAttention) {
-  const GqaShape shape{.layers = 2, .kv_heads = 4, .head_dim = 16, .block_tokens = 16,
-                       .dtype = ElemType::kFp32};
+  const GqaShape shape{
+      .layers = 2, .kv_heads = 4, .head_dim = 16, .block_tokens = 16, .dtype = ElemType::kFp32};
   const int context = 200, q_heads = 8;
   const std::vector<std::pair<int, int>> retrieval = {{0, 2}, {1, 0}};
   std::mt19937_64 rng(3);

@@ -19,7 +19,9 @@ std::vector<BlockPool::Claim> BlockPool::Acquire(std::span<const Need> needs) {
     }
     if (it == units_.end()) {
       lru_.push_front(id);
-      it = units_.emplace(id, Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, spares_), lru_.begin()})
+      it = units_
+               .emplace(id,
+                        Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, spares_), lru_.begin()})
                .first;
       stats_.bytes += n.unit_bytes;
       ++stats_.units;

@@ -57,7 +57,8 @@ TEST(BlockPool, ASecondRequestWaitsForTheFirstsFetchInsteadOfFetchingAgain) {
     first[0].unit->data[0] = 42;
     pool.Settle(first, true);
   });
-  ASSERT_TRUE(pool.AwaitOthers(second, std::chrono::steady_clock::now() + std::chrono::seconds(10)));
+  ASSERT_TRUE(
+      pool.AwaitOthers(second, std::chrono::steady_clock::now() + std::chrono::seconds(10)));
   fetcher.join();
   EXPECT_TRUE(second[0].fetch.empty());
   EXPECT_EQ(second[0].present_bytes, 200u);
@@ -80,8 +81,8 @@ TEST(BlockPool, WaitingEndsAtTheDeadline) {
   const BlockPool::Need needs[] = {NeedOf(1, 0, {0})};
   auto first = pool.Acquire(needs);
   auto second = pool.Acquire(needs);
-  EXPECT_FALSE(pool.AwaitOthers(second, std::chrono::steady_clock::now() +
-                                            std::chrono::milliseconds(20)));
+  EXPECT_FALSE(
+      pool.AwaitOthers(second, std::chrono::steady_clock::now() + std::chrono::milliseconds(20)));
 }
 
 }  // namespace

@@ -63,8 +63,7 @@ absl::Status Invalid(const std::string& what) { return absl::InvalidArgumentErro
 // One layer's attention on the GPU while it works (a failure is kept in *gpu_error and every
 // later step of the request runs on the CPU), else on the CPU.
 template <typename GpuStep, typename CpuStep>
-gpu::DecodeResult GpuOrCpu(bool use_gpu, std::string* gpu_error, GpuStep on_gpu,
-                           CpuStep on_cpu) {
+gpu::DecodeResult GpuOrCpu(bool use_gpu, std::string* gpu_error, GpuStep on_gpu, CpuStep on_cpu) {
   if (use_gpu && gpu_error->empty()) {
     gpu::DecodeResult r = on_gpu(gpu_error);
     if (gpu_error->empty() && !r.out.empty()) return r;
@@ -126,19 +125,20 @@ struct Worker::Metrics {
 
 // One sequence of a request: its blocks and what is needed of each.
 struct Worker::Plan {
-  std::vector<BlockKey> keys;   // the blocks the context covers
-  int context = 0;              // tokens attended to
+  std::vector<BlockKey> keys;  // the blocks the context covers
+  int context = 0;             // tokens attended to
   uint32_t block_tokens = 0;
-  std::vector<uint32_t> layers; // requested, in query order
-  uint64_t unit_bytes = 0;      // one layer of one block
-  uint32_t slices = 1;          // per unit
+  std::vector<uint32_t> layers;        // requested, in query order
+  uint64_t unit_bytes = 0;             // one layer of one block
+  uint32_t slices = 1;                 // per unit
   std::vector<uint64_t> layer_offset;  // [layer]: where its bytes start in a block
   std::vector<BlockPool::Need> needs;  // [block * layers.size() + i]
   std::vector<BlockPool::Claim> claims;
   uint64_t skipped_bytes = 0;
 };
 
-Worker::Worker(const WorkerOptions& options) : options_(options), pool_(options.pool_bytes, options.spare_bytes) {}
+Worker::Worker(const WorkerOptions& options)
+    : options_(options), pool_(options.pool_bytes, options.spare_bytes) {}
 Worker::~Worker() = default;
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options,
@@ -262,8 +262,8 @@ absl::StatusOr<std::vector<Worker::Segment>> Worker::Locate(
       if (best == 0) {
         return absl::NotFoundError(absl::StrCat(
             "sequence ", sequence, ": block ", p, " (key ", plan.keys[p].Hex(),
-            ") is not cached on any of ", order.size(), " nodes; first missing block position ",
-            p, ", recompute from token ", p * plan.block_tokens));
+            ") is not cached on any of ", order.size(), " nodes; first missing block position ", p,
+            ", recompute from token ", p * plan.block_tokens));
       }
       segments.push_back({holder, p, p + best});
       p += best;
@@ -348,10 +348,16 @@ absl::Status Worker::Fetch(const std::string& tenant, const std::string& token, 
         out->status = c->ReadRanges(b->reads, &over_ucx);
         if (!out->status.ok()) return;
         // Without UCX the daemon sends whole blocks.
-        if (over_ucx) out->ucx += b->bytes; else out->grpc += b->blocks * whole_block;
+        if (over_ucx)
+          out->ucx += b->bytes;
+        else
+          out->grpc += b->blocks * whole_block;
       }
     };
-    if (k + 1 < by_node.size()) threads.emplace_back(run); else run();
+    if (k + 1 < by_node.size())
+      threads.emplace_back(run);
+    else
+      run();
     ++k;
   }
   for (std::thread& t : threads) t.join();
@@ -442,11 +448,11 @@ absl::StatusOr<Worker::Step> Worker::ParseStep(const v1::DecodeRequest& request,
     }
   }
   if (request.sequences().empty()) return Invalid("sequences: none given");
-  step.scale = request.scale() != 0
-                   ? request.scale()
-                   : static_cast<float>(1.0 / std::sqrt(step.mla
-                                                            ? layout.latent_rank + layout.rope_dim
-                                                            : layout.head_dim));
+  step.scale =
+      request.scale() != 0
+          ? request.scale()
+          : static_cast<float>(
+                1.0 / std::sqrt(step.mla ? layout.latent_rank + layout.rope_dim : layout.head_dim));
   // The pool keeps what one caller fetched for that caller only: its entries are keyed by tenant
   // and bearer token, so a request is never served bytes that the daemons would refuse it
   // (another tenant's, or without the token they checked).
@@ -468,8 +474,8 @@ absl::Status Worker::PlanSequence(const v1::DecodeRequest& request, int si, cons
       return Invalid(where + ".packed_keys: not a multiple of 16 bytes");
     }
     for (size_t i = 0; i < seq.packed_keys().size(); i += BlockKey::kBytes) {
-      plan->keys.push_back(BlockKey::FromBytes(
-          reinterpret_cast<const uint8_t*>(seq.packed_keys().data()) + i));
+      plan->keys.push_back(
+          BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(seq.packed_keys().data()) + i));
     }
   } else {
     auto hasher = ChainHasher::Create({.tenant_salt = request.tenant(),
@@ -484,9 +490,8 @@ absl::Status Worker::PlanSequence(const v1::DecodeRequest& request, int si, cons
   const uint64_t covered = plan->keys.size() * uint64_t{bt};
   const uint64_t context = seq.context_tokens() == 0 ? covered : seq.context_tokens();
   if (context > covered || context + bt <= covered) {
-    return Invalid(absl::StrCat(where, ".context_tokens: ", context, " for ",
-                                plan->keys.size(), " blocks of ", bt,
-                                " tokens (must end in the last block)"));
+    return Invalid(absl::StrCat(where, ".context_tokens: ", context, " for ", plan->keys.size(),
+                                " blocks of ", bt, " tokens (must end in the last block)"));
   }
   plan->context = static_cast<int>(context);
   plan->block_tokens = bt;
@@ -663,8 +668,7 @@ absl::Status Worker::DecodeChecked(const v1::DecodeRequest& request,
   const auto fetch_started = Clock::now();
   const auto deadline = fetch_started + std::chrono::milliseconds(options_.fetch_deadline_ms);
   for (size_t si = 0; si < plans.size(); ++si) {
-    absl::Status st =
-        FillFromPool(request.tenant(), bearer_token, si, plans[si], deadline, stats);
+    absl::Status st = FillFromPool(request.tenant(), bearer_token, si, plans[si], deadline, stats);
     if (!st.ok()) {
       stats->set_fetch_us(static_cast<uint64_t>(Seconds(Clock::now() - fetch_started) * 1e6));
       return st;

@@ -40,9 +40,9 @@ struct WorkerOptions {
   // Default: 1 GiB. Memory kept for reuse beyond the pool: where the blocks of requests go that
   // the pool does not keep (a larger request than this faults in fresh memory).
   uint64_t spare_bytes = 1ull << 30;
-  int threads = 0;                   // Default: 0, every core. Compute threads per request.
+  int threads = 0;                     // Default: 0, every core. Compute threads per request.
   int64_t fetch_deadline_ms = 10'000;  // Default: 10 s. Per call to a daemon.
-  bool use_ucx = true;               // Default: true. Reads over UCX where daemons offer it.
+  bool use_ucx = true;                 // Default: true. Reads over UCX where daemons offer it.
   // Default: "auto": the CUDA kernels where a GPU is present (and the build has them), else the
   // CPU fast path. "cpu": always the CPU. "cuda": the GPU or fail to start.
   std::string device = "auto";
@@ -77,14 +77,13 @@ class Worker {
     bool sparse = false;
     gpu::HeadProfile profile;  // head-sparse only
     float scale = 1.0f;
-    std::string pool_scope;    // tenant and bearer token: whose pool entries these are
+    std::string pool_scope;  // tenant and bearer token: whose pool entries these are
   };
   explicit Worker(const WorkerOptions& options);
 
   // The steps of DecodeChecked: check the request, plan each sequence's reads, fill the plan's
   // pool units (fetching what they lack), compute each sequence.
-  absl::StatusOr<Step> ParseStep(const v1::DecodeRequest& request,
-                                 const std::string& bearer_token,
+  absl::StatusOr<Step> ParseStep(const v1::DecodeRequest& request, const std::string& bearer_token,
                                  v1::AttentionMode* mode) const;
   absl::Status PlanSequence(const v1::DecodeRequest& request, int si, const Step& step,
                             Plan* plan) const;

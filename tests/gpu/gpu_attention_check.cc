@@ -30,14 +30,14 @@ void Compare(const DecodeResult& ref, const DecodeResult& got, const std::string
   for (size_t i = 0; i < ref.out.size(); ++i) {
     if (!(std::fabs(got.out[i] - ref.out[i]) <= 2e-4 * (1 + std::fabs(ref.out[i])))) {
       ++failures;
-      std::printf("FAIL %s: out[%zu] %g, reference %g\n", what.c_str(), i, got.out[i],
-                  ref.out[i]);
+      std::printf("FAIL %s: out[%zu] %g, reference %g\n", what.c_str(), i, got.out[i], ref.out[i]);
       return;
     }
   }
   for (size_t h = 0; h < ref.lse.size(); ++h) {
     const bool both_empty = std::isinf(ref.lse[h]) && std::isinf(got.lse[h]);
-    if (!both_empty && !(std::fabs(got.lse[h] - ref.lse[h]) <= 2e-4 * (1 + std::fabs(ref.lse[h])))) {
+    if (!both_empty &&
+        !(std::fabs(got.lse[h] - ref.lse[h]) <= 2e-4 * (1 + std::fabs(ref.lse[h])))) {
       ++failures;
       std::printf("FAIL %s: lse[%zu] %g, reference %g\n", what.c_str(), h, got.lse[h], ref.lse[h]);
       return;
@@ -49,30 +49,37 @@ void CheckGqa() {
   uint32_t seed = 7;
   for (const Case& k : kAwkwardCases) {
     for (ElemType dtype : {k.dtype, ElemType::kBf16}) {
-      GqaShape shape{.layers = 2, .kv_heads = 2, .head_dim = k.head_dim,
-                     .block_tokens = k.block_tokens, .dtype = dtype};
+      GqaShape shape{.layers = 2,
+                     .kv_heads = 2,
+                     .head_dim = k.head_dim,
+                     .block_tokens = k.block_tokens,
+                     .dtype = dtype};
       const Context c = MakeContext(shape, k.tokens, k.group, seed++);
       const HeadProfile mixed{.sink = 4, .window = 64, .recall = {{true, false}, {false, true}}};
-      const HeadProfile all_local{.sink = 4, .window = 64,
-                                  .recall = {{false, false}, {false, false}}};
-      const HeadProfile all_recall{.sink = 4, .window = 64,
-                                   .recall = {{true, true}, {true, true}}};
-      const HeadProfile wide{.sink = 2, .window = 1 << 20,
-                             .recall = {{false, false}, {false, false}}};
-      const std::pair<const HeadProfile*, const char*> profiles[] = {
-          {nullptr, "dense"}, {&mixed, "mixed"}, {&all_local, "all-local"},
-          {&all_recall, "all-recall"}, {&wide, "window > context"}};
+      const HeadProfile all_local{
+          .sink = 4, .window = 64, .recall = {{false, false}, {false, false}}};
+      const HeadProfile all_recall{.sink = 4, .window = 64, .recall = {{true, true}, {true, true}}};
+      const HeadProfile wide{
+          .sink = 2, .window = 1 << 20, .recall = {{false, false}, {false, false}}};
+      const std::pair<const HeadProfile*, const char*> profiles[] = {{nullptr, "dense"},
+                                                                     {&mixed, "mixed"},
+                                                                     {&all_local, "all-local"},
+                                                                     {&all_recall, "all-recall"},
+                                                                     {&wide, "window > context"}};
       std::string error;
       auto device = cuda::DeviceKv::Upload(c.paged, &error);
       for (int layer = 0; layer < 2; ++layer) {
         for (const auto& [profile, name] : profiles) {
-          const std::string what =
-              "gqa tokens " + std::to_string(k.tokens) + " block " +
-              std::to_string(k.block_tokens) + " group " + std::to_string(k.group) + " dim " +
-              std::to_string(k.head_dim) + " dtype " + std::to_string(int(dtype)) + " layer " +
-              std::to_string(layer) + " " + name;
-          DecodeRequest req{.layer = layer, .q_heads = c.q_heads, .q = c.q.data(),
-                            .scale = 1.0f / std::sqrt(float(k.head_dim)), .profile = profile};
+          const std::string what = "gqa tokens " + std::to_string(k.tokens) + " block " +
+                                   std::to_string(k.block_tokens) + " group " +
+                                   std::to_string(k.group) + " dim " + std::to_string(k.head_dim) +
+                                   " dtype " + std::to_string(int(dtype)) + " layer " +
+                                   std::to_string(layer) + " " + name;
+          DecodeRequest req{.layer = layer,
+                            .q_heads = c.q_heads,
+                            .q = c.q.data(),
+                            .scale = 1.0f / std::sqrt(float(k.head_dim)),
+                            .profile = profile};
           std::string run_error = error;
           DecodeResult got;
           if (device != nullptr) got = device->Decode(req, nullptr, &run_error);
@@ -89,18 +96,23 @@ void CheckMla() {
     for (int tokens : {1, 63, 64, 65, 4099}) {
       for (int block_tokens : {16, 13}) {
         for (auto [rank, rope, heads] : {std::tuple{64, 16, 6}, std::tuple{512, 64, 16}}) {
-          const MlaShape shape{.layers = 2, .latent_rank = rank, .rope_dim = rope,
-                               .block_tokens = block_tokens, .dtype = dtype};
+          const MlaShape shape{.layers = 2,
+                               .latent_rank = rank,
+                               .rope_dim = rope,
+                               .block_tokens = block_tokens,
+                               .dtype = dtype};
           const MlaContext c = MakeMlaContext(shape, tokens, heads, seed++);
-          const MlaRequest req{.layer = 1, .heads = heads, .q_latent = c.q_latent.data(),
+          const MlaRequest req{.layer = 1,
+                               .heads = heads,
+                               .q_latent = c.q_latent.data(),
                                .q_rope = c.q_rope.data(),
                                .scale = 1.0f / std::sqrt(float(rank + rope))};
           std::string error;
           const DecodeResult got = cuda::MlaDecode(c.paged, req, &error);
           Compare(ReferenceMlaDecode(c.paged, req), got, error,
                   "mla tokens " + std::to_string(tokens) + " block " +
-                      std::to_string(block_tokens) + " rank " + std::to_string(rank) +
-                      " dtype " + std::to_string(int(dtype)));
+                      std::to_string(block_tokens) + " rank " + std::to_string(rank) + " dtype " +
+                      std::to_string(int(dtype)));
         }
       }
     }

@@ -21,6 +21,7 @@ timeout 150 "$build/bench/bench_attention" --device cuda --quick > "$logs/gpu_be
 bench=$?
 cat "$logs/gpu_bench.log"
 echo
-echo "summary: check exit $check ($(grep -c '^FAIL' "$logs/gpu_check.log") failures), bench exit $bench," \
+failures=$(grep -c '^FAIL' "$logs/gpu_check.log")
+echo "summary: check exit $check ($failures failures), bench exit $bench," \
   "$(( $(date +%s) - start )) s"
 [ "$check" = 0 ] && [ "$bench" = 0 ]
