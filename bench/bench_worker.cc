@@ -135,6 +135,7 @@ int Main(int argc, char** argv) {
   std::printf("%-6s %-7s | %9s %9s %9s | %10s %9s\n", "tokens", "mode", "total ms", "fetch ms",
               "compute ms", "MiB read", "fetch GB/s");
   double fetch_gbps_32k = 0, ucx_gbps = 0;
+  std::string device;
   for (int context : contexts) {
     const size_t n = context / layout.block_tokens;
     std::vector<BlockKey> keys;
@@ -187,6 +188,7 @@ int Main(int argc, char** argv) {
         fetch.push_back(res.stats().fetch_us() / 1e3);
         compute.push_back(res.stats().compute_us() / 1e3);
         bytes = res.stats().bytes_fetched();
+        device = res.device();
       }
       Run m{Median(total), Median(fetch), Median(compute), bytes};
       const bool dense = mode == v1::ATTENTION_MODE_DENSE;
@@ -256,7 +258,7 @@ int Main(int argc, char** argv) {
   result.Add("fetch_gbps", fetch_gbps_32k);
   result.Add("ucx_get_gbps", ucx_gbps);
   result.Add("fetch_vs_ucx", fetch_gbps_32k / ucx_gbps);
-  result.AddString("device", "cpu");
+  result.AddString("device", device);  // where the worker computed: "cpu" or the GPU's name
   result.Print();
   return 0;
 }
