@@ -1,5 +1,7 @@
 #include "common/service_main.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
@@ -22,6 +24,7 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry) {
   std::unique_ptr<prometheus::Exposer> exposer;
+  if (listen.empty()) return exposer;
   try {
     exposer = std::make_unique<prometheus::Exposer>(listen);
   } catch (const std::exception& e) {
@@ -32,6 +35,30 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
   std::printf("%s metrics on %s:%d\n", program.c_str(), listen.substr(0, listen.rfind(':')).c_str(),
               exposer->GetListeningPorts().front());
   return exposer;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& program,
+                                                              const std::string& listen,
+                                                              grpc::Service* service,
+                                                              int max_message_bytes) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  if (max_message_bytes > 0) {
+    builder.SetMaxReceiveMessageSize(max_message_bytes);
+    builder.SetMaxSendMessageSize(max_message_bytes);
+  }
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
+  }
+  std::printf("%s listening on %s:%d\n", program.c_str(),
+              listen.substr(0, listen.rfind(':')).c_str(), port);
+  std::fflush(stdout);
+  return server;
 }
 
 }  // namespace kvtier

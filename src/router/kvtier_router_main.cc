@@ -1,6 +1,5 @@
 // kvtier-router: routes each request to the kvtierd node that should hold its prefix
 // (kvtier.v1.RouteService), with health probes of every node and Prometheus metrics.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
@@ -138,30 +137,17 @@ int main(int argc, char** argv) {
   sigset_t signals = kvtier::BlockStopSignals();
 
   auto registry = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer;
-  if (!metrics_listen.empty()) {
-    auto served = kvtier::ServeMetrics("kvtier-router", metrics_listen, registry);
-    if (!served.ok()) {
-      spdlog::critical("{}", served.status().ToString());
-      return 1;
-    }
-    exposer = std::move(*served);
-  }
-  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    spdlog::critical("cannot listen on {}", listen);
+  auto exposer = kvtier::ServeMetrics("kvtier-router", metrics_listen, registry);
+  if (!exposer.ok()) {
+    spdlog::critical("{}", exposer.status().ToString());
     return 1;
   }
-  std::printf("kvtier-router listening on %s:%d\n", listen.substr(0, listen.rfind(':')).c_str(),
-              port);
-  std::fflush(stdout);
+  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware);
+  auto server = kvtier::StartGrpcServer("kvtier-router", listen, &service);
+  if (!server.ok()) {
+    spdlog::critical("{}", server.status().ToString());
+    return 1;
+  }
   spdlog::info("kvtier-router: {} nodes, load factor {}", nodes->size(), options.load_factor);
   std::atomic<bool> stopping{false};
   std::thread refresher;
@@ -193,8 +179,8 @@ int main(int argc, char** argv) {
   stopping = true;
   if (refresher.joinable()) refresher.join();
   spdlog::info("kvtier-router: {} received, stopping", strsignal(sig));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  server->Wait();
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  (*server)->Wait();
   std::fflush(nullptr);
   _exit(0);
 }

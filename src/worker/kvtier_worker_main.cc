@@ -1,6 +1,5 @@
 // kvtier-worker: decode attention over cached prefixes (kvtier.v1.AttentionService), reading the
 // KV blocks from whichever kvtierd nodes hold them, with Prometheus metrics.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
@@ -128,42 +127,28 @@ int main(int argc, char** argv) {
   sigset_t signals = kvtier::BlockStopSignals();
 
   auto registry = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer;
-  if (!metrics_listen.empty()) {
-    auto served = kvtier::ServeMetrics("kvtier-worker", metrics_listen, registry);
-    if (!served.ok()) {
-      spdlog::critical("{}", served.status().ToString());
-      return 1;
-    }
-    exposer = std::move(*served);
+  auto exposer = kvtier::ServeMetrics("kvtier-worker", metrics_listen, registry);
+  if (!exposer.ok()) {
+    spdlog::critical("{}", exposer.status().ToString());
+    return 1;
   }
   auto worker = kvtier::worker::Worker::Create(options, registry.get());
   if (!worker.ok()) return Bad(std::string(worker.status().message()));
   kvtier::worker::AttentionServiceImpl service(worker->get());
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.SetMaxReceiveMessageSize(256 << 20);  // queries of many layers and sequences
-  builder.SetMaxSendMessageSize(256 << 20);
-  int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    spdlog::critical("cannot listen on {}", listen);
+  // Queries of many layers and sequences: messages up to 256 MiB.
+  auto server = kvtier::StartGrpcServer("kvtier-worker", listen, &service, 256 << 20);
+  if (!server.ok()) {
+    spdlog::critical("{}", server.status().ToString());
     return 1;
   }
-  std::printf("kvtier-worker listening on %s:%d\n", listen.substr(0, listen.rfind(':')).c_str(),
-              port);
-  std::fflush(stdout);
   spdlog::info("kvtier-worker: reading from {}, pool {} MiB",
                options.router.empty() ? "a static node list" : "router " + options.router,
                options.pool_bytes >> 20);
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("kvtier-worker: {} received, stopping", strsignal(sig));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  server->Wait();
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  (*server)->Wait();
   std::fflush(nullptr);
   _exit(0);
 }
