@@ -3,10 +3,12 @@
 
 #include <signal.h>
 
+#include <limits>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 
 namespace grpc {
 class Server;
@@ -19,6 +21,47 @@ class Registry;
 }  // namespace prometheus
 
 namespace kvtier {
+
+// Walks a server binary's command line in order: `--name value` pairs and switches.
+//
+//   for (ArgReader args(argc, argv); args.Next();) {
+//     if (args.flag() == "--listen") {
+//       if (!args.Value(&listen)) return Bad("--listen needs HOST:PORT");
+//     } else if ...
+class ArgReader {
+ public:
+  ArgReader(int argc, char** argv) : argc_(argc), argv_(argv) {}
+  bool Next() { return ++i_ < argc_; }
+  std::string flag() const { return argv_[i_]; }
+  // Takes the next argument as the flag's value; false when there is none.
+  bool Value(std::string* out) {
+    if (i_ + 1 >= argc_) return false;
+    *out = argv_[++i_];
+    return true;
+  }
+  // The value as an integer >= min (that fits T); false otherwise.
+  template <typename T>
+  bool Number(T* out, long long min) {
+    std::string v;
+    long long n = 0;
+    if (!Value(&v) || !absl::SimpleAtoi(v, &n) || n < min ||
+        (n >= 0 && static_cast<unsigned long long>(n) > std::numeric_limits<T>::max())) {
+      return false;
+    }
+    *out = static_cast<T>(n);
+    return true;
+  }
+  // The value as a number >= min.
+  bool Real(double* out, double min) {
+    std::string v;
+    return Value(&v) && absl::SimpleAtod(v, out) && *out >= min;
+  }
+
+ private:
+  int argc_;
+  char** argv_;
+  int i_ = 0;
+};
 
 // Blocks SIGTERM and SIGINT in the calling thread and the threads it starts later; returns the
 // set, for sigwait() to take them when the process is ready to stop.

@@ -12,7 +12,6 @@
 #include <memory>
 #include <string>
 
-#include "absl/strings/numbers.h"
 #include "common/logging.h"
 #include "common/service_main.h"
 #include "router/route_service.h"
@@ -67,54 +66,38 @@ int main(int argc, char** argv) {
   kvtier::router::RouterOptions options;
   kvtier::router::HealthOptions health;
   kvtier::router::CacheAwareOptions cache_aware;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
-    auto take = [&](std::string* out) {
-      if (v == nullptr) return false;
-      *out = v;
-      ++i;
-      return true;
-    };
-    auto take_int = [&](int* out, int min) {
-      if (v == nullptr || !absl::SimpleAtoi(v, out) || *out < min) return false;
-      ++i;
-      return true;
-    };
+  for (kvtier::ArgReader args(argc, argv); args.Next();) {
+    const std::string a = args.flag();
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
     } else if (a == "--nodes") {
-      if (!take(&nodes_flag)) return Bad("--nodes needs a list");
+      if (!args.Value(&nodes_flag)) return Bad("--nodes needs a list");
     } else if (a == "--nodes-file") {
-      if (!take(&nodes_file)) return Bad("--nodes-file needs a file");
+      if (!args.Value(&nodes_file)) return Bad("--nodes-file needs a file");
     } else if (a == "--nodes-dns") {
-      if (!take(&nodes_dns)) return Bad("--nodes-dns needs NAME:PORT");
+      if (!args.Value(&nodes_dns)) return Bad("--nodes-dns needs NAME:PORT");
     } else if (a == "--refresh-ms") {
-      if (!take_int(&refresh_ms, 10)) return Bad("--refresh-ms: >= 10");
+      if (!args.Number(&refresh_ms, 10)) return Bad("--refresh-ms: >= 10");
     } else if (a == "--listen") {
-      if (!take(&listen)) return Bad("--listen needs HOST:PORT");
+      if (!args.Value(&listen)) return Bad("--listen needs HOST:PORT");
     } else if (a == "--metrics-listen") {
-      if (!take(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
+      if (!args.Value(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
     } else if (a == "--load-factor") {
-      if (v == nullptr || !absl::SimpleAtod(v, &options.load_factor) ||
-          options.load_factor < 1.0) {
-        return Bad("--load-factor needs a number >= 1");
-      }
-      ++i;
+      if (!args.Real(&options.load_factor, 1.0)) return Bad("--load-factor needs a number >= 1");
     } else if (a == "--cache-aware") {
       cache_aware.enabled = true;
     } else if (a == "--index-max-keys") {
       int n = 0;
-      if (!take_int(&n, 1)) return Bad("--index-max-keys needs a number > 0");
+      if (!args.Number(&n, 1)) return Bad("--index-max-keys needs a number > 0");
       cache_aware.max_keys = static_cast<size_t>(n);
     } else if (a == "--probe-interval-ms") {
-      if (!take_int(&health.probe_interval_ms, 10)) return Bad("--probe-interval-ms: >= 10");
+      if (!args.Number(&health.probe_interval_ms, 10)) return Bad("--probe-interval-ms: >= 10");
       health.probe_timeout_ms = std::min(health.probe_timeout_ms, health.probe_interval_ms);
     } else if (a == "--failures-to-eject") {
-      if (!take_int(&health.failures_to_eject, 1)) return Bad("--failures-to-eject: >= 1");
+      if (!args.Number(&health.failures_to_eject, 1)) return Bad("--failures-to-eject: >= 1");
     } else if (a == "--log-level") {
-      if (!take(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
+      if (!args.Value(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
         return Bad("--log-level needs trace, debug, info, warn, error or off");
       }
     } else {

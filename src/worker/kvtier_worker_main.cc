@@ -11,7 +11,6 @@
 #include <memory>
 #include <string>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/service_main.h"
@@ -61,58 +60,44 @@ int main(int argc, char** argv) {
   kvtier::worker::WorkerOptions options;
   std::string listen = "127.0.0.1:7900", metrics_listen = "127.0.0.1:9790";
   std::string log_level = "info";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
-    auto take = [&](std::string* out) {
-      if (v == nullptr) return false;
-      *out = v;
-      ++i;
-      return true;
-    };
-    auto take_num = [&](auto* out, long long min) {
-      long long n = 0;
-      if (v == nullptr || !absl::SimpleAtoi(v, &n) || n < min) return false;
-      *out = static_cast<std::remove_reference_t<decltype(*out)>>(n);
-      ++i;
-      return true;
-    };
+  for (kvtier::ArgReader args(argc, argv); args.Next();) {
+    const std::string a = args.flag();
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
     } else if (a == "--router") {
-      if (!take(&options.router)) return Bad("--router needs HOST:PORT");
+      if (!args.Value(&options.router)) return Bad("--router needs HOST:PORT");
     } else if (a == "--nodes") {
       std::string list;
-      if (!take(&list)) return Bad("--nodes needs a list");
+      if (!args.Value(&list)) return Bad("--nodes needs a list");
       options.nodes = absl::StrSplit(list, ',', absl::SkipEmpty());
     } else if (a == "--listen") {
-      if (!take(&listen)) return Bad("--listen needs HOST:PORT");
+      if (!args.Value(&listen)) return Bad("--listen needs HOST:PORT");
     } else if (a == "--metrics-listen") {
-      if (!take(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
+      if (!args.Value(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
     } else if (a == "--pool-mib") {
       uint64_t mib = 0;
-      if (!take_num(&mib, 0)) return Bad("--pool-mib needs a number >= 0");
+      if (!args.Number(&mib, 0)) return Bad("--pool-mib needs a number >= 0");
       options.pool_bytes = mib << 20;
     } else if (a == "--spare-mib") {
       uint64_t mib = 0;
-      if (!take_num(&mib, 0)) return Bad("--spare-mib needs a number >= 0");
+      if (!args.Number(&mib, 0)) return Bad("--spare-mib needs a number >= 0");
       options.spare_bytes = mib << 20;
     } else if (a == "--threads") {
-      if (!take_num(&options.threads, 0)) return Bad("--threads needs a number >= 0");
+      if (!args.Number(&options.threads, 0)) return Bad("--threads needs a number >= 0");
     } else if (a == "--fetch-deadline-ms") {
-      if (!take_num(&options.fetch_deadline_ms, 1)) return Bad("--fetch-deadline-ms: > 0");
+      if (!args.Number(&options.fetch_deadline_ms, 1)) return Bad("--fetch-deadline-ms: > 0");
     } else if (a == "--max-request-blocks") {
-      if (!take_num(&options.max_request_blocks, 1)) return Bad("--max-request-blocks: > 0");
+      if (!args.Number(&options.max_request_blocks, 1)) return Bad("--max-request-blocks: > 0");
     } else if (a == "--device") {
-      if (!take(&options.device) ||
+      if (!args.Value(&options.device) ||
           (options.device != "auto" && options.device != "cpu" && options.device != "cuda")) {
         return Bad("--device needs auto, cpu or cuda");
       }
     } else if (a == "--no-ucx") {
       options.use_ucx = false;
     } else if (a == "--log-level") {
-      if (!take(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
+      if (!args.Value(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
         return Bad("--log-level needs trace, debug, info, warn, error or off");
       }
     } else {
