@@ -101,8 +101,14 @@ absl::Status RouterClient::RefreshMembers() {
   router::RouterOptions o;
   o.load_factor = res.load_factor();
   o.points_per_weight = static_cast<int>(res.points_per_weight());
+  o.placement_entries = size_t{1} << 16;  // this client's own prefixes
   MutexLock lock(&mu_);
-  local_ = std::make_unique<router::Router>(std::move(nodes), o);
+  if (local_ != nullptr && local_->options().load_factor == o.load_factor &&
+      local_->options().points_per_weight == o.points_per_weight) {
+    local_->SetNodes(std::move(nodes));
+  } else {
+    local_ = std::make_unique<router::Router>(std::move(nodes), o);
+  }
   loads_ = std::move(loads);
   return absl::OkStatus();
 }
@@ -117,6 +123,7 @@ absl::StatusOr<RouteResult> RouterClient::RouteLocally(std::span<const BlockKey>
   }
   if (chain.empty()) return absl::InvalidArgumentError("router client: empty chain");
   const router::RouteChoice c = local_->Route(chain, loads_);
+  loads_[c.node] += static_cast<double>(chain.size());  // as the router counts unreported work
   RouteResult r;
   r.routing_depth = c.depth;
   std::vector<int> order;

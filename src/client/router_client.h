@@ -1,8 +1,10 @@
 #pragma once
 // RouterClient: the C++ client of kvtier-router (kvtier.v1.RouteService). Either ask the router
 // per request (Route, RouteTokens), or fetch its membership once (RefreshMembers) and route in
-// this process with the router's own code (RouteLocally): no round trip per request, the same
-// choice as the router's for the same membership and loads. Thread-safe.
+// this process with the router's own code (RouteLocally): no round trip per request. Local
+// routing shares the router's ring and bound; its placements (where it sent each prefix) and
+// its loads (the router's at the last refresh plus what this client routed since) are its own.
+// Thread-safe.
 
 #include <memory>
 #include <span>
@@ -43,7 +45,8 @@ class RouterClient {
   // What a routed request cost `node` (blocks it prefilled): the router's load signal.
   absl::Status Report(const std::string& node, uint64_t prefilled_blocks);
 
-  // Fetches the healthy members, their loads and the routing parameters for RouteLocally.
+  // Fetches the healthy members, their loads and the routing parameters for RouteLocally. The
+  // placements of prefixes on nodes that are still members are kept.
   absl::Status RefreshMembers();
   // Routes with the last fetched membership, in this process. FAILED_PRECONDITION before the
   // first RefreshMembers, UNAVAILABLE when no member was healthy.

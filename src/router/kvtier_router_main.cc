@@ -21,11 +21,13 @@ namespace {
 
 constexpr char kUsage[] = R"(usage: kvtier-router (--nodes LIST | --nodes-file FILE | --nodes-dns NAME:PORT) [options]
 
-Routes requests (kvtier.v1.RouteService) to the kvtierd node that should prefill and cache them:
-the shallowest prefix key that is not hot (shared by more than 1/N of recent requests) picks a
-node by consistent hashing, and bounded loads keep any node from taking more than
---load-factor x its share of the work. Nodes failing their gRPC health probes are ejected and
-re-admitted when they pass again.
+Routes requests (kvtier.v1.RouteService) to the kvtierd node that should prefill and cache them.
+The routing key is the shallowest prefix key that is not hot (shared by more than 1/N of recent
+requests). A new key goes to the first node in its consistent-hashing order that is at or under
+its share of the work; a known key goes back to the node it was placed on, unless that node is
+over --load-factor x its share (then to the next node in ring order within it). Placements are
+remembered (--placement-entries). Nodes failing their gRPC health probes are ejected, their
+prefixes placed anew, and re-admitted when they pass again.
 
 options:
   --nodes LIST           kvtierd gRPC addresses, comma-separated, each with an optional
@@ -37,6 +39,8 @@ options:
   --listen HOST:PORT     gRPC address (default 127.0.0.1:7800; port 0 picks a free port)
   --metrics-listen H:P   Prometheus /metrics (default 127.0.0.1:9780; empty: none)
   --load-factor F        bounded loads' 1 + epsilon (default 1.25)
+  --placement-entries N  prefixes whose node is remembered (default 1048576, 16 bytes each;
+                         the least recently used are forgotten)
   --cache-aware          also index which node holds which blocks (each daemon's WatchBlocks
                          stream) and send a request, among the nodes within the load bound, to
                          the one holding the longest prefix of it; Route then reports the
@@ -85,6 +89,10 @@ int main(int argc, char** argv) {
       if (!args.Value(&metrics_listen)) return Bad("--metrics-listen needs HOST:PORT or ''");
     } else if (a == "--load-factor") {
       if (!args.Real(&options.load_factor, 1.0)) return Bad("--load-factor needs a number >= 1");
+    } else if (a == "--placement-entries") {
+      int n = 0;
+      if (!args.Number(&n, 64)) return Bad("--placement-entries needs a number >= 64");
+      options.placement_entries = static_cast<size_t>(n);
     } else if (a == "--cache-aware") {
       cache_aware.enabled = true;
     } else if (a == "--index-max-keys") {

@@ -61,6 +61,7 @@ struct RouteServiceImpl::Metrics {
   prometheus::Histogram* latency = nullptr;
   prometheus::Gauge* imbalance = nullptr;
   prometheus::Gauge* popularity_bytes = nullptr;
+  prometheus::Gauge* placements = nullptr;
   prometheus::Gauge* index_keys = nullptr;
   prometheus::Counter* index_dropped = nullptr;
 };
@@ -176,10 +177,17 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                                .Add({});
     metrics_->popularity_bytes = &prometheus::BuildGauge()
                                       .Name("kvtier_router_index_bytes")
-                                      .Help("Memory of the prefix popularity sketch.")
+                                      .Help("Memory of the prefix popularity sketch and the "
+                                            "placement memory.")
                                       .Register(*registry)
                                       .Add({});
-    metrics_->popularity_bytes->Set(static_cast<double>(router_.popularity_bytes()));
+    metrics_->popularity_bytes->Set(
+        static_cast<double>(router_.popularity_bytes() + router_.placement_bytes()));
+    metrics_->placements = &prometheus::BuildGauge()
+                                .Name("kvtier_router_placements")
+                                .Help("Routing keys whose node is remembered.")
+                                .Register(*registry)
+                                .Add({});
     metrics_->index_keys = &prometheus::BuildGauge()
                                 .Name("kvtier_router_index_keys")
                                 .Help("Blocks in the cache-aware index (which node holds what).")
@@ -464,6 +472,7 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
       }
     }
     response->set_expected_cached_blocks(static_cast<uint32_t>(best));
+    if (node != c.node) router_.Remember(c.routing_key, node);  // its turns follow it there
   }
   // The chosen node first, then the rest in ring order (where to go if it fails).
   response->add_nodes(members_[ring_members_[node]]->node.name);
@@ -489,6 +498,7 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
       max = std::max(max, members_[m]->load);
     }
     metrics_->imbalance->Set(total > 0 ? max * ring_members_.size() / total : 0);
+    metrics_->placements->Set(static_cast<double>(router_.placements()));
     metrics_->latency->Observe(Now() - start);
   }
   return grpc::Status::OK;

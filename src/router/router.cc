@@ -5,32 +5,61 @@ namespace kvtier::router {
 Router::Router(std::vector<RingNode> nodes, RouterOptions options)
     : ring_(std::move(nodes), options.points_per_weight),
       options_(options),
-      popularity_(options.popularity_width, options.popularity_window) {
-  for (size_t i = 0; i < ring_.size(); ++i) total_weight_ += ring_.node(i).weight;
+      popularity_(options.popularity_width, options.popularity_window),
+      placements_(options.placement_entries) {
+  IndexNodes();
+}
+
+void Router::SetNodes(std::vector<RingNode> nodes) {
+  ring_ = HashRing(std::move(nodes), options_.points_per_weight);
+  IndexNodes();
+}
+
+void Router::IndexNodes() {
+  total_weight_ = 0;
+  id_of_node_.clear();
+  std::fill(node_of_id_.begin(), node_of_id_.end(), -1);
+  for (size_t i = 0; i < ring_.size(); ++i) {
+    total_weight_ += ring_.node(i).weight;
+    const auto [it, added] = node_ids_.try_emplace(ring_.node(i).name, node_ids_.size());
+    if (added) node_of_id_.push_back(-1);
+    id_of_node_.push_back(it->second);
+    node_of_id_[it->second] = static_cast<int>(i);
+  }
+}
+
+int Router::NodeOfId(int64_t id) const {
+  return id >= 0 && id < static_cast<int64_t>(node_of_id_.size()) ? node_of_id_[id] : -1;
 }
 
 template <typename KeyAt>
-size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key) {
+size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh) {
   if (blocks == 0 || ring_.size() == 0) return 0;
   popularity_.AddRequest();
   const double fair = 1.0 / static_cast<double>(ring_.size());
   for (size_t d = 0; d < blocks; ++d) {
     *routing_key = key_at(d);
+    *fresh = popularity_.Share(*routing_key) == 0;
     popularity_.Add(*routing_key);
     if (popularity_.Share(*routing_key) <= fair) return d + 1;
   }
   return blocks;
 }
 
-void Router::SetNodes(std::vector<RingNode> nodes) {
-  ring_ = HashRing(std::move(nodes), options_.points_per_weight);
-  total_weight_ = 0;
-  for (size_t i = 0; i < ring_.size(); ++i) total_weight_ += ring_.node(i).weight;
-}
-
 size_t Router::Depth(std::span<const BlockKey> chain) {
   BlockKey unused;
-  return DepthOf(chain.size(), [&](size_t d) { return chain[d]; }, &unused);
+  bool fresh;
+  return DepthOf(chain.size(), [&](size_t d) { return chain[d]; }, &unused, &fresh);
+}
+
+RouteChoice Router::Route(std::span<const BlockKey> chain, std::span<const double> loads,
+                          double slack) {
+  RouteChoice c;
+  bool fresh = false;
+  c.depth = DepthOf(chain.size(), [&](size_t d) { return chain[d]; }, &c.routing_key, &fresh);
+  if (c.depth == 0) return c;
+  c.node = Place(c.routing_key, fresh, loads, slack);
+  return c;
 }
 
 RouteChoice Router::RouteTokens(const ChainHasher& hasher, std::span<const uint32_t> tokens,
@@ -38,16 +67,39 @@ RouteChoice Router::RouteTokens(const ChainHasher& hasher, std::span<const uint3
   RouteChoice c;
   const size_t bt = hasher.block_tokens();
   BlockKey parent = hasher.root();
+  bool fresh = false;
   c.depth = DepthOf(
       tokens.size() / bt,
       [&](size_t d) {
         parent = hasher.Next(parent, tokens.subspan(d * bt, bt));
         return parent;
       },
-      &c.routing_key);
-  if (c.depth == 0) c.routing_key = hasher.root();
-  c.node = Pick(c.routing_key, loads, slack);
+      &c.routing_key, &fresh);
+  if (c.depth == 0) {
+    c.routing_key = hasher.root();
+    c.node = Pick(c.routing_key, loads, slack);  // one key for every short prompt: not placed
+    return c;
+  }
+  c.node = Place(c.routing_key, fresh, loads, slack);
   return c;
+}
+
+int Router::Place(const BlockKey& key, bool fresh, std::span<const double> loads, double slack) {
+  if (ring_.size() == 0) return -1;
+  int n = NodeOfId(placements_.Find(key));
+  if (n >= 0 && WithinBound(n, loads, slack)) return n;
+  n = n < 0 && fresh ? PickUnderShare(key, loads, slack) : Pick(key, loads, slack);
+  Remember(key, n);
+  return n;
+}
+
+void Router::Remember(const BlockKey& key, int n) {
+  if (n >= 0 && n < static_cast<int>(id_of_node_.size())) placements_.Remember(key, id_of_node_[n]);
+}
+
+int Router::Preferred(const BlockKey& key) const {
+  const int n = NodeOfId(placements_.Peek(key));
+  return n >= 0 ? n : ring_.Home(RingHash(key));
 }
 
 bool Router::WithinBound(int n, std::span<const double> loads, double slack) const {
@@ -55,6 +107,17 @@ bool Router::WithinBound(int n, std::span<const double> loads, double slack) con
   for (double l : loads) total += l;
   const double share = ring_.node(n).weight / total_weight_;
   return loads[n] <= options_.load_factor * total * share + slack;
+}
+
+int Router::PickUnderShare(const BlockKey& key, std::span<const double> loads,
+                           double slack) const {
+  ring_.Candidates(RingHash(key), ring_.size(), &candidates_);
+  double total = 0;
+  for (double l : loads) total += l;
+  for (int n : candidates_) {
+    if (loads[n] <= total * ring_.node(n).weight / total_weight_ + slack) return n;
+  }
+  return candidates_.front();  // unreachable: some node is at or under its share
 }
 
 int Router::Pick(const BlockKey& key, std::span<const double> loads, double slack) const {
@@ -69,16 +132,6 @@ int Router::Pick(const BlockKey& key, std::span<const double> loads, double slac
     if (loads[n] / share < loads[least] / (ring_.node(least).weight / total_weight_)) least = n;
   }
   return least;  // unreachable: some node is at or below its share
-}
-
-RouteChoice Router::Route(std::span<const BlockKey> chain, std::span<const double> loads,
-                          double slack) {
-  RouteChoice c;
-  c.depth = Depth(chain);
-  if (c.depth == 0) return c;
-  c.routing_key = chain[c.depth - 1];
-  c.node = Pick(c.routing_key, loads, slack);
-  return c;
 }
 
 }  // namespace kvtier::router

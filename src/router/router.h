@@ -9,16 +9,29 @@
 // together. No per-trace parameter: the threshold is the node count itself.
 //
 // Node choice: consistent hashing (HashRing) wrapped in bounded loads (Mirrokni, Thorup and
-// Zadimoghaddam): walking the key's ring candidates, the first node whose in-flight prefill work
-// is within load_factor x its weighted share of the total takes the request.
+// Zadimoghaddam), with placements remembered:
+// - a routing key seen before goes to the node it was last placed on (PlacementMemory), as
+//   long as that node is within load_factor x its weighted share of the total work;
+// - a new routing key (not in the popularity sketch) costs the same prefill everywhere, so it
+//   is where balance is cheap: it goes to the first ring candidate at or under its share
+//   (bounded loads with epsilon 0);
+// - otherwise (over the bound, or forgotten) the first ring candidate within the bound.
+// Every choice is remembered. Balancing new prefixes keeps loads near the mean, so known
+// prefixes rarely meet a full node and lose their cache; with equal loads every choice is the
+// key's ring home, and a join or leave moves only the prefixes placed on the leaving node.
 //
-// Not thread-safe (Depth updates the popularity sketch): one router per routing thread.
+// Not thread-safe (routing updates the popularity sketch and the placements): one router per
+// routing thread. Placements are this router's own: replicas or clients routing locally agree
+// on ring homes but not on where load pushed a prefix.
 
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "common/block_key.h"
+#include "router/placement.h"
 #include "router/popularity.h"
 #include "router/ring.h"
 
@@ -29,6 +42,7 @@ struct RouterOptions {
   int points_per_weight = 160;  // Default: 160. Ring points per unit of node weight.
   size_t popularity_width = size_t{1} << 14;  // Default: 16,384 counters a row (256 KiB).
   uint32_t popularity_window = 4096;  // Default: 4,096 requests between halvings.
+  size_t placement_entries = size_t{1} << 20;  // Default: 1,048,576 placements (16 MiB).
 };
 
 struct RouteChoice {
@@ -40,7 +54,8 @@ struct RouteChoice {
 class Router {
  public:
   Router(std::vector<RingNode> nodes, RouterOptions options = {});
-  // New membership (a node joined, left or was ejected); the popularity state is kept.
+  // New membership (a node joined, left or was ejected); the popularity sketch is kept, and
+  // so are the placements on nodes (by name) that remain.
   void SetNodes(std::vector<RingNode> nodes);
 
   // The routing depth of `chain` (1..chain.size(); 0 for an empty chain), counting the request
@@ -51,7 +66,7 @@ class Router {
   // volume a node may run one request ahead instead of losing its prefixes to the next node).
   // `loads[i]` is node i's prefill work (any unit; blocks in kvtier).
   int Pick(const BlockKey& key, std::span<const double> loads, double slack = 0) const;
-  // Depth, then Pick.
+  // Depth, then the node: remembered, balanced or picked as the header says.
   RouteChoice Route(std::span<const BlockKey> chain, std::span<const double> loads,
                     double slack = 0);
   // The same from a prompt's tokens, hashing only as many blocks as the depth needs (usually a
@@ -61,19 +76,40 @@ class Router {
                           std::span<const double> loads, double slack = 0);
   // True when `loads[n]` is within node n's bound.
   bool WithinBound(int n, std::span<const double> loads, double slack = 0) const;
+  // Records that `key`'s requests now go to node `n` (cache-aware mode moving a prefix to
+  // the node that holds more of it).
+  void Remember(const BlockKey& key, int n);
+  // Where `key` would go with equal loads: its remembered node, else its ring home. Changes
+  // nothing (for measuring what a membership change moves).
+  int Preferred(const BlockKey& key) const;
 
   const HashRing& ring() const { return ring_; }
   const RouterOptions& options() const { return options_; }
   size_t popularity_bytes() const { return popularity_.memory_bytes(); }
+  size_t placements() const { return placements_.size(); }
+  size_t placement_bytes() const { return placements_.memory_bytes(); }
 
  private:
-  // Depth over `blocks` keys produced by key_at(d), in order.
+  // Depth over `blocks` keys produced by key_at(d), in order; `fresh`: the routing key was
+  // not in the popularity sketch before this request.
   template <typename KeyAt>
-  size_t DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key);
+  size_t DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh);
+  // The node for a routing key (the rules in the header), remembered.
+  int Place(const BlockKey& key, bool fresh, std::span<const double> loads, double slack);
+  // The first ring candidate at or under its weighted share of the total, plus `slack`.
+  int PickUnderShare(const BlockKey& key, std::span<const double> loads, double slack) const;
+  // Node ids: stable per name across SetNodes, for the placement memory.
+  void IndexNodes();
+  int NodeOfId(int64_t id) const;
+
   HashRing ring_;
   RouterOptions options_;
   double total_weight_ = 0;
   PrefixPopularity popularity_;
+  PlacementMemory placements_;
+  absl::flat_hash_map<std::string, uint32_t> node_ids_;  // every name ever a member
+  std::vector<uint32_t> id_of_node_;                      // ring index -> id
+  std::vector<int> node_of_id_;                           // id -> ring index, or -1
   mutable std::vector<int> candidates_;
 };
 

@@ -1,5 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "router/placement.h"
 #include "router/router.h"
 #include "router/simulator.h"
 
@@ -34,7 +42,7 @@ TEST(HashRing, SharesFollowWeights) {
 TEST(HashRing, AJoinOrLeaveMovesAboutOneNthOfTheKeys) {
   std::vector<BlockKey> keys;
   for (uint64_t i = 0; i < 20000; ++i) keys.push_back(Key(i * 11400714819323198485ull));
-  const KeysMoved m = MeasureKeysMoved(keys, 8, RouterOptions{});
+  const KeysMoved m = MeasureKeysMoved(Router(SimNodes(8)), keys);  // nothing placed yet
   EXPECT_LT(m.join, 1.2 / 8);
   EXPECT_GT(m.join, 0.5 / 8);
   EXPECT_LT(m.leave, 1.2 / 8);
@@ -116,6 +124,148 @@ TEST(Router, RoutingTokensHashesOnlyWhatItNeedsAndAgreesWithKeys) {
   EXPECT_EQ(c.depth, 0u);
   EXPECT_EQ(c.routing_key, hasher->root());
   EXPECT_GE(c.node, 0);
+}
+
+TEST(PlacementMemory, RemembersWithinItsBoundAndForgetsTheLeastRecentlyUsed) {
+  PlacementMemory m(64);
+  EXPECT_EQ(m.memory_bytes(), 64u * 16);
+  EXPECT_EQ(m.Find(Key(1)), -1);
+  m.Remember(Key(1), 3);
+  m.Remember(Key(1), 5);  // moved: one entry, the new node
+  EXPECT_EQ(m.Find(Key(1)), 5);
+  EXPECT_EQ(m.size(), 1u);
+  const BlockKey kept = Key(999'999);
+  m.Remember(kept, 7);
+  for (uint64_t i = 0; i < 5000; ++i) {
+    m.Remember(Key(i * 0x9E3779B97F4A7C15ULL + 11), static_cast<uint32_t>(i % 9));
+    ASSERT_EQ(m.Find(kept), 7) << "a key in use is never the one forgotten, " << i;
+  }
+  EXPECT_EQ(m.size(), 64u);  // full, never over
+  EXPECT_EQ(m.Peek(Key(4999 * 0x9E3779B97F4A7C15ULL + 11)), 4999 % 9);
+}
+
+TEST(Router, NewPrefixesGoWhereWorkIsBelowShareKnownOnesStayPut) {
+  Router r(SimNodes(4), {.load_factor = 1.25});
+  std::vector<double> loads = {100, 100, 100, 100};
+  // A key whose ring home is over its share (but within the bound) and never seen: placed on
+  // the first ring candidate at or under the mean, and remembered there.
+  uint64_t i = 0;
+  BlockKey key;
+  int home = -1;
+  do {
+    key = Key(++i);
+    home = r.ring().Home(RingHash(key));
+  } while (home != 0);
+  loads[0] = 120;  // mean 105, bound 131
+  const RouteChoice first = r.Route(std::vector<BlockKey>{key}, loads);
+  EXPECT_NE(first.node, 0);
+  EXPECT_LE(loads[first.node], 105.0);
+  EXPECT_EQ(r.Preferred(key), first.node);
+  // Its next turn goes back there although that node is now the busiest, as long as it is
+  // within the bound; with equal loads too (it is no longer the ring home that decides).
+  loads = {100, 100, 100, 100};
+  loads[first.node] = 125;  // mean 106.25, bound 132.8
+  EXPECT_EQ(r.Route(std::vector<BlockKey>{key}, loads).node, first.node);
+  EXPECT_EQ(r.Route(std::vector<BlockKey>{key}, std::vector<double>(4, 0)).node, first.node);
+  // Over the bound: it spills within the bound, and stays at its new node afterwards.
+  loads = {100, 100, 100, 100};
+  loads[first.node] = 200;  // mean 125, bound 156
+  const int spilled = r.Route(std::vector<BlockKey>{key}, loads).node;
+  EXPECT_NE(spilled, first.node);
+  EXPECT_TRUE(r.WithinBound(spilled, loads));
+  EXPECT_EQ(r.Route(std::vector<BlockKey>{key}, std::vector<double>(4, 0)).node, spilled);
+}
+
+TEST(Router, MembershipChangesMoveOnlyTheLeavingNodesPrefixes) {
+  Router r(SimNodes(5));
+  std::vector<double> loads(5, 0);
+  std::vector<BlockKey> keys;
+  for (uint64_t i = 0; i < 3000; ++i) {
+    keys.push_back(Key(i * 0x9E3779B97F4A7C15ULL + 5));
+    const RouteChoice c = r.Route(std::vector<BlockKey>{keys.back()}, loads);
+    loads[c.node] += 1 + i % 13;  // uneven work: many keys are placed off their ring home
+  }
+  std::vector<int> before;
+  for (const BlockKey& k : keys) before.push_back(r.Preferred(k));
+  const KeysMoved m = MeasureKeysMoved(r, keys);
+  EXPECT_EQ(m.join, 0.0);  // placed prefixes stay where their blocks are
+  const double on_last =
+      static_cast<double>(std::count(before.begin(), before.end(), 4)) / keys.size();
+  EXPECT_DOUBLE_EQ(m.leave, on_last);  // exactly the leaving node's
+  EXPECT_NEAR(on_last, 0.2, 0.05);
+  // Ejected and re-admitted (by name, at another index): its placements are its own again.
+  std::vector<RingNode> reordered = {{"node-4", 1.0}, {"node-0", 1.0}, {"node-1", 1.0},
+                                     {"node-2", 1.0}, {"node-3", 1.0}};
+  r.SetNodes({{"node-0", 1.0}, {"node-1", 1.0}, {"node-2", 1.0}, {"node-3", 1.0}});
+  r.SetNodes(reordered);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_EQ(reordered[r.Preferred(keys[i])].name, absl::StrCat("node-", before[i])) << i;
+  }
+}
+
+// Decisions of this router on a scripted workload (hot system prompt, conversations, uneven
+// weights and loads, a node leaving), in tests/data/router_golden.json: other implementations
+// of the routing (the Python client's route_locally) must make the same ones.
+// KVTIER_UPDATE_GOLDEN=1 rewrites the file.
+TEST(Router, GoldenDecisions) {
+  std::mt19937_64 rng(20261128);
+  const auto random_key = [&] {
+    const uint64_t hi = rng();
+    return BlockKey{hi, rng()};
+  };
+  std::vector<RingNode> nodes = {{"10.0.0.1:7700", 1.0}, {"10.0.0.2:7700", 1.0},
+                                 {"10.0.0.3:7700", 2.0}, {"10.0.0.4:7700", 1.0},
+                                 {"10.0.0.5:7700", 0.5}};
+  Router r(nodes);
+  const std::vector<BlockKey> system = {random_key(), random_key(), random_key()};
+  std::vector<std::vector<BlockKey>> conversations(30);
+  std::vector<double> loads(nodes.size(), 0);
+  nlohmann::json events = nlohmann::json::array();
+  const auto nodes_json = [](const std::vector<RingNode>& ns) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const RingNode& n : ns) j.push_back({{"name", n.name}, {"weight", n.weight}});
+    return j;
+  };
+  events.push_back({{"nodes", nodes_json(nodes)}});
+  for (int i = 0; i < 200; ++i) {
+    if (i == 120) {  // 10.0.0.2 leaves; the rest keep their loads
+      nodes.erase(nodes.begin() + 1);
+      loads.erase(loads.begin() + 1);
+      r.SetNodes(nodes);
+      events.push_back({{"nodes", nodes_json(nodes)}});
+    }
+    std::vector<BlockKey>& conversation = conversations[rng() % conversations.size()];
+    for (int added = 1 + rng() % 3; added > 0; --added) conversation.push_back(random_key());
+    std::vector<BlockKey> chain;
+    if (rng() % 10 < 7) chain = system;
+    chain.insert(chain.end(), conversation.begin(), conversation.end());
+    const RouteChoice c = r.Route(chain, loads, /*slack=*/2.0);
+    nlohmann::json keys = nlohmann::json::array();
+    for (const BlockKey& k : chain) keys.push_back(k.Hex());
+    events.push_back({{"chain", keys}, {"loads", loads}, {"node", c.node}, {"depth", c.depth}});
+    loads[c.node] += static_cast<double>(chain.size());
+    if (i % 10 == 9) {
+      for (double& l : loads) l *= 0.9;
+    }
+  }
+  const nlohmann::json golden = {{"slack", 2.0}, {"events", events}};
+  const std::string path = std::string(KVTIER_SOURCE_DIR) + "/tests/data/router_golden.json";
+  if (std::getenv("KVTIER_UPDATE_GOLDEN") != nullptr) {
+    std::ofstream out(path);  // one event a line
+    out << "{\"slack\": 2.0, \"events\": [\n";
+    for (size_t i = 0; i < events.size(); ++i) {
+      out << events[i].dump() << (i + 1 < events.size() ? ",\n" : "\n");
+    }
+    out << "]}\n";
+  }
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << path << " is missing (KVTIER_UPDATE_GOLDEN=1 writes it)";
+  const nlohmann::json stored = nlohmann::json::parse(in);
+  ASSERT_EQ(stored.size(), golden.size());
+  ASSERT_EQ(stored["events"].size(), golden["events"].size());
+  for (size_t i = 0; i < golden["events"].size(); ++i) {
+    ASSERT_EQ(stored["events"][i], golden["events"][i]) << "event " << i;
+  }
 }
 
 TEST(Router, EmptyChainHasNoRoute) {

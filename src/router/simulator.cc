@@ -149,22 +149,24 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
         break;
       }
       case Policy::kCacheAware: {
-        // The router's index of who holds what, here exact: each node's cache, peeked. Among
-        // the nodes within the load bound, the fewest blocks to prefill; ties go in ring order
-        // of the routing key (where a new prefix goes).
-        const size_t depth = router.Depth(req.chain);
+        // The router's index of who holds what, here exact: each node's cache, peeked. The
+        // router's choice, unless a node within the bound holds more of the prefix (the
+        // first such in ring order of the routing key); the prefix is then remembered there.
+        const RouteChoice c = router.Route(req.chain, loads);
+        node = c.node;
+        size_t best = caches[node].Peek(req.chain);
         std::vector<int> order;
-        router.ring().Candidates(RingHash(req.chain[depth - 1]), n, &order);
-        double best = -1;
-        for (int c : order) {
-          if (!router.WithinBound(c, loads)) continue;
-          const double work = static_cast<double>(req.chain.size() - caches[c].Peek(req.chain));
-          if (best < 0 || work < best) {
-            best = work;
-            node = c;
+        router.ring().Candidates(RingHash(c.routing_key), n, &order);
+        for (int other : order) {
+          if (best == req.chain.size()) break;
+          if (!router.WithinBound(other, loads)) continue;
+          const size_t cached = caches[other].Peek(req.chain);
+          if (cached > best) {
+            best = cached;
+            node = other;
           }
         }
-        if (best < 0) node = router.Pick(req.chain[depth - 1], loads);
+        if (node != c.node) router.Remember(c.routing_key, node);
         break;
       }
     }
@@ -187,7 +189,10 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   r.max_mean_load = sum ? static_cast<double>(max) * n / sum : 0;
   r.ttft_p50_s = Percentile(ttft, 0.5);
   r.ttft_p90_s = Percentile(ttft, 0.9);
-  r.routing_keys.assign(routing_keys.begin(), routing_keys.end());
+  if (policy == Policy::kKvtier) {
+    r.keys_moved =
+        MeasureKeysMoved(router, std::vector<BlockKey>(routing_keys.begin(), routing_keys.end()));
+  }
   return r;
 }
 
@@ -201,20 +206,24 @@ double GlobalLruHitRate(const std::vector<TraceRequest>& trace, size_t capacity)
   return all ? static_cast<double>(hits) / all : 0;
 }
 
-KeysMoved MeasureKeysMoved(const std::vector<BlockKey>& keys, size_t nodes,
-                           const RouterOptions& options) {
+KeysMoved MeasureKeysMoved(const Router& router, const std::vector<BlockKey>& keys) {
   KeysMoved m;
-  if (keys.empty() || nodes < 2) return m;
-  const HashRing before(SimNodes(nodes), options.points_per_weight);
-  const HashRing joined(SimNodes(nodes + 1), options.points_per_weight);
-  const HashRing left(SimNodes(nodes - 1), options.points_per_weight);
+  const size_t n = router.ring().size();
+  if (keys.empty() || n < 2) return m;
+  std::vector<RingNode> nodes;
+  for (size_t i = 0; i < n; ++i) nodes.push_back(router.ring().node(i));
+  Router joined = router, left = router;
+  std::vector<RingNode> more = nodes;
+  more.push_back({"joining-node", 1.0});
+  joined.SetNodes(std::move(more));
+  nodes.pop_back();
+  left.SetNodes(std::move(nodes));
   size_t moved_join = 0, moved_leave = 0;
   for (const BlockKey& k : keys) {
-    const uint64_t h = RingHash(k);
-    const int home = before.Home(h);
-    // Same names, same points: a node index means the same node in all three rings.
-    moved_join += joined.Home(h) != home;
-    moved_leave += left.Home(h) != home;
+    // The first n - 1 nodes keep their indexes in all three routers.
+    const int home = router.Preferred(k);
+    moved_join += joined.Preferred(k) != home;
+    moved_leave += left.Preferred(k) != home;
   }
   m.join = static_cast<double>(moved_join) / keys.size();
   m.leave = static_cast<double>(moved_leave) / keys.size();

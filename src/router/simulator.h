@@ -39,13 +39,19 @@ struct SimOptions {
   uint64_t seed = 1;          // for the random policy
 };
 
+// Fraction of routing keys whose preferred node (Router::Preferred: remembered, else the ring
+// home) changes when a node joins or the last one leaves.
+struct KeysMoved {
+  double join = 0, leave = 0;
+};
+
 struct PolicyResult {
   double hit_rate = 0;        // hit blocks / all blocks
   double max_mean_load = 0;   // max over nodes of missed (prefilled) blocks / their mean
   double ttft_p50_s = 0, ttft_p90_s = 0;
   std::vector<uint64_t> prefilled;  // missed blocks per node
   std::vector<uint64_t> hits;       // hit blocks per node
-  std::vector<BlockKey> routing_keys;  // distinct routing keys used (hash policies)
+  KeysMoved keys_moved;  // kvtier policy: over the routing keys it used, after the replay
 };
 
 PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
@@ -54,13 +60,8 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
 // The hit rate of one LRU of `capacity` blocks that sees every request (a perfect pool).
 double GlobalLruHitRate(const std::vector<TraceRequest>& trace, size_t capacity);
 
-// Fraction of `keys` whose home node changes when a node joins (N + 1 nodes) or the last one
-// leaves (N - 1), with the router's ring over `nodes` equal nodes.
-struct KeysMoved {
-  double join = 0, leave = 0;
-};
-KeysMoved MeasureKeysMoved(const std::vector<BlockKey>& keys, size_t nodes,
-                           const RouterOptions& options);
+// Over `keys`, with `router`'s ring and placements.
+KeysMoved MeasureKeysMoved(const Router& router, const std::vector<BlockKey>& keys);
 
 // Node names used by the simulation ("node-0", ...).
 std::vector<RingNode> SimNodes(size_t n);

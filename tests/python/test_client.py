@@ -55,6 +55,29 @@ class BlockKeyVectors(unittest.TestCase):
             KvLayout("gqa", "int4", 1, 8, 128)
 
 
+class RoutingGolden(unittest.TestCase):
+    """kvtier.routing repeats the C++ router's decisions (tests/data/router_golden.json)."""
+
+    def test_every_decision(self):
+        from kvtier import routing
+        with open(os.path.join(SOURCE, "tests", "data", "router_golden.json")) as f:
+            doc = json.load(f)
+        router, decided = None, 0
+        for i, event in enumerate(doc["events"]):
+            if "nodes" in event:
+                nodes = [(n["name"], n["weight"]) for n in event["nodes"]]
+                if router is None:
+                    router = routing.Router(nodes)
+                else:
+                    router.set_nodes(nodes)
+                continue
+            chain = [bytes.fromhex(k) for k in event["chain"]]
+            node, depth, _ = router.route(chain, event["loads"], doc["slack"])
+            self.assertEqual((node, depth), (event["node"], event["depth"]), f"event {i}")
+            decided += 1
+        self.assertGreaterEqual(decided, 100)
+
+
 class Daemon:
     """A kvtierd on a free loopback port, stopped with SIGTERM."""
 
@@ -103,6 +126,15 @@ class LiveRouter(unittest.TestCase):
                 self.assertGreaterEqual(route.routing_depth, 1)
                 self.assertEqual(r.route("py", keys=[b"k" * 16] * 3).nodes, [daemon.address])
                 r.report(daemon.address, 5)
+                with self.assertRaises(RuntimeError):
+                    r.route_locally("py", tokens=list(range(100)))
+                r.refresh_members()
+                local = r.route_locally("py", tokens=list(range(100)), model="m")
+                self.assertEqual(local.nodes, [daemon.address])
+                self.assertEqual(local.routing_depth, route.routing_depth)
+                self.assertEqual(r.route_locally("py", tokens=[1, 2]).routing_depth, 0)
+                with self.assertRaises(ValueError):
+                    r.route_locally("py", keys=[b"short"])
                 [m] = r.members()
                 self.assertEqual((m.address, m.healthy), (daemon.address, True))
                 with self.assertRaises(ValueError):
