@@ -3,7 +3,13 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -217,6 +223,85 @@ TEST_F(RouterServiceTest, MembershipFromDns) {
       grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
   const std::vector<std::string> members = WaitMembers(stub.get(), 1);
   EXPECT_NE(std::find(members.begin(), members.end(), "127.0.0.1:" + port), members.end());
+}
+
+// A free TCP port on `ip` (bound, then released: a start that loses the race is retried).
+int FreePortOn(const std::string& ip) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
+  socklen_t len = sizeof(a);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// A headless service's name whose addresses change: the router runs in a mount namespace of its
+// own where /etc/hosts is a file this test rewrites (daemons on 127.0.0.2-4, one port).
+TEST(RouterDns, MembershipFollowsTheNamesAddresses) {
+  if (std::system("unshare -m --propagation private true 2>/dev/null") != 0) {
+    GTEST_SKIP() << "no mount namespaces here (unshare -m): cannot give the router its own "
+                    "/etc/hosts";
+  }
+  std::vector<std::unique_ptr<DaemonProcess>> daemons;
+  std::string port;
+  for (int attempt = 0; attempt < 5 && daemons.size() < 3; ++attempt) {
+    daemons.clear();
+    port = std::to_string(FreePortOn("127.0.0.2"));
+    for (int i = 2; i <= 4; ++i) {
+      daemons.push_back(StartDaemon("127.0.0." + std::to_string(i) + ":" + port));
+      if (daemons.back()->address().empty()) {
+        daemons.clear();
+        break;
+      }
+    }
+  }
+  ASSERT_EQ(daemons.size(), 3u) << "no port free on 127.0.0.2-4";
+  testing::TempDir dir;
+  const std::string hosts = dir.Sub("hosts");
+  // Rewritten in place: the router's /etc/hosts is a bind mount of this inode.
+  auto write = [&](const std::vector<int>& last_octets) {
+    std::ofstream out(hosts, std::ios::trunc);
+    out << "127.0.0.1 localhost\n";
+    for (int o : last_octets) out << "127.0.0." << o << " kvtier-nodes.test\n";
+  };
+  write({2, 3});
+  const std::string command =
+      "mount --bind " + hosts + " /etc/hosts && exec " + KVTIER_BINARY_DIR +
+      "/kvtier-router --nodes-dns kvtier-nodes.test:" + port +
+      " --refresh-ms 100 --probe-interval-ms 100 --listen 127.0.0.1:0 --metrics-listen '' "
+      "--log-level warn";
+  DaemonProcess router("/usr/bin/unshare", {"-m", "--propagation", "private", "sh", "-c", command});
+  ASSERT_FALSE(router.address().empty()) << router.output();
+  auto stub = v1::RouteService::NewStub(
+      grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
+  auto members_become = [&](std::vector<std::string> want) {
+    std::sort(want.begin(), want.end());
+    std::vector<std::string> got;
+    for (int i = 0; i < 100 && got != want; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      got = WaitMembers(stub.get(), want.size());
+    }
+    return got == want;
+  };
+  const auto node = [&](int o) { return "127.0.0." + std::to_string(o) + ":" + port; };
+  EXPECT_TRUE(members_become({node(2), node(3)}));
+  write({3, 4});  // one address gone, one new: a rolling restart of the service
+  EXPECT_TRUE(members_become({node(3), node(4)}));
+  write({2, 3, 4});
+  EXPECT_TRUE(members_become({node(2), node(3), node(4)}));
+  v1::RouteRequest req;
+  req.set_tenant("t");
+  for (uint32_t t = 0; t < 64; ++t) req.add_tokens(t);
+  grpc::ClientContext ctx;
+  v1::RouteResponse res;
+  ASSERT_TRUE(stub->Route(&ctx, req, &res).ok());
+  EXPECT_EQ(res.nodes_size(), 3);
 }
 
 TEST_F(RouterServiceTest, CacheAwareModeFollowsTheBlocksDaemonsHold) {
