@@ -17,7 +17,8 @@ Replays a Mooncake-format trace through N simulated nodes, each with a prefix ca
 (LRU; a block hits only with its whole prefix) and a prefill queue working at a fixed rate, under
 each routing policy: round robin, random, a hash of the first block (hash_depth1) or of the
 fourth (hash_depth4), kvtier's router (adaptive depth, consistent hashing with bounded loads,
-remembered placements), and cache-aware mode (the router also knows which node holds which blocks). Time is the trace's.
+remembered placements), and cache-aware mode (the router also knows which node holds which
+blocks). Time is the trace's.
 
 Per policy: block hit rate; max/mean prefill load (missed blocks per node); modeled
 time-to-first-token p50 and p90 (queueing plus prefill). Also the hit rate of one global LRU of
