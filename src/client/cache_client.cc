@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -14,6 +15,7 @@
 #include "common/checksum.h"
 #include "common/grpc_tuning.h"
 #include "common/layout_proto.h"
+#include "common/malloc_tuning.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
@@ -38,6 +40,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   }
   if (options.chunk_bytes == 0)
     return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
+  if (options.tune_malloc) TuneMallocForLargeBuffers();
   std::unique_ptr<CacheClient> c(new CacheClient(options));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
@@ -115,7 +118,8 @@ namespace {
 using google::protobuf::internal::WireFormatLite;
 
 // The state of one Get stream on the client: parses each GetResponse straight from gRPC's receive
-// buffers, so a block's bytes are copied once, into the place the caller chose for them.
+// buffers, so a block's bytes are copied once, into the place the caller chose for them, and
+// checksummed as they are copied.
 class GetReceiver {
  public:
   GetReceiver(std::span<const BlockKey> keys, const CacheClient::PlaceFn& place)
@@ -159,8 +163,17 @@ class GetReceiver {
           return absl::InternalError(
               absl::StrCat("get: more bytes than announced for block ", Current()));
         }
-        if (!in.ReadRaw(dst_.data() + filled_, static_cast<int>(len))) return Malformed();
-        filled_ += len;
+        // Straight from gRPC's buffers to the caller's, hashed on the way.
+        for (uint32_t left = len; left > 0;) {
+          const void* piece = nullptr;
+          int avail = 0;
+          if (!in.GetDirectBufferPointer(&piece, &avail)) return Malformed();
+          const int n = std::min(avail, static_cast<int>(left));
+          copier_.Copy(dst_.data() + filled_, piece, n);
+          in.Skip(n);
+          filled_ += n;
+          left -= n;
+        }
         bytes_ += len;
       } else if (!WireFormatLite::SkipField(&in, tag)) {
         return Malformed();
@@ -192,6 +205,7 @@ class GetReceiver {
     dst_ = *dst;
     filled_ = 0;
     checksum_ = h.checksum();
+    copier_.Reset();
     in_block_ = found;
     return absl::OkStatus();
   }
@@ -204,7 +218,7 @@ class GetReceiver {
                                               " of ", dst_.size(), " bytes"));
     }
     // End to end: the bytes that arrived are the bytes the daemon verified.
-    if (Checksum(dst_.data(), dst_.size()) != checksum_) {
+    if (copier_.Digest() != checksum_) {
       return absl::DataLossError(absl::StrCat("get: block ", Current(), " arrived corrupted"));
     }
     return absl::OkStatus();
@@ -220,7 +234,8 @@ class GetReceiver {
   std::span<uint8_t> dst_;
   size_t filled_ = 0;
   uint64_t checksum_ = 0;
-  uint64_t bytes_ = 0;  // payload bytes received
+  ChecksumCopier copier_;  // of the current block's bytes so far
+  uint64_t bytes_ = 0;     // payload bytes received
 };
 
 }  // namespace

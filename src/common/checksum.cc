@@ -7,27 +7,55 @@
 #include <xxh_x86dispatch.h>
 
 #include <cstring>
+#include <new>
 
 namespace kvtier {
 
 uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
+namespace {
+
+// Copy and hash in pieces that stay in L1/L2 between the two.
+constexpr size_t kChunk = 64 * 1024;
+
+void CopyAndUpdate(XXH3_state_t* state, void* dst, const void* src, size_t size) {
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  for (size_t off = 0; off < size; off += kChunk) {
+    const size_t n = size - off < kChunk ? size - off : kChunk;
+    std::memcpy(d + off, s + off, n);
+    XXH3_64bits_update(state, d + off, n);
+  }
+}
+
+}  // namespace
+
 uint64_t CopyWithChecksum(void* dst, const void* src, size_t size) {
-  constexpr size_t kChunk = 64 * 1024;
   if (size <= kChunk) {
     std::memcpy(dst, src, size);
     return XXH3_64bits(dst, size);
   }
   XXH3_state_t state;
   XXH3_64bits_reset(&state);
-  auto* d = static_cast<uint8_t*>(dst);
-  const auto* s = static_cast<const uint8_t*>(src);
-  for (size_t off = 0; off < size; off += kChunk) {
-    const size_t n = size - off < kChunk ? size - off : kChunk;
-    std::memcpy(d + off, s + off, n);
-    XXH3_64bits_update(&state, d + off, n);
-  }
+  CopyAndUpdate(&state, dst, src, size);
   return XXH3_64bits_digest(&state);
 }
+
+void ChecksumCopier::FreeState::operator()(XXH3_state_s* s) const { XXH3_freeState(s); }
+
+ChecksumCopier::ChecksumCopier() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();
+  Reset();
+}
+
+ChecksumCopier::~ChecksumCopier() = default;
+
+void ChecksumCopier::Reset() { XXH3_64bits_reset(state_.get()); }
+
+void ChecksumCopier::Copy(void* dst, const void* src, size_t size) {
+  CopyAndUpdate(state_.get(), dst, src, size);
+}
+
+uint64_t ChecksumCopier::Digest() const { return XXH3_64bits_digest(state_.get()); }
 
 }  // namespace kvtier

@@ -3,6 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+
+struct XXH3_state_s;
 
 namespace kvtier {
 
@@ -12,5 +15,26 @@ uint64_t Checksum(const void* data, size_t size);
 // cache-sized chunks so the hash reads data that the copy just brought into cache: verifying a read
 // then costs little more than the copy itself.
 uint64_t CopyWithChecksum(void* dst, const void* src, size_t size);
+
+// The checksum of a block that arrives in pieces (a Get streamed in several buffers), computed
+// while each piece is copied to its place, as CopyWithChecksum does for one piece.
+class ChecksumCopier {
+ public:
+  ChecksumCopier();
+  ~ChecksumCopier();
+  ChecksumCopier(const ChecksumCopier&) = delete;
+  ChecksumCopier& operator=(const ChecksumCopier&) = delete;
+
+  void Reset();  // a new block
+  // Copies the block's next `size` bytes from src to dst.
+  void Copy(void* dst, const void* src, size_t size);
+  uint64_t Digest() const;  // of the bytes copied since Reset
+
+ private:
+  struct FreeState {
+    void operator()(XXH3_state_s* s) const;
+  };
+  std::unique_ptr<XXH3_state_s, FreeState> state_;
+};
 
 }  // namespace kvtier

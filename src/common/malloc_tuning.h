@@ -1,5 +1,6 @@
 #pragma once
-// Process-wide malloc settings for programs that move megabyte buffers (kvtierd).
+// Process-wide malloc settings for programs that move megabyte buffers (kvtierd, and programs
+// using the C++ client: ClientOptions::tune_malloc).
 
 namespace kvtier {
 
