@@ -131,6 +131,35 @@ TEST(ClientChunks, BlocksLargerThanOneMessage) {
   EXPECT_EQ((*got)[1], big);
 }
 
+// A daemon on a Unix socket: it says so, the client reaches it there, and its UCX data plane
+// (auto) listens on loopback.
+TEST(ClientUnixSocket, PutAndGetOverAUnixSocketWithUcxOnLoopback) {
+  TempDir dir;
+  const std::string listen = "unix:" + dir.Sub("kvtierd.sock");
+  DaemonProcess daemon(std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+                       {"--listen", listen, "--no-nvme", "--host-mib", "64", "--log-level", "warn",
+                        "--metrics-listen", ""});
+  ASSERT_EQ(daemon.address(), listen) << daemon.output();
+  EXPECT_NE(daemon.output().find("kvtierd ucx on 127.0.0.1:"), std::string::npos)
+      << daemon.output();
+  auto c = CacheClient::Create({.address = daemon.address(), .tenant = "t"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::vector<uint8_t> data = testing::TestBlock(11, 1 << 20);
+  const BlockToPut block{BlockKey{11, 1}, BlockKey{}, data};
+  ASSERT_TRUE((*c)->Put(std::span(&block, 1)).ok());
+  std::vector<uint8_t> buf(data.size());
+  const std::span<uint8_t> dst[] = {buf};
+  auto sizes = (*c)->GetInto(std::span(&block.key, 1), dst);
+  ASSERT_TRUE(sizes.ok()) << sizes.status();
+  EXPECT_EQ(buf, data);
+  EXPECT_EQ((*c)->transfer_stats().ucx_bytes, data.size());
+  auto got = CacheClient::Create({.address = daemon.address(), .tenant = "t", .use_ucx = false});
+  ASSERT_TRUE(got.ok()) << got.status();
+  auto blocks = (*got)->Get(std::span(&block.key, 1));
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ((*blocks)[0], data);
+}
+
 TEST(ClientErrors, BadOptionsAndAnAbsentDaemon) {
   EXPECT_EQ(CacheClient::Create({.tenant = "t"}).status().code(),
             absl::StatusCode::kInvalidArgument);

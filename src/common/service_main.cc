@@ -37,6 +37,15 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
   return exposer;
 }
 
+bool IsUnixSocket(const std::string& listen) {
+  return listen.starts_with("unix:") || listen.starts_with("unix-abstract:");
+}
+
+std::string BoundAddress(const std::string& listen, int port) {
+  if (IsUnixSocket(listen)) return listen;
+  return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+}
+
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& program,
                                                               const std::string& listen,
                                                               grpc::Service* service,
@@ -55,8 +64,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
   if (server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
   }
-  std::printf("%s listening on %s:%d\n", program.c_str(),
-              listen.substr(0, listen.rfind(':')).c_str(), port);
+  std::printf("%s listening on %s\n", program.c_str(), BoundAddress(listen, port).c_str());
   std::fflush(stdout);
   return server;
 }

@@ -74,6 +74,13 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry);
 
+// Whether `listen` names a Unix socket (unix:PATH, unix-abstract:NAME) rather than HOST:PORT.
+bool IsUnixSocket(const std::string& listen);
+
+// The address a gRPC server asked to listen on `listen` is reachable at: HOST:PORT with the port
+// it bound (`port`), or `listen` itself for a Unix socket.
+std::string BoundAddress(const std::string& listen, int port);
+
 // Starts a gRPC server (plaintext) with `service`, the standard health service and reflection on
 // `listen` (port 0 picks a free one), and prints "<program> listening on HOST:PORT".
 // `max_message_bytes` (0: gRPC's default) bounds messages both ways. UNAVAILABLE when it cannot

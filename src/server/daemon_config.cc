@@ -50,7 +50,8 @@ constexpr uint64_t kMiB = 1 << 20;
 
 const std::vector<Option>& Options() {
   static const std::vector<Option> options = {
-      {"listen", "listen", "HOST:PORT", "127.0.0.1:7700", "gRPC address; port 0 picks a free port",
+      {"listen", "listen", "HOST:PORT|unix:PATH", "127.0.0.1:7700",
+       "gRPC address; port 0 picks a free port; unix:PATH listens on a Unix socket",
        [](DaemonConfig& c, const std::string& v) {
          if (v.rfind(':') == std::string::npos) return Bad("'" + v + "' has no :PORT");
          c.listen = v;
@@ -67,7 +68,7 @@ const std::vector<Option>& Options() {
        }},
       {"ucx.listen", "ucx-listen", "HOST:PORT|auto|off", "auto",
        "UCX data plane listener for one-sided block reads; port 0 picks a free port. auto: the "
-       "gRPC host, any port, but off when auth is on (a UCX reader can read the whole host "
+       "gRPC host (127.0.0.1 for a Unix socket), any port, but off when auth is on (a UCX reader can read the whole host "
        "arena, so set it explicitly only where every tenant is trusted)",
        [](DaemonConfig& c, const std::string& v) {
          if (v != "auto" && v != "off" && v.rfind(':') == std::string::npos) {

@@ -87,7 +87,10 @@ int main(int argc, char** argv) {
   std::unique_ptr<kvtier::transfer::UcxServer> ucx;
   std::string ucx_listen = config->ucx_listen;
   if (ucx_listen == "auto") {
-    ucx_listen = auth.has_value() ? "off" : listen.substr(0, listen.rfind(':')) + ":0";
+    // A Unix socket's clients are on this host: UCX listens on loopback for them.
+    const std::string host =
+        kvtier::IsUnixSocket(listen) ? "127.0.0.1" : listen.substr(0, listen.rfind(':'));
+    ucx_listen = auth.has_value() ? "off" : host + ":0";
   } else if (ucx_listen != "off" && auth.has_value()) {
     spdlog::warn(
         "kvtierd: ucx.listen is set with auth on: every client that can reach {} can "
@@ -154,8 +157,7 @@ int main(int argc, char** argv) {
     spdlog::critical("cannot listen on {}", listen);
     return 1;
   }
-  const std::string host = listen.substr(0, listen.rfind(':'));
-  std::printf("kvtierd listening on %s:%d\n", host.c_str(), port);
+  std::printf("kvtierd listening on %s\n", kvtier::BoundAddress(listen, port).c_str());
   std::fflush(stdout);
   spdlog::info("kvtierd: host tier {} MiB, NVMe tier {}", so.host_bytes >> 20,
                so.nvme_path.empty() ? std::string("off") : so.nvme_path);
