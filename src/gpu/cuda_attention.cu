@@ -14,10 +14,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 #include <type_traits>
 #include <vector>
 
 #include "gpu/cuda_attention.h"
+#include "gpu/unit_cache.h"
 
 namespace kvtier::gpu::cuda {
 namespace {
@@ -326,6 +329,11 @@ int SplitLen(int context, int units) {
   return std::max(kMinSplitTokens, (context + want_splits - 1) / want_splits);
 }
 
+
+int UsedBlocks(int context, int block_tokens) {
+  return (context + block_tokens - 1) / block_tokens;
+}
+
 }  // namespace
 
 struct DeviceKv::Impl {
@@ -360,14 +368,71 @@ struct DeviceKv::Impl {
       }
     }
     for (int i = 0; i < used; ++i) host_table[i] = blocks.as<uint8_t>() + slot[i] * block_bytes;
-    if (!table.Allocate(used * sizeof(void*), error)) return false;
-    if (!Check(
-            cudaMemcpy(table.ptr, host_table.data(), used * sizeof(void*), cudaMemcpyHostToDevice),
-            "copy of the page table", error)) {
+    return SetTable(host_table, error);
+  }
+
+  // The page table of blocks that are in GPU memory (device addresses), and the timing events.
+  bool SetTable(const std::vector<const void*>& device_pages, std::string* error) {
+    const size_t bytes = device_pages.size() * sizeof(void*);
+    if (!table.Allocate(bytes, error)) return false;
+    if (!Check(cudaMemcpy(table.ptr, device_pages.data(), bytes, cudaMemcpyHostToDevice),
+               "copy of the page table", error)) {
       return false;
     }
     return Check(cudaEventCreate(&start), "cudaEventCreate", error) &&
            Check(cudaEventCreate(&stop), "cudaEventCreate", error);
+  }
+
+  // A GQA context's state before its blocks are placed; nullptr (with *error) for a shape the
+  // kernels do not take.
+  static std::unique_ptr<Impl> ForGqa(const PagedKv& kv, std::string* error) {
+    const GqaShape& s = kv.shape;
+    if (s.head_dim % 32 != 0 || s.head_dim > kMaxHeadDim) {
+      *error = "the GPU kernels take head_dim a multiple of 32 up to 256, not " +
+               std::to_string(s.head_dim);
+      return nullptr;
+    }
+    auto impl = std::make_unique<Impl>();
+    impl->shape = s;
+    impl->context = kv.context_tokens;
+    impl->block_bytes = s.BlockBytes();
+    return impl;
+  }
+
+  static std::unique_ptr<Impl> ForMla(const MlaPagedKv& kv, std::string* error) {
+    const MlaShape& s = kv.shape;
+    if (s.latent_rank % 32 != 0 || s.latent_rank > kMlaMaxRank ||
+        s.latent_rank + s.rope_dim > kMlaMaxRow) {
+      *error =
+          "the GPU MLA kernel takes latent_rank a multiple of 32 up to 512 and latent_rank + "
+          "rope_dim up to 768";
+      return nullptr;
+    }
+    auto impl = std::make_unique<Impl>();
+    impl->mla = true;
+    impl->mla_shape = s;
+    impl->context = kv.context_tokens;
+    impl->block_bytes = s.BlockBytes();
+    return impl;
+  }
+
+  // A context with its blocks placed: copied to the GPU (upload), or already there (kv.blocks
+  // are device addresses).
+  template <typename Kv>
+  static std::unique_ptr<DeviceKv> Place(const Kv& kv, bool upload, std::string* error) {
+    std::unique_ptr<Impl> impl;
+    if constexpr (std::is_same_v<Kv, MlaPagedKv>) {
+      impl = ForMla(kv, error);
+    } else {
+      impl = ForGqa(kv, error);
+    }
+    if (impl == nullptr) return nullptr;
+    const int used = UsedBlocks(kv.context_tokens, kv.shape.block_tokens);
+    const bool ok =
+        upload ? impl->UploadBlocks(kv.blocks, used, error)
+               : impl->SetTable(std::vector<const void*>(kv.blocks.begin(), kv.blocks.begin() + used),
+                                error);
+    return ok ? std::unique_ptr<DeviceKv>(new DeviceKv(std::move(impl))) : nullptr;
   }
 
   bool CopyIn(DeviceBuffer& buf, const void* src, size_t bytes, std::string* error) {
@@ -426,39 +491,18 @@ DeviceKv::DeviceKv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DeviceKv::~DeviceKv() = default;
 size_t DeviceKv::bytes() const { return impl_->blocks.size; }
 
-std::unique_ptr<DeviceKv> DeviceKv::Upload(const PagedKv& kv, std::string* error) {
-  const GqaShape& s = kv.shape;
-  if (s.head_dim % 32 != 0 || s.head_dim > kMaxHeadDim) {
-    *error = "the GPU kernels take head_dim a multiple of 32 up to 256, not " +
-             std::to_string(s.head_dim);
-    return nullptr;
-  }
-  auto impl = std::make_unique<Impl>();
-  impl->shape = s;
-  impl->context = kv.context_tokens;
-  impl->block_bytes = s.BlockBytes();
-  const int used = (kv.context_tokens + s.block_tokens - 1) / s.block_tokens;
-  if (!impl->UploadBlocks(kv.blocks, used, error)) return nullptr;
-  return std::unique_ptr<DeviceKv>(new DeviceKv(std::move(impl)));
-}
 
+std::unique_ptr<DeviceKv> DeviceKv::Upload(const PagedKv& kv, std::string* error) {
+  return Impl::Place(kv, true, error);
+}
 std::unique_ptr<DeviceKv> DeviceKv::UploadMla(const MlaPagedKv& kv, std::string* error) {
-  const MlaShape& s = kv.shape;
-  if (s.latent_rank % 32 != 0 || s.latent_rank > kMlaMaxRank ||
-      s.latent_rank + s.rope_dim > kMlaMaxRow) {
-    *error =
-        "the GPU MLA kernel takes latent_rank a multiple of 32 up to 512 and latent_rank + "
-        "rope_dim up to 768";
-    return nullptr;
-  }
-  auto impl = std::make_unique<Impl>();
-  impl->mla = true;
-  impl->mla_shape = s;
-  impl->context = kv.context_tokens;
-  impl->block_bytes = s.BlockBytes();
-  const int used = (kv.context_tokens + s.block_tokens - 1) / s.block_tokens;
-  if (!impl->UploadBlocks(kv.blocks, used, error)) return nullptr;
-  return std::unique_ptr<DeviceKv>(new DeviceKv(std::move(impl)));
+  return Impl::Place(kv, true, error);
+}
+std::unique_ptr<DeviceKv> DeviceKv::OnDevice(const PagedKv& kv, std::string* error) {
+  return Impl::Place(kv, false, error);
+}
+std::unique_ptr<DeviceKv> DeviceKv::OnDeviceMla(const MlaPagedKv& kv, std::string* error) {
+  return Impl::Place(kv, false, error);
 }
 
 DecodeResult DeviceKv::Decode(const DecodeRequest& req, float* ms, std::string* error) {
@@ -604,6 +648,172 @@ DecodeResult MlaDecode(const MlaPagedKv& kv, const MlaRequest& req, std::string*
   if (d == nullptr) return {};
   return d->MlaDecode(req, nullptr, error);
 }
+
+namespace {
+
+// UnitCache's memory: cudaMalloc, and copies queued on the cache's stream.
+struct CudaMemory {
+  cudaStream_t stream = nullptr;
+  void* Allocate(size_t bytes, std::string* error) {
+    void* p = nullptr;
+    if (!Check(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc of the block cache",
+               error)) {
+      return nullptr;
+    }
+    return p;
+  }
+  void Free(void* p) {
+    if (p != nullptr) cudaFree(p);
+  }
+  bool Copy(void* dst, const void* src, size_t bytes, std::string* error) {
+    return Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream),
+                 "copy of a block to the GPU", error);
+  }
+};
+
+using DeviceUnitCache = UnitCache<CudaMemory>;
+
+}  // namespace
+
+struct DeviceUnits::Impl {
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<DeviceUnitCache> cache;
+  ~Impl() {
+    cache.reset();
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
+struct DeviceMapping::Impl {
+  std::unique_ptr<DeviceUnitCache::Mapping> held;
+  cudaEvent_t copied = nullptr;  // recorded on the copy stream after this mapping's copies
+  ~Impl() {
+    // The bytes may be dropped (and the host buffers reused) only once they are copied.
+    if (copied != nullptr) {
+      cudaEventSynchronize(copied);
+      cudaEventDestroy(copied);
+    }
+  }
+};
+
+DeviceMapping::DeviceMapping(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeviceMapping::~DeviceMapping() = default;
+const std::vector<const void*>& DeviceMapping::addresses() const {
+  return impl_->held->addresses();
+}
+uint64_t DeviceMapping::copied_bytes() const { return impl_->held->copied_bytes(); }
+bool DeviceMapping::OrderBefore(std::string* error) const {
+  return Check(cudaStreamWaitEvent(0, impl_->copied, 0), "wait for the block copies", error);
+}
+
+DeviceUnits::DeviceUnits(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeviceUnits::~DeviceUnits() = default;
+
+std::unique_ptr<DeviceUnits> DeviceUnits::Create(uint64_t capacity_bytes, std::string* error) {
+  auto impl = std::make_unique<Impl>();
+  // Non-blocking: the copies do not wait for kernels on the default stream, nor they for them.
+  if (!Check(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking), "cudaStreamCreate",
+             error)) {
+    return nullptr;
+  }
+  impl->cache = std::make_unique<DeviceUnitCache>(CudaMemory{impl->stream}, capacity_bytes);
+  return std::unique_ptr<DeviceUnits>(new DeviceUnits(std::move(impl)));
+}
+
+std::unique_ptr<DeviceMapping> DeviceUnits::Map(const std::vector<Source>& sources,
+                                                std::string* error) {
+  std::vector<DeviceUnitCache::Source> src;
+  src.reserve(sources.size());
+  for (const Source& s : sources) src.push_back({s.id, s.version, s.host, s.bytes});
+  auto m = std::make_unique<DeviceMapping::Impl>();
+  m->held = impl_->cache->Map(src, error);
+  if (m->held == nullptr) {
+    // Copies queued before the failure read host buffers the caller may now reuse.
+    cudaStreamSynchronize(impl_->stream);
+    return nullptr;
+  }
+  if (!Check(cudaEventCreateWithFlags(&m->copied, cudaEventDisableTiming), "cudaEventCreate",
+             error) ||
+      !Check(cudaEventRecord(m->copied, impl_->stream), "cudaEventRecord", error)) {
+    cudaStreamSynchronize(impl_->stream);
+    return nullptr;
+  }
+  return std::unique_ptr<DeviceMapping>(new DeviceMapping(std::move(m)));
+}
+
+DeviceUnits::Stats DeviceUnits::stats() const {
+  const auto s = impl_->cache->stats();
+  Stats out;
+  out.bytes = s.bytes;
+  out.units = s.units;
+  out.copied_bytes = s.copied_bytes;
+  out.reused_bytes = s.reused_bytes;
+  out.evictions = s.evictions;
+  return out;
+}
+
+namespace {
+
+// Page-locked memory in 64 MiB slabs: cudaHostAlloc costs far more than a copy of a small buffer,
+// and the worker's units are small (one layer of one block) and come and go by the thousand.
+// Freed buffers wait in a list per size for the next of that size; slabs stay until exit, so
+// the memory held is the most ever in use at once.
+class PinnedSlabs {
+ public:
+  void* Alloc(size_t bytes) {
+    bytes = (std::max<size_t>(bytes, 1) + 255) & ~size_t{255};
+    std::lock_guard lock(mu_);
+    auto& spare = free_[bytes];
+    if (!spare.empty()) {
+      void* p = spare.back();
+      spare.pop_back();
+      size_of_[p] = bytes;
+      return p;
+    }
+    if (bytes > kSlabBytes / 4) return nullptr;  // large buffers: ordinary memory
+    if (left_ < bytes) {
+      void* slab = nullptr;
+      if (cudaHostAlloc(&slab, kSlabBytes, cudaHostAllocPortable) != cudaSuccess) {
+        cudaGetLastError();  // not sticky: clear it
+        return nullptr;
+      }
+      next_ = static_cast<uint8_t*>(slab);
+      left_ = kSlabBytes;
+    }
+    void* p = next_;
+    next_ += bytes;
+    left_ -= bytes;
+    size_of_[p] = bytes;
+    return p;
+  }
+  void Free(void* p) {
+    if (p == nullptr) return;
+    std::lock_guard lock(mu_);
+    auto it = size_of_.find(p);
+    if (it == size_of_.end()) return;
+    free_[it->second].push_back(p);
+    size_of_.erase(it);
+  }
+
+ private:
+  static constexpr size_t kSlabBytes = 64 << 20;
+  std::mutex mu_;
+  uint8_t* next_ = nullptr;  // the current slab's unused part
+  size_t left_ = 0;
+  std::unordered_map<size_t, std::vector<void*>> free_;  // by rounded size
+  std::unordered_map<void*, size_t> size_of_;           // buffers in use
+};
+
+PinnedSlabs& Pinned() {
+  static auto* slabs = new PinnedSlabs();  // outlives every user; never destroyed
+  return *slabs;
+}
+
+}  // namespace
+
+void* AllocPinned(size_t bytes) { return Pinned().Alloc(bytes); }
+
+void FreePinned(void* p) { Pinned().Free(p); }
 
 double CopyGBps(size_t bytes, int reps, std::string* error) {
   DeviceBuffer a, b;

@@ -8,8 +8,10 @@
 // head (GQA); latent_rank + rope_dim up to 768 with latent_rank a multiple of 32 up to 512 (MLA).
 // Anything else is an error that says so (the CPU paths take every shape).
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gpu/attention.h"
 
@@ -30,6 +32,11 @@ class DeviceKv {
   DeviceKv(const DeviceKv&) = delete;
   DeviceKv& operator=(const DeviceKv&) = delete;
 
+  // Blocks already in GPU memory: kv.blocks are device addresses (DeviceUnits), used as they are
+  // (only the page table is copied). They must stay there while this DeviceKv is used.
+  static std::unique_ptr<DeviceKv> OnDevice(const PagedKv& kv, std::string* error);
+  static std::unique_ptr<DeviceKv> OnDeviceMla(const MlaPagedKv& kv, std::string* error);
+
   // One step; *ms (if given) receives the kernels' time (CUDA events). An empty result with
   // *error set on failure. REQUIRES: ValidateDecode(kv, req).empty() for the uploaded kv.
   DecodeResult Decode(const DecodeRequest& req, float* ms, std::string* error);
@@ -42,6 +49,66 @@ class DeviceKv {
   explicit DeviceKv(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+class DeviceUnits;
+
+// GPU copies of host buffers that a DeviceUnits::Map call queued, held in GPU memory until this is
+// destroyed (which waits for the copies).
+class DeviceMapping {
+ public:
+  ~DeviceMapping();
+  DeviceMapping(const DeviceMapping&) = delete;
+  DeviceMapping& operator=(const DeviceMapping&) = delete;
+  const std::vector<const void*>& addresses() const;  // device addresses, in the sources' order
+  uint64_t copied_bytes() const;                      // copied by this Map (the rest was there)
+  // Makes the kernels launched next (on this thread's default stream) wait for the copies.
+  bool OrderBefore(std::string* error) const;
+
+ private:
+  friend class DeviceUnits;
+  struct Impl;
+  explicit DeviceMapping(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The worker's blocks in GPU memory (src/gpu/unit_cache.h over cudaMalloc): a unit of the
+// worker's pool that is still there at the same version is not copied again. Copies run on a
+// stream of their own; kernels wait for them only where DeviceMapping::OrderBefore says so, so the
+// next layer's copies overlap this layer's kernels. Thread-safe.
+class DeviceUnits {
+ public:
+  struct Source {
+    uint64_t id = 0;       // the host buffer
+    uint64_t version = 0;  // of its bytes: a new version is copied again
+    const void* host = nullptr;
+    size_t bytes = 0;
+  };
+  struct Stats {
+    uint64_t bytes = 0, units = 0, copied_bytes = 0, reused_bytes = 0, evictions = 0;
+  };
+
+  static std::unique_ptr<DeviceUnits> Create(uint64_t capacity_bytes, std::string* error);
+  ~DeviceUnits();
+  DeviceUnits(const DeviceUnits&) = delete;
+  DeviceUnits& operator=(const DeviceUnits&) = delete;
+
+  // GPU copies of `sources`, the missing ones queued for copying. The host buffers must stay
+  // unchanged until the mapping's kernels have run (or the mapping is gone). nullptr with *error
+  // set when GPU memory cannot be had.
+  std::unique_ptr<DeviceMapping> Map(const std::vector<Source>& sources, std::string* error);
+  Stats stats() const;
+
+ private:
+  struct Impl;
+  explicit DeviceUnits(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Page-locked host memory (cudaHostAlloc, carved from 64 MiB slabs that are kept): copies from
+// it to the GPU run asynchronously at the link's full speed. nullptr when it cannot be had, and
+// for buffers over 16 MiB (the caller then uses ordinary memory).
+void* AllocPinned(size_t bytes);
+void FreePinned(void* p);
 
 // Upload and one step, for tests.
 DecodeResult Decode(const PagedKv& kv, const DecodeRequest& req, std::string* error);

@@ -21,7 +21,7 @@ std::vector<BlockPool::Claim> BlockPool::Acquire(std::span<const Need> needs) {
       lru_.push_front(id);
       it = units_
                .emplace(id,
-                        Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, spares_), lru_.begin()})
+                        Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, ++units_made_, spares_), lru_.begin()})
                .first;
       stats_.bytes += n.unit_bytes;
       ++stats_.units;
@@ -60,6 +60,7 @@ void BlockPool::Settle(std::span<const Claim> claims, bool ok) {
     std::lock_guard lock(mu_);
     for (const Claim& c : claims) {
       for (uint32_t s : c.fetch) c.unit->state[s] = ok ? Unit::kPresent : Unit::kAbsent;
+      if (ok && !c.fetch.empty()) c.unit->version.fetch_add(1);
     }
   }
   settled_.notify_all();
@@ -97,21 +98,26 @@ BlockPool::Stats BlockPool::stats() const {
   return s;
 }
 
-std::unique_ptr<uint8_t[]> BlockPool::Spares::Take(uint64_t bytes) {
+BlockPool::Buffer BlockPool::Spares::Take(uint64_t bytes) {
   {
     std::lock_guard lock(mu_);
     auto it = free_.find(bytes);
     if (it != free_.end() && !it->second.empty()) {
-      std::unique_ptr<uint8_t[]> b = std::move(it->second.back());
+      Buffer b = std::move(it->second.back());
       it->second.pop_back();
       bytes_ -= bytes;
       return b;
     }
   }
-  return std::unique_ptr<uint8_t[]>(new uint8_t[bytes]);
+  if (memory_.alloc != nullptr) {
+    if (void* p = memory_.alloc(bytes); p != nullptr) {
+      return Buffer(static_cast<uint8_t*>(p), UnitBufferFree{memory_.free});
+    }
+  }
+  return Buffer(new uint8_t[bytes]);
 }
 
-void BlockPool::Spares::Give(std::unique_ptr<uint8_t[]> buffer, uint64_t bytes) {
+void BlockPool::Spares::Give(Buffer buffer, uint64_t bytes) {
   std::lock_guard lock(mu_);
   if (bytes_ + bytes > capacity_) return;  // freed
   free_[bytes].push_back(std::move(buffer));

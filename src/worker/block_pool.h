@@ -8,6 +8,7 @@
 // Several requests may want the same slice at once: the first claims it (pending) and fetches
 // it, the others wait for it instead of fetching it again.
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <list>
@@ -21,35 +22,66 @@
 
 namespace kvtier::worker {
 
+// Where a BlockPool's unit buffers come from: ordinary memory by default; on a GPU machine
+// page-locked memory, which copies to the GPU run from asynchronously. `alloc` may return nullptr
+// (then ordinary memory is used for that buffer).
+struct UnitMemory {
+  void* (*alloc)(size_t bytes) = nullptr;
+  void (*free)(void* p) = nullptr;
+};
+
+struct UnitBufferFree {
+  void (*free)(void*) = nullptr;  // nullptr: delete[]
+  void operator()(uint8_t* p) const {
+    if (free != nullptr) {
+      free(p);
+    } else {
+      delete[] p;
+    }
+  }
+};
+
 class BlockPool {
  public:
+  using Memory = UnitMemory;
+  using Buffer = std::unique_ptr<uint8_t[], UnitBufferFree>;
+
   // Buffers of units that are gone, kept (up to a cap) for the next units of the same size: a
   // request's blocks land in memory that is already mapped, instead of faulting in fresh pages
   // (which costs more than the copy itself on some machines).
   class Spares {
    public:
-    explicit Spares(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
-    std::unique_ptr<uint8_t[]> Take(uint64_t bytes);
-    void Give(std::unique_ptr<uint8_t[]> buffer, uint64_t bytes);
+    Spares(uint64_t capacity_bytes, Memory memory) : capacity_(capacity_bytes), memory_(memory) {}
+    Buffer Take(uint64_t bytes);
+    void Give(Buffer buffer, uint64_t bytes);
     uint64_t bytes() const;
 
    private:
     const uint64_t capacity_;
+    const Memory memory_;
     mutable std::mutex mu_;
-    absl::flat_hash_map<uint64_t, std::vector<std::unique_ptr<uint8_t[]>>> free_;  // by size
+    absl::flat_hash_map<uint64_t, std::vector<Buffer>> free_;  // by size
     uint64_t bytes_ = 0;
   };
 
   struct Unit {
-    Unit(uint64_t bytes, uint32_t slices, std::shared_ptr<Spares> spares)
-        : data(spares->Take(bytes)), size(bytes), state(slices, kAbsent), spares_(spares) {}
+    Unit(uint64_t bytes, uint32_t slices, uint64_t serial, std::shared_ptr<Spares> spares)
+        : data(spares->Take(bytes)),
+          size(bytes),
+          serial(serial),
+          state(slices, kAbsent),
+          spares_(spares) {}
     ~Unit() { spares_->Give(std::move(data), size); }
     Unit(const Unit&) = delete;
     Unit& operator=(const Unit&) = delete;
     // A slice's bytes once it is present; not initialised before (slices a request skips are
     // never read).
-    std::unique_ptr<uint8_t[]> data;
+    Buffer data;
     uint64_t size;
+    // Names this unit's bytes for copies kept elsewhere (GPU memory): serial is unique in the
+    // pool's life, version grows each time slices arrive.
+    const uint64_t serial;
+    std::atomic<uint64_t> version{0};
     enum : uint8_t { kAbsent, kPending, kPresent };
     std::vector<uint8_t> state;  // per slice; guarded by the pool's mutex
 
@@ -77,8 +109,8 @@ class BlockPool {
 
   // capacity_bytes: units kept for later requests. spare_bytes: buffers kept for reuse beyond
   // them (the memory of requests' blocks that the pool does not keep).
-  explicit BlockPool(uint64_t capacity_bytes, uint64_t spare_bytes = 0)
-      : capacity_(capacity_bytes), spares_(std::make_shared<Spares>(spare_bytes)) {}
+  explicit BlockPool(uint64_t capacity_bytes, uint64_t spare_bytes = 0, UnitMemory memory = {})
+      : capacity_(capacity_bytes), spares_(std::make_shared<Spares>(spare_bytes, memory)) {}
 
   // One claim per need, in order.
   std::vector<Claim> Acquire(std::span<const Need> needs);
@@ -119,6 +151,7 @@ class BlockPool {
   absl::flat_hash_map<Id, Slot> units_;  // guarded by mu_
   std::list<Id> lru_;                    // most recent first; guarded by mu_
   Stats stats_;                          // guarded by mu_
+  uint64_t units_made_ = 0;              // guarded by mu_
 };
 
 }  // namespace kvtier::worker

@@ -30,6 +30,47 @@ TEST(BlockPool, SlicesAreFetchedOnceThenServedFromThePool) {
   EXPECT_EQ(third[0].fetch, (std::vector<uint32_t>{1})) << "a failed fetch leaves it absent";
 }
 
+// Units are named for copies kept elsewhere: a serial per unit, a version that grows when slices
+// arrive (and not when a fetch fails or nothing was fetched).
+TEST(BlockPool, UnitsHaveASerialAndAVersionThatFollowsArrivals) {
+  BlockPool pool(1 << 20);
+  const BlockPool::Need needs[] = {NeedOf(1, 0, {0}), NeedOf(2, 0, {0})};
+  auto first = pool.Acquire(needs);
+  EXPECT_NE(first[0].unit->serial, first[1].unit->serial);
+  EXPECT_EQ(first[0].unit->version.load(), 0u);
+  pool.Settle(first, true);
+  EXPECT_EQ(first[0].unit->version.load(), 1u);
+  const BlockPool::Need again[] = {NeedOf(1, 0, {0})};
+  pool.Settle(pool.Acquire(again), true);  // present: nothing fetched
+  EXPECT_EQ(first[0].unit->version.load(), 1u);
+  const BlockPool::Need more[] = {NeedOf(1, 0, {1})};
+  pool.Settle(pool.Acquire(more), false);
+  EXPECT_EQ(first[0].unit->version.load(), 1u);
+  pool.Settle(pool.Acquire(more), true);
+  EXPECT_EQ(first[0].unit->version.load(), 2u);
+}
+
+int live_buffers = 0;
+void* CountedAlloc(size_t bytes) {
+  ++live_buffers;
+  return ::operator new(bytes);
+}
+void CountedFree(void* p) {
+  --live_buffers;
+  ::operator delete(p);
+}
+
+TEST(BlockPool, UnitBuffersComeFromTheGivenMemory) {
+  {
+    BlockPool pool(1000, /*spare_bytes=*/0, {.alloc = CountedAlloc, .free = CountedFree});
+    const BlockPool::Need a[] = {NeedOf(1, 0, {0}), NeedOf(2, 0, {0})};
+    auto claims = pool.Acquire(a);
+    EXPECT_EQ(live_buffers, 2);
+    pool.Settle(claims, true);
+  }
+  EXPECT_EQ(live_buffers, 0) << "and go back to it";
+}
+
 TEST(BlockPool, TheLeastRecentUnitsGoPastCapacityButLiveOnInTheirClaims) {
   BlockPool pool(1000);  // two units of 400 bytes fit, a third does not
   const BlockPool::Need a[] = {NeedOf(1, 0, {0})}, b[] = {NeedOf(2, 0, {0})},

@@ -25,7 +25,8 @@ Serves decode attention (kvtier.v1.AttentionService) over cached prefixes: finds
 nodes hold a prefix's blocks, reads only the bytes the attention needs (the requested layers;
 for head-sparse attention, outside the local window, only the recall heads' slices) over UCX
 where the daemons offer it and gRPC otherwise, keeps them in a block pool, and computes on the
-CUDA kernels on a GPU, else on the CPU fast path.
+CUDA kernels on a GPU (the pool then in page-locked memory, its blocks also kept in GPU memory),
+else on the CPU fast path.
 
 options:
   --router HOST:PORT     kvtier-router: its membership orders the nodes asked for a prefix
@@ -35,6 +36,8 @@ options:
   --pool-mib N           block pool capacity (default 1024; 0: none, every request fetches)
   --spare-mib N          memory kept for reuse beyond the pool, where requests' other blocks
                          land (default 1024)
+  --gpu-pool-mib N       on a GPU: the pool's blocks also kept in GPU memory, copied there once
+                         while they stay (default 4096; 0: copied for every request)
   --threads N            compute threads per request (default 0: every core)
   --fetch-deadline-ms N  deadline of each call to a daemon (default 10000)
   --max-request-blocks N blocks over all sequences of one request (default 1048576)
@@ -83,6 +86,10 @@ int main(int argc, char** argv) {
       uint64_t mib = 0;
       if (!args.Number(&mib, 0)) return Bad("--spare-mib needs a number >= 0");
       options.spare_bytes = mib << 20;
+    } else if (a == "--gpu-pool-mib") {
+      uint64_t mib = 0;
+      if (!args.Number(&mib, 0)) return Bad("--gpu-pool-mib needs a number >= 0");
+      options.gpu_pool_bytes = mib << 20;
     } else if (a == "--threads") {
       if (!args.Number(&options.threads, 0)) return Bad("--threads needs a number >= 0");
     } else if (a == "--fetch-deadline-ms") {

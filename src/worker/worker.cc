@@ -8,28 +8,14 @@
 
 #include <cmath>
 #include <thread>
+#include <type_traits>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/layout_proto.h"
 #include "gpu/attention.h"
-#ifdef KVTIER_HAVE_CUDA_KERNELS
 #include "gpu/cuda_attention.h"
-#endif
 #include "spdlog/spdlog.h"
-
-#ifndef KVTIER_HAVE_CUDA_KERNELS
-namespace kvtier::gpu::cuda {  // a build without the toolkit: the worker never picks the GPU
-inline DecodeResult Decode(const PagedKv&, const DecodeRequest&, std::string* error) {
-  *error = "this build has no CUDA kernels";
-  return {};
-}
-inline DecodeResult MlaDecode(const MlaPagedKv&, const MlaRequest&, std::string* error) {
-  *error = "this build has no CUDA kernels";
-  return {};
-}
-}  // namespace kvtier::gpu::cuda
-#endif
 
 namespace kvtier::worker {
 namespace {
@@ -108,7 +94,18 @@ struct Worker::Metrics {
                        .Name("kvtier_worker_pool_bytes")
                        .Help("Bytes the worker's block pool holds")
                        .Register(*r)
-                       .Add({})) {}
+                       .Add({})),
+        gpu_copy_bytes(prometheus::BuildCounter()
+                           .Name("kvtier_worker_gpu_copy_bytes_total")
+                           .Help("Bytes copied from the block pool into GPU memory (blocks "
+                                 "already there at the same version are not copied again)")
+                           .Register(*r)
+                           .Add({})),
+        gpu_pool_bytes(prometheus::BuildGauge()
+                           .Name("kvtier_worker_gpu_pool_bytes")
+                           .Help("Bytes of blocks the worker keeps in GPU memory")
+                           .Register(*r)
+                           .Add({})) {}
   static prometheus::Histogram::BucketBoundaries Buckets() {
     return {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10};
   }
@@ -121,6 +118,8 @@ struct Worker::Metrics {
   prometheus::Histogram& fetch;
   prometheus::Histogram& compute;
   prometheus::Gauge& pool_bytes;
+  prometheus::Counter& gpu_copy_bytes;
+  prometheus::Gauge& gpu_pool_bytes;
 };
 
 // One sequence of a request: its blocks and what is needed of each.
@@ -137,8 +136,13 @@ struct Worker::Plan {
   uint64_t skipped_bytes = 0;
 };
 
-Worker::Worker(const WorkerOptions& options)
-    : options_(options), pool_(options.pool_bytes, options.spare_bytes) {}
+Worker::Worker(const WorkerOptions& options, bool use_gpu)
+    : options_(options),
+      // On a GPU, fetched blocks land in page-locked memory: their copies to the GPU then run
+      // asynchronously, beside the kernels.
+      pool_(options.pool_bytes, options.spare_bytes,
+            use_gpu ? UnitMemory{gpu::cuda::AllocPinned, gpu::cuda::FreePinned} : UnitMemory{}),
+      use_gpu_(use_gpu) {}
 Worker::~Worker() = default;
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options,
@@ -146,27 +150,29 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
   if (options.router.empty() == options.nodes.empty()) {
     return Invalid("worker: give a router address or a list of nodes (one of the two)");
   }
-  std::unique_ptr<Worker> w(new Worker(options));
+  std::string why;
+  const bool use_gpu = options.device != "cpu" && gpu::cuda::Available(&why);
+  if (options.device == "cuda" && !use_gpu) {
+    return absl::FailedPreconditionError("--device cuda: " + why);
+  }
+  std::unique_ptr<Worker> w(new Worker(options, use_gpu));
   if (!options.router.empty()) {
     auto r = RouterClient::Create(options.router, options.fetch_deadline_ms);
     if (!r.ok()) return r.status();
     w->router_ = std::move(*r);
   }
   if (registry != nullptr) w->metrics_ = std::make_unique<Metrics>(registry);
-#ifdef KVTIER_HAVE_CUDA_KERNELS
-  std::string why;
-  if (options.device != "cpu" && gpu::cuda::Available(&why)) {
-    w->use_gpu_ = true;
+  if (use_gpu) {
     w->device_name_ = gpu::cuda::DeviceName();
-  } else if (options.device == "cuda") {
-    return absl::FailedPreconditionError("--device cuda: " + why);
+    std::string error;
+    if (options.gpu_pool_bytes > 0) {
+      w->device_units_ = gpu::cuda::DeviceUnits::Create(options.gpu_pool_bytes, &error);
+      if (w->device_units_ == nullptr) {
+        spdlog::warn("worker: no block pool in GPU memory ({}); blocks are copied per request",
+                     error);
+      }
+    }
   }
-#else
-  if (options.device == "cuda") {
-    return absl::FailedPreconditionError(
-        "--device cuda: built without the CUDA toolkit (no GPU kernels)");
-  }
-#endif
   return w;
 }
 
@@ -585,11 +591,64 @@ absl::Status Worker::FillFromPool(const std::string& tenant, const std::string& 
   return fetched;
 }
 
+std::vector<std::unique_ptr<gpu::cuda::DeviceMapping>> Worker::MapToGpu(
+    const Plan& plan, const std::string& gpu_error) const {
+  std::vector<std::unique_ptr<gpu::cuda::DeviceMapping>> layers;
+  if (!use_gpu_ || device_units_ == nullptr || !gpu_error.empty()) return layers;
+  const size_t per_block = plan.layers.size();
+  uint64_t copied = 0;
+  for (size_t i = 0; i < per_block; ++i) {
+    std::vector<gpu::cuda::DeviceUnits::Source> sources;
+    sources.reserve(plan.keys.size());
+    for (size_t b = 0; b < plan.keys.size(); ++b) {
+      const BlockPool::Unit& u = *plan.claims[b * per_block + i].unit;
+      sources.push_back(
+          {.id = u.serial, .version = u.version.load(), .host = u.data.get(), .bytes = u.size});
+    }
+    std::string error;
+    auto m = device_units_->Map(sources, &error);
+    if (m == nullptr) {
+      spdlog::warn("worker: blocks do not fit the GPU pool ({}); copying them per step", error);
+      layers.clear();
+      return layers;
+    }
+    copied += m->copied_bytes();
+    layers.push_back(std::move(m));
+  }
+  if (metrics_ != nullptr) {
+    metrics_->gpu_copy_bytes.Increment(static_cast<double>(copied));
+    metrics_->gpu_pool_bytes.Set(static_cast<double>(device_units_->stats().bytes));
+  }
+  return layers;
+}
+
+namespace {
+
+// One layer over blocks that DeviceUnits holds in GPU memory (`mapped`'s addresses).
+template <typename Kv>
+std::unique_ptr<gpu::cuda::DeviceKv> OnGpu(Kv kv, const gpu::cuda::DeviceMapping& mapped,
+                                          std::string* error) {
+  kv.blocks.assign(mapped.addresses().begin(), mapped.addresses().end());
+  std::unique_ptr<gpu::cuda::DeviceKv> d;
+  if constexpr (std::is_same_v<Kv, gpu::MlaPagedKv>) {
+    d = gpu::cuda::DeviceKv::OnDeviceMla(kv, error);
+  } else {
+    d = gpu::cuda::DeviceKv::OnDevice(kv, error);
+  }
+  if (d == nullptr || !mapped.OrderBefore(error)) return nullptr;
+  return d;
+}
+
+}  // namespace
+
 absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
                              v1::SequenceOutput* out, std::string* gpu_error) const {
   const KvLayout& layout = step.layout;
   const int bt = static_cast<int>(layout.block_tokens);
   const size_t per_block = plan.layers.size();
+  // All layers' copies are queued before the first layer runs: layer i + 1 copies while layer i
+  // computes.
+  const auto mapped = MapToGpu(plan, *gpu_error);
   // Layer by layer, over the pool's units (each a one-layer block).
   for (size_t i = 0; i < per_block; ++i) {
     const v1::LayerQuery& q = seq.queries(static_cast<int>(i));
@@ -612,7 +671,12 @@ absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Pl
                                 .q_rope = q.q_rope().data(),
                                 .scale = step.scale};
       r = GpuOrCpu(
-          use_gpu_, gpu_error, [&](std::string* e) { return gpu::cuda::MlaDecode(kv, req, e); },
+          use_gpu_, gpu_error,
+          [&](std::string* e) -> gpu::DecodeResult {
+            if (mapped.empty()) return gpu::cuda::MlaDecode(kv, req, e);
+            auto d = OnGpu(kv, *mapped[i], e);
+            return d == nullptr ? gpu::DecodeResult{} : d->MlaDecode(req, nullptr, e);
+          },
           [&] { return gpu::CpuMlaDecode(kv, req, options_.threads); });
     } else {
       const gpu::PagedKv kv{.shape = {.layers = 1,
@@ -636,7 +700,12 @@ absl::Status Worker::Compute(const v1::Sequence& seq, const Step& step, const Pl
       const std::string bad = gpu::ValidateDecode(kv, req);
       if (!bad.empty()) return absl::InternalError("worker: " + bad);
       r = GpuOrCpu(
-          use_gpu_, gpu_error, [&](std::string* e) { return gpu::cuda::Decode(kv, req, e); },
+          use_gpu_, gpu_error,
+          [&](std::string* e) -> gpu::DecodeResult {
+            if (mapped.empty()) return gpu::cuda::Decode(kv, req, e);
+            auto d = OnGpu(kv, *mapped[i], e);
+            return d == nullptr ? gpu::DecodeResult{} : d->Decode(req, nullptr, e);
+          },
           [&] { return gpu::CpuDecode(kv, req, options_.threads); });
     }
     v1::LayerOutput* lo = out->add_layers();

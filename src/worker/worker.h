@@ -31,6 +31,11 @@ class Gauge;
 class Histogram;
 }  // namespace prometheus
 
+namespace kvtier::gpu::cuda {
+class DeviceMapping;
+class DeviceUnits;
+}  // namespace kvtier::gpu::cuda
+
 namespace kvtier::worker {
 
 struct WorkerOptions {
@@ -49,6 +54,9 @@ struct WorkerOptions {
   uint64_t max_request_blocks = 1 << 20;  // Default: 1M. Blocks over all sequences of a request.
   // Default: 64 MiB. Whole-block bytes per read call (one lease): bounds a lease's pinned memory.
   uint64_t read_batch_bytes = 64ull << 20;
+  // Default: 4 GiB. On a GPU, the pool's blocks kept in GPU memory as well (copied once while
+  // they stay); 0: copied for every request.
+  uint64_t gpu_pool_bytes = 4ull << 30;
 };
 
 class Worker {
@@ -79,7 +87,7 @@ class Worker {
     float scale = 1.0f;
     std::string pool_scope;  // tenant and bearer token: whose pool entries these are
   };
-  explicit Worker(const WorkerOptions& options);
+  Worker(const WorkerOptions& options, bool use_gpu);
 
   // The steps of DecodeChecked: check the request, plan each sequence's reads, fill the plan's
   // pool units (fetching what they lack), compute each sequence.
@@ -92,6 +100,11 @@ class Worker {
                             v1::DecodeStats* stats);
   absl::Status Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
                        v1::SequenceOutput* out, std::string* gpu_error) const;
+  // On a GPU with a pool there: each layer's units (in order) in GPU memory, their copies queued
+  // layer by layer. Empty when the GPU is not used or its memory cannot take them (the layers are
+  // then copied per step).
+  std::vector<std::unique_ptr<gpu::cuda::DeviceMapping>> MapToGpu(const Plan& plan,
+                                                                 const std::string& gpu_error) const;
 
   // Decode after the mode is settled (reported in metrics even when the request fails).
   absl::Status DecodeChecked(const v1::DecodeRequest& request, const std::string& bearer_token,
@@ -122,8 +135,9 @@ class Worker {
   std::chrono::steady_clock::time_point members_at_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<CacheClient>> clients_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Metrics> metrics_;
-  bool use_gpu_ = false;
+  const bool use_gpu_;
   std::string device_name_;
+  std::unique_ptr<gpu::cuda::DeviceUnits> device_units_;  // on a GPU, unless gpu_pool_bytes is 0
 };
 
 // AttentionService over a Worker.

@@ -2,12 +2,14 @@
 // that break kernels (src/gpu/test_context.h): contexts 1, 63, 64, 65, 4,099 and 12,345; blocks
 // of 16, 64 and 7 tokens; shuffled pages; NaN in unused slots; GQA groups 1, 4 and 8; head_dim
 // 64 and 128; fp16, bf16 and fp32; dense, mixed, all-local and all-recall profiles and a window
-// longer than the context; MLA with latent 512 + rope 64 and a small shape. Prints a line per
-// failure and a summary. Exit status 0: all passed; 1: a failure; 77: no GPU (nothing checked).
+// longer than the context; MLA with latent 512 + rope 64 and a small shape; blocks held in GPU
+// memory by DeviceUnits (the worker's path). Prints a line per failure and a summary. Exit
+// status 0: all passed; 1: a failure; 77: no GPU (nothing checked).
 //
 // Tolerance (float accumulation against double): outputs and log-sum-exp within 2e-4 x (1 + |x|).
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "gpu/attention.h"
@@ -121,6 +123,94 @@ void CheckMla() {
   }
 }
 
+// The worker's path: blocks kept in GPU memory by DeviceUnits (copied from pinned memory on
+// their own stream), decoded where they are (DeviceKv::OnDevice); a second mapping copies nothing,
+// a new version of a block copies that block again, and a cache smaller than a request still
+// serves it and shrinks back afterwards.
+void CheckDeviceUnits() {
+  const GqaShape shape{
+      .layers = 2, .kv_heads = 2, .head_dim = 128, .block_tokens = 16, .dtype = ElemType::kBf16};
+  const Context c = MakeContext(shape, 4099, 4, 91);
+  const size_t block_bytes = shape.BlockBytes();
+  const size_t used = (4099 + 15) / 16;
+  // The blocks in page-locked memory, as the worker's pool holds them on a GPU machine.
+  void* pinned = cuda::AllocPinned(used * block_bytes);
+  const bool have_pinned = pinned != nullptr;
+  std::vector<uint8_t> plain;
+  if (!have_pinned) plain.resize(used * block_bytes);
+  uint8_t* host = have_pinned ? static_cast<uint8_t*>(pinned) : plain.data();
+  std::vector<cuda::DeviceUnits::Source> sources;
+  for (size_t b = 0; b < used; ++b) {
+    std::memcpy(host + b * block_bytes, c.paged.blocks[b], block_bytes);
+    sources.push_back({.id = b, .version = 0, .host = host + b * block_bytes, .bytes = block_bytes});
+  }
+  const HeadProfile mixed{.sink = 4, .window = 64, .recall = {{true, false}, {false, true}}};
+  auto run = [&](cuda::DeviceUnits& units, const std::string& what, uint64_t want_copied) {
+    std::string error;
+    auto mapping = units.Map(sources, &error);
+    ++checks;
+    if (mapping == nullptr) {
+      ++failures;
+      std::printf("FAIL %s: map: %s\n", what.c_str(), error.c_str());
+      return;
+    }
+    if (mapping->copied_bytes() != want_copied) {
+      ++failures;
+      std::printf("FAIL %s: copied %llu bytes, expected %llu\n", what.c_str(),
+                  static_cast<unsigned long long>(mapping->copied_bytes()),
+                  static_cast<unsigned long long>(want_copied));
+    }
+    PagedKv on_device = c.paged;
+    on_device.blocks.assign(mapping->addresses().begin(), mapping->addresses().end());
+    auto kv = cuda::DeviceKv::OnDevice(on_device, &error);
+    for (const HeadProfile* profile : {static_cast<const HeadProfile*>(nullptr), &mixed}) {
+      const DecodeRequest req{.layer = 1,
+                              .q_heads = c.q_heads,
+                              .q = c.q.data(),
+                              .scale = 1.0f / std::sqrt(128.0f),
+                              .profile = profile};
+      std::string run_error = error;
+      DecodeResult got;
+      if (kv != nullptr && mapping->OrderBefore(&run_error)) {
+        got = kv->Decode(req, nullptr, &run_error);
+      }
+      Compare(ReferenceDecode(c.paged, req), got, run_error,
+              what + (profile == nullptr ? " dense" : " mixed"));
+    }
+  };
+  std::string error;
+  auto units = cuda::DeviceUnits::Create(1ull << 30, &error);
+  if (units == nullptr) {
+    ++checks, ++failures;
+    std::printf("FAIL device units: %s\n", error.c_str());
+  } else {
+    run(*units, "device units, first map", used * block_bytes);
+    run(*units, "device units, again", 0);
+    // New bytes in block 3 (the same values: the reference still holds).
+    sources[3].version = 1;
+    run(*units, "device units, block 3 renewed", block_bytes);
+    const auto st = units->stats();
+    ++checks;
+    if (st.units != used || st.bytes != used * block_bytes) {
+      ++failures;
+      std::printf("FAIL device units: holds %llu units\n",
+                  static_cast<unsigned long long>(st.units));
+    }
+  }
+  auto small = cuda::DeviceUnits::Create(used * block_bytes / 2, &error);
+  if (small != nullptr) {
+    run(*small, "device units over capacity", used * block_bytes);
+    ++checks;
+    if (small->stats().bytes > used * block_bytes / 2) {
+      ++failures;
+      std::printf("FAIL device units over capacity: still holds %llu bytes\n",
+                  static_cast<unsigned long long>(small->stats().bytes));
+    }
+  }
+  std::printf("device units: pinned host memory %s\n", have_pinned ? "yes" : "no");
+  cuda::FreePinned(pinned);
+}
+
 }  // namespace
 }  // namespace kvtier::gpu
 
@@ -133,6 +223,7 @@ int main() {
   std::printf("gpu_attention_check on %s\n", kvtier::gpu::cuda::DeviceName().c_str());
   kvtier::gpu::CheckGqa();
   kvtier::gpu::CheckMla();
+  kvtier::gpu::CheckDeviceUnits();
   std::printf("gpu_attention_check: %d of %d checks passed\n",
               kvtier::gpu::checks - kvtier::gpu::failures, kvtier::gpu::checks);
   return kvtier::gpu::failures == 0 ? 0 : 1;
