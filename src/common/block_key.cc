@@ -169,13 +169,20 @@ std::string PackKeys(std::span<const BlockKey> keys) {
   return out;
 }
 
-BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
-  if (key.IsZero()) return key;
+BlockKey TenantKey(std::string_view tenant, const BlockKey& key) { return TenantKeyer(tenant)(key); }
+
+TenantKeyer::TenantKeyer(std::string_view tenant) {
   internal::LeWriter w;
   w.Raw("KVTIER/TENANT/1");
   w.Bytes(tenant);
-  w.Raw(key.ByteString());
-  XXH128_hash_t h = XXH3_128bits_withSeed(w.data(), w.size(), kXxh3Seed);
+  buf_ = w.str();
+  buf_.resize(buf_.size() + BlockKey::kBytes);
+}
+
+BlockKey TenantKeyer::operator()(const BlockKey& key) {
+  if (key.IsZero()) return key;
+  key.ToBytes(reinterpret_cast<uint8_t*>(buf_.data() + buf_.size() - BlockKey::kBytes));
+  XXH128_hash_t h = XXH3_128bits_withSeed(buf_.data(), buf_.size(), kXxh3Seed);
   return BlockKey{h.high64, h.low64};
 }
 

@@ -72,6 +72,17 @@ std::string PackKeys(std::span<const BlockKey> keys);
 // block. The all-zero key (no parent) maps to itself.
 BlockKey TenantKey(std::string_view tenant, const BlockKey& key);
 
+// TenantKey for many keys of one tenant (a request's): the tenant's bytes are laid out once, and
+// nothing is allocated per key.
+class TenantKeyer {
+ public:
+  explicit TenantKeyer(std::string_view tenant);
+  BlockKey operator()(const BlockKey& key);
+
+ private:
+  std::string buf_;  // the hashed bytes; the key's 16 at the end
+};
+
 class ChainHasher {
  public:
   // INVALID_ARGUMENT if block_tokens is 0 or a namespace string is longer than 64 KiB.

@@ -140,5 +140,21 @@ TEST(BlockKey, HexAndBytesRoundTrip) {
   EXPECT_EQ(BlockKey::FromByteString("short").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Daemons store blocks under these keys (NVMe keeps them across restarts): the derivation is
+// fixed, whichever way it is computed.
+TEST(BlockKey, TenantKeysAreFixedAndTheKeyerAgrees) {
+  const BlockKey k{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
+  EXPECT_EQ(TenantKey("tenant-a", k).Hex(), "d2908f0318827b1995b00e97a7e85e03");
+  EXPECT_NE(TenantKey("tenant-a", k), TenantKey("tenant-b", k));
+  EXPECT_EQ(TenantKey("tenant-a", BlockKey{}), BlockKey{}) << "no parent stays no parent";
+  for (std::string tenant : {std::string(), std::string("t"), std::string(300, 'x')}) {
+    TenantKeyer keyer(tenant);
+    for (uint64_t i = 0; i < 50; ++i) {
+      const BlockKey key{i * 0x9e3779b97f4a7c15ULL, i};
+      EXPECT_EQ(keyer(key), TenantKey(tenant, key)) << tenant.size() << " " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvtier

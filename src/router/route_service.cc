@@ -460,7 +460,8 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
     if (hasher.has_value()) {
       keys = hasher->Keys(std::span(request->tokens().data(), request->tokens().size()));
     }
-    for (BlockKey& k : keys) k = TenantKey(request->tenant(), k);
+    TenantKeyer tenant_key(request->tenant());
+    for (BlockKey& k : keys) k = tenant_key(k);
     size_t best = CachedPrefix(keys, members_[ring_members_[node]]->id);
     for (int n : order) {
       if (best == keys.size()) break;

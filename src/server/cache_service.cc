@@ -148,6 +148,7 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
   }
   std::vector<BlockKey> out;
   out.reserve(n);
+  TenantKeyer tenant_key(tenant);
   for (size_t i = 0; i < n; ++i) {
     BlockKey key;
     if (keys.empty()) {
@@ -159,7 +160,7 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
       }
       key = *k;
     }
-    out.push_back(TenantKey(tenant, key));
+    out.push_back(tenant_key(key));
   }
   return out;
 }
@@ -362,6 +363,7 @@ grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx,
   if (!keys.ok()) return ToGrpc(keys.status());
   const LookupResult r = store_->Lookup(*keys);
   response->set_matched(static_cast<uint32_t>(r.matched));
+  response->mutable_tiers()->Reserve(static_cast<int>(r.tiers.size()));
   for (Tier t : r.tiers) response->add_tiers(ToProto(t));
   return grpc::Status::OK;
 }

@@ -540,9 +540,11 @@ absl::Status Worker::PlanSequence(const v1::DecodeRequest& request, int si, cons
     const int64_t first = int64_t(b) * bt;
     return first < step.profile.sink || first + bt > int64_t(plan->context) - step.profile.window;
   };
+  TenantKeyer pool_key(step.pool_scope);
   for (size_t b = 0; b < plan->keys.size(); ++b) {
+    const BlockKey key = pool_key(plan->keys[b]);
     for (uint32_t l : plan->layers) {
-      BlockPool::Need need{.key = TenantKey(step.pool_scope, plan->keys[b]),
+      BlockPool::Need need{.key = key,
                            .layer = l,
                            .unit_bytes = plan->unit_bytes,
                            .slices = plan->slices};
