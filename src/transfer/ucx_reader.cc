@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
+#include "transfer/copy_pool.h"
 
 namespace kvtier::transfer {
 
@@ -186,15 +187,17 @@ absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
     }
   }
   if (local_ != nullptr) {
-    // The region is mapped here: a read is a copy (fused with its checksum). UCX's shared-memory
-    // gets would make the same copy.
+    // The region is mapped here: a read is a copy (fused with its checksum), which UCX's
+    // shared-memory gets would make too; a large batch is copied by this thread and a helper.
+    std::vector<CopyOp> copies;
+    copies.reserve(ops.size());
     for (const ReadOp& op : ops) {
-      if (op.checksum != nullptr) {
-        *op.checksum = CopyWithChecksum(op.dst, local_ + op.offset, op.length);
-      } else {
-        std::memcpy(op.dst, local_ + op.offset, op.length);
-      }
+      copies.push_back({.dst = op.dst,
+                        .src = local_ + op.offset,
+                        .length = op.length,
+                        .checksum = op.checksum});
     }
+    CopyPool::Shared().Run(copies);
     return absl::OkStatus();
   }
   Pending pending;
