@@ -14,7 +14,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <list>
 #include <memory>
 #include <mutex>
