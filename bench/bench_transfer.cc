@@ -284,8 +284,8 @@ int Main(int argc, char** argv) {
       // and their medians taken (one short phase of each scattered by 1.5x on a shared machine).
       std::vector<double> us, ms;
       for (int round = 0; round < 3; ++round) {
-        us.push_back(Throughput(readers, phase_s * 0.6, per_op, kv_get(ucx)));
-        ms.push_back(Throughput(readers, phase_s * 0.6, per_op, copy));
+        us.push_back(Throughput(readers, phase_s / 2, per_op, kv_get(ucx)));
+        ms.push_back(Throughput(readers, phase_s / 2, per_op, copy));
       }
       const double u = *std::min_element(us.begin(), us.end()) < 0 ? -1 : Median(us);
       const double m = Median(ms);
