@@ -1,8 +1,8 @@
 #pragma once
 // UnitCache: copies of host buffers (the worker's pool units) kept in another memory, GPU memory
-// in practice, so that a prefix read again is not copied again. Least recently used copies are
-// dropped first once the cache passes its capacity; the copies a caller is using (its Mapping) are
-// never dropped under it. A buffer is known by an id and a version: a new version (bytes that
+// in practice, so that a prefix read again is not copied again. Once the cache passes its
+// capacity, the copies no caller is using go first, least recently used first; the copies a
+// caller is using (its Mapping) are never dropped under it. A buffer is known by an id and a version: a new version (bytes that
 // arrived since) is copied again. Thread-safe.
 //
 // `Memory` moves the bytes (cuda_attention.cu: cudaMalloc and asynchronous copies; tests: host
@@ -47,9 +47,9 @@ class UnitCache {
     void* addr = nullptr;
     size_t bytes = 0;
     uint64_t version = 0;
-    int users = 0;         // live Mappings holding it
+    int users = 0;           // live Mappings holding it
     uint64_t mapped_by = 0;  // the last Map call that held it
-    std::list<uint64_t>::iterator lru;
+    std::list<uint64_t>::iterator idle;  // its place in idle_ while users is 0
   };
 
  public:
@@ -58,8 +58,8 @@ class UnitCache {
    public:
     ~Mapping() {
       std::lock_guard lock(cache_->mu_);
-      for (uint64_t id : ids_) --cache_->entries_.at(id).users;
-      cache_->Trim();
+      for (uint64_t id : ids_) cache_->Unhold(id);
+      cache_->MakeRoom(0);
     }
     Mapping(const Mapping&) = delete;
     Mapping& operator=(const Mapping&) = delete;
@@ -97,11 +97,10 @@ class UnitCache {
       if (it != entries_.end()) {
         const bool held = it->second.mapped_by == call;  // an id repeated in this call
         if (!held) {
-          ++it->second.users;
+          if (it->second.users++ == 0) idle_.erase(it->second.idle);
           it->second.mapped_by = call;
           m->ids_.push_back(s.id);
         }
-        lru_.splice(lru_.begin(), lru_, it->second.lru);
         if (it->second.bytes != s.bytes || it->second.version != s.version) {
           if (!Refill(it->second, s, error)) return nullptr;
           m->copied_bytes_ += s.bytes;
@@ -119,8 +118,6 @@ class UnitCache {
         }
         return nullptr;
       }
-      lru_.push_front(s.id);
-      e.lru = lru_.begin();
       e.users = 1;
       e.mapped_by = call;
       m->addresses_.push_back(e.addr);
@@ -164,28 +161,35 @@ class UnitCache {
     return true;
   }
 
-  // Drops unused copies, least recently used first, until `incoming` more bytes fit.
-  void MakeRoom(size_t incoming) {
-    for (auto it = lru_.end(); it != lru_.begin() && stats_.bytes + incoming > capacity_;) {
-      --it;
-      Entry& e = entries_.at(*it);
-      if (e.users > 0) continue;
-      memory_.Free(e.addr);
-      stats_.bytes -= e.bytes;
-      --stats_.units;
-      ++stats_.evictions;
-      entries_.erase(*it);
-      it = lru_.erase(it);
+  // A Mapping lets go of id; with no other holder it becomes the most recently used idle copy.
+  void Unhold(uint64_t id) {
+    Entry& e = entries_.at(id);
+    if (--e.users == 0) {
+      idle_.push_front(id);
+      e.idle = idle_.begin();
     }
   }
 
-  void Trim() { MakeRoom(0); }
+  // Drops idle copies, least recently used first, until `incoming` more bytes fit.
+  void MakeRoom(size_t incoming) {
+    while (stats_.bytes + incoming > capacity_ && !idle_.empty()) {
+      auto it = entries_.find(idle_.back());
+      memory_.Free(it->second.addr);
+      stats_.bytes -= it->second.bytes;
+      --stats_.units;
+      ++stats_.evictions;
+      entries_.erase(it);
+      idle_.pop_back();
+    }
+  }
 
   Memory memory_;
   const uint64_t capacity_;
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, Entry> entries_;  // guarded by mu_
-  std::list<uint64_t> lru_;                      // most recent first; guarded by mu_
+  // Copies no Mapping holds, the most recently let go first; guarded by mu_. (Held copies are
+  // not in it: making room never walks past them.)
+  std::list<uint64_t> idle_;
   Stats stats_;                                  // guarded by mu_
   uint64_t map_calls_ = 0;                       // guarded by mu_
 };
