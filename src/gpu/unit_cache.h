@@ -1,9 +1,9 @@
 #pragma once
 // UnitCache: copies of host buffers (the worker's pool units) kept in another memory, GPU memory
 // in practice, so that a prefix read again is not copied again. Once the cache passes its
-// capacity, the copies no caller is using go first, least recently used first; the copies a
-// caller is using (its Mapping) are never dropped under it. A buffer is known by an id and a version: a new version (bytes that
-// arrived since) is copied again. Thread-safe.
+// capacity, the copies no caller is using go, least recently used first; the copies a caller is
+// using (its Mapping) are never dropped under it. A buffer is known by an id and a version: a new
+// version (bytes that arrived since) is copied again. Thread-safe.
 //
 // `Memory` moves the bytes (cuda_attention.cu: cudaMalloc and asynchronous copies; tests: host
 // memory):
