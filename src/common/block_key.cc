@@ -169,7 +169,9 @@ std::string PackKeys(std::span<const BlockKey> keys) {
   return out;
 }
 
-BlockKey TenantKey(std::string_view tenant, const BlockKey& key) { return TenantKeyer(tenant)(key); }
+BlockKey TenantKey(std::string_view tenant, const BlockKey& key) {
+  return TenantKeyer(tenant)(key);
+}
 
 TenantKeyer::TenantKeyer(std::string_view tenant) {
   internal::LeWriter w;

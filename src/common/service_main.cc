@@ -37,13 +37,21 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
   return exposer;
 }
 
+namespace {
+
 bool IsUnixSocket(const std::string& listen) {
   return listen.starts_with("unix:") || listen.starts_with("unix-abstract:");
 }
 
+}  // namespace
+
+std::string ListenHost(const std::string& listen) {
+  return IsUnixSocket(listen) ? "127.0.0.1" : listen.substr(0, listen.rfind(':'));
+}
+
 std::string BoundAddress(const std::string& listen, int port) {
   if (IsUnixSocket(listen)) return listen;
-  return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+  return absl::StrCat(ListenHost(listen), ":", port);
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& program,

@@ -74,8 +74,9 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry);
 
-// Whether `listen` names a Unix socket (unix:PATH, unix-abstract:NAME) rather than HOST:PORT.
-bool IsUnixSocket(const std::string& listen);
+// The host `listen` names: HOST of HOST:PORT, and 127.0.0.1 for a Unix socket (unix:PATH,
+// unix-abstract:NAME), whose clients are on this host.
+std::string ListenHost(const std::string& listen);
 
 // The address a gRPC server asked to listen on `listen` is reachable at: HOST:PORT with the port
 // it bound (`port`), or `listen` itself for a Unix socket.

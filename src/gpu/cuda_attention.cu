@@ -15,8 +15,8 @@
 
 #include <algorithm>
 #include <mutex>
-#include <unordered_map>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "gpu/cuda_attention.h"
@@ -329,7 +329,6 @@ int SplitLen(int context, int units) {
   return std::max(kMinSplitTokens, (context + want_splits - 1) / want_splits);
 }
 
-
 int UsedBlocks(int context, int block_tokens) {
   return (context + block_tokens - 1) / block_tokens;
 }
@@ -430,8 +429,8 @@ struct DeviceKv::Impl {
     const int used = UsedBlocks(kv.context_tokens, kv.shape.block_tokens);
     const bool ok =
         upload ? impl->UploadBlocks(kv.blocks, used, error)
-               : impl->SetTable(std::vector<const void*>(kv.blocks.begin(), kv.blocks.begin() + used),
-                                error);
+               : impl->SetTable(
+                     std::vector<const void*>(kv.blocks.begin(), kv.blocks.begin() + used), error);
     return ok ? std::unique_ptr<DeviceKv>(new DeviceKv(std::move(impl))) : nullptr;
   }
 
@@ -490,7 +489,6 @@ std::string DeviceName() {
 DeviceKv::DeviceKv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DeviceKv::~DeviceKv() = default;
 size_t DeviceKv::bytes() const { return impl_->blocks.size; }
-
 
 std::unique_ptr<DeviceKv> DeviceKv::Upload(const PagedKv& kv, std::string* error) {
   return Impl::Place(kv, true, error);
@@ -801,7 +799,7 @@ class PinnedSlabs {
   uint8_t* next_ = nullptr;  // the current slab's unused part
   size_t left_ = 0;
   std::unordered_map<size_t, std::vector<void*>> free_;  // by rounded size
-  std::unordered_map<void*, size_t> size_of_;           // buffers in use
+  std::unordered_map<void*, size_t> size_of_;            // buffers in use
 };
 
 PinnedSlabs& Pinned() {

@@ -47,8 +47,8 @@ class UnitCache {
     void* addr = nullptr;
     size_t bytes = 0;
     uint64_t version = 0;
-    int users = 0;           // live Mappings holding it
-    uint64_t mapped_by = 0;  // the last Map call that held it
+    int users = 0;                       // live Mappings holding it
+    uint64_t mapped_by = 0;              // the last Map call that held it
     std::list<uint64_t>::iterator idle;  // its place in idle_ while users is 0
   };
 
@@ -190,8 +190,8 @@ class UnitCache {
   // Copies no Mapping holds, the most recently let go first; guarded by mu_. (Held copies are
   // not in it: making room never walks past them.)
   std::list<uint64_t> idle_;
-  Stats stats_;                                  // guarded by mu_
-  uint64_t map_calls_ = 0;                       // guarded by mu_
+  Stats stats_;             // guarded by mu_
+  uint64_t map_calls_ = 0;  // guarded by mu_
 };
 
 }  // namespace kvtier::gpu

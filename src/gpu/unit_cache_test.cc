@@ -11,8 +11,8 @@ namespace kvtier::gpu {
 namespace {
 
 struct HostMemory {
-  int* allocations;      // live
-  size_t fail_above;     // Allocate fails for larger sizes
+  int* allocations;   // live
+  size_t fail_above;  // Allocate fails for larger sizes
   void* Allocate(size_t bytes, std::string* error) {
     if (bytes > fail_above) {
       *error = "out of memory";
@@ -113,8 +113,8 @@ TEST(UnitCache, FailuresLeaveNothingHeldOrLeaked) {
   Cache cache(HostMemory{&live, 1500}, 10'000);
   auto small = Bytes(1000, 1), big = Bytes(2000, 2);
   std::string error;
-  auto m = cache.Map(std::vector<Cache::Source>{{1, 0, small.data(), 1000}, {2, 0, big.data(), 2000}},
-                     &error);
+  auto m = cache.Map(
+      std::vector<Cache::Source>{{1, 0, small.data(), 1000}, {2, 0, big.data(), 2000}}, &error);
   EXPECT_EQ(m, nullptr);
   EXPECT_EQ(error, "out of memory");
   EXPECT_EQ(cache.stats().bytes, 1000u);

@@ -68,7 +68,8 @@ const std::vector<Option>& Options() {
        }},
       {"ucx.listen", "ucx-listen", "HOST:PORT|auto|off", "auto",
        "UCX data plane listener for one-sided block reads; port 0 picks a free port. auto: the "
-       "gRPC host (127.0.0.1 for a Unix socket), any port, but off when auth is on (a UCX reader can read the whole host "
+       "gRPC host (127.0.0.1 for a Unix socket), any port, but off when auth is on (a UCX reader "
+       "can read the whole host "
        "arena, so set it explicitly only where every tenant is trusted)",
        [](DaemonConfig& c, const std::string& v) {
          if (v != "auto" && v != "off" && v.rfind(':') == std::string::npos) {

@@ -87,10 +87,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<kvtier::transfer::UcxServer> ucx;
   std::string ucx_listen = config->ucx_listen;
   if (ucx_listen == "auto") {
-    // A Unix socket's clients are on this host: UCX listens on loopback for them.
-    const std::string host =
-        kvtier::IsUnixSocket(listen) ? "127.0.0.1" : listen.substr(0, listen.rfind(':'));
-    ucx_listen = auth.has_value() ? "off" : host + ":0";
+    ucx_listen = auth.has_value() ? "off" : kvtier::ListenHost(listen) + ":0";
   } else if (ucx_listen != "off" && auth.has_value()) {
     spdlog::warn(
         "kvtierd: ucx.listen is set with auth on: every client that can reach {} can "

@@ -43,8 +43,8 @@ TEST(CopyPool, LargeAndSmallBatchesAreCopiedWhole) {
   CopyPool pool(3);
   for (auto [count, length] : {std::pair<size_t, size_t>{64, 64 << 10},  // 4 MiB: shared
                                {3, 1 << 20},
-                               {1, 3 << 20},    // one op: the caller's
-                               {16, 4096}}) {   // small: the caller's
+                               {1, 3 << 20},   // one op: the caller's
+                               {16, 4096}}) {  // small: the caller's
     Batch b(count, length, static_cast<uint8_t>(count));
     pool.Run(b.ops);
     EXPECT_TRUE(b.Right()) << count << " x " << length;

@@ -192,10 +192,8 @@ absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
     std::vector<CopyOp> copies;
     copies.reserve(ops.size());
     for (const ReadOp& op : ops) {
-      copies.push_back({.dst = op.dst,
-                        .src = local_ + op.offset,
-                        .length = op.length,
-                        .checksum = op.checksum});
+      copies.push_back(
+          {.dst = op.dst, .src = local_ + op.offset, .length = op.length, .checksum = op.checksum});
     }
     CopyPool::Shared().Run(copies);
     return absl::OkStatus();

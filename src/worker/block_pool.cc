@@ -21,7 +21,8 @@ std::vector<BlockPool::Claim> BlockPool::Acquire(std::span<const Need> needs) {
       lru_.push_front(id);
       it = units_
                .emplace(id,
-                        Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, ++units_made_, spares_), lru_.begin()})
+                        Slot{std::make_shared<Unit>(n.unit_bytes, n.slices, ++units_made_, spares_),
+                             lru_.begin()})
                .first;
       stats_.bytes += n.unit_bytes;
       ++stats_.units;

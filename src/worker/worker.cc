@@ -544,10 +544,8 @@ absl::Status Worker::PlanSequence(const v1::DecodeRequest& request, int si, cons
   for (size_t b = 0; b < plan->keys.size(); ++b) {
     const BlockKey key = pool_key(plan->keys[b]);
     for (uint32_t l : plan->layers) {
-      BlockPool::Need need{.key = key,
-                           .layer = l,
-                           .unit_bytes = plan->unit_bytes,
-                           .slices = plan->slices};
+      BlockPool::Need need{
+          .key = key, .layer = l, .unit_bytes = plan->unit_bytes, .slices = plan->slices};
       for (uint32_t s = 0; s < plan->slices; ++s) {
         const uint32_t head = s % std::max<uint32_t>(layout.kv_heads, 1);
         if (!step.sparse || step.profile.recall[l][head] || local_reads(b)) {
@@ -629,7 +627,7 @@ namespace {
 // One layer over blocks that DeviceUnits holds in GPU memory (`mapped`'s addresses).
 template <typename Kv>
 std::unique_ptr<gpu::cuda::DeviceKv> OnGpu(Kv kv, const gpu::cuda::DeviceMapping& mapped,
-                                          std::string* error) {
+                                           std::string* error) {
   kv.blocks.assign(mapped.addresses().begin(), mapped.addresses().end());
   std::unique_ptr<gpu::cuda::DeviceKv> d;
   if constexpr (std::is_same_v<Kv, gpu::MlaPagedKv>) {

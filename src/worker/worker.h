@@ -103,8 +103,8 @@ class Worker {
   // On a GPU with a pool there: each layer's units (in order) in GPU memory, their copies queued
   // layer by layer. Empty when the GPU is not used or its memory cannot take them (the layers are
   // then copied per step).
-  std::vector<std::unique_ptr<gpu::cuda::DeviceMapping>> MapToGpu(const Plan& plan,
-                                                                 const std::string& gpu_error) const;
+  std::vector<std::unique_ptr<gpu::cuda::DeviceMapping>> MapToGpu(
+      const Plan& plan, const std::string& gpu_error) const;
 
   // Decode after the mode is settled (reported in metrics even when the request fails).
   absl::Status DecodeChecked(const v1::DecodeRequest& request, const std::string& bearer_token,

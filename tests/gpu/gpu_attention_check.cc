@@ -142,7 +142,8 @@ void CheckDeviceUnits() {
   std::vector<cuda::DeviceUnits::Source> sources;
   for (size_t b = 0; b < used; ++b) {
     std::memcpy(host + b * block_bytes, c.paged.blocks[b], block_bytes);
-    sources.push_back({.id = b, .version = 0, .host = host + b * block_bytes, .bytes = block_bytes});
+    sources.push_back(
+        {.id = b, .version = 0, .host = host + b * block_bytes, .bytes = block_bytes});
   }
   const HeadProfile mixed{.sink = 4, .window = 64, .recall = {{true, false}, {false, true}}};
   auto run = [&](cuda::DeviceUnits& units, const std::string& what, uint64_t want_copied) {
