@@ -9,6 +9,8 @@
 #include <cstring>
 #include <new>
 
+#include "common/internal/xxh3_copy.h"
+
 namespace kvtier {
 
 uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
@@ -31,6 +33,9 @@ void CopyAndUpdate(XXH3_state_t* state, void* dst, const void* src, size_t size)
 }  // namespace
 
 uint64_t CopyWithChecksum(void* dst, const void* src, size_t size) {
+  if (size >= internal::kFusedCopyMinBytes && internal::HasFusedCopyXxh3()) {
+    return internal::FusedCopyXxh3(dst, src, size);
+  }
   if (size <= kChunk) {
     std::memcpy(dst, src, size);
     return XXH3_64bits(dst, size);

@@ -11,9 +11,10 @@ namespace kvtier {
 
 uint64_t Checksum(const void* data, size_t size);
 
-// Copies `size` bytes from src to dst and returns the checksum of the copied bytes. Works in
-// cache-sized chunks so the hash reads data that the copy just brought into cache: verifying a read
-// then costs little more than the copy itself.
+// Copies `size` bytes from src to dst and returns the checksum of the copied bytes. On AVX-512
+// CPUs the hash is computed from the registers that carry the bytes (internal/xxh3_copy.h), and
+// copies of 256 KiB or more bypass the caches as memcpy's do; elsewhere it copies and hashes in
+// cache-sized chunks, so the hash reads what the copy just brought into cache.
 uint64_t CopyWithChecksum(void* dst, const void* src, size_t size);
 
 // The checksum of a block that arrives in pieces (a Get streamed in several buffers), computed

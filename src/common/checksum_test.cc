@@ -3,7 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <random>
 #include <vector>
+
+#include "common/internal/xxh3_copy.h"
 
 namespace kvtier {
 namespace {
@@ -15,6 +20,44 @@ TEST(Checksum, CopyWithChecksumEqualsChecksumOfTheBytes) {
     EXPECT_EQ(CopyWithChecksum(dst.data(), src.data(), size), Checksum(src.data(), size)) << size;
     EXPECT_EQ(src, dst);
   }
+}
+
+// Every length from the shortest the fused copy takes up to a few of XXH3's 1 KiB blocks, then
+// long ones, at every source offset and at destinations on and off 64-byte lines (the ones off
+// by a multiple of 8 take the non-temporal stores that join two stripes into one line).
+TEST(Checksum, FusedCopyEqualsXxh3AtEveryLengthAndAlignment) {
+  if (!internal::HasFusedCopyXxh3()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const size_t max = (1 << 20) + 4096;
+  std::vector<uint8_t> src(max + 64);
+  std::mt19937_64 rng(42);
+  for (auto& b : src) b = static_cast<uint8_t>(rng());
+  auto* dst = static_cast<uint8_t*>(std::aligned_alloc(64, max + 128));
+  ASSERT_NE(dst, nullptr);
+  auto check = [&](size_t size, size_t src_off, size_t dst_off) {
+    const size_t end = dst_off + size + 64;  // the bytes looked at after the copy
+    std::fill(dst, dst + end, 0xee);
+    const uint64_t got = internal::FusedCopyXxh3(dst + dst_off, src.data() + src_off, size);
+    ASSERT_EQ(got, Checksum(src.data() + src_off, size))
+        << "size " << size << " src +" << src_off << " dst +" << dst_off;
+    ASSERT_EQ(std::memcmp(dst + dst_off, src.data() + src_off, size), 0)
+        << "size " << size << " src +" << src_off << " dst +" << dst_off;
+    // Nothing written outside the destination.
+    for (size_t i = 0; i < dst_off; ++i) ASSERT_EQ(dst[i], 0xee) << size << " before " << i;
+    for (size_t i = dst_off + size; i < end; ++i) ASSERT_EQ(dst[i], 0xee) << size << " after " << i;
+  };
+  for (size_t size = internal::kFusedCopyMinBytes; size < 4200; ++size) {
+    check(size, size % 64, (size * 7) % 64);
+  }
+  const std::vector<size_t> sizes = {256 << 10,     (256 << 10) + 1, (256 << 10) + 63,
+                                     (1 << 20) - 1, 1 << 20,         (1 << 20) + 4095};
+  for (size_t size : sizes) {
+    for (size_t dst_off : {0, 8, 16, 24, 32, 40, 48, 56, 3, 61}) check(size, dst_off % 5, dst_off);
+  }
+  for (int i = 0; i < 30; ++i) {
+    check(internal::kFusedCopyMinBytes + rng() % (max - internal::kFusedCopyMinBytes), rng() % 64,
+          rng() % 64);
+  }
+  std::free(dst);
 }
 
 TEST(Checksum, CopierInPiecesEqualsChecksumOfTheBytes) {

@@ -1,0 +1,162 @@
+#include "common/internal/xxh3_copy.h"
+
+#include <immintrin.h>
+
+// The header's own definitions of XXH3's secret, initial accumulators and final merge, so the
+// result is XXH3_64bits by construction; only the long-input loop is written here, fused with
+// the copy. (Its own AVX-512 loop hashes bytes that are already in memory.)
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+// GCC 12 takes the intrinsics' deliberately undefined pass-through operand
+// (_mm512_undefined_epi32) for an uninitialized variable.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace kvtier::internal {
+namespace {
+
+#define KVTIER_AVX512 __attribute__((target("avx512f"), always_inline)) inline
+
+constexpr size_t kStripe = 64;                                    // XXH_STRIPE_LEN
+constexpr size_t kSecretSize = sizeof(XXH3_kSecret);              // 192
+constexpr size_t kStripesPerBlock = (kSecretSize - kStripe) / 8;  // XXH_SECRET_CONSUME_RATE
+constexpr size_t kBlock = kStripe * kStripesPerBlock;
+constexpr size_t kLastAccStart = 7;     // XXH_SECRET_LASTACC_START
+constexpr size_t kMergeAccsStart = 11;  // XXH_SECRET_MERGEACCS_START
+constexpr size_t kStreamMinBytes = 256 << 10;
+
+// acc[i ^ 1] += data[i]; acc[i] += lo32(data[i] ^ key[i]) * hi32(data[i] ^ key[i]).
+KVTIER_AVX512 __m512i Accumulate(__m512i acc, __m512i data, __m512i key) {
+  const __m512i data_key = _mm512_xor_si512(data, key);
+  const __m512i data_key_hi = _mm512_shuffle_epi32(data_key, _MM_PERM_CDAB);
+  const __m512i product = _mm512_mul_epu32(data_key, data_key_hi);
+  const __m512i swapped = _mm512_shuffle_epi32(data, _MM_PERM_BADC);
+  return _mm512_add_epi64(acc, _mm512_add_epi64(product, swapped));
+}
+
+// acc = (acc ^ (acc >> 47) ^ key) * XXH_PRIME32_1, per 64-bit lane.
+KVTIER_AVX512 __m512i Scramble(__m512i acc, __m512i key) {
+  const __m512i prime = _mm512_set1_epi32(static_cast<int>(XXH_PRIME32_1));
+  const __m512i mixed = _mm512_xor_si512(_mm512_xor_si512(acc, _mm512_srli_epi64(acc, 47)), key);
+  const __m512i mixed_hi = _mm512_shuffle_epi32(mixed, _MM_PERM_CDAB);
+  return _mm512_add_epi64(_mm512_mul_epu32(mixed, prime),
+                          _mm512_slli_epi64(_mm512_mul_epu32(mixed_hi, prime), 32));
+}
+
+// Puts stripe i (64 bytes of the input at offset 64 i) at dst + 64 i, in input order.
+// kShift < 0: plain unaligned stores. kShift 0..7: non-temporal stores of whole 64-byte lines,
+// dst being kShift 8-byte words past a line's start; each line then joins the end of one stripe
+// to the start of the next, and the partial lines at both ends get masked plain stores.
+template <int kShift>
+class StripeWriter {
+ public:
+  KVTIER_AVX512 explicit StripeWriter(uint8_t* dst)
+      : dst_(dst), previous_(_mm512_setzero_si512()) {}
+
+  KVTIER_AVX512 void Put(size_t i, __m512i stripe) {
+    uint8_t* at = dst_ + i * kStripe;
+    if constexpr (kShift < 0) {
+      _mm512_storeu_si512(at, stripe);
+    } else if constexpr (kShift == 0) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(at), stripe);
+    } else if (i == 0) {
+      _mm512_mask_storeu_epi64(at, static_cast<__mmask8>((1u << (8 - kShift)) - 1), stripe);
+    } else {
+      // The line that starts kShift words before stripe i.
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(at - kShift * 8),
+                          _mm512_alignr_epi64(stripe, previous_, 8 - kShift));
+    }
+    previous_ = stripe;
+  }
+
+  // After the last Put, `count` stripes in all: writes what is still held, and orders the
+  // non-temporal stores before anything that follows.
+  KVTIER_AVX512 void Finish(size_t count) {
+    if constexpr (kShift > 0) {
+      if (count > 0) {
+        _mm512_mask_storeu_epi64(dst_ + (count - 1) * kStripe,
+                                 static_cast<__mmask8>(0xff00u >> kShift), previous_);
+      }
+    }
+    if constexpr (kShift >= 0) _mm_sfence();
+  }
+
+ private:
+  uint8_t* const dst_;
+  __m512i previous_;
+};
+
+template <int kShift>
+__attribute__((target("avx512f"))) uint64_t Copy(uint8_t* dst, const uint8_t* src, size_t size) {
+  alignas(64) uint64_t acc_init[8] = XXH3_INIT_ACC;
+  __m512i acc = _mm512_load_si512(acc_init);
+  const uint8_t* const secret = XXH3_kSecret;
+  __m512i keys[kStripesPerBlock];
+  for (size_t s = 0; s < kStripesPerBlock; ++s) keys[s] = _mm512_loadu_si512(secret + 8 * s);
+  const __m512i scramble_key = _mm512_loadu_si512(secret + kSecretSize - kStripe);
+
+  // As XXH3_hashLong_internal_loop: whole blocks of 16 stripes, each followed by a scramble;
+  // then the stripes of the last block that start before the input's last byte; then the
+  // input's last 64 bytes (which may overlap the stripes before) with a key of their own.
+  StripeWriter<kShift> out(dst);
+  const size_t blocks = (size - 1) / kBlock;
+  size_t i = 0;  // stripes done
+  for (size_t b = 0; b < blocks; ++b) {
+    for (size_t s = 0; s < kStripesPerBlock; ++s, ++i) {
+      const __m512i data = _mm512_loadu_si512(src + i * kStripe);
+      out.Put(i, data);
+      acc = Accumulate(acc, data, keys[s]);
+    }
+    acc = Scramble(acc, scramble_key);
+  }
+  const size_t tail_stripes = ((size - 1) - blocks * kBlock) / kStripe;
+  for (size_t s = 0; s < tail_stripes; ++s, ++i) {
+    const __m512i data = _mm512_loadu_si512(src + i * kStripe);
+    out.Put(i, data);
+    acc = Accumulate(acc, data, keys[s]);
+  }
+  out.Finish(i);
+  const __m512i last = _mm512_loadu_si512(src + size - kStripe);
+  _mm512_storeu_si512(dst + size - kStripe, last);
+  acc = Accumulate(acc, last, _mm512_loadu_si512(secret + kSecretSize - kStripe - kLastAccStart));
+
+  alignas(64) uint64_t lanes[8];
+  _mm512_store_si512(lanes, acc);
+  return XXH3_mergeAccs(lanes, secret + kMergeAccsStart,
+                        static_cast<uint64_t>(size) * XXH_PRIME64_1);
+}
+
+}  // namespace
+
+bool HasFusedCopyXxh3() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+uint64_t FusedCopyXxh3(void* dst, const void* src, size_t size) {
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  const auto misaligned = reinterpret_cast<uintptr_t>(d) % 64;
+  if (size < kStreamMinBytes || misaligned % 8 != 0) return Copy<-1>(d, s, size);
+  switch (misaligned / 8) {
+    case 0:
+      return Copy<0>(d, s, size);
+    case 1:
+      return Copy<1>(d, s, size);
+    case 2:
+      return Copy<2>(d, s, size);
+    case 3:
+      return Copy<3>(d, s, size);
+    case 4:
+      return Copy<4>(d, s, size);
+    case 5:
+      return Copy<5>(d, s, size);
+    case 6:
+      return Copy<6>(d, s, size);
+    default:
+      return Copy<7>(d, s, size);
+  }
+}
+
+}  // namespace kvtier::internal
