@@ -219,6 +219,33 @@ TEST(BlockStore, LookupCountsTheLeadingPresentBlocks) {
   EXPECT_EQ(s->Lookup({}).matched, 0u);
 }
 
+// Long chains are looked up in runs of keys (64, 128, ... 1024): a block missing at or around a
+// run's edges ends the match there, whatever the number of index shards.
+TEST(BlockStore, LookupOfALongChainStopsAtTheFirstMissingBlock) {
+  constexpr uint64_t kChain = 3000;
+  for (size_t shards : {1, 8, 4096}) {
+    StoreOptions o = SmallOptions(kChain);
+    o.index_shards = shards;
+    auto s = OpenOrDie(o);
+    auto put = [&](uint64_t n) {
+      return PutN(*s, n, n == 0 ? std::nullopt : std::optional<uint64_t>(n - 1));
+    };
+    std::vector<BlockKey> chain;
+    for (uint64_t n = 0; n < kChain; ++n) {
+      ASSERT_TRUE(put(n).ok());
+      chain.push_back(TestKey(n));
+    }
+    EXPECT_EQ(s->Lookup(chain).matched, kChain) << shards << " shards";
+    for (uint64_t missing : {0, 1, 63, 64, 65, 191, 192, 1000, 2047, 2048, 2999}) {
+      ASSERT_TRUE(s->Delete(TestKey(missing)).ok());
+      const LookupResult r = s->Lookup(chain);
+      EXPECT_EQ(r.matched, missing) << shards << " shards";
+      EXPECT_EQ(r.tiers.size(), missing) << shards << " shards";
+      ASSERT_TRUE(put(missing).ok());
+    }
+  }
+}
+
 // Host tier of 8 blocks; two chains of four fill it.
 class EvictionOrder : public ::testing::Test {
  protected:
