@@ -1090,6 +1090,7 @@ LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
   std::vector<uint32_t> first(nshards + 1);  // per shard, where its keys start in `order`
   std::vector<uint16_t> order(std::min(chain.size(), kMaxRun));  // run offsets by shard
   std::vector<uint8_t> tier(order.size());                       // per run offset
+  std::vector<uint32_t> next(nshards);  // per shard, where its next key goes in `order`
   for (size_t begin = 0, run = kFirstRun; begin < chain.size() && r.tiers.size() == begin;
        begin += run, run = std::min(run * 2, kMaxRun)) {
     const std::span<const BlockKey> keys =
@@ -1097,7 +1098,7 @@ LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
     std::fill(first.begin(), first.end(), 0);
     for (const BlockKey& k : keys) ++first[s.ShardIndex(k) + 1];
     for (size_t i = 1; i <= nshards; ++i) first[i] += first[i - 1];
-    std::vector<uint32_t> next(first.begin(), first.end() - 1);
+    std::copy(first.begin(), first.end() - 1, next.begin());
     for (size_t i = 0; i < keys.size(); ++i) order[next[s.ShardIndex(keys[i])]++] = i;
     for (size_t sh = 0; sh < nshards; ++sh) {
       if (first[sh] == first[sh + 1]) continue;

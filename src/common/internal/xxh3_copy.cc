@@ -139,24 +139,10 @@ uint64_t FusedCopyXxh3(void* dst, const void* src, size_t size) {
   const auto* s = static_cast<const uint8_t*>(src);
   const auto misaligned = reinterpret_cast<uintptr_t>(d) % 64;
   if (size < kStreamMinBytes || misaligned % 8 != 0) return Copy<-1>(d, s, size);
-  switch (misaligned / 8) {
-    case 0:
-      return Copy<0>(d, s, size);
-    case 1:
-      return Copy<1>(d, s, size);
-    case 2:
-      return Copy<2>(d, s, size);
-    case 3:
-      return Copy<3>(d, s, size);
-    case 4:
-      return Copy<4>(d, s, size);
-    case 5:
-      return Copy<5>(d, s, size);
-    case 6:
-      return Copy<6>(d, s, size);
-    default:
-      return Copy<7>(d, s, size);
-  }
+  // One instance per whole-word offset of dst within its line.
+  static constexpr uint64_t (*kStreamed[8])(uint8_t*, const uint8_t*, size_t) = {
+      Copy<0>, Copy<1>, Copy<2>, Copy<3>, Copy<4>, Copy<5>, Copy<6>, Copy<7>};
+  return kStreamed[misaligned / 8](d, s, size);
 }
 
 }  // namespace kvtier::internal
