@@ -57,7 +57,7 @@ TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   auto found = client_->Lookup(keys);
   ASSERT_TRUE(found.ok());
   EXPECT_EQ(found->matched, 3u);
-  EXPECT_EQ(found->tiers, (std::vector<std::string>{"host", "host", "host"}));
+  EXPECT_EQ(found->tiers, (std::vector<std::string_view>{"host", "host", "host"}));
   put = client_->Put(blocks, false, &layout);
   ASSERT_TRUE(put.ok());
   EXPECT_EQ(put->stored, 2u);

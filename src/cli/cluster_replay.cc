@@ -178,7 +178,7 @@ int RunClusterReplay(const std::vector<router::TraceRequest>& trace,
     ++t.requests;
     t.blocks += chain.size();
     t.hits += found->matched;
-    for (const std::string& tier : found->tiers) ++t.hits_by_tier[tier];
+    for (std::string_view tier : found->tiers) ++t.hits_by_tier[std::string(tier)];
     t.prefilled += chain.size() - found->matched;
     all_blocks += chain.size();
     all_hits += found->matched;

@@ -335,6 +335,7 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
   if (!st.ok()) return st;
   RemoteLookup out;
   out.matched = res.matched();
+  out.tiers.reserve(res.tiers_size());
   for (int t : res.tiers()) out.tiers.push_back(TierName(static_cast<v1::Tier>(t)));
   return out;
 }

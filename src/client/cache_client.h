@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -106,7 +107,9 @@ struct PutResult {
 
 struct RemoteLookup {
   size_t matched = 0;
-  std::vector<std::string> tiers;  // "hbm", "host", "nvme" for each matched block
+  // "hbm", "host", "nvme" for each matched block (static strings: a Lookup of thousands of
+  // blocks allocates nothing per block).
+  std::vector<std::string_view> tiers;
 };
 
 class CacheClient {
