@@ -330,7 +330,8 @@ int RunRemote(int argc, char** argv) {
                               .c_str());
     } else {
       std::printf("%zu of %zu leading blocks cached", r->matched, keys->size());
-      for (std::string_view t : r->tiers) std::printf(" %.*s", static_cast<int>(t.size()), t.data());
+      for (std::string_view t : r->tiers)
+        std::printf(" %.*s", static_cast<int>(t.size()), t.data());
       std::printf("\n");
     }
     return 0;
