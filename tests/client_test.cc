@@ -1,9 +1,13 @@
 // The C++ client library against a real kvtierd.
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 
 #include "client/cache_client.h"
+#include "kvtier/v1/cache.grpc.pb.h"
 #include "kvtier/v1/cache.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/test_util.h"
@@ -109,6 +113,54 @@ TEST_F(ClientTest, GetIntoCallerBuffers) {
   // The connection is still good after an abandoned stream.
   auto again = client_->GetInto(keys, dst);
   ASSERT_TRUE(again.ok()) << again.status();
+}
+
+// A host-tier block damaged in the daemon's memory (a byte flipped through /proc/PID/mem) is
+// never returned: the client, which tells the daemon it checks every block itself, finds it
+// damaged and asks again; the daemon then checks it, drops it and counts it.
+TEST_F(ClientTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
+  auto grpc_only = CacheClient::Create(
+      {.address = daemon_->address(), .tenant = "frontend-1", .use_ucx = false});
+  ASSERT_TRUE(grpc_only.ok()) << grpc_only.status();
+  CacheClient& c = **grpc_only;
+  const std::vector<uint8_t> good = testing::TestBlock(1, 1 << 20),
+                             bad = testing::TestBlock(2, 1 << 20);
+  const BlockKey kg{8, 1}, kb{8, 2};
+  const BlockToPut blocks[] = {{kg, BlockKey{}, good}, {kb, kg, bad}};
+  ASSERT_TRUE(c.Put(blocks).ok());
+
+  // Where the block lies in the daemon's address space: its arena's base and its offset there.
+  auto stub = v1::CacheService::NewStub(
+      grpc::CreateChannel(daemon_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::DataPlaneRequest req;
+  req.set_tenant("frontend-1");
+  v1::DataPlaneResponse plane;
+  ASSERT_TRUE(stub->DataPlane(&ctx, req, &plane).ok());
+  ASSERT_TRUE(plane.available()) << "the daemon exports no host arena";
+  auto lease = c.Lease(std::span(&kb, 1));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(lease->blocks[0].tier, "host");
+  const uint64_t at = plane.arena_base() + lease->blocks[0].offset + 12345;
+  ASSERT_TRUE(c.Release(lease->id).ok());
+  const int mem = open(("/proc/" + std::to_string(daemon_->pid()) + "/mem").c_str(), O_RDWR);
+  ASSERT_GE(mem, 0) << "cannot open the daemon's memory";
+  const uint8_t flipped = bad[12345] ^ 0x40;
+  ASSERT_EQ(pwrite(mem, &flipped, 1, static_cast<off_t>(at)), 1);
+  close(mem);
+
+  const BlockKey both[] = {kg, kb};
+  auto got = c.Get(both);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_NE(got.status().message().find(kb.Hex()), std::string::npos) << got.status();
+  auto stats = c.Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->checksum_failures(), 1u);
+  // Gone from the daemon; the undamaged block is still served.
+  got = c.Get(both);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)[0], good);
+  EXPECT_FALSE((*got)[1].has_value());
 }
 
 // A daemon whose messages are smaller than its blocks sends each block in several chunks.

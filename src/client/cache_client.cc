@@ -244,8 +244,11 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
+  // Every block is checked here (GetReceiver), so the daemon need not check it first. A block
+  // that arrives damaged is asked for again with the daemon's check, which drops and reports it.
+  req.set_client_verifies(true);
   absl::Status failed;
-  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+  auto call = [&](grpc::ClientContext* ctx) {
     std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
         grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(rpc_->channel.get(),
                                                                       *rpc_->get_method, ctx, req));
@@ -263,7 +266,12 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
     if (failed.ok() && s.ok()) failed = receiver.Finish();
     if (failed.ok() && s.ok()) ucx_->grpc_bytes.fetch_add(receiver.bytes());
     return failed.ok() ? s : grpc::Status::OK;
-  });
+  };
+  absl::Status st = WithRetries(options_, call);
+  if (failed.code() == absl::StatusCode::kDataLoss) {
+    req.set_client_verifies(false);
+    st = WithRetries(options_, call);
+  }
   return failed.ok() ? st : failed;
 }
 

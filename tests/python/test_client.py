@@ -190,6 +190,30 @@ class LiveDaemon(unittest.TestCase):
             self.assertEqual(kv.put([(key, None, data)]).stored, 1)
             self.assertEqual(kv.get([key]), [data])
 
+    def test_a_damaged_block_is_dropped_and_reported(self):
+        from kvtier.v1 import cache_pb2
+        good, bad = os.urandom(1 << 20), bytearray(os.urandom(1 << 20))
+        kg, kb = b"\x08" * 16, b"\x09" * 16
+        with Client(self.daemon.address, "damage") as kv:
+            kv.put([(kg, None, good), (kb, kg, bytes(bad))])
+            # Flip one byte of the block where it lies in the daemon's memory.
+            plane = kv._stub.DataPlane(cache_pb2.DataPlaneRequest(tenant="damage"), timeout=10)
+            self.assertTrue(plane.available)
+            lease = kv._stub.Lease(cache_pb2.LeaseRequest(tenant="damage", keys=[kb]), timeout=10)
+            kv._stub.Release(cache_pb2.ReleaseRequest(tenant="damage", lease_id=lease.lease_id),
+                             timeout=10)
+            bad[777] ^= 0x40
+            with open(f"/proc/{self.daemon.proc.pid}/mem", "r+b", buffering=0) as mem:
+                mem.seek(plane.arena_base + lease.blocks[0].address + 777)
+                mem.write(bytes([bad[777]]))
+            failures = kv.stats()["checksum_failures"]
+            with self.assertRaises(KvtierError) as e:
+                kv.get([kg, kb])
+            self.assertEqual(e.exception.code, grpc.StatusCode.DATA_LOSS)
+            self.assertIn(kb.hex(), str(e.exception))
+            self.assertEqual(kv.stats()["checksum_failures"], failures + 1)
+            self.assertEqual(kv.get([kg, kb]), [good, None])
+
     def test_errors_are_typed(self):
         with Client(self.daemon.address, "t") as kv:
             with self.assertRaises(KvtierError) as e:
