@@ -1,6 +1,9 @@
 #include "common/block_key.h"
 
 #include <openssl/sha.h>
+// Inlined: most keys hash under 128 bytes (a tenant key is about 40), where the library call
+// costs as much as the hash.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <bit>
@@ -184,7 +187,20 @@ TenantKeyer::TenantKeyer(std::string_view tenant) {
 BlockKey TenantKeyer::operator()(const BlockKey& key) {
   if (key.IsZero()) return key;
   key.ToBytes(reinterpret_cast<uint8_t*>(buf_.data() + buf_.size() - BlockKey::kBytes));
-  XXH128_hash_t h = XXH3_128bits_withSeed(buf_.data(), buf_.size(), kXxh3Seed);
+  return HashBuffer();
+}
+
+BlockKey TenantKeyer::FromBytes(const uint8_t* key_bytes) {
+  char* const key = buf_.data() + buf_.size() - BlockKey::kBytes;
+  std::memcpy(key, key_bytes, BlockKey::kBytes);
+  uint64_t words[2];
+  std::memcpy(words, key, sizeof(words));
+  if ((words[0] | words[1]) == 0) return BlockKey{};
+  return HashBuffer();
+}
+
+BlockKey TenantKeyer::HashBuffer() const {
+  const XXH128_hash_t h = XXH3_128bits_withSeed(buf_.data(), buf_.size(), kXxh3Seed);
   return BlockKey{h.high64, h.low64};
 }
 

@@ -78,9 +78,12 @@ class TenantKeyer {
  public:
   explicit TenantKeyer(std::string_view tenant);
   BlockKey operator()(const BlockKey& key);
+  // The same for a key given as its 16 bytes (BlockKey::ToBytes), as requests pack keys.
+  BlockKey FromBytes(const uint8_t* key_bytes);
 
  private:
-  std::string buf_;  // the hashed bytes; the key's 16 at the end
+  BlockKey HashBuffer() const;  // of buf_, whose last 16 bytes are the key's
+  std::string buf_;             // the hashed bytes; the key's 16 at the end
 };
 
 class ChainHasher {

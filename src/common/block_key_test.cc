@@ -152,7 +152,12 @@ TEST(BlockKey, TenantKeysAreFixedAndTheKeyerAgrees) {
     for (uint64_t i = 0; i < 50; ++i) {
       const BlockKey key{i * 0x9e3779b97f4a7c15ULL, i};
       EXPECT_EQ(keyer(key), TenantKey(tenant, key)) << tenant.size() << " " << i;
+      uint8_t bytes[BlockKey::kBytes];
+      key.ToBytes(bytes);
+      EXPECT_EQ(keyer.FromBytes(bytes), TenantKey(tenant, key)) << tenant.size() << " " << i;
     }
+    const uint8_t zero[BlockKey::kBytes] = {};
+    EXPECT_EQ(keyer.FromBytes(zero), BlockKey{}) << "no parent stays no parent";
   }
 }
 

@@ -149,18 +149,17 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
   std::vector<BlockKey> out;
   out.reserve(n);
   TenantKeyer tenant_key(tenant);
+  if (keys.empty()) {
+    const auto* bytes = reinterpret_cast<const uint8_t*>(packed.data());
+    for (size_t i = 0; i < n; ++i) out.push_back(tenant_key.FromBytes(bytes + 16 * i));
+    return out;
+  }
   for (size_t i = 0; i < n; ++i) {
-    BlockKey key;
-    if (keys.empty()) {
-      key = BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(packed.data()) + 16 * i);
-    } else {
-      auto k = BlockKey::FromByteString(keys[static_cast<int>(i)]);
-      if (!k.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", k.status().message()));
-      }
-      key = *k;
+    auto k = BlockKey::FromByteString(keys[static_cast<int>(i)]);
+    if (!k.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", k.status().message()));
     }
-    out.push_back(tenant_key(key));
+    out.push_back(tenant_key(*k));
   }
   return out;
 }
