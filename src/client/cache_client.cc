@@ -15,7 +15,7 @@
 #include "common/checksum.h"
 #include "common/grpc_tuning.h"
 #include "common/layout_proto.h"
-#include "common/malloc_tuning.h"
+#include "common/process_tuning.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
@@ -40,7 +40,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   }
   if (options.chunk_bytes == 0)
     return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
-  if (options.tune_malloc) TuneMallocForLargeBuffers();
+  if (options.tune_process) TuneProcessForThroughput();
   std::unique_ptr<CacheClient> c(new CacheClient(options));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));

@@ -48,12 +48,13 @@ struct ClientOptions {
   // trusted not to (and TCP's speed is wanted from UCX rather than gRPC).
   bool ucx_software_rma = false;
   uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
-  // Default: true. Create() keeps this process's megabyte buffers on glibc's heap
-  // (TuneMallocForLargeBuffers, common/malloc_tuning.h): gRPC receives each Get into fresh
-  // buffers of up to 4 MiB, and with glibc's defaults every one is a new mapping whose pages
-  // fault in on arrival.
-  // Process-wide; turn off where the program sets its own malloc policy.
-  bool tune_malloc = true;
+  // Default: true. Create() tunes this process for megabyte transfers
+  // (TuneProcessForThroughput, common/process_tuning.h): megabyte buffers stay on glibc's heap
+  // (gRPC receives each Get into fresh buffers of up to 4 MiB, and with glibc's defaults every
+  // one is a new mapping whose pages fault in on arrival), and Abseil's lock-order checking,
+  // which every gRPC lock pays in Debian's build, is off.
+  // Process-wide; turn off where the program sets its own malloc policy or wants that checking.
+  bool tune_process = true;
 };
 
 // A leased block, as CacheService.Lease returns it.

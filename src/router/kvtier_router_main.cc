@@ -7,12 +7,13 @@
 
 #include <atomic>
 #include <cstdio>
-#include <thread>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "common/logging.h"
+#include "common/process_tuning.h"
 #include "common/service_main.h"
 #include "router/route_service.h"
 #include "spdlog/spdlog.h"
@@ -63,6 +64,7 @@ int Bad(const std::string& why) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvtier::TuneProcessForThroughput();
   std::string nodes_flag, nodes_file, nodes_dns, listen = "127.0.0.1:7800";
   std::string metrics_listen = "127.0.0.1:9780";
   int refresh_ms = 5000;

@@ -18,8 +18,8 @@
 #include "cache/block_store.h"
 #include "common/grpc_tuning.h"
 #include "common/logging.h"
+#include "common/process_tuning.h"
 #include "common/service_main.h"
-#include "common/malloc_tuning.h"
 #include "server/auth.h"
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
@@ -28,7 +28,7 @@
 #include "transfer/ucx_server.h"
 
 int main(int argc, char** argv) {
-  kvtier::TuneMallocForLargeBuffers();
+  kvtier::TuneProcessForThroughput();
   bool help = false;
   auto config = kvtier::server::LoadDaemonConfig(argc - 1, argv + 1, &help);
   if (help) {

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/process_tuning.h"
 #include "common/service_main.h"
 #include "spdlog/spdlog.h"
 #include "worker/worker.h"
@@ -60,6 +61,7 @@ int Bad(const std::string& why) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvtier::TuneProcessForThroughput();
   kvtier::worker::WorkerOptions options;
   std::string listen = "127.0.0.1:7900", metrics_listen = "127.0.0.1:9790";
   std::string log_level = "info";
