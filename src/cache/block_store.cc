@@ -80,7 +80,14 @@ enum Class : uint8_t { kOrphan = 0, kLeaf = 1, kInterior = 2, kNumClasses = 3, k
 enum Flags : uint8_t { kOnNvme = 1, kDeleteDurably = 2 };
 
 struct Entry {
+  // What an index lookup reads (key, tier, state) shares the key's cache line in most entries.
   BlockKey key;
+  Tier tier = Tier::kHost;
+  State state = State::kFree;  // written under mu_ and the shard lock
+  uint16_t pins = 0;           // readers and writers in flight; guarded by the shard lock
+  uint16_t leases = 0;         // guarded by mu_
+  uint8_t cls = kUnlisted;     // guarded by mu_
+  uint8_t flags = 0;           // guarded by mu_
   BlockKey parent;
   uint64_t checksum = 0;
   uint64_t location = 0;
@@ -93,14 +100,9 @@ struct Entry {
   // Children in this block's tier or a faster one: the block is a chain tail *in its tier* when
   // there are none (children already demoted below it do not keep it up). Guarded by mu_.
   uint32_t kids_here = 0;
-  uint16_t pins = 0;    // readers and writers in flight; guarded by the shard lock
-  uint16_t leases = 0;  // guarded by mu_
-  Tier tier = Tier::kHost;
-  State state = State::kFree;  // written under mu_ and the shard lock
-  uint8_t cls = kUnlisted;     // guarded by mu_
-  uint8_t flags = 0;           // guarded by mu_
-  uint8_t hits = 0;            // saturating read count; guarded by mu_
+  uint8_t hits = 0;  // saturating read count; guarded by mu_
 };
+static_assert(sizeof(Entry) == 104, "the index's memory per block (bench_store) counts on it");
 
 struct ListHead {
   uint32_t head = kNone;  // most recent
