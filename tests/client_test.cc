@@ -115,6 +115,45 @@ TEST_F(ClientTest, GetIntoCallerBuffers) {
   ASSERT_TRUE(again.ok()) << again.status();
 }
 
+// A chain long enough that the daemon keys and looks it up in two halves at once: the answer
+// is the same as one walk's, whichever half the first missing block is in, with each tenant's
+// keys apart, and each Lookup counted once.
+TEST_F(ClientTest, ALongLookupStopsAtTheFirstMissingBlockInEitherHalf) {
+  const size_t n = 5000;  // the daemon splits Lookups of 2,048 keys or more
+  std::vector<BlockKey> chain;
+  for (size_t i = 0; i < n; ++i) chain.push_back(testing::TestKey(70'000 + i));
+  const std::vector<uint8_t> payload = testing::TestBlock(3, 64);
+  std::vector<BlockToPut> blocks;
+  for (size_t i = 0; i < n; ++i)
+    blocks.push_back({chain[i], i ? chain[i - 1] : BlockKey{}, payload});
+  ASSERT_TRUE(client_->Put(blocks).ok());
+  auto before = client_->Stats();
+  ASSERT_TRUE(before.ok());
+  auto found = client_->Lookup(chain);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->matched, n);
+  ASSERT_EQ(found->tiers.size(), n);
+  EXPECT_EQ(found->tiers.front(), "host");
+  EXPECT_EQ(found->tiers.back(), "host");
+  // Another tenant sees none of it.
+  auto other = CacheClient::Create({.address = daemon_->address(), .tenant = "frontend-2"});
+  ASSERT_TRUE(other.ok());
+  auto none = (*other)->Lookup(chain);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->matched, 0u);
+  // The first missing block in the second half, then in the first.
+  for (size_t gone : {size_t{3700}, size_t{1200}}) {
+    ASSERT_TRUE(client_->Delete(std::span(chain).subspan(gone, 1)).ok());
+    found = client_->Lookup(chain);
+    ASSERT_TRUE(found.ok());
+    EXPECT_EQ(found->matched, gone);
+    EXPECT_EQ(found->tiers.size(), gone);
+  }
+  auto after = client_->Stats();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->lookups() - before->lookups(), 4u);
+}
+
 // A host-tier block damaged in the daemon's memory (a byte flipped through /proc/PID/mem) is
 // never returned: the client, which tells the daemon it checks every block itself, finds it
 // damaged and asks again; the daemon then checks it, drops it and counts it.

@@ -1080,6 +1080,20 @@ absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {
 }
 
 LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
+  LookupResult r = LookupPiece(chain);
+  CountLookup(chain.size(), r.matched);
+  return r;
+}
+
+void BlockStore::CountLookup(size_t blocks, size_t matched) const {
+  Impl& s = *impl_;
+  MutexLock l(&s.mu);
+  ++s.stats.lookups;
+  s.stats.lookup_blocks_hit += matched;
+  s.stats.lookup_blocks_missed += blocks - matched;
+}
+
+LookupResult BlockStore::LookupPiece(std::span<const BlockKey> chain) const {
   Impl& s = *impl_;
   LookupResult r;
   r.tiers.reserve(chain.size());
@@ -1118,10 +1132,6 @@ LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
     }
   }
   r.matched = r.tiers.size();
-  MutexLock l(&s.mu);
-  ++s.stats.lookups;
-  s.stats.lookup_blocks_hit += r.matched;
-  s.stats.lookup_blocks_missed += chain.size() - r.matched;
   return r;
 }
 

@@ -150,6 +150,10 @@ class BlockStore {
 
   // How many leading blocks of `chain` are present, and the tier of each.
   LookupResult Lookup(std::span<const BlockKey> chain) const;
+  // Lookup of one piece of a chain, not counted in stats(): for a caller that looks a long chain
+  // up in pieces (on several threads) and then counts it once with CountLookup.
+  LookupResult LookupPiece(std::span<const BlockKey> piece) const;
+  void CountLookup(size_t blocks, size_t matched) const;
 
   // Removes a block from every tier (durably from NVMe). NOT_FOUND if absent;
   // FAILED_PRECONDITION if leased.

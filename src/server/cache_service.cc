@@ -130,7 +130,19 @@ absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContext* ctx,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
+namespace {
+
+// The store keys of packed keys [begin, end) for `tenant`, into out[begin, end).
+void PackedStoreKeys(const std::string& tenant, const std::string& packed, size_t begin, size_t end,
+                     BlockKey* out) {
+  TenantKeyer tenant_key(tenant);
+  const auto* bytes = reinterpret_cast<const uint8_t*>(packed.data());
+  for (size_t i = begin; i < end; ++i) out[i] = tenant_key.FromBytes(bytes + 16 * i);
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> CacheServiceImpl::CheckedKeyCount(
     const grpc::ServerContext* ctx, const std::string& tenant,
     const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const {
   if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return st;
@@ -146,15 +158,23 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
     return absl::InvalidArgumentError(absl::StrCat(n, " keys exceed the limit of ",
                                                    limits_.max_keys_per_request, " per request"));
   }
-  std::vector<BlockKey> out;
-  out.reserve(n);
-  TenantKeyer tenant_key(tenant);
+  return n;
+}
+
+absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
+    const grpc::ServerContext* ctx, const std::string& tenant,
+    const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const {
+  auto n = CheckedKeyCount(ctx, tenant, keys, packed);
+  if (!n.ok()) return n.status();
   if (keys.empty()) {
-    const auto* bytes = reinterpret_cast<const uint8_t*>(packed.data());
-    for (size_t i = 0; i < n; ++i) out.push_back(tenant_key.FromBytes(bytes + 16 * i));
+    std::vector<BlockKey> out(*n);
+    PackedStoreKeys(tenant, packed, 0, *n, out.data());
     return out;
   }
-  for (size_t i = 0; i < n; ++i) {
+  std::vector<BlockKey> out;
+  out.reserve(*n);
+  TenantKeyer tenant_key(tenant);
+  for (size_t i = 0; i < *n; ++i) {
     auto k = BlockKey::FromByteString(keys[static_cast<int>(i)]);
     if (!k.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", k.status().message()));
@@ -370,9 +390,31 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
 grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx,
                                           const v1::LookupRequest* request,
                                           v1::LookupResponse* response) {
-  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
-  if (!keys.ok()) return ToGrpc(keys.status());
-  const LookupResult r = store_->Lookup(*keys);
+  const std::string& packed = request->packed_keys();
+  LookupResult r;
+  if (request->keys().empty() && packed.size() / BlockKey::kBytes >= kSplitLookupKeys) {
+    auto n = CheckedKeyCount(ctx, request->tenant(), request->keys(), packed);
+    if (!n.ok()) return ToGrpc(n.status());
+    // Tenant keys and index probes are most of a long Lookup's time: each half of the chain is
+    // keyed and looked up on a thread of its own (where the helper is free).
+    std::vector<BlockKey> keys(*n);
+    const size_t half = *n / 2;
+    LookupResult second;
+    auto piece = [&](size_t begin, size_t end, LookupResult* out) {
+      PackedStoreKeys(request->tenant(), packed, begin, end, keys.data());
+      *out = store_->LookupPiece(std::span(keys).subspan(begin, end - begin));
+    };
+    lookup_split_.Run([&] { piece(0, half, &r); }, [&] { piece(half, *n, &second); });
+    if (r.matched == half) {
+      r.tiers.insert(r.tiers.end(), second.tiers.begin(), second.tiers.end());
+      r.matched += second.matched;
+    }
+    store_->CountLookup(*n, r.matched);
+  } else {
+    auto keys = StoreKeys(ctx, request->tenant(), request->keys(), packed);
+    if (!keys.ok()) return ToGrpc(keys.status());
+    r = store_->Lookup(*keys);
+  }
   response->set_matched(static_cast<uint32_t>(r.matched));
   response->mutable_tiers()->Reserve(static_cast<int>(r.tiers.size()));
   for (Tier t : r.tiers) response->add_tiers(ToProto(t));

@@ -14,6 +14,7 @@
 
 #include "cache/block_store.h"
 #include "common/mutex.h"
+#include "common/split_runner.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "server/block_events.h"
 #include "server/inflight.h"
@@ -112,8 +113,12 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   absl::Status CheckTenant(const grpc::ServerContext* ctx, const std::string& tenant) const;
   // Reserves `n` payload bytes for the caller's connection until the Hold is destroyed.
   absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContext* ctx, uint64_t n);
-  // The store keys of `keys` (16 bytes each) for `tenant`.
+  // How many keys the request names, once the tenant and the keys' form are checked.
   // `keys` or `packed` (16 bytes a key) must be given, not both.
+  absl::StatusOr<size_t> CheckedKeyCount(
+      const grpc::ServerContext* ctx, const std::string& tenant,
+      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
+  // The store keys of `keys` (16 bytes each) for `tenant`, checked as CheckedKeyCount does.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
       const grpc::ServerContext* ctx, const std::string& tenant,
       const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
@@ -135,6 +140,9 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
     BlockStore* store ABSL_GUARDED_BY(mu);
   };
 
+  // Lookups of this many packed keys or more are split in two (SplitRunner).
+  static constexpr size_t kSplitLookupKeys = 2048;
+
   BlockStore* store_;
   std::shared_ptr<PinLedger> pins_;
   ServiceLimits limits_;
@@ -142,6 +150,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   const TenantAuth* auth_;
   const transfer::UcxServer* ucx_ = nullptr;
   BlockEvents* events_ = nullptr;
+  SplitRunner lookup_split_;  // the second half of long Lookups
   std::atomic<int> in_flight_{0};
   InflightBytes inflight_bytes_;
 };
