@@ -169,7 +169,7 @@ class GetReceiver {
           int avail = 0;
           if (!in.GetDirectBufferPointer(&piece, &avail)) return Malformed();
           const int n = std::min(avail, static_cast<int>(left));
-          copier_.Copy(dst_.data() + filled_, piece, n);
+          copier_.Copy(piece, n);
           in.Skip(n);
           filled_ += n;
           left -= n;
@@ -205,7 +205,7 @@ class GetReceiver {
     dst_ = *dst;
     filled_ = 0;
     checksum_ = h.checksum();
-    copier_.Reset();
+    copier_.Reset(dst_.data(), dst_.size());
     in_block_ = found;
     return absl::OkStatus();
   }

@@ -50,17 +50,33 @@ void ChecksumCopier::FreeState::operator()(XXH3_state_s* s) const { XXH3_freeSta
 
 ChecksumCopier::ChecksumCopier() : state_(XXH3_createState()) {
   if (state_ == nullptr) throw std::bad_alloc();
-  Reset();
+  Reset(nullptr, 0);
 }
 
 ChecksumCopier::~ChecksumCopier() = default;
 
-void ChecksumCopier::Reset() { XXH3_64bits_reset(state_.get()); }
-
-void ChecksumCopier::Copy(void* dst, const void* src, size_t size) {
-  CopyAndUpdate(state_.get(), dst, src, size);
+void ChecksumCopier::Reset(void* dst, size_t size) {
+  dst_ = static_cast<uint8_t*>(dst);
+  done_ = 0;
+  use_fused_ = size >= internal::kFusedCopyMinBytes && internal::HasFusedCopyXxh3();
+  if (use_fused_) {
+    fused_.Begin(dst, size);
+  } else {
+    XXH3_64bits_reset(state_.get());
+  }
 }
 
-uint64_t ChecksumCopier::Digest() const { return XXH3_64bits_digest(state_.get()); }
+void ChecksumCopier::Copy(const void* src, size_t n) {
+  if (use_fused_) {
+    fused_.Copy(src, n);
+  } else {
+    CopyAndUpdate(state_.get(), dst_ + done_, src, n);
+  }
+  done_ += n;
+}
+
+uint64_t ChecksumCopier::Digest() const {
+  return use_fused_ ? fused_.Finish() : XXH3_64bits_digest(state_.get());
+}
 
 }  // namespace kvtier

@@ -60,23 +60,38 @@ TEST(Checksum, FusedCopyEqualsXxh3AtEveryLengthAndAlignment) {
   std::free(dst);
 }
 
+// Blocks of every size class (XXH3's short paths, the fused copy's shortest, whole and partial
+// 1 KiB blocks, a megabyte) in pieces of every kind: single bytes, pieces that end inside a
+// 64-byte stripe or exactly on one, large ones, random ones; with the same copier reused.
 TEST(Checksum, CopierInPiecesEqualsChecksumOfTheBytes) {
-  const size_t size = (1ul << 20) + 17;
-  std::vector<uint8_t> src(size), dst(size);
-  for (size_t i = 0; i < size; ++i) src[i] = static_cast<uint8_t>(i * 131 + 7);
+  const size_t max = (1ul << 20) + 17;
+  std::vector<uint8_t> src(max);
+  std::mt19937_64 rng(7);
+  for (auto& b : src) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> dst(max + 64);
   ChecksumCopier copier;
   EXPECT_EQ(copier.Digest(), Checksum(nullptr, 0));
-  // Pieces of uneven sizes, below and above the copier's internal chunk, then a second block
-  // after Reset.
-  for (size_t piece : {7ul, 4095ul, 65536ul, 100'003ul, 1ul << 20}) {
-    copier.Reset();
-    std::fill(dst.begin(), dst.end(), 0);
-    for (size_t off = 0; off < size; off += piece) {
-      const size_t n = std::min(piece, size - off);
-      copier.Copy(dst.data() + off, src.data() + off, n);
+  const std::vector<size_t> sizes = {0,    1,    240,  241,  255,        256,        1024,
+                                     1025, 4097, 9999, 65536, 1ul << 20, max};
+  // 0: random pieces of 1 to 200 bytes; 1: random pieces up to 200 KB.
+  const std::vector<size_t> pieces = {1, 7, 63, 64, 65, 4095, 65536, 100'003, max, 0, 1};
+  for (size_t size : sizes) {
+    for (size_t p = 0; p < pieces.size(); ++p) {
+      if (pieces[p] == 1 && p == 0 && size > 70'000) continue;  // a megabyte byte by byte: slow
+      std::fill(dst.begin(), dst.end(), 0xee);
+      copier.Reset(dst.data(), size);
+      for (size_t off = 0; off < size;) {
+        size_t n = pieces[p];
+        if (p == pieces.size() - 2) n = 1 + rng() % 200;
+        if (p == pieces.size() - 1) n = 1 + rng() % 200'000;
+        n = std::min(n, size - off);
+        copier.Copy(src.data() + off, n);
+        off += n;
+      }
+      ASSERT_EQ(copier.Digest(), Checksum(src.data(), size)) << size << " in pieces #" << p;
+      ASSERT_EQ(std::memcmp(dst.data(), src.data(), size), 0) << size << " in pieces #" << p;
+      for (size_t i = size; i < dst.size(); ++i) ASSERT_EQ(dst[i], 0xee) << size << " after";
     }
-    EXPECT_EQ(copier.Digest(), Checksum(src.data(), size)) << piece;
-    EXPECT_EQ(src, dst) << piece;
   }
 }
 

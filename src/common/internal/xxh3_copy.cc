@@ -2,6 +2,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 // The header's own definitions of XXH3's secret, initial accumulators and final merge, so the
 // result is XXH3_64bits by construction; only the long-input loop is written here, fused with
 // the copy. (Its own AVX-512 loop hashes bytes that are already in memory.)
@@ -127,7 +130,75 @@ __attribute__((target("avx512f"))) uint64_t Copy(uint8_t* dst, const uint8_t* sr
                         static_cast<uint64_t>(size) * XXH_PRIME64_1);
 }
 
+// Stripe `g` of the long-input loop: its own key, and a scramble after each block's last.
+KVTIER_AVX512 __m512i Consume(__m512i acc, __m512i data, size_t g) {
+  const uint8_t* const secret = XXH3_kSecret;
+  const size_t s = g % kStripesPerBlock;
+  acc = Accumulate(acc, data, _mm512_loadu_si512(secret + 8 * s));
+  if (s == kStripesPerBlock - 1) {
+    acc = Scramble(acc, _mm512_loadu_si512(secret + kSecretSize - kStripe));
+  }
+  return acc;
+}
+
 }  // namespace
+
+void FusedCopyXxh3Stream::Begin(void* dst, size_t size) {
+  constexpr uint64_t kInit[8] = XXH3_INIT_ACC;
+  std::memcpy(acc_, kInit, sizeof(acc_));
+  carry_bytes_ = 0;
+  dst_ = static_cast<uint8_t*>(dst);
+  size_ = size;
+  done_ = 0;
+  stripes_ = (size - 1) / kStripe;
+  hashed_ = 0;
+}
+
+__attribute__((target("avx512f"))) void FusedCopyXxh3Stream::Copy(const void* src_v, size_t n) {
+  const auto* src = static_cast<const uint8_t*>(src_v);
+  uint8_t* d = dst_ + done_;
+  done_ += n;
+  __m512i acc = _mm512_load_si512(acc_);
+  if (carry_bytes_ > 0) {  // finish the stripe the last piece began
+    const size_t m = std::min(kStripe - carry_bytes_, n);
+    std::memcpy(carry_ + carry_bytes_, src, m);
+    std::memcpy(d, src, m);
+    carry_bytes_ += m;
+    src += m;
+    d += m;
+    n -= m;
+    if (carry_bytes_ < kStripe) return;
+    acc = Consume(acc, _mm512_load_si512(carry_), hashed_++);
+    carry_bytes_ = 0;
+  }
+  size_t g = hashed_;
+  for (; n >= kStripe && g < stripes_; ++g, src += kStripe, d += kStripe, n -= kStripe) {
+    const __m512i data = _mm512_loadu_si512(src);
+    _mm512_storeu_si512(d, data);
+    acc = Consume(acc, data, g);
+  }
+  hashed_ = g;
+  if (n > 0) {
+    std::memcpy(d, src, n);
+    if (g < stripes_) {  // n < 64: the start of the next stripe
+      std::memcpy(carry_, src, n);
+      carry_bytes_ = n;
+    }
+  }
+  _mm512_store_si512(acc_, acc);
+}
+
+__attribute__((target("avx512f"))) uint64_t FusedCopyXxh3Stream::Finish() const {
+  const uint8_t* const secret = XXH3_kSecret;
+  // The input's last 64 bytes, read back from dst, as Copy<> does at the end of one piece.
+  const __m512i last = _mm512_loadu_si512(dst_ + size_ - kStripe);
+  const __m512i acc = Accumulate(_mm512_load_si512(acc_), last,
+                                 _mm512_loadu_si512(secret + kSecretSize - kStripe - kLastAccStart));
+  alignas(64) uint64_t lanes[8];
+  _mm512_store_si512(lanes, acc);
+  return XXH3_mergeAccs(lanes, secret + kMergeAccsStart,
+                        static_cast<uint64_t>(size_) * XXH_PRIME64_1);
+}
 
 bool HasFusedCopyXxh3() {
   static const bool has = __builtin_cpu_supports("avx512f");

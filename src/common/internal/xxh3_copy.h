@@ -21,4 +21,25 @@ bool HasFusedCopyXxh3();
 // REQUIRES: HasFusedCopyXxh3(); size >= kFusedCopyMinBytes; the ranges do not overlap.
 uint64_t FusedCopyXxh3(void* dst, const void* src, size_t size);
 
+// The same for a block that arrives in pieces (a Get's payload, as gRPC hands it over): Begin,
+// Copy each piece in order to the next bytes of dst, then Finish for XXH3_64bits of the whole.
+// A stripe split between two pieces is hashed from a 64-byte carry. Plain stores only.
+class FusedCopyXxh3Stream {
+ public:
+  // REQUIRES: HasFusedCopyXxh3(); size >= kFusedCopyMinBytes.
+  void Begin(void* dst, size_t size);
+  void Copy(const void* src, size_t n);  // REQUIRES: no more than the bytes still to come
+  uint64_t Finish() const;               // REQUIRES: all `size` bytes copied
+
+ private:
+  alignas(64) uint64_t acc_[8];
+  alignas(64) uint8_t carry_[64];  // the start of a stripe the last piece ended inside
+  size_t carry_bytes_ = 0;
+  uint8_t* dst_ = nullptr;
+  size_t size_ = 0;
+  size_t done_ = 0;     // bytes copied
+  size_t stripes_ = 0;  // that the long-input loop hashes: (size - 1) / 64
+  size_t hashed_ = 0;   // of those, done
+};
+
 }  // namespace kvtier::internal
