@@ -27,7 +27,7 @@ constexpr size_t kStripesPerBlock = (kSecretSize - kStripe) / 8;  // XXH_SECRET_
 constexpr size_t kBlock = kStripe * kStripesPerBlock;
 constexpr size_t kLastAccStart = 7;     // XXH_SECRET_LASTACC_START
 constexpr size_t kMergeAccsStart = 11;  // XXH_SECRET_MERGEACCS_START
-constexpr size_t kStreamMinBytes = 256 << 10;
+constexpr size_t kNonTemporalMinBytes = 256 << 10;
 
 // acc[i ^ 1] += data[i]; acc[i] += lo32(data[i] ^ key[i]) * hi32(data[i] ^ key[i]).
 KVTIER_AVX512 __m512i Accumulate(__m512i acc, __m512i data, __m512i key) {
@@ -45,6 +45,17 @@ KVTIER_AVX512 __m512i Scramble(__m512i acc, __m512i key) {
   const __m512i mixed_hi = _mm512_shuffle_epi32(mixed, _MM_PERM_CDAB);
   return _mm512_add_epi64(_mm512_mul_epu32(mixed, prime),
                           _mm512_slli_epi64(_mm512_mul_epu32(mixed_hi, prime), 32));
+}
+
+// XXH3-64 of `size` bytes: the long-input loop's accumulators, then the input's last 64 bytes
+// (which may overlap the stripes before) with a key of their own, then the final merge.
+KVTIER_AVX512 uint64_t Digest(__m512i acc, __m512i last, size_t size) {
+  const uint8_t* const secret = XXH3_kSecret;
+  acc = Accumulate(acc, last, _mm512_loadu_si512(secret + kSecretSize - kStripe - kLastAccStart));
+  alignas(64) uint64_t lanes[8];
+  _mm512_store_si512(lanes, acc);
+  return XXH3_mergeAccs(lanes, secret + kMergeAccsStart,
+                        static_cast<uint64_t>(size) * XXH_PRIME64_1);
 }
 
 // Puts stripe i (64 bytes of the input at offset 64 i) at dst + 64 i, in input order.
@@ -100,8 +111,7 @@ __attribute__((target("avx512f"))) uint64_t Copy(uint8_t* dst, const uint8_t* sr
   const __m512i scramble_key = _mm512_loadu_si512(secret + kSecretSize - kStripe);
 
   // As XXH3_hashLong_internal_loop: whole blocks of 16 stripes, each followed by a scramble;
-  // then the stripes of the last block that start before the input's last byte; then the
-  // input's last 64 bytes (which may overlap the stripes before) with a key of their own.
+  // then the stripes of the last block that start before the input's last byte; then Digest.
   StripeWriter<kShift> out(dst);
   const size_t blocks = (size - 1) / kBlock;
   size_t i = 0;  // stripes done
@@ -122,12 +132,7 @@ __attribute__((target("avx512f"))) uint64_t Copy(uint8_t* dst, const uint8_t* sr
   out.Finish(i);
   const __m512i last = _mm512_loadu_si512(src + size - kStripe);
   _mm512_storeu_si512(dst + size - kStripe, last);
-  acc = Accumulate(acc, last, _mm512_loadu_si512(secret + kSecretSize - kStripe - kLastAccStart));
-
-  alignas(64) uint64_t lanes[8];
-  _mm512_store_si512(lanes, acc);
-  return XXH3_mergeAccs(lanes, secret + kMergeAccsStart,
-                        static_cast<uint64_t>(size) * XXH_PRIME64_1);
+  return Digest(acc, last, size);
 }
 
 // Stripe `g` of the long-input loop: its own key, and a scramble after each block's last.
@@ -189,15 +194,8 @@ __attribute__((target("avx512f"))) void FusedCopyXxh3Stream::Copy(const void* sr
 }
 
 __attribute__((target("avx512f"))) uint64_t FusedCopyXxh3Stream::Finish() const {
-  const uint8_t* const secret = XXH3_kSecret;
-  // The input's last 64 bytes, read back from dst, as Copy<> does at the end of one piece.
-  const __m512i last = _mm512_loadu_si512(dst_ + size_ - kStripe);
-  const __m512i acc = Accumulate(_mm512_load_si512(acc_), last,
-                                 _mm512_loadu_si512(secret + kSecretSize - kStripe - kLastAccStart));
-  alignas(64) uint64_t lanes[8];
-  _mm512_store_si512(lanes, acc);
-  return XXH3_mergeAccs(lanes, secret + kMergeAccsStart,
-                        static_cast<uint64_t>(size_) * XXH_PRIME64_1);
+  // The input's last 64 bytes are read back from dst, where every piece has landed.
+  return Digest(_mm512_load_si512(acc_), _mm512_loadu_si512(dst_ + size_ - kStripe), size_);
 }
 
 bool HasFusedCopyXxh3() {
@@ -209,7 +207,7 @@ uint64_t FusedCopyXxh3(void* dst, const void* src, size_t size) {
   auto* d = static_cast<uint8_t*>(dst);
   const auto* s = static_cast<const uint8_t*>(src);
   const auto misaligned = reinterpret_cast<uintptr_t>(d) % 64;
-  if (size < kStreamMinBytes || misaligned % 8 != 0) return Copy<-1>(d, s, size);
+  if (size < kNonTemporalMinBytes || misaligned % 8 != 0) return Copy<-1>(d, s, size);
   // One instance per whole-word offset of dst within its line.
   static constexpr uint64_t (*kStreamed[8])(uint8_t*, const uint8_t*, size_t) = {
       Copy<0>, Copy<1>, Copy<2>, Copy<3>, Copy<4>, Copy<5>, Copy<6>, Copy<7>};
