@@ -52,6 +52,9 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   // Each client gets its own TCP connection. gRPC would otherwise share one connection among all
   // channels to the same address, and megabyte streams queue behind each other on it.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // Retries are the client's own (UNAVAILABLE, with backoff: WithRetries). gRPC's retry layer
+  // would only add work to every call: without it, 8 clients' 1 MiB Gets moved 5-7% more.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   c->rpc_ = std::make_unique<Rpc>();
   c->ucx_ = std::make_unique<Ucx>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
