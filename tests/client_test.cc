@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "client/cache_client.h"
+#include "client/internal.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "kvtier/v1/cache.pb.h"
 #include "testing/daemon_process.h"
@@ -35,6 +36,39 @@ class ClientTest : public ::testing::Test {
   std::unique_ptr<DaemonProcess> daemon_;
   std::unique_ptr<CacheClient> client_;
 };
+
+// Gets take one of two paths: alone in the process on the calling thread, among others on
+// gRPC's callback threads. These tests run on both; among others, one more Get is counted in
+// flight for the test's duration.
+enum class GetPath { kAlone, kAmongOthers };
+void PrintTo(GetPath p, std::ostream* os) {
+  *os << (p == GetPath::kAlone ? "alone" : "among others");
+}
+
+class ClientGetPathTest : public ClientTest, public ::testing::WithParamInterface<GetPath> {
+ protected:
+  void SetUp() override {
+    ClientTest::SetUp();
+    // Over gRPC, not the UCX data plane.
+    auto c = CacheClient::Create(
+        {.address = daemon_->address(), .tenant = "frontend-1", .use_ucx = false});
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+    if (GetParam() == GetPath::kAmongOthers) client_internal::GetsInFlight().fetch_add(1);
+    baseline_ = client_internal::GetsInFlight().load();
+  }
+  void TearDown() override {
+    EXPECT_EQ(client_internal::GetsInFlight().load(), baseline_) << "a Get left itself counted";
+    if (GetParam() == GetPath::kAmongOthers) client_internal::GetsInFlight().fetch_sub(1);
+  }
+  int baseline_ = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Paths, ClientGetPathTest,
+                         ::testing::Values(GetPath::kAlone, GetPath::kAmongOthers),
+                         [](const auto& info) {
+                           return info.param == GetPath::kAlone ? "Alone" : "AmongOthers";
+                         });
 
 TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   const KvLayout layout = KvLayout::SmallGqa();
@@ -89,7 +123,7 @@ TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(ClientTest, GetIntoCallerBuffers) {
+TEST_P(ClientGetPathTest, GetIntoCallerBuffers) {
   const std::vector<uint8_t> a = testing::TestBlock(1, 300'000), b = testing::TestBlock(2, 4096);
   const BlockKey ka{7, 1}, kb{7, 2}, missing{7, 3};
   const BlockToPut blocks[] = {{ka, BlockKey{}, a}, {kb, ka, b}};
@@ -157,7 +191,7 @@ TEST_F(ClientTest, ALongLookupStopsAtTheFirstMissingBlockInEitherHalf) {
 // A host-tier block damaged in the daemon's memory (a byte flipped through /proc/PID/mem) is
 // never returned: the client, which tells the daemon it checks every block itself, finds it
 // damaged and asks again; the daemon then checks it, drops it and counts it.
-TEST_F(ClientTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
+TEST_P(ClientGetPathTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
   auto grpc_only = CacheClient::Create(
       {.address = daemon_->address(), .tenant = "frontend-1", .use_ucx = false});
   ASSERT_TRUE(grpc_only.ok()) << grpc_only.status();
@@ -217,6 +251,13 @@ TEST(ClientChunks, BlocksLargerThanOneMessage) {
   ASSERT_TRUE((*c)->Put(std::span(&block, 1)).ok());
   const BlockKey keys[] = {block.key, block.key};
   auto got = (*c)->Get(keys);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)[0], big);
+  EXPECT_EQ((*got)[1], big);
+  // The same among other Gets, on gRPC's callback threads.
+  client_internal::GetsInFlight().fetch_add(1);
+  got = (*c)->Get(keys);
+  client_internal::GetsInFlight().fetch_sub(1);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ((*got)[0], big);
   EXPECT_EQ((*got)[1], big);

@@ -6,7 +6,10 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
@@ -241,7 +244,60 @@ class GetReceiver {
   uint64_t bytes_ = 0;     // payload bytes received
 };
 
+// One Get stream served on gRPC's callback threads: each message is parsed and copied on the
+// thread that read it, and the caller is woken once, when the stream has ended.
+class CallbackGet final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
+ public:
+  CallbackGet(grpc::ClientContext* ctx, GetReceiver* receiver) : ctx_(ctx), receiver_(receiver) {}
+
+  // Runs the call to its end. failed() then says whether the receiver stopped it.
+  grpc::Status Run(grpc::ChannelInterface* channel, const grpc::internal::RpcMethod& method,
+                   const v1::GetRequest& request) {
+    grpc::internal::ClientCallbackReaderFactory<grpc::ByteBuffer>::Create(channel, method, ctx_,
+                                                                          &request, this);
+    StartRead(&bb_);
+    StartCall();
+    std::unique_lock lock(mu_);
+    done_cv_.wait(lock, [this] { return done_; });
+    return status_;
+  }
+  const absl::Status& failed() const { return failed_; }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream has ended; OnDone follows
+    failed_ = receiver_->Receive(&bb_);
+    if (!failed_.ok()) {
+      ctx_->TryCancel();
+      return;
+    }
+    StartRead(&bb_);
+  }
+
+  // gRPC's last use of this object: Run may return (and the object go) once the lock is free.
+  void OnDone(const grpc::Status& s) override {
+    std::lock_guard lock(mu_);
+    status_ = s;
+    done_ = true;
+    done_cv_.notify_one();
+  }
+
+ private:
+  grpc::ClientContext* ctx_;
+  GetReceiver* receiver_;
+  grpc::ByteBuffer bb_;
+  absl::Status failed_;  // set on gRPC's threads before OnDone
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  bool done_ = false;  // guarded by mu_
+  grpc::Status status_;
+};
+
 }  // namespace
+
+std::atomic<int>& client_internal::GetsInFlight() {
+  static std::atomic<int> n{0};
+  return n;
+}
 
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
   v1::GetRequest req;
@@ -252,20 +308,33 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
   req.set_client_verifies(true);
   absl::Status failed;
   auto call = [&](grpc::ClientContext* ctx) {
-    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
-        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(rpc_->channel.get(),
-                                                                      *rpc_->get_method, ctx, req));
     GetReceiver receiver(keys, place);
-    failed = absl::OkStatus();
-    grpc::ByteBuffer bb;
-    while (reader->Read(&bb)) {
-      failed = receiver.Receive(&bb);
-      if (!failed.ok()) {
-        ctx->TryCancel();
-        break;
+    grpc::Status s;
+    // A Get alone reads on the calling thread, which waits in gRPC's poller itself. Among others
+    // in this process it runs on gRPC's callback threads: the sync API would hand every event
+    // from the one polling thread to the caller waiting for it. In A/B runs, 8 clients' 1 MiB
+    // Gets moved 4-8% more on the callback threads, but one caller's 256 KiB and 4 KiB Gets
+    // 6-15% less.
+    if (client_internal::GetsInFlight().fetch_add(1, std::memory_order_relaxed) > 0) {
+      CallbackGet get(ctx, &receiver);
+      s = get.Run(rpc_->channel.get(), *rpc_->get_method, req);
+      failed = get.failed();
+    } else {
+      std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+          grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
+              rpc_->channel.get(), *rpc_->get_method, ctx, req));
+      failed = absl::OkStatus();
+      grpc::ByteBuffer bb;
+      while (reader->Read(&bb)) {
+        failed = receiver.Receive(&bb);
+        if (!failed.ok()) {
+          ctx->TryCancel();
+          break;
+        }
       }
+      s = reader->Finish();
     }
-    grpc::Status s = reader->Finish();
+    client_internal::GetsInFlight().fetch_sub(1, std::memory_order_relaxed);
     if (failed.ok() && s.ok()) failed = receiver.Finish();
     if (failed.ok() && s.ok()) ucx_->grpc_bytes.fetch_add(receiver.bytes());
     return failed.ok() ? s : grpc::Status::OK;

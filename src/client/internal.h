@@ -41,6 +41,10 @@ inline const char* TierName(v1::Tier t) {
   }
 }
 
+// Get streams in progress in this process, over all clients: a Get alone reads on its own
+// thread, one among others on gRPC's callback threads (see GetStream).
+std::atomic<int>& GetsInFlight();
+
 // Runs `attempt` (which returns a grpc::Status) until it succeeds, fails with anything but
 // UNAVAILABLE, or runs out of attempts.
 template <typename F>
