@@ -4,6 +4,9 @@
 //   put and get of 256 KiB, 1 MiB and 4 MiB blocks, 1 and 8 concurrent clients:
 //   GB/s, ops/s, p50 and p99 latency; Lookup of an 8,192-block chain: p50/p99.
 //
+// Gets of the two take turns in short slices, so that a drift of the machine's speed weighs on
+// both alike.
+//
 // Usage: bench_service [--quick]      Ends with one line: RESULT {json}.
 #include <hiredis/hiredis.h>
 
@@ -29,6 +32,10 @@ namespace {
 struct Figures {
   double gbps = 0, ops = 0, p50_us = 0, p99_us = 0;
   std::vector<size_t> done;  // operations completed per client
+  // What the figures above are computed from (see Combine).
+  size_t total = 0;
+  double elapsed = 0;
+  std::vector<double> lat_us;
 };
 
 double Percentile(std::vector<double>& v, double q) {
@@ -37,10 +44,28 @@ double Percentile(std::vector<double>& v, double q) {
   return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
 }
 
-// Runs `op(thread, i)` on `clients` threads for `seconds` (each at most `max_ops` times); each op
-// moves `bytes`. Returns throughput and latency percentiles.
+void Summarize(Figures& f, size_t bytes) {
+  f.ops = f.total / f.elapsed;
+  f.gbps = f.total * bytes / f.elapsed / 1e9;
+  f.p50_us = Percentile(f.lat_us, 0.50);
+  f.p99_us = Percentile(f.lat_us, 0.99);
+}
+
+// Adds the operations of `more` to `f`, as if they had run in one phase.
+void Combine(Figures& f, const Figures& more, size_t bytes) {
+  f.done.resize(std::max(f.done.size(), more.done.size()));
+  for (size_t t = 0; t < more.done.size(); ++t) f.done[t] += more.done[t];
+  f.total += more.total;
+  f.elapsed += more.elapsed;
+  f.lat_us.insert(f.lat_us.end(), more.lat_us.begin(), more.lat_us.end());
+  Summarize(f, bytes);
+}
+
+// Runs `op(thread, i)` on `clients` threads for `seconds` (each at most `max_ops` times, i from
+// `first_op`); each op moves `bytes`. Returns throughput and latency percentiles.
 template <typename Op>
-Figures Drive(const char* what, int clients, double seconds, size_t bytes, size_t max_ops, Op op) {
+Figures Drive(const char* what, int clients, double seconds, size_t bytes, size_t max_ops, Op op,
+              size_t first_op = 0) {
   Figures f;
   f.done.assign(clients, 0);
   std::vector<std::vector<double>> lat(clients);
@@ -51,7 +76,7 @@ Figures Drive(const char* what, int clients, double seconds, size_t bytes, size_
     threads.emplace_back([&, t] {
       for (size_t i = 0; i < max_ops && NowSeconds() - start < seconds; ++i) {
         const double t0 = NowSeconds();
-        if (!op(t, i)) {
+        if (!op(t, first_op + i)) {
           std::fprintf(stderr, "bench_service: %s failed (client %d, operation %zu)\n", what, t, i);
           std::exit(1);
         }
@@ -62,15 +87,15 @@ Figures Drive(const char* what, int clients, double seconds, size_t bytes, size_
     });
   }
   for (auto& th : threads) th.join();
-  const double elapsed = NowSeconds() - start;
-  std::vector<double> all;
-  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
-  f.ops = total / elapsed;
-  f.gbps = total * bytes / elapsed / 1e9;
-  f.p50_us = Percentile(all, 0.50);
-  f.p99_us = Percentile(all, 0.99);
+  f.elapsed = NowSeconds() - start;
+  f.total = total;
+  for (auto& l : lat) f.lat_us.insert(f.lat_us.end(), l.begin(), l.end());
+  Summarize(f, bytes);
   return f;
 }
+
+// Get phases are split into this many slices, kvtier and Redis taking turns.
+constexpr int kGetSlices = 4;
 
 std::string SizeName(size_t size) {
   return size >= (1 << 20) ? std::to_string(size >> 20) + "m" : std::to_string(size >> 10) + "k";
@@ -166,8 +191,25 @@ int Main(int argc, char** argv) {
         if (r != nullptr) freeReplyObject(r);
         return ok;
       };
-      Figures kg = Drive("kvtier get", clients, phase_s, size, SIZE_MAX, kv_get);
-      Figures rg = Drive("redis get", clients, phase_s, size, SIZE_MAX, redis_get);
+      // The two take turns in short slices, each going first in every other one, so that a
+      // drift in the machine's speed (common on shared machines) weighs on both alike.
+      Figures kg, rg;
+      for (int slice = 0; slice < kGetSlices; ++slice) {
+        const size_t first = slice * (size_t{1} << 32);  // another sequence of keys each slice
+        for (int turn = 0; turn < 2; ++turn) {
+          if ((turn == 0) == (slice % 2 == 0)) {
+            Combine(
+                kg,
+                Drive("kvtier get", clients, phase_s / kGetSlices, size, SIZE_MAX, kv_get, first),
+                size);
+          } else {
+            Combine(
+                rg,
+                Drive("redis get", clients, phase_s / kGetSlices, size, SIZE_MAX, redis_get, first),
+                size);
+          }
+        }
+      }
       for (auto [op, k, r] : {std::tuple{"put", kp, rp}, std::tuple{"get", kg, rg}}) {
         std::printf(
             "%-8s %-3d %-4s | %10.2f %10.0f %9.0f %9.0f | %10.2f %10.0f %9.0f %9.0f | %.2f\n",
