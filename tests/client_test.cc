@@ -192,10 +192,7 @@ TEST_F(ClientTest, ALongLookupStopsAtTheFirstMissingBlockInEitherHalf) {
 // never returned: the client, which tells the daemon it checks every block itself, finds it
 // damaged and asks again; the daemon then checks it, drops it and counts it.
 TEST_P(ClientGetPathTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
-  auto grpc_only = CacheClient::Create(
-      {.address = daemon_->address(), .tenant = "frontend-1", .use_ucx = false});
-  ASSERT_TRUE(grpc_only.ok()) << grpc_only.status();
-  CacheClient& c = **grpc_only;
+  CacheClient& c = *client_;
   const std::vector<uint8_t> good = testing::TestBlock(1, 1 << 20),
                              bad = testing::TestBlock(2, 1 << 20);
   const BlockKey kg{8, 1}, kb{8, 2};
