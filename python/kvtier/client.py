@@ -148,26 +148,33 @@ class Client:
                                    **_keys(keys))
 
         def run():
-            out: List[Optional[bytearray]] = []
+            # Per key, the data pieces of its block (None: not cached). A block that came in
+            # one message is returned as the bytes protobuf made for it, without a copy.
+            out: List[Optional[List[bytes]]] = []
             sums: List[int] = []
             for msg in self._stub.Get(req, timeout=self._timeout, metadata=self._metadata):
                 if msg.HasField("header"):
-                    out.append(bytearray() if msg.found else None)
+                    out.append([] if msg.found else None)
                     if msg.found:
                         sums.append(msg.header.checksum)
-                if out and out[-1] is not None:
-                    out[-1] += msg.data
+                if out and out[-1] is not None and msg.data:
+                    out[-1].append(msg.data)
             return out, sums
 
         out, sums = self._call(run)
         if len(out) != len(keys):
             raise KvtierError(grpc.StatusCode.INTERNAL, f"{len(out)} answers for {len(keys)} keys")
-        result, it = [], iter(sums)
-        for key, block in zip(keys, out):
-            if block is not None and _checksum(bytes(block)) != next(it):
+        result: List[Optional[bytes]] = []
+        it = iter(sums)
+        for key, pieces in zip(keys, out):
+            if pieces is None:
+                result.append(None)
+                continue
+            block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if _checksum(block) != next(it):
                 raise _ArrivedDamaged(grpc.StatusCode.DATA_LOSS,
                                       f"block {key.hex()} arrived corrupted")
-            result.append(bytes(block) if block is not None else None)
+            result.append(block)
         return result
 
     def lookup(self, keys: Sequence[bytes]) -> Lookup:
