@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <thread>
 
 #include "client/cache_client.h"
 #include "client/internal.h"
@@ -37,21 +38,24 @@ class ClientTest : public ::testing::Test {
   std::unique_ptr<CacheClient> client_;
 };
 
-// Gets take one of two paths: alone in the process on the calling thread, among others on
-// gRPC's callback threads. These tests run on both; among others, one more Get is counted in
-// flight for the test's duration.
-enum class GetPath { kAlone, kAmongOthers };
-void PrintTo(GetPath p, std::ostream* os) {
-  *os << (p == GetPath::kAlone ? "alone" : "among others");
+// Gets take one of three paths: the client's GetSession stream; or, as calls of their own,
+// alone in the process on the calling thread, among others on gRPC's callback threads. These
+// tests run on each; among others, one more Get is counted in flight for the test's duration.
+enum class GetPath { kSession, kAlone, kAmongOthers };
+const char* PathName(GetPath p) {
+  return p == GetPath::kSession ? "Session" : p == GetPath::kAlone ? "Alone" : "AmongOthers";
 }
+void PrintTo(GetPath p, std::ostream* os) { *os << PathName(p); }
 
 class ClientGetPathTest : public ClientTest, public ::testing::WithParamInterface<GetPath> {
  protected:
   void SetUp() override {
     ClientTest::SetUp();
     // Over gRPC, not the UCX data plane.
-    auto c = CacheClient::Create(
-        {.address = daemon_->address(), .tenant = "frontend-1", .use_ucx = false});
+    auto c = CacheClient::Create({.address = daemon_->address(),
+                                  .tenant = "frontend-1",
+                                  .use_ucx = false,
+                                  .get_session = GetParam() == GetPath::kSession});
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = std::move(*c);
     if (GetParam() == GetPath::kAmongOthers) client_internal::GetsInFlight().fetch_add(1);
@@ -59,16 +63,52 @@ class ClientGetPathTest : public ClientTest, public ::testing::WithParamInterfac
   }
   void TearDown() override {
     EXPECT_EQ(client_internal::GetsInFlight().load(), baseline_) << "a Get left itself counted";
+    // The path the test meant is the one its Gets took.
+    const uint64_t on_session = client_->transfer_stats().session_gets;
+    if (GetParam() == GetPath::kSession) {
+      EXPECT_GT(on_session, 0u);
+    } else {
+      EXPECT_EQ(on_session, 0u);
+    }
     if (GetParam() == GetPath::kAmongOthers) client_internal::GetsInFlight().fetch_sub(1);
   }
   int baseline_ = 0;
 };
 
 INSTANTIATE_TEST_SUITE_P(Paths, ClientGetPathTest,
-                         ::testing::Values(GetPath::kAlone, GetPath::kAmongOthers),
-                         [](const auto& info) {
-                           return info.param == GetPath::kAlone ? "Alone" : "AmongOthers";
-                         });
+                         ::testing::Values(GetPath::kSession, GetPath::kAlone,
+                                           GetPath::kAmongOthers),
+                         [](const auto& info) { return PathName(info.param); });
+
+// The session is renewed before its deadline, and a Get too many for it (a buffer too small)
+// closes it without harm: the next Gets go on a new one.
+TEST_F(ClientTest, GetSessionsAreRenewedAndSurviveAFailedGet) {
+  auto c = CacheClient::Create({.address = daemon_->address(),
+                                .tenant = "frontend-1",
+                                .deadline_ms = 400,
+                                .use_ucx = false});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::vector<uint8_t> a = testing::TestBlock(4, 100'000);
+  const BlockKey ka{11, 1};
+  const BlockToPut block{ka, BlockKey{}, a};
+  ASSERT_TRUE((*c)->Put(std::span(&block, 1)).ok());
+  std::vector<uint8_t> buf(a.size()), tiny(10);
+  const std::span<uint8_t> dst[] = {buf}, small[] = {tiny};
+  // Across three times the deadline: a session kept past its deadline would fail a Get here,
+  // which would then be made as a call of its own and not counted as a session's.
+  const int n = 12;
+  for (int i = 0; i < n; ++i) {
+    auto got = (*c)->GetInto(std::span(&ka, 1), dst);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(buf, a);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ((*c)->transfer_stats().session_gets, uint64_t{n});
+  EXPECT_EQ((*c)->GetInto(std::span(&ka, 1), small).status().code(), absl::StatusCode::kOutOfRange);
+  auto got = (*c)->GetInto(std::span(&ka, 1), dst);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*c)->transfer_stats().session_gets, uint64_t{n + 1});
+}
 
 TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   const KvLayout layout = KvLayout::SmallGqa();

@@ -179,6 +179,54 @@ TEST_F(DaemonTest, PutGetLookupRoundTrip) {
   EXPECT_EQ(put.present(), 3u);
 }
 
+// GetSession answers each request on the stream in turn, as Get would, and ends the stream
+// with the status Get would have returned.
+TEST_F(DaemonTest, AGetSessionAnswersEachRequestInTurn) {
+  const auto chain = Chain(500, 2, 300'000);
+  ASSERT_TRUE(PutBlocks(*stub_, "tenant-a", chain).ok());
+  grpc::ClientContext ctx;
+  auto stream = stub_->GetSession(&ctx);
+  // Reads one request's answers: one per key, each a header and the block's data (one message
+  // a block at this size).
+  auto answers = [&](size_t keys) {
+    std::vector<std::optional<std::string>> out;
+    v1::GetResponse msg;
+    while (out.size() < keys && stream->Read(&msg)) {
+      EXPECT_TRUE(msg.has_header());
+      out.push_back(msg.found() ? std::optional<std::string>(msg.data()) : std::nullopt);
+    }
+    return out;
+  };
+  auto as_string = [](const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); };
+  v1::GetRequest req;
+  req.set_tenant("tenant-a");
+  req.add_keys(chain[1].key.ByteString());
+  req.add_keys(TestKey(599).ByteString());
+  ASSERT_TRUE(stream->Write(req));
+  auto got = answers(2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], as_string(chain[1].data));
+  EXPECT_FALSE(got[1].has_value());
+  req.clear_keys();
+  req.add_keys(chain[0].key.ByteString());
+  ASSERT_TRUE(stream->Write(req));
+  got = answers(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0], as_string(chain[0].data));
+  // Another tenant's view of the same key, on the same stream: not found.
+  req.set_tenant("tenant-b");
+  ASSERT_TRUE(stream->Write(req));
+  got = answers(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_FALSE(got[0].has_value());
+  // A malformed key ends the stream with Get's error.
+  req.clear_keys();
+  req.add_keys("short");
+  ASSERT_TRUE(stream->Write(req));
+  EXPECT_TRUE(answers(1).empty());
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(DaemonTest, TenantsCannotReachEachOthersBlocks) {
   const auto chain = Chain(10, 2, 4096);
   ASSERT_TRUE(PutBlocks(*stub_, "alice", chain).ok());

@@ -77,6 +77,9 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   c->rpc_->stub = v1::CacheService::NewStub(c->rpc_->channel);
   c->rpc_->get_method = std::make_unique<grpc::internal::RpcMethod>(
       "/kvtier.v1.CacheService/Get", grpc::internal::RpcMethod::SERVER_STREAMING, c->rpc_->channel);
+  c->rpc_->session_method = std::make_unique<grpc::internal::RpcMethod>(
+      "/kvtier.v1.CacheService/GetSession", grpc::internal::RpcMethod::BIDI_STREAMING,
+      c->rpc_->channel);
   return c;
 }
 
@@ -191,6 +194,11 @@ class GetReceiver {
 
   uint64_t bytes() const { return bytes_; }  // payload bytes received
 
+  // Every key answered and the last block's bytes all in: its stream may hold nothing more.
+  bool Complete() const {
+    return answered_ == keys_.size() && (!in_block_ || filled_ == dst_.size());
+  }
+
   // After the stream: every key answered, the last block complete.
   absl::Status Finish() {
     if (absl::Status st = EndBlock(); !st.ok()) return st;
@@ -299,6 +307,45 @@ std::atomic<int>& client_internal::GetsInFlight() {
   return n;
 }
 
+bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockKey> keys,
+                               const PlaceFn& place) {
+  if (!options_.get_session) return false;
+  std::unique_lock lock(rpc_->session_mu, std::try_to_lock);
+  if (!lock.owns_lock() || !rpc_->sessions) return false;  // another Get has it, or none here
+  Rpc::Session& s = rpc_->session;
+  const auto now = std::chrono::steady_clock::now();
+  if (s.stream != nullptr && now >= s.renew_at) (void)s.Close();
+  if (s.stream == nullptr) {
+    s.ctx = std::make_unique<grpc::ClientContext>();
+    // A request on the session waits at most until the session's deadline: at least half of
+    // deadline_ms, as it is renewed when half has passed.
+    s.ctx->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(options_.deadline_ms));
+    if (!options_.bearer_token.empty()) {
+      s.ctx->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+    }
+    s.renew_at = now + std::chrono::milliseconds(options_.deadline_ms / 2);
+    s.stream.reset(
+        grpc::internal::ClientReaderWriterFactory<v1::GetRequest, grpc::ByteBuffer>::Create(
+            rpc_->channel.get(), *rpc_->session_method, s.ctx.get()));
+  }
+  GetReceiver receiver(keys, place);
+  bool ok = s.stream->Write(req);
+  grpc::ByteBuffer bb;
+  while (ok && !receiver.Complete()) {
+    ok = s.stream->Read(&bb) && receiver.Receive(&bb).ok();
+  }
+  if (ok) ok = receiver.Finish().ok();
+  if (!ok) {
+    // A daemon from before GetSession: not asked again.
+    if (s.Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) rpc_->sessions = false;
+    return false;
+  }
+  ucx_->grpc_bytes.fetch_add(receiver.bytes());
+  ucx_->session_gets.fetch_add(1);
+  return true;
+}
+
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
@@ -306,6 +353,11 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
   // Every block is checked here (GetReceiver), so the daemon need not check it first. A block
   // that arrives damaged is asked for again with the daemon's check, which drops and reports it.
   req.set_client_verifies(true);
+  // On the client's GetSession stream when it is free: no call to set up per Get. Anything that
+  // goes wrong there (an error, a damaged block, a daemon that went away or predates sessions)
+  // closes the session, and the Get is made again as its own call, which reports it, retries it
+  // or asks again as below.
+  if (GetOnSession(req, keys, place)) return absl::OkStatus();
   absl::Status failed;
   auto call = [&](grpc::ClientContext* ctx) {
     GetReceiver receiver(keys, place);

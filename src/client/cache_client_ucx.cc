@@ -136,6 +136,7 @@ void CacheClient::RegisterBuffer(std::span<uint8_t> buffer) {
 TransferStats CacheClient::transfer_stats() const {
   return {.ucx_bytes = ucx_->ucx_bytes.load(),
           .grpc_bytes = ucx_->grpc_bytes.load(),
+          .session_gets = ucx_->session_gets.load(),
           .leases = ucx_->leases.load(),
           .lease_retries = ucx_->lease_retries.load(),
           .ucx_fallbacks = ucx_->ucx_fallbacks.load(),

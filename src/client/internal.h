@@ -70,8 +70,29 @@ absl::Status WithRetries(const ClientOptions& o, F attempt) {
 struct CacheClient::Rpc {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::CacheService::Stub> stub;
-  // Get, called raw (GetStream parses its responses itself).
+  // Get and GetSession, called raw (GetStream parses their responses itself).
   std::unique_ptr<grpc::internal::RpcMethod> get_method;
+  std::unique_ptr<grpc::internal::RpcMethod> session_method;
+  // A GetSession stream, used by one Get at a time (see GetStream). Replaced when it breaks and
+  // when half its deadline (the client's deadline_ms) has passed.
+  struct Session {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::GetRequest, grpc::ByteBuffer>> stream;
+    std::chrono::steady_clock::time_point renew_at;
+    // The stream's status (CANCELLED when it was still open).
+    grpc::Status Close() {
+      if (stream == nullptr) return grpc::Status::OK;
+      ctx->TryCancel();
+      grpc::Status st = stream->Finish();
+      stream.reset();
+      ctx.reset();
+      return st;
+    }
+    ~Session() { (void)Close(); }
+  };
+  std::mutex session_mu;
+  Session session;       // guarded by session_mu
+  bool sessions = true;  // false once the daemon said it has no GetSession (session_mu)
 };
 
 // The UCX side of a client: one reader (reconnected when it breaks) and the transfer counters.
@@ -84,7 +105,7 @@ struct CacheClient::Ucx {
   // Buffers to register with every reader (RegisterBuffer).
   std::vector<std::span<uint8_t>> buffers ABSL_GUARDED_BY(mu);
   std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0}, ucx_fallbacks{0},
-      ucx_connects{0}, verified_reads{0};
+      ucx_connects{0}, verified_reads{0}, session_gets{0};
   // Releases sent without waiting (ReleaseInBackground); the client waits for them to end.
   std::mutex release_mu;
   std::condition_variable release_done;

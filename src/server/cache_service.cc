@@ -21,8 +21,9 @@
 namespace kvtier::server {
 namespace {
 
-// CacheService.Get: its index in the generated service (methods in .proto order).
+// CacheService.Get and GetSession: their indexes in the generated service (.proto order).
 constexpr int kGetMethodIndex = 1;
+constexpr int kGetSessionMethodIndex = 9;
 
 absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
   auto key = BlockKey::FromByteString(bytes);
@@ -92,6 +93,14 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
             }
             return Get(ctx, &request, stream);
           }));
+  MarkMethodStreamed(
+      kGetSessionMethodIndex,
+      new grpc::internal::BidiStreamingHandler<CacheServiceImpl, v1::GetRequest, grpc::ByteBuffer>(
+          [](CacheServiceImpl* self, grpc::ServerContext* ctx,
+             grpc::ServerReaderWriter<grpc::ByteBuffer, v1::GetRequest>* stream) {
+            return self->GetSession(ctx, stream);
+          },
+          this));
 }
 
 void CacheServiceImpl::DetachStore() {
@@ -588,6 +597,15 @@ grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,
 grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
                                    GetWriter* writer) {
   return Observed("Get", [&] { return GetImpl(ctx, request, writer); });
+}
+
+grpc::Status CacheServiceImpl::GetSession(
+    grpc::ServerContext* ctx, grpc::ServerReaderWriter<grpc::ByteBuffer, v1::GetRequest>* stream) {
+  v1::GetRequest request;
+  while (stream->Read(&request)) {
+    if (grpc::Status st = Get(ctx, &request, stream); !st.ok()) return st;
+  }
+  return grpc::Status::OK;
 }
 
 grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext* a0, const v1::LookupRequest* request,

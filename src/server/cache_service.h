@@ -60,6 +60,10 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                    v1::PutResponse* response) override;
   // Get is served raw (see GetImpl): its responses are assembled as byte buffers.
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request, GetWriter* writer);
+  // Each request as Get (counted in flight and timed as one); the session itself is long-lived
+  // and not counted in in_flight().
+  grpc::Status GetSession(grpc::ServerContext* ctx,
+                          grpc::ServerReaderWriter<grpc::ByteBuffer, v1::GetRequest>* stream);
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
