@@ -50,8 +50,10 @@ struct ClientOptions {
   uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
   // Default: true. gRPC Gets go over one long-lived GetSession stream (renewed every half
   // deadline_ms) when no other Get of this client is using it, saving a call's setup each: 8
-  // clients' 1 MiB Gets moved 8-22% more, one client's 25%. Off: one Get call each, for proxies
-  // that do not keep streams open.
+  // clients' 1 MiB Gets moved 8-22% more, one client's 25%. A Get the session cannot answer
+  // (an error, or a daemon silent until the session's deadline) is made again as its own call,
+  // so a hung daemon can hold a Get for up to twice deadline_ms. Off: one Get call each, for
+  // proxies that do not keep streams open.
   bool get_session = true;
   // Default: true. Create() tunes this process for megabyte transfers
   // (TuneProcessForThroughput, common/process_tuning.h): megabyte buffers stay on glibc's heap
