@@ -24,6 +24,7 @@
 namespace kvtier {
 
 using client_internal::FromGrpc;
+using client_internal::PrepareCall;
 using client_internal::TierName;
 using client_internal::WithRetries;
 
@@ -319,11 +320,7 @@ bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockK
     s.ctx = std::make_unique<grpc::ClientContext>();
     // A request on the session waits at most until the session's deadline: at least half of
     // deadline_ms, as it is renewed when half has passed.
-    s.ctx->set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(options_.deadline_ms));
-    if (!options_.bearer_token.empty()) {
-      s.ctx->AddMetadata("authorization", "Bearer " + options_.bearer_token);
-    }
+    PrepareCall(options_, s.ctx.get());
     s.renew_at = now + std::chrono::milliseconds(options_.deadline_ms / 2);
     s.stream.reset(
         grpc::internal::ClientReaderWriterFactory<v1::GetRequest, grpc::ByteBuffer>::Create(

@@ -12,6 +12,7 @@
 namespace kvtier {
 
 using client_internal::FromGrpc;
+using client_internal::PrepareCall;
 using client_internal::TierName;
 using client_internal::WithRetries;
 
@@ -74,11 +75,7 @@ void CacheClient::ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read) {
     v1::ReleaseResponse res;
   };
   auto* call = new Call;
-  call->ctx.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(options_.deadline_ms));
-  if (!options_.bearer_token.empty()) {
-    call->ctx.AddMetadata("authorization", "Bearer " + options_.bearer_token);
-  }
+  PrepareCall(options_, &call->ctx);
   call->req.set_tenant(options_.tenant);
   call->req.set_lease_id(lease_id);
   call->req.set_bytes_read(bytes_read);

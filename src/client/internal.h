@@ -45,6 +45,13 @@ inline const char* TierName(v1::Tier t) {
 // thread, one among others on gRPC's callback threads (see GetStream).
 std::atomic<int>& GetsInFlight();
 
+// Sets what every call of a client carries: its deadline (deadline_ms from now) and, with auth,
+// its bearer token.
+inline void PrepareCall(const ClientOptions& o, grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
+  if (!o.bearer_token.empty()) ctx->AddMetadata("authorization", "Bearer " + o.bearer_token);
+}
+
 // Runs `attempt` (which returns a grpc::Status) until it succeeds, fails with anything but
 // UNAVAILABLE, or runs out of attempts.
 template <typename F>
@@ -53,8 +60,7 @@ absl::Status WithRetries(const ClientOptions& o, F attempt) {
   grpc::Status s;
   for (int i = 0; i < o.max_attempts; ++i) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
-    if (!o.bearer_token.empty()) ctx.AddMetadata("authorization", "Bearer " + o.bearer_token);
+    PrepareCall(o, &ctx);
     s = attempt(&ctx);
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     if (i + 1 < o.max_attempts) {
