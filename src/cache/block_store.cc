@@ -968,7 +968,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
   std::optional<uint64_t> promote_to;
   switch (info.tier) {
     case Tier::kHost:
-      sum = CopyWithChecksum(out.data(), s.host_base + info.location, info.size);
+      sum = CopyWithChecksum(out.data(), s.host_base + info.location, info.size, CopyTo::kCache);
       break;
     case Tier::kHbm: {
       absl::Status st = s.hbm->CopyToHost(out.data(), info.location, info.size);
@@ -984,7 +984,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
       if (promote_to.has_value()) {
         uint8_t* chunk = s.host_base + *promote_to;
         sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size));
-        if (sum.ok()) std::memcpy(out.data(), chunk, info.size);
+        if (sum.ok()) CopyBytes(out.data(), chunk, info.size, CopyTo::kCache);
       } else {
         sum = s.nvme->Read(key, out.first(info.size));
       }

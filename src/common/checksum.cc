@@ -19,6 +19,9 @@ namespace {
 
 // Copy and hash in pieces that stay in L1/L2 between the two.
 constexpr size_t kChunk = 64 * 1024;
+// Copies this short are glibc's (its small-copy paths are fast everywhere); longer ones may take
+// `rep movsb`, which is slow on some CPUs.
+constexpr size_t kVectorCopyMinBytes = 4096;
 
 void CopyAndUpdate(XXH3_state_t* state, void* dst, const void* src, size_t size) {
   auto* d = static_cast<uint8_t*>(dst);
@@ -32,9 +35,19 @@ void CopyAndUpdate(XXH3_state_t* state, void* dst, const void* src, size_t size)
 
 }  // namespace
 
-uint64_t CopyWithChecksum(void* dst, const void* src, size_t size) {
-  if (size >= internal::kFusedCopyMinBytes && internal::HasFusedCopyXxh3()) {
-    return internal::FusedCopyXxh3(dst, src, size);
+void CopyBytes(void* dst, const void* src, size_t size, CopyTo to) {
+  const internal::CopyIsa isa = internal::ActiveCopyIsa();
+  if (size >= kVectorCopyMinBytes && isa != internal::CopyIsa::kNone) {
+    internal::CopyLarge(isa, dst, src, size, to == CopyTo::kMemory);
+  } else {
+    std::memcpy(dst, src, size);
+  }
+}
+
+uint64_t CopyWithChecksum(void* dst, const void* src, size_t size, CopyTo to) {
+  const internal::CopyIsa isa = internal::ActiveCopyIsa();
+  if (size >= internal::kFusedCopyMinBytes && isa != internal::CopyIsa::kNone) {
+    return internal::FusedCopyXxh3(isa, dst, src, size, to == CopyTo::kMemory);
   }
   if (size <= kChunk) {
     std::memcpy(dst, src, size);
@@ -58,9 +71,10 @@ ChecksumCopier::~ChecksumCopier() = default;
 void ChecksumCopier::Reset(void* dst, size_t size) {
   dst_ = static_cast<uint8_t*>(dst);
   done_ = 0;
-  use_fused_ = size >= internal::kFusedCopyMinBytes && internal::HasFusedCopyXxh3();
+  const internal::CopyIsa isa = internal::ActiveCopyIsa();
+  use_fused_ = size >= internal::kFusedCopyMinBytes && isa != internal::CopyIsa::kNone;
   if (use_fused_) {
-    fused_.Begin(dst, size);
+    fused_.Begin(isa, dst, size);
   } else {
     XXH3_64bits_reset(state_.get());
   }

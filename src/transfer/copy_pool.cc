@@ -22,7 +22,7 @@ struct CopyPool::Job {
       if (op.checksum != nullptr) {
         *op.checksum = CopyWithChecksum(op.dst, op.src, op.length);
       } else {
-        std::memcpy(op.dst, op.src, op.length);
+        CopyBytes(op.dst, op.src, op.length);
       }
     }
   }

@@ -1,154 +1,77 @@
 #include "common/internal/xxh3_copy.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
-// The header's own definitions of XXH3's secret, initial accumulators and final merge, so the
-// result is XXH3_64bits by construction; only the long-input loop is written here, fused with
-// the copy. (Its own AVX-512 loop hashes bytes that are already in memory.)
+#include "common/internal/xxh3_copy_kernels.h"
+
 #define XXH_INLINE_ALL
 #include <xxhash.h>
-
-// GCC 12 takes the intrinsics' deliberately undefined pass-through operand
-// (_mm512_undefined_epi32) for an uninitialized variable.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace kvtier::internal {
 namespace {
 
-#define KVTIER_AVX512 __attribute__((target("avx512f"), always_inline)) inline
-
-constexpr size_t kStripe = 64;                                    // XXH_STRIPE_LEN
-constexpr size_t kSecretSize = sizeof(XXH3_kSecret);              // 192
-constexpr size_t kStripesPerBlock = (kSecretSize - kStripe) / 8;  // XXH_SECRET_CONSUME_RATE
-constexpr size_t kBlock = kStripe * kStripesPerBlock;
-constexpr size_t kLastAccStart = 7;     // XXH_SECRET_LASTACC_START
-constexpr size_t kMergeAccsStart = 11;  // XXH_SECRET_MERGEACCS_START
-constexpr size_t kNonTemporalMinBytes = 256 << 10;
-
-// acc[i ^ 1] += data[i]; acc[i] += lo32(data[i] ^ key[i]) * hi32(data[i] ^ key[i]).
-KVTIER_AVX512 __m512i Accumulate(__m512i acc, __m512i data, __m512i key) {
-  const __m512i data_key = _mm512_xor_si512(data, key);
-  const __m512i data_key_hi = _mm512_shuffle_epi32(data_key, _MM_PERM_CDAB);
-  const __m512i product = _mm512_mul_epu32(data_key, data_key_hi);
-  const __m512i swapped = _mm512_shuffle_epi32(data, _MM_PERM_BADC);
-  return _mm512_add_epi64(acc, _mm512_add_epi64(product, swapped));
+CopyIsa WidestOfCpu() {
+  if (__builtin_cpu_supports("avx512f")) return CopyIsa::kAvx512;
+  if (__builtin_cpu_supports("avx2")) return CopyIsa::kAvx2;
+  return CopyIsa::kNone;
 }
 
-// acc = (acc ^ (acc >> 47) ^ key) * XXH_PRIME32_1, per 64-bit lane.
-KVTIER_AVX512 __m512i Scramble(__m512i acc, __m512i key) {
-  const __m512i prime = _mm512_set1_epi32(static_cast<int>(XXH_PRIME32_1));
-  const __m512i mixed = _mm512_xor_si512(_mm512_xor_si512(acc, _mm512_srli_epi64(acc, 47)), key);
-  const __m512i mixed_hi = _mm512_shuffle_epi32(mixed, _MM_PERM_CDAB);
-  return _mm512_add_epi64(_mm512_mul_epu32(mixed, prime),
-                          _mm512_slli_epi64(_mm512_mul_epu32(mixed_hi, prime), 32));
+CopyIsa FromEnvironment() {
+  const char* v = std::getenv("KVTIER_COPY_ISA");
+  const CopyIsa widest = WidestOfCpu();
+  if (v == nullptr) return widest;
+  const std::string_view s(v);
+  CopyIsa cap = widest;
+  if (s == "none") cap = CopyIsa::kNone;
+  if (s == "avx2") cap = CopyIsa::kAvx2;
+  return std::min(cap, widest);
 }
 
-// XXH3-64 of `size` bytes: the long-input loop's accumulators, then the input's last 64 bytes
-// (which may overlap the stripes before) with a key of their own, then the final merge.
-KVTIER_AVX512 uint64_t Digest(__m512i acc, __m512i last, size_t size) {
-  const uint8_t* const secret = XXH3_kSecret;
-  acc = Accumulate(acc, last, _mm512_loadu_si512(secret + kSecretSize - kStripe - kLastAccStart));
-  alignas(64) uint64_t lanes[8];
-  _mm512_store_si512(lanes, acc);
-  return XXH3_mergeAccs(lanes, secret + kMergeAccsStart,
-                        static_cast<uint64_t>(size) * XXH_PRIME64_1);
-}
-
-// Puts stripe i (64 bytes of the input at offset 64 i) at dst + 64 i, in input order.
-// kShift < 0: plain unaligned stores. kShift 0..7: non-temporal stores of whole 64-byte lines,
-// dst being kShift 8-byte words past a line's start; each line then joins the end of one stripe
-// to the start of the next, and the partial lines at both ends get masked plain stores.
-template <int kShift>
-class StripeWriter {
- public:
-  KVTIER_AVX512 explicit StripeWriter(uint8_t* dst)
-      : dst_(dst), previous_(_mm512_setzero_si512()) {}
-
-  KVTIER_AVX512 void Put(size_t i, __m512i stripe) {
-    uint8_t* at = dst_ + i * kStripe;
-    if constexpr (kShift < 0) {
-      _mm512_storeu_si512(at, stripe);
-    } else if constexpr (kShift == 0) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(at), stripe);
-    } else if (i == 0) {
-      _mm512_mask_storeu_epi64(at, static_cast<__mmask8>((1u << (8 - kShift)) - 1), stripe);
-    } else {
-      // The line that starts kShift words before stripe i.
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(at - kShift * 8),
-                          _mm512_alignr_epi64(stripe, previous_, 8 - kShift));
-    }
-    previous_ = stripe;
-  }
-
-  // After the last Put, `count` stripes in all: writes what is still held, and orders the
-  // non-temporal stores before anything that follows.
-  KVTIER_AVX512 void Finish(size_t count) {
-    if constexpr (kShift > 0) {
-      if (count > 0) {
-        _mm512_mask_storeu_epi64(dst_ + (count - 1) * kStripe,
-                                 static_cast<__mmask8>(0xff00u >> kShift), previous_);
-      }
-    }
-    if constexpr (kShift >= 0) _mm_sfence();
-  }
-
- private:
-  uint8_t* const dst_;
-  __m512i previous_;
-};
-
-template <int kShift>
-__attribute__((target("avx512f"))) uint64_t Copy(uint8_t* dst, const uint8_t* src, size_t size) {
-  alignas(64) uint64_t acc_init[8] = XXH3_INIT_ACC;
-  __m512i acc = _mm512_load_si512(acc_init);
-  const uint8_t* const secret = XXH3_kSecret;
-  __m512i keys[kStripesPerBlock];
-  for (size_t s = 0; s < kStripesPerBlock; ++s) keys[s] = _mm512_loadu_si512(secret + 8 * s);
-  const __m512i scramble_key = _mm512_loadu_si512(secret + kSecretSize - kStripe);
-
-  // As XXH3_hashLong_internal_loop: whole blocks of 16 stripes, each followed by a scramble;
-  // then the stripes of the last block that start before the input's last byte; then Digest.
-  StripeWriter<kShift> out(dst);
-  const size_t blocks = (size - 1) / kBlock;
-  size_t i = 0;  // stripes done
-  for (size_t b = 0; b < blocks; ++b) {
-    for (size_t s = 0; s < kStripesPerBlock; ++s, ++i) {
-      const __m512i data = _mm512_loadu_si512(src + i * kStripe);
-      out.Put(i, data);
-      acc = Accumulate(acc, data, keys[s]);
-    }
-    acc = Scramble(acc, scramble_key);
-  }
-  const size_t tail_stripes = ((size - 1) - blocks * kBlock) / kStripe;
-  for (size_t s = 0; s < tail_stripes; ++s, ++i) {
-    const __m512i data = _mm512_loadu_si512(src + i * kStripe);
-    out.Put(i, data);
-    acc = Accumulate(acc, data, keys[s]);
-  }
-  out.Finish(i);
-  const __m512i last = _mm512_loadu_si512(src + size - kStripe);
-  _mm512_storeu_si512(dst + size - kStripe, last);
-  return Digest(acc, last, size);
-}
-
-// Stripe `g` of the long-input loop: its own key, and a scramble after each block's last.
-KVTIER_AVX512 __m512i Consume(__m512i acc, __m512i data, size_t g) {
-  const uint8_t* const secret = XXH3_kSecret;
-  const size_t s = g % kStripesPerBlock;
-  acc = Accumulate(acc, data, _mm512_loadu_si512(secret + 8 * s));
-  if (s == kStripesPerBlock - 1) {
-    acc = Scramble(acc, _mm512_loadu_si512(secret + kSecretSize - kStripe));
-  }
-  return acc;
+std::atomic<CopyIsa>& Active() {
+  static std::atomic<CopyIsa> isa{FromEnvironment()};
+  return isa;
 }
 
 }  // namespace
 
-void FusedCopyXxh3Stream::Begin(void* dst, size_t size) {
+const char* CopyIsaName(CopyIsa isa) {
+  switch (isa) {
+    case CopyIsa::kAvx512:
+      return "avx512";
+    case CopyIsa::kAvx2:
+      return "avx2";
+    case CopyIsa::kNone:
+      break;
+  }
+  return "none";
+}
+
+bool CpuHasCopyIsa(CopyIsa isa) { return isa <= WidestOfCpu(); }
+
+CopyIsa ActiveCopyIsa() { return Active().load(std::memory_order_relaxed); }
+
+void SetCopyIsa(CopyIsa isa) {
+  Active().store(std::min(isa, WidestOfCpu()), std::memory_order_relaxed);
+}
+
+uint64_t FusedCopyXxh3(CopyIsa isa, void* dst, const void* src, size_t size, bool streamed) {
+  return isa == CopyIsa::kAvx512 ? avx512::Copy(dst, src, size, streamed)
+                                 : avx2::Copy(dst, src, size, streamed);
+}
+
+void CopyLarge(CopyIsa isa, void* dst, const void* src, size_t size, bool streamed) {
+  if (isa == CopyIsa::kAvx512) {
+    avx512::CopyLarge(dst, src, size, streamed);
+  } else {
+    avx2::CopyLarge(dst, src, size, streamed);
+  }
+}
+
+void FusedCopyXxh3Stream::Begin(CopyIsa isa, void* dst, size_t size) {
   constexpr uint64_t kInit[8] = XXH3_INIT_ACC;
   std::memcpy(acc_, kInit, sizeof(acc_));
   carry_bytes_ = 0;
@@ -157,13 +80,14 @@ void FusedCopyXxh3Stream::Begin(void* dst, size_t size) {
   done_ = 0;
   stripes_ = (size - 1) / kStripe;
   hashed_ = 0;
+  isa_ = isa;
 }
 
-__attribute__((target("avx512f"))) void FusedCopyXxh3Stream::Copy(const void* src_v, size_t n) {
+void FusedCopyXxh3Stream::Copy(const void* src_v, size_t n) {
+  auto stripes = isa_ == CopyIsa::kAvx512 ? avx512::Stripes : avx2::Stripes;
   const auto* src = static_cast<const uint8_t*>(src_v);
   uint8_t* d = dst_ + done_;
   done_ += n;
-  __m512i acc = _mm512_load_si512(acc_);
   if (carry_bytes_ > 0) {  // finish the stripe the last piece began
     const size_t m = std::min(kStripe - carry_bytes_, n);
     std::memcpy(carry_ + carry_bytes_, src, m);
@@ -173,45 +97,29 @@ __attribute__((target("avx512f"))) void FusedCopyXxh3Stream::Copy(const void* sr
     d += m;
     n -= m;
     if (carry_bytes_ < kStripe) return;
-    acc = Consume(acc, _mm512_load_si512(carry_), hashed_++);
+    stripes(acc_, carry_, nullptr, 1, hashed_++);
     carry_bytes_ = 0;
   }
-  size_t g = hashed_;
-  for (; n >= kStripe && g < stripes_; ++g, src += kStripe, d += kStripe, n -= kStripe) {
-    const __m512i data = _mm512_loadu_si512(src);
-    _mm512_storeu_si512(d, data);
-    acc = Consume(acc, data, g);
-  }
-  hashed_ = g;
+  const size_t whole = std::min(n / kStripe, stripes_ - hashed_);
+  stripes(acc_, src, d, whole, hashed_);
+  hashed_ += whole;
+  src += whole * kStripe;
+  d += whole * kStripe;
+  n -= whole * kStripe;
   if (n > 0) {
     std::memcpy(d, src, n);
-    if (g < stripes_) {  // n < 64: the start of the next stripe
+    if (hashed_ < stripes_) {  // n < 64: the start of the next stripe
       std::memcpy(carry_, src, n);
       carry_bytes_ = n;
     }
   }
-  _mm512_store_si512(acc_, acc);
 }
 
-__attribute__((target("avx512f"))) uint64_t FusedCopyXxh3Stream::Finish() const {
+uint64_t FusedCopyXxh3Stream::Finish() const {
   // The input's last 64 bytes are read back from dst, where every piece has landed.
-  return Digest(_mm512_load_si512(acc_), _mm512_loadu_si512(dst_ + size_ - kStripe), size_);
-}
-
-bool HasFusedCopyXxh3() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
-
-uint64_t FusedCopyXxh3(void* dst, const void* src, size_t size) {
-  auto* d = static_cast<uint8_t*>(dst);
-  const auto* s = static_cast<const uint8_t*>(src);
-  const auto misaligned = reinterpret_cast<uintptr_t>(d) % 64;
-  if (size < kNonTemporalMinBytes || misaligned % 8 != 0) return Copy<-1>(d, s, size);
-  // One instance per whole-word offset of dst within its line.
-  static constexpr uint64_t (*kStreamed[8])(uint8_t*, const uint8_t*, size_t) = {
-      Copy<0>, Copy<1>, Copy<2>, Copy<3>, Copy<4>, Copy<5>, Copy<6>, Copy<7>};
-  return kStreamed[misaligned / 8](d, s, size);
+  const uint8_t* last = dst_ + size_ - kStripe;
+  return isa_ == CopyIsa::kAvx512 ? avx512::Digest(acc_, last, size_)
+                                  : avx2::Digest(acc_, last, size_);
 }
 
 }  // namespace kvtier::internal
