@@ -511,6 +511,7 @@ struct BlockStore::Impl {
       absl::Status st = nvme->Delete(e.key, durable_delete || (e.flags & kDeleteDurably));
       if (!st.ok()) spdlog::warn("store: NVMe delete of {}: {}", e.key.Hex(), st.ToString());
       nvme_used -= e.size;
+      nvme->Maintain();
     }
     free_entries.push_back(h);
   }
@@ -733,6 +734,7 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
   if (!options.nvme_path.empty()) {
     KVTIER_ASSIGN_OR_RETURN(s.nvme, NvmeTier::Open(NvmeTierOptions{
                                         .path = options.nvme_path,
+                                        .capacity_bytes = options.nvme_bytes,
                                         .write_buffer_bytes = options.nvme_write_buffer_bytes,
                                         .direct_io = options.nvme_direct_io,
                                         .env = options.nvme_env}));
@@ -1378,7 +1380,7 @@ StoreStats BlockStore::Stats() const {
   st.leased_bytes = s.leased_bytes;
   st.orphan_blocks = s.orphans;
   st.index_bytes = s.IndexBytes();
-  st.nvme_index_bytes = s.nvme != nullptr ? s.nvme->TableReaderMemoryBytes() : 0;
+  st.nvme_index_bytes = s.nvme != nullptr ? s.nvme->IndexMemoryBytes() : 0;
   return st;
 }
 

@@ -11,6 +11,7 @@
 
 #include "cache/nvme_tier.h"
 #include "common/checksum.h"
+#include "testing/small_disk.h"
 #include "testing/test_util.h"
 
 namespace kvtier {
@@ -461,54 +462,15 @@ TEST_F(NvmeStore, UnwritableDirectoryIsAClearError) {
   EXPECT_NE(s.status().message().find("nvme.path"), std::string::npos) << s.status();
 }
 
-// A file system that runs out of space on demand.
-class FillableFs : public rocksdb::FileSystemWrapper {
- public:
-  explicit FillableFs(std::atomic<bool>* full)
-      : rocksdb::FileSystemWrapper(rocksdb::FileSystem::Default()), full_(full) {}
-  const char* Name() const override { return "FillableFs"; }
-  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
-                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
-                                    rocksdb::IODebugContext* d) override {
-    std::unique_ptr<rocksdb::FSWritableFile> file;
-    rocksdb::IOStatus s = target()->NewWritableFile(f, o, &file, d);
-    if (s.ok()) r->reset(new File(std::move(file), full_));
-    return s;
-  }
-
- private:
-  class File : public rocksdb::FSWritableFileOwnerWrapper {
-   public:
-    File(std::unique_ptr<rocksdb::FSWritableFile> f, std::atomic<bool>* full)
-        : rocksdb::FSWritableFileOwnerWrapper(std::move(f)), full_(full) {}
-    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
-                             rocksdb::IODebugContext* d) override {
-      if (full_->load()) return rocksdb::IOStatus::NoSpace("no space left on device (test)");
-      return target()->Append(data, o, d);
-    }
-    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
-                             const rocksdb::DataVerificationInfo& v,
-                             rocksdb::IODebugContext* d) override {
-      if (full_->load()) return rocksdb::IOStatus::NoSpace("no space left on device (test)");
-      return target()->Append(data, o, v, d);
-    }
-
-   private:
-    std::atomic<bool>* full_;
-  };
-  std::atomic<bool>* full_;
-};
-
 TEST_F(NvmeStore, FullDiskFailsTheDurablePutAndKeepsEverythingElse) {
-  std::atomic<bool> full{false};
-  auto fs = std::make_shared<FillableFs>(&full);
+  auto fs = std::make_shared<testing::SmallDiskFs>(uint64_t{1} << 30);
   std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
   StoreOptions o = Options(8);
   o.nvme_env = env.get();
   o.nvme_direct_io = false;
   auto s = OpenOrDie(o);
   for (uint64_t n = 0; n < 3; ++n) ASSERT_TRUE(PutN(*s, n, std::nullopt, {.durable = true}).ok());
-  full = true;
+  fs->set_capacity(fs->used());  // the disk is full from now on
   absl::Status st = PutN(*s, 3, std::nullopt, {.durable = true});
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
   EXPECT_FALSE(Has(*s, 3)) << "an unacknowledged durable put is not visible";
@@ -517,7 +479,6 @@ TEST_F(NvmeStore, FullDiskFailsTheDurablePutAndKeepsEverythingElse) {
   ASSERT_TRUE(PutN(*s, 4).ok());
   ExpectBlock(*s, 4);
   s.reset();
-  full = false;
 }
 
 TEST(BlockStoreLeases, LeasedBlocksAreNeverEvictedAndLeasesExpire) {

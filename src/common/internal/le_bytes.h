@@ -1,5 +1,6 @@
 #pragma once
-// Little-endian byte writer for the canonical encodings in docs/block-keys.md.
+// Little-endian bytes: the writer of the canonical encodings in docs/block-keys.md and of the
+// flash tier's metadata records, and the reader of the latter.
 
 #include <cstdint>
 #include <string>
@@ -29,5 +30,12 @@ class LeWriter {
  private:
   std::string buf_;
 };
+
+// The unsigned integer of `bytes` (at most 8) little-endian bytes at `in`.
+inline uint64_t LeRead(const char* in, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(in[i]);
+  return v;
+}
 
 }  // namespace kvtier::internal
