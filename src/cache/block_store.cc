@@ -1,25 +1,37 @@
 #include "cache/block_store.h"
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
-#include <queue>
+#include <chrono>
+#include <cstring>
+#include <deque>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "common/mutex.h"
 #include "cache/device_arena.h"
+#include "cache/entry.h"
+#include "cache/eviction_policy.h"
+#include "cache/flash_admission.h"
 #include "cache/host_arena.h"
+#include "cache/key_index.h"
+#include "cache/lease_table.h"
+#include "cache/memory_tier.h"
 #include "cache/nvme_tier.h"
 #include "cache/slab_allocator.h"
+#include "cache/task_pool.h"
 #include "common/checksum.h"
+#include "common/mutex.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace kvtier {
+
+using cache_internal::Entry;
+using cache_internal::EntryState;
+using cache_internal::kNoEntry;
 
 const char* TierName(Tier tier) {
   switch (tier) {
@@ -31,10 +43,6 @@ const char* TierName(Tier tier) {
       return "nvme";
   }
   return "invalid";
-}
-
-const char* NvmeAdmissionName(NvmeAdmission a) {
-  return a == NvmeAdmission::kAll ? "all" : "seen-twice";
 }
 
 absl::Status StoreOptions::Validate() const {
@@ -52,8 +60,8 @@ absl::Status StoreOptions::Validate() const {
         "hbm_bytes: ", hbm_bytes, " cannot hold one block of max_block_bytes (", slab, ")"));
   }
   if (!nvme_path.empty() && nvme_bytes < max_block_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nvme_bytes: ", nvme_bytes, " cannot hold one block of max_block_bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("nvme_bytes: ", nvme_bytes, " cannot hold one block of max_block_bytes"));
   }
   if (lease_ttl_us <= 0) return absl::InvalidArgumentError("lease_ttl_us: must be > 0");
   if (max_lease_ttl_us < lease_ttl_us) {
@@ -63,671 +71,680 @@ absl::Status StoreOptions::Validate() const {
   if (index_shards == 0 || (index_shards & (index_shards - 1)) != 0 || index_shards > 4096) {
     return absl::InvalidArgumentError("index_shards: must be a power of two in [1, 4096]");
   }
+  if (host_reserve_bytes < -1 ||
+      static_cast<uint64_t>(std::max<int64_t>(0, host_reserve_bytes)) > host_bytes / 2) {
+    return absl::InvalidArgumentError(
+        "host_reserve_bytes: must be -1 (automatic), 0 (none) or at most half of host_bytes");
+  }
+  if (hbm_reserve_bytes < -1 ||
+      static_cast<uint64_t>(std::max<int64_t>(0, hbm_reserve_bytes)) > hbm_bytes / 2 + 1) {
+    return absl::InvalidArgumentError(
+        "hbm_reserve_bytes: must be -1 (automatic), 0 (none) or at most half of hbm_bytes");
+  }
+  if (mover_threads < 1 || mover_threads > 64) {
+    return absl::InvalidArgumentError("mover_threads: must be in [1, 64]");
+  }
   return absl::OkStatus();
 }
 
 namespace {
 
-constexpr uint32_t kNone = UINT32_MAX;
-constexpr uint32_t kChunkEntries = 4096;
-constexpr uint32_t kMaxChunks = 1u << 16;  // 268M entries
 // NVMe reads in flight at once for one lease's promotions.
-constexpr size_t kLeasePromotionThreads = 8;
+constexpr int kLeasePromotionThreads = 8;
+// The mover's periodic work (lease expiry, flash compaction), at most this far apart.
+constexpr int64_t kMoverTickUs = 100'000;
 
-enum class State : uint8_t { kFree, kReserved, kCommitted, kDoomed };
-// Eviction classes, evicted in this order.
-enum Class : uint8_t { kOrphan = 0, kLeaf = 1, kInterior = 2, kNumClasses = 3, kUnlisted = 255 };
-enum Flags : uint8_t { kOnNvme = 1, kDeleteDurably = 2 };
+void Count(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+uint64_t Read(const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); }
 
-struct Entry {
-  // What an index lookup reads (key, tier, state) shares the key's cache line in most entries.
-  BlockKey key;
-  Tier tier = Tier::kHost;
-  State state = State::kFree;  // written under mu_ and the shard lock
-  uint16_t pins = 0;           // readers and writers in flight; guarded by the shard lock
-  uint16_t leases = 0;         // guarded by mu_
-  uint8_t cls = kUnlisted;     // guarded by mu_
-  uint8_t flags = 0;           // guarded by mu_
-  BlockKey parent;
-  uint64_t checksum = 0;
-  uint64_t location = 0;
-  uint64_t last_access = 0;  // store tick; guarded by mu_
-  uint32_t size = 0;
-  uint32_t generation = 0;
-  uint32_t lru_prev = kNone, lru_next = kNone;  // guarded by mu_
-  uint32_t parent_ref = kNone;                  // guarded by mu_
-  uint32_t first_child = kNone, next_sibling = kNone, prev_sibling = kNone;  // guarded by mu_
-  // Children in this block's tier or a faster one: the block is a chain tail *in its tier* when
-  // there are none (children already demoted below it do not keep it up). Guarded by mu_.
-  uint32_t kids_here = 0;
-  uint8_t hits = 0;  // saturating read count; guarded by mu_
+// Counters bumped without the policy lock.
+struct Counters {
+  std::atomic<uint64_t> gets{0}, get_misses{0}, hits[kNumTiers]{};
+  std::atomic<uint64_t> lookups{0}, lookup_blocks_hit{0}, lookup_blocks_missed{0};
+  std::atomic<uint64_t> puts{0}, puts_noop{0}, puts_aborted{0};
+  std::atomic<uint64_t> evictions{0}, demotions{0}, promotions{0}, sync_evictions{0};
+  std::atomic<uint64_t> nvme_bytes_written{0}, nvme_write_errors{0}, checksum_failures{0};
+  std::atomic<uint64_t> leases_granted{0}, leases_expired{0};
 };
-static_assert(sizeof(Entry) == 104, "the index's memory per block (bench_store) counts on it");
 
-struct ListHead {
-  uint32_t head = kNone;  // most recent
-  uint32_t tail = kNone;  // least recent
-  uint64_t size = 0;
+// Flash I/O of one key, which the store serializes: a write or delete at a time (`busy`), and a
+// delete that waits its turn (`delete_pending`, done by the mover unless a write replaces the
+// record first).
+struct FlashKey {
+  bool busy = false;
+  bool delete_pending = false;
+  bool delete_durable = false;
 };
+
+// The free room the mover keeps in a memory tier: 1/32 of it, at least two of the largest
+// blocks, yet never more than 1/8 of the tier or 256 MiB.
+size_t Reserve(int64_t option, size_t capacity, size_t block) {
+  if (option >= 0) return static_cast<size_t>(option);
+  const size_t most = std::min(capacity / 8, size_t{256} << 20);
+  return std::min(std::max(capacity / 32, 2 * block), most);
+}
 
 }  // namespace
 
+// The put's running checksum (PutHandle::hashing_): fused with the copy into host memory, or of
+// the source bytes where the copy goes to HBM.
+struct BlockStore::PutHandle::Hashing {
+  ChecksumCopier copier;
+  ChecksumStream stream;
+};
+
 struct BlockStore::Impl {
-  explicit Impl(const StoreOptions& o) : options(o), shards(o.index_shards) {}
+  explicit Impl(const StoreOptions& o)
+      : options(o),
+        clock(o.clock != nullptr ? o.clock : SystemClock::Default()),
+        index(&pool, o.index_shards),
+        policy(std::make_unique<cache_internal::PrefixAwarePolicy>(&pool, &index)),
+        admission(o.nvme_admission, o.nvme_write_bytes_per_s, clock) {}
 
-  // ---- entry pool: handle -> Entry, stable addresses ------------------------------------------
-  Entry& E(uint32_t h) const { return chunks[h / kChunkEntries][h % kChunkEntries]; }
-  // Every placement of a block (stored, moved, promoted) gets a generation no placement had
-  // before, so a block seen at the same place with the same generation never left it.
+  Entry& E(uint32_t h) const { return pool.At(h); }
+  cache_internal::KeyIndex::Shard& ShardOf(const Entry& e) const { return index.ShardOf(e.key); }
+  MemoryTier* Mem(Tier t) const {
+    return t == Tier::kHbm ? static_cast<MemoryTier*>(hbm.get()) : host.get();
+  }
+  // A new placement's generation: one no placement had before.
   uint32_t NewGeneration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return next_generation++; }
-  uint32_t AllocEntry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (free_entries.empty()) {
-      if (num_chunks == kMaxChunks) return kNone;
-      chunks[num_chunks] = std::make_unique<Entry[]>(kChunkEntries);
-      for (uint32_t i = kChunkEntries; i-- > 0;) free_entries.push_back(num_chunks * kChunkEntries + i);
-      ++num_chunks;
-    }
-    uint32_t h = free_entries.back();
-    free_entries.pop_back();
-    E(h) = Entry();
-    return h;
-  }
 
-  // ---- sharded index: key -> handle -----------------------------------------------------------
-  struct HandleHash {
-    using is_transparent = void;
-    const Impl* impl;
-    size_t operator()(uint32_t h) const { return absl::Hash<BlockKey>()(impl->E(h).key); }
-    size_t operator()(const BlockKey& k) const { return absl::Hash<BlockKey>()(k); }
-  };
-  struct HandleEq {
-    using is_transparent = void;
-    const Impl* impl;
-    bool operator()(uint32_t a, uint32_t b) const { return a == b; }
-    bool operator()(uint32_t a, const BlockKey& k) const { return impl->E(a).key == k; }
-    bool operator()(const BlockKey& k, uint32_t a) const { return impl->E(a).key == k; }
-  };
-  struct Shard {
-    mutable Mutex mu;
-    absl::flat_hash_set<uint32_t, HandleHash, HandleEq> set ABSL_GUARDED_BY(mu);
-  };
-  size_t ShardIndex(const BlockKey& k) const { return k.hi & (shards.size() - 1); }
-  Shard& ShardOf(const BlockKey& k) const { return const_cast<Shard&>(shards[ShardIndex(k)]); }
-  // Handle of `key` in any state but free, or kNone. Caller holds the shard lock.
-  uint32_t FindLocked(Shard& s, const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
-    auto it = s.set.find(key);
-    return it == s.set.end() ? kNone : *it;
-  }
-  uint32_t Find(const BlockKey& key) const {
-    Shard& s = ShardOf(key);
+  // ---- reads, without the policy lock ----------------------------------------------------------
+
+  // Pins a committed block for reading and snapshots where it is. kNoEntry if absent.
+  uint32_t PinForRead(const BlockKey& key, BlockInfo* info) const {
+    auto& s = index.ShardOf(key);
     MutexLock l(&s.mu);
-    return FindLocked(s, key);
-  }
-  uint32_t FindCommitted(const BlockKey& key) const {
-    Shard& s = ShardOf(key);
-    MutexLock l(&s.mu);
-    uint32_t h = FindLocked(s, key);
-    return h != kNone && E(h).state == State::kCommitted ? h : kNone;
-  }
-  void SetState(uint32_t h, State st) {
-    Shard& s = ShardOf(E(h).key);
-    MutexLock l(&s.mu);
-    E(h).state = st;
-  }
-
-  // ---- eviction lists -------------------------------------------------------------------------
-  ListHead& List(Tier t, uint8_t cls) { return lists[static_cast<int>(t)][cls]; }
-  uint8_t ClassOf(const Entry& e) const {
-    if (!e.parent.IsZero() && e.parent_ref == kNone) return kOrphan;
-    return e.kids_here == 0 ? kLeaf : kInterior;
-  }
-  void Unlist(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    if (e.cls == kUnlisted) return;
-    ListHead& l = List(e.tier, e.cls);
-    if (e.lru_prev != kNone) E(e.lru_prev).lru_next = e.lru_next; else l.head = e.lru_next;
-    if (e.lru_next != kNone) E(e.lru_next).lru_prev = e.lru_prev; else l.tail = e.lru_prev;
-    e.lru_prev = e.lru_next = kNone;
-    --l.size;
-    if (e.cls == kOrphan) --orphans;
-    e.cls = kUnlisted;
-  }
-  // Lists `h` in its tier and class, placed by its recency (walking from the least recent end,
-  // a bounded number of steps: exact for the usual case of an old block changing class).
-  void ListByRecency(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    if (e.leases > 0 || e.state != State::kCommitted) return;  // leased blocks are not evictable
-    e.cls = ClassOf(e);
-    if (e.cls == kOrphan) ++orphans;
-    ListHead& l = List(e.tier, e.cls);
-    ++l.size;
-    if (l.head == kNone || E(l.head).last_access <= e.last_access) {  // the most recent
-      e.lru_prev = kNone;
-      e.lru_next = l.head;
-      if (l.head != kNone) E(l.head).lru_prev = h; else l.tail = h;
-      l.head = h;
-      return;
-    }
-    // From the least recent end, find the first node at least as recent as e and insert e just
-    // behind it. Gives up after 64 steps (e then sits a little too close to the tail).
-    uint32_t newer = l.tail;
-    for (int steps = 0; E(newer).last_access < e.last_access && steps < 64; ++steps) {
-      newer = E(newer).lru_prev;
-    }
-    e.lru_prev = newer;
-    e.lru_next = E(newer).lru_next;
-    if (e.lru_next != kNone) E(e.lru_next).lru_prev = h; else l.tail = h;
-    E(newer).lru_next = h;
-  }
-  void Relist(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Unlist(h);
-    ListByRecency(h);
-  }
-  void Touch(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    e.last_access = ++tick;
-    if (e.hits < 255) ++e.hits;
-    if (e.cls == kUnlisted) return;
-    Unlist(h);
-    ListByRecency(h);  // newest: becomes the head at once
-  }
-
-  // ---- chains ---------------------------------------------------------------------------------
-  // Adds `delta` to a parent's count of children at its tier or above, relisting it when it
-  // turns from chain tail to interior or back.
-  void AdjustKidsHere(uint32_t parent, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& p = E(parent);
-    const bool was_leaf = p.kids_here == 0;
-    p.kids_here += delta;
-    if (was_leaf != (p.kids_here == 0) && p.cls != kUnlisted) Relist(parent);
-  }
-  void AddChild(uint32_t parent, uint32_t child) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& p = E(parent);
-    Entry& c = E(child);
-    c.parent_ref = parent;
-    c.prev_sibling = kNone;
-    c.next_sibling = p.first_child;
-    if (p.first_child != kNone) E(p.first_child).prev_sibling = child;
-    p.first_child = child;
-    if (c.tier <= p.tier) AdjustKidsHere(parent, +1);
-  }
-  // Keeps chain-tail classes right after `h` moved from tier `from` to its current tier.
-  void OnTierChanged(uint32_t h, Tier from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    if (e.parent_ref != kNone) {
-      const Tier pt = E(e.parent_ref).tier;
-      const int delta = int{e.tier <= pt} - int{from <= pt};
-      if (delta != 0) AdjustKidsHere(e.parent_ref, delta);
-    }
-    e.kids_here = 0;
-    for (uint32_t c = e.first_child; c != kNone; c = E(c).next_sibling) {
-      if (E(c).tier <= e.tier) ++e.kids_here;
-    }
-  }
-  // Links a newly visible block into the chain structure: to its parent if present, else to the
-  // wait list of its parent's key; and adopts blocks that were waiting for it.
-  void LinkChain(uint32_t h, bool adopt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    if (!e.parent.IsZero()) {
-      uint32_t p = FindCommitted(e.parent);
-      if (p != kNone) {
-        AddChild(p, h);
-      } else {
-        auto [it, inserted] = waiting.try_emplace(e.parent, h);
-        e.parent_ref = kNone;
-        e.prev_sibling = kNone;
-        e.next_sibling = inserted ? kNone : it->second;
-        if (!inserted) {
-          E(it->second).prev_sibling = h;
-          it->second = h;
-        }
-      }
-    }
-    if (!adopt) return;
-    auto it = waiting.find(e.key);
-    if (it == waiting.end()) return;
-    uint32_t c = it->second;
-    waiting.erase(it);
-    while (c != kNone) {
-      uint32_t next = E(c).next_sibling;
-      AddChild(h, c);
-      Relist(c);  // no longer an orphan
-      c = next;
-    }
-  }
-  // Unlinks a departing block: from its parent (which may become a tail) or its wait list, and
-  // turns its children into orphans waiting for its key.
-  void UnlinkChain(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    if (e.state != State::kCommitted && e.state != State::kDoomed) return;
-    if (e.prev_sibling != kNone) E(e.prev_sibling).next_sibling = e.next_sibling;
-    if (e.next_sibling != kNone) E(e.next_sibling).prev_sibling = e.prev_sibling;
-    if (e.parent_ref != kNone && e.tier <= E(e.parent_ref).tier) AdjustKidsHere(e.parent_ref, -1);
-    if (e.prev_sibling == kNone) {
-      if (e.parent_ref != kNone) {
-        E(e.parent_ref).first_child = e.next_sibling;
-      } else if (!e.parent.IsZero()) {
-        auto it = waiting.find(e.parent);
-        if (it != waiting.end() && it->second == h) {
-          if (e.next_sibling == kNone) waiting.erase(it); else it->second = e.next_sibling;
-        }
-      }
-    }
-    e.parent_ref = e.prev_sibling = e.next_sibling = kNone;
-    uint32_t c = e.first_child;
-    e.first_child = kNone;
-    e.kids_here = 0;
-    if (c == kNone) return;
-    waiting[e.key] = c;
-    while (c != kNone) {
-      E(c).parent_ref = kNone;
-      Relist(c);
-      c = E(c).next_sibling;
-    }
-  }
-
-  // ---- space ----------------------------------------------------------------------------------
-  SlabAllocator* Alloc(Tier t) { return t == Tier::kHbm ? hbm_alloc.get() : host_alloc.get(); }
-  bool TierPresent(Tier t) const {
-    switch (t) {
-      case Tier::kHbm: return hbm != nullptr;
-      case Tier::kHost: return true;
-      case Tier::kNvme: return nvme != nullptr;
-    }
-    return false;
-  }
-  void FreeSpace(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (e.tier == Tier::kNvme) return;
-    Alloc(e.tier)->Free(e.location, e.size);
-    --resident[static_cast<int>(e.tier)];
-  }
-
-  // Space for `bytes` in memory tier t, evicting (demoting) in policy order as needed.
-  absl::StatusOr<uint64_t> MakeRoom(Tier t, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    SlabAllocator* alloc = Alloc(t);
-    for (;;) {
-      if (auto loc = alloc->Allocate(bytes)) {
-        ++resident[static_cast<int>(t)];
-        return *loc;
-      }
-      uint32_t victim = PickVictim(t);
-      if (victim == kNone) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            TierName(t), " tier full: no evictable block (", alloc->used_bytes(),
-            " bytes in use, ", leased_bytes, " leased); retry after leases end"));
-      }
-      Demote(victim);
-    }
-  }
-  // Least valuable unpinned block of tier t, or kNone.
-  uint32_t PickVictim(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    for (uint8_t cls = 0; cls < kNumClasses; ++cls) {
-      for (uint32_t h = List(t, cls).tail; h != kNone; h = E(h).lru_prev) {
-        Shard& s = ShardOf(E(h).key);
-        MutexLock l(&s.mu);
-        if (E(h).pins == 0) return h;
-      }
-    }
-    return kNone;
-  }
-  // Try to switch `h` to a new place while no reader holds it. False if a reader does.
-  bool Relocate(uint32_t h, Tier t, uint64_t location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    Shard& s = ShardOf(e.key);
-    MutexLock l(&s.mu);
-    if (e.pins != 0) return false;
-    e.tier = t;
-    e.location = location;
-    e.generation = NewGeneration();
-    return true;
-  }
-  // Moves an unpinned victim one tier down, or out of the store.
-  void Demote(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    const Tier from = e.tier;
-    if (from == Tier::kHbm) {
-      if (DemoteHbmToHost(h)) return;
-      Evict(h);
-      return;
-    }
-    if (from == Tier::kNvme) {
-      Evict(h);
-      return;
-    }
-    // Host -> NVMe.
-    if (nvme != nullptr && (e.flags & kOnNvme) == 0 && Admit(e)) {
-      const uint8_t* bytes = host_base + e.location;
-      if (Checksum(bytes, e.size) != e.checksum) {
-        ++stats.checksum_failures;
-        spdlog::error("store: block {} corrupt in host memory; dropped", e.key.Hex());
-        Evict(h);
-        return;
-      }
-      absl::Status st = nvme->Write(e.key, BlockMeta{e.parent, e.checksum, e.size},
-                                    std::span<const uint8_t>(bytes, e.size), /*durable=*/false);
-      if (st.ok()) {
-        e.flags |= kOnNvme;
-        nvme_used += e.size;
-        stats.nvme_bytes_written += e.size;
-      } else {
-        ++stats.nvme_write_errors;
-        spdlog::warn("store: demotion of {} to NVMe failed: {}", e.key.Hex(), st.ToString());
-      }
-    }
-    if ((e.flags & kOnNvme) == 0 || nvme == nullptr) {
-      Evict(h);
-      return;
-    }
-    const uint64_t old_location = e.location;
-    Unlist(h);
-    if (!Relocate(h, Tier::kNvme, 0)) {  // a reader pinned it meanwhile: keep it in host
-      ListByRecency(h);
-      return;
-    }
-    host_alloc->Free(old_location, e.size);
-    --resident[static_cast<int>(Tier::kHost)];
-    ++stats.demotions;
-    OnTierChanged(h, Tier::kHost);
-    ListByRecency(h);
-  }
-  bool DemoteHbmToHost(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    auto loc = MakeRoom(Tier::kHost, e.size);
-    if (!loc.ok()) return false;
-    if (!hbm->CopyToHost(host_base + *loc, e.location, e.size).ok()) {
-      host_alloc->Free(*loc, e.size);
-      --resident[static_cast<int>(Tier::kHost)];
-      return false;
-    }
-    const uint64_t old_location = e.location;
-    Unlist(h);
-    if (!Relocate(h, Tier::kHost, *loc)) {
-      host_alloc->Free(*loc, e.size);
-      --resident[static_cast<int>(Tier::kHost)];
-      ListByRecency(h);
-      return true;  // still in HBM, but the caller will pick another victim
-    }
-    hbm_alloc->Free(old_location, e.size);
-    --resident[static_cast<int>(Tier::kHbm)];
-    ++stats.demotions;
-    OnTierChanged(h, Tier::kHbm);
-    ListByRecency(h);
-    return true;
-  }
-  bool Admit(const Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (options.nvme_admission == NvmeAdmission::kSeenTwice && e.hits == 0) {
-      ++stats.nvme_admission_rejections;
-      return false;
-    }
-    if (options.nvme_write_bytes_per_s > 0) {
-      const int64_t now = clock->NowMicros();
-      const double rate = static_cast<double>(options.nvme_write_bytes_per_s);
-      write_tokens = std::min(rate, write_tokens + rate * (now - tokens_at_us) / 1e6);
-      tokens_at_us = now;
-      if (write_tokens < e.size) {
-        ++stats.nvme_admission_rejections;
-        return false;
-      }
-      write_tokens -= e.size;
-    }
-    // Make room on flash by dropping its least valuable blocks.
-    while (nvme_used + e.size > options.nvme_bytes) {
-      uint32_t v = PickVictim(Tier::kNvme);
-      if (v == kNone) {
-        ++stats.nvme_admission_rejections;
-        return false;
-      }
-      Evict(v);
-    }
-    return true;
-  }
-  // Drops an unpinned block from the store, counting it as an eviction.
-  void Evict(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    ++stats.evictions;
-    Remove(h, /*durable_delete=*/false);
-  }
-  // Removes a block from every tier and the index. If a reader holds it, it only becomes invisible
-  // (doomed) and the last reader's Unpin finishes the removal.
-  void Remove(uint32_t h, bool durable_delete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Entry& e = E(h);
-    if (e.state == State::kCommitted && options.on_block_event) {
-      options.on_block_event(e.key, /*stored=*/false);
-    }
-    Unlist(h);
-    UnlinkChain(h);
-    {
-      Shard& s = ShardOf(e.key);
-      MutexLock l(&s.mu);
-      if (e.pins != 0 || e.leases != 0) {  // freed by the last Unpin or lease end
-        e.state = State::kDoomed;
-        if (durable_delete) e.flags |= kDeleteDurably;
-        return;
-      }
-      s.set.erase(h);
-      e.state = State::kFree;
-    }
-    FreeSpace(e);
-    if (e.flags & kOnNvme) {
-      absl::Status st = nvme->Delete(e.key, durable_delete || (e.flags & kDeleteDurably));
-      if (!st.ok()) spdlog::warn("store: NVMe delete of {}: {}", e.key.Hex(), st.ToString());
-      nvme_used -= e.size;
-      nvme->Maintain();
-    }
-    free_entries.push_back(h);
-  }
-
-  // ---- pins -----------------------------------------------------------------------------------
-  // Pins a committed block for reading and snapshots where it is. kNone if absent.
-  uint32_t PinForRead(const BlockKey& key, BlockInfo* info) {
-    Shard& s = ShardOf(key);
-    MutexLock l(&s.mu);
-    uint32_t h = FindLocked(s, key);
-    if (h == kNone || E(h).state != State::kCommitted) return kNone;
+    const uint32_t h = index.FindLocked(s, key);
+    if (h == kNoEntry) return kNoEntry;
     Entry& e = E(h);
     ++e.pins;
     *info = BlockInfo{key, e.tier, e.size, e.checksum, e.location, e.generation};
     return h;
   }
-  // Statistics and recency of a read: a miss, or a hit served by `tier`.
-  absl::Status CountMiss(const BlockKey& key) {
-    MutexLock l(&mu);
-    ++stats.gets;
-    ++stats.get_misses;
-    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
-  }
-  void CountHit(uint32_t h, Tier tier) {
-    MutexLock l(&mu);
-    ++stats.gets;
-    ++stats.tiers[static_cast<int>(tier)].hits;
-    Touch(h);
-  }
-
+  // Ends a pin; the last one finishes what waited for it (a doomed entry's free, a parked
+  // entry's return to the eviction lists).
   void Unpin(uint32_t h) {
     Entry& e = E(h);
-    bool remove = false;
     {
-      Shard& s = ShardOf(e.key);
+      auto& s = ShardOf(e);
       MutexLock l(&s.mu);
-      remove = --e.pins == 0 && e.state == State::kDoomed;
+      if (--e.pins != 0 || (e.state != EntryState::kDoomed && e.parked == 0)) return;
     }
-    if (!remove) return;
     MutexLock l(&mu);
-    bool still = false;
+    bool parked = false;
     {
-      Shard& s = ShardOf(e.key);
+      auto& s = ShardOf(e);
       MutexLock sl(&s.mu);
-      still = e.pins == 0 && e.state == State::kDoomed;
+      if (e.pins != 0) return;
+      parked = e.parked != 0;
+      e.parked = 0;
     }
-    still = still && e.leases == 0;
-    if (still) Remove(h, /*durable_delete=*/true);
+    if (e.state == EntryState::kDoomed) {
+      MaybeFree(h);
+    } else if (parked) {
+      ShowIfIdle(h);
+    }
   }
-  // Host copy of an NVMe-resident block, for a lease. Requires mu.
-  absl::Status PromoteFromNvme(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  absl::Status CountMiss(const BlockKey& key) {
+    Count(counters.gets);
+    Count(counters.get_misses);
+    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  }
+  // A hit's statistics and recency. The block moves to the front of its list only if the policy
+  // lock is free right now; else PickVictim sees the newer access time and moves it then.
+  void CountHit(uint32_t h, Tier tier) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    Count(counters.gets);
+    Count(counters.hits[static_cast<int>(tier)]);
     Entry& e = E(h);
-    KVTIER_ASSIGN_OR_RETURN(uint64_t loc, MakeRoom(Tier::kHost, e.size));
-    auto sum = nvme->Read(e.key, std::span<uint8_t>(host_base + loc, e.size));
-    if (!sum.ok() || *sum != e.checksum) {
-      host_alloc->Free(loc, e.size);
-      --resident[static_cast<int>(Tier::kHost)];
-      ++stats.checksum_failures;
-      Remove(h, /*durable_delete=*/true);
-      return absl::DataLossError(absl::StrCat(
-          "block ", e.key.Hex(), " is corrupt on NVMe and was dropped",
-          sum.ok() ? "" : absl::StrCat(": ", sum.status().ToString())));
+    e.last_access.store(access_clock.fetch_add(1, std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
+    const uint8_t hits = e.hits.load(std::memory_order_relaxed);
+    if (hits < 255) e.hits.store(hits + 1, std::memory_order_relaxed);
+    if (mu.TryLock()) {
+      policy->RecordAccess(h);
+      mu.Unlock();
     }
-    Unlist(h);
-    if (!Relocate(h, Tier::kHost, loc)) {  // cannot happen: callers hold mu and no pins exist
-      host_alloc->Free(loc, e.size);
-      --resident[static_cast<int>(Tier::kHost)];
-      ListByRecency(h);
-      return absl::OkStatus();
-    }
-    ++stats.promotions;
-    OnTierChanged(h, Tier::kNvme);
-    ListByRecency(h);
-    return absl::OkStatus();
   }
 
-  // ---- leases ---------------------------------------------------------------------------------
-  struct LeaseRecord {
-    int64_t expires_at_us;
-    std::vector<uint32_t> handles;
-    uint64_t bytes;
-  };
+  // ---- entries' lives, under the policy lock -------------------------------------------------
+
+  // Makes a reserved entry the committed block of its key. REQUIRES: none is indexed.
+  void Publish(uint32_t h, bool event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    e.last_access.store(access_clock.fetch_add(1, std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
+    {
+      auto& s = ShardOf(e);
+      MutexLock l(&s.mu);
+      e.state = EntryState::kCommitted;
+      e.generation = NewGeneration();
+      index.InsertLocked(s, h);
+    }
+    ++resident[static_cast<int>(e.tier)];
+    policy->Add(h);
+    if (event && options.on_block_event) options.on_block_event(e.key, /*stored=*/true);
+  }
+  // Takes a committed block out of the index and the policy: from now on it is invisible, and
+  // freed once nothing holds it (MaybeFree).
+  void Doom(uint32_t h, bool event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.state != EntryState::kCommitted) return;
+    if (event && options.on_block_event) options.on_block_event(e.key, /*stored=*/false);
+    policy->Remove(h);
+    {
+      auto& s = ShardOf(e);
+      MutexLock l(&s.mu);
+      index.EraseLocked(s, h);
+      e.state = EntryState::kDoomed;
+    }
+    --resident[static_cast<int>(e.tier)];
+  }
+  // Frees a doomed entry once no reader, lease or move holds it.
+  void MaybeFree(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.state != EntryState::kDoomed || e.leases != 0 || (e.flags & cache_internal::kMoving)) {
+      return;
+    }
+    {
+      auto& s = ShardOf(e);
+      MutexLock l(&s.mu);
+      if (e.pins != 0) return;
+    }
+    if (e.tier != Tier::kNvme) Mem(e.tier)->Free(e.location, e.size);
+    pool.Free(h);
+  }
+  // The block leaves the store: evicted for room, or dropped as corrupt (its flash record then
+  // goes durably, so it cannot come back after a restart).
+  void Drop(uint32_t h, bool corrupt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.state != EntryState::kCommitted) return;
+    if (!corrupt) Count(counters.evictions);
+    Doom(h, /*event=*/true);
+    DropFlashCopy(h, corrupt);
+    MaybeFree(h);
+  }
+  // Gives up the entry's flash record, which the mover then deletes.
+  void DropFlashCopy(uint32_t h, bool durably) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if ((e.flags & cache_internal::kOnFlash) == 0) return;
+    e.flags &= ~(cache_internal::kOnFlash | cache_internal::kDurable);
+    nvme_used -= std::min<uint64_t>(nvme_used, e.size);
+    FlashKey& k = flash_keys[e.key];
+    k.delete_pending = true;
+    k.delete_durable = k.delete_durable || durably;
+    flash_deletes.push_back(e.key);
+    mover_wake.Signal();
+  }
+  // Back on the eviction lists, if nothing keeps it off them.
+  void ShowIfIdle(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.state != EntryState::kCommitted || e.leases != 0 || (e.flags & cache_internal::kMoving)) {
+      return;
+    }
+    {
+      auto& s = ShardOf(e);
+      MutexLock l(&s.mu);
+      if (e.parked != 0) return;  // the last Unpin shows it
+    }
+    policy->Show(h);
+  }
+  // Moves a committed block to a new place, if no reader pins it (a pinned one is parked: its
+  // last Unpin lists it again) and no lease holds it. The caller frees the old place.
+  bool TryRelocate(uint32_t h, Tier to, uint64_t location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.state != EntryState::kCommitted || e.leases != 0) return false;
+    const Tier from = e.tier;
+    {
+      auto& s = ShardOf(e);
+      MutexLock l(&s.mu);
+      if (e.pins != 0) {
+        e.parked = 1;
+        return false;
+      }
+      e.tier = to;
+      e.location = location;
+      e.generation = NewGeneration();
+    }
+    --resident[static_cast<int>(from)];
+    ++resident[static_cast<int>(to)];
+    policy->TierChanged(h, from);
+    return true;
+  }
+  // Moves a block up (a promotion: readers of the old place may go on, it stays valid).
+  void Promote(uint32_t h, uint64_t location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    {
+      auto& s = ShardOf(e);
+      MutexLock l(&s.mu);
+      e.tier = Tier::kHost;
+      e.location = location;
+      e.generation = NewGeneration();
+    }
+    --resident[static_cast<int>(Tier::kNvme)];
+    ++resident[static_cast<int>(Tier::kHost)];
+    policy->TierChanged(h, Tier::kNvme);
+    Count(counters.promotions);
+  }
+  void StartMove(uint32_t h, Tier from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    E(h).flags |= cache_internal::kMoving;
+    policy->Hide(h);
+    ++moves_out[static_cast<int>(from)];
+    moving_bytes[static_cast<int>(from)] += E(h).size;
+  }
+  void EndMove(uint32_t h, Tier from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    E(h).flags &= ~cache_internal::kMoving;
+    --moves_out[static_cast<int>(from)];
+    moving_bytes[static_cast<int>(from)] -= E(h).size;
+    changed.SignalAll();
+  }
+  // A reserved entry given up.
+  void FreeReservation(uint32_t h, bool counted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    Mem(e.tier)->Free(e.location, e.size);
+    pool.Free(h);
+    if (counted) Count(counters.puts_aborted);
+  }
+
+  // ---- flash keys ------------------------------------------------------------------------------
+
+  // Takes the key's flash I/O turn, waiting for the one in progress. Returns the delete that was
+  // waiting its turn, which the caller's write replaces (durable: whether it was a durable one),
+  // or nullopt.
+  std::optional<bool> ClaimFlashKey(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (;;) {
+      FlashKey& k = flash_keys[key];
+      if (!k.busy) {
+        k.busy = true;
+        std::optional<bool> superseded;
+        if (k.delete_pending) superseded = k.delete_durable;
+        k.delete_pending = k.delete_durable = false;
+        return superseded;
+      }
+      changed.Wait(&mu);
+    }
+  }
+  // Ends the turn. `wrote`: the caller's write replaced the key's record, so a delete asked for
+  // meanwhile (of the record before it) is void. `restore`: the delete to keep waiting (the
+  // caller's write failed).
+  void ReleaseFlashKey(const BlockKey& key, bool wrote, std::optional<bool> restore)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto it = flash_keys.find(key);
+    it->second.busy = false;
+    if (wrote) it->second.delete_pending = it->second.delete_durable = false;
+    if (restore.has_value()) {
+      it->second.delete_pending = true;
+      it->second.delete_durable = it->second.delete_durable || *restore;
+    }
+    if (it->second.delete_pending) {
+      flash_deletes.push_back(key);
+      mover_wake.Signal();
+    } else {
+      flash_keys.erase(it);
+    }
+    changed.SignalAll();
+  }
+  void WaitForFlashKey(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (auto it = flash_keys.find(key); it != flash_keys.end() && it->second.busy;
+         it = flash_keys.find(key)) {
+      changed.Wait(&mu);
+    }
+  }
+  // Writes a record to flash in the key's turn, without the policy lock. A durable write that
+  // finds the disk full first lets the flash tier compact what deletes freed, then tries again.
+  absl::Status WriteToFlash(const BlockKey& key, const BlockMeta& meta, const uint8_t* bytes,
+                            bool durable) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const std::optional<bool> superseded = ClaimFlashKey(key);
+    mu.Unlock();
+    const std::span<const uint8_t> data(bytes, meta.size);
+    absl::Status st = nvme->Write(key, meta, data, durable);
+    if (st.code() == absl::StatusCode::kResourceExhausted && durable) {
+      for (int i = 0; i < 16 && nvme->Maintain(); ++i) {
+      }
+      st = nvme->Write(key, meta, data, durable);
+    }
+    mu.Lock();
+    ReleaseFlashKey(key, st.ok(), st.ok() ? std::nullopt : superseded);
+    if (st.ok()) {
+      Count(counters.nvme_bytes_written, meta.size);
+    } else {
+      Count(counters.nvme_write_errors);
+    }
+    return st;
+  }
+  // Deletes what DropFlashCopy left to delete, each in its key's turn.
+  void RunFlashDeletes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    while (!flash_deletes.empty()) {
+      const BlockKey key = flash_deletes.front();
+      flash_deletes.pop_front();
+      auto it = flash_keys.find(key);
+      if (it == flash_keys.end() || it->second.busy || !it->second.delete_pending) continue;
+      const bool durable = it->second.delete_durable;
+      it->second.busy = true;
+      it->second.delete_pending = it->second.delete_durable = false;
+      mu.Unlock();
+      absl::Status st = nvme->Delete(key, durable);
+      mu.Lock();
+      if (!st.ok() && st.code() != absl::StatusCode::kNotFound) {
+        spdlog::warn("store: deleting {} from NVMe: {}", key.Hex(), st.ToString());
+      }
+      ReleaseFlashKey(key, /*wrote=*/false, std::nullopt);
+    }
+  }
+
+  // ---- room ------------------------------------------------------------------------------------
+
+  size_t ReserveOf(Tier t) const { return t == Tier::kHbm ? hbm_reserve : host_reserve; }
+  size_t PutSize(Tier t) const {
+    const size_t n = last_put_bytes[static_cast<int>(t)].load(std::memory_order_relaxed);
+    return n != 0 ? n : options.max_block_bytes;
+  }
+  // Whether the mover should free more of tier t: counts the room that moves under way will
+  // free.
+  bool BelowReserve(Tier t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const MemoryTier* m = Mem(t);
+    return m != nullptr && ReserveOf(t) > 0 &&
+           m->AvailableBytes(PutSize(t)) + moving_bytes[static_cast<int>(t)] < ReserveOf(t);
+  }
+
+  // A chunk of `bytes` in memory tier t. When the tier is full: waits for the mover's demotions
+  // in flight, or (none under way) evicts a block itself. RESOURCE_EXHAUSTED when nothing can be
+  // evicted. May release the policy lock while it waits or evicts.
+  absl::StatusOr<uint64_t> ReserveSpace(Tier t, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    MemoryTier* m = Mem(t);
+    bool evicted = false;
+    for (;;) {
+      if (std::optional<uint64_t> loc = m->Allocate(bytes)) {
+        if (evicted) Count(counters.sync_evictions);
+        if (BelowReserve(t)) mover_wake.Signal();
+        return *loc;
+      }
+      mover_wake.Signal();
+      if (moves_out[static_cast<int>(t)] > 0) {
+        changed.Wait(&mu);
+        continue;
+      }
+      if (!EvictOne(t)) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            TierName(t), " tier full: no evictable block (", m->used_bytes(), " bytes in use, ",
+            leases.leased_bytes(), " leased); retry after leases end"));
+      }
+      evicted = true;
+    }
+  }
+  // May the victim picker take `h` now? A pinned block is parked (off the lists until its last
+  // Unpin).
+  bool Evictable(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    if (e.flags & cache_internal::kMoving) return false;
+    auto& s = ShardOf(e);
+    MutexLock l(&s.mu);
+    if (e.pins == 0) return true;
+    e.parked = 1;
+    return false;
+  }
+  // Evicts the first victim of tier t one tier down (or out). False when there is none.
+  bool EvictOne(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const uint32_t v = policy->PickVictim(t, [&](uint32_t h) { return Evictable(h); });
+    if (v == kNoEntry) return false;
+    Demote(v);
+    return true;
+  }
+  // Room on flash for `bytes` more, by dropping flash blocks in policy order.
+  bool MakeFlashRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    while (nvme_used + bytes > nvme->CapacityBytes()) {
+      const uint32_t v = policy->PickVictim(Tier::kNvme, [&](uint32_t h) { return Evictable(h); });
+      if (v == kNoEntry) return false;
+      Drop(v, /*corrupt=*/false);
+    }
+    return true;
+  }
+
+  // Moves an evictable block one tier down, or out of the store; copies and writes without the
+  // policy lock (the block is marked moving meanwhile) and commits under it.
+  void Demote(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    switch (e.tier) {
+      case Tier::kNvme:
+        Drop(h, /*corrupt=*/false);
+        return;
+      case Tier::kHbm:
+        DemoteFromHbm(h);
+        return;
+      case Tier::kHost:
+        DemoteFromHost(h);
+        return;
+    }
+  }
+
+  void DemoteFromHbm(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    StartMove(h, Tier::kHbm);
+    absl::StatusOr<uint64_t> loc = ReserveSpace(Tier::kHost, e.size);
+    absl::Status st = loc.status();
+    if (loc.ok()) {
+      mu.Unlock();
+      st = hbm->CopyOut(host->HostPointer(*loc), e.location, e.size);
+      mu.Lock();
+    }
+    EndMove(h, Tier::kHbm);
+    const uint64_t old = e.location;
+    if (st.ok() && TryRelocate(h, Tier::kHost, *loc)) {
+      hbm->Free(old, e.size);
+      Count(counters.demotions);
+      ShowIfIdle(h);
+      return;
+    }
+    if (loc.ok()) host->Free(*loc, e.size);
+    if (!st.ok()) {
+      spdlog::warn("store: demotion of {} from HBM failed: {}", e.key.Hex(), st.ToString());
+      Drop(h, /*corrupt=*/false);
+    }
+    MaybeFree(h);
+    ShowIfIdle(h);
+  }
+
+  void DemoteFromHost(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Entry& e = E(h);
+    const uint64_t old = e.location;
+    if (nvme != nullptr && (e.flags & cache_internal::kOnFlash)) {  // a clean copy: no I/O
+      if (TryRelocate(h, Tier::kNvme, 0)) {
+        host->Free(old, e.size);
+        Count(counters.demotions);
+        ShowIfIdle(h);
+      }
+      return;
+    }
+    if (nvme == nullptr || !admission.Admit(e.size, e.hits.load(std::memory_order_relaxed)) ||
+        !MakeFlashRoom(e.size)) {
+      Drop(h, /*corrupt=*/false);
+      return;
+    }
+    StartMove(h, Tier::kHost);
+    nvme_used += e.size;  // the room it takes, from now
+    const uint8_t* bytes = host->HostPointer(e.location);
+    const BlockMeta meta{e.parent, e.checksum, e.size};
+    const BlockKey key = e.key;
+    const std::optional<bool> superseded = ClaimFlashKey(key);
+    mu.Unlock();
+    const bool intact = Checksum(bytes, meta.size) == meta.checksum;
+    absl::Status st = intact ? nvme->Write(key, meta, std::span(bytes, meta.size), false)
+                             : absl::DataLossError("corrupt in host memory");
+    mu.Lock();
+    ReleaseFlashKey(key, st.ok(), st.ok() ? std::nullopt : superseded);
+    EndMove(h, Tier::kHost);
+    if (!st.ok()) {
+      nvme_used -= meta.size;
+      if (intact) {
+        Count(counters.nvme_write_errors);
+        spdlog::warn("store: demotion of {} to NVMe failed: {}", key.Hex(), st.ToString());
+      } else {
+        Count(counters.checksum_failures);
+        spdlog::error("store: block {} corrupt in host memory; dropped", key.Hex());
+      }
+      Drop(h, /*corrupt=*/!intact);
+      MaybeFree(h);
+      return;
+    }
+    Count(counters.nvme_bytes_written, meta.size);
+    e.flags |= cache_internal::kOnFlash;
+    if (e.state != EntryState::kCommitted) {  // dropped meanwhile: its new record goes too
+      DropFlashCopy(h, /*durably=*/true);
+      MaybeFree(h);
+      return;
+    }
+    if (TryRelocate(h, Tier::kNvme, 0)) {
+      host->Free(old, e.size);
+      Count(counters.demotions);
+    }
+    ShowIfIdle(h);  // relocated, or kept in host (pinned or leased) with its clean flash copy
+  }
+
+  // ---- leases ----------------------------------------------------------------------------------
+
   // Ends one lease's hold on `h`: listed again, or freed if it was removed meanwhile.
   void ReleaseLeasePin(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     if (--e.leases != 0) return;
-    if (e.state != State::kDoomed) {
-      ListByRecency(h);
-      return;
+    if (e.state == EntryState::kDoomed) {
+      MaybeFree(h);
+    } else {
+      ShowIfIdle(h);
     }
-    bool unpinned = false;
-    {
-      Shard& s = ShardOf(e.key);
-      MutexLock l(&s.mu);
-      unpinned = e.pins == 0;
-    }
-    if (unpinned) Remove(h, /*durable_delete=*/true);
-  }
-  void EndLease(absl::flat_hash_map<uint64_t, LeaseRecord>::iterator it)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    for (uint32_t h : it->second.handles) ReleaseLeasePin(h);
-    leased_bytes -= it->second.bytes;
-    leases.erase(it);
   }
   size_t ReapLeases() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    const int64_t now = clock->NowMicros();
-    size_t n = 0;
-    while (!lease_expiry.empty() && lease_expiry.top().first <= now) {
-      uint64_t id = lease_expiry.top().second;
-      lease_expiry.pop();
-      auto it = leases.find(id);
-      if (it == leases.end()) continue;  // released earlier
-      EndLease(it);
-      ++stats.leases_expired;
-      ++n;
-    }
+    const size_t n = leases.TakeExpired(clock->NowMicros(), [&](auto& lease) {
+      for (uint32_t h : lease.handles) ReleaseLeasePin(h);
+    });
+    Count(counters.leases_expired, n);
     return n;
   }
 
-  uint64_t IndexBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    uint64_t bytes = uint64_t{num_chunks} * kChunkEntries * sizeof(Entry) +
-                     free_entries.capacity() * sizeof(uint32_t) + sizeof(chunks);
-    for (const Shard& s : shards) {
-      MutexLock l(&s.mu);
-      bytes += s.set.capacity() * (sizeof(uint32_t) + 1);
-    }
-    bytes += waiting.capacity() * (sizeof(BlockKey) + sizeof(uint32_t) + 1);
-    return bytes;
-  }
+  // ---- the mover -------------------------------------------------------------------------------
 
-  void AbortReservation(uint32_t h) {
+  void MoverLoop(int id) {
     MutexLock l(&mu);
-    Entry& e = E(h);
-    {
-      Shard& s = ShardOf(e.key);
-      MutexLock sl(&s.mu);
-      s.set.erase(h);
-      e.state = State::kFree;
+    auto next_tick = std::chrono::steady_clock::now();
+    while (!stopping) {
+      bool worked = false;
+      if (!flash_deletes.empty()) {
+        RunFlashDeletes();
+        worked = true;
+      }
+      for (Tier t : {Tier::kHbm, Tier::kHost}) {
+        if (!stopping && BelowReserve(t) &&
+            moves_out[static_cast<int>(t)] < options.mover_threads) {
+          worked = EvictOne(t) || worked;
+        }
+      }
+      if (nvme != nullptr && nvme_used > nvme->CapacityBytes()) {
+        const uint32_t v =
+            policy->PickVictim(Tier::kNvme, [&](uint32_t h) { return Evictable(h); });
+        if (v != kNoEntry) {
+          Drop(v, /*corrupt=*/false);
+          worked = true;
+        }
+      }
+      if (id == 0 && std::chrono::steady_clock::now() >= next_tick) {
+        next_tick = std::chrono::steady_clock::now() + std::chrono::microseconds(kMoverTickUs);
+        ReapLeases();
+        if (nvme != nullptr) {
+          mu.Unlock();
+          for (int i = 0; i < 64 && nvme->Maintain(); ++i) {
+          }
+          mu.Lock();
+        }
+      }
+      if (!worked) {
+        ++idle_rounds;
+        changed.SignalAll();
+        mover_wake.WaitFor(&mu, kMoverTickUs);
+      }
     }
-    FreeSpace(e);
-    free_entries.push_back(h);
-    ++stats.puts_aborted;
+  }
+  absl::StatusOr<LeaseGrant> LeaseOnce(std::span<const BlockKey> keys, int64_t ttl_us);
+  uint64_t IndexBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return pool.MemoryBytes() + index.MemoryBytes() + policy->MemoryBytes();
   }
 
   const StoreOptions options;
-  Clock* clock = nullptr;
-  std::unique_ptr<HostArena> host;
-  uint8_t* host_base = nullptr;
-  std::unique_ptr<DeviceArena> hbm;
-  std::unique_ptr<NvmeTier> nvme;
-  std::vector<Shard> shards;
-
-  mutable Mutex mu;  // the policy lock: everything below; taken before any shard lock
-  std::unique_ptr<SlabAllocator> host_alloc ABSL_GUARDED_BY(mu);
-  std::unique_ptr<SlabAllocator> hbm_alloc ABSL_GUARDED_BY(mu);
-  std::unique_ptr<Entry[]> chunks[kMaxChunks];
-  uint32_t num_chunks ABSL_GUARDED_BY(mu) = 0;
-  std::vector<uint32_t> free_entries ABSL_GUARDED_BY(mu);
-  ListHead lists[kNumTiers][kNumClasses] ABSL_GUARDED_BY(mu);
-  // Children whose parent is absent, by the parent's key: head of a sibling list.
-  absl::flat_hash_map<BlockKey, uint32_t> waiting ABSL_GUARDED_BY(mu);
-  uint64_t tick ABSL_GUARDED_BY(mu) = 0;
-  uint64_t resident[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};
-  uint64_t orphans ABSL_GUARDED_BY(mu) = 0;
-  uint64_t nvme_used ABSL_GUARDED_BY(mu) = 0;
-  double write_tokens ABSL_GUARDED_BY(mu) = 0;
-  int64_t tokens_at_us ABSL_GUARDED_BY(mu) = 0;
-  absl::flat_hash_map<uint64_t, LeaseRecord> leases ABSL_GUARDED_BY(mu);
-  uint32_t next_generation ABSL_GUARDED_BY(mu) = 1;
-  std::priority_queue<std::pair<int64_t, uint64_t>, std::vector<std::pair<int64_t, uint64_t>>,
-                      std::greater<>>
-      lease_expiry ABSL_GUARDED_BY(mu);
-  uint64_t next_lease_id ABSL_GUARDED_BY(mu) = 1;
-  uint64_t leased_bytes ABSL_GUARDED_BY(mu) = 0;
+  const Clock* clock;
+  std::unique_ptr<HostMemoryTier> host;
+  std::unique_ptr<DeviceMemoryTier> hbm;
+  std::unique_ptr<FlashTier> nvme;
+  size_t host_reserve = 0, hbm_reserve = 0;
   uint64_t max_leased_bytes = 0;
-  StoreStats stats ABSL_GUARDED_BY(mu);
+  mutable cache_internal::EntryPool pool;  // Alloc and Free under mu
+  cache_internal::KeyIndex index;
+  Counters counters;
+  std::atomic<uint32_t> access_clock{0};
+  std::atomic<size_t> last_put_bytes[kNumTiers]{};
+
+  mutable Mutex mu;    // the policy lock: everything below; taken before any shard lock
+  CondVar changed;     // a move ended, a flash key was let go, the mover went idle
+  CondVar mover_wake;  // work for the mover
+  const std::unique_ptr<cache_internal::EvictionPolicy> policy ABSL_PT_GUARDED_BY(mu);
+  FlashAdmission admission ABSL_GUARDED_BY(mu);
+  cache_internal::LeaseTable leases ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<BlockKey, FlashKey> flash_keys ABSL_GUARDED_BY(mu);
+  std::deque<BlockKey> flash_deletes ABSL_GUARDED_BY(mu);
+  uint64_t nvme_used ABSL_GUARDED_BY(mu) = 0;  // payload bytes of blocks with a flash record
+  uint64_t resident[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};  // committed blocks per tier
+  int moves_out[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};      // moves under way out of a tier
+  uint64_t moving_bytes[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};  // and their bytes
+  uint32_t next_generation ABSL_GUARDED_BY(mu) = 1;
+  uint64_t idle_rounds ABSL_GUARDED_BY(mu) = 0;  // mover rounds that found nothing to do
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::vector<std::thread> movers;
+  std::unique_ptr<cache_internal::TaskPool> readers;  // a lease's NVMe reads
 };
 
 // ---- BlockStore -------------------------------------------------------------------------------
 
 BlockStore::BlockStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-BlockStore::~BlockStore() = default;
+
+BlockStore::~BlockStore() {
+  Impl& s = *impl_;
+  {
+    MutexLock l(&s.mu);
+    s.stopping = true;
+  }
+  s.mover_wake.SignalAll();
+  for (std::thread& t : s.movers) t.join();
+  if (s.nvme != nullptr) {
+    MutexLock l(&s.mu);
+    s.RunFlashDeletes();
+  }
+}
 
 absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions& options) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>(options);
   Impl& s = *impl;
-  for (auto& shard : s.shards) {
-    MutexLock l(&shard.mu);
-    shard.set = decltype(shard.set)(0, Impl::HandleHash{&s}, Impl::HandleEq{&s});
-  }
-  s.clock = options.clock != nullptr ? options.clock : SystemClock::Default();
   const size_t slab = SlabAllocator::ChunkBytes(options.max_block_bytes);
 
-  KVTIER_ASSIGN_OR_RETURN(s.host, HostArena::Create(HostArenaOptions{
-                                      .bytes = options.host_bytes,
-                                      .hugepages = options.host_hugepages,
-                                      .lock = options.host_lock,
-                                      .provider = options.host_memory}));
-  s.host_base = s.host->base();
-  MutexLock l(&s.mu);
-  s.host_alloc = std::make_unique<SlabAllocator>(options.host_bytes, slab);
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<HostArena> arena,
+                          HostArena::Create(HostArenaOptions{.bytes = options.host_bytes,
+                                                             .hugepages = options.host_hugepages,
+                                                             .lock = options.host_lock,
+                                                             .provider = options.host_memory}));
+  s.host = std::make_unique<HostMemoryTier>(std::move(arena), options.host_bytes, slab);
+  s.host_reserve = Reserve(options.host_reserve_bytes, s.host->capacity_bytes(), slab);
   s.max_leased_bytes =
       options.max_leased_bytes != 0 ? options.max_leased_bytes : options.host_bytes / 2;
 
   if (options.hbm_bytes > 0) {
-    auto arena = OpenDeviceArena(options.hbm_bytes, options.hbm_device);
-    if (arena.ok()) {
-      s.hbm = std::move(*arena);
-      s.hbm_alloc = std::make_unique<SlabAllocator>(options.hbm_bytes, slab);
+    auto device = options.device_arena ? options.device_arena(options.hbm_bytes, options.hbm_device)
+                                       : OpenDeviceArena(options.hbm_bytes, options.hbm_device);
+    if (device.ok()) {
+      s.hbm = std::make_unique<DeviceMemoryTier>(std::move(*device), slab);
+      s.hbm_reserve = Reserve(options.hbm_reserve_bytes, s.hbm->capacity_bytes(), slab);
       spdlog::info("store: HBM tier of {} MiB on {}", options.hbm_bytes >> 20,
                    s.hbm->description());
-    } else if (arena.status().code() == absl::StatusCode::kUnavailable) {
-      spdlog::info("store: HBM tier absent: {}", std::string(arena.status().message()));
+    } else if (device.status().code() == absl::StatusCode::kUnavailable) {
+      spdlog::info("store: HBM tier absent: {}", std::string(device.status().message()));
     } else {
-      return arena.status();
+      return device.status();
     }
   }
 
@@ -739,50 +756,54 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
                                         .direct_io = options.nvme_direct_io,
                                         .env = options.nvme_env}));
     // Index what an earlier run left on flash.
+    MutexLock l(&s.mu);
     std::vector<uint32_t> recovered;
+    size_t skipped = 0;
     absl::Status scan = s.nvme->ForEachMeta([&](const BlockKey& key, const BlockMeta& meta) {
-      if (key.IsZero() || meta.size == 0 || meta.size > options.max_block_bytes) {
-        spdlog::warn("store: skipping NVMe block {} of {} bytes (max_block_bytes {})", key.Hex(),
-                     meta.size, options.max_block_bytes);
+      if (key.IsZero() || meta.size == 0 || meta.size > options.max_block_bytes ||
+          key == meta.parent || s.index.Find(key) != kNoEntry) {
+        ++skipped;
         return;
       }
-      uint32_t h = s.AllocEntry();
-      if (h == kNone) return;
+      const uint32_t h = s.pool.Alloc();
+      if (h == kNoEntry) return;
       Entry& e = s.E(h);
       e.key = key;
       e.parent = meta.parent;
       e.checksum = meta.checksum;
       e.size = meta.size;
       e.tier = Tier::kNvme;
-      e.flags = kOnNvme;
-      e.generation = s.NewGeneration();
-      e.state = State::kCommitted;
-      Impl::Shard& shard = s.ShardOf(key);
+      e.flags = cache_internal::kOnFlash;
+      auto& shard = s.index.ShardOf(key);
       MutexLock sl(&shard.mu);
-      shard.set.insert(h);
+      e.state = EntryState::kCommitted;
+      e.generation = s.NewGeneration();
+      s.index.InsertLocked(shard, h);
       s.nvme_used += meta.size;
+      ++s.resident[static_cast<int>(Tier::kNvme)];
       recovered.push_back(h);
     });
     if (!scan.ok()) return scan;
-    for (uint32_t h : recovered) s.LinkChain(h, /*adopt=*/false);
-    for (uint32_t h : recovered) s.ListByRecency(h);
-    while (s.nvme_used > options.nvme_bytes) {
-      uint32_t v = s.PickVictim(Tier::kNvme);
-      if (v == kNone) break;
-      s.Evict(v);
+    if (skipped > 0) {
+      spdlog::warn("store: skipped {} NVMe blocks this store cannot hold (max_block_bytes {})",
+                   skipped, options.max_block_bytes);
     }
+    for (uint32_t h : recovered) s.policy->Add(h);
+    s.MakeFlashRoom(0);  // the disk may hold less than the last run had
     if (!recovered.empty()) {
       spdlog::info("store: recovered {} blocks ({} MiB) from {}", recovered.size(),
                    s.nvme_used >> 20, options.nvme_path);
     }
+    s.readers = std::make_unique<cache_internal::TaskPool>(kLeasePromotionThreads - 1);
   }
-  s.tokens_at_us = s.clock->NowMicros();
-  s.write_tokens = static_cast<double>(options.nvme_write_bytes_per_s);
+  for (int i = 0; i < options.mover_threads; ++i) {
+    s.movers.emplace_back([&s, i] { s.MoverLoop(i); });
+  }
   return std::unique_ptr<BlockStore>(new BlockStore(std::move(impl)));
 }
 
 const StoreOptions& BlockStore::options() const { return impl_->options; }
-uint8_t* BlockStore::host_arena_base() const { return impl_->host_base; }
+uint8_t* BlockStore::host_arena_base() const { return impl_->host->HostPointer(0); }
 size_t BlockStore::host_arena_bytes() const { return impl_->options.host_bytes; }
 
 absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
@@ -802,35 +823,30 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   if (options.layout != nullptr) {
     KVTIER_RETURN_IF_ERROR(options.layout->Validate());
     if (size != options.layout->BytesPerBlock()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("put: block of ", size, " bytes does not match layout ",
-                       options.layout->DebugString(), " (", options.layout->BytesPerBlock(),
-                       " bytes per block)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "put: block of ", size, " bytes does not match layout ", options.layout->DebugString(),
+          " (", options.layout->BytesPerBlock(), " bytes per block)"));
     }
   }
   if (options.durable && s.nvme == nullptr) {
     return absl::FailedPreconditionError("put: durable put needs an NVMe tier (nvme_path)");
   }
-
+  Count(s.counters.puts);
+  PutHandle handle;
   MutexLock l(&s.mu);
   s.ReapLeases();
-  ++s.stats.puts;
-  PutHandle handle;
-  handle.size_ = size;
-  if (s.Find(key) != kNone) {
-    ++s.stats.puts_noop;
-    handle.noop_ = true;
-    return handle;
-  }
   Tier tier = s.hbm != nullptr ? Tier::kHbm : Tier::kHost;
-  absl::StatusOr<uint64_t> loc = s.MakeRoom(tier, size);
+  s.last_put_bytes[static_cast<int>(tier)].store(size, std::memory_order_relaxed);
+  absl::StatusOr<uint64_t> loc = s.ReserveSpace(tier, size);
   if (!loc.ok() && tier == Tier::kHbm) {
     tier = Tier::kHost;
-    loc = s.MakeRoom(tier, size);
+    s.last_put_bytes[static_cast<int>(tier)].store(size, std::memory_order_relaxed);
+    loc = s.ReserveSpace(tier, size);
   }
   if (!loc.ok()) return loc.status();
-  const uint32_t h = s.AllocEntry();
-  if (h == kNone) {
+  const uint32_t h = s.pool.Alloc();
+  if (h == kNoEntry) {
+    s.Mem(tier)->Free(*loc, size);
     return absl::ResourceExhaustedError("put: the index is full");
   }
   Entry& e = s.E(h);
@@ -839,19 +855,14 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   e.size = static_cast<uint32_t>(size);
   e.tier = tier;
   e.location = *loc;
-  e.generation = s.NewGeneration();
-  e.state = State::kReserved;
-  e.pins = 1;  // the writer's
-  {
-    Impl::Shard& shard = s.ShardOf(key);
-    MutexLock sl(&shard.mu);
-    shard.set.insert(h);
-  }
+  e.state = EntryState::kReserved;
   handle.store_ = impl_.get();
   handle.handle_ = h;
-  handle.host_data_ = e.tier == Tier::kHost ? s.host_base + e.location : nullptr;
+  handle.size_ = size;
+  handle.host_data_ = s.Mem(tier)->HostPointer(*loc);
   handle.durable_ = options.durable;
   handle.expected_checksum_ = options.expected_checksum;
+  if (handle.host_data_ != nullptr) handle.hashing_->copier.Reset(handle.host_data_, size);
   return handle;
 }
 
@@ -859,8 +870,10 @@ absl::Status BlockStore::Put(const BlockKey& key, const BlockKey& parent,
                              std::span<const uint8_t> data, const PutOptions& options) {
   KVTIER_ASSIGN_OR_RETURN(PutHandle handle, BeginPut(key, parent, data.size(), options));
   KVTIER_RETURN_IF_ERROR(handle.Write(0, data));
-  return handle.Commit();
+  return handle.Commit().status();
 }
+
+BlockStore::PutHandle::PutHandle() : hashing_(std::make_unique<Hashing>()) {}
 
 BlockStore::PutHandle::PutHandle(PutHandle&& o) noexcept { *this = std::move(o); }
 
@@ -871,9 +884,10 @@ BlockStore::PutHandle& BlockStore::PutHandle::operator=(PutHandle&& o) noexcept 
     handle_ = o.handle_;
     size_ = o.size_;
     host_data_ = o.host_data_;
-    noop_ = o.noop_;
     durable_ = o.durable_;
     expected_checksum_ = o.expected_checksum_;
+    hashing_ = std::move(o.hashing_);
+    hashed_ = o.hashed_;
   }
   return *this;
 }
@@ -882,7 +896,8 @@ BlockStore::PutHandle::~PutHandle() { Abort(); }
 
 void BlockStore::PutHandle::Abort() {
   if (store_ == nullptr) return;
-  store_->AbortReservation(handle_);
+  MutexLock l(&store_->mu);
+  store_->FreeReservation(handle_, /*counted=*/true);
   store_ = nullptr;
 }
 
@@ -892,155 +907,216 @@ absl::Status BlockStore::PutHandle::Write(size_t offset, std::span<const uint8_t
                                                    " bytes at offset ", offset,
                                                    " passes the block's ", size_, " bytes"));
   }
-  if (noop_) return absl::OkStatus();
   if (store_ == nullptr) return absl::FailedPreconditionError("put: handle already committed");
+  const bool in_order = hashing_ != nullptr && offset == hashed_;
   if (host_data_ != nullptr) {
-    std::memcpy(host_data_ + offset, data.data(), data.size());
-    return absl::OkStatus();
+    if (in_order) {
+      hashing_->copier.Copy(data.data(), data.size());
+    } else {
+      CopyBytes(host_data_ + offset, data.data(), data.size());
+    }
+  } else {
+    KVTIER_RETURN_IF_ERROR(
+        store_->hbm->CopyIn(store_->E(handle_).location + offset, data.data(), data.size()));
+    if (in_order) hashing_->stream.Update(data.data(), data.size());
   }
-  const Entry& e = store_->E(handle_);
-  return store_->hbm->CopyToDevice(e.location + offset, data.data(), data.size());
+  if (in_order) {
+    hashed_ += data.size();
+  } else {
+    hashing_.reset();  // out of order: Commit reads the bytes back
+  }
+  return absl::OkStatus();
 }
 
-absl::Status BlockStore::PutHandle::Commit() {
-  if (noop_) return absl::OkStatus();
+absl::StatusOr<PutResult> BlockStore::PutHandle::Commit() {
   if (store_ == nullptr) return absl::FailedPreconditionError("put: handle already committed");
   Impl& s = *store_;
-  Entry& e = s.E(handle_);
-  // The bytes are the writer's alone until the commit: checksum and persist them unlocked.
-  std::vector<uint8_t> staged;
+  Entry& r = s.E(handle_);
+  // The bytes are the writer's alone until the commit: checksum (and stage) them unlocked.
+  std::vector<uint8_t> staged;  // host bytes of an HBM block, for a durable write
   const uint8_t* bytes = host_data_;
-  if (bytes == nullptr) {  // HBM: checksum a host copy
-    staged.resize(e.size);
-    absl::Status st = s.hbm->CopyToHost(staged.data(), e.location, e.size);
+  if (bytes == nullptr && (durable_ || hashing_ == nullptr || hashed_ != size_)) {
+    staged.resize(size_);
+    absl::Status st = s.hbm->CopyOut(staged.data(), r.location, size_);
     if (!st.ok()) {
       Abort();
       return st;
     }
     bytes = staged.data();
   }
-  const uint64_t sum = Checksum(bytes, e.size);
+  uint64_t sum = 0;
+  if (hashing_ != nullptr && hashed_ == size_) {
+    sum = host_data_ != nullptr ? hashing_->copier.Digest() : hashing_->stream.Digest();
+  } else {
+    sum = Checksum(bytes, size_);
+  }
   if (expected_checksum_.has_value() && *expected_checksum_ != sum) {
     Abort();
-    return absl::DataLossError(absl::StrCat("put: block ", e.key.Hex(),
-                                            " does not match its declared checksum"));
+    return absl::DataLossError(
+        absl::StrCat("put: block ", r.key.Hex(), " does not match its declared checksum"));
   }
-  e.checksum = sum;
-  if (durable_) {
-    absl::Status st = s.nvme->Write(e.key, BlockMeta{e.parent, sum, e.size},
-                                    std::span<const uint8_t>(bytes, e.size), /*durable=*/true);
-    if (!st.ok()) {
-      Abort();
-      return st;
-    }
-  }
+  r.checksum = sum;
+  const BlockMeta meta{r.parent, sum, r.size};
+  const uint32_t h = handle_;
   MutexLock l(&s.mu);
-  if (durable_) {
-    e.flags |= kOnNvme;
-    s.nvme_used += e.size;
-    s.stats.nvme_bytes_written += e.size;
+  store_ = nullptr;  // from here on the reservation is this function's to publish or free
+  auto fail = [&](absl::Status st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    s.FreeReservation(h, /*counted=*/true);
+    return st;
+  };
+  bool counted_present = false;
+  for (;;) {
+    s.WaitForFlashKey(r.key);
+    const uint32_t c = s.index.Find(r.key);
+    if (c == kNoEntry) {  // ours is the block
+      if (durable_) {
+        s.MakeFlashRoom(r.size);
+        absl::Status st = s.WriteToFlash(r.key, meta, bytes, /*durable=*/true);
+        if (!st.ok()) return fail(st);
+        // No commit of this key could happen meanwhile: commits wait for its flash turn.
+        r.flags |= cache_internal::kOnFlash | cache_internal::kDurable;
+        s.nvme_used += r.size;
+      }
+      s.Publish(h, /*event=*/true);
+      return PutResult::kStored;
+    }
+    Entry& e = s.E(c);
+    if (e.flags & cache_internal::kMoving) {  // commit against where it ends up
+      s.changed.Wait(&s.mu);
+      continue;
+    }
+    if (!counted_present) {
+      Count(s.counters.puts_noop);
+      counted_present = true;
+    }
+    const bool same = e.checksum == sum;
+    const bool needs_durable = durable_ && (e.flags & cache_internal::kDurable) == 0;
+    if (e.tier != Tier::kNvme && (same || !needs_durable)) {
+      // Keep the committed block: its copy in memory is verified by every read.
+      if (needs_durable) {
+        absl::Status st = s.WriteToFlash(r.key, meta, bytes, /*durable=*/true);
+        if (!st.ok()) return fail(st);
+        if (s.index.Find(r.key) != c) {  // dropped while we wrote: ours is the block
+          r.flags |= cache_internal::kOnFlash | cache_internal::kDurable;
+          s.nvme_used += r.size;
+          s.Publish(h, /*event=*/true);
+          return PutResult::kStored;
+        }
+        if ((e.flags & cache_internal::kOnFlash) == 0) s.nvme_used += e.size;
+        e.flags |= cache_internal::kOnFlash | cache_internal::kDurable;
+      }
+      s.FreeReservation(h, /*counted=*/false);
+      return PutResult::kPresent;
+    }
+    // Replace it with ours: its only copy is on flash (unverified until read), or it differs and
+    // a durable record of the key must hold the bytes that stay.
+    if (durable_ || ((e.flags & cache_internal::kDurable) && !same)) {
+      absl::Status st = s.WriteToFlash(r.key, meta, bytes, /*durable=*/true);
+      if (!st.ok()) return fail(st);
+      r.flags |= cache_internal::kOnFlash | cache_internal::kDurable;
+      s.nvme_used += r.size;
+      if (s.index.Find(r.key) == c && (e.flags & cache_internal::kOnFlash)) {
+        e.flags &= ~(cache_internal::kOnFlash | cache_internal::kDurable);  // the record is ours
+        s.nvme_used -= e.size;
+      }
+    } else if ((e.flags & cache_internal::kOnFlash) && same) {
+      r.flags |= e.flags & (cache_internal::kOnFlash | cache_internal::kDurable);
+      e.flags &= ~(cache_internal::kOnFlash | cache_internal::kDurable);
+    } else {
+      s.DropFlashCopy(c, /*durably=*/false);
+    }
+    const bool present = s.index.Find(r.key) == c;
+    if (present) s.Doom(c, /*event=*/false);
+    s.Publish(h, /*event=*/!present);
+    if (present) s.MaybeFree(c);
+    return present ? PutResult::kPresent : PutResult::kStored;
   }
-  {
-    Impl::Shard& shard = s.ShardOf(e.key);
-    MutexLock sl(&shard.mu);
-    e.state = State::kCommitted;
-    --e.pins;
-  }
-  e.last_access = ++s.tick;
-  s.LinkChain(handle_, /*adopt=*/true);
-  s.ListByRecency(handle_);
-  if (s.options.on_block_event) s.options.on_block_event(e.key, /*stored=*/true);
-  store_ = nullptr;
-  return absl::OkStatus();
 }
 
 absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> out) {
   Impl& s = *impl_;
-  BlockInfo info;
-  const uint32_t h = s.PinForRead(key, &info);
-  if (h == kNone) return s.CountMiss(key);
-  if (out.size() < info.size) {
-    s.Unpin(h);
-    return absl::InvalidArgumentError(absl::StrCat("get: buffer of ", out.size(),
-                                                   " bytes for a block of ", info.size));
-  }
-  s.CountHit(h, info.tier);
-  absl::StatusOr<uint64_t> sum;
-  // An NVMe block is read straight into the host chunk it is promoted to, then copied out.
-  std::optional<uint64_t> promote_to;
-  switch (info.tier) {
-    case Tier::kHost:
-      sum = CopyWithChecksum(out.data(), s.host_base + info.location, info.size, CopyTo::kCache);
-      break;
-    case Tier::kHbm: {
-      absl::Status st = s.hbm->CopyToHost(out.data(), info.location, info.size);
-      if (st.ok()) sum = Checksum(out.data(), info.size); else sum = st;
-      break;
+  for (int attempt = 0;; ++attempt) {
+    BlockInfo info;
+    const uint32_t h = s.PinForRead(key, &info);
+    if (h == kNoEntry) return s.CountMiss(key);
+    if (out.size() < info.size) {
+      s.Unpin(h);
+      return absl::InvalidArgumentError(
+          absl::StrCat("get: buffer of ", out.size(), " bytes for a block of ", info.size));
     }
-    case Tier::kNvme: {
+    if (attempt == 0) s.CountHit(h, info.tier);
+    absl::StatusOr<uint64_t> sum;
+    // An NVMe block is read straight into a free host chunk, which it is then promoted to; with
+    // no chunk free, into `out` only (the read does not wait for room).
+    std::optional<uint64_t> promote_to;
+    switch (info.tier) {
+      case Tier::kHost:
+        sum = CopyWithChecksum(out.data(), s.host->HostPointer(info.location), info.size,
+                               CopyTo::kCache);
+        break;
+      case Tier::kHbm: {
+        absl::Status st = s.hbm->CopyOut(out.data(), info.location, info.size);
+        if (st.ok())
+          sum = Checksum(out.data(), info.size);
+        else
+          sum = st;
+        break;
+      }
+      case Tier::kNvme: {
+        promote_to = s.host->Allocate(info.size);
+        if (!promote_to.has_value()) s.mover_wake.Signal();
+        if (promote_to.has_value()) {
+          uint8_t* chunk = s.host->HostPointer(*promote_to);
+          sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size));
+          if (sum.ok()) CopyBytes(out.data(), chunk, info.size, CopyTo::kCache);
+        } else {
+          sum = s.nvme->Read(key, out.first(info.size));
+        }
+        break;
+      }
+    }
+    const bool io_error = !sum.ok() && sum.status().code() != absl::StatusCode::kDataLoss &&
+                          sum.status().code() != absl::StatusCode::kNotFound;
+    if (io_error || !sum.ok() || *sum != info.checksum) {
+      if (promote_to.has_value()) s.host->Free(*promote_to, info.size);
+      if (io_error) {
+        s.Unpin(h);
+        return sum.status();  // the block may be fine: keep it
+      }
+      bool dropped = false;
       {
         MutexLock l(&s.mu);
-        absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, info.size);
-        if (loc.ok()) promote_to = *loc;
+        Entry& e = s.E(h);
+        // Bad bytes where the block still is: it is corrupt. Elsewhere: it moved or was replaced
+        // while being read; read it again.
+        if (e.state == EntryState::kCommitted && e.generation == info.generation) {
+          Count(s.counters.checksum_failures);
+          s.Drop(h, /*corrupt=*/true);
+          dropped = true;
+        }
       }
-      if (promote_to.has_value()) {
-        uint8_t* chunk = s.host_base + *promote_to;
-        sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size));
-        if (sum.ok()) CopyBytes(out.data(), chunk, info.size, CopyTo::kCache);
-      } else {
-        sum = s.nvme->Read(key, out.first(info.size));
+      s.Unpin(h);
+      if (dropped || attempt >= 3) {
+        spdlog::error("store: block {} failed its checksum in the {} tier; dropped", key.Hex(),
+                      TierName(info.tier));
+        return absl::DataLossError(absl::StrCat("block ", key.Hex(), " is corrupt (",
+                                                TierName(info.tier), " tier) and was dropped"));
       }
-      break;
+      continue;
     }
-  }
-  auto release_chunk = [&] {
-    if (!promote_to.has_value()) return;
-    MutexLock l(&s.mu);
-    s.host_alloc->Free(*promote_to, info.size);
-    --s.resident[static_cast<int>(Tier::kHost)];
-  };
-  if (!sum.ok() && sum.status().code() != absl::StatusCode::kDataLoss &&
-      sum.status().code() != absl::StatusCode::kNotFound) {
-    release_chunk();
-    s.Unpin(h);
-    return sum.status();  // an I/O error: the block may be fine, keep it
-  }
-  if (!sum.ok() || *sum != info.checksum) {
-    release_chunk();
-    {
+    if (promote_to.has_value()) {
       MutexLock l(&s.mu);
-      ++s.stats.checksum_failures;
-      if (s.E(h).state == State::kCommitted) s.Remove(h, /*durable_delete=*/true);
+      Entry& e = s.E(h);
+      if (e.state == EntryState::kCommitted && e.generation == info.generation) {
+        s.Promote(h, *promote_to);
+        s.ShowIfIdle(h);
+      } else {  // another reader promoted it first, or it changed
+        s.host->Free(*promote_to, info.size);
+      }
     }
     s.Unpin(h);
-    spdlog::error("store: block {} failed its checksum in the {} tier; dropped", key.Hex(),
-                  TierName(info.tier));
-    return absl::DataLossError(absl::StrCat("block ", key.Hex(), " is corrupt (",
-                                            TierName(info.tier), " tier) and was dropped"));
+    return static_cast<size_t>(info.size);
   }
-  if (promote_to.has_value()) {
-    MutexLock l(&s.mu);
-    Entry& e = s.E(h);
-    if (e.state == State::kCommitted && e.tier == Tier::kNvme) {
-      s.Unlist(h);
-      {
-        Impl::Shard& shard = s.ShardOf(key);
-        MutexLock sl(&shard.mu);
-        // Other readers may still be reading the NVMe copy, which stays valid.
-        e.tier = Tier::kHost;
-        e.location = *promote_to;
-        e.generation = s.NewGeneration();
-      }
-      ++s.stats.promotions;
-      s.OnTierChanged(h, Tier::kNvme);
-      s.ListByRecency(h);
-    } else {  // another reader promoted it first
-      s.host_alloc->Free(*promote_to, info.size);
-      --s.resident[static_cast<int>(Tier::kHost)];
-    }
-  }
-  s.Unpin(h);
-  return static_cast<size_t>(info.size);
 }
 
 absl::StatusOr<std::vector<uint8_t>> BlockStore::Get(const BlockKey& key) {
@@ -1049,7 +1125,10 @@ absl::StatusOr<std::vector<uint8_t>> BlockStore::Get(const BlockKey& key) {
     KVTIER_ASSIGN_OR_RETURN(BlockInfo info, Stat(key));
     out.resize(info.size);
     auto n = Get(key, std::span<uint8_t>(out));
-    if (n.ok()) return out;
+    if (n.ok()) {
+      out.resize(*n);
+      return out;
+    }
     if (n.status().code() != absl::StatusCode::kInvalidArgument) return n.status();
   }
 }
@@ -1058,25 +1137,23 @@ absl::StatusOr<BlockStore::PinnedBlock> BlockStore::PinHostBlock(const BlockKey&
   Impl& s = *impl_;
   BlockInfo info;
   const uint32_t h = s.PinForRead(key, &info);
-  if (h == kNone) return s.CountMiss(key);
+  if (h == kNoEntry) return s.CountMiss(key);
   if (info.tier != Tier::kHost) {
     s.Unpin(h);
     return absl::FailedPreconditionError("block is not in the host tier");
   }
   s.CountHit(h, Tier::kHost);
-  return PinnedBlock{s.host_base + info.location, info.size, info.checksum, h};
+  return PinnedBlock{s.host->HostPointer(info.location), info.size, info.checksum, h};
 }
 
 void BlockStore::UnpinHostBlock(const PinnedBlock& pinned) { impl_->Unpin(pinned.handle); }
 
 absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {
-  Impl& s = *impl_;
-  Impl::Shard& shard = s.ShardOf(key);
+  const Impl& s = *impl_;
+  auto& shard = s.index.ShardOf(key);
   MutexLock l(&shard.mu);
-  uint32_t h = s.FindLocked(shard, key);
-  if (h == kNone || s.E(h).state != State::kCommitted) {
-    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
-  }
+  const uint32_t h = s.index.FindLocked(shard, key);
+  if (h == kNoEntry) return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
   const Entry& e = s.E(h);
   return BlockInfo{key, e.tier, e.size, e.checksum, e.location, e.generation};
 }
@@ -1088,49 +1165,25 @@ LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
 }
 
 void BlockStore::CountLookup(size_t blocks, size_t matched) const {
-  Impl& s = *impl_;
-  MutexLock l(&s.mu);
-  ++s.stats.lookups;
-  s.stats.lookup_blocks_hit += matched;
-  s.stats.lookup_blocks_missed += blocks - matched;
+  Counters& c = impl_->counters;
+  Count(c.lookups);
+  Count(c.lookup_blocks_hit, matched);
+  Count(c.lookup_blocks_missed, blocks - matched);
 }
 
 LookupResult BlockStore::LookupPiece(std::span<const BlockKey> chain) const {
-  Impl& s = *impl_;
+  const Impl& s = *impl_;
   LookupResult r;
   r.tiers.reserve(chain.size());
-  // The chain is looked up a run of keys at a time, each shard locked once per run (a lock per
-  // key was a fifth of an 8,192-key Lookup). Runs grow from 64 keys, so a chain that misses
-  // early costs little more than walking it key by key.
-  constexpr uint8_t kAbsent = 0xff;
+  // Runs of keys grow from 64, so a chain that misses early costs little more than walking it
+  // key by key, and a long one locks each shard once per run.
   constexpr size_t kFirstRun = 64, kMaxRun = 1024;
-  const size_t nshards = s.shards.size();
-  std::vector<uint32_t> first(nshards + 1);  // per shard, where its keys start in `order`
-  std::vector<uint16_t> order(std::min(chain.size(), kMaxRun));  // run offsets by shard
-  std::vector<uint8_t> tier(order.size());                       // per run offset
-  std::vector<uint32_t> next(nshards);  // per shard, where its next key goes in `order`
+  std::vector<uint8_t> tiers;
   for (size_t begin = 0, run = kFirstRun; begin < chain.size() && r.tiers.size() == begin;
        begin += run, run = std::min(run * 2, kMaxRun)) {
-    const std::span<const BlockKey> keys =
-        chain.subspan(begin, std::min(run, chain.size() - begin));
-    std::fill(first.begin(), first.end(), 0);
-    for (const BlockKey& k : keys) ++first[s.ShardIndex(k) + 1];
-    for (size_t i = 1; i <= nshards; ++i) first[i] += first[i - 1];
-    std::copy(first.begin(), first.end() - 1, next.begin());
-    for (size_t i = 0; i < keys.size(); ++i) order[next[s.ShardIndex(keys[i])]++] = i;
-    for (size_t sh = 0; sh < nshards; ++sh) {
-      if (first[sh] == first[sh + 1]) continue;
-      Impl::Shard& shard = s.shards[sh];
-      MutexLock l(&shard.mu);
-      for (uint32_t j = first[sh]; j < first[sh + 1]; ++j) {
-        const uint32_t h = s.FindLocked(shard, keys[order[j]]);
-        tier[order[j]] = h == kNone || s.E(h).state != State::kCommitted
-                             ? kAbsent
-                             : static_cast<uint8_t>(s.E(h).tier);
-      }
-    }
-    for (size_t i = 0; i < keys.size() && tier[i] != kAbsent; ++i) {
-      r.tiers.push_back(static_cast<Tier>(tier[i]));
+    s.index.TiersOf(chain.subspan(begin, std::min(run, chain.size() - begin)), &tiers);
+    for (size_t i = 0; i < tiers.size() && tiers[i] != cache_internal::KeyIndex::kAbsent; ++i) {
+      r.tiers.push_back(static_cast<Tier>(tiers[i]));
     }
   }
   r.matched = r.tiers.size();
@@ -1140,13 +1193,35 @@ LookupResult BlockStore::LookupPiece(std::span<const BlockKey> chain) const {
 absl::Status BlockStore::Delete(const BlockKey& key) {
   Impl& s = *impl_;
   MutexLock l(&s.mu);
-  const uint32_t h = s.FindCommitted(key);
-  if (h == kNone) return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
-  if (s.E(h).leases > 0) {
-    return absl::FailedPreconditionError(absl::StrCat("block ", key.Hex(), " is leased"));
+  uint32_t h = kNoEntry;
+  for (;;) {
+    s.WaitForFlashKey(key);
+    h = s.index.Find(key);
+    if (h == kNoEntry) return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+    if (s.E(h).leases > 0) {
+      return absl::FailedPreconditionError(absl::StrCat("block ", key.Hex(), " is leased"));
+    }
+    if ((s.E(h).flags & cache_internal::kMoving) == 0) break;
+    s.changed.Wait(&s.mu);
   }
-  s.Remove(h, /*durable_delete=*/true);
-  return absl::OkStatus();
+  Entry& e = s.E(h);
+  const bool on_flash = (e.flags & cache_internal::kOnFlash) != 0;
+  s.Doom(h, /*event=*/true);
+  absl::Status st;
+  if (on_flash) {
+    e.flags &= ~(cache_internal::kOnFlash | cache_internal::kDurable);
+    s.nvme_used -= std::min<uint64_t>(s.nvme_used, e.size);
+    (void)s.ClaimFlashKey(key);  // a delete waiting its turn is this one now
+    s.mu.Unlock();
+    st = s.nvme->Delete(key, /*durable=*/true);
+    s.mu.Lock();
+    const bool deleted = st.ok() || st.code() == absl::StatusCode::kNotFound;
+    s.ReleaseFlashKey(key, /*wrote=*/false,
+                      deleted ? std::nullopt : std::optional<bool>(/*durable=*/true));
+    if (st.code() == absl::StatusCode::kNotFound) st = absl::OkStatus();
+  }
+  s.MaybeFree(h);
+  return st;
 }
 
 absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int64_t ttl_us) {
@@ -1158,34 +1233,44 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
                                                    s.options.max_lease_blocks, ")"));
   }
   if (ttl_us < 0 || ttl_us > s.options.max_lease_ttl_us) {
-    return absl::InvalidArgumentError(absl::StrCat("lease: ttl_us must be in [0, ",
-                                                   s.options.max_lease_ttl_us, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease: ttl_us must be in [0, ", s.options.max_lease_ttl_us, "]"));
   }
   if (ttl_us == 0) ttl_us = s.options.lease_ttl_us;
-  // One NVMe block brought up for this lease: read into `location` outside the store's lock.
+  // A block replaced by a re-put while its lease was being made: lease the new one.
+  for (int attempt = 0;; ++attempt) {
+    absl::StatusOr<LeaseGrant> grant = s.LeaseOnce(keys, ttl_us);
+    if (grant.ok() || grant.status().code() != absl::StatusCode::kAborted || attempt == 3) {
+      return grant;
+    }
+  }
+}
+
+absl::StatusOr<LeaseGrant> BlockStore::Impl::LeaseOnce(std::span<const BlockKey> keys,
+                                                       int64_t ttl_us) {
+  Impl& s = *this;
+  // One NVMe block brought up for this lease: read into `location` without the policy lock.
   struct Promotion {
     uint32_t handle;
     BlockKey key;
-    uint64_t size;
+    uint32_t size;
     uint64_t checksum;
+    uint32_t generation;
     uint64_t location;
     absl::StatusOr<uint64_t> sum = absl::UnknownError("not read");
   };
   std::vector<uint32_t> handles;
   std::vector<Promotion> promotions;
   uint64_t bytes = 0;
-  // Undoes the pins of a lease that is not granted. Requires mu.
-  auto unpin_all = [&] {
-    for (uint32_t h : handles) s.ReleaseLeasePin(h);
-  };
+  absl::Status no_room;
   {
     MutexLock l(&s.mu);
     s.ReapLeases();
     handles.reserve(keys.size());
     absl::flat_hash_set<uint32_t> seen;
     for (size_t i = 0; i < keys.size(); ++i) {
-      uint32_t h = s.FindCommitted(keys[i]);
-      if (h == kNone) {
+      const uint32_t h = s.index.Find(keys[i]);
+      if (h == kNoEntry) {
         return absl::NotFoundError(
             absl::StrCat("lease: block ", keys[i].Hex(), " (position ", i, ") not found"));
       }
@@ -1196,58 +1281,53 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
       handles.push_back(h);
       bytes += s.E(h).size;
     }
-    if (s.leased_bytes + bytes > s.max_leased_bytes) {
+    if (s.leases.leased_bytes() + bytes > s.max_leased_bytes) {
       return absl::ResourceExhaustedError(
           absl::StrCat("lease: ", bytes, " more bytes would pass the leased-bytes cap of ",
-                       s.max_leased_bytes, " (", s.leased_bytes, " leased)"));
+                       s.max_leased_bytes, " (", s.leases.leased_bytes(), " leased)"));
     }
-    // Leased blocks are neither evicted nor moved, so room made for one NVMe block cannot
-    // come from another block of the same lease.
+    // Leased blocks are neither evicted nor moved, so room made for one NVMe block cannot come
+    // from another block of the same lease.
+    for (uint32_t h : handles) {
+      if (s.E(h).leases++ == 0) s.policy->Hide(h);
+    }
+    // Room in the host tier for each NVMe block; a pin keeps the entry from being freed while
+    // the lock is dropped (a failed checksum elsewhere may doom it meanwhile).
     for (uint32_t h : handles) {
       Entry& e = s.E(h);
-      if (e.leases++ == 0) s.Unlist(h);
-    }
-    // Room in the host tier for each NVMe block; a pin keeps the entry from being freed
-    // while the lock is dropped below (a failed checksum elsewhere may doom it meanwhile).
-    for (uint32_t h : handles) {
-      Entry& e = s.E(h);
-      if (e.tier != Tier::kNvme) continue;
-      absl::StatusOr<uint64_t> loc = s.MakeRoom(Tier::kHost, e.size);
+      if (e.tier != Tier::kNvme || e.state != EntryState::kCommitted) continue;
+      absl::StatusOr<uint64_t> loc = s.ReserveSpace(Tier::kHost, e.size);
       if (!loc.ok()) {
-        for (const Promotion& p : promotions) s.host_alloc->Free(p.location, p.size);
-        s.resident[static_cast<int>(Tier::kHost)] -= promotions.size();
-        for (const Promotion& p : promotions) {
-          Impl::Shard& shard = s.ShardOf(p.key);
-          MutexLock sl(&shard.mu);
-          --s.E(p.handle).pins;  // not doomed: the store lock was held since the pin
-        }
-        unpin_all();
-        return loc.status();
+        no_room = loc.status();
+        break;
+      }
+      if (e.tier != Tier::kNvme || e.state != EntryState::kCommitted) {  // changed meanwhile
+        s.host->Free(*loc, e.size);
+        continue;
       }
       {
-        Impl::Shard& shard = s.ShardOf(e.key);
+        auto& shard = s.ShardOf(e);
         MutexLock sl(&shard.mu);
         ++e.pins;
       }
-      promotions.push_back({h, e.key, e.size, e.checksum, *loc});
+      promotions.push_back({h, e.key, e.size, e.checksum, e.generation, *loc});
+    }
+    if (!no_room.ok()) {
+      for (const Promotion& p : promotions) s.host->Free(p.location, p.size);
+      for (uint32_t g : handles) s.ReleaseLeasePin(g);
     }
   }
+  if (!no_room.ok()) {
+    for (const Promotion& p : promotions) s.Unpin(p.handle);
+    return no_room;
+  }
 
-  // The NVMe reads, in parallel and without the store's lock: other requests go on meanwhile.
+  // The NVMe reads, in parallel and without the policy lock: other requests go on meanwhile.
   if (!promotions.empty()) {
-    auto read = [&](Promotion& p) {
-      p.sum = s.nvme->Read(p.key, std::span<uint8_t>(s.host_base + p.location, p.size));
-    };
-    const size_t workers = std::min<size_t>(promotions.size(), kLeasePromotionThreads);
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t i; (i = next.fetch_add(1)) < promotions.size();) read(promotions[i]);
-    };
-    std::vector<std::thread> threads;
-    threads.reserve(workers - 1);
-    for (size_t t = 1; t < workers; ++t) threads.emplace_back(work);
-    work();
-    for (std::thread& t : threads) t.join();
+    s.readers->ParallelFor(promotions.size(), [&](size_t i) {
+      Promotion& p = promotions[i];
+      p.sum = s.nvme->Read(p.key, std::span<uint8_t>(s.host->HostPointer(p.location), p.size));
+    });
   }
 
   LeaseGrant grant;
@@ -1257,18 +1337,15 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
     for (Promotion& p : promotions) {
       Entry& e = s.E(p.handle);
       const bool good = p.sum.ok() && *p.sum == p.checksum;
-      const bool still_nvme = e.state == State::kCommitted && e.tier == Tier::kNvme;
-      if (!good || !still_nvme) {  // bad bytes, or a Get promoted the block first
-        s.host_alloc->Free(p.location, p.size);
-        --s.resident[static_cast<int>(Tier::kHost)];
-      }
+      const bool in_place = e.state == EntryState::kCommitted && e.generation == p.generation;
+      if (!good || !in_place) s.host->Free(p.location, p.size);
       if (!good) {
         const bool corrupt = !p.sum.ok() ? p.sum.status().code() == absl::StatusCode::kDataLoss ||
                                                p.sum.status().code() == absl::StatusCode::kNotFound
                                          : true;
-        if (corrupt) {
-          ++s.stats.checksum_failures;
-          if (e.state == State::kCommitted) s.Remove(p.handle, /*durable_delete=*/true);
+        if (corrupt && in_place) {
+          Count(s.counters.checksum_failures);
+          s.Drop(p.handle, /*corrupt=*/true);
         }
         if (failed.ok()) {
           failed = corrupt ? absl::DataLossError(absl::StrCat(
@@ -1277,39 +1354,28 @@ absl::StatusOr<LeaseGrant> BlockStore::Lease(std::span<const BlockKey> keys, int
         }
         continue;
       }
-      if (!still_nvme) continue;
-      {
-        Impl::Shard& shard = s.ShardOf(p.key);
-        MutexLock sl(&shard.mu);
-        // Readers that pinned the NVMe copy before may still read it; it stays valid.
-        e.tier = Tier::kHost;
-        e.location = p.location;
-        e.generation = s.NewGeneration();
-      }
-      ++s.stats.promotions;
-      s.OnTierChanged(p.handle, Tier::kNvme);
+      if (!in_place) continue;
+      s.Promote(p.handle, p.location);
       ++grant.promoted;
     }
     for (uint32_t h : handles) {
-      if (failed.ok() && s.E(h).state != State::kCommitted) {  // dropped by a failed check
-        failed = absl::AbortedError(absl::StrCat("lease: block ", s.E(h).key.Hex(),
-                                                 " was dropped while being leased; retry"));
+      if (failed.ok() && s.E(h).state != EntryState::kCommitted) {  // dropped meanwhile
+        failed =
+            absl::AbortedError(absl::StrCat("lease: block ", s.E(h).key.Hex(),
+                                            " was replaced or dropped while being leased; retry"));
       }
     }
     if (failed.ok()) {
-      grant.id = s.next_lease_id++;
       grant.expires_at_us = s.clock->NowMicros() + ttl_us;
       for (uint32_t h : handles) {
         const Entry& e = s.E(h);
         grant.blocks.push_back(
             BlockInfo{e.key, e.tier, e.size, e.checksum, e.location, e.generation});
       }
-      s.leases.emplace(grant.id, Impl::LeaseRecord{grant.expires_at_us, handles, bytes});
-      s.lease_expiry.emplace(grant.expires_at_us, grant.id);
-      s.leased_bytes += bytes;
-      ++s.stats.leases_granted;
+      grant.id = s.leases.Add({grant.expires_at_us, handles, bytes});
+      Count(s.counters.leases_granted);
     } else {
-      unpin_all();
+      for (uint32_t h : handles) s.ReleaseLeasePin(h);
     }
   }
   for (const Promotion& p : promotions) s.Unpin(p.handle);  // frees an entry doomed meanwhile
@@ -1321,24 +1387,24 @@ absl::Status BlockStore::Release(uint64_t lease_id) {
   Impl& s = *impl_;
   MutexLock l(&s.mu);
   s.ReapLeases();
-  auto it = s.leases.find(lease_id);
-  if (it == s.leases.end()) {
+  std::optional<cache_internal::LeaseTable::Lease> lease = s.leases.Take(lease_id);
+  if (!lease.has_value()) {
     return absl::NotFoundError(absl::StrCat("lease ", lease_id, " is unknown or expired"));
   }
-  s.EndLease(it);
+  for (uint32_t h : lease->handles) s.ReleaseLeasePin(h);
   return absl::OkStatus();
 }
 
 size_t BlockStore::FirstChanged(std::span<const BlockInfo> seen) const {
-  Impl& s = *impl_;
+  const Impl& s = *impl_;
   for (size_t i = 0; i < seen.size(); ++i) {
-    Impl::Shard& shard = s.ShardOf(seen[i].key);
+    auto& shard = s.index.ShardOf(seen[i].key);
     MutexLock l(&shard.mu);
-    const uint32_t h = s.FindLocked(shard, seen[i].key);
-    if (h == kNone) return i;
+    const uint32_t h = s.index.FindLocked(shard, seen[i].key);
+    if (h == kNoEntry) return i;
     const Entry& e = s.E(h);
-    if (e.state != State::kCommitted || e.tier != seen[i].tier ||
-        e.location != seen[i].location || e.generation != seen[i].generation) {
+    if (e.tier != seen[i].tier || e.location != seen[i].location ||
+        e.generation != seen[i].generation) {
       return i;
     }
   }
@@ -1355,94 +1421,106 @@ absl::Status BlockStore::Flush() {
   return impl_->nvme->Flush();
 }
 
-StoreStats BlockStore::Stats() const {
+void BlockStore::WaitForMover() {
   Impl& s = *impl_;
   MutexLock l(&s.mu);
-  StoreStats st = s.stats;
-  auto& hbm = st.tiers[static_cast<int>(Tier::kHbm)];
-  hbm.present = s.hbm != nullptr;
-  hbm.capacity_bytes = s.hbm != nullptr ? s.hbm_alloc->capacity_bytes() : 0;
-  hbm.used_bytes = s.hbm != nullptr ? s.hbm_alloc->used_bytes() : 0;
-  hbm.blocks = s.resident[static_cast<int>(Tier::kHbm)];
-  auto& host = st.tiers[static_cast<int>(Tier::kHost)];
-  host.present = true;
-  host.capacity_bytes = s.host_alloc->capacity_bytes();
-  host.used_bytes = s.host_alloc->used_bytes();
-  host.blocks = s.resident[static_cast<int>(Tier::kHost)];
-  auto& nvme = st.tiers[static_cast<int>(Tier::kNvme)];
+  // Every mover has gone round twice since, finding nothing to do.
+  const uint64_t until = s.idle_rounds + 2 * static_cast<uint64_t>(s.options.mover_threads);
+  while (s.idle_rounds < until || !s.flash_deletes.empty() ||
+         s.moves_out[0] + s.moves_out[1] + s.moves_out[2] > 0) {
+    s.mover_wake.SignalAll();
+    s.changed.WaitFor(&s.mu, 10'000);
+  }
+}
+
+StoreStats BlockStore::Stats() const {
+  const Impl& s = *impl_;
+  const Counters& c = s.counters;
+  StoreStats st;
+  st.gets = Read(c.gets);
+  st.get_misses = Read(c.get_misses);
+  st.lookups = Read(c.lookups);
+  st.lookup_blocks_hit = Read(c.lookup_blocks_hit);
+  st.lookup_blocks_missed = Read(c.lookup_blocks_missed);
+  st.puts = Read(c.puts);
+  st.puts_noop = Read(c.puts_noop);
+  st.puts_aborted = Read(c.puts_aborted);
+  st.evictions = Read(c.evictions);
+  st.demotions = Read(c.demotions);
+  st.promotions = Read(c.promotions);
+  st.sync_evictions = Read(c.sync_evictions);
+  st.nvme_bytes_written = Read(c.nvme_bytes_written);
+  st.nvme_write_errors = Read(c.nvme_write_errors);
+  st.checksum_failures = Read(c.checksum_failures);
+  st.leases_granted = Read(c.leases_granted);
+  st.leases_expired = Read(c.leases_expired);
+  for (int t = 0; t < kNumTiers; ++t) st.tiers[t].hits = Read(c.hits[t]);
+  MutexLock l(&s.mu);
+  st.nvme_admission_rejections = s.admission.rejections();
+  auto memory = [&](Tier t, const MemoryTier* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    TierStats& ts = st.tiers[static_cast<int>(t)];
+    ts.present = m != nullptr;
+    ts.capacity_bytes = m != nullptr ? m->capacity_bytes() : 0;
+    ts.used_bytes = m != nullptr ? m->used_bytes() : 0;
+    ts.blocks = s.resident[static_cast<int>(t)];
+  };
+  memory(Tier::kHbm, s.hbm.get());
+  memory(Tier::kHost, s.host.get());
+  TierStats& nvme = st.tiers[static_cast<int>(Tier::kNvme)];
   nvme.present = s.nvme != nullptr;
-  nvme.capacity_bytes = s.nvme != nullptr ? s.options.nvme_bytes : 0;
+  nvme.capacity_bytes = s.nvme != nullptr ? s.nvme->CapacityBytes() : 0;
   nvme.used_bytes = s.nvme_used;
-  uint64_t nvme_only = 0;
-  for (int c = 0; c < kNumClasses; ++c) nvme_only += s.lists[static_cast<int>(Tier::kNvme)][c].size;
-  nvme.blocks = nvme_only;
-  st.leases_active = s.leases.size();
-  st.leased_bytes = s.leased_bytes;
-  st.orphan_blocks = s.orphans;
+  nvme.blocks = s.resident[static_cast<int>(Tier::kNvme)];
+  st.leases_active = s.leases.active();
+  st.leased_bytes = s.leases.leased_bytes();
+  st.orphan_blocks = s.policy->orphans();
   st.index_bytes = s.IndexBytes();
-  st.nvme_index_bytes = s.nvme != nullptr ? s.nvme->IndexMemoryBytes() : 0;
+  if (s.nvme != nullptr) {
+    st.nvme_index_bytes = s.nvme->IndexMemoryBytes();
+    const FlashStats f = s.nvme->Stats();
+    st.nvme_disk_full_rejections = f.disk_full_rejections;
+    st.nvme_compactions = f.compactions;
+    st.nvme_bad_records = f.bad_records;
+    st.nvme_lost_blocks = f.lost_blocks;
+    st.nvme_metadata_recovered_with_loss = f.metadata_recovered_with_loss;
+    st.nvme_damaged_tier_moved_aside = f.damaged_tier_moved_aside;
+  }
   return st;
 }
 
 absl::Status BlockStore::CheckConsistency() const {
-  Impl& s = *impl_;
+  const Impl& s = *impl_;
   MutexLock l(&s.mu);
   auto fail = [](const std::string& what) { return absl::InternalError("consistency: " + what); };
-  uint64_t listed = 0, orphans = 0;
-  for (int t = 0; t < kNumTiers; ++t) {
-    for (uint8_t c = 0; c < kNumClasses; ++c) {
-      const ListHead& list = s.lists[t][c];
-      uint64_t n = 0;
-      uint32_t prev = kNone;
-      for (uint32_t h = list.head; h != kNone; prev = h, h = s.E(h).lru_next) {
-        const Entry& e = s.E(h);
-        if (++n > list.size) return fail("list longer than its size");
-        if (e.lru_prev != prev) return fail("broken back link");
-        if (static_cast<int>(e.tier) != t) {
-          return fail(absl::StrCat("block ", e.key.Hex(), " of tier ", TierName(e.tier),
-                                   " listed in tier ", TierName(static_cast<Tier>(t))));
-        }
-        if (e.cls != c || s.ClassOf(e) != c) {
-          return fail(absl::StrCat("block ", e.key.Hex(), " listed in class ", c, ", is ",
-                                   s.ClassOf(e)));
-        }
-        if (e.state != State::kCommitted) return fail("listed block not committed");
-        if (e.leases != 0) return fail("leased block listed");
-        if (e.parent_ref != kNone && s.E(e.parent_ref).key != e.parent) {
-          return fail("parent link names another block");
-        }
-        uint32_t kids_here = 0;
-        for (uint32_t k = e.first_child; k != kNone; k = s.E(k).next_sibling) {
-          if (s.E(k).parent_ref != h) return fail("child does not point back to its parent");
-          if (s.E(k).tier <= e.tier) ++kids_here;
-        }
-        if (kids_here != e.kids_here) {
-          return fail(absl::StrCat("block ", e.key.Hex(), " counts ", e.kids_here,
-                                   " children in its tier, has ", kids_here));
-        }
-        if (c == kOrphan) ++orphans;
-      }
-      if (n != list.size || list.tail != prev) return fail("list size or tail wrong");
-      listed += n;
-    }
-  }
-  if (orphans != s.orphans) return fail("orphan count");
-  uint64_t indexed = 0;
-  for (const Impl::Shard& shard : s.shards) {
+  KVTIER_RETURN_IF_ERROR(s.policy->Check());
+  uint64_t per_tier[kNumTiers] = {0, 0, 0};
+  uint64_t on_flash = 0;
+  for (size_t i = 0; i < s.index.shard_count(); ++i) {
+    auto& shard = s.index.shard(i);
     MutexLock sl(&shard.mu);
     for (uint32_t h : shard.set) {
       const Entry& e = s.E(h);
-      if (e.state == State::kCommitted && e.leases == 0 && e.cls == kUnlisted) {
+      if (e.state != EntryState::kCommitted) return fail("indexed block not committed");
+      ++per_tier[static_cast<int>(e.tier)];
+      if (e.flags & cache_internal::kOnFlash) on_flash += e.size;
+      if (e.tier == Tier::kNvme && (e.flags & cache_internal::kOnFlash) == 0) {
+        return fail(absl::StrCat("block ", e.key.Hex(), " in the NVMe tier without a record"));
+      }
+      const bool held = e.leases > 0 || (e.flags & cache_internal::kMoving) || e.parked;
+      if (!held && !s.policy->listed(h)) {
         return fail(absl::StrCat("block ", e.key.Hex(), " committed but not listed"));
       }
-      if (e.state == State::kCommitted) ++indexed;
     }
   }
-  if (indexed < listed) return fail("more listed blocks than indexed ones");
-  for (const auto& [key, head] : s.waiting) {
-    for (uint32_t h = head; h != kNone; h = s.E(h).next_sibling) {
-      if (s.E(h).parent != key || s.E(h).parent_ref != kNone) return fail("wait list member");
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (per_tier[t] != s.resident[t]) {
+      return fail(absl::StrCat(TierName(static_cast<Tier>(t)), " tier counts ", s.resident[t],
+                               " blocks, holds ", per_tier[t]));
     }
+  }
+  const bool moving = s.moves_out[0] + s.moves_out[1] + s.moves_out[2] > 0;
+  if (!moving && on_flash != s.nvme_used) {
+    return fail(absl::StrCat("flash bytes counted ", s.nvme_used, ", held ", on_flash));
   }
   return absl::OkStatus();
 }

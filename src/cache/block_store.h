@@ -3,13 +3,16 @@
 //
 // Blocks are immutable byte strings named by 128-bit chained prefix keys (common/block_key.h).
 // Each lives in exactly one of HBM, host RAM or NVMe at a time (a host or HBM block may also keep
-// a clean copy on NVMe). One index maps key -> entry (tier, location, size, XXH3-64 checksum,
+// a clean copy on NVMe). The key index maps key -> entry (tier, location, size, XXH3-64 checksum,
 // parent, leases, recency).
 //
 // Puts are two-phase: BeginPut reserves space, the caller writes, Commit makes the block visible
-// only if complete (and, for PutOptions::durable, only after it is on NVMe and fsynced). A
-// repeated put of a present key, or of a key whose put is in flight, is a no-op. Every read
-// verifies the checksum; a corrupt block is dropped, counted and reported as DATA_LOSS.
+// only if complete and, for PutOptions::durable, only once it is on NVMe and fsynced. "Present"
+// (PutResult::kPresent) is said only of a committed block: a put of a key whose block is
+// committed meanwhile keeps that block (made durable first when the put asks for durability) or
+// replaces it with its own verified bytes (when the committed copy is on NVMe only, or different
+// and durable); a put of a key whose other put is in flight or was aborted stores its own bytes.
+// Every read verifies the checksum; a corrupt block is dropped, counted and reported as DATA_LOSS.
 //
 // Eviction demotes HBM -> host -> NVMe -> gone, in this order within a tier: blocks whose parent
 // is gone (they can never be a prefix hit), then chain tails (blocks with no cached child), then
@@ -19,8 +22,19 @@
 // Leases pin blocks in host or HBM memory for a TTL (remote readers copy them meanwhile); a leased
 // block is never evicted, moved or freed, and every lease expires.
 //
-// Thread-safe. Reads (Get, Lookup) take only a shard lock of the index plus a short critical
-// section to record recency; payload copies run outside every lock.
+// Thread-safe. The locking contract (src/cache/README.md has the picture):
+//   - A hit (Get, PinHostBlock, Stat, Lookup, FirstChanged) takes one index shard lock to pin or
+//     read the entry, copies with no lock held, and records recency with an atomic store plus a
+//     try-lock of the policy lock that it skips when taken. It never waits for the policy lock,
+//     a disk or a device copy.
+//   - The policy lock guards the eviction lists, chains, leases and flash bookkeeping, and is never
+//     held across I/O: flash reads, writes and deletes, device copies and payload checksums run
+//     outside it, with the entry marked moving (or pinned) meanwhile and the result committed
+//     under it (a new generation for every new placement).
+//   - A background mover keeps a reserve free in each memory tier by demoting ahead of need, does
+//     flash deletes and compaction, and expires leases. A put or promotion that finds its tier
+//     full waits for the mover's demotions in flight, else evicts one block itself (counted in
+//     StoreStats::sync_evictions), with the same protocol.
 
 #include <cstdint>
 #include <memory>
@@ -32,14 +46,17 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cache/store_options.h"
+#include "cache/tier.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
 
 namespace kvtier {
 
-enum class Tier : uint8_t { kHbm = 0, kHost = 1, kNvme = 2 };
-inline constexpr int kNumTiers = 3;
-const char* TierName(Tier tier);
+// What a committed put did.
+enum class PutResult : uint8_t {
+  kStored,   // its bytes are the block now
+  kPresent,  // the block was already committed (and is durable now, if the put asked)
+};
 
 struct PutOptions {
   // When set, the block's size must equal layout->BytesPerBlock().
@@ -69,7 +86,7 @@ struct LookupResult {
 
 struct LeaseGrant {
   uint64_t id = 0;
-  int64_t expires_at_us = 0;     // on the store's clock
+  int64_t expires_at_us = 0;      // on the store's clock
   std::vector<BlockInfo> blocks;  // in the order asked for
   uint32_t promoted = 0;          // blocks brought up from NVMe for this lease
 };
@@ -79,26 +96,39 @@ struct TierStats {
   uint64_t capacity_bytes = 0;
   uint64_t used_bytes = 0;  // payload bytes resident (allocator chunks for host and HBM)
   uint64_t blocks = 0;
-  uint64_t hits = 0;        // Get served from this tier
+  uint64_t hits = 0;  // Get served from this tier
 };
 
 struct StoreStats {
   TierStats tiers[kNumTiers];
   uint64_t gets = 0, get_misses = 0;
   uint64_t lookups = 0, lookup_blocks_hit = 0, lookup_blocks_missed = 0;
-  uint64_t puts = 0, puts_noop = 0, puts_aborted = 0;
-  uint64_t evictions = 0;        // blocks dropped from the store by capacity pressure
-  uint64_t demotions = 0;        // blocks moved one tier down
-  uint64_t promotions = 0;       // NVMe -> host
+  uint64_t puts = 0;
+  uint64_t puts_noop = 0;     // puts whose block was already committed (PutResult::kPresent)
+  uint64_t puts_aborted = 0;  // reservations given up before their commit, or failing it
+  uint64_t evictions = 0;     // blocks dropped from the store by capacity pressure
+  uint64_t demotions = 0;     // blocks moved one tier down
+  uint64_t promotions = 0;    // NVMe -> host
+  // Puts and promotions that found their tier full with no demotion under way, and evicted a
+  // block themselves instead of taking the mover's reserve.
+  uint64_t sync_evictions = 0;
   uint64_t nvme_admission_rejections = 0;
   uint64_t nvme_bytes_written = 0;
   uint64_t nvme_write_errors = 0;
   uint64_t checksum_failures = 0;
   uint64_t leases_active = 0, leases_granted = 0, leases_expired = 0;
   uint64_t leased_bytes = 0;
-  uint64_t orphan_blocks = 0;  // present blocks whose parent is not
-  uint64_t index_bytes = 0;    // RAM of the index and chain structures
+  uint64_t orphan_blocks = 0;     // present blocks whose parent is not
+  uint64_t index_bytes = 0;       // RAM of the index and chain structures
   uint64_t nvme_index_bytes = 0;  // RAM RocksDB holds for its table indexes and filters
+  // The flash tier's own counts (FlashStats): writes refused on a nearly full disk, compactions,
+  // and what its recovery found at Open (damaged records, lost blocks, damaged metadata).
+  uint64_t nvme_disk_full_rejections = 0;
+  uint64_t nvme_compactions = 0;
+  uint64_t nvme_bad_records = 0;
+  uint64_t nvme_lost_blocks = 0;
+  bool nvme_metadata_recovered_with_loss = false;
+  bool nvme_damaged_tier_moved_aside = false;
 };
 
 class BlockStore {
@@ -120,7 +150,7 @@ class BlockStore {
   // when the tier is full of blocks that cannot be evicted (leased or in flight).
   absl::StatusOr<PutHandle> BeginPut(const BlockKey& key, const BlockKey& parent, size_t size,
                                      const PutOptions& options = {});
-  // BeginPut + write + Commit.
+  // BeginPut + write + Commit, for callers that need not know whether the block was present.
   absl::Status Put(const BlockKey& key, const BlockKey& parent, std::span<const uint8_t> data,
                    const PutOptions& options = {});
 
@@ -155,8 +185,9 @@ class BlockStore {
   LookupResult LookupPiece(std::span<const BlockKey> piece) const;
   void CountLookup(size_t blocks, size_t matched) const;
 
-  // Removes a block from every tier (durably from NVMe). NOT_FOUND if absent;
-  // FAILED_PRECONDITION if leased.
+  // Removes a block from every tier (durably from NVMe) before it returns. NOT_FOUND if absent;
+  // FAILED_PRECONDITION if leased; the flash tier's error if its record could not be deleted
+  // (the block is gone from memory either way).
   absl::Status Delete(const BlockKey& key);
 
   // Pins `keys` for ttl_us (0: the default TTL); NVMe blocks are first promoted to host.
@@ -175,6 +206,9 @@ class BlockStore {
 
   // Flushes NVMe memtables to files (demoted blocks then survive a crash too).
   absl::Status Flush();
+  // Waits until the mover has nothing left to do now (its reserve filled, flash deletes done):
+  // for tests and benchmarks that need a quiet store.
+  void WaitForMover();
 
   StoreStats Stats() const;
   // Walks every index structure and checks that they agree (eviction lists, chain links, space
@@ -191,36 +225,43 @@ class BlockStore {
   std::unique_ptr<Impl> impl_;
 };
 
-// A reservation made by BeginPut. Write the payload (all of it), then Commit. Destroying an
-// uncommitted handle aborts the put and frees its space. Movable, not copyable; one thread at a time.
+// A reservation made by BeginPut: every put receives its bytes, so that its commit can verify
+// them and decide with the block's state at that moment. Write the payload (all of it), then
+// Commit. Destroying an uncommitted handle aborts the put and frees its space. Movable, not
+// copyable; one thread at a time.
 class BlockStore::PutHandle {
  public:
-  PutHandle() = default;
+  PutHandle();
   PutHandle(PutHandle&& other) noexcept;
   PutHandle& operator=(PutHandle&& other) noexcept;
   ~PutHandle();
 
-  // True when the key was already present or being put: writes are ignored, Commit is a no-op.
-  bool noop() const { return noop_; }
   size_t size() const { return size_; }
-  // Copies `data` to byte `offset` of the block. INVALID_ARGUMENT past the end.
+  // Copies `data` to byte `offset` of the block. INVALID_ARGUMENT past the end. Writes in order
+  // from offset 0 are checksummed as they are copied (Commit then need not read them again).
   absl::Status Write(size_t offset, std::span<const uint8_t> data);
   // Direct pointer to the reserved host bytes, or nullptr when the block sits in HBM (use Write).
+  // Bytes written through it are checksummed at Commit.
   uint8_t* host_data() const { return host_data_; }
-  // Makes the block visible. DATA_LOSS if PutOptions::expected_checksum does not match; the
-  // NVMe error for a durable put that could not be written. The handle is spent either way.
-  absl::Status Commit();
+  // Makes the block visible (see the class comment of BlockStore). DATA_LOSS if
+  // PutOptions::expected_checksum does not match; the NVMe error for a durable put that could
+  // not be written. The handle is spent either way.
+  absl::StatusOr<PutResult> Commit();
   void Abort();
 
  private:
   friend class BlockStore;
+  struct Hashing;
   BlockStore::Impl* store_ = nullptr;
   uint32_t handle_ = 0;
   size_t size_ = 0;
   uint8_t* host_data_ = nullptr;
-  bool noop_ = false;
   bool durable_ = false;
   std::optional<uint64_t> expected_checksum_;
+  // The checksum of the bytes written in order so far, and how many; or none once a write came
+  // out of order (or through host_data()).
+  std::unique_ptr<Hashing> hashing_;
+  size_t hashed_ = 0;
 };
 
 }  // namespace kvtier

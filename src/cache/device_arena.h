@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,5 +30,13 @@ class DeviceArena {
 // A DeviceArena of `bytes` on GPU `device`. UNAVAILABLE when this build has no CUDA support or the
 // machine has no usable GPU (the message says which); RESOURCE_EXHAUSTED when the allocation fails.
 absl::StatusOr<std::unique_ptr<DeviceArena>> OpenDeviceArena(size_t bytes, int device);
+
+// Makes the HBM tier's arena: OpenDeviceArena, or a stand-in (StoreOptions::device_arena).
+using DeviceArenaFactory =
+    std::function<absl::StatusOr<std::unique_ptr<DeviceArena>>(size_t bytes, int device)>;
+
+// A DeviceArena in host memory that only copies reach, as a GPU's would be: the HBM tier's paths
+// (puts into HBM, reads out of it, demotion to host) then run on any machine.
+std::unique_ptr<DeviceArena> NewHostMemoryDeviceArena(size_t bytes);
 
 }  // namespace kvtier

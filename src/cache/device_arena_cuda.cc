@@ -51,9 +51,9 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> OpenDeviceArena(size_t bytes, int d
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "HBM tier: no usable GPU (", err == cudaSuccess ? "none found" : cudaGetErrorString(err),
-        ")"));
+    return absl::UnavailableError(
+        absl::StrCat("HBM tier: no usable GPU (",
+                     err == cudaSuccess ? "none found" : cudaGetErrorString(err), ")"));
   }
   if (device < 0 || device >= count) {
     return absl::InvalidArgumentError(
@@ -67,8 +67,8 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> OpenDeviceArena(size_t bytes, int d
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, device);
-  return std::unique_ptr<DeviceArena>(new CudaDeviceArena(
-      device, base, bytes, absl::StrCat("GPU ", device, " (", prop.name, ")")));
+  return std::unique_ptr<DeviceArena>(
+      new CudaDeviceArena(device, base, bytes, absl::StrCat("GPU ", device, " (", prop.name, ")")));
 }
 
 }  // namespace kvtier

@@ -55,6 +55,7 @@ std::optional<uint64_t> SlabAllocator::Allocate(size_t bytes) {
     slab.bump = 0;
     slab.freed.clear();
     slab.freed.reserve(c.chunks_per_slab);
+    c.free_chunks += c.chunks_per_slab;
     LinkWithRoom(s);
   }
   Slab& slab = slabs_[s];
@@ -66,6 +67,7 @@ std::optional<uint64_t> SlabAllocator::Allocate(size_t bytes) {
     index = slab.bump++;
   }
   ++slab.used;
+  --c.free_chunks;
   if (slab.used == c.chunks_per_slab) UnlinkWithRoom(s);
   used_bytes_ += chunk;
   return uint64_t{s} * slab_bytes_ + uint64_t{index} * c.chunk_bytes;
@@ -74,13 +76,15 @@ std::optional<uint64_t> SlabAllocator::Allocate(size_t bytes) {
 void SlabAllocator::Free(uint64_t offset, size_t bytes) {
   const uint32_t s = static_cast<uint32_t>(offset / slab_bytes_);
   Slab& slab = slabs_[s];
-  const SizeClass& c = classes_[slab.cls];
+  SizeClass& c = classes_[slab.cls];
   assert(c.chunk_bytes == ChunkBytes(bytes));
   (void)bytes;
   const bool was_full = slab.used == c.chunks_per_slab;
   --slab.used;
+  ++c.free_chunks;
   used_bytes_ -= c.chunk_bytes;
   if (slab.used == 0) {
+    c.free_chunks -= c.chunks_per_slab;
     if (!was_full) UnlinkWithRoom(s);
     slab.cls = kNone;
     free_slabs_.push_back(s);
@@ -88,6 +92,16 @@ void SlabAllocator::Free(uint64_t offset, size_t bytes) {
   }
   slab.freed.push_back(static_cast<uint32_t>((offset % slab_bytes_) / c.chunk_bytes));
   if (was_full) LinkWithRoom(s);
+}
+
+size_t SlabAllocator::AvailableBytes(size_t bytes) const {
+  const size_t chunk = ChunkBytes(bytes);
+  if (bytes == 0 || chunk > slab_bytes_) return 0;
+  size_t in_class = 0;
+  if (auto it = class_by_size_.find(chunk); it != class_by_size_.end()) {
+    in_class = classes_[it->second].free_chunks * chunk;
+  }
+  return in_class + free_slabs_.size() * (slab_bytes_ / chunk) * chunk;
 }
 
 }  // namespace kvtier

@@ -2,8 +2,8 @@
 // SlabAllocator: hands out offsets of fixed-size chunks inside a region (the host arena, or the
 // HBM arena, whose memory the CPU cannot touch: so no metadata lives in the region itself). The
 // region is cut into slabs of `slab_bytes`; a slab serves one chunk size (the request size rounded
-// up to 64 bytes) and returns to the free pool when its last chunk is freed. A cache holds blocks of
-// one or a few layouts, so a few exact-size classes waste almost nothing.
+// up to 64 bytes) and returns to the free pool when its last chunk is freed. A cache holds blocks
+// of one or a few layouts, so a few exact-size classes waste almost nothing.
 //
 // Allocate and Free do no heap allocation except the first time a slab serves a class (its free
 // list's capacity). Not thread-safe: the block store calls it under its own lock.
@@ -39,20 +39,24 @@ class SlabAllocator {
   // Sum of the chunk sizes handed out and not freed.
   size_t used_bytes() const { return used_bytes_; }
   size_t free_slabs() const { return free_slabs_.size(); }
+  // Bytes that allocations of `bytes` each could still get: the free chunks of their size class
+  // and the free slabs.
+  size_t AvailableBytes(size_t bytes) const;
 
  private:
   static constexpr uint32_t kNone = UINT32_MAX;
   struct Slab {
-    uint32_t cls = kNone;          // index into classes_, kNone when free
-    uint32_t used = 0;             // chunks handed out
-    uint32_t bump = 0;             // chunks never handed out start here
+    uint32_t cls = kNone;                 // index into classes_, kNone when free
+    uint32_t used = 0;                    // chunks handed out
+    uint32_t bump = 0;                    // chunks never handed out start here
     uint32_t prev = kNone, next = kNone;  // in its class's list of slabs with room
-    std::vector<uint32_t> freed;   // chunk indices returned by Free
+    std::vector<uint32_t> freed;          // chunk indices returned by Free
   };
   struct SizeClass {
     size_t chunk_bytes;
     uint32_t chunks_per_slab;
     uint32_t with_room = kNone;  // head of the list of this class's slabs with a free chunk
+    size_t free_chunks = 0;      // in this class's slabs
   };
   void LinkWithRoom(uint32_t slab_index);
   void UnlinkWithRoom(uint32_t slab_index);

@@ -45,9 +45,13 @@ TEST(SlabAllocator, RandomWorkloadNeverOverlaps) {
   for (int step = 0; step < 20000; ++step) {
     if (live.empty() || rng() % 3 != 0) {
       size_t size = sizes[rng() % 4];
-      auto o = a.Allocate(size);
-      if (!o) continue;
       const size_t chunk = SlabAllocator::ChunkBytes(size);
+      const size_t available = a.AvailableBytes(size);
+      ASSERT_EQ(available % chunk, 0u);
+      auto o = a.Allocate(size);
+      ASSERT_EQ(o.has_value(), available >= chunk) << "AvailableBytes foretells Allocate";
+      if (!o) continue;
+      ASSERT_EQ(a.AvailableBytes(size), available - chunk);
       auto next = live.lower_bound(*o);
       if (next != live.end()) {
         ASSERT_LE(*o + chunk, next->first) << "overlaps the next chunk";

@@ -9,6 +9,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cache/device_arena.h"
+#include "cache/flash_admission.h"
 #include "common/block_key.h"
 #include "common/clock.h"
 
@@ -17,12 +19,6 @@ class Env;
 }
 
 namespace kvtier {
-
-enum class NvmeAdmission : uint8_t {
-  kAll = 0,        // every block demoted from host is written to flash
-  kSeenTwice = 1,  // only blocks read at least once after their put (or put durable)
-};
-const char* NvmeAdmissionName(NvmeAdmission a);
 
 struct StoreOptions {
   // Host tier (pinned RAM).
@@ -34,7 +30,8 @@ struct StoreOptions {
   std::function<absl::StatusOr<uint8_t*>(size_t bytes)> host_memory;
   // Default: none. Called when a block becomes visible (stored: its put committed) and when it
   // leaves the store (evicted from the last tier, deleted, dropped as corrupt), with the store's
-  // lock held: it must be quick and must not call the store. kvtierd queues these for
+  // policy lock held: it must be quick and must not call the store. A block replaced by a re-put
+  // of its key stays visible and is not reported. kvtierd queues these for
   // CacheService.WatchBlocks (the router's cache-aware index).
   std::function<void(const BlockKey& key, bool stored)> on_block_event;
   // Largest block accepted; also the slab size of the tier allocators. Default: 8 MiB.
@@ -43,16 +40,28 @@ struct StoreOptions {
   // HBM tier (one GPU). Used only where this build has CUDA and the machine has a GPU.
   size_t hbm_bytes = 0;  // Default: 0 (off). Bytes of device memory for blocks.
   int hbm_device = 0;    // Default: 0. CUDA device ordinal.
+  // Default: none, meaning OpenDeviceArena (CUDA). Tests pass NewHostMemoryDeviceArena to run
+  // the HBM tier's paths without a GPU.
+  DeviceArenaFactory device_arena;
+
+  // The background mover keeps this much free in a memory tier (for blocks of the size last
+  // put there) by demoting blocks ahead of need, so puts and promotions find room without
+  // evicting for themselves. -1 (the default): 1/32 of the tier, at least 2 blocks, at most
+  // 1/8 of the tier and 256 MiB; 0: no reserve (each put evicts what it needs).
+  int64_t host_reserve_bytes = -1;
+  int64_t hbm_reserve_bytes = -1;
+  // Threads of the mover: demotions, flash deletes and compaction, lease expiry.
+  int mover_threads = 2;  // Default: 2.
 
   // NVMe tier (O_DIRECT blob files for payloads, RocksDB for keys and metadata).
-  std::string nvme_path;               // Default: empty (no NVMe tier). Data directory.
+  std::string nvme_path;                     // Default: empty (no NVMe tier). Data directory.
   uint64_t nvme_bytes = uint64_t{64} << 30;  // Default: 64 GiB. Payload bytes kept on flash.
   NvmeAdmission nvme_admission = NvmeAdmission::kSeenTwice;  // Default: seen twice.
   // Flash write budget for demotions, bytes per second (durable puts are not limited).
   uint64_t nvme_write_bytes_per_s = 0;  // Default: 0 (unlimited).
   bool nvme_direct_io = true;           // Default: true. See NvmeTierOptions::direct_io.
   size_t nvme_write_buffer_bytes = size_t{16} << 20;  // Default: 16 MiB. Metadata memtable.
-  rocksdb::Env* nvme_env = nullptr;     // Default: RocksDB's Env. Tests inject faults here.
+  rocksdb::Env* nvme_env = nullptr;  // Default: RocksDB's Env. Tests inject faults here.
 
   // Leases.
   int64_t lease_ttl_us = 30'000'000;       // Default: 30 s. TTL when a Lease names none.

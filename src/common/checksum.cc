@@ -60,6 +60,17 @@ uint64_t CopyWithChecksum(void* dst, const void* src, size_t size, CopyTo to) {
 }
 
 void ChecksumCopier::FreeState::operator()(XXH3_state_s* s) const { XXH3_freeState(s); }
+void ChecksumStream::FreeState::operator()(XXH3_state_s* s) const { XXH3_freeState(s); }
+
+ChecksumStream::ChecksumStream() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();
+  XXH3_64bits_reset(state_.get());
+}
+ChecksumStream::~ChecksumStream() = default;
+void ChecksumStream::Update(const void* data, size_t n) {
+  XXH3_64bits_update(state_.get(), data, n);
+}
+uint64_t ChecksumStream::Digest() const { return XXH3_64bits_digest(state_.get()); }
 
 ChecksumCopier::ChecksumCopier() : state_(XXH3_createState()) {
   if (state_ == nullptr) throw std::bad_alloc();

@@ -35,6 +35,24 @@ uint64_t CopyWithChecksum(void* dst, const void* src, size_t size, CopyTo to = C
 // memory's speed.
 void CopyBytes(void* dst, const void* src, size_t size, CopyTo to = CopyTo::kMemory);
 
+// The checksum of bytes that arrive in pieces, without copying them (their copy goes elsewhere,
+// to a GPU for one).
+class ChecksumStream {
+ public:
+  ChecksumStream();
+  ~ChecksumStream();
+  ChecksumStream(const ChecksumStream&) = delete;
+  ChecksumStream& operator=(const ChecksumStream&) = delete;
+  void Update(const void* data, size_t n);
+  uint64_t Digest() const;
+
+ private:
+  struct FreeState {
+    void operator()(XXH3_state_s* s) const;
+  };
+  std::unique_ptr<XXH3_state_s, FreeState> state_;
+};
+
 // The checksum of a block that arrives in pieces (a Get streamed in several buffers), computed
 // while each piece is copied to its place, as CopyWithChecksum does for one piece: on AVX2 and
 // AVX-512 CPUs from the registers that carry the bytes (internal::FusedCopyXxh3Stream),

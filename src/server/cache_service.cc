@@ -64,7 +64,6 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-
 CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics,
                                    const TenantAuth* auth)
     : store_(store),
@@ -242,7 +241,6 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
       auto handle =
           store_->BeginPut(TenantKey(tenant, *key), TenantKey(tenant, parent), h.size(), opts);
       if (!handle.ok()) return ToGrpc(handle.status());
-      if (handle->noop()) response->set_present(response->present() + 1);
       block = std::move(*handle);
       block_name = key->Hex();
       received = 0;
@@ -258,10 +256,13 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
       received += msg.data().size();
     }
     if (block.has_value() && received == block->size()) {
-      const bool noop = block->noop();
-      absl::Status st = block->Commit();
-      if (!st.ok()) return ToGrpc(st);
-      if (!noop) response->set_stored(response->stored() + 1);
+      absl::StatusOr<PutResult> put = block->Commit();
+      if (!put.ok()) return ToGrpc(put.status());
+      if (*put == PutResult::kStored) {
+        response->set_stored(response->stored() + 1);
+      } else {
+        response->set_present(response->present() + 1);
+      }
       block.reset();
       held.Reset();
     }
@@ -558,8 +559,7 @@ grpc::Status CacheServiceImpl::DataPlaneImpl(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx,
-                                           const v1::WatchBlocksRequest*,
+grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx, const v1::WatchBlocksRequest*,
                                            grpc::ServerWriter<v1::BlockEventBatch>* writer) {
   if (auth_ != nullptr) {
     if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
