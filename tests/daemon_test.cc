@@ -1,6 +1,6 @@
 // kvtierd end to end: a real daemon process on a free loopback port, spoken to over gRPC.
-#include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <thread>
 
@@ -22,9 +22,9 @@ const std::string kDaemon = std::string(KVTIER_BINARY_DIR) + "/kvtierd";
 
 std::unique_ptr<DaemonProcess> StartDaemon(const std::string& data_dir,
                                            std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--data", data_dir,
-                                   "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn",
-                                   "--metrics-listen", "127.0.0.1:0"};
+  std::vector<std::string> args = {"--listen",    "127.0.0.1:0", "--data",           data_dir,
+                                   "--host-mib",  "64",          "--nvme-gib",       "1",
+                                   "--log-level", "warn",        "--metrics-listen", "127.0.0.1:0"};
   args.insert(args.end(), extra.begin(), extra.end());
   auto d = std::make_unique<DaemonProcess>(kDaemon, args);
   EXPECT_FALSE(d->address().empty()) << "kvtierd did not start";
@@ -425,10 +425,12 @@ TEST_F(DaemonTest, MetricsFollowTheWork) {
   EXPECT_EQ(Sample(text, "kvtier_tier_capacity_bytes{tier=\"hbm\"}"), 0);
   EXPECT_EQ(Sample(text, "kvtier_rpc_requests_total{code=\"OK\",rpc=\"Put\"}"), 1);
   EXPECT_EQ(Sample(text, "kvtier_rpc_duration_seconds_count{rpc=\"Get\"}"), 1);
-  for (const char* name : {"kvtier_evictions_total", "kvtier_demotions_total",
-                           "kvtier_promotions_total", "kvtier_nvme_admission_rejections_total",
-                           "kvtier_checksum_failures_total", "kvtier_leases_active",
-                           "kvtier_index_bytes"}) {
+  for (const char* name :
+       {"kvtier_evictions_total", "kvtier_demotions_total", "kvtier_promotions_total",
+        "kvtier_nvme_admission_rejections_total", "kvtier_checksum_failures_total",
+        "kvtier_leases_active", "kvtier_index_bytes", "kvtier_sync_evictions_total",
+        "kvtier_nvme_disk_full_rejections_total", "kvtier_nvme_lost_blocks_total",
+        "kvtier_nvme_recovered_with_loss"}) {
     EXPECT_GE(Sample(text, name), 0) << name << " missing";
   }
 }
@@ -460,8 +462,8 @@ TEST(DaemonLimits, OversizedMessagesAndBlocksAreRefused) {
 
 TEST(DaemonLimits, InflightBytesAreCappedPerConnectionAndInTotal) {
   TempDir dir;
-  auto d = StartDaemon(dir.Sub("data"), {"--max-inflight-mib-per-connection", "3",
-                                         "--max-inflight-mib", "5"});
+  auto d = StartDaemon(dir.Sub("data"),
+                       {"--max-inflight-mib-per-connection", "3", "--max-inflight-mib", "5"});
   ASSERT_FALSE(d->address().empty());
   const std::string metrics = d->AddressOf("kvtierd metrics");
   auto inflight = [&] {

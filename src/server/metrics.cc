@@ -112,6 +112,24 @@ class StoreCollector final : public prometheus::Collectable {
     one("kvtier_nvme_bytes_written_total", "Payload bytes written to flash.", T::Counter,
         s.nvme_bytes_written);
     one("kvtier_nvme_write_errors_total", "Failed flash writes.", T::Counter, s.nvme_write_errors);
+    one("kvtier_sync_evictions_total",
+        "Blocks a put or lease evicted itself because the movers' free reserve was used up.",
+        T::Counter, s.sync_evictions);
+    one("kvtier_nvme_disk_full_rejections_total", "Flash writes refused for lack of disk space.",
+        T::Counter, s.nvme_disk_full_rejections);
+    one("kvtier_nvme_compactions_total", "Blob files compacted or removed.", T::Counter,
+        s.nvme_compactions);
+    one("kvtier_nvme_bad_records_total", "Damaged flash metadata records dropped at start-up.",
+        T::Counter, s.nvme_bad_records);
+    one("kvtier_nvme_lost_blocks_total",
+        "Flash blocks dropped at start-up because their payload file was missing or short.",
+        T::Counter, s.nvme_lost_blocks);
+    one("kvtier_nvme_recovered_with_loss",
+        "1 if the flash metadata was recovered only up to a damaged point of its log.", T::Gauge,
+        s.nvme_metadata_recovered_with_loss ? 1 : 0);
+    one("kvtier_nvme_damaged_tier_moved_aside",
+        "1 if an unreadable flash tier was moved aside at start-up and a new one begun.", T::Gauge,
+        s.nvme_damaged_tier_moved_aside ? 1 : 0);
     one("kvtier_checksum_failures_total", "Blocks that failed verification and were dropped.",
         T::Counter, s.checksum_failures);
     one("kvtier_leases_active", "Leases outstanding.", T::Gauge, s.leases_active);
