@@ -1064,12 +1064,12 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
       }
       case Tier::kNvme: {
         promote_to = s.host->Allocate(info.size);
-        if (!promote_to.has_value()) s.mover_wake.Signal();
         if (promote_to.has_value()) {
           uint8_t* chunk = s.host->HostPointer(*promote_to);
           sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size));
           if (sum.ok()) CopyBytes(out.data(), chunk, info.size, CopyTo::kCache);
         } else {
+          s.mover_wake.Signal();  // to free its reserve again
           sum = s.nvme->Read(key, out.first(info.size));
         }
         break;

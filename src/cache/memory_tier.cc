@@ -1,7 +1,5 @@
 #include "cache/memory_tier.h"
 
-#include "common/checksum.h"
-
 namespace kvtier {
 
 std::optional<uint64_t> MemoryTier::Allocate(size_t bytes) {
@@ -27,16 +25,6 @@ size_t MemoryTier::capacity_bytes() const {
 size_t MemoryTier::used_bytes() const {
   MutexLock l(&mu_);
   return alloc_.used_bytes();
-}
-
-absl::Status HostMemoryTier::CopyIn(uint64_t offset, const void* src, size_t bytes) {
-  CopyBytes(HostPointer(offset), src, bytes, CopyTo::kMemory);
-  return absl::OkStatus();
-}
-
-absl::Status HostMemoryTier::CopyOut(void* dst, uint64_t offset, size_t bytes) {
-  CopyBytes(dst, HostPointer(offset), bytes, CopyTo::kCache);
-  return absl::OkStatus();
 }
 
 }  // namespace kvtier

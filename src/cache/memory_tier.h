@@ -1,7 +1,7 @@
 #pragma once
 // MemoryTier: a tier whose blocks live in one arena of memory (host RAM, or HBM), cut into chunks
-// by a SlabAllocator. The store copies blocks in and out through it; where the CPU can reach the
-// memory, HostPointer gives readers the bytes themselves. Allocation is thread-safe (the tier's
+// by a SlabAllocator. Where the CPU can reach the memory, HostPointer gives readers the bytes
+// themselves; the HBM tier copies in and out. Allocation is thread-safe (the tier's
 // own leaf lock); copies need no lock (the caller owns the chunk or holds a pin on its block).
 //
 // HostMemoryTier is the host tier (HostArena); DeviceMemoryTier is the HBM tier, over any
@@ -38,9 +38,6 @@ class MemoryTier {
 
   // The chunk's bytes, where this process's CPU can address them; else nullptr (copy instead).
   virtual uint8_t* HostPointer(uint64_t offset) const = 0;
-  virtual absl::Status CopyIn(uint64_t offset, const void* src, size_t bytes) = 0;
-  virtual absl::Status CopyOut(void* dst, uint64_t offset, size_t bytes) = 0;
-  virtual std::string description() const = 0;
 
  protected:
   MemoryTier(Tier tier, size_t region_bytes, size_t slab_bytes)
@@ -58,9 +55,6 @@ class HostMemoryTier final : public MemoryTier {
   HostMemoryTier(std::unique_ptr<HostArena> arena, size_t region_bytes, size_t slab_bytes)
       : MemoryTier(Tier::kHost, region_bytes, slab_bytes), arena_(std::move(arena)) {}
   uint8_t* HostPointer(uint64_t offset) const override { return arena_->base() + offset; }
-  absl::Status CopyIn(uint64_t offset, const void* src, size_t bytes) override;
-  absl::Status CopyOut(void* dst, uint64_t offset, size_t bytes) override;
-  std::string description() const override { return "host RAM"; }
   const HostArena& arena() const { return *arena_; }
 
  private:
@@ -72,13 +66,13 @@ class DeviceMemoryTier final : public MemoryTier {
   DeviceMemoryTier(std::unique_ptr<DeviceArena> arena, size_t slab_bytes)
       : MemoryTier(Tier::kHbm, arena->size(), slab_bytes), arena_(std::move(arena)) {}
   uint8_t* HostPointer(uint64_t) const override { return nullptr; }
-  absl::Status CopyIn(uint64_t offset, const void* src, size_t bytes) override {
+  absl::Status CopyIn(uint64_t offset, const void* src, size_t bytes) {
     return arena_->CopyToDevice(offset, src, bytes);
   }
-  absl::Status CopyOut(void* dst, uint64_t offset, size_t bytes) override {
+  absl::Status CopyOut(void* dst, uint64_t offset, size_t bytes) {
     return arena_->CopyToHost(dst, offset, bytes);
   }
-  std::string description() const override { return arena_->description(); }
+  std::string description() const { return arena_->description(); }
   const DeviceArena& arena() const { return *arena_; }
 
  private:
