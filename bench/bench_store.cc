@@ -6,6 +6,8 @@
 //   chained-key hashing throughput (128K-token prompt, 16-token blocks)
 //   hit rate of the store's prefix-aware eviction vs a plain LRU, replaying the Mooncake trace
 //   NVMe admission (all vs seen-twice): hit rate and flash bytes written
+//   host-hit latency (p99) alone, and while puts demote onto a flash tier slowed to 50 ms appends
+//   share of puts that evicted synchronously (the mover's reserve did not cover them)
 //
 // Usage: bench_store [--quick] [--dir DIR] [--trace FILE]
 // Ends with one line: RESULT {json}.
@@ -17,6 +19,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <rocksdb/env.h>
+#include <thread>
 #include <list>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -30,6 +34,7 @@
 #include "common/block_key.h"
 #include "common/kv_layout.h"
 #include "common/logging.h"
+#include "testing/slow_fs.h"
 #include "testing/test_util.h"
 
 namespace kvtier::bench {
@@ -66,7 +71,8 @@ struct HostFigures {
 
 HostFigures BenchHost(const Args& args) {
   const size_t arena = args.quick ? 512 * kMiB : 1024 * kMiB;
-  const size_t blocks = arena / kMiB - 8;
+  // What the store keeps: the mover holds 1/32 of the tier free for puts (StoreOptions).
+  const size_t blocks = arena / kMiB * 15 / 16;
   const int rounds = args.quick ? 3 : 5;
   // Source of puts: its own working set, as large as the arena.
   std::vector<uint8_t> src(blocks * kMiB);
@@ -115,6 +121,9 @@ HostFigures BenchHost(const Args& args) {
 
 struct NvmeFigures {
   double read_gbps, write_gbps, raw_read_gbps, raw_write_gbps;
+  // Of the puts that needed room (every put past the host tier's capacity), the share that
+  // evicted a block themselves.
+  double sync_eviction_share;
 };
 
 std::pair<double, double> RawDirectIo(const std::string& path, size_t blocks,
@@ -161,7 +170,7 @@ NvmeFigures BenchNvme(const Args& args, const std::string& dir) {
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), std::mt19937(9));
 
-  std::vector<double> rd, wr, raw_rd, raw_wr;
+  std::vector<double> rd, wr, raw_rd, raw_wr, sync_share;
   for (int r = 0; r < rounds; ++r) {
     const std::string path = dir + "/nvme-" + std::to_string(r);
     {
@@ -186,7 +195,10 @@ NvmeFigures BenchNvme(const Args& args, const std::string& dir) {
       absl::Status st = s.Flush();
       if (!st.ok()) Die("flush", st);
       double t1 = NowSeconds();
-      const uint64_t written = s.Stats().nvme_bytes_written;
+      const StoreStats after_puts = s.Stats();
+      const uint64_t written = after_puts.nvme_bytes_written;
+      sync_share.push_back(static_cast<double>(after_puts.sync_evictions) /
+                           static_cast<double>(blocks - host_blocks));
       // Read: blocks 0 .. blocks-host_blocks-1 are on flash only.
       for (size_t i : order) {
         auto n = s.Get(KeyOf(i), std::span(out));
@@ -205,7 +217,114 @@ NvmeFigures BenchNvme(const Args& args, const std::string& dir) {
     raw_rd.push_back(raw_r);
     raw_wr.push_back(raw_w);
   }
-  return {Median(rd), Median(wr), Median(raw_rd), Median(raw_wr)};
+  return {Median(rd), Median(wr), Median(raw_rd), Median(raw_wr), Median(sync_share)};
+}
+
+// ---- host-hit latency, alone and beside a slow flash tier -----------------------------------
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
+  return v[i];
+}
+
+struct LatencyFigures {
+  double p99_us, p99_us_slow_flash, mean_us, mean_us_slow_flash, max_us_slow_flash;
+  uint64_t puts_slow_flash, demotions_slow_flash;
+};
+
+// One thread's Gets of a hot set of 256 KiB host blocks, timed one by one. With `slow_flash`, a
+// second thread puts new blocks meanwhile, so that the mover demotes onto a flash tier whose
+// blob appends each take 50 ms (testing::SlowFlashFs).
+struct GetLatency {
+  std::vector<double> us;
+  uint64_t puts = 0, demotions = 0;
+};
+GetLatency MeasureHostGets(const Args& args, const std::string& path, bool slow_flash) {
+  constexpr size_t kBlock = 256 * 1024;
+  constexpr size_t kHot = 8;
+  const double seconds = args.quick ? 1.5 : 4.0;
+  auto fs = std::make_shared<testing::SlowFlashFs>(std::chrono::milliseconds(slow_flash ? 50 : 0));
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  GetLatency out;
+  {
+    StoreOptions o;
+    o.host_bytes = 64 * kBlock;
+    o.max_block_bytes = kBlock;
+    o.host_hugepages = false;
+    o.nvme_path = path;
+    o.nvme_admission = NvmeAdmission::kAll;
+    o.nvme_env = env.get();
+    auto store = BlockStore::Open(o);
+    if (!store.ok()) Die("open latency store", store.status());
+    BlockStore& s = **store;
+    std::vector<uint8_t> block(kBlock), got(kBlock);
+    FillRandom(block.data(), kBlock, 4);
+    for (size_t i = 0; i < kHot; ++i) {
+      std::memcpy(block.data(), &i, sizeof(i));
+      absl::Status st = s.Put(KeyOf(i), BlockKey{}, block);
+      if (!st.ok()) Die("latency put", st);
+    }
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> puts{0};
+    std::thread writer;
+    if (slow_flash) {
+      writer = std::thread([&] {
+        std::vector<uint8_t> b(kBlock);
+        FillRandom(b.data(), kBlock, 5);
+        for (uint64_t i = 1'000'000; !stop.load(); ++i) {
+          std::memcpy(b.data(), &i, sizeof(i));
+          absl::Status st = s.Put(KeyOf(i), BlockKey{}, b);
+          if (!st.ok() && st.code() != absl::StatusCode::kResourceExhausted) Die("writer put", st);
+          if (st.ok()) puts.fetch_add(1);
+        }
+      });
+    }
+    const uint64_t demotions_before = s.Stats().demotions;
+    out.us.reserve(1 << 20);
+    const double end = NowSeconds() + seconds;
+    for (size_t i = 0; NowSeconds() < end; ++i) {
+      const double t0 = NowSeconds();
+      auto n = s.Get(KeyOf(i % kHot), std::span(got));
+      const double t1 = NowSeconds();
+      if (!n.ok()) Die("latency get", n.status());
+      out.us.push_back((t1 - t0) * 1e6);
+    }
+    stop.store(true);
+    if (writer.joinable()) writer.join();
+    out.puts = puts.load();
+    out.demotions = s.Stats().demotions - demotions_before;
+    if (s.Stats().tiers[static_cast<int>(Tier::kHost)].hits < out.us.size()) {
+      std::fprintf(stderr, "bench_store: hot blocks left the host tier\n");
+      std::exit(1);
+    }
+  }
+  std::filesystem::remove_all(path);
+  return out;
+}
+
+LatencyFigures BenchHitLatency(const Args& args, const std::string& dir) {
+  // Alternate the two settings, so that both see the same state of a shared machine.
+  const int rounds = args.quick ? 2 : 3;
+  std::vector<double> p99, p99_slow, mean, mean_slow, max_slow;
+  uint64_t puts = 0, demotions = 0;
+  auto mean_of = [](const std::vector<double>& v) {
+    return std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  };
+  for (int r = 0; r < rounds; ++r) {
+    const GetLatency plain = MeasureHostGets(args, dir + "/latency-plain", false);
+    const GetLatency slow = MeasureHostGets(args, dir + "/latency-slow", true);
+    p99.push_back(Percentile(plain.us, 0.99));
+    mean.push_back(mean_of(plain.us));
+    p99_slow.push_back(Percentile(slow.us, 0.99));
+    mean_slow.push_back(mean_of(slow.us));
+    max_slow.push_back(*std::max_element(slow.us.begin(), slow.us.end()));
+    puts += slow.puts;
+    demotions += slow.demotions;
+  }
+  return {Median(p99),       Median(p99_slow), Median(mean), Median(mean_slow),
+          Median(max_slow), puts,             demotions};
 }
 
 // ---- index memory --------------------------------------------------------------------------
@@ -423,6 +542,21 @@ int Main(int argc, char** argv) {
   result.Add("raw_write_gbps", nvme.raw_write_gbps);
   result.Add("nvme_read_vs_raw", nvme.read_gbps / nvme.raw_read_gbps);
   result.Add("nvme_write_vs_raw", nvme.write_gbps / nvme.raw_write_gbps);
+  std::printf("sync evictions            %.4f of the puts that needed room (NVMe write phase)\n",
+              nvme.sync_eviction_share);
+  result.Add("sync_eviction_share", nvme.sync_eviction_share);
+
+  const LatencyFigures lat = BenchHitLatency(args, dir);
+  std::printf("host get, 256 KiB blocks  p99 %.1f us (mean %.1f) | beside 50 ms flash appends: p99 "
+              "%.1f us (mean %.1f, max %.0f; %llu puts, %llu demotions) | ratio %.2f\n",
+              lat.p99_us, lat.mean_us, lat.p99_us_slow_flash, lat.mean_us_slow_flash,
+              lat.max_us_slow_flash, static_cast<unsigned long long>(lat.puts_slow_flash),
+              static_cast<unsigned long long>(lat.demotions_slow_flash),
+              lat.p99_us_slow_flash / lat.p99_us);
+  result.Add("host_get_p99_us", lat.p99_us);
+  result.Add("host_get_p99_us_slow_flash", lat.p99_us_slow_flash);
+  result.Add("host_get_p99_slow_flash_ratio", lat.p99_us_slow_flash / lat.p99_us);
+  result.Add("host_get_max_us_slow_flash", lat.max_us_slow_flash);
 
   const auto [host_index, nvme_index] = BenchIndexBytes(args, dir);
   std::printf("index RAM per block       host-resident %.1f B  nvme-resident %.1f B\n", host_index,

@@ -3,15 +3,15 @@
 // test may mount (root, or a user namespace that allows it), and a RocksDB FileSystem that fills
 // at a set size everywhere else. Both report their free space honestly, as statvfs would.
 
-#include <rocksdb/env.h>
-#include <rocksdb/file_system.h>
 #include <sys/mount.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
 
 #include "testing/test_util.h"
+#include "testing/watched_fs.h"
 
 namespace kvtier::testing {
 
@@ -39,32 +39,15 @@ class TmpfsMount {
 // A file system whose disk holds `capacity` bytes: appends past it fail with ENOSPC (RocksDB's
 // NoSpace), GetFreeSpace says what is left, and deleting a file gives its bytes back. Bytes of
 // files that existed before it was made do not count. Use with rocksdb::NewCompositeEnv.
-class SmallDiskFs : public rocksdb::FileSystemWrapper {
+class SmallDiskFs : public WatchedAppendFs {
  public:
-  explicit SmallDiskFs(uint64_t capacity)
-      : rocksdb::FileSystemWrapper(rocksdb::FileSystem::Default()), capacity_(capacity) {}
+  explicit SmallDiskFs(uint64_t capacity) : capacity_(capacity) {}
   const char* Name() const override { return "SmallDiskFs"; }
 
   uint64_t used() const { return used_.load(); }
   // Changes the disk's size (a test fills or frees it at once).
   void set_capacity(uint64_t bytes) { capacity_.store(bytes); }
 
-  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
-                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
-                                    rocksdb::IODebugContext* d) override {
-    std::unique_ptr<rocksdb::FSWritableFile> file;
-    rocksdb::IOStatus s = target()->NewWritableFile(f, o, &file, d);
-    if (s.ok()) r->reset(new File(std::move(file), this));
-    return s;
-  }
-  rocksdb::IOStatus ReopenWritableFile(const std::string& f, const rocksdb::FileOptions& o,
-                                       std::unique_ptr<rocksdb::FSWritableFile>* r,
-                                       rocksdb::IODebugContext* d) override {
-    std::unique_ptr<rocksdb::FSWritableFile> file;
-    rocksdb::IOStatus s = target()->ReopenWritableFile(f, o, &file, d);
-    if (s.ok()) r->reset(new File(std::move(file), this));
-    return s;
-  }
   rocksdb::IOStatus DeleteFile(const std::string& f, const rocksdb::IOOptions& o,
                                rocksdb::IODebugContext* d) override {
     uint64_t size = 0;
@@ -80,45 +63,20 @@ class SmallDiskFs : public rocksdb::FileSystemWrapper {
     return rocksdb::IOStatus::OK();
   }
 
- private:
-  class File : public rocksdb::FSWritableFileOwnerWrapper {
-   public:
-    File(std::unique_ptr<rocksdb::FSWritableFile> f, SmallDiskFs* fs)
-        : rocksdb::FSWritableFileOwnerWrapper(std::move(f)), fs_(fs) {}
-    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
-                             rocksdb::IODebugContext* d) override {
-      if (!fs_->Take(data.size())) return NoSpace();
-      return target()->Append(data, o, d);
-    }
-    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
-                             const rocksdb::DataVerificationInfo& v,
-                             rocksdb::IODebugContext* d) override {
-      if (!fs_->Take(data.size())) return NoSpace();
-      return target()->Append(data, o, v, d);
-    }
-    rocksdb::IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t offset,
-                                       const rocksdb::IOOptions& o,
-                                       rocksdb::IODebugContext* d) override {
-      if (!fs_->Take(data.size())) return NoSpace();
-      return target()->PositionedAppend(data, offset, o, d);
-    }
-
-   private:
-    static rocksdb::IOStatus NoSpace() {
-      rocksdb::IOStatus s = rocksdb::IOStatus::NoSpace("No space left on device (test disk)");
-      s.SetRetryable(false);
-      return s;
-    }
-    SmallDiskFs* fs_;
-  };
-
-  bool Take(uint64_t n) {
+ protected:
+  rocksdb::IOStatus BeforeAppend(const std::string&, size_t bytes) override {
     uint64_t used = used_.load();
     do {
-      if (used + n > capacity_.load()) return false;
-    } while (!used_.compare_exchange_weak(used, used + n));
-    return true;
+      if (used + bytes > capacity_.load()) {
+        rocksdb::IOStatus s = rocksdb::IOStatus::NoSpace("No space left on device (test disk)");
+        s.SetRetryable(false);
+        return s;
+      }
+    } while (!used_.compare_exchange_weak(used, used + bytes));
+    return rocksdb::IOStatus::OK();
   }
+
+ private:
   void Release(uint64_t n) {
     uint64_t used = used_.load();
     while (!used_.compare_exchange_weak(used, used - std::min(used, n))) {
