@@ -483,9 +483,14 @@ struct BlockStore::Impl {
     e.parked = 1;
     return false;
   }
+  // The policy's first victim in tier t that may be taken now, or kNoEntry.
+  uint32_t PickVictim(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return policy->PickVictim(
+        t, [this](uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return Evictable(h); });
+  }
   // Evicts the first victim of tier t one tier down (or out). False when there is none.
   bool EvictOne(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    const uint32_t v = policy->PickVictim(t, [&](uint32_t h) { return Evictable(h); });
+    const uint32_t v = PickVictim(t);
     if (v == kNoEntry) return false;
     Demote(v);
     return true;
@@ -493,7 +498,7 @@ struct BlockStore::Impl {
   // Room on flash for `bytes` more, by dropping flash blocks in policy order.
   bool MakeFlashRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     while (nvme_used + bytes > nvme->CapacityBytes()) {
-      const uint32_t v = policy->PickVictim(Tier::kNvme, [&](uint32_t h) { return Evictable(h); });
+      const uint32_t v = PickVictim(Tier::kNvme);
       if (v == kNoEntry) return false;
       Drop(v, /*corrupt=*/false);
     }
@@ -613,9 +618,10 @@ struct BlockStore::Impl {
     }
   }
   size_t ReapLeases() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    const size_t n = leases.TakeExpired(clock->NowMicros(), [&](auto& lease) {
-      for (uint32_t h : lease.handles) ReleaseLeasePin(h);
-    });
+    const size_t n =
+        leases.TakeExpired(clock->NowMicros(), [&](auto& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+          for (uint32_t h : lease.handles) ReleaseLeasePin(h);
+        });
     Count(counters.leases_expired, n);
     return n;
   }
@@ -638,8 +644,7 @@ struct BlockStore::Impl {
         }
       }
       if (nvme != nullptr && nvme_used > nvme->CapacityBytes()) {
-        const uint32_t v =
-            policy->PickVictim(Tier::kNvme, [&](uint32_t h) { return Evictable(h); });
+        const uint32_t v = PickVictim(Tier::kNvme);
         if (v != kNoEntry) {
           Drop(v, /*corrupt=*/false);
           worked = true;
@@ -759,30 +764,31 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
     MutexLock l(&s.mu);
     std::vector<uint32_t> recovered;
     size_t skipped = 0;
-    absl::Status scan = s.nvme->ForEachMeta([&](const BlockKey& key, const BlockMeta& meta) {
-      if (key.IsZero() || meta.size == 0 || meta.size > options.max_block_bytes ||
-          key == meta.parent || s.index.Find(key) != kNoEntry) {
-        ++skipped;
-        return;
-      }
-      const uint32_t h = s.pool.Alloc();
-      if (h == kNoEntry) return;
-      Entry& e = s.E(h);
-      e.key = key;
-      e.parent = meta.parent;
-      e.checksum = meta.checksum;
-      e.size = meta.size;
-      e.tier = Tier::kNvme;
-      e.flags = cache_internal::kOnFlash;
-      auto& shard = s.index.ShardOf(key);
-      MutexLock sl(&shard.mu);
-      e.state = EntryState::kCommitted;
-      e.generation = s.NewGeneration();
-      s.index.InsertLocked(shard, h);
-      s.nvme_used += meta.size;
-      ++s.resident[static_cast<int>(Tier::kNvme)];
-      recovered.push_back(h);
-    });
+    absl::Status scan = s.nvme->ForEachMeta(
+        [&](const BlockKey& key, const BlockMeta& meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+          if (key.IsZero() || meta.size == 0 || meta.size > options.max_block_bytes ||
+              key == meta.parent || s.index.Find(key) != kNoEntry) {
+            ++skipped;
+            return;
+          }
+          const uint32_t h = s.pool.Alloc();
+          if (h == kNoEntry) return;
+          Entry& e = s.E(h);
+          e.key = key;
+          e.parent = meta.parent;
+          e.checksum = meta.checksum;
+          e.size = meta.size;
+          e.tier = Tier::kNvme;
+          e.flags = cache_internal::kOnFlash;
+          auto& shard = s.index.ShardOf(key);
+          MutexLock sl(&shard.mu);
+          e.state = EntryState::kCommitted;
+          e.generation = s.NewGeneration();
+          s.index.InsertLocked(shard, h);
+          s.nvme_used += meta.size;
+          ++s.resident[static_cast<int>(Tier::kNvme)];
+          recovered.push_back(h);
+        });
     if (!scan.ok()) return scan;
     if (skipped > 0) {
       spdlog::warn("store: skipped {} NVMe blocks this store cannot hold (max_block_bytes {})",
