@@ -334,7 +334,7 @@ absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads, bool* ove
     if (reads[i].offset > b->size() || reads[i].dst.size() > b->size() - reads[i].offset) {
       return out_of_range(i, b->size());
     }
-    std::memcpy(reads[i].dst.data(), b->data() + reads[i].offset, reads[i].dst.size());
+    CopyBytes(reads[i].dst.data(), b->data() + reads[i].offset, reads[i].dst.size());
   }
   return absl::OkStatus();
 }
