@@ -1203,20 +1203,27 @@ absl::Status BlockStore::Delete(const BlockKey& key) {
   for (;;) {
     s.WaitForFlashKey(key);
     h = s.index.Find(key);
-    if (h == kNoEntry) return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+    if (h == kNoEntry) break;
     if (s.E(h).leases > 0) {
       return absl::FailedPreconditionError(absl::StrCat("block ", key.Hex(), " is leased"));
     }
     if ((s.E(h).flags & cache_internal::kMoving) == 0) break;
     s.changed.Wait(&s.mu);
   }
-  Entry& e = s.E(h);
-  const bool on_flash = (e.flags & cache_internal::kOnFlash) != 0;
-  s.Doom(h, /*event=*/true);
+  if (h != kNoEntry) {
+    Entry& e = s.E(h);
+    if (e.flags & cache_internal::kOnFlash) {
+      e.flags &= ~(cache_internal::kOnFlash | cache_internal::kDurable);
+      s.nvme_used -= std::min<uint64_t>(s.nvme_used, e.size);
+    }
+    s.Doom(h, /*event=*/true);
+    s.MaybeFree(h);
+  }
+  // The key's flash record goes durably, whatever the store knew of it: a record the store
+  // dropped with a plain delete (an eviction from flash, a replaced copy) may still be waiting
+  // its turn, or logged and not yet synced, and must not come back after a crash either.
   absl::Status st;
-  if (on_flash) {
-    e.flags &= ~(cache_internal::kOnFlash | cache_internal::kDurable);
-    s.nvme_used -= std::min<uint64_t>(s.nvme_used, e.size);
+  if (s.nvme != nullptr) {
     (void)s.ClaimFlashKey(key);  // a delete waiting its turn is this one now
     s.mu.Unlock();
     st = s.nvme->Delete(key, /*durable=*/true);
@@ -1226,7 +1233,9 @@ absl::Status BlockStore::Delete(const BlockKey& key) {
                       deleted ? std::nullopt : std::optional<bool>(/*durable=*/true));
     if (st.code() == absl::StatusCode::kNotFound) st = absl::OkStatus();
   }
-  s.MaybeFree(h);
+  if (h == kNoEntry && st.ok()) {
+    return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
+  }
   return st;
 }
 

@@ -185,9 +185,10 @@ class BlockStore {
   LookupResult LookupPiece(std::span<const BlockKey> piece) const;
   void CountLookup(size_t blocks, size_t matched) const;
 
-  // Removes a block from every tier (durably from NVMe) before it returns. NOT_FOUND if absent;
-  // FAILED_PRECONDITION if leased; the flash tier's error if its record could not be deleted
-  // (the block is gone from memory either way).
+  // Removes a block from every tier before it returns, from NVMe durably: a deleted key never
+  // comes back after a crash, even one the store had evicted before the Delete. NOT_FOUND if
+  // absent; FAILED_PRECONDITION if leased; the flash tier's error if its record could not be
+  // deleted (the block is gone from memory either way).
   absl::Status Delete(const BlockKey& key);
 
   // Pins `keys` for ttl_us (0: the default TTL); NVMe blocks are first promoted to host.

@@ -54,7 +54,8 @@ class FlashTier {
   // Reads the payload into `out` and returns the checksum of what was read. NOT_FOUND if absent;
   // DATA_LOSS if the stored payload's size is not out.size(), or its file is missing or short.
   virtual absl::StatusOr<uint64_t> Read(const BlockKey& key, std::span<uint8_t> out) = 0;
-  // NOT_FOUND if absent. durable: the delete survives a crash.
+  // NOT_FOUND if absent. Every delete survives a crash of the process; durable: also of the
+  // machine, and so do the deletes before it (of this key too, when it finds the key absent).
   virtual absl::Status Delete(const BlockKey& key, bool durable) = 0;
   // Calls fn for every stored block's metadata (in key order). Stops at the first error.
   virtual absl::Status ForEachMeta(

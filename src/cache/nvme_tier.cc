@@ -193,6 +193,9 @@ struct NvmeTier::Impl {
   // so a compaction never races an update of the same key. Readers never take it.
   Mutex write_mu;
   std::shared_ptr<BlobFile> active ABSL_GUARDED_BY(write_mu);
+  // Deletes are logged in the WAL since its last sync (a delete of a block the store evicted):
+  // the next durable delete syncs them, even of a key they removed already.
+  bool unsynced_log ABSL_GUARDED_BY(write_mu) = false;
 
   mutable Mutex mu;  // the file table and the counters
   absl::flat_hash_map<uint32_t, std::shared_ptr<BlobFile>> files ABSL_GUARDED_BY(mu);
@@ -321,14 +324,22 @@ struct NvmeTier::Impl {
     return DecodeMeta(value, m, loc);
   }
 
+  // How a metadata batch is committed.
+  enum class Commit {
+    kMemtable,  // a cache write: lost in a crash unless flushed first
+    kLogged,    // in the WAL, which outlives the process; durable at the next sync
+    kSynced,    // in the WAL, fsynced before returning (with every record logged before it)
+  };
   // Commits a metadata batch. A write that meets RocksDB's background-error state (after a
   // failed flush) asks RocksDB to resume once, so the tier recovers when space returns.
-  absl::Status WriteBatch(rocksdb::WriteBatch* batch, bool durable, const std::string& what) {
+  absl::Status WriteBatch(rocksdb::WriteBatch* batch, Commit how, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     rocksdb::WriteOptions wo;
-    wo.sync = durable;
-    wo.disableWAL = !durable;
+    wo.sync = how == Commit::kSynced;
+    wo.disableWAL = how == Commit::kMemtable;
     rocksdb::Status s = db->Write(wo, batch);
     if (!s.ok() && !IsNoSpace(s) && db->Resume().ok()) s = db->Write(wo, batch);
+    if (s.ok() && how != Commit::kMemtable) unsynced_log = how == Commit::kLogged;
     return FromRocks(s, what);
   }
 
@@ -412,7 +423,7 @@ struct NvmeTier::Impl {
         MutexLock wl(&write_mu);
         rocksdb::WriteBatch batch;
         (void)batch.Delete(by_file_cf, FileKey(f->number, k.data()));
-        (void)WriteBatch(&batch, false, "compaction index");
+        (void)WriteBatch(&batch, Commit::kMemtable, "compaction index");
         continue;
       }
       const size_t padded = RoundUp(m.size);
@@ -843,7 +854,8 @@ absl::Status NvmeTier::Write(const BlockKey& key, const BlockMeta& meta,
     t.files[loc.file]->live += padded;  // counted now, so the file is not removed meanwhile
     t.stats.live_bytes += padded;
   }
-  absl::Status st = t.WriteBatch(&batch, durable, absl::StrCat("write ", key.Hex()));
+  absl::Status st = t.WriteBatch(&batch, durable ? Impl::Commit::kSynced : Impl::Commit::kMemtable,
+                                 absl::StrCat("write ", key.Hex()));
   if (!st.ok()) {  // the appended payload stays unreferenced garbage
     t.Unreference(loc.file, padded);
     return st;
@@ -907,12 +919,21 @@ absl::Status NvmeTier::Delete(const BlockKey& key, bool durable) {
   Location loc;
   absl::Status found = t.GetMeta(k, &m, &loc);
   if (found.code() == absl::StatusCode::kNotFound) {
+    // A logged delete may have removed it: a durable delete makes that one durable.
+    if (durable && t.unsynced_log) {
+      KVTIER_RETURN_IF_ERROR(FromRocks(t.db->SyncWAL(), "sync deletes"));
+      t.unsynced_log = false;
+    }
     return absl::NotFoundError(absl::StrCat("NVMe tier: block ", key.Hex(), " not found"));
   }
   rocksdb::WriteBatch batch;
   (void)batch.Delete(t.meta_cf, rocksdb::Slice(k, 16));
   if (found.ok()) (void)batch.Delete(t.by_file_cf, FileKey(loc.file, k));
-  KVTIER_RETURN_IF_ERROR(t.WriteBatch(&batch, durable, absl::StrCat("delete ", key.Hex())));
+  // A delete is always logged: one lost in a crash would bring back a record that was
+  // persisted earlier (a durable put, a flush), though the store had dropped it.
+  KVTIER_RETURN_IF_ERROR(t.WriteBatch(&batch,
+                                      durable ? Impl::Commit::kSynced : Impl::Commit::kLogged,
+                                      absl::StrCat("delete ", key.Hex())));
   if (found.ok()) t.Unreference(loc.file, RoundUp(m.size));
   return absl::OkStatus();
 }

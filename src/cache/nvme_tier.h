@@ -12,8 +12,9 @@
 // is therefore either wholly present or absent (an unreferenced payload is garbage that the next
 // compaction of its file drops). Durable writes fsync the blob file (and, for a new file, its
 // directory) and the metadata WAL before returning; cache writes do neither (Close() flushes
-// them). Maintain() compacts a sealed blob file that deletes left mostly dead: its live payloads
-// are copied forward and the file is removed.
+// them). Deletes always go to the WAL (synced when durable), so a delete never comes undone in a
+// crash of the process. Maintain() compacts a sealed blob file that deletes left mostly dead: its
+// live payloads are copied forward and the file is removed.
 //
 // A full disk: writes are refused with RESOURCE_EXHAUSTED while the free space is below what
 // RocksDB needs to flush, recover and close (so it never meets ENOSPC itself), and blob files and
