@@ -35,7 +35,9 @@ class TempDir {
 };
 
 // A key from a small integer, never zero.
-inline BlockKey TestKey(uint64_t n) { return BlockKey{0x6b76000000000000ULL ^ (n + 1), n * 0x9E3779B97F4A7C15ULL + 1}; }
+inline BlockKey TestKey(uint64_t n) {
+  return BlockKey{0x6b76000000000000ULL ^ (n + 1), n * 0x9E3779B97F4A7C15ULL + 1};
+}
 
 // `size` bytes determined by `seed`: a reader can check every byte without the writer.
 inline std::vector<uint8_t> TestBlock(uint64_t seed, size_t size) {
