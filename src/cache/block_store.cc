@@ -209,18 +209,27 @@ struct BlockStore::Impl {
 
   // ---- entries' lives, under the policy lock -------------------------------------------------
 
-  // Makes a reserved entry the committed block of its key. REQUIRES: none is indexed.
-  void Publish(uint32_t h, bool event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  // Makes a reserved entry the committed block of its key: in place of committed entry
+  // `replaced`, if given, in one step for readers (the key is never missing meanwhile), which
+  // leaves `replaced` doomed. REQUIRES: no other entry of the key is indexed.
+  void Publish(uint32_t h, bool event, uint32_t replaced = kNoEntry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     e.last_access.store(access_clock.fetch_add(1, std::memory_order_relaxed) + 1,
                         std::memory_order_relaxed);
+    if (replaced != kNoEntry) policy->Remove(replaced);
     {
       auto& s = ShardOf(e);
       MutexLock l(&s.mu);
+      if (replaced != kNoEntry) {
+        index.EraseLocked(s, replaced);
+        E(replaced).state = EntryState::kDoomed;
+      }
       e.state = EntryState::kCommitted;
       e.generation = NewGeneration();
       index.InsertLocked(s, h);
     }
+    if (replaced != kNoEntry) --resident[static_cast<int>(E(replaced).tier)];
     ++resident[static_cast<int>(e.tier)];
     policy->Add(h);
     if (event && options.on_block_event) options.on_block_event(e.key, /*stored=*/true);
@@ -571,6 +580,23 @@ struct BlockStore::Impl {
     const BlockMeta meta{e.parent, e.checksum, e.size};
     const BlockKey key = e.key;
     const std::optional<bool> superseded = ClaimFlashKey(key);
+    if ((e.flags & cache_internal::kOnFlash) || e.state != EntryState::kCommitted) {
+      // While it waited for the key's turn, a durable put gave the block its flash record (it is
+      // a clean copy now), or the block was deleted or replaced: nothing to write.
+      ReleaseFlashKey(key, /*wrote=*/false, superseded);
+      nvme_used -= meta.size;
+      EndMove(h, Tier::kHost);
+      if (e.state != EntryState::kCommitted) {
+        MaybeFree(h);
+        return;
+      }
+      if (TryRelocate(h, Tier::kNvme, 0)) {
+        host->Free(old, e.size);
+        Count(counters.demotions);
+      }
+      ShowIfIdle(h);
+      return;
+    }
     mu.Unlock();
     const bool intact = Checksum(bytes, meta.size) == meta.checksum;
     absl::Status st = intact ? nvme->Write(key, meta, std::span(bytes, meta.size), false)
@@ -1019,6 +1045,15 @@ absl::StatusOr<PutResult> BlockStore::PutHandle::Commit() {
     if (durable_ || ((e.flags & cache_internal::kDurable) && !same)) {
       absl::Status st = s.WriteToFlash(r.key, meta, bytes, /*durable=*/true);
       if (!st.ok()) return fail(st);
+      if (same && s.index.Find(r.key) == c && e.tier != Tier::kNvme &&
+          (e.flags & cache_internal::kMoving) == 0) {
+        // Promoted (perhaps leased) while ours was written: keep it, durable with our record of
+        // the same bytes, so that nothing reading it sees it change.
+        if ((e.flags & cache_internal::kOnFlash) == 0) s.nvme_used += e.size;
+        e.flags |= cache_internal::kOnFlash | cache_internal::kDurable;
+        s.FreeReservation(h, /*counted=*/false);
+        return PutResult::kPresent;
+      }
       r.flags |= cache_internal::kOnFlash | cache_internal::kDurable;
       s.nvme_used += r.size;
       if (s.index.Find(r.key) == c && (e.flags & cache_internal::kOnFlash)) {
@@ -1032,8 +1067,7 @@ absl::StatusOr<PutResult> BlockStore::PutHandle::Commit() {
       s.DropFlashCopy(c, /*durably=*/false);
     }
     const bool present = s.index.Find(r.key) == c;
-    if (present) s.Doom(c, /*event=*/false);
-    s.Publish(h, /*event=*/!present);
+    s.Publish(h, /*event=*/!present, present ? c : kNoEntry);
     if (present) s.MaybeFree(c);
     return present ? PutResult::kPresent : PutResult::kStored;
   }

@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "cache/block_store_test_util.h"
 #include "cache/nvme_tier.h"
 #include "common/checksum.h"
 #include "testing/small_disk.h"
@@ -17,42 +18,17 @@
 namespace kvtier {
 namespace {
 
+using ::kvtier::testing::ExpectBlock;
+using ::kvtier::testing::Has;
+using ::kvtier::testing::kBlock;
+using ::kvtier::testing::kNoParent;
+using ::kvtier::testing::OpenOrDie;
+using ::kvtier::testing::PutN;
+using ::kvtier::testing::SmallOptions;
 using ::kvtier::testing::TempDir;
 using ::kvtier::testing::TestBlock;
 using ::kvtier::testing::TestKey;
-
-constexpr size_t kBlock = 4096;
-const BlockKey kNoParent{};
-
-StoreOptions SmallOptions(size_t host_blocks) {
-  StoreOptions o;
-  o.host_bytes = host_blocks * kBlock;
-  o.max_block_bytes = kBlock;
-  o.host_hugepages = false;
-  o.index_shards = 8;
-  o.host_reserve_bytes = 0;  // exact capacities: every put evicts what it needs itself
-  return o;
-}
-
-std::unique_ptr<BlockStore> OpenOrDie(const StoreOptions& o) {
-  auto s = BlockStore::Open(o);
-  EXPECT_TRUE(s.ok()) << s.status();
-  return s.ok() ? std::move(*s) : nullptr;
-}
-
-// Puts block `n` of a chain whose previous block is `parent` (or none).
-absl::Status PutN(BlockStore& s, uint64_t n, std::optional<uint64_t> parent = std::nullopt,
-                  PutOptions opts = {}) {
-  return s.Put(TestKey(n), parent ? TestKey(*parent) : kNoParent, TestBlock(n, kBlock), opts);
-}
-
-bool Has(BlockStore& s, uint64_t n) { return s.Stat(TestKey(n)).ok(); }
-
-void ExpectBlock(BlockStore& s, uint64_t n) {
-  auto got = s.Get(TestKey(n));
-  ASSERT_TRUE(got.ok()) << "block " << n << ": " << got.status();
-  EXPECT_EQ(*got, TestBlock(n, kBlock)) << "block " << n;
-}
+using ::kvtier::testing::WithNvme;
 
 TEST(BlockStore, PutGetStatRoundTrip) {
   auto s = OpenOrDie(SmallOptions(8));
@@ -309,12 +285,7 @@ TEST_F(EvictionOrder, AParentArrivingAfterItsChildAdoptsIt) {
 class NvmeStore : public ::testing::Test {
  protected:
   StoreOptions Options(size_t host_blocks, NvmeAdmission admission = NvmeAdmission::kAll) {
-    StoreOptions o = SmallOptions(host_blocks);
-    o.nvme_path = dir_.Sub("nvme");
-    o.nvme_bytes = 1 << 20;
-    o.nvme_admission = admission;
-    o.nvme_write_buffer_bytes = 1 << 20;
-    return o;
+    return WithNvme(SmallOptions(host_blocks), dir_.Sub("nvme"), 1 << 20, admission);
   }
   TempDir dir_;
 };
@@ -705,12 +676,7 @@ TEST(BlockStoreHbm, AbsentWithoutAGpuElseUsed) {
 
 TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
   TempDir dir;
-  StoreOptions o = SmallOptions(32);
-  o.nvme_path = dir.Sub("nvme");
-  o.nvme_bytes = 64 * kBlock;
-  o.nvme_admission = NvmeAdmission::kAll;
-  o.nvme_write_buffer_bytes = 1 << 20;
-  auto s = OpenOrDie(o);
+  auto s = OpenOrDie(WithNvme(SmallOptions(32), dir.Sub("nvme"), 64 * kBlock));
   constexpr int kThreads = 8;
   constexpr int kOps = 3000;
   constexpr uint64_t kKeys = 200;
