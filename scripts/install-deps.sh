@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
+  clang libclang-rt-14-dev
   libabsl-dev libxxhash-dev libssl-dev librocksdb-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev prometheus-cpp-dev
