@@ -1106,8 +1106,7 @@ absl::StatusOr<size_t> BlockStore::Get(const BlockKey& key, std::span<uint8_t> o
         promote_to = s.host->Allocate(info.size);
         if (promote_to.has_value()) {
           uint8_t* chunk = s.host->HostPointer(*promote_to);
-          sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size));
-          if (sum.ok()) CopyBytes(out.data(), chunk, info.size, CopyTo::kCache);
+          sum = s.nvme->Read(key, std::span<uint8_t>(chunk, info.size), out.first(info.size));
         } else {
           s.mover_wake.Signal();  // to free its reserve again
           sum = s.nvme->Read(key, out.first(info.size));

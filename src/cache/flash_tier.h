@@ -53,7 +53,10 @@ class FlashTier {
                              std::span<const uint8_t> data, bool durable) = 0;
   // Reads the payload into `out` and returns the checksum of what was read. NOT_FOUND if absent;
   // DATA_LOSS if the stored payload's size is not out.size(), or its file is missing or short.
-  virtual absl::StatusOr<uint64_t> Read(const BlockKey& key, std::span<uint8_t> out) = 0;
+  // `copy`, when not empty (of the same size), receives the payload too, hashed as it is copied
+  // (a promotion's read lands in host memory and in the reader's buffer).
+  virtual absl::StatusOr<uint64_t> Read(const BlockKey& key, std::span<uint8_t> out,
+                                        std::span<uint8_t> copy = {}) = 0;
   // NOT_FOUND if absent. Every delete survives a crash of the process; durable: also of the
   // machine, and so do the deletes before it (of this key too, when it finds the key absent).
   virtual absl::Status Delete(const BlockKey& key, bool durable) = 0;

@@ -864,7 +864,8 @@ absl::Status NvmeTier::Write(const BlockKey& key, const BlockMeta& meta,
   return absl::OkStatus();
 }
 
-absl::StatusOr<uint64_t> NvmeTier::Read(const BlockKey& key, std::span<uint8_t> out) {
+absl::StatusOr<uint64_t> NvmeTier::Read(const BlockKey& key, std::span<uint8_t> out,
+                                        std::span<uint8_t> copy) {
   Impl& t = *impl_;
   char k[16];
   key.ToBytes(reinterpret_cast<uint8_t*>(k));
@@ -902,10 +903,14 @@ absl::StatusOr<uint64_t> NvmeTier::Read(const BlockKey& key, std::span<uint8_t> 
       return absl::DataLossError(
           absl::StrCat("NVMe tier: block ", key.Hex(), " is truncated in ", f->path));
     }
+    const bool copied = !copy.empty() && copy.size() == m.size;
     if (direct_into_out && got.data() == reinterpret_cast<const char*>(dst)) {
-      return Checksum(out.data(), m.size);
+      return copied ? CopyWithChecksum(copy.data(), out.data(), m.size, CopyTo::kCache)
+                    : Checksum(out.data(), m.size);
     }
-    return CopyWithChecksum(out.data(), got.data(), m.size, CopyTo::kCache);
+    const uint64_t sum = CopyWithChecksum(out.data(), got.data(), m.size, CopyTo::kCache);
+    if (copied) CopyBytes(copy.data(), out.data(), m.size, CopyTo::kCache);
+    return sum;
   }
   return absl::UnavailableError(absl::StrCat("NVMe tier: block ", key.Hex(), " kept moving"));
 }

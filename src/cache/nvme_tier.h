@@ -76,7 +76,8 @@ class NvmeTier final : public FlashTier {
                      bool durable) override;
   // Fastest when `out` is 4 KiB aligned and a multiple of 4 KiB long (the read then lands in
   // `out` directly).
-  absl::StatusOr<uint64_t> Read(const BlockKey& key, std::span<uint8_t> out) override;
+  absl::StatusOr<uint64_t> Read(const BlockKey& key, std::span<uint8_t> out,
+                                std::span<uint8_t> copy = {}) override;
   absl::Status Delete(const BlockKey& key, bool durable) override;
   absl::Status ForEachMeta(
       const std::function<void(const BlockKey&, const BlockMeta&)>& fn) override;
