@@ -464,7 +464,7 @@ struct BlockStore::Impl {
     bool evicted = false;
     for (;;) {
       if (std::optional<uint64_t> loc = m->Allocate(bytes)) {
-        if (evicted) Count(counters.sync_evictions);
+        if (evicted && ReserveOf(t) > 0) Count(counters.sync_evictions);  // the reserve ran out
         if (BelowReserve(t)) mover_wake.Signal();
         return *loc;
       }
@@ -760,7 +760,6 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
                                                              .lock = options.host_lock,
                                                              .provider = options.host_memory}));
   s.host = std::make_unique<HostMemoryTier>(std::move(arena), options.host_bytes, slab);
-  s.host_reserve = Reserve(options.host_reserve_bytes, s.host->capacity_bytes(), slab);
   s.max_leased_bytes =
       options.max_leased_bytes != 0 ? options.max_leased_bytes : options.host_bytes / 2;
 
@@ -828,6 +827,11 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
     }
     s.readers = std::make_unique<cache_internal::TaskPool>(kLeasePromotionThreads - 1);
   }
+  // With no flash tier below, host victims are dropped, which needs no I/O: a put evicts what it
+  // needs, and the whole tier holds blocks.
+  s.host_reserve = s.nvme == nullptr && options.host_reserve_bytes < 0
+                       ? 0
+                       : Reserve(options.host_reserve_bytes, s.host->capacity_bytes(), slab);
   for (int i = 0; i < options.mover_threads; ++i) {
     s.movers.emplace_back([&s, i] { s.MoverLoop(i); });
   }

@@ -47,7 +47,8 @@ struct StoreOptions {
   // The background mover keeps this much free in a memory tier (for blocks of the size last
   // put there) by demoting blocks ahead of need, so puts and promotions find room without
   // evicting for themselves. -1 (the default): 1/32 of the tier, at least 2 blocks, at most
-  // 1/8 of the tier and 256 MiB; 0: no reserve (each put evicts what it needs).
+  // 1/8 of the tier and 256 MiB, and none in a host tier without an NVMe tier below (its victims
+  // are dropped, which needs no I/O); 0: no reserve (each put evicts what it needs).
   int64_t host_reserve_bytes = -1;
   int64_t hbm_reserve_bytes = -1;
   // Threads of the mover: demotions, flash deletes and compaction, lease expiry.
