@@ -493,7 +493,11 @@ struct NvmeTier::Impl {
 
   // Moves the metadata and blob directories aside, for inspection, and logs why.
   absl::Status MoveAside(const std::string& why) {
-    const std::string aside = absl::StrCat(options.path, "/damaged-", Timestamp());
+    // A new directory each time, even for damage found twice within a second.
+    std::string aside = absl::StrCat(options.path, "/damaged-", Timestamp());
+    for (int n = 2; fs->FileExists(aside, rocksdb::IOOptions(), nullptr).ok(); ++n) {
+      aside = absl::StrCat(options.path, "/damaged-", Timestamp(), "-", n);
+    }
     spdlog::error(
         "nvme: {}: the flash tier under {} cannot be used; moving it to {} and starting empty "
         "(the blocks it held are lost to this daemon)",

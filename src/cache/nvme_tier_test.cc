@@ -395,6 +395,28 @@ INSTANTIATE_TEST_SUITE_P(NvmeTier, NvmeTierDamagedMetadata,
                                            Damage::kSstTruncated, Damage::kSstFlipped,
                                            Damage::kNoMetaDir));
 
+// Damage found again at once (a restart loop): each damaged tier goes to a directory of its own,
+// though their names are made within one second.
+TEST(NvmeTierDamage, DamageFoundTwiceInASecondIsMovedAsideTwice) {
+  TempDir dir;
+  for (int round = 0; round < 3; ++round) {
+    {
+      auto tier = NvmeTier::Open({.path = dir.path()});
+      ASSERT_TRUE(tier.ok()) << "round " << round << ": " << tier.status();
+      const auto data = TestBlock(round, 8192);
+      ASSERT_TRUE((*tier)->Write(TestKey(round), MetaOf(data), data, true).ok());
+    }
+    std::filesystem::remove(dir.path() + "/meta/CURRENT");
+  }
+  auto tier = NvmeTier::Open({.path = dir.path()});
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  size_t aside = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    aside += e.path().filename().string().rfind("damaged-", 0) == 0;
+  }
+  EXPECT_EQ(aside, 3u);
+}
+
 // A WAL cut short (a disk that lost its tail): the tier opens with what came before the cut and
 // says that it lost something.
 TEST(NvmeTierDamage, AWalCutShortIsRecoveredAndReported) {
