@@ -110,6 +110,8 @@ TEST(BlockStore, ConcurrentPutsOfOneKeyStoreItOnce) {
   EXPECT_EQ(failures.load(), 0);
   for (uint64_t n = 0; n < 50; ++n) ExpectBlock(*s, n);
   EXPECT_EQ(s->Stats().tiers[1].blocks, 50u);
+  s->WaitForMover();
+  EXPECT_TRUE(s->CheckConsistency().ok()) << s->CheckConsistency();
 }
 
 TEST(BlockStore, BadInputIsAClearErrorAndLosesNothing) {
