@@ -33,11 +33,6 @@ absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
   return key;
 }
 
-// Lease ids go out XORed with a per-tenant mask: another tenant's Release names no lease of ours.
-uint64_t LeaseMask(const std::string& tenant) {
-  return XXH3_64bits_withSeed(tenant.data(), tenant.size(), kXxh3Seed) | 1;
-}
-
 // The i-th key of a request that names keys either way, as 16 bytes.
 template <typename Request>
 std::string KeyBytes(const Request& r, size_t i) {
@@ -74,7 +69,9 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
       inflight_bytes_(limits.max_inflight_bytes, limits.max_inflight_bytes_per_connection,
                       [metrics](uint64_t total) {
                         if (metrics != nullptr) metrics->SetInflightBytes(total);
-                      }) {
+                      }),
+      store_clock_(store->options().clock != nullptr ? store->options().clock
+                                                     : SystemClock::Default()) {
   {
     MutexLock lock(&pins_->mu);
     pins_->store = store;
@@ -445,7 +442,8 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
         grant->blocks.size(), bytes, grant->promoted,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  response->set_lease_id(grant->id ^ LeaseMask(request->tenant()));
+  response->set_lease_id(lease_handles_.Issue(grant->id, request->tenant(), grant->expires_at_us,
+                                              store_clock_->NowMicros()));
   response->set_expires_in_ms(request->ttl_ms() != 0 ? request->ttl_ms()
                                                      : store_->options().lease_ttl_us / 1000);
   for (size_t i = 0; i < grant->blocks.size(); ++i) {
@@ -484,7 +482,9 @@ grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx,
   }
   // Verified before the lease ends, so that the blocks cannot have moved in between.
   if (!seen.empty()) response->set_unchanged(store_->FirstChanged(seen) == seen.size());
-  absl::Status st = store_->Release(request->lease_id() ^ LeaseMask(request->tenant()));
+  const std::optional<uint64_t> lease = lease_handles_.Take(request->lease_id(), request->tenant());
+  absl::Status st =
+      lease.has_value() ? store_->Release(*lease) : absl::NotFoundError("release: no such lease");
   if (metrics_ != nullptr) metrics_->AddUcxBytesRead(request->bytes_read());
   response->set_lease_active(st.ok());
   if (st.code() == absl::StatusCode::kNotFound) {

@@ -13,11 +13,13 @@
 #include <string_view>
 
 #include "cache/block_store.h"
+#include "common/clock.h"
 #include "common/mutex.h"
 #include "common/split_runner.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "server/block_events.h"
 #include "server/inflight.h"
+#include "server/lease_handles.h"
 
 namespace kvtier::transfer {
 class UcxServer;
@@ -27,7 +29,6 @@ namespace kvtier::server {
 
 class DaemonMetrics;
 class TenantAuth;
-
 
 struct ServiceLimits {
   size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Get/Lookup/Delete.
@@ -157,6 +158,8 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   SplitRunner lookup_split_;  // the second half of long Lookups
   std::atomic<int> in_flight_{0};
   InflightBytes inflight_bytes_;
+  LeaseHandles lease_handles_;  // the lease ids clients see
+  const Clock* store_clock_;    // the store's clock, on which leases lapse
 };
 
 // absl::Status -> grpc::Status (the code numbers are the same).

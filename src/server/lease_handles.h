@@ -1,0 +1,41 @@
+#pragma once
+// LeaseHandles: the lease ids clients see. Each is 64 random bits from OpenSSL's CSPRNG, bound to
+// the tenant that took the lease, and maps to the store's own (sequential) lease id. A handle
+// names a lease only under its tenant's name: there is no arithmetic to undo and no neighbour to
+// step to, so one tenant cannot end another's lease.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/mutex.h"
+
+namespace kvtier::server {
+
+class LeaseHandles {
+ public:
+  // A new handle for store lease `id`, taken by `tenant`, which lapses at `expires_at_us` (on the
+  // store's clock; `now_us` is that clock now). Handles of lapsed leases are dropped as new ones
+  // are issued, in amortized constant time.
+  uint64_t Issue(uint64_t id, std::string_view tenant, int64_t expires_at_us, int64_t now_us);
+  // Takes out the handle and returns its store lease id if `tenant` took it; nullopt for a handle
+  // that is unknown, dropped, or another tenant's (which is then left in place).
+  std::optional<uint64_t> Take(uint64_t handle, std::string_view tenant);
+  size_t size() const;
+
+ private:
+  struct Lease {
+    uint64_t id = 0;
+    int64_t expires_at_us = 0;
+    std::string tenant;
+  };
+  void DropLapsed(int64_t now_us) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  mutable Mutex mu_;
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  size_t sweep_at_ ABSL_GUARDED_BY(mu_) = 1024;  // size at which lapsed handles are dropped
+};
+
+}  // namespace kvtier::server

@@ -1,0 +1,48 @@
+#include "server/lease_handles.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+namespace kvtier::server {
+namespace {
+
+TEST(LeaseHandles, AHandleNamesItsLeaseOnlyUnderItsTenant) {
+  LeaseHandles h;
+  const uint64_t a = h.Issue(7, "alice", 1'000, 0);
+  EXPECT_EQ(h.Take(a, "mallory"), std::nullopt) << "another tenant's handle";
+  EXPECT_EQ(h.Take(a, "alice"), 7u);
+  EXPECT_EQ(h.Take(a, "alice"), std::nullopt) << "taken once";
+}
+
+// The attack on the masked sequential ids: from its own handles, a tenant steps to a neighbour's.
+// Random handles have no neighbours.
+TEST(LeaseHandles, NeighbouringHandlesNameNothing) {
+  LeaseHandles h;
+  std::set<uint64_t> issued;
+  for (uint64_t id = 1; id <= 1000; ++id)
+    issued.insert(h.Issue(id, id % 2 ? "alice" : "bob", 10, 0));
+  EXPECT_EQ(issued.size(), 1000u);
+  EXPECT_EQ(issued.count(0), 0u);
+  size_t found = 0;
+  for (uint64_t handle : issued) {
+    for (uint64_t step : {uint64_t{1}, uint64_t{2}, ~uint64_t{0}}) {
+      if (!issued.contains(handle + step) && h.Take(handle + step, "alice").has_value()) ++found;
+      if (!issued.contains(handle ^ step) && h.Take(handle ^ step, "alice").has_value()) ++found;
+    }
+  }
+  EXPECT_EQ(found, 0u);
+  EXPECT_EQ(h.size(), 1000u);
+}
+
+TEST(LeaseHandles, HandlesOfLapsedLeasesAreDropped) {
+  LeaseHandles h;
+  for (uint64_t id = 0; id < 5000; ++id) h.Issue(id, "t", /*expires_at_us=*/100, /*now_us=*/0);
+  const uint64_t live = h.Issue(9'999, "t", 10'000, 200);  // the others lapsed at 100
+  for (int i = 0; i < 5000; ++i) h.Issue(10'000 + i, "t", 100'000, 200);
+  EXPECT_EQ(h.size(), 5001u) << "the 5,000 lapsed handles were swept as new ones came";
+  EXPECT_EQ(h.Take(live, "t"), 9'999u);
+}
+
+}  // namespace
+}  // namespace kvtier::server
