@@ -294,48 +294,6 @@ TEST_F(DaemonTest, TenantsCannotReachEachOthersBlocks) {
   EXPECT_EQ(*got[0], chain[0].data);
 }
 
-// The attack on lease ids that were a tenant mask over a counter: from its own ids, a tenant
-// steps to a neighbour's and ends that lease. Handles are random and bound to their tenant.
-TEST_F(DaemonTest, ATenantCannotReachAnotherTenantsLeaseFromItsOwnHandles) {
-  const auto alice_chain = Chain(11, 1, 4096);
-  const auto mallory_chain = Chain(12, 1, 4096);
-  ASSERT_TRUE(PutBlocks(*stub_, "alice", alice_chain).ok());
-  ASSERT_TRUE(PutBlocks(*stub_, "mallory", mallory_chain).ok());
-  auto lease = [&](const std::string& tenant, const BlockKey& key) {
-    grpc::ClientContext ctx;
-    v1::LeaseRequest req;
-    req.set_tenant(tenant);
-    req.add_keys(key.ByteString());
-    v1::LeaseResponse res;
-    EXPECT_TRUE(stub_->Lease(&ctx, req, &res).ok());
-    return res.lease_id();
-  };
-  auto release = [&](const std::string& tenant, uint64_t id) {
-    grpc::ClientContext ctx;
-    v1::ReleaseRequest req;
-    req.set_tenant(tenant);
-    req.set_lease_id(id);
-    v1::ReleaseResponse res;
-    return stub_->Release(&ctx, req, &res).error_code();
-  };
-  const uint64_t m1 = lease("mallory", mallory_chain[0].key);
-  const uint64_t a = lease("alice", alice_chain[0].key);
-  const uint64_t m2 = lease("mallory", mallory_chain[0].key);
-  ASSERT_NE(m1, m2);
-  // The outside tester's guess: unmask its own id with the public mask, step to the next
-  // (alice's, taken in between), mask it again.
-  const uint64_t mask = XXH3_64bits_withSeed("mallory", 7, kXxh3Seed) | 1;
-  for (uint64_t guess : {((m1 ^ mask) + 1) ^ mask, ((m2 ^ mask) - 1) ^ mask, m1 + 1, m1 - 1, m2 + 1,
-                         m2 - 1, m1 ^ m2, m1 ^ 1, m2 ^ 1}) {
-    if (guess == a || guess == m1 || guess == m2) continue;
-    EXPECT_EQ(release("mallory", guess), grpc::StatusCode::NOT_FOUND) << guess;
-  }
-  EXPECT_EQ(release("mallory", a), grpc::StatusCode::NOT_FOUND) << "alice's handle, as mallory";
-  EXPECT_EQ(release("alice", a), grpc::StatusCode::OK) << "alice's lease survived";
-  EXPECT_EQ(release("mallory", m1), grpc::StatusCode::OK);
-  EXPECT_EQ(release("mallory", m2), grpc::StatusCode::OK);
-}
-
 TEST_F(DaemonTest, BadInputOverTheWire) {
   auto expect_code = [](grpc::Status st, grpc::StatusCode code, const std::string& what) {
     EXPECT_EQ(st.error_code(), code) << what << ": " << st.error_message();
@@ -476,6 +434,57 @@ TEST_F(DaemonTest, MetricsFollowTheWork) {
         "kvtier_nvme_recovered_with_loss"}) {
     EXPECT_GE(Sample(text, name), 0) << name << " missing";
   }
+}
+
+// The attack on lease ids that were a tenant mask over a counter: from its own ids, a tenant
+// steps to a neighbour's and ends that lease. Handles are random and bound to their tenant.
+TEST_F(DaemonTest, ATenantCannotReachAnotherTenantsLeaseFromItsOwnHandles) {
+  const auto alice_chain = Chain(11, 1, 4096);
+  const auto mallory_chain = Chain(12, 1, 4096);
+  ASSERT_TRUE(PutBlocks(*stub_, "alice", alice_chain).ok());
+  ASSERT_TRUE(PutBlocks(*stub_, "mallory", mallory_chain).ok());
+  auto lease = [&](const std::string& tenant, const BlockKey& key) {
+    grpc::ClientContext ctx;
+    v1::LeaseRequest req;
+    req.set_tenant(tenant);
+    req.add_keys(key.ByteString());
+    v1::LeaseResponse res;
+    EXPECT_TRUE(stub_->Lease(&ctx, req, &res).ok());
+    return res.lease_id();
+  };
+  // Each Release claims far more bytes read than any lease holds.
+  auto release = [&](const std::string& tenant, uint64_t id) {
+    grpc::ClientContext ctx;
+    v1::ReleaseRequest req;
+    req.set_tenant(tenant);
+    req.set_lease_id(id);
+    req.set_bytes_read(uint64_t{1} << 60);
+    v1::ReleaseResponse res;
+    return stub_->Release(&ctx, req, &res).error_code();
+  };
+  const std::string metrics = daemon_->AddressOf("kvtierd metrics");
+  auto bytes_read = [&] {
+    return Sample(testing::HttpGet(metrics, "/metrics"), "kvtier_ucx_read_bytes_total");
+  };
+  const double read_before = bytes_read();
+  const uint64_t m1 = lease("mallory", mallory_chain[0].key);
+  const uint64_t a = lease("alice", alice_chain[0].key);
+  const uint64_t m2 = lease("mallory", mallory_chain[0].key);
+  ASSERT_NE(m1, m2);
+  // The outside tester's guess: unmask its own id with the public mask, step to the next
+  // (alice's, taken in between), mask it again.
+  const uint64_t mask = XXH3_64bits_withSeed("mallory", 7, kXxh3Seed) | 1;
+  for (uint64_t guess : {((m1 ^ mask) + 1) ^ mask, ((m2 ^ mask) - 1) ^ mask, m1 + 1, m1 - 1, m2 + 1,
+                         m2 - 1, m1 ^ m2, m1 ^ 1, m2 ^ 1}) {
+    if (guess == a || guess == m1 || guess == m2) continue;
+    EXPECT_EQ(release("mallory", guess), grpc::StatusCode::NOT_FOUND) << guess;
+  }
+  EXPECT_EQ(release("mallory", a), grpc::StatusCode::NOT_FOUND) << "alice's handle, as mallory";
+  EXPECT_EQ(release("alice", a), grpc::StatusCode::OK) << "alice's lease survived";
+  EXPECT_EQ(release("mallory", m1), grpc::StatusCode::OK);
+  EXPECT_EQ(release("mallory", m2), grpc::StatusCode::OK);
+  EXPECT_EQ(bytes_read() - read_before, 3 * 4096)
+      << "bytes read count only under a tenant's own lease, at most the lease's bytes";
 }
 
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {

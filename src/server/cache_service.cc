@@ -435,14 +435,17 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
   const auto start = std::chrono::steady_clock::now();
   auto grant = store_->Lease(*keys, int64_t{request->ttl_ms()} * 1000);
   if (!grant.ok()) return ToGrpc(grant.status());
+  uint64_t bytes = 0;
+  for (const BlockInfo& b : grant->blocks) bytes += b.size;
   if (metrics_ != nullptr) {
-    uint64_t bytes = 0;
-    for (const BlockInfo& b : grant->blocks) bytes += b.size;
     metrics_->ObserveLease(
         grant->blocks.size(), bytes, grant->promoted,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  response->set_lease_id(lease_handles_.Issue(grant->id, request->tenant(), grant->expires_at_us,
+  response->set_lease_id(lease_handles_.Issue({.id = grant->id,
+                                               .bytes = bytes,
+                                               .expires_at_us = grant->expires_at_us,
+                                               .tenant = request->tenant()},
                                               store_clock_->NowMicros()));
   response->set_expires_in_ms(request->ttl_ms() != 0 ? request->ttl_ms()
                                                      : store_->options().lease_ttl_us / 1000);
@@ -482,10 +485,14 @@ grpc::Status CacheServiceImpl::ReleaseImpl(grpc::ServerContext* ctx,
   }
   // Verified before the lease ends, so that the blocks cannot have moved in between.
   if (!seen.empty()) response->set_unchanged(store_->FirstChanged(seen) == seen.size());
-  const std::optional<uint64_t> lease = lease_handles_.Take(request->lease_id(), request->tenant());
-  absl::Status st =
-      lease.has_value() ? store_->Release(*lease) : absl::NotFoundError("release: no such lease");
-  if (metrics_ != nullptr) metrics_->AddUcxBytesRead(request->bytes_read());
+  const std::optional<LeaseHandles::Lease> lease =
+      lease_handles_.Take(request->lease_id(), request->tenant());
+  absl::Status st = lease.has_value() ? store_->Release(lease->id)
+                                      : absl::NotFoundError("release: no such lease");
+  // Bytes read count only under a lease of this tenant's, and at most the lease's bytes.
+  if (metrics_ != nullptr && lease.has_value()) {
+    metrics_->AddUcxBytesRead(std::min<uint64_t>(request->bytes_read(), lease->bytes));
+  }
   response->set_lease_active(st.ok());
   if (st.code() == absl::StatusCode::kNotFound) {
     if (!seen.empty()) return grpc::Status::OK;  // the answer is `unchanged`

@@ -21,23 +21,22 @@ uint64_t RandomHandle() {
 
 }  // namespace
 
-uint64_t LeaseHandles::Issue(uint64_t id, std::string_view tenant, int64_t expires_at_us,
-                             int64_t now_us) {
+uint64_t LeaseHandles::Issue(Lease lease, int64_t now_us) {
   MutexLock l(&mu_);
   if (leases_.size() >= sweep_at_) DropLapsed(now_us);
   uint64_t handle = RandomHandle();
   while (handle == 0 || leases_.contains(handle)) handle = RandomHandle();
-  leases_.emplace(handle, Lease{id, expires_at_us, std::string(tenant)});
+  leases_.emplace(handle, std::move(lease));
   return handle;
 }
 
-std::optional<uint64_t> LeaseHandles::Take(uint64_t handle, std::string_view tenant) {
+std::optional<LeaseHandles::Lease> LeaseHandles::Take(uint64_t handle, std::string_view tenant) {
   MutexLock l(&mu_);
   auto it = leases_.find(handle);
   if (it == leases_.end() || it->second.tenant != tenant) return std::nullopt;
-  const uint64_t id = it->second.id;
+  Lease lease = std::move(it->second);
   leases_.erase(it);
-  return id;
+  return lease;
 }
 
 size_t LeaseHandles::size() const {

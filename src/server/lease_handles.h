@@ -16,21 +16,22 @@ namespace kvtier::server {
 
 class LeaseHandles {
  public:
-  // A new handle for store lease `id`, taken by `tenant`, which lapses at `expires_at_us` (on the
-  // store's clock; `now_us` is that clock now). Handles of lapsed leases are dropped as new ones
-  // are issued, in amortized constant time.
-  uint64_t Issue(uint64_t id, std::string_view tenant, int64_t expires_at_us, int64_t now_us);
-  // Takes out the handle and returns its store lease id if `tenant` took it; nullopt for a handle
-  // that is unknown, dropped, or another tenant's (which is then left in place).
-  std::optional<uint64_t> Take(uint64_t handle, std::string_view tenant);
-  size_t size() const;
-
- private:
   struct Lease {
-    uint64_t id = 0;
+    uint64_t id = 0;     // the store's
+    uint64_t bytes = 0;  // of the leased blocks
     int64_t expires_at_us = 0;
     std::string tenant;
   };
+  // A new handle for `lease`, which lapses at its expires_at_us (on the store's clock; `now_us` is
+  // that clock now). Handles of lapsed leases are dropped as new ones are issued, in amortized
+  // constant time.
+  uint64_t Issue(Lease lease, int64_t now_us);
+  // Takes out the handle and returns its lease if `tenant` took it; nullopt for a handle that is
+  // unknown, dropped, or another tenant's (which is then left in place).
+  std::optional<Lease> Take(uint64_t handle, std::string_view tenant);
+  size_t size() const;
+
+ private:
   void DropLapsed(int64_t now_us) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable Mutex mu_;

@@ -9,9 +9,13 @@ namespace {
 
 TEST(LeaseHandles, AHandleNamesItsLeaseOnlyUnderItsTenant) {
   LeaseHandles h;
-  const uint64_t a = h.Issue(7, "alice", 1'000, 0);
+  const uint64_t a =
+      h.Issue({.id = 7, .bytes = 4096, .expires_at_us = 1'000, .tenant = "alice"}, 0);
   EXPECT_EQ(h.Take(a, "mallory"), std::nullopt) << "another tenant's handle";
-  EXPECT_EQ(h.Take(a, "alice"), 7u);
+  const auto lease = h.Take(a, "alice");
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->id, 7u);
+  EXPECT_EQ(lease->bytes, 4096u);
   EXPECT_EQ(h.Take(a, "alice"), std::nullopt) << "taken once";
 }
 
@@ -21,7 +25,7 @@ TEST(LeaseHandles, NeighbouringHandlesNameNothing) {
   LeaseHandles h;
   std::set<uint64_t> issued;
   for (uint64_t id = 1; id <= 1000; ++id)
-    issued.insert(h.Issue(id, id % 2 ? "alice" : "bob", 10, 0));
+    issued.insert(h.Issue({.id = id, .expires_at_us = 10, .tenant = id % 2 ? "alice" : "bob"}, 0));
   EXPECT_EQ(issued.size(), 1000u);
   EXPECT_EQ(issued.count(0), 0u);
   size_t found = 0;
@@ -37,11 +41,17 @@ TEST(LeaseHandles, NeighbouringHandlesNameNothing) {
 
 TEST(LeaseHandles, HandlesOfLapsedLeasesAreDropped) {
   LeaseHandles h;
-  for (uint64_t id = 0; id < 5000; ++id) h.Issue(id, "t", /*expires_at_us=*/100, /*now_us=*/0);
-  const uint64_t live = h.Issue(9'999, "t", 10'000, 200);  // the others lapsed at 100
-  for (int i = 0; i < 5000; ++i) h.Issue(10'000 + i, "t", 100'000, 200);
+  for (uint64_t id = 0; id < 5000; ++id)
+    h.Issue({.id = id, .expires_at_us = 100, .tenant = "t"}, 0);
+  // The others lapsed at 100.
+  const uint64_t live = h.Issue({.id = 9'999, .expires_at_us = 10'000, .tenant = "t"}, 200);
+  for (uint64_t id = 10'000; id < 15'000; ++id) {
+    h.Issue({.id = id, .expires_at_us = 100'000, .tenant = "t"}, 200);
+  }
   EXPECT_EQ(h.size(), 5001u) << "the 5,000 lapsed handles were swept as new ones came";
-  EXPECT_EQ(h.Take(live, "t"), 9'999u);
+  const auto lease = h.Take(live, "t");
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->id, 9'999u);
 }
 
 }  // namespace
