@@ -278,7 +278,7 @@ TEST(ClientChunks, BlocksLargerThanOneMessage) {
   TempDir dir;
   DaemonProcess daemon(std::string(KVTIER_BINARY_DIR) + "/kvtierd",
                        {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "64",
-                        "--max-message-mib", "1", "--log-level", "warn"});
+                        "--max-message-mib", "1", "--log-level", "warn", "--metrics-listen", ""});
   ASSERT_FALSE(daemon.address().empty());
   auto c =
       CacheClient::Create({.address = daemon.address(), .tenant = "t", .chunk_bytes = 256 << 10});

@@ -487,6 +487,18 @@ TEST_F(DaemonTest, ATenantCannotReachAnotherTenantsLeaseFromItsOwnHandles) {
       << "bytes read count only under a tenant's own lease, at most the lease's bytes";
 }
 
+// gRPC's SO_REUSEPORT let a second daemon listen on a port in use and take part of its
+// connections (and so split the cache). A port in use is now an error.
+TEST_F(DaemonTest, APortInUseIsAnErrorNotASharedPort) {
+  TempDir dir;
+  DaemonProcess second(
+      kDaemon, {"--listen", daemon_->address(), "--data", dir.Sub("data"), "--host-mib", "16",
+                "--metrics-listen", "", "--ucx-listen", "off"});
+  EXPECT_TRUE(second.address().empty()) << "a second kvtierd listened on " << daemon_->address();
+  const int status = second.Stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << "status " << status;
+}
+
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace kvtier {
@@ -49,6 +50,29 @@ std::string ListenHost(const std::string& listen) {
   return IsUnixSocket(listen) ? "127.0.0.1" : listen.substr(0, listen.rfind(':'));
 }
 
+absl::Status CheckListenAddress(const std::string& listen, bool unix_ok) {
+  if (IsUnixSocket(listen)) {
+    if (!unix_ok) return absl::InvalidArgumentError("'" + listen + "': not a Unix socket here");
+    if (listen.substr(listen.find(':') + 1).empty()) {
+      return absl::InvalidArgumentError("'" + listen + "' names no socket path");
+    }
+    return absl::OkStatus();
+  }
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos)
+    return absl::InvalidArgumentError("'" + listen + "' has no :PORT");
+  uint32_t port = 0;
+  if (!absl::SimpleAtoi(listen.substr(colon + 1), &port) || port > 65535) {
+    return absl::InvalidArgumentError("'" + listen + "': the port must be 0..65535");
+  }
+  if (colon == 0) return absl::InvalidArgumentError("'" + listen + "' has no HOST");
+  return absl::OkStatus();
+}
+
+void NoSharedPort(grpc::ServerBuilder& builder) {
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+}
+
 std::string BoundAddress(const std::string& listen, int port) {
   if (IsUnixSocket(listen)) return listen;
   return absl::StrCat(ListenHost(listen), ":", port);
@@ -60,7 +84,11 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
                                                               int max_message_bytes) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (absl::Status st = CheckListenAddress(listen, true); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen ", st.message()));
+  }
   grpc::ServerBuilder builder;
+  NoSharedPort(builder);
   if (max_message_bytes > 0) {
     builder.SetMaxReceiveMessageSize(max_message_bytes);
     builder.SetMaxSendMessageSize(max_message_bytes);
@@ -70,7 +98,8 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
   builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen, " (--listen): in use, or not an address here"));
   }
   std::printf("%s listening on %s\n", program.c_str(), BoundAddress(listen, port).c_str());
   std::fflush(stdout);

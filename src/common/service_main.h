@@ -13,6 +13,7 @@
 namespace grpc {
 class Server;
 class Service;
+class ServerBuilder;
 }  // namespace grpc
 
 namespace prometheus {
@@ -74,6 +75,14 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry);
 
+// OK when `listen` is HOST:PORT with a port in 0..65535 (0 picks a free one), or, where
+// `unix_ok`, unix:PATH or unix-abstract:NAME; else INVALID_ARGUMENT saying what is wrong.
+absl::Status CheckListenAddress(const std::string& listen, bool unix_ok);
+
+// Turns off gRPC's SO_REUSEPORT: a second server on a port in use fails to start instead of
+// taking a share of the first one's connections.
+void NoSharedPort(grpc::ServerBuilder& builder);
+
 // The host `listen` names: HOST of HOST:PORT, and 127.0.0.1 for a Unix socket (unix:PATH,
 // unix-abstract:NAME), whose clients are on this host.
 std::string ListenHost(const std::string& listen);
@@ -85,7 +94,8 @@ std::string BoundAddress(const std::string& listen, int port);
 // Starts a gRPC server (plaintext) with `service`, the standard health service and reflection on
 // `listen` (port 0 picks a free one), and prints "<program> listening on HOST:PORT".
 // `max_message_bytes` (0: gRPC's default) bounds messages both ways. UNAVAILABLE when it cannot
-// listen there.
+// listen there (in use: the port is never shared, unlike gRPC's default SO_REUSEPORT);
+// INVALID_ARGUMENT for an address CheckListenAddress refuses.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& program,
                                                               const std::string& listen,
                                                               grpc::Service* service,

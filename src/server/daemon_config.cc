@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/service_main.h"
+#include "common/status_macros.h"
 
 namespace kvtier::server {
 namespace {
@@ -53,16 +55,14 @@ const std::vector<Option>& Options() {
       {"listen", "listen", "HOST:PORT|unix:PATH", "127.0.0.1:7700",
        "gRPC address; port 0 picks a free port; unix:PATH listens on a Unix socket",
        [](DaemonConfig& c, const std::string& v) {
-         if (v.rfind(':') == std::string::npos) return Bad("'" + v + "' has no :PORT");
+         KVTIER_RETURN_IF_ERROR(CheckListenAddress(v, /*unix_ok=*/true));
          c.listen = v;
          return absl::OkStatus();
        }},
       {"metrics_listen", "metrics-listen", "HOST:PORT", "127.0.0.1:9770",
        "Prometheus /metrics over HTTP; port 0 picks a free port; empty: none",
        [](DaemonConfig& c, const std::string& v) {
-         if (!v.empty() && v.rfind(':') == std::string::npos) {
-           return Bad("'" + v + "' has no :PORT");
-         }
+         if (!v.empty()) KVTIER_RETURN_IF_ERROR(CheckListenAddress(v, /*unix_ok=*/false));
          c.metrics_listen = v;
          return absl::OkStatus();
        }},
@@ -72,8 +72,8 @@ const std::vector<Option>& Options() {
        "can read the whole host "
        "arena, so set it explicitly only where every tenant is trusted)",
        [](DaemonConfig& c, const std::string& v) {
-         if (v != "auto" && v != "off" && v.rfind(':') == std::string::npos) {
-           return Bad("'" + v + "' is not HOST:PORT, auto or off");
+         if (v != "auto" && v != "off" && !CheckListenAddress(v, /*unix_ok=*/false).ok()) {
+           return Bad("'" + v + "' is not HOST:PORT (port 0..65535), auto or off");
          }
          c.ucx_listen = v;
          return absl::OkStatus();
@@ -91,9 +91,12 @@ const std::vector<Option>& Options() {
          c.log_format = v;
          return absl::OkStatus();
        }},
-      {"max_message_mib", "max-message-mib", "N", "64", "largest gRPC message accepted, MiB",
+      {"max_message_mib", "max-message-mib", "N", "64",
+       "largest gRPC message accepted, MiB (1..2047: gRPC counts message sizes in an int)",
        [](DaemonConfig& c, const std::string& v) {
-         return SetNumber(v, &c.max_message_bytes, kMiB, false);
+         KVTIER_RETURN_IF_ERROR(SetNumber(v, &c.max_message_bytes, kMiB, false));
+         if (c.max_message_bytes > 2047 * kMiB) return Bad("'" + v + "' is over 2047");
+         return absl::OkStatus();
        }},
       {"auth.tokens_file", "auth-tokens", "FILE", "(none)",
        "YAML map tenant: token; every call must then carry its tenant's bearer token",
@@ -215,7 +218,8 @@ const Option* FindByFlag(const std::string& flag) {
 
 // Applies a YAML tree, naming the full key of anything unknown or malformed.
 absl::Status ApplyYaml(const YAML::Node& node, const std::string& prefix, DaemonConfig& c) {
-  if (!node.IsMap()) return Bad(absl::StrCat(prefix.empty() ? "config" : prefix, ": expected a map"));
+  if (!node.IsMap())
+    return Bad(absl::StrCat(prefix.empty() ? "config" : prefix, ": expected a map"));
   for (const auto& kv : node) {
     const std::string key = (prefix.empty() ? "" : prefix + ".") + kv.first.as<std::string>();
     if (kv.second.IsMap()) {

@@ -95,6 +95,16 @@ TEST(DaemonConfig, ErrorsNameTheKeyOrFlag) {
   ExpectError(Load({"--frobnicate", "1"}), "unknown option '--frobnicate'");
   ExpectError(Load({"--log-level", "chatty"}), "--log-level");
   ExpectError(Load({"--listen", "nowhere"}), "--listen");
+  // A port past 65535 listened on another (99999 -> 34463); message sizes past gRPC's int made
+  // a daemon that refused every call, or none.
+  ExpectError(Load({"--listen", "127.0.0.1:99999"}), "--listen: '127.0.0.1:99999': the port");
+  ExpectError(Load({"--metrics-listen", "127.0.0.1:65536"}), "--metrics-listen");
+  ExpectError(Load({"--ucx-listen", "127.0.0.1:-1"}), "--ucx-listen");
+  ExpectError(with_yaml("listen: 127.0.0.1:70000\n"), "listen: '127.0.0.1:70000'");
+  for (const char* mib : {"2048", "4096", "6144"}) {
+    ExpectError(Load({"--max-message-mib", mib}), "--max-message-mib");
+  }
+  EXPECT_TRUE(Load({"--max-message-mib", "2047", "--listen", "127.0.0.1:65535"}).ok());
   ExpectError(Load({"--host-mib", "4", "--max-block-mib", "8"}), "host_bytes");
   ExpectError(Load({"--lease-ttl-ms", "600000"}), "max_lease_ttl_ms");
 }

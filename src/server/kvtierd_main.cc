@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  kvtier::NoSharedPort(builder);
   int port = 0;
   builder.AddListeningPort(listen, creds, &port);
   builder.RegisterService(&service);
@@ -155,7 +156,8 @@ int main(int argc, char** argv) {
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 16);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    spdlog::critical("cannot listen on {}", listen);
+    spdlog::critical("cannot listen on {} (--listen, listen): in use, or not an address here",
+                     listen);
     return 1;
   }
   std::printf("kvtierd listening on %s\n", kvtier::BoundAddress(listen, port).c_str());
