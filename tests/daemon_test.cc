@@ -1,6 +1,10 @@
 // kvtierd end to end: a real daemon process on a free loopback port, spoken to over gRPC.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <thread>
@@ -497,6 +501,34 @@ TEST_F(DaemonTest, APortInUseIsAnErrorNotASharedPort) {
   EXPECT_TRUE(second.address().empty()) << "a second kvtierd listened on " << daemon_->address();
   const int status = second.Stop();
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << "status " << status;
+}
+
+// Connections that send half an HTTP request held both of the exposer's threads, and every
+// scrape waited until they closed.
+TEST_F(DaemonTest, HalfOpenMetricsConnectionsDoNotStarveScrapes) {
+  const std::string metrics = daemon_->AddressOf("kvtierd metrics");
+  ASSERT_FALSE(metrics.empty());
+  const size_t colon = metrics.rfind(':');
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(metrics.substr(colon + 1))));
+  ASSERT_EQ(inet_pton(AF_INET, metrics.substr(0, colon).c_str(), &addr.sin_addr), 1);
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    const std::string half = "GET /metrics HTTP/1.1\r\nHost: x\r\n";
+    ASSERT_EQ(write(fd, half.data(), half.size()), static_cast<ssize_t>(half.size()));
+    idle.push_back(fd);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::string text = testing::HttpGet(metrics, "/metrics");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (int fd : idle) close(fd);
+  EXPECT_NE(text.find("kvtier_gets_total"), std::string::npos) << "the scrape got nothing";
+  EXPECT_LT(seconds, 2.0);
 }
 
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace kvtier {
 
@@ -21,17 +22,28 @@ sigset_t BlockStopSignals() {
   return signals;
 }
 
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
-    const std::string& program, const std::string& listen,
-    std::shared_ptr<prometheus::Registry> registry) {
+absl::StatusOr<std::unique_ptr<prometheus::Exposer>> NewMetricsExposer(const std::string& listen) {
   std::unique_ptr<prometheus::Exposer> exposer;
-  if (listen.empty()) return exposer;
   try {
-    exposer = std::make_unique<prometheus::Exposer>(listen);
+    // More threads than civetweb's 2, and a read timeout: clients that open a connection and
+    // send half a request each hold a thread until the timeout, and must not starve scrapes.
+    exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads", "8", "request_timeout_ms", "5000"});
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("metrics-listen: cannot serve on ", listen, ": ", e.what()));
   }
+  if (exposer->GetListeningPorts().empty()) {
+    return absl::UnavailableError(absl::StrCat("metrics-listen: cannot serve on ", listen));
+  }
+  return exposer;
+}
+
+absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
+    const std::string& program, const std::string& listen,
+    std::shared_ptr<prometheus::Registry> registry) {
+  if (listen.empty()) return std::unique_ptr<prometheus::Exposer>();
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<prometheus::Exposer> exposer, NewMetricsExposer(listen));
   exposer->RegisterCollectable(registry);
   std::printf("%s metrics on %s:%d\n", program.c_str(), listen.substr(0, listen.rfind(':')).c_str(),
               exposer->GetListeningPorts().front());

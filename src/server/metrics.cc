@@ -9,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
+#include "common/service_main.h"
+#include "common/status_macros.h"
 
 namespace kvtier::server {
 namespace {
@@ -153,17 +155,8 @@ class StoreCollector final : public prometheus::Collectable {
 absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::string& listen,
                                                                     const BlockStore* store) {
   std::unique_ptr<DaemonMetrics> m(new DaemonMetrics());
-  try {
-    m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics_listen: cannot serve on ", listen, ": ", e.what()));
-  }
-  const std::vector<int> ports = m->exposer_->GetListeningPorts();
-  if (ports.empty()) {
-    return absl::UnavailableError(absl::StrCat("metrics_listen: cannot serve on ", listen));
-  }
-  m->port_ = ports.front();
+  KVTIER_ASSIGN_OR_RETURN(m->exposer_, NewMetricsExposer(listen));
+  m->port_ = m->exposer_->GetListeningPorts().front();
   m->registry_ = std::make_shared<prometheus::Registry>();
   m->requests_ = &prometheus::BuildCounter()
                       .Name("kvtier_rpc_requests_total")
