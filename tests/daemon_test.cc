@@ -1,5 +1,6 @@
 // kvtierd end to end: a real daemon process on a free loopback port, spoken to over gRPC.
 #include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -296,6 +297,71 @@ TEST_F(DaemonTest, TenantsCannotReachEachOthersBlocks) {
   ASSERT_TRUE(st.ok());
   ASSERT_TRUE(got[0].has_value());
   EXPECT_EQ(*got[0], chain[0].data);
+}
+
+// Sends `messages` (serialized PutRequests, or any bytes) as one Put stream, through gRPC's
+// generic stub so that nothing checks them on the way; returns the call's status.
+grpc::Status RawPut(const std::string& address, const std::vector<std::string>& messages) {
+  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  void* const tag = reinterpret_cast<void*>(1);
+  auto done = [&] {
+    void* got = nullptr;
+    bool ok = false;
+    return cq.Next(&got, &ok) && ok;
+  };
+  auto call = stub.PrepareCall(&ctx, "/kvtier.v1.CacheService/Put", &cq);
+  call->StartCall(tag);
+  if (done()) {
+    for (const std::string& m : messages) {
+      grpc::Slice slice(m);
+      grpc::ByteBuffer bb(&slice, 1);
+      call->Write(bb, tag);
+      if (!done()) break;
+    }
+    call->WritesDone(tag);
+    (void)done();
+    grpc::ByteBuffer response;
+    call->Read(&response, tag);
+    (void)done();
+  }
+  grpc::Status status;
+  call->Finish(&status, tag);
+  (void)done();
+  cq.Shutdown();
+  return status;
+}
+
+std::string PutMessage(const std::string& tenant, const Block& b) {
+  v1::PutRequest req;
+  req.set_tenant(tenant);
+  req.mutable_header()->set_key(b.key.ByteString());
+  req.mutable_header()->set_size(b.data.size());
+  req.set_data(b.data.data(), b.data.size());
+  return req.SerializeAsString();
+}
+
+// A message that does not parse, or a tenant that is not UTF-8, ended a Put stream as if the
+// client had closed it: OK, with the blocks after it never stored.
+TEST_F(DaemonTest, AMalformedMessageInAPutStreamIsAnErrorNotTheEnd) {
+  const auto chain = Chain(40, 2, 4096);
+  std::string garbage(1000, '\0');
+  for (size_t i = 0; i < garbage.size(); ++i) garbage[i] = static_cast<char>(i * 131 + 7);
+  grpc::Status st =
+      RawPut(daemon_->address(), {PutMessage("t", chain[0]), garbage, PutMessage("t", chain[1])});
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  st = RawPut(daemon_->address(), {PutMessage("t", chain[0]), PutMessage("t\xff\xfe", chain[1])});
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  auto got = GetBlocks(*stub_, "t", KeysOf(chain), &st);
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_TRUE(got[0].has_value()) << "the block before the bad message was committed";
+  EXPECT_EQ(*got[0], chain[0].data);
+  EXPECT_FALSE(got[1].has_value());
+  // A well-formed raw stream is still a Put.
+  EXPECT_TRUE(RawPut(daemon_->address(), {PutMessage("t", chain[1])}).ok());
 }
 
 TEST_F(DaemonTest, BadInputOverTheWire) {

@@ -21,7 +21,8 @@
 namespace kvtier::server {
 namespace {
 
-// CacheService.Get and GetSession: their indexes in the generated service (.proto order).
+// CacheService.Put, Get and GetSession: their indexes in the generated service (.proto order).
+constexpr int kPutMethodIndex = 0;
 constexpr int kGetMethodIndex = 1;
 constexpr int kGetSessionMethodIndex = 9;
 
@@ -31,6 +32,23 @@ absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", key.status().message()));
   }
   return key;
+}
+
+// The next message of a raw client stream as `Message`: true with it parsed; false at the end of
+// the stream, with `*status` OK, or at a message that does not parse, with INVALID_ARGUMENT.
+template <typename Reader, typename Message>
+bool ReadMessage(Reader* reader, Message* msg, const char* rpc, grpc::Status* status) {
+  grpc::ByteBuffer bb;
+  *status = grpc::Status::OK;
+  if (!reader->Read(&bb)) return false;
+  if (!grpc::SerializationTraits<Message>::Deserialize(&bb, msg).ok()) {
+    *status =
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat(rpc, ": a message that is not a ", Message::descriptor()->name(),
+                                  " (malformed, or a string that is not UTF-8)"));
+    return false;
+  }
+  return true;
 }
 
 // The i-th key of a request that names keys either way, as 16 bytes.
@@ -89,14 +107,23 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
             }
             return Get(ctx, &request, stream);
           }));
-  MarkMethodStreamed(
-      kGetSessionMethodIndex,
-      new grpc::internal::BidiStreamingHandler<CacheServiceImpl, v1::GetRequest, grpc::ByteBuffer>(
-          [](CacheServiceImpl* self, grpc::ServerContext* ctx,
-             grpc::ServerReaderWriter<grpc::ByteBuffer, v1::GetRequest>* stream) {
-            return self->GetSession(ctx, stream);
-          },
-          this));
+  MarkMethodStreamed(kGetSessionMethodIndex,
+                     new grpc::internal::BidiStreamingHandler<CacheServiceImpl, grpc::ByteBuffer,
+                                                              grpc::ByteBuffer>(
+                         [](CacheServiceImpl* self, grpc::ServerContext* ctx,
+                            grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+                           return self->GetSession(ctx, stream);
+                         },
+                         this));
+  // Put reads raw messages too (see Put in the header). A client stream served as the
+  // bidirectional kind, as gRPC serves every streamed method: one response, written at the end.
+  MarkMethodStreamed(kPutMethodIndex,
+                     new grpc::internal::ClientStreamingHandler<CacheServiceImpl, grpc::ByteBuffer,
+                                                                v1::PutResponse>(
+                         [](CacheServiceImpl* self, grpc::ServerContext* ctx,
+                            grpc::ServerReader<grpc::ByteBuffer>* reader,
+                            v1::PutResponse* response) { return self->Put(ctx, reader, response); },
+                         this));
 }
 
 void CacheServiceImpl::DetachStore() {
@@ -190,7 +217,7 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
 }
 
 grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
-                                       grpc::ServerReader<v1::PutRequest>* reader,
+                                       grpc::ServerReader<grpc::ByteBuffer>* reader,
                                        v1::PutResponse* response) {
   v1::PutRequest msg;
   std::string tenant;
@@ -200,7 +227,8 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
   size_t received = 0;
   std::string block_name;
   bool first = true;
-  while (reader->Read(&msg)) {
+  grpc::Status read;
+  while (ReadMessage(reader, &msg, "put", &read)) {
     if (first) {
       tenant = msg.tenant();
       if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return ToGrpc(st);
@@ -264,6 +292,7 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
       held.Reset();
     }
   }
+  if (!read.ok()) return read;  // what was committed before it stays
   if (block.has_value()) {
     // The stream ended inside a block (or the client went away): it is dropped, never visible.
     return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
@@ -596,7 +625,7 @@ grpc::Status CacheServiceImpl::DataPlane(grpc::ServerContext* ctx,
 }
 
 grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,
-                                   grpc::ServerReader<v1::PutRequest>* reader,
+                                   grpc::ServerReader<grpc::ByteBuffer>* reader,
                                    v1::PutResponse* response) {
   return Observed("Put", [&] { return PutImpl(a0, reader, response); });
 }
@@ -607,12 +636,14 @@ grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetReques
 }
 
 grpc::Status CacheServiceImpl::GetSession(
-    grpc::ServerContext* ctx, grpc::ServerReaderWriter<grpc::ByteBuffer, v1::GetRequest>* stream) {
+    grpc::ServerContext* ctx,
+    grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   v1::GetRequest request;
-  while (stream->Read(&request)) {
+  grpc::Status read;
+  while (ReadMessage(stream, &request, "get session", &read)) {
     if (grpc::Status st = Get(ctx, &request, stream); !st.ok()) return st;
   }
-  return grpc::Status::OK;
+  return read;
 }
 
 grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext* a0, const v1::LookupRequest* request,

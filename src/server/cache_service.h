@@ -57,14 +57,17 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   // references (a zero-copy Get's buffers can outlive the call) are then no longer unpinned.
   void DetachStore();
 
-  grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
-                   v1::PutResponse* response) override;
+  // Put and GetSession read their requests raw and parse each one themselves: gRPC ends a client
+  // stream quietly at a message it cannot parse (bad bytes, a string that is not UTF-8), which
+  // would answer OK for a stream cut short.
+  grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<grpc::ByteBuffer>* reader,
+                   v1::PutResponse* response);
   // Get is served raw (see GetImpl): its responses are assembled as byte buffers.
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request, GetWriter* writer);
   // Each request as Get (counted in flight and timed as one); the session itself is long-lived
   // and not counted in in_flight().
   grpc::Status GetSession(grpc::ServerContext* ctx,
-                          grpc::ServerReaderWriter<grpc::ByteBuffer, v1::GetRequest>* stream);
+                          grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
@@ -89,7 +92,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   void SetDataPlane(const transfer::UcxServer* ucx) { ucx_ = ucx; }
 
  private:
-  grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
+  grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<grpc::ByteBuffer>* reader,
                        v1::PutResponse* response);
   grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request, GetWriter* writer);
   // The GetResponse messages of one present block (key index `i`): a host-tier block goes out in
