@@ -20,7 +20,8 @@
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: kvtier-router (--nodes LIST | --nodes-file FILE | --nodes-dns NAME:PORT) [options]
+constexpr char kUsage[] =
+    R"(usage: kvtier-router (--nodes LIST | --nodes-file FILE | --nodes-dns NAME:PORT) [options]
 
 Routes requests (kvtier.v1.RouteService) to the kvtierd node that should prefill and cache them.
 The routing key is the shallowest prefix key that is not hot (shared by more than 1/N of recent
@@ -64,6 +65,9 @@ int Bad(const std::string& why) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists (gRPC's own start with its first object), so that every thread
+  // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
+  sigset_t signals = kvtier::BlockStopSignals();
   kvtier::TuneProcessForThroughput();
   std::string nodes_flag, nodes_file, nodes_dns, listen = "127.0.0.1:7800";
   std::string metrics_listen = "127.0.0.1:9780";
@@ -126,8 +130,6 @@ int main(int argc, char** argv) {
   auto nodes = load_nodes();
   if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
   (void)kvtier::InitLogging(log_level);
-
-  sigset_t signals = kvtier::BlockStopSignals();
 
   auto registry = std::make_shared<prometheus::Registry>();
   auto exposer = kvtier::ServeMetrics("kvtier-router", metrics_listen, registry);

@@ -28,6 +28,9 @@
 #include "transfer/ucx_server.h"
 
 int main(int argc, char** argv) {
+  // Before any thread exists (gRPC's own start with its first object), so that every thread
+  // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
+  sigset_t signals = kvtier::BlockStopSignals();
   kvtier::TuneProcessForThroughput();
   bool help = false;
   auto config = kvtier::server::LoadDaemonConfig(argc - 1, argv + 1, &help);
@@ -78,9 +81,6 @@ int main(int argc, char** argv) {
     ssl.pem_root_certs = *ca;
     creds = grpc::SslServerCredentials(ssl);
   }
-
-  // Signals are taken by a thread of ours, not by whichever thread they land on.
-  sigset_t signals = kvtier::BlockStopSignals();
 
   // The UCX data plane: one-sided reads of leased blocks straight from the host arena, which UCX
   // allocates so that readers on this host can map it (and copy at memory speed).

@@ -61,6 +61,9 @@ int Bad(const std::string& why) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists (gRPC's own start with its first object), so that every thread
+  // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
+  sigset_t signals = kvtier::BlockStopSignals();
   kvtier::TuneProcessForThroughput();
   kvtier::worker::WorkerOptions options;
   std::string listen = "127.0.0.1:7900", metrics_listen = "127.0.0.1:9790";
@@ -117,8 +120,6 @@ int main(int argc, char** argv) {
     return Bad("give one of --router and --nodes");
   }
   (void)kvtier::InitLogging(log_level);
-
-  sigset_t signals = kvtier::BlockStopSignals();
 
   auto registry = std::make_shared<prometheus::Registry>();
   auto exposer = kvtier::ServeMetrics("kvtier-worker", metrics_listen, registry);
