@@ -597,6 +597,53 @@ TEST_F(DaemonTest, HalfOpenMetricsConnectionsDoNotStarveScrapes) {
   EXPECT_LT(seconds, 2.0);
 }
 
+// SIGTERM while a Put is in flight and a Get session sits idle: the Put finishes, the session is
+// ended, and the daemon exits at once. It waited out a 10 s deadline for the idle session.
+TEST(DaemonStop, AnIdleGetSessionDoesNotHoldUpAStop) {
+  TempDir dir;
+  auto d = StartDaemon(dir.Sub("data"));
+  ASSERT_FALSE(d->address().empty());
+  auto stub = Connect(*d);
+  const auto chain = Chain(700, 2, 64 << 10);
+  ASSERT_TRUE(PutBlocks(*stub, "t", {chain[0]}).ok());
+  grpc::ClientContext session_ctx;
+  auto session = stub->GetSession(&session_ctx);
+  v1::GetRequest get;
+  get.set_tenant("t");
+  get.add_keys(chain[0].key.ByteString());
+  ASSERT_TRUE(session->Write(get));
+  v1::GetResponse answer;
+  ASSERT_TRUE(session->Read(&answer));
+  ASSERT_TRUE(answer.found());
+
+  grpc::ClientContext put_ctx;
+  v1::PutResponse put_response;
+  auto put = stub->Put(&put_ctx, &put_response);
+  v1::PutRequest first;
+  first.set_tenant("t");
+  first.mutable_header()->set_key(chain[1].key.ByteString());
+  first.mutable_header()->set_size(chain[1].data.size());
+  first.set_data(chain[1].data.data(), 1024);
+  ASSERT_TRUE(put->Write(first));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the Put is in flight
+
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(d->pid(), SIGTERM), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  v1::PutRequest rest;
+  rest.set_data(chain[1].data.data() + 1024, chain[1].data.size() - 1024);
+  EXPECT_TRUE(put->Write(rest));
+  put->WritesDone();
+  EXPECT_TRUE(put->Finish().ok()) << "a Put in flight at the signal finishes";
+  EXPECT_EQ(put_response.stored(), 1u);
+  const int status = d->Stop();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_LT(seconds, 5.0);
+  session_ctx.TryCancel();
+}
+
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own

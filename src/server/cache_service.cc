@@ -140,9 +140,11 @@ absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::Serv
 
 template <typename F>
 grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
-  InFlight guard(&in_flight_);
+  InFlight guard(&in_flight_);  // counted before the check, so Drain's waiter sees it
   const auto start = std::chrono::steady_clock::now();
-  grpc::Status st = body();
+  grpc::Status st = draining_.load()
+                        ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "kvtierd is stopping")
+                        : body();
   if (metrics_ != nullptr) {
     metrics_->ObserveRpc(
         rpc, st.error_code(),

@@ -50,7 +50,10 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   ~CacheServiceImpl() override { DetachStore(); }
 
   // RPCs being served right now (for a graceful shutdown).
-  int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  int in_flight() const { return in_flight_.load(); }
+  // Starts a graceful stop: calls that begin from now on (Get requests on open sessions too) are
+  // answered UNAVAILABLE, so in_flight() only falls.
+  void Drain() { draining_.store(true); }
   // Payload bytes held for requests in progress.
   uint64_t inflight_bytes() const { return inflight_bytes_.total(); }
   // Call after the server has stopped and before the store is closed: host blocks that gRPC still
@@ -160,6 +163,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   BlockEvents* events_ = nullptr;
   SplitRunner lookup_split_;  // the second half of long Lookups
   std::atomic<int> in_flight_{0};
+  std::atomic<bool> draining_{false};
   InflightBytes inflight_bytes_;
   LeaseHandles lease_handles_;  // the lease ids clients see
   const Clock* store_clock_;    // the store's clock, on which leases lapse

@@ -178,11 +178,19 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("kvtierd: {} received, shutting down", strsignal(sig));
-  // New calls are refused from here on; calls in flight get up to 10 s to finish. (With nothing in
-  // flight, a short deadline: gRPC would otherwise wait for idle client connections.)
-  const int busy = service.in_flight();
-  server->Shutdown(std::chrono::system_clock::now() +
-                   (busy > 0 ? std::chrono::milliseconds(10'000) : std::chrono::milliseconds(100)));
+  // New calls are answered UNAVAILABLE from here on (and health says NOT_SERVING); calls in
+  // flight get up to 10 s to finish. Then the server stops with a short deadline, which ends what
+  // is left: idle Get sessions, watchers and client connections, which gRPC would otherwise wait
+  // for.
+  service.Drain();
+  if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (service.in_flight() > 0 && std::chrono::steady_clock::now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   server->Wait();
   spdlog::debug("kvtierd: gRPC server stopped");
   stopping.store(true);
