@@ -72,10 +72,14 @@ TEST(Security, BearerTokensGuardEachTenant) {
 }
 
 TEST(Security, BadTokenFileStopsTheDaemonWithAReason) {
-  TempDir dir;
-  std::ofstream(dir.Sub("tokens.yaml")) << "alice: short\n";
-  auto d = Start(dir, {"--auth-tokens", dir.Sub("tokens.yaml")});
-  EXPECT_TRUE(d->address().empty()) << "must not serve with an unusable token file";
+  // A short token; and one token for two tenants, which let one act as the other.
+  for (const char* file : {"alice: short\n",
+                           "alice: the-same-token-for-both\nbob: the-same-token-for-both\n"}) {
+    TempDir dir;
+    std::ofstream(dir.Sub("tokens.yaml")) << file;
+    auto d = Start(dir, {"--auth-tokens", dir.Sub("tokens.yaml")});
+    EXPECT_TRUE(d->address().empty()) << "must not serve with this token file:\n" << file;
+  }
 }
 
 class Tls : public ::testing::Test {

@@ -28,6 +28,14 @@ absl::StatusOr<TenantAuth> TenantAuth::LoadFile(const std::string& path) {
         return absl::InvalidArgumentError(
             absl::StrCat(path, ": ", tenant, ": token shorter than 16 characters"));
       }
+      // A token names its tenant: shared by two, it would let the first found act as the other
+      // and lock the other out.
+      for (const auto& [other, other_token] : tokens) {
+        if (other_token == token) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ": ", tenant, " and ", other, " have the same token; each needs its own"));
+        }
+      }
       tokens[tenant] = token;
     }
   } catch (const YAML::Exception& e) {
