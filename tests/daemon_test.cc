@@ -644,6 +644,19 @@ TEST(DaemonStop, AnIdleGetSessionDoesNotHoldUpAStop) {
   session_ctx.TryCancel();
 }
 
+// A host tier larger than memory (with UCX on, it lives in /dev/shm) is refused at start, before
+// anything is allocated. 10 TiB is more than any test machine has.
+TEST(DaemonLimits, AHostTierLargerThanMemoryIsRefusedAtStart) {
+  TempDir dir;
+  for (const char* ucx : {"auto", "off"}) {
+    DaemonProcess d(kDaemon, {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "10485760",
+                              "--metrics-listen", "", "--ucx-listen", ucx});
+    EXPECT_TRUE(d.address().empty()) << "ucx-listen " << ucx;
+    const int status = d.Stop();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << "status " << status;
+  }
+}
+
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own

@@ -4,12 +4,15 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
@@ -26,6 +29,39 @@
 #include "server/metrics.h"
 #include "spdlog/spdlog.h"
 #include "transfer/ucx_server.h"
+
+namespace {
+
+// The host tier must fit in the memory available now and, with the UCX data plane (which maps it
+// from shared memory), in /dev/shm's free space: a larger one filled /dev/shm with no error, and
+// its segments outlived a kill.
+absl::Status CheckHostTierFits(uint64_t host_bytes, bool shared_memory) {
+  constexpr uint64_t kMiB = 1 << 20;
+  uint64_t available_kib = 0;
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string line; std::getline(meminfo, line);) {
+    if (std::sscanf(line.c_str(), "MemAvailable: %" SCNu64 " kB", &available_kib) == 1) break;
+  }
+  if (available_kib != 0 && host_bytes > available_kib * 1024) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("--host-mib (store.host_mib): ", host_bytes / kMiB, " MiB is more than the ",
+                     available_kib / 1024, " MiB of memory available"));
+  }
+  struct statvfs shm {};
+  if (shared_memory && statvfs("/dev/shm", &shm) == 0) {
+    const uint64_t free_bytes = uint64_t{shm.f_bavail} * shm.f_frsize;
+    if (host_bytes > free_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "--host-mib (store.host_mib): ", host_bytes / kMiB, " MiB is more than the ",
+          free_bytes / kMiB,
+          " MiB free in /dev/shm, where the UCX data plane maps the host tier (--ucx-listen off "
+          "serves without it)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // Before any thread exists (gRPC's own start with its first object), so that every thread
@@ -93,6 +129,10 @@ int main(int argc, char** argv) {
         "kvtierd: ucx.listen is set with auth on: every client that can reach {} can "
         "read any block in the host arena, whatever its tenant",
         ucx_listen);
+  }
+  if (absl::Status st = CheckHostTierFits(so.host_bytes, ucx_listen != "off"); !st.ok()) {
+    spdlog::critical("{}", std::string(st.message()));
+    return 2;
   }
   if (ucx_listen != "off") {
     so.host_memory = [&](size_t bytes) -> absl::StatusOr<uint8_t*> {
