@@ -7,6 +7,7 @@
 #include "cli/remote.h"
 #include "cli/replay.h"
 #include "common/logging.h"
+#include "common/version.h"
 
 namespace {
 
@@ -27,12 +28,16 @@ commands:
             a head profile (recall heads for head-sparse attention) from recorded attention
             statistics; `kvtier profile-heads --help`
 
-`kvtier <command> --help` explains each command.
+`kvtier <command> --help` explains each command; `kvtier --version` names this build.
 )";
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (kvtier::AskedForVersion(argc, argv)) {
+    std::puts(kvtier::VersionLine("kvtier").c_str());
+    return 0;
+  }
   (void)kvtier::InitLogging("info");
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {

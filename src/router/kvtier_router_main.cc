@@ -15,6 +15,7 @@
 #include "common/logging.h"
 #include "common/process_tuning.h"
 #include "common/service_main.h"
+#include "common/version.h"
 #include "router/route_service.h"
 #include "spdlog/spdlog.h"
 
@@ -51,6 +52,7 @@ options:
   --probe-interval-ms N  health probe period (default 1000)
   --failures-to-eject N  failed probes in a row that eject a node (default 2)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
+  --version              the version and commit of this build
   --help                 this text
 
 On start it prints "kvtier-router metrics on HOST:PORT" (when enabled), then
@@ -68,6 +70,10 @@ int main(int argc, char** argv) {
   // Before any thread exists (gRPC's own start with its first object), so that every thread
   // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
   sigset_t signals = kvtier::BlockStopSignals();
+  if (kvtier::AskedForVersion(argc, argv)) {
+    std::puts(kvtier::VersionLine("kvtier-router").c_str());
+    return 0;
+  }
   kvtier::TuneProcessForThroughput();
   std::string nodes_flag, nodes_file, nodes_dns, listen = "127.0.0.1:7800";
   std::string metrics_listen = "127.0.0.1:9780";

@@ -261,6 +261,7 @@ overridden by flags. Every value is checked at start; an error names the key or 
                     ", default ", o.def, "\n");
   }
   out += R"(  --no-nvme                      no NVMe tier (same as --data "")
+  --version                      the version and commit of this build
   --help                         this text
 
 On start it prints "kvtierd metrics on HOST:PORT" and "kvtierd ucx on HOST:PORT" (when

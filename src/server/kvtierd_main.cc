@@ -23,6 +23,7 @@
 #include "common/logging.h"
 #include "common/process_tuning.h"
 #include "common/service_main.h"
+#include "common/version.h"
 #include "server/auth.h"
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
@@ -67,6 +68,10 @@ int main(int argc, char** argv) {
   // Before any thread exists (gRPC's own start with its first object), so that every thread
   // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
   sigset_t signals = kvtier::BlockStopSignals();
+  if (kvtier::AskedForVersion(argc, argv)) {
+    std::puts(kvtier::VersionLine("kvtierd").c_str());
+    return 0;
+  }
   kvtier::TuneProcessForThroughput();
   bool help = false;
   auto config = kvtier::server::LoadDaemonConfig(argc - 1, argv + 1, &help);
@@ -83,6 +88,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvtierd: %s\n", std::string(st.message()).c_str());
     return 2;
   }
+  spdlog::info("{} starting", kvtier::VersionLine("kvtierd"));
   kvtier::StoreOptions so = config->store;
   const std::string& listen = config->listen;
 

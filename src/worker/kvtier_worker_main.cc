@@ -15,6 +15,7 @@
 #include "common/logging.h"
 #include "common/process_tuning.h"
 #include "common/service_main.h"
+#include "common/version.h"
 #include "spdlog/spdlog.h"
 #include "worker/worker.h"
 
@@ -46,6 +47,7 @@ options:
   --device auto|cpu|cuda where attention runs (default auto: the GPU when there is one and this
                          build has its kernels, else the CPU; cuda: fail to start without one)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
+  --version              the version and commit of this build
   --help                 this text
 
 Requests carry the tenant of their blocks; an `authorization: Bearer TOKEN` header is passed on
@@ -64,6 +66,10 @@ int main(int argc, char** argv) {
   // Before any thread exists (gRPC's own start with its first object), so that every thread
   // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
   sigset_t signals = kvtier::BlockStopSignals();
+  if (kvtier::AskedForVersion(argc, argv)) {
+    std::puts(kvtier::VersionLine("kvtier-worker").c_str());
+    return 0;
+  }
   kvtier::TuneProcessForThroughput();
   kvtier::worker::WorkerOptions options;
   std::string listen = "127.0.0.1:7900", metrics_listen = "127.0.0.1:9790";
