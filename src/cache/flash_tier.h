@@ -53,8 +53,9 @@ class FlashTier {
                              std::span<const uint8_t> data, bool durable) = 0;
   // Reads the payload into `out` and returns the checksum of what was read. NOT_FOUND if absent;
   // DATA_LOSS if the stored payload's size is not out.size(), or its file is missing or short.
-  // `copy`, when not empty (of the same size), receives the payload too, hashed as it is copied
-  // (a promotion's read lands in host memory and in the reader's buffer).
+  // `copy`, when not empty, receives the payload too, hashed as it is copied (a promotion's read
+  // lands in host memory and in the reader's buffer); INVALID_ARGUMENT unless it is as long as
+  // `out`.
   virtual absl::StatusOr<uint64_t> Read(const BlockKey& key, std::span<uint8_t> out,
                                         std::span<uint8_t> copy = {}) = 0;
   // NOT_FOUND if absent. Every delete survives a crash of the process; durable: also of the

@@ -871,6 +871,9 @@ absl::Status NvmeTier::Write(const BlockKey& key, const BlockMeta& meta,
 absl::StatusOr<uint64_t> NvmeTier::Read(const BlockKey& key, std::span<uint8_t> out,
                                         std::span<uint8_t> copy) {
   Impl& t = *impl_;
+  if (!copy.empty() && copy.size() != out.size()) {
+    return absl::InvalidArgumentError("NVMe tier: read: the copy's size is not the block's");
+  }
   char k[16];
   key.ToBytes(reinterpret_cast<uint8_t*>(k));
   // A compaction may move the payload between the metadata read and the file lookup: look again.
@@ -907,7 +910,7 @@ absl::StatusOr<uint64_t> NvmeTier::Read(const BlockKey& key, std::span<uint8_t> 
       return absl::DataLossError(
           absl::StrCat("NVMe tier: block ", key.Hex(), " is truncated in ", f->path));
     }
-    const bool copied = !copy.empty() && copy.size() == m.size;
+    const bool copied = !copy.empty();  // of out's size, which is m.size
     if (direct_into_out && got.data() == reinterpret_cast<const char*>(dst)) {
       return copied ? CopyWithChecksum(copy.data(), out.data(), m.size, CopyTo::kCache)
                     : Checksum(out.data(), m.size);
