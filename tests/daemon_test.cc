@@ -117,15 +117,16 @@ std::vector<BlockKey> KeysOf(const std::vector<Block>& blocks) {
   return keys;
 }
 
-// A Put stream that has sent a block's header and part of its payload, then waits.
+// A Put stream that has sent a block's header and part of its payload (`sent` bytes), then waits.
 struct OpenPut {
-  OpenPut(v1::CacheService::Stub& stub, const Block& b) {
+  OpenPut(v1::CacheService::Stub& stub, const Block& b, const std::string& tenant = "t",
+          size_t sent = 1024) {
     writer = stub.Put(&ctx, &res);
     v1::PutRequest req;
-    req.set_tenant("t");
+    req.set_tenant(tenant);
     req.mutable_header()->set_key(b.key.ByteString());
     req.mutable_header()->set_size(b.data.size());
-    req.set_data(b.data.data(), 1024);
+    req.set_data(b.data.data(), sent);
     writer->Write(req);
   }
   grpc::Status Finish(const Block& b) {
@@ -711,6 +712,78 @@ TEST(DaemonLimits, InflightBytesAreCappedPerConnectionAndInTotal) {
             grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_TRUE(put_a.Finish(a).ok());
   EXPECT_EQ(inflight(), 0);
+}
+
+// Nine Put streams of one tenant that each declared 8 MiB and sent one byte held a 64 MiB host
+// tier, and every other tenant's puts failed. Each tenant may now hold a quarter of the host tier
+// in flight (and as much under leases), and a stream that stops sending is cancelled.
+TEST(DaemonLimits, OneTenantCannotLockOutAnother) {
+  TempDir dir;
+  auto d = StartDaemon(dir.Sub("data"), {"--stream-idle-timeout-s", "1"});
+  ASSERT_FALSE(d->address().empty());
+  auto usage = [&](const std::string& tenant) {
+    v1::StatsRequest req;
+    req.set_tenant(tenant);
+    v1::StatsResponse res;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(Connect(*d)->Stats(&ctx, req, &res).ok());
+    return res.tenant_usage();
+  };
+  std::vector<std::unique_ptr<v1::CacheService::Stub>> connections;
+  std::vector<std::unique_ptr<OpenPut>> stalled;
+  const auto greedy = Chain(800, 9, 8 << 20);
+  for (const Block& b : greedy) {
+    connections.push_back(OwnConnection(*d));
+    stalled.push_back(std::make_unique<OpenPut>(*connections.back(), b, "greedy", 1));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (usage("greedy").inflight_bytes() != (16 << 20) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(usage("greedy").inflight_bytes(), 16u << 20) << "two of the nine hold their 8 MiB";
+  auto other = Connect(*d);
+  EXPECT_TRUE(PutBlocks(*other, "other", Chain(900, 1, 8 << 20)).ok());
+  EXPECT_TRUE(PutBlocks(*other, "other", Chain(901, 1, 8 << 20), 1 << 20, /*durable=*/true).ok());
+
+  // The stalled streams are cancelled about a second after their last message.
+  while (usage("greedy").inflight_bytes() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(usage("greedy").inflight_bytes(), 0u);
+  int refused = 0;
+  for (auto& p : stalled) {
+    p->writer->WritesDone();
+    const grpc::Status st = p->writer->Finish();
+    EXPECT_FALSE(st.ok());
+    refused += st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? 1 : 0;
+  }
+  EXPECT_EQ(refused, 7);
+  EXPECT_EQ(Sample(testing::HttpGet(d->AddressOf("kvtierd metrics"), "/metrics"),
+                   "kvtier_stream_idle_cancels_total"),
+            2);
+
+  // Leases: 3 blocks of 7 MiB are more than greedy's 16 MiB share; two are not.
+  auto stub = Connect(*d);
+  const auto leased = Chain(820, 3, 7 << 20);
+  ASSERT_TRUE(PutBlocks(*stub, "greedy", leased).ok());
+  auto lease = [&](const std::string& tenant, const std::vector<Block>& blocks) {
+    v1::LeaseRequest req;
+    req.set_tenant(tenant);
+    for (const Block& b : blocks) req.add_keys(b.key.ByteString());
+    v1::LeaseResponse res;
+    grpc::ClientContext ctx;
+    return stub->Lease(&ctx, req, &res).error_code();
+  };
+  EXPECT_EQ(lease("greedy", leased), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(lease("greedy", {leased[0], leased[1]}), grpc::StatusCode::OK);
+  EXPECT_EQ(lease("greedy", {leased[2]}), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(usage("greedy").leased_bytes(), 14u << 20);
+  EXPECT_EQ(lease("other", Chain(900, 1, 8 << 20)), grpc::StatusCode::OK);
+  const v1::TenantUsage u = usage("greedy");
+  EXPECT_EQ(u.resident_blocks(), 3u);
+  EXPECT_EQ(u.resident_bytes(), 21u << 20);
+  EXPECT_EQ(u.leased_limit_bytes(), 16u << 20);
 }
 
 TEST_F(DaemonTest, RestartKeepsDurableBlocks) {

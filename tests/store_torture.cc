@@ -90,9 +90,9 @@ class Blocks {
 };
 
 // Reports the store's block events; called under the store's policy lock.
-void ReportBlockEvent(const BlockKey& key, bool stored) {
-  const std::optional<uint64_t> n = KeyNumber(key);
-  if (n.has_value()) Say("%s %llu", stored ? "STORED" : "GONE", static_cast<ull>(*n));
+void ReportBlockEvent(const BlockEvent& event) {
+  const std::optional<uint64_t> n = KeyNumber(event.key);
+  if (n.has_value()) Say("%s %llu", event.stored ? "STORED" : "GONE", static_cast<ull>(*n));
 }
 
 // Stalls blob appends once armed: the `stall_at`-th and every later one sleeps kStall, and the

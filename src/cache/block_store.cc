@@ -232,14 +232,14 @@ struct BlockStore::Impl {
     if (replaced != kNoEntry) --resident[static_cast<int>(E(replaced).tier)];
     ++resident[static_cast<int>(e.tier)];
     policy->Add(h);
-    if (event && options.on_block_event) options.on_block_event(e.key, /*stored=*/true);
+    if (event && options.on_block_event) options.on_block_event({e.key, e.tenant, e.size, true});
   }
   // Takes a committed block out of the index and the policy: from now on it is invisible, and
   // freed once nothing holds it (MaybeFree).
   void Doom(uint32_t h, bool event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     if (e.state != EntryState::kCommitted) return;
-    if (event && options.on_block_event) options.on_block_event(e.key, /*stored=*/false);
+    if (event && options.on_block_event) options.on_block_event({e.key, e.tenant, e.size, false});
     policy->Remove(h);
     {
       auto& s = ShardOf(e);
@@ -891,6 +891,7 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   e.size = static_cast<uint32_t>(size);
   e.tier = tier;
   e.location = *loc;
+  e.tenant = options.tenant;
   e.state = EntryState::kReserved;
   handle.store_ = impl_.get();
   handle.handle_ = h;

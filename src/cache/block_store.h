@@ -65,6 +65,9 @@ struct PutOptions {
   bool durable = false;
   // When set, Commit fails with DATA_LOSS unless the written bytes have this XXH3-64.
   std::optional<uint64_t> expected_checksum;
+  // Whose block it is, as the caller numbers its tenants; told back in StoreOptions'
+  // on_block_event. The store itself treats every tenant alike.
+  uint16_t tenant = 0;
 };
 
 struct BlockInfo {

@@ -56,6 +56,7 @@ struct Entry {
   uint32_t kids_here = 0;
   std::atomic<uint8_t> hits{0};  // any thread: saturating count of reads since the put
   uint8_t parked = 0;            // shard: hidden by the victim picker because it was pinned
+  uint16_t tenant = 0;           // set before the entry is published (PutOptions::tenant)
 
   // Back to a fresh entry (atomics make the type not assignable).
   void Reset() {
@@ -72,6 +73,7 @@ struct Entry {
     kids_here = 0;
     hits.store(0, std::memory_order_relaxed);
     parked = 0;
+    tenant = 0;
   }
 };
 static_assert(sizeof(Entry) == 104, "the index's memory per block (bench_store) counts on it");

@@ -20,6 +20,14 @@ class Env;
 
 namespace kvtier {
 
+// A block that became visible (stored) or left the store, for StoreOptions::on_block_event.
+struct BlockEvent {
+  BlockKey key;
+  uint16_t tenant = 0;  // PutOptions::tenant of its put (0 for blocks recovered from NVMe)
+  uint32_t size = 0;
+  bool stored = false;
+};
+
 struct StoreOptions {
   // Host tier (pinned RAM).
   size_t host_bytes = size_t{1} << 30;  // Default: 1 GiB. Size of the host arena.
@@ -32,8 +40,8 @@ struct StoreOptions {
   // leaves the store (evicted from the last tier, deleted, dropped as corrupt), with the store's
   // policy lock held: it must be quick and must not call the store. A block replaced by a re-put
   // of its key stays visible and is not reported. kvtierd queues these for
-  // CacheService.WatchBlocks (the router's cache-aware index).
-  std::function<void(const BlockKey& key, bool stored)> on_block_event;
+  // CacheService.WatchBlocks (the router's cache-aware index) and per-tenant usage.
+  std::function<void(const BlockEvent& event)> on_block_event;
   // Largest block accepted; also the slab size of the tier allocators. Default: 8 MiB.
   size_t max_block_bytes = size_t{8} << 20;
 

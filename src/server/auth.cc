@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 
@@ -11,47 +12,86 @@
 namespace kvtier::server {
 
 absl::StatusOr<TenantAuth> TenantAuth::LoadFile(const std::string& path) {
-  absl::flat_hash_map<std::string, std::string> tokens;
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(path, ": cannot be read"));
+  return Parse(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()),
+               path);
+}
+
+absl::StatusOr<TenantAuth> TenantAuth::Parse(const std::string& yaml, const std::string& source) {
+  TenantAuth a;
   try {
-    YAML::Node root = YAML::LoadFile(path);
+    YAML::Node root = YAML::Load(yaml);
     if (!root.IsMap()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": expected a map of tenant: token"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": expected a map of name: token (or name: {token: ..., role: ...})"));
     }
     for (const auto& kv : root) {
-      const std::string tenant = kv.first.as<std::string>();
-      if (!kv.second.IsScalar()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": ", tenant, ": expected a token"));
+      if (!kv.first.IsScalar()) {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": a name must be a string"));
       }
-      const std::string token = kv.second.as<std::string>();
-      if (token.size() < 16) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": ", tenant, ": token shorter than 16 characters"));
-      }
-      // A token names its tenant: shared by two, it would let the first found act as the other
-      // and lock the other out.
-      for (const auto& [other, other_token] : tokens) {
-        if (other_token == token) {
+      const std::string name = kv.first.as<std::string>();
+      if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": an empty name"));
+      Entry e;
+      if (kv.second.IsScalar()) {
+        e.token = kv.second.as<std::string>();
+      } else if (kv.second.IsMap()) {
+        for (const auto& field : kv.second) {
+          const std::string f = field.first.as<std::string>();
+          if (f != "token" && f != "role") {
+            return absl::InvalidArgumentError(absl::StrCat(
+                source, ": ", name, ": unknown field '", f, "' (expected token, role)"));
+          }
+          if (!field.second.IsScalar()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(source, ": ", name, ".", f, ": expected a string"));
+          }
+        }
+        if (!kv.second["token"]) {
+          return absl::InvalidArgumentError(absl::StrCat(source, ": ", name, ": no token"));
+        }
+        e.token = kv.second["token"].as<std::string>();
+        const std::string role = kv.second["role"] ? kv.second["role"].as<std::string>() : "tenant";
+        if (role == "cluster") {
+          e.role = Role::kCluster;
+        } else if (role != "tenant") {
           return absl::InvalidArgumentError(absl::StrCat(
-              path, ": ", tenant, " and ", other, " have the same token; each needs its own"));
+              source, ": ", name, ".role: '", role, "' is not a role (tenant or cluster)"));
+        }
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": ", name, ": expected a token or {token, role}"));
+      }
+      if (e.token.size() < 16) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": ", name, ": token shorter than 16 characters"));
+      }
+      // A token names its holder: shared by two, it would let the first found act as the other
+      // and lock the other out.
+      for (const auto& [other, other_entry] : a.entries_) {
+        if (other_entry.token == e.token) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              source, ": ", name, " and ", other, " have the same token; each needs its own"));
         }
       }
-      tokens[tenant] = token;
+      if (!a.entries_.emplace(name, std::move(e)).second) {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": ", name, " is given twice"));
+      }
     }
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
   }
-  if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no tenants"));
-  return FromMap(std::move(tokens));
+  if (a.entries_.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no tokens"));
+  return a;
 }
 
 TenantAuth TenantAuth::FromMap(absl::flat_hash_map<std::string, std::string> tokens) {
   TenantAuth a;
-  a.tokens_ = std::move(tokens);
+  for (auto& [tenant, token] : tokens) a.entries_[tenant] = Entry{std::move(token), Role::kTenant};
   return a;
 }
 
-absl::StatusOr<std::string> TenantAuth::Authenticate(const grpc::ServerContext& ctx) const {
+absl::StatusOr<Principal> TenantAuth::Authenticate(const grpc::ServerContext& ctx) const {
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return absl::UnauthenticatedError("missing authorization: Bearer <token>");
@@ -61,11 +101,11 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(const grpc::ServerContext& 
     return absl::UnauthenticatedError("authorization must be: Bearer <token>");
   }
   const std::string token = value.substr(kBearer.size());
-  // Compare against every tenant's token in constant time per comparison.
-  for (const auto& [tenant, expected] : tokens_) {
-    if (expected.size() == token.size() &&
-        CRYPTO_memcmp(expected.data(), token.data(), token.size()) == 0) {
-      return tenant;
+  // Compare against every token in constant time per comparison.
+  for (const auto& [name, e] : entries_) {
+    if (e.token.size() == token.size() &&
+        CRYPTO_memcmp(e.token.data(), token.data(), token.size()) == 0) {
+      return Principal{name, e.role};
     }
   }
   return absl::UnauthenticatedError("invalid token");
@@ -74,15 +114,30 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(const grpc::ServerContext& 
 absl::Status TenantAuth::Check(const grpc::ServerContext& ctx, const std::string& tenant) const {
   auto who = Authenticate(ctx);
   if (!who.ok()) return who.status();
-  if (*who != tenant) {
+  if (who->role != Role::kTenant) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("a cluster token reaches no tenant's blocks (tenant '", tenant, "')"));
+  }
+  if (who->name != tenant) {
     return absl::PermissionDeniedError(
         absl::StrCat("the token does not grant access to tenant '", tenant, "'"));
   }
   return absl::OkStatus();
 }
 
-absl::Status TenantAuth::CheckAny(const grpc::ServerContext& ctx) const {
-  return Authenticate(ctx).status();
+std::vector<std::string> TenantAuth::tenant_names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, e] : entries_) {
+    if (e.role == Role::kTenant) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+size_t TenantAuth::tenants() const {
+  size_t n = 0;
+  for (const auto& [name, e] : entries_) n += e.role == Role::kTenant ? 1 : 0;
+  return n;
 }
 
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& setting) {

@@ -77,17 +77,32 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+namespace {
+
+// Limits left at 0 ("a share of the host tier") made concrete for `store`.
+ServiceLimits Resolved(ServiceLimits limits, const BlockStore& store) {
+  const uint64_t share = std::max<uint64_t>(store.options().host_bytes / 4,
+                                            store.options().max_block_bytes);
+  if (limits.max_inflight_bytes_per_tenant == 0) limits.max_inflight_bytes_per_tenant = share;
+  if (limits.max_leased_bytes_per_tenant == 0) limits.max_leased_bytes_per_tenant = share;
+  return limits;
+}
+
+}  // namespace
+
 CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, DaemonMetrics* metrics,
                                    const TenantAuth* auth)
     : store_(store),
       pins_(std::make_shared<PinLedger>()),
-      limits_(limits),
+      limits_(Resolved(limits, *store)),
       metrics_(metrics),
       auth_(auth),
-      inflight_bytes_(limits.max_inflight_bytes, limits.max_inflight_bytes_per_connection,
+      inflight_bytes_(limits_.max_inflight_bytes, limits_.max_inflight_bytes_per_connection,
+                      limits_.max_inflight_bytes_per_tenant,
                       [metrics](uint64_t total) {
                         if (metrics != nullptr) metrics->SetInflightBytes(total);
                       }),
+      idle_(limits_.stream_idle_timeout),
       store_clock_(store->options().clock != nullptr ? store->options().clock
                                                      : SystemClock::Default()) {
   {
@@ -132,10 +147,14 @@ void CacheServiceImpl::DetachStore() {
 }
 
 absl::StatusOr<InflightBytes::Hold> CacheServiceImpl::HoldBytes(const grpc::ServerContext* ctx,
-                                                                uint64_t n) {
+                                                                uint16_t tenant, uint64_t n) {
   const std::string peer = ctx->peer();
-  if (absl::Status st = inflight_bytes_.Acquire(peer, n); !st.ok()) return st;
-  return InflightBytes::Hold(&inflight_bytes_, peer, n);
+  if (absl::Status st = inflight_bytes_.Acquire(peer, tenant, n); !st.ok()) return st;
+  return InflightBytes::Hold(&inflight_bytes_, peer, tenant, n);
+}
+
+uint16_t CacheServiceImpl::TenantId(const std::string& tenant) {
+  return tenants_ != nullptr ? tenants_->Id(tenant) : Tenants::kOther;
 }
 
 template <typename F>
@@ -229,11 +248,15 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
   size_t received = 0;
   std::string block_name;
   bool first = true;
+  uint16_t tenant_id = Tenants::kOther;
   grpc::Status read;
+  IdleWatchdog::Watch watch = idle_.Arm(ctx);
   while (ReadMessage(reader, &msg, "put", &read)) {
+    watch.Touch();
     if (first) {
       tenant = msg.tenant();
       if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return ToGrpc(st);
+      tenant_id = TenantId(tenant);
       if (msg.has_layout()) {
         auto l = LayoutFromProto(msg.layout());
         if (!l.ok()) return ToGrpc(l.status());
@@ -258,10 +281,11 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
         if (!p.ok()) return ToGrpc(p.status());
         parent = *p;
       }
-      auto hold = HoldBytes(ctx, h.size());
+      auto hold = HoldBytes(ctx, tenant_id, h.size());
       if (!hold.ok()) return ToGrpc(hold.status());
       held = std::move(*hold);
       PutOptions opts;
+      opts.tenant = tenant_id;
       opts.layout = layout.has_value() ? &*layout : nullptr;
       opts.durable = h.durable();
       if (h.has_checksum()) opts.expected_checksum = h.checksum();
@@ -295,6 +319,11 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
     }
   }
   if (!read.ok()) return read;  // what was committed before it stays
+  if (watch.fired()) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        absl::StrCat("put: the stream sent nothing for ",
+                                     limits_.stream_idle_timeout.count(), " ms (limits.stream_idle_timeout_s)"));
+  }
   if (block.has_value()) {
     // The stream ended inside a block (or the client went away): it is dropped, never visible.
     return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
@@ -388,6 +417,8 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
                                        GetWriter* writer) {
   auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
+  const uint16_t tenant_id = TenantId(request->tenant());
+  IdleWatchdog::Watch watch = idle_.Arm(ctx);
   for (size_t i = 0; i < keys->size(); ++i) {
     if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
     const BlockKey& key = (*keys)[i];
@@ -395,7 +426,7 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
     absl::StatusOr<std::vector<grpc::ByteBuffer>> msgs;
     InflightBytes::Hold held;
     if (info.ok()) {
-      auto hold = HoldBytes(ctx, info->size);
+      auto hold = HoldBytes(ctx, tenant_id, info->size);
       if (!hold.ok()) return ToGrpc(hold.status());
       held = std::move(*hold);
       msgs = GetResponseFor(*request, i, key, *info);
@@ -419,7 +450,15 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
       msgs = std::vector<grpc::ByteBuffer>{Serialized(missing)};
     }
     for (const grpc::ByteBuffer& msg : *msgs) {
-      if (!writer->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      watch.Touch();
+      if (!writer->Write(msg)) {
+        if (watch.fired()) {
+          return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                              absl::StrCat("get: the client read nothing for ",
+                                           limits_.stream_idle_timeout.count(), " ms"));
+        }
+        return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+      }
     }
   }
   return grpc::Status::OK;
@@ -468,16 +507,26 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
   if (!grant.ok()) return ToGrpc(grant.status());
   uint64_t bytes = 0;
   for (const BlockInfo& b : grant->blocks) bytes += b.size;
+
+  // The sizes are known once granted: a lease that takes the tenant past its share is given back.
+  uint64_t held = 0;
+  const std::optional<uint64_t> handle = lease_handles_.IssueWithin(
+      {.id = grant->id, .bytes = bytes, .expires_at_us = grant->expires_at_us,
+       .tenant = request->tenant()},
+      store_clock_->NowMicros(), limits_.max_leased_bytes_per_tenant, &held);
+  if (!handle.has_value()) {
+    store_->Release(grant->id).IgnoreError();  // NOT_FOUND only if it lapsed already
+    return ToGrpc(absl::ResourceExhaustedError(absl::StrCat(
+        "lease: this tenant holds ", held, " leased bytes; ", bytes,
+        " more would pass the limit of ", limits_.max_leased_bytes_per_tenant,
+        " (limits.max_leased_mib_per_tenant); release leases first")));
+  }
+  response->set_lease_id(*handle);
   if (metrics_ != nullptr) {
     metrics_->ObserveLease(
         grant->blocks.size(), bytes, grant->promoted,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  response->set_lease_id(lease_handles_.Issue({.id = grant->id,
-                                               .bytes = bytes,
-                                               .expires_at_us = grant->expires_at_us,
-                                               .tenant = request->tenant()},
-                                              store_clock_->NowMicros()));
   response->set_expires_in_ms(request->ttl_ms() != 0 ? request->ttl_ms()
                                                      : store_->options().lease_ttl_us / 1000);
   for (size_t i = 0; i < grant->blocks.size(); ++i) {
@@ -550,11 +599,51 @@ grpc::Status CacheServiceImpl::DeleteImpl(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext* ctx, const v1::StatsRequest*,
-                                         v1::StatsResponse* response) {
-  if (auth_ != nullptr) {
-    if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
+absl::StatusOr<CacheServiceImpl::View> CacheServiceImpl::ViewOf(const grpc::ServerContext* ctx,
+                                                                const std::string& named) const {
+  if (named.size() > limits_.max_tenant_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tenant: longer than ", limits_.max_tenant_bytes, " bytes"));
   }
+  if (auth_ == nullptr) return View{.whole = true, .tenant = named};
+  absl::StatusOr<Principal> who = auth_->Authenticate(*ctx);
+  if (!who.ok()) return who.status();
+  if (who->role == Role::kCluster) return View{.whole = true, .tenant = named};
+  if (!named.empty() && named != who->name) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("the token does not grant access to tenant '", named, "'"));
+  }
+  return View{.whole = false, .tenant = who->name};
+}
+
+v1::TenantUsage CacheServiceImpl::UsageOf(const std::string& tenant) {
+  v1::TenantUsage u;
+  u.set_tenant(tenant);
+  u.set_inflight_limit_bytes(limits_.max_inflight_bytes_per_tenant);
+  u.set_leased_limit_bytes(limits_.max_leased_bytes_per_tenant);
+  u.set_leased_bytes(lease_handles_.TenantBytes(tenant, store_clock_->NowMicros()));
+  const std::optional<uint16_t> id =
+      tenants_ != nullptr ? tenants_->Find(tenant) : std::nullopt;
+  if (!id.has_value()) return u;  // never put or got anything: holds nothing
+  u.set_resident_bytes(tenants_->resident_bytes(*id));
+  u.set_resident_blocks(tenants_->resident_blocks(*id));
+  u.set_inflight_bytes(inflight_bytes_.tenant_total(*id));
+  return u;
+}
+
+std::vector<v1::TenantUsage> CacheServiceImpl::AllUsage() {
+  std::vector<v1::TenantUsage> out;
+  if (tenants_ == nullptr) return out;
+  for (const auto& [id, name] : tenants_->All()) out.push_back(UsageOf(name));
+  return out;
+}
+
+grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext* ctx, const v1::StatsRequest* request,
+                                         v1::StatsResponse* response) {
+  absl::StatusOr<View> view = ViewOf(ctx, request->tenant());
+  if (!view.ok()) return ToGrpc(view.status());
+  if (!view->tenant.empty()) *response->mutable_tenant_usage() = UsageOf(view->tenant);
+  if (!view->whole) return grpc::Status::OK;  // a tenant sees its own usage only
   const StoreStats st = store_->Stats();
   for (int t = 0; t < kNumTiers; ++t) {
     v1::TierStats* ts = response->add_tiers();
@@ -597,20 +686,31 @@ grpc::Status CacheServiceImpl::DataPlaneImpl(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx, const v1::WatchBlocksRequest*,
+grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx,
+                                           const v1::WatchBlocksRequest* request,
                                            grpc::ServerWriter<v1::BlockEventBatch>* writer) {
-  if (auth_ != nullptr) {
-    if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
-  }
-  if (events_ == nullptr) {
+  absl::StatusOr<View> view = ViewOf(ctx, request->tenant());
+  if (!view.ok()) return ToGrpc(view.status());
+  if (events_ == nullptr || tenants_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this daemon publishes no block events");
+  }
+  // One tenant's events, by its number; a tenant without one has stored nothing yet, and gets
+  // one now so that its first blocks are shown.
+  std::optional<uint16_t> only;
+  if (!view->tenant.empty()) {
+    only = tenants_->Id(view->tenant);
+    if (*only == Tenants::kOther) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("more than ", Tenants::kMaxTenants - 1,
+                                       " tenants: no events of tenant '", view->tenant, "' alone"));
+    }
   }
   uint64_t cursor = events_->head();
   v1::BlockEventBatch msg;
   msg.set_reset(true);
   if (!writer->Write(msg)) return grpc::Status::OK;
   while (!ctx->IsCancelled()) {
-    BlockEvents::Batch b = events_->Read(cursor, 4096, std::chrono::milliseconds(200));
+    BlockEvents::Batch b = events_->Read(cursor, 4096, std::chrono::milliseconds(200), only);
     cursor = b.next;
     if (b.events.empty() && !b.lost) continue;
     msg.set_reset(b.lost);

@@ -9,8 +9,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "cache/block_store.h"
 #include "common/clock.h"
@@ -18,8 +20,10 @@
 #include "common/split_runner.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "server/block_events.h"
+#include "server/idle_watchdog.h"
 #include "server/inflight.h"
 #include "server/lease_handles.h"
+#include "server/tenants.h"
 
 namespace kvtier::transfer {
 class UcxServer;
@@ -38,6 +42,15 @@ struct ServiceLimits {
   uint64_t max_inflight_bytes = uint64_t{4} << 30;
   // Default: 1 GiB. The same, per client connection.
   uint64_t max_inflight_bytes_per_connection = uint64_t{1} << 30;
+  // Default: 0, meaning a quarter of the host tier (at least its largest block). The same, per
+  // tenant: a Put's bytes are reserved in the host tier, which no other put can then use.
+  uint64_t max_inflight_bytes_per_tenant = 0;
+  // Default: 0, meaning a quarter of the host tier (at least its largest block). Bytes of blocks
+  // under one tenant's live leases (which the store cannot evict).
+  uint64_t max_leased_bytes_per_tenant = 0;
+  // Default: 30 s. A Put stream that sends nothing, or a Get whose client reads nothing, for this
+  // long is cancelled, giving back what it held. 0: never.
+  std::chrono::milliseconds stream_idle_timeout{30'000};
 };
 
 class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
@@ -87,8 +100,20 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   grpc::Status WatchBlocks(grpc::ServerContext* ctx, const v1::WatchBlocksRequest* request,
                            grpc::ServerWriter<v1::BlockEventBatch>* writer) override;
 
-  // The events WatchBlocks serves (not owned; outlives the service). Call before serving.
-  void SetBlockEvents(BlockEvents* events) { events_ = events; }
+  // The events WatchBlocks serves, and the tenants' numbers and resident usage that the store's
+  // events feed (neither owned; both outlive the service). Call before serving; without them
+  // WatchBlocks is UNIMPLEMENTED and resident usage reads 0.
+  void SetBlockEvents(BlockEvents* events, Tenants* tenants) {
+    events_ = events;
+    tenants_ = tenants;
+  }
+
+  // One tenant's usage now (its name, unnumbered, reads as nothing held).
+  v1::TenantUsage UsageOf(const std::string& tenant);
+  // Usage of every numbered tenant.
+  std::vector<v1::TenantUsage> AllUsage();
+  // Calls the idle-stream watchdog cancelled.
+  uint64_t idle_cancels() const { return idle_.cancelled(); }
 
   // Offers `ucx` (the host arena's UCX data plane; not owned, outlives the service) to clients.
   // Call before serving.
@@ -122,8 +147,18 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
 
   // The tenant name is valid and, with auth on, the caller's token grants it.
   absl::Status CheckTenant(const grpc::ServerContext* ctx, const std::string& tenant) const;
-  // Reserves `n` payload bytes for the caller's connection until the Hold is destroyed.
-  absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContext* ctx, uint64_t n);
+  // Reserves `n` payload bytes for the caller's connection and tenant until the Hold is destroyed.
+  absl::StatusOr<InflightBytes::Hold> HoldBytes(const grpc::ServerContext* ctx, uint16_t tenant,
+                                                uint64_t n);
+  // The tenant's number for the store and the limits (Tenants::kOther without SetBlockEvents).
+  uint16_t TenantId(const std::string& tenant);
+  // Whose view a Stats or WatchBlocks call gets: the whole daemon (auth off, or a cluster token),
+  // or one tenant's only (a tenant's token). `named` is the tenant the request names, if any.
+  struct View {
+    bool whole = false;
+    std::string tenant;  // empty: none named
+  };
+  absl::StatusOr<View> ViewOf(const grpc::ServerContext* ctx, const std::string& named) const;
   // How many keys the request names, once the tenant and the keys' form are checked.
   // `keys` or `packed` (16 bytes a key) must be given, not both.
   absl::StatusOr<size_t> CheckedKeyCount(
@@ -161,10 +196,12 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   const TenantAuth* auth_;
   const transfer::UcxServer* ucx_ = nullptr;
   BlockEvents* events_ = nullptr;
+  Tenants* tenants_ = nullptr;
   SplitRunner lookup_split_;  // the second half of long Lookups
   std::atomic<int> in_flight_{0};
   std::atomic<bool> draining_{false};
   InflightBytes inflight_bytes_;
+  IdleWatchdog idle_;
   LeaseHandles lease_handles_;  // the lease ids clients see
   const Clock* store_clock_;    // the store's clock, on which leases lapse
 };

@@ -194,6 +194,27 @@ const std::vector<Option>& Options() {
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.limits.max_inflight_bytes_per_connection, kMiB, false);
        }},
+      {"limits.max_inflight_mib_per_tenant", "max-inflight-mib-per-tenant", "N", "0",
+       "the same, per tenant; 0: a quarter of the host tier (at least one largest block)",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.limits.max_inflight_bytes_per_tenant, kMiB, true);
+       }},
+      {"limits.max_leased_mib_per_tenant", "max-leased-mib-per-tenant", "N", "0",
+       "bytes under one tenant's live leases, MiB; 0: a quarter of the host tier (at least one "
+       "largest block)",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.limits.max_leased_bytes_per_tenant, kMiB, true);
+       }},
+      {"limits.stream_idle_timeout_s", "stream-idle-timeout-s", "N", "30",
+       "cancel a Put stream that sends nothing, or a Get whose client reads nothing, for this "
+       "long; 0: never",
+       [](DaemonConfig& c, const std::string& v) {
+         uint64_t seconds = 0;
+         KVTIER_RETURN_IF_ERROR(SetNumber(v, &seconds, 1, true));
+         if (seconds > 86'400) return Bad("at most 86400 (a day)");
+         c.limits.stream_idle_timeout = std::chrono::seconds(static_cast<int64_t>(seconds));
+         return absl::OkStatus();
+       }},
       {"limits.max_keys_per_request", "max-keys-per-request", "N", "1048576",
        "keys in one Get, Lookup, Lease or Delete",
        [](DaemonConfig& c, const std::string& v) {

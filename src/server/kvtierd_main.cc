@@ -151,14 +151,24 @@ int main(int argc, char** argv) {
     };
   }
   // Block stored/removed events for CacheService.WatchBlocks (kvtier-router's cache-aware index).
+  // The tenants' numbers (a token file's tenants first) and resident usage come from them too.
   kvtier::server::BlockEvents block_events;
-  so.on_block_event = [&block_events](const kvtier::BlockKey& key, bool stored) {
-    block_events.Publish(key, stored);
+  kvtier::server::Tenants tenants;
+  if (auth.has_value()) {
+    for (const std::string& t : auth->tenant_names()) tenants.Id(t);
+  }
+  so.on_block_event = [&block_events, &tenants](const kvtier::BlockEvent& e) {
+    tenants.OnBlockEvent(e);
+    block_events.Publish(e.key, e.tenant, e.stored);
   };
   auto store = kvtier::BlockStore::Open(so);
   if (!store.ok()) {
     spdlog::critical("cannot open the block store: {}", store.status().ToString());
     return 1;
+  }
+  {
+    const kvtier::TierStats recovered = (*store)->Stats().tiers[static_cast<int>(kvtier::Tier::kNvme)];
+    tenants.AddRecovered(recovered.blocks, recovered.used_bytes);
   }
   std::unique_ptr<kvtier::server::DaemonMetrics> metrics;
   if (!config->metrics_listen.empty()) {
@@ -178,7 +188,11 @@ int main(int argc, char** argv) {
       config->max_message_bytes - std::min<size_t>(config->max_message_bytes / 2, 64 << 10));
   kvtier::server::CacheServiceImpl service(store->get(), limits, metrics.get(),
                                            auth.has_value() ? &*auth : nullptr);
-  service.SetBlockEvents(&block_events);
+  service.SetBlockEvents(&block_events, &tenants);
+  if (metrics != nullptr) {
+    metrics->SetServiceSource({.usage = [&service] { return service.AllUsage(); },
+                               .idle_cancels = [&service] { return service.idle_cancels(); }});
+  }
   if (ucx != nullptr) {
     service.SetDataPlane(ucx.get());
     std::printf("kvtierd ucx on %s:%d\n", ucx->host().c_str(), ucx->port());
@@ -243,7 +257,7 @@ int main(int argc, char** argv) {
   reaper.join();
   if (ucx != nullptr) ucx->StopServing();  // clients' UCX reads fail from here on
   // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
-  if (metrics != nullptr) metrics->DetachStore();
+  if (metrics != nullptr) metrics->DetachStore();  // and the service's tenant usage
   service.DetachStore();
   store->reset();  // flushes the NVMe tier
   ucx.reset();     // frees the arena's memory

@@ -7,6 +7,8 @@
 
 #include "spdlog/spdlog.h"
 
+#include "absl/strings/string_view.h"
+
 namespace kvtier::server {
 namespace {
 
@@ -23,9 +25,25 @@ uint64_t RandomHandle() {
 
 uint64_t LeaseHandles::Issue(Lease lease, int64_t now_us) {
   MutexLock l(&mu_);
+  return IssueLocked(std::move(lease), now_us);
+}
+
+std::optional<uint64_t> LeaseHandles::IssueWithin(Lease lease, int64_t now_us,
+                                                  uint64_t tenant_limit, uint64_t* held) {
+  MutexLock l(&mu_);
+  if (earliest_expiry_us_ <= now_us) DropLapsed(now_us);
+  auto it = tenant_bytes_.find(lease.tenant);
+  *held = it == tenant_bytes_.end() ? 0 : it->second;
+  if (*held > tenant_limit || lease.bytes > tenant_limit - *held) return std::nullopt;
+  return IssueLocked(std::move(lease), now_us);
+}
+
+uint64_t LeaseHandles::IssueLocked(Lease lease, int64_t now_us) {
   if (leases_.size() >= sweep_at_) DropLapsed(now_us);
   uint64_t handle = RandomHandle();
   while (handle == 0 || leases_.contains(handle)) handle = RandomHandle();
+  tenant_bytes_[lease.tenant] += lease.bytes;
+  earliest_expiry_us_ = std::min(earliest_expiry_us_, lease.expires_at_us);
   leases_.emplace(handle, std::move(lease));
   return handle;
 }
@@ -36,6 +54,7 @@ std::optional<LeaseHandles::Lease> LeaseHandles::Take(uint64_t handle, std::stri
   if (it == leases_.end() || it->second.tenant != tenant) return std::nullopt;
   Lease lease = std::move(it->second);
   leases_.erase(it);
+  Uncount(lease);
   return lease;
 }
 
@@ -44,9 +63,31 @@ size_t LeaseHandles::size() const {
   return leases_.size();
 }
 
+uint64_t LeaseHandles::TenantBytes(std::string_view tenant, int64_t now_us) {
+  MutexLock l(&mu_);
+  if (earliest_expiry_us_ <= now_us) DropLapsed(now_us);
+  auto it = tenant_bytes_.find(absl::string_view(tenant.data(), tenant.size()));
+  return it == tenant_bytes_.end() ? 0 : it->second;
+}
+
 void LeaseHandles::DropLapsed(int64_t now_us) {
-  absl::erase_if(leases_, [&](const auto& kv) { return kv.second.expires_at_us <= now_us; });
+  earliest_expiry_us_ = INT64_MAX;
+  absl::erase_if(leases_, [&](const auto& kv) {
+    if (kv.second.expires_at_us > now_us) {
+      earliest_expiry_us_ = std::min(earliest_expiry_us_, kv.second.expires_at_us);
+      return false;
+    }
+    Uncount(kv.second);
+    return true;
+  });
   sweep_at_ = std::max<size_t>(1024, 2 * leases_.size());
+}
+
+void LeaseHandles::Uncount(const Lease& lease) {
+  auto it = tenant_bytes_.find(lease.tenant);
+  if (it == tenant_bytes_.end()) return;
+  it->second -= std::min(it->second, lease.bytes);
+  if (it->second == 0) tenant_bytes_.erase(it);
 }
 
 }  // namespace kvtier::server

@@ -26,16 +26,27 @@ class LeaseHandles {
   // that clock now). Handles of lapsed leases are dropped as new ones are issued, in amortized
   // constant time.
   uint64_t Issue(Lease lease, int64_t now_us);
+  // Issue, unless the tenant's live leases would then pass `tenant_limit` bytes: then nullopt,
+  // with what the tenant holds in `*held`.
+  std::optional<uint64_t> IssueWithin(Lease lease, int64_t now_us, uint64_t tenant_limit,
+                                      uint64_t* held);
   // Takes out the handle and returns its lease if `tenant` took it; nullopt for a handle that is
   // unknown, dropped, or another tenant's (which is then left in place).
   std::optional<Lease> Take(uint64_t handle, std::string_view tenant);
   size_t size() const;
+  // Bytes under `tenant`'s leases that have not lapsed by `now_us`. A block leased twice counts
+  // twice: each lease pins it until that lease ends.
+  uint64_t TenantBytes(std::string_view tenant, int64_t now_us);
 
  private:
   void DropLapsed(int64_t now_us) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t IssueLocked(Lease lease, int64_t now_us) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Uncount(const Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable Mutex mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> tenant_bytes_ ABSL_GUARDED_BY(mu_);
+  int64_t earliest_expiry_us_ ABSL_GUARDED_BY(mu_) = INT64_MAX;  // of leases_, or earlier
   size_t sweep_at_ ABSL_GUARDED_BY(mu_) = 1024;  // size at which lapsed handles are dropped
 };
 

@@ -54,5 +54,28 @@ TEST(LeaseHandles, HandlesOfLapsedLeasesAreDropped) {
   EXPECT_EQ(lease->id, 9'999u);
 }
 
+TEST(LeaseHandles, EachTenantsLeasedBytesCountItsLiveLeasesOnly) {
+  LeaseHandles h;
+  const uint64_t a1 = h.Issue({.id = 1, .bytes = 100, .expires_at_us = 1'000, .tenant = "a"}, 0);
+  h.Issue({.id = 2, .bytes = 50, .expires_at_us = 5'000, .tenant = "a"}, 0);
+  h.Issue({.id = 3, .bytes = 7, .expires_at_us = 5'000, .tenant = "b"}, 0);
+  EXPECT_EQ(h.TenantBytes("a", 0), 150u);
+  EXPECT_EQ(h.TenantBytes("b", 0), 7u);
+  EXPECT_FALSE(h.Take(a1, "b").has_value());
+  EXPECT_EQ(h.TenantBytes("a", 0), 150u) << "another tenant's Take changes nothing";
+  ASSERT_TRUE(h.Take(a1, "a").has_value());
+  EXPECT_EQ(h.TenantBytes("a", 0), 50u);
+  uint64_t held = 0;
+  EXPECT_FALSE(h.IssueWithin({.id = 4, .bytes = 51, .tenant = "a"}, 0, 100, &held).has_value());
+  EXPECT_EQ(held, 50u);
+  EXPECT_TRUE(h.IssueWithin({.id = 5, .bytes = 50, .expires_at_us = 5'000, .tenant = "a"}, 0, 100,
+                            &held)
+                  .has_value());
+  EXPECT_EQ(h.TenantBytes("a", 0), 100u);
+  EXPECT_EQ(h.TenantBytes("a", 5'000), 0u) << "lapsed at 5,000";
+  EXPECT_EQ(h.TenantBytes("b", 5'000), 0u);
+  EXPECT_EQ(h.size(), 0u);
+}
+
 }  // namespace
 }  // namespace kvtier::server

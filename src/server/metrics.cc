@@ -47,15 +47,20 @@ const char* CodeName(grpc::StatusCode code) {
   }
 }
 
-// The store's state, read at scrape time.
+// The store's state and the service's per-tenant usage, read at scrape time.
 class StoreCollector final : public prometheus::Collectable {
  public:
   explicit StoreCollector(const BlockStore* store) : store_(store) {}
 
-  // From now on scrapes report no store figures; the store may then be destroyed.
+  void SetServiceSource(DaemonMetrics::ServiceSource source) {
+    MutexLock l(&mu_);
+    service_ = std::move(source);
+  }
+  // From now on scrapes report no store or service figures; both may then be destroyed.
   void Detach() {
     MutexLock l(&mu_);
     store_ = nullptr;
+    service_ = {};
   }
 
   std::vector<prometheus::MetricFamily> Collect() const override {
@@ -63,6 +68,16 @@ class StoreCollector final : public prometheus::Collectable {
     if (store_ == nullptr) return {};
     const StoreStats s = store_->Stats();
     std::vector<prometheus::MetricFamily> out;
+    if (service_.usage) CollectTenants(service_.usage(), &out);
+    if (service_.idle_cancels) {
+      prometheus::ClientMetric m;
+      m.counter.value = static_cast<double>(service_.idle_cancels());
+      out.push_back({"kvtier_stream_idle_cancels_total",
+                     "Put streams that sent nothing, and Gets whose client read nothing, for "
+                     "limits.stream_idle_timeout_s, cancelled.",
+                     prometheus::MetricType::Counter,
+                     {m}});
+    }
     auto per_tier = [&](const char* name, const char* help, prometheus::MetricType type,
                         auto value) {
       prometheus::MetricFamily f{name, help, type, {}};
@@ -146,8 +161,33 @@ class StoreCollector final : public prometheus::Collectable {
   }
 
  private:
+  static void CollectTenants(const std::vector<v1::TenantUsage>& usage,
+                             std::vector<prometheus::MetricFamily>* out) {
+    auto family = [&](const char* name, const char* help, auto value) {
+      prometheus::MetricFamily f{name, help, prometheus::MetricType::Gauge, {}};
+      for (const v1::TenantUsage& u : usage) {
+        prometheus::ClientMetric m;
+        m.label = {{"tenant", u.tenant()}};
+        m.gauge.value = static_cast<double>(value(u));
+        f.metric.push_back(std::move(m));
+      }
+      out->push_back(std::move(f));
+    };
+    using U = v1::TenantUsage;
+    family("kvtier_tenant_resident_bytes", "Payload bytes of each tenant's blocks, every tier.",
+           [](const U& u) { return u.resident_bytes(); });
+    family("kvtier_tenant_resident_blocks", "Each tenant's blocks, every tier.",
+           [](const U& u) { return u.resident_blocks(); });
+    family("kvtier_tenant_inflight_bytes",
+           "Payload bytes held for each tenant's Puts being received and Gets being sent.",
+           [](const U& u) { return u.inflight_bytes(); });
+    family("kvtier_tenant_leased_bytes", "Bytes of blocks under each tenant's live leases.",
+           [](const U& u) { return u.leased_bytes(); });
+  }
+
   mutable Mutex mu_;
   const BlockStore* store_ ABSL_GUARDED_BY(mu_);
+  DaemonMetrics::ServiceSource service_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -204,6 +244,10 @@ void DaemonMetrics::ObserveRpc(const std::string& rpc, grpc::StatusCode code, do
   auto it = latency_.find(rpc);
   if (it != latency_.end()) it->second->Observe(seconds);
   requests_->Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
+}
+
+void DaemonMetrics::SetServiceSource(ServiceSource source) {
+  static_cast<StoreCollector*>(store_collector_.get())->SetServiceSource(std::move(source));
 }
 
 void DaemonMetrics::DetachStore() {

@@ -6,12 +6,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "cache/block_store.h"
+#include "kvtier/v1/cache.pb.h"
 
 namespace prometheus {
 class Collectable;
@@ -44,7 +47,15 @@ class DaemonMetrics {
   void ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted, double seconds);
   // Bytes a client read over UCX under a lease (reported when it releases the lease).
   void AddUcxBytesRead(uint64_t bytes);
-  // Stops reading the store (call before destroying it); the endpoint keeps serving the rest.
+  // Where scrapes read each tenant's usage (kvtier_tenant_*{tenant}) and the count of calls the
+  // idle-stream watchdog cancelled.
+  struct ServiceSource {
+    std::function<std::vector<v1::TenantUsage>()> usage;
+    std::function<uint64_t()> idle_cancels;
+  };
+  void SetServiceSource(ServiceSource source);
+  // Stops reading the store and the service (call before destroying them); the endpoint keeps
+  // serving the rest.
   void DetachStore();
 
  private:
