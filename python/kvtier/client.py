@@ -134,10 +134,19 @@ class Client:
                                                 metadata=self._metadata))
         return PutResult(res.stored, res.present)
 
+    # A daemon answers at most limits.max_keys_per_get keys in one Get (65,536 by default):
+    # longer Gets are asked in pieces of this many, one after another.
+    GET_PIECE_KEYS = 16384
+
     def get(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
         """One entry per key: the block's bytes, or None when it is not cached. Every payload
         is checked against the daemon's checksum. A block that arrives damaged is asked for
         again with the daemon checking it, which drops and reports it (DATA_LOSS)."""
+        if len(keys) > self.GET_PIECE_KEYS:
+            out: List[Optional[bytes]] = []
+            for begin in range(0, len(keys), self.GET_PIECE_KEYS):
+                out.extend(self.get(keys[begin:begin + self.GET_PIECE_KEYS]))
+            return out
         try:
             return self._get(keys, client_verifies=True)
         except _ArrivedDamaged:

@@ -19,6 +19,7 @@
 #include "common/grpc_tuning.h"
 #include "common/layout_proto.h"
 #include "common/process_tuning.h"
+#include "common/status_macros.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
@@ -344,6 +345,16 @@ bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockK
 }
 
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
+  if (keys.size() <= kGetPieceKeys) return GetPiece(keys, place);
+  for (size_t begin = 0; begin < keys.size(); begin += kGetPieceKeys) {
+    const size_t n = std::min(kGetPieceKeys, keys.size() - begin);
+    auto shifted = [&](size_t i, std::optional<size_t> size) { return place(begin + i, size); };
+    KVTIER_RETURN_IF_ERROR(GetPiece(keys.subspan(begin, n), shifted));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn& place) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));

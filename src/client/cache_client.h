@@ -145,6 +145,11 @@ class CacheClient {
   // The core of Get and GetInto: streams the blocks of `keys`, each into the place `place` picks,
   // and verifies each against its checksum.
   absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place);
+  // One request of GetStream: at most kGetPieceKeys keys.
+  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place);
+  // A daemon answers at most limits.max_keys_per_get keys in one request (65,536 by default):
+  // longer Gets are asked in pieces of this many, one after another.
+  static constexpr size_t kGetPieceKeys = 16'384;
   // GetStream's request on the client's GetSession stream; false if the session was busy or
   // anything failed (nothing is reported: GetStream then makes the Get as its own call).
   bool GetOnSession(const v1::GetRequest& req, std::span<const BlockKey> keys,

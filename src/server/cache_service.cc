@@ -417,6 +417,11 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
                                        GetWriter* writer) {
   auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
   if (!keys.ok()) return ToGrpc(keys.status());
+  if (keys->size() > limits_.max_keys_per_get) {
+    return ToGrpc(absl::InvalidArgumentError(
+        absl::StrCat(keys->size(), " keys exceed the limit of ", limits_.max_keys_per_get,
+                     " per Get (limits.max_keys_per_get); ask in pieces")));
+  }
   const uint16_t tenant_id = TenantId(request->tenant());
   IdleWatchdog::Watch watch = idle_.Arm(ctx);
   for (size_t i = 0; i < keys->size(); ++i) {

@@ -35,7 +35,10 @@ class DaemonMetrics;
 class TenantAuth;
 
 struct ServiceLimits {
-  size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Get/Lookup/Delete.
+  size_t max_keys_per_request = 1 << 20;  // Default: 1,048,576. Keys in one Lookup/Lease/Delete.
+  // Default: 65,536. Keys in one Get (each answered with a message of its own, so a request's
+  // work is bounded; the clients ask for longer Gets in pieces).
+  size_t max_keys_per_get = 1 << 16;
   size_t get_chunk_bytes = 16 << 20;      // Default: 16 MiB. Payload bytes per Get message.
   size_t max_tenant_bytes = 256;          // Default: 256. Longest tenant name.
   // Default: 4 GiB. Payload bytes held for Puts being received and Gets being sent, in total.

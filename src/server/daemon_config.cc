@@ -215,8 +215,13 @@ const std::vector<Option>& Options() {
          c.limits.stream_idle_timeout = std::chrono::seconds(static_cast<int64_t>(seconds));
          return absl::OkStatus();
        }},
+      {"limits.max_keys_per_get", "max-keys-per-get", "N", "65536",
+       "keys in one Get (the clients split longer ones)",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.limits.max_keys_per_get, 1, false);
+       }},
       {"limits.max_keys_per_request", "max-keys-per-request", "N", "1048576",
-       "keys in one Get, Lookup, Lease or Delete",
+       "keys in one Lookup, Lease or Delete",
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.limits.max_keys_per_request, 1, false);
        }},

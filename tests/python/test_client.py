@@ -190,6 +190,16 @@ class LiveDaemon(unittest.TestCase):
             self.assertEqual(kv.put([(key, None, data)]).stored, 1)
             self.assertEqual(kv.get([key]), [data])
 
+    def test_a_get_longer_than_the_daemons_limit_goes_in_pieces(self):
+        key = b"\x08" * 16
+        missing = [i.to_bytes(16, "little") for i in range(1, 70000)]
+        with Client(self.daemon.address, "long-get") as kv:
+            kv.put([(key, None, b"x" * 100)])
+            got = kv.get(missing + [key])
+        self.assertEqual(len(got), 70000)
+        self.assertEqual(got[-1], b"x" * 100)
+        self.assertEqual(sum(g is not None for g in got), 1)
+
     def test_a_damaged_block_is_dropped_and_reported(self):
         from kvtier.v1 import cache_pb2
         good, bad = os.urandom(1 << 20), bytearray(os.urandom(1 << 20))
