@@ -1,5 +1,6 @@
 #include "common/logging.h"
 
+#include <chrono>
 #include <cstdio>
 #include <string_view>
 
@@ -84,6 +85,22 @@ absl::Status InitLogging(const std::string& level, const std::string& format) {
   spdlog::set_default_logger(logger);
   spdlog::set_level(parsed);
   return absl::OkStatus();
+}
+
+bool LogLimiter::Allow(uint64_t* dropped) {
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  int64_t second = second_.load(std::memory_order_relaxed);
+  if (second != now && second_.compare_exchange_strong(second, now)) {
+    in_second_.store(0, std::memory_order_relaxed);
+  }
+  if (in_second_.fetch_add(1, std::memory_order_relaxed) >= per_second_) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  *dropped = dropped_.exchange(0, std::memory_order_relaxed);
+  return true;
 }
 
 }  // namespace kvtier

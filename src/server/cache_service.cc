@@ -10,12 +10,14 @@
 #include <cstring>
 #include <optional>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/internal/le_bytes.h"
 #include "common/layout_proto.h"
 #include "server/auth.h"
 #include "server/metrics.h"
+#include "spdlog/spdlog.h"
 #include "transfer/ucx_server.h"
 
 namespace kvtier::server {
@@ -158,7 +160,8 @@ uint16_t CacheServiceImpl::TenantId(const std::string& tenant) {
 }
 
 template <typename F>
-grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
+grpc::Status CacheServiceImpl::Observed(const char* rpc, const grpc::ServerContext* ctx,
+                                        const std::string& tenant, F body) {
   InFlight guard(&in_flight_);  // counted before the check, so Drain's waiter sees it
   const auto start = std::chrono::steady_clock::now();
   grpc::Status st = draining_.load()
@@ -169,7 +172,31 @@ grpc::Status CacheServiceImpl::Observed(const char* rpc, F body) {
         rpc, st.error_code(),
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
+  LogClientError(rpc, ctx, tenant, st);
   return st;
+}
+
+void CacheServiceImpl::LogClientError(const char* rpc, const grpc::ServerContext* ctx,
+                                      const std::string& tenant, const grpc::Status& st) {
+  switch (st.error_code()) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      break;
+    default:
+      return;  // OK, a miss (NOT_FOUND), a cancelled call, or the daemon's own errors
+  }
+  uint64_t dropped = 0;
+  if (!client_error_log_.Allow(&dropped)) return;
+  // The tenant is the client's string: printed escaped and cut short.
+  std::string who = absl::CHexEscape(tenant.substr(0, 64));
+  spdlog::warn("client error: {} tenant '{}' peer {}: {}: {}{}", rpc, who, ctx->peer(),
+               CodeName(st.error_code()), st.error_message(),
+               dropped > 0 ? absl::StrCat(" (", dropped, " more not logged)") : "");
 }
 
 absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContext* ctx,
@@ -239,9 +266,9 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
 
 grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
                                        grpc::ServerReader<grpc::ByteBuffer>* reader,
-                                       v1::PutResponse* response) {
+                                       v1::PutResponse* response, std::string* tenant_out) {
   v1::PutRequest msg;
-  std::string tenant;
+  std::string& tenant = *tenant_out;
   std::optional<KvLayout> layout;
   std::optional<BlockStore::PutHandle> block;  // the block being received
   InflightBytes::Hold held;                    // its bytes, counted against the limits
@@ -728,18 +755,20 @@ grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx,
 grpc::Status CacheServiceImpl::DataPlane(grpc::ServerContext* ctx,
                                          const v1::DataPlaneRequest* request,
                                          v1::DataPlaneResponse* response) {
-  return Observed("DataPlane", [&] { return DataPlaneImpl(ctx, request, response); });
+  return Observed("DataPlane", ctx, request->tenant(),
+                  [&] { return DataPlaneImpl(ctx, request, response); });
 }
 
 grpc::Status CacheServiceImpl::Put(grpc::ServerContext* a0,
                                    grpc::ServerReader<grpc::ByteBuffer>* reader,
                                    v1::PutResponse* response) {
-  return Observed("Put", [&] { return PutImpl(a0, reader, response); });
+  std::string tenant;  // as the stream names it
+  return Observed("Put", a0, tenant, [&] { return PutImpl(a0, reader, response, &tenant); });
 }
 
 grpc::Status CacheServiceImpl::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
                                    GetWriter* writer) {
-  return Observed("Get", [&] { return GetImpl(ctx, request, writer); });
+  return Observed("Get", ctx, request->tenant(), [&] { return GetImpl(ctx, request, writer); });
 }
 
 grpc::Status CacheServiceImpl::GetSession(
@@ -755,27 +784,30 @@ grpc::Status CacheServiceImpl::GetSession(
 
 grpc::Status CacheServiceImpl::Lookup(grpc::ServerContext* a0, const v1::LookupRequest* request,
                                       v1::LookupResponse* response) {
-  return Observed("Lookup", [&] { return LookupImpl(a0, request, response); });
+  return Observed("Lookup", a0, request->tenant(),
+                  [&] { return LookupImpl(a0, request, response); });
 }
 
 grpc::Status CacheServiceImpl::Lease(grpc::ServerContext* a0, const v1::LeaseRequest* request,
                                      v1::LeaseResponse* response) {
-  return Observed("Lease", [&] { return LeaseImpl(a0, request, response); });
+  return Observed("Lease", a0, request->tenant(),
+                  [&] { return LeaseImpl(a0, request, response); });
 }
 
 grpc::Status CacheServiceImpl::Release(grpc::ServerContext* a0, const v1::ReleaseRequest* request,
                                        v1::ReleaseResponse* a2) {
-  return Observed("Release", [&] { return ReleaseImpl(a0, request, a2); });
+  return Observed("Release", a0, request->tenant(), [&] { return ReleaseImpl(a0, request, a2); });
 }
 
 grpc::Status CacheServiceImpl::Delete(grpc::ServerContext* a0, const v1::DeleteRequest* request,
                                       v1::DeleteResponse* response) {
-  return Observed("Delete", [&] { return DeleteImpl(a0, request, response); });
+  return Observed("Delete", a0, request->tenant(),
+                  [&] { return DeleteImpl(a0, request, response); });
 }
 
 grpc::Status CacheServiceImpl::Stats(grpc::ServerContext* a0, const v1::StatsRequest* a1,
                                      v1::StatsResponse* response) {
-  return Observed("Stats", [&] { return StatsImpl(a0, a1, response); });
+  return Observed("Stats", a0, a1->tenant(), [&] { return StatsImpl(a0, a1, response); });
 }
 
 }  // namespace kvtier::server

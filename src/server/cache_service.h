@@ -16,6 +16,7 @@
 
 #include "cache/block_store.h"
 #include "common/clock.h"
+#include "common/logging.h"
 #include "common/mutex.h"
 #include "common/split_runner.h"
 #include "kvtier/v1/cache.grpc.pb.h"
@@ -123,8 +124,9 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   void SetDataPlane(const transfer::UcxServer* ucx) { ucx_ = ucx; }
 
  private:
+  // `*tenant` is set to the tenant the stream names.
   grpc::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<grpc::ByteBuffer>* reader,
-                       v1::PutResponse* response);
+                       v1::PutResponse* response, std::string* tenant);
   grpc::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request, GetWriter* writer);
   // The GetResponse messages of one present block (key index `i`): a host-tier block goes out in
   // one message that references the arena (pinned until gRPC has sent it); others are read (and
@@ -144,9 +146,13 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                          v1::StatsResponse* response);
   grpc::Status DataPlaneImpl(grpc::ServerContext* ctx, const v1::DataPlaneRequest* request,
                              v1::DataPlaneResponse* response);
-  // Runs an RPC body: counts it in flight, records its latency and status code.
+  // Runs an RPC body: counts it in flight, records its latency and status code, and logs a
+  // client's error (rate-limited) with the tenant (as `tenant` reads once the body has run).
   template <typename F>
-  grpc::Status Observed(const char* rpc, F body);
+  grpc::Status Observed(const char* rpc, const grpc::ServerContext* ctx, const std::string& tenant,
+                        F body);
+  void LogClientError(const char* rpc, const grpc::ServerContext* ctx, const std::string& tenant,
+                      const grpc::Status& st);
 
   // The tenant name is valid and, with auth on, the caller's token grants it.
   absl::Status CheckTenant(const grpc::ServerContext* ctx, const std::string& tenant) const;
@@ -205,6 +211,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   std::atomic<bool> draining_{false};
   InflightBytes inflight_bytes_;
   IdleWatchdog idle_;
+  LogLimiter client_error_log_{10};  // lines a second
   LeaseHandles lease_handles_;  // the lease ids clients see
   const Clock* store_clock_;    // the store's clock, on which leases lapse
 };

@@ -29,6 +29,10 @@ class Gauge;
 
 namespace kvtier::server {
 
+// The status code's name as metrics and logs spell it (OK, INVALID_ARGUMENT, ...; OTHER for the
+// codes the daemon never answers).
+const char* CodeName(grpc::StatusCode code);
+
 class DaemonMetrics {
  public:
   // Serves /metrics over HTTP on `listen` (HOST:PORT; port 0 picks a free one).
