@@ -294,6 +294,11 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
       held.Reset();
     }
   }
+  // The token is checked with the tenant, which the first message names: a stream that named
+  // none must still carry a valid one.
+  if (first && auth_ != nullptr) {
+    if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
+  }
   if (!read.ok()) return read;  // what was committed before it stays
   if (block.has_value()) {
     // The stream ended inside a block (or the client went away): it is dropped, never visible.
@@ -642,8 +647,15 @@ grpc::Status CacheServiceImpl::GetSession(
     grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   v1::GetRequest request;
   grpc::Status read;
+  bool any = false;
   while (ReadMessage(stream, &request, "get session", &read)) {
+    any = true;
     if (grpc::Status st = Get(ctx, &request, stream); !st.ok()) return st;
+  }
+  // Each request's token is checked with its tenant: a session that sent none must still carry
+  // a valid one.
+  if (!any && auth_ != nullptr) {
+    if (absl::Status st = auth_->CheckAny(*ctx); !st.ok()) return ToGrpc(st);
   }
   return read;
 }
