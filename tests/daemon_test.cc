@@ -1,6 +1,5 @@
 // kvtierd end to end: a real daemon process on a free loopback port, spoken to over gRPC.
 #include <arpa/inet.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -12,6 +11,7 @@
 
 #include "client/cache_client.h"
 #include "common/checksum.h"
+#include "daemon_rpc.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/http_get.h"
@@ -20,127 +20,21 @@
 namespace kvtier {
 namespace {
 
+using ::kvtier::testing::Block;
+using ::kvtier::testing::Chain;
+using ::kvtier::testing::Connect;
 using ::kvtier::testing::DaemonProcess;
+using ::kvtier::testing::GetBlocks;
+using ::kvtier::testing::kDaemon;
+using ::kvtier::testing::KeysOf;
+using ::kvtier::testing::OpenPut;
+using ::kvtier::testing::PutBlocks;
+using ::kvtier::testing::PutMessage;
+using ::kvtier::testing::RawPut;
+using ::kvtier::testing::Sample;
+using ::kvtier::testing::StartDaemon;
 using ::kvtier::testing::TempDir;
-using ::kvtier::testing::TestBlock;
 using ::kvtier::testing::TestKey;
-
-const std::string kDaemon = std::string(KVTIER_BINARY_DIR) + "/kvtierd";
-
-std::unique_ptr<DaemonProcess> StartDaemon(const std::string& data_dir,
-                                           std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--listen",    "127.0.0.1:0", "--data",           data_dir,
-                                   "--host-mib",  "64",          "--nvme-gib",       "1",
-                                   "--log-level", "warn",        "--metrics-listen", "127.0.0.1:0"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  auto d = std::make_unique<DaemonProcess>(kDaemon, args);
-  EXPECT_FALSE(d->address().empty()) << "kvtierd did not start";
-  return d;
-}
-
-std::unique_ptr<v1::CacheService::Stub> Connect(const DaemonProcess& d) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  return v1::CacheService::NewStub(
-      grpc::CreateCustomChannel(d.address(), grpc::InsecureChannelCredentials(), args));
-}
-
-struct Block {
-  BlockKey key;
-  BlockKey parent;
-  std::vector<uint8_t> data;
-};
-
-std::vector<Block> Chain(uint64_t first, size_t n, size_t size) {
-  std::vector<Block> out;
-  for (size_t i = 0; i < n; ++i) {
-    out.push_back({TestKey(first + i), i == 0 ? BlockKey{} : TestKey(first + i - 1),
-                   TestBlock(first + i, size)});
-  }
-  return out;
-}
-
-// Puts `blocks` in one stream, each payload split into `chunk`-byte messages.
-grpc::Status PutBlocks(v1::CacheService::Stub& stub, const std::string& tenant,
-                       const std::vector<Block>& blocks, size_t chunk = 1 << 20,
-                       bool durable = false, v1::PutResponse* response = nullptr) {
-  grpc::ClientContext ctx;
-  v1::PutResponse local;
-  auto writer = stub.Put(&ctx, response != nullptr ? response : &local);
-  for (const Block& b : blocks) {
-    for (size_t off = 0; off < b.data.size(); off += chunk) {
-      v1::PutRequest req;
-      req.set_tenant(tenant);
-      if (off == 0) {
-        v1::BlockHeader* h = req.mutable_header();
-        h->set_key(b.key.ByteString());
-        if (!b.parent.IsZero()) h->set_parent(b.parent.ByteString());
-        h->set_size(b.data.size());
-        h->set_checksum(Checksum(b.data.data(), b.data.size()));
-        h->set_durable(durable);
-      }
-      req.set_data(b.data.data() + off, std::min(chunk, b.data.size() - off));
-      if (!writer->Write(req)) break;
-    }
-  }
-  writer->WritesDone();
-  return writer->Finish();
-}
-
-// Gets `keys`; returns one entry per key: the payload, or nullopt when not found.
-std::vector<std::optional<std::vector<uint8_t>>> GetBlocks(v1::CacheService::Stub& stub,
-                                                           const std::string& tenant,
-                                                           const std::vector<BlockKey>& keys,
-                                                           grpc::Status* status) {
-  grpc::ClientContext ctx;
-  v1::GetRequest req;
-  req.set_tenant(tenant);
-  for (const BlockKey& k : keys) req.add_keys(k.ByteString());
-  auto reader = stub.Get(&ctx, req);
-  std::vector<std::optional<std::vector<uint8_t>>> out;
-  v1::GetResponse msg;
-  while (reader->Read(&msg)) {
-    if (msg.has_header()) {
-      out.emplace_back();
-      if (msg.found()) out.back().emplace();
-    }
-    if (!out.empty() && out.back().has_value()) {
-      out.back()->insert(out.back()->end(), msg.data().begin(), msg.data().end());
-    }
-  }
-  *status = reader->Finish();
-  return out;
-}
-
-std::vector<BlockKey> KeysOf(const std::vector<Block>& blocks) {
-  std::vector<BlockKey> keys;
-  for (const Block& b : blocks) keys.push_back(b.key);
-  return keys;
-}
-
-// A Put stream that has sent a block's header and part of its payload (`sent` bytes), then waits.
-struct OpenPut {
-  OpenPut(v1::CacheService::Stub& stub, const Block& b, const std::string& tenant = "t",
-          size_t sent = 1024) {
-    writer = stub.Put(&ctx, &res);
-    v1::PutRequest req;
-    req.set_tenant(tenant);
-    req.mutable_header()->set_key(b.key.ByteString());
-    req.mutable_header()->set_size(b.data.size());
-    req.set_data(b.data.data(), sent);
-    writer->Write(req);
-  }
-  grpc::Status Finish(const Block& b) {
-    v1::PutRequest req;
-    req.set_data(b.data.data() + 1024, b.data.size() - 1024);
-    writer->Write(req);
-    writer->WritesDone();
-    return writer->Finish();
-  }
-  grpc::ClientContext ctx;
-  v1::PutResponse res;
-  std::unique_ptr<grpc::ClientWriter<v1::PutRequest>> writer;
-};
 
 class DaemonTest : public ::testing::Test {
  protected:
@@ -301,50 +195,6 @@ TEST_F(DaemonTest, TenantsCannotReachEachOthersBlocks) {
   EXPECT_EQ(*got[0], chain[0].data);
 }
 
-// Sends `messages` (serialized PutRequests, or any bytes) as one Put stream, through gRPC's
-// generic stub so that nothing checks them on the way; returns the call's status.
-grpc::Status RawPut(const std::string& address, const std::vector<std::string>& messages) {
-  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::CompletionQueue cq;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  void* const tag = reinterpret_cast<void*>(1);
-  auto done = [&] {
-    void* got = nullptr;
-    bool ok = false;
-    return cq.Next(&got, &ok) && ok;
-  };
-  auto call = stub.PrepareCall(&ctx, "/kvtier.v1.CacheService/Put", &cq);
-  call->StartCall(tag);
-  if (done()) {
-    for (const std::string& m : messages) {
-      grpc::Slice slice(m);
-      grpc::ByteBuffer bb(&slice, 1);
-      call->Write(bb, tag);
-      if (!done()) break;
-    }
-    call->WritesDone(tag);
-    (void)done();
-    grpc::ByteBuffer response;
-    call->Read(&response, tag);
-    (void)done();
-  }
-  grpc::Status status;
-  call->Finish(&status, tag);
-  (void)done();
-  cq.Shutdown();
-  return status;
-}
-
-std::string PutMessage(const std::string& tenant, const Block& b) {
-  v1::PutRequest req;
-  req.set_tenant(tenant);
-  req.mutable_header()->set_key(b.key.ByteString());
-  req.mutable_header()->set_size(b.data.size());
-  req.set_data(b.data.data(), b.data.size());
-  return req.SerializeAsString();
-}
-
 // A message that does not parse, or a tenant that is not UTF-8, ended a Put stream as if the
 // client had closed it: OK, with the blocks after it never stored.
 TEST_F(DaemonTest, AMalformedMessageInAPutStreamIsAnErrorNotTheEnd) {
@@ -480,17 +330,6 @@ TEST_F(DaemonTest, GetOfOneHundredThousandKeys) {
   EXPECT_EQ(found, 11u);
   EXPECT_EQ(*(*all)[9], chain[9].data);
   EXPECT_EQ(*all->back(), chain[9].data);
-}
-
-// The value of the first sample of `name` (with `labels`, e.g. {tier="host"}) in a Prometheus
-// text exposition, or -1.
-double Sample(const std::string& text, const std::string& name_and_labels) {
-  size_t at = 0;
-  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
-    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size()));
-    at += name_and_labels.size();
-  }
-  return -1;
 }
 
 TEST_F(DaemonTest, MetricsFollowTheWork) {

@@ -345,6 +345,11 @@ grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
       held.Reset();
     }
   }
+  // The token is checked with the tenant, which the first message names: a stream that named
+  // none must still carry a valid one.
+  if (first && auth_ != nullptr) {
+    if (auto who = auth_->Authenticate(*ctx); !who.ok()) return ToGrpc(who.status());
+  }
   if (!read.ok()) return read;  // what was committed before it stays
   if (watch.fired()) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
@@ -776,8 +781,15 @@ grpc::Status CacheServiceImpl::GetSession(
     grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   v1::GetRequest request;
   grpc::Status read;
+  bool any = false;
   while (ReadMessage(stream, &request, "get session", &read)) {
+    any = true;
     if (grpc::Status st = Get(ctx, &request, stream); !st.ok()) return st;
+  }
+  // Each request's token is checked with its tenant: a session that sent none must still carry
+  // a valid one.
+  if (!any && auth_ != nullptr) {
+    if (auto who = auth_->Authenticate(*ctx); !who.ok()) return ToGrpc(who.status());
   }
   return read;
 }

@@ -1,7 +1,7 @@
 #pragma once
 // DaemonProcess: runs a kvtier daemon binary as a real child process for integration tests,
-// waits for its "... listening on HOST:PORT" line, and stops it with SIGTERM (SIGKILL on
-// destruction if still running).
+// waits for its "... listening on HOST:PORT" line (or another line that says it is ready), and
+// stops it with SIGTERM (SIGKILL on destruction if still running).
 
 #include <fcntl.h>
 #include <poll.h>
@@ -21,9 +21,10 @@ namespace kvtier::testing {
 class DaemonProcess {
  public:
   // Starts `binary` with `args`; address() is empty if it did not report listening within
-  // `timeout`.
+  // `timeout`. A process that reports being ready otherwise names its line's `ready` prefix.
   DaemonProcess(const std::string& binary, const std::vector<std::string>& args,
-                std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+                std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                const std::string& ready = "listening on ") {
     int fds[2];
     if (pipe(fds) != 0) return;
     posix_spawn_file_actions_t actions;
@@ -51,10 +52,10 @@ class DaemonProcess {
       if (n <= 0) break;
       text.append(buf, static_cast<size_t>(n));
       output_ = text;
-      const size_t at = text.find("listening on ");
+      const size_t at = text.find(ready);
       const size_t eol = at == std::string::npos ? at : text.find('\n', at);
       if (eol != std::string::npos) {
-        address_ = text.substr(at + 13, eol - at - 13);
+        address_ = text.substr(at + ready.size(), eol - at - ready.size());
         break;
       }
     }
