@@ -1176,6 +1176,54 @@ std::vector<Case> PlainCases() {
                "--max-message-mib");
          }});
   }
+
+  // --- limits on one request and on one tenant ---
+  c.push_back({"get_keys_over_limit", "Get: 65,537 keys (limits.max_keys_per_get 65,536)",
+               "INVALID_ARGUMENT", [](Daemon& d) {
+                 v1::GetRequest r;
+                 r.set_tenant("t");
+                 std::string packed;
+                 for (int i = 0; i <= 65'536; ++i) packed += TestKey(7'000'000 + i).ByteString();
+                 r.set_packed_keys(packed);
+                 auto ctx = Ctx(d.token);
+                 auto reader = d.stub->Get(ctx.get(), r);
+                 v1::GetResponse msg;
+                 while (reader->Read(&msg)) {
+                 }
+                 const grpc::Status st = reader->Finish();
+                 return Outcome(st, st.error_message().find("max_keys_per_get") == std::string::npos
+                                        ? "not for the Get limit: " + st.error_message()
+                                        : "");
+               }});
+  c.push_back({"put_over_tenant_inflight_share",
+               "Put: tenant hog holds 8 stalled 2 MiB puts (its 16 MiB share), then a 9th",
+               "RESOURCE_EXHAUSTED", [](Daemon& d) {
+                 std::vector<std::unique_ptr<OpenPut>> held;
+                 for (const Block& b : Chain(d.Seed() * 1000, 8, kMaxBlock)) {
+                   held.push_back(std::make_unique<OpenPut>(*d.stub, b, "hog", 1));
+                 }
+                 const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+                 while (Metric(d, "kvtier_tenant_inflight_bytes{tenant=\"hog\"}") != 16 * kMiB &&
+                        std::chrono::steady_clock::now() < deadline) {
+                   std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                 }
+                 const grpc::Status st =
+                     PutBlocks(*d.stub, d.token, "hog", Chain(d.Seed(), 1, kMaxBlock));
+                 const grpc::Status other =
+                     PutBlocks(*d.stub, d.token, "t", Chain(d.Seed(), 1, kMaxBlock));
+                 for (auto& p : held) p->ctx.TryCancel();
+                 return Outcome(st, other.ok() ? "" : "another tenant's put failed too");
+               }});
+  c.push_back({"put_stream_stalls", "Put: a 2 MiB block's header and 1 byte, then nothing (idle 2 s)",
+               "CANCELLED", [](Daemon& d) {
+                 OpenPut stalled(*d.stub, Chain(d.Seed(), 1, kMaxBlock)[0], "t", 1);
+                 const auto start = std::chrono::steady_clock::now();
+                 const grpc::Status st = stalled.writer->Finish();  // no WritesDone: it waits
+                 const double s =
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                 return Outcome(st, s > 5 ? "cancelled only after " + std::to_string(s) + " s" : "");
+               }});
+
   return c;
 }
 
@@ -1217,7 +1265,7 @@ class BadInput : public DaemonRows {
   static void SetUpTestSuite() {
     d_ = new Daemon;
     Start(*d_, {"--max-message-mib", "4", "--max-block-mib", "2", "--max-keys-per-request",
-                std::to_string(kMaxKeys), "--max-leased-mib", "1"});
+                std::to_string(kMaxKeys), "--max-leased-mib", "1", "--stream-idle-timeout-s", "2"});
     if (!d_->address.empty()) StoreKeepers(*d_, Durable::kLast);
   }
   static void TearDownTestSuite() { Stop(d_); }
@@ -1234,6 +1282,7 @@ INSTANTIATE_TEST_SUITE_P(Table, BadInput, ::testing::ValuesIn(PlainCases()), Row
 
 constexpr char kAliceToken[] = "alice-secret-token-0001";
 constexpr char kBobToken[] = "bob-secret-token-00000002";
+constexpr char kRouterToken[] = "router-secret-token-0003";  // role: cluster
 
 // The code of a Lookup of one key for `tenant` with `authorization` metadata ("" for none).
 std::string LookupWith(Daemon& d, const std::string& tenant, const std::string& authorization) {
@@ -1300,6 +1349,57 @@ std::vector<Case> AuthCases() {
                  return Outcome(
                      PutBlocks(*d.stub, kAliceToken, "alice", Chain(d.Seed(), 1, 4096), true));
                }});
+
+  c.push_back({"auth_stats_other_tenant", "Stats naming bob, with alice's token",
+               "PERMISSION_DENIED", [](Daemon& d) {
+                 auto ctx = Ctx(kAliceToken);
+                 v1::StatsRequest req;
+                 req.set_tenant("bob");
+                 v1::StatsResponse res;
+                 return CodeName(d.stub->Stats(ctx.get(), req, &res).error_code());
+               }});
+  c.push_back({"auth_stats_own_view", "Stats with alice's token", "OK", [](Daemon& d) {
+                 auto ctx = Ctx(kAliceToken);
+                 v1::StatsResponse res;
+                 const grpc::Status st = d.stub->Stats(ctx.get(), v1::StatsRequest(), &res);
+                 return Outcome(st, res.tiers_size() > 0 || res.puts() > 0
+                                        ? "the daemon-wide counts were shown"
+                                        : "");
+               }});
+  c.push_back({"auth_watch_other_tenant", "WatchBlocks naming bob, with alice's token",
+               "PERMISSION_DENIED", [](Daemon& d) {
+                 auto ctx = Ctx(kAliceToken);
+                 v1::WatchBlocksRequest req;
+                 req.set_tenant("bob");
+                 auto reader = d.stub->WatchBlocks(ctx.get(), req);
+                 v1::BlockEventBatch batch;
+                 while (reader->Read(&batch)) {
+                 }
+                 return Outcome(reader->Finish());
+               }});
+  c.push_back({"auth_cluster_token_put", "Put as tenant alice with the cluster token",
+               "PERMISSION_DENIED", [](Daemon& d) {
+                 return Outcome(PutBlocks(*d.stub, kRouterToken, "alice", Chain(d.Seed(), 1, 4096)));
+               }});
+  c.push_back({"auth_lease_over_tenant_share",
+               "Lease: alice holds 4 leased 2 MiB blocks (her 8 MiB share), then leases a 5th",
+               "RESOURCE_EXHAUSTED", [](Daemon& d) {
+                 // Keys clear of the seeds later rows take.
+                 const auto blocks = Chain(d.Seed() * 1000, 5, kMaxBlock);
+                 if (!PutBlocks(*d.stub, kAliceToken, "alice", blocks).ok()) return std::string("put failed");
+                 std::vector<uint64_t> ids;
+                 for (int i = 0; i < 4; ++i) ids.push_back(LeaseOf(d, "alice", blocks[i].key, kAliceToken));
+                 auto ctx = Ctx(kAliceToken);
+                 v1::LeaseRequest req;
+                 req.set_tenant("alice");
+                 req.add_keys(blocks[4].key.ByteString());
+                 v1::LeaseResponse res;
+                 const grpc::Status st = d.stub->Lease(ctx.get(), req, &res);
+                 bool released = true;
+                 for (uint64_t id : ids) released = Release(d, "alice", id, kAliceToken).ok() && released;
+                 return Outcome(st, released ? "" : "a lease could not be released");
+               }});
+
   return c;
 }
 
@@ -1310,7 +1410,8 @@ class BadInputWithAuth : public DaemonRows {
     d_->tenant = "alice";
     d_->token = kAliceToken;
     std::ofstream(d_->dir.Sub("tokens.yaml"))
-        << "alice: " << kAliceToken << "\nbob: " << kBobToken << "\n";
+        << "alice: " << kAliceToken << "\nbob: " << kBobToken << "\nrouter: {token: "
+        << kRouterToken << ", role: cluster}\n";
     // No NVMe tier (so no durable keeper), no metrics.
     Start(*d_, {"--no-nvme", "--host-mib", "32", "--max-block-mib", "2", "--metrics-listen", "",
                 "--auth-tokens", d_->dir.Sub("tokens.yaml")});

@@ -224,7 +224,8 @@ void PackedStoreKeys(const std::string& tenant, const std::string& packed, size_
 
 absl::StatusOr<size_t> CacheServiceImpl::CheckedKeyCount(
     const grpc::ServerContext* ctx, const std::string& tenant,
-    const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const {
+    const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
+    KeyLimit limit) const {
   if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return st;
   if (!keys.empty() && !packed.empty()) {
     return absl::InvalidArgumentError("give keys or packed_keys, not both");
@@ -234,17 +235,22 @@ absl::StatusOr<size_t> CacheServiceImpl::CheckedKeyCount(
         absl::StrCat("packed_keys: ", packed.size(), " bytes is not a multiple of 16"));
   }
   const size_t n = keys.empty() ? packed.size() / BlockKey::kBytes : keys.size();
-  if (n > limits_.max_keys_per_request) {
-    return absl::InvalidArgumentError(absl::StrCat(n, " keys exceed the limit of ",
-                                                   limits_.max_keys_per_request, " per request"));
+  const bool get = limit == KeyLimit::kGet;
+  const size_t max = get ? limits_.max_keys_per_get : limits_.max_keys_per_request;
+  if (n > max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        n, " keys exceed the limit of ", max,
+        get ? " per Get (limits.max_keys_per_get); ask in pieces"
+            : " per request (limits.max_keys_per_request)"));
   }
   return n;
 }
 
 absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
     const grpc::ServerContext* ctx, const std::string& tenant,
-    const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const {
-  auto n = CheckedKeyCount(ctx, tenant, keys, packed);
+    const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
+    KeyLimit limit) const {
+  auto n = CheckedKeyCount(ctx, tenant, keys, packed, limit);
   if (!n.ok()) return n.status();
   if (keys.empty()) {
     std::vector<BlockKey> out(*n);
@@ -447,13 +453,9 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> CacheServiceImpl::GetResponseFor(
 
 grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
                                        GetWriter* writer) {
-  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys());
+  auto keys = StoreKeys(ctx, request->tenant(), request->keys(), request->packed_keys(),
+                       KeyLimit::kGet);
   if (!keys.ok()) return ToGrpc(keys.status());
-  if (keys->size() > limits_.max_keys_per_get) {
-    return ToGrpc(absl::InvalidArgumentError(
-        absl::StrCat(keys->size(), " keys exceed the limit of ", limits_.max_keys_per_get,
-                     " per Get (limits.max_keys_per_get); ask in pieces")));
-  }
   const uint16_t tenant_id = TenantId(request->tenant());
   IdleWatchdog::Watch watch = idle_.Arm(ctx);
   for (size_t i = 0; i < keys->size(); ++i) {

@@ -168,15 +168,20 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
     std::string tenant;  // empty: none named
   };
   absl::StatusOr<View> ViewOf(const grpc::ServerContext* ctx, const std::string& named) const;
+  // Which limit a request's key count is held to: max_keys_per_get for a Get, else
+  // max_keys_per_request.
+  enum class KeyLimit { kRequest, kGet };
   // How many keys the request names, once the tenant and the keys' form are checked.
   // `keys` or `packed` (16 bytes a key) must be given, not both.
   absl::StatusOr<size_t> CheckedKeyCount(
       const grpc::ServerContext* ctx, const std::string& tenant,
-      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
+      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
+      KeyLimit limit = KeyLimit::kRequest) const;
   // The store keys of `keys` (16 bytes each) for `tenant`, checked as CheckedKeyCount does.
   absl::StatusOr<std::vector<BlockKey>> StoreKeys(
       const grpc::ServerContext* ctx, const std::string& tenant,
-      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
+      const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
+      KeyLimit limit = KeyLimit::kRequest) const;
 
   // Counts an RPC in flight for its lifetime.
   class InFlight {
