@@ -786,10 +786,7 @@ std::vector<Case> PlainCases() {
        [k16](Daemon& d) { return RawCode(d, "Get", {LenField(1, "t\xff") + LenField(2, k16)}); }});
   c.push_back(
       {"lookup_tenant_not_utf8", "Lookup (raw): tenant \"t\\xff\", one key", "INVALID_ARGUMENT",
-       [k16](Daemon& d) { return RawCode(d, "Lookup", {LenField(1, "t\xff") + LenField(2, k16)}); },
-       "unary RPCs (Lookup, Lease, Release, Delete, Stats, DataPlane) and WatchBlocks let "
-       "gRPC parse their request, and gRPC answers a request that does not parse with "
-       "INTERNAL; Put, Get and GetSession parse their own and answer INVALID_ARGUMENT"});
+       [k16](Daemon& d) { return RawCode(d, "Lookup", {LenField(1, "t\xff") + LenField(2, k16)}); }});
   c.push_back(UnaryCase<v1::DataPlaneRequest, v1::DataPlaneResponse>(
       "data_plane_no_tenant", "DataPlane: no tenant", "INVALID_ARGUMENT",
       &v1::CacheService::Stub::DataPlane, std::function<v1::DataPlaneRequest(Daemon&)>([](Daemon&) {
@@ -965,13 +962,19 @@ std::vector<Case> PlainCases() {
   c.push_back({"get_no_request", "Get (raw): the stream closed with no request", "INVALID_ARGUMENT",
                [](Daemon& d) { return RawCode(d, "Get", {}); }});
   c.push_back({"lookup_garbage", "Lookup (raw): 1000 bytes of garbage as the request",
-               "INVALID_ARGUMENT", [](Daemon& d) { return RawCode(d, "Lookup", {Garbage(1000)}); },
-               "unary RPCs let gRPC parse their request, and gRPC answers a request that does not "
-               "parse with INTERNAL, as if the daemon had failed"});
+               "INVALID_ARGUMENT", [](Daemon& d) { return RawCode(d, "Lookup", {Garbage(1000)}); }});
   c.push_back({"lookup_no_request", "Lookup (raw): the stream closed with no request",
-               "INVALID_ARGUMENT", [](Daemon& d) { return RawCode(d, "Lookup", {}); },
-               "unary RPCs let gRPC read their request, and gRPC answers a call with no request "
-               "message with INTERNAL"});
+               "INVALID_ARGUMENT", [](Daemon& d) { return RawCode(d, "Lookup", {}); }});
+  for (const auto& [rpc, row] : std::vector<std::pair<std::string, std::string>>{
+           {"Lease", "lease_garbage"},
+           {"Release", "release_garbage"},
+           {"Delete", "delete_garbage"},
+           {"Stats", "stats_garbage"},
+           {"DataPlane", "data_plane_garbage"},
+           {"WatchBlocks", "watch_blocks_garbage"}}) {
+    c.push_back({row, rpc + " (raw): 1000 bytes of garbage as the request", "INVALID_ARGUMENT",
+                 [rpc](Daemon& d) { return RawCode(d, rpc, {Garbage(1000)}); }});
+  }
   c.push_back({"unknown_method", "/kvtier.v1.CacheService/Nope (raw), an empty message",
                "UNIMPLEMENTED", [](Daemon& d) { return RawCode(d, "Nope", {""}); }});
   c.push_back({"unknown_service", "/kvtier.v9.CacheService/Get (raw), an empty message",

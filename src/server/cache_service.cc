@@ -27,6 +27,10 @@ namespace {
 constexpr int kPutMethodIndex = 0;
 constexpr int kGetMethodIndex = 1;
 constexpr int kGetSessionMethodIndex = 9;
+// The one-request methods, whose requests the service parses itself too.
+constexpr int kLookupMethodIndex = 2, kLeaseMethodIndex = 3, kReleaseMethodIndex = 4,
+              kDeleteMethodIndex = 5, kStatsMethodIndex = 6, kDataPlaneMethodIndex = 7,
+              kWatchBlocksMethodIndex = 8;
 
 absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
   auto key = BlockKey::FromByteString(bytes);
@@ -132,6 +136,28 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
                            return self->GetSession(ctx, stream);
                          },
                          this));
+  // gRPC answers a request it cannot parse with INTERNAL; the contract says INVALID_ARGUMENT,
+  // which these methods now answer themselves (the parse is the same work gRPC did).
+  ParseOwnRequest(kLookupMethodIndex, "Lookup", &CacheServiceImpl::Lookup);
+  ParseOwnRequest(kLeaseMethodIndex, "Lease", &CacheServiceImpl::Lease);
+  ParseOwnRequest(kReleaseMethodIndex, "Release", &CacheServiceImpl::Release);
+  ParseOwnRequest(kDeleteMethodIndex, "Delete", &CacheServiceImpl::Delete);
+  ParseOwnRequest(kStatsMethodIndex, "Stats", &CacheServiceImpl::Stats);
+  ParseOwnRequest(kDataPlaneMethodIndex, "DataPlane", &CacheServiceImpl::DataPlane);
+  MarkMethodStreamed(
+      kWatchBlocksMethodIndex,
+      new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, v1::BlockEventBatch>(
+          [this](grpc::ServerContext* ctx,
+                 grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::BlockEventBatch>* stream) {
+            v1::WatchBlocksRequest request;
+            grpc::Status read;
+            if (!ReadMessage(stream, &request, "WatchBlocks", &read)) {
+              return read.ok() ? grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                              "WatchBlocks: no request")
+                               : read;
+            }
+            return WatchEvents(ctx, &request, stream);
+          }));
   // Put reads raw messages too (see Put in the header). A client stream served as the
   // bidirectional kind, as gRPC serves every streamed method: one response, written at the end.
   MarkMethodStreamed(kPutMethodIndex,
@@ -141,6 +167,29 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
                             grpc::ServerReader<grpc::ByteBuffer>* reader,
                             v1::PutResponse* response) { return self->Put(ctx, reader, response); },
                          this));
+}
+
+template <typename Request, typename Response>
+void CacheServiceImpl::ParseOwnRequest(int index, const char* rpc,
+                                       UnaryMethod<Request, Response> method) {
+  MarkMethodStreamed(
+      index, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, Response>(
+                 [this, rpc, method](grpc::ServerContext* ctx,
+                                     grpc::ServerUnaryStreamer<grpc::ByteBuffer, Response>* stream) {
+                   Request request;
+                   grpc::Status read;
+                   if (!ReadMessage(stream, &request, rpc, &read)) {
+                     if (read.ok()) {
+                       read = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                           absl::StrCat(rpc, ": no request"));
+                     }
+                     return Observed(rpc, ctx, "", [&] { return read; });
+                   }
+                   Response response;
+                   grpc::Status st = (this->*method)(ctx, &request, &response);
+                   if (st.ok()) stream->Write(response);
+                   return st;
+                 }));
 }
 
 void CacheServiceImpl::DetachStore() {
@@ -728,6 +777,12 @@ grpc::Status CacheServiceImpl::DataPlaneImpl(grpc::ServerContext* ctx,
 grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx,
                                            const v1::WatchBlocksRequest* request,
                                            grpc::ServerWriter<v1::BlockEventBatch>* writer) {
+  return WatchEvents(ctx, request, writer);
+}
+
+grpc::Status CacheServiceImpl::WatchEvents(
+    grpc::ServerContext* ctx, const v1::WatchBlocksRequest* request,
+    grpc::internal::WriterInterface<v1::BlockEventBatch>* writer) {
   absl::StatusOr<View> view = ViewOf(ctx, request->tenant());
   if (!view.ok()) return ToGrpc(view.status());
   if (events_ == nullptr || tenants_ == nullptr) {

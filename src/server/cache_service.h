@@ -146,6 +146,16 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
                          v1::StatsResponse* response);
   grpc::Status DataPlaneImpl(grpc::ServerContext* ctx, const v1::DataPlaneRequest* request,
                              v1::DataPlaneResponse* response);
+  // WatchBlocks on any writer (it is served raw, see ParseOwnRequest).
+  grpc::Status WatchEvents(grpc::ServerContext* ctx, const v1::WatchBlocksRequest* request,
+                           grpc::internal::WriterInterface<v1::BlockEventBatch>* writer);
+  // Serves the one-request method `index` (.proto order) from raw bytes, which it parses itself:
+  // a request that does not parse is INVALID_ARGUMENT (gRPC would say INTERNAL), then `method`.
+  template <typename Request, typename Response>
+  using UnaryMethod = grpc::Status (CacheServiceImpl::*)(grpc::ServerContext*, const Request*,
+                                                         Response*);
+  template <typename Request, typename Response>
+  void ParseOwnRequest(int index, const char* rpc, UnaryMethod<Request, Response> method);
   // Runs an RPC body: counts it in flight, records its latency and status code, and logs a
   // client's error (rate-limited) with the tenant (as `tenant` reads once the body has run).
   template <typename F>
