@@ -7,6 +7,10 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
 #include <thread>
 
 #include "client/cache_client.h"
@@ -511,6 +515,80 @@ TEST(DaemonLimits, AHostTierLargerThanMemoryIsRefusedAtStart) {
     const int status = d.Stop();
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << "status " << status;
   }
+}
+
+// UCX's posix shared-memory segments, by name.
+std::set<std::string> UcxSegments() {
+  std::set<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    if (e.path().filename().string().rfind("ucx_shm_posix_", 0) == 0) out.insert(e.path());
+  }
+  return out;
+}
+
+// Where UCX names its segments in /dev/shm (UCX_POSIX_USE_PROC_LINK=n), a daemon killed with
+// SIGKILL left them there, its arena with them, until the machine restarted. The next daemon
+// removes the segments that no process uses.
+TEST(DaemonStart, SegmentsADeadDaemonLeftInDevShmAreRemoved) {
+  const std::set<std::string> before = UcxSegments();
+  setenv("UCX_POSIX_USE_PROC_LINK", "n", 1);
+  TempDir dir;
+  auto killed = StartDaemon(dir.Sub("data"), {"--no-nvme", "--metrics-listen", ""});
+  std::set<std::string> left;
+  for (const std::string& s : UcxSegments()) {
+    if (!before.contains(s)) left.insert(s);
+  }
+  ASSERT_FALSE(left.empty()) << "UCX named no segment in /dev/shm";
+  ASSERT_EQ(kill(killed->pid(), SIGKILL), 0);
+  killed->Stop();
+  for (const std::string& s : left) EXPECT_TRUE(std::filesystem::exists(s)) << s;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // older than a new segment
+
+  auto next = StartDaemon(dir.Sub("data"), {"--no-nvme", "--metrics-listen", ""});
+  unsetenv("UCX_POSIX_USE_PROC_LINK");
+  ASSERT_FALSE(next->address().empty());
+  for (const std::string& s : left) EXPECT_FALSE(std::filesystem::exists(s)) << s << " stayed";
+  std::set<std::string> in_use;
+  for (const std::string& s : UcxSegments()) {
+    if (!before.contains(s)) in_use.insert(s);
+  }
+  EXPECT_FALSE(in_use.empty()) << "the new daemon's own segments";
+  next->Stop();
+  for (const std::string& s : in_use) std::filesystem::remove(s);  // what this test made
+}
+
+// At start the daemon logs what it runs with; a client's errors are logged (rate-limited) with
+// the RPC, tenant and peer. They were never logged, even at debug.
+TEST(DaemonStart, LogsItsConfigurationAndClientErrors) {
+  TempDir dir;
+  const std::string log = dir.Sub("stderr.log");
+  DaemonProcess d("/bin/sh", {"-c", "exec " + kDaemon +
+                                        " --listen 127.0.0.1:0 --no-nvme --host-mib 32"
+                                        " --metrics-listen '' --ucx-listen off 2> " + log});
+  ASSERT_FALSE(d.address().empty());
+  auto stub = Connect(d);
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::LookupRequest req;  // no tenant
+    req.add_keys(TestKey(1).ByteString());
+    v1::LookupResponse res;
+    ASSERT_EQ(stub->Lookup(&ctx, req, &res).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  d.Stop();
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(text.find("with host tier 32 MiB"), std::string::npos) << text;
+  EXPECT_NE(text.find("auth off; TLS off"), std::string::npos) << text;
+  EXPECT_NE(text.find("idle streams cancelled after 30 s"), std::string::npos) << text;
+  size_t lines = 0;
+  for (size_t at = 0; (at = text.find("client error: Lookup tenant '' peer ipv", at)) !=
+                      std::string::npos;
+       ++at) {
+    ++lines;
+  }
+  EXPECT_GE(lines, 1u) << text;
+  EXPECT_LE(lines, 30u) << "at most 10 lines a second";
 }
 
 std::unique_ptr<v1::CacheService::Stub> OwnConnection(const DaemonProcess& d) {

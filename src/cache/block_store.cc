@@ -705,6 +705,7 @@ struct BlockStore::Impl {
   std::unique_ptr<FlashTier> nvme;
   size_t host_reserve = 0, hbm_reserve = 0;
   uint64_t max_leased_bytes = 0;
+  bool host_hugetlb = false, host_locked = false;  // how the host arena's memory came
   mutable cache_internal::EntryPool pool;  // Alloc and Free under mu
   cache_internal::KeyIndex index;
   Counters counters;
@@ -759,6 +760,8 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
                                                              .hugepages = options.host_hugepages,
                                                              .lock = options.host_lock,
                                                              .provider = options.host_memory}));
+  s.host_hugetlb = arena->hugetlb();
+  s.host_locked = arena->locked();
   s.host = std::make_unique<HostMemoryTier>(std::move(arena), options.host_bytes, slab);
   s.max_leased_bytes =
       options.max_leased_bytes != 0 ? options.max_leased_bytes : options.host_bytes / 2;
@@ -1490,6 +1493,8 @@ StoreStats BlockStore::Stats() const {
   const Impl& s = *impl_;
   const Counters& c = s.counters;
   StoreStats st;
+  st.host_hugetlb = s.host_hugetlb;
+  st.host_locked = s.host_locked;
   st.gets = Read(c.gets);
   st.get_misses = Read(c.get_misses);
   st.lookups = Read(c.lookups);

@@ -132,6 +132,9 @@ struct StoreStats {
   uint64_t nvme_lost_blocks = 0;
   bool nvme_metadata_recovered_with_loss = false;
   bool nvme_damaged_tier_moved_aside = false;
+  // The host arena is on reserved 2 MiB pages (MAP_HUGETLB), and locked in RAM (mlock).
+  bool host_hugetlb = false;
+  bool host_locked = false;
 };
 
 class BlockStore {

@@ -1,15 +1,18 @@
 #include "common/service_main.h"
 
+#include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
 #include <cstdio>
+#include <cstring>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace kvtier {
 
@@ -79,6 +82,19 @@ absl::Status CheckListenAddress(const std::string& listen, bool unix_ok) {
   }
   if (colon == 0) return absl::InvalidArgumentError("'" + listen + "' has no HOST");
   return absl::OkStatus();
+}
+
+void RouteGrpcLogs() {
+  gpr_set_log_function([](gpr_log_func_args* args) {
+    const char* file = args->file != nullptr ? args->file : "";
+    if (const char* slash = std::strrchr(file, '/')) file = slash + 1;
+    const spdlog::level::level_enum level = args->severity == GPR_LOG_SEVERITY_ERROR
+                                                ? spdlog::level::err
+                                                : args->severity == GPR_LOG_SEVERITY_INFO
+                                                      ? spdlog::level::info
+                                                      : spdlog::level::debug;
+    spdlog::log(level, "grpc: {} ({}:{})", args->message, file, args->line);
+  });
 }
 
 void NoSharedPort(grpc::ServerBuilder& builder) {

@@ -83,6 +83,10 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
 // `unix_ok`, unix:PATH or unix-abstract:NAME; else INVALID_ARGUMENT saying what is wrong.
 absl::Status CheckListenAddress(const std::string& listen, bool unix_ok);
 
+// Sends gRPC core's own log lines (connection and handshake errors) through spdlog, so that they
+// take the program's log format and never mix with its stdout.
+void RouteGrpcLogs();
+
 // Turns off gRPC's SO_REUSEPORT: a second server on a port in use fails to start instead of
 // taking a share of the first one's connections.
 void NoSharedPort(grpc::ServerBuilder& builder);

@@ -136,6 +136,7 @@ int main(int argc, char** argv) {
   auto nodes = load_nodes();
   if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
   (void)kvtier::InitLogging(log_level);
+  kvtier::RouteGrpcLogs();
 
   auto registry = std::make_shared<prometheus::Registry>();
   auto exposer = kvtier::ServeMetrics("kvtier-router", metrics_listen, registry);

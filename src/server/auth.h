@@ -47,6 +47,7 @@ class TenantAuth {
   // Names with a tenant token (sorted), and how many there are.
   std::vector<std::string> tenant_names() const;
   size_t tenants() const;
+  size_t cluster_tokens() const { return entries_.size() - tenants(); }
 
  private:
   struct Entry {

@@ -73,6 +73,8 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   void Drain() { draining_.store(true); }
   // Payload bytes held for requests in progress.
   uint64_t inflight_bytes() const { return inflight_bytes_.total(); }
+  // The limits in force (those left to a share of the host tier made concrete).
+  const ServiceLimits& limits() const { return limits_; }
   // Call after the server has stopped and before the store is closed: host blocks that gRPC still
   // references (a zero-copy Get's buffers can outlive the call) are then no longer unpinned.
   void DetachStore();

@@ -29,6 +29,7 @@
 #include "server/daemon_config.h"
 #include "server/metrics.h"
 #include "spdlog/spdlog.h"
+#include "transfer/shm_sweep.h"
 #include "transfer/ucx_server.h"
 
 namespace {
@@ -64,6 +65,48 @@ absl::Status CheckHostTierFits(uint64_t host_bytes, bool shared_memory) {
 
 }  // namespace
 
+// One line of what this daemon runs with, once it serves: the configuration as resolved (limits
+// made concrete, UCX's transports, how the host arena's memory came out).
+void LogEffectiveConfig(const kvtier::server::DaemonConfig& config, const kvtier::StoreOptions& so,
+                        const kvtier::StoreStats& stats,
+                        const kvtier::server::ServiceLimits& limits,
+                        const kvtier::transfer::UcxServer* ucx,
+                        const kvtier::server::TenantAuth* auth, const std::string& address) {
+  const char* ucx_tls = std::getenv("UCX_TLS");
+  const std::string data_plane =
+      ucx == nullptr ? "off"
+                     : absl::StrCat(ucx->host(), ":", ucx->port(), " (transports: ",
+                                    ucx_tls != nullptr ? ucx_tls : "UCX's choice", ")");
+  const std::string host_memory =
+      ucx != nullptr ? "UCX shared memory"
+                     : absl::StrCat(stats.host_hugetlb ? "2 MiB hugepages" : "normal pages",
+                                    so.host_lock ? (stats.host_locked ? ", mlocked" : ", mlock refused")
+                                                 : ", not locked");
+  const std::string nvme =
+      so.nvme_path.empty()
+          ? "off"
+          : absl::StrCat(so.nvme_path, " (", so.nvme_bytes >> 30, " GiB",
+                         so.nvme_direct_io ? ", O_DIRECT" : "", ")");
+  const std::string auth_mode =
+      auth == nullptr ? "off"
+                      : absl::StrCat(auth->tenants(), " tenants, ", auth->cluster_tokens(),
+                                     " cluster tokens");
+  spdlog::info(
+      "kvtierd: serving {} with host tier {} MiB ({}), NVMe tier {}, HBM tier {} MiB; UCX data "
+      "plane {}; auth {}; TLS {}; limits: message {} MiB, in flight {} / {} per connection / {} "
+      "per tenant MiB, leased {} MiB per tenant, keys {} per Get / {} per request, idle streams "
+      "cancelled after {} s; metrics {}",
+      address, so.host_bytes >> 20, host_memory, nvme, stats.tiers[static_cast<int>(kvtier::Tier::kHbm)].capacity_bytes >> 20,
+      data_plane, auth_mode,
+      config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "on (mutual)"),
+      config.max_message_bytes >> 20, limits.max_inflight_bytes >> 20,
+      limits.max_inflight_bytes_per_connection >> 20, limits.max_inflight_bytes_per_tenant >> 20,
+      limits.max_leased_bytes_per_tenant >> 20, limits.max_keys_per_get,
+      limits.max_keys_per_request,
+      std::chrono::duration_cast<std::chrono::seconds>(limits.stream_idle_timeout).count(),
+      config.metrics_listen.empty() ? std::string("off") : config.metrics_listen);
+}
+
 int main(int argc, char** argv) {
   // Before any thread exists (gRPC's own start with its first object), so that every thread
   // inherits the mask and stop signals reach sigwait below, never a thread they would kill.
@@ -88,6 +131,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvtierd: %s\n", std::string(st.message()).c_str());
     return 2;
   }
+  kvtier::RouteGrpcLogs();
   spdlog::info("{} starting", kvtier::VersionLine("kvtierd"));
   kvtier::StoreOptions so = config->store;
   const std::string& listen = config->listen;
@@ -141,6 +185,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (ucx_listen != "off") {
+    // A daemon killed with SIGKILL may have left its arena in /dev/shm (where UCX names its
+    // segments); a segment that nothing maps is garbage.
+    const kvtier::transfer::ShmSweep swept = kvtier::transfer::RemoveOrphanShmSegments();
+    if (swept.removed > 0) {
+      spdlog::warn("kvtierd: removed {} shared-memory segments ({} MiB) that no process used, "
+                   "left by UCX processes that died",
+                   swept.removed, swept.bytes >> 20);
+    }
     so.host_memory = [&](size_t bytes) -> absl::StatusOr<uint8_t*> {
       auto u = kvtier::transfer::UcxServer::Start({.listen = ucx_listen, .region_bytes = bytes});
       if (!u.ok()) {
@@ -222,8 +274,8 @@ int main(int argc, char** argv) {
   }
   std::printf("kvtierd listening on %s\n", kvtier::BoundAddress(listen, port).c_str());
   std::fflush(stdout);
-  spdlog::info("kvtierd: host tier {} MiB, NVMe tier {}", so.host_bytes >> 20,
-               so.nvme_path.empty() ? std::string("off") : so.nvme_path);
+  LogEffectiveConfig(*config, (*store)->options(), (*store)->Stats(), service.limits(), ucx.get(),
+                     auth.has_value() ? &*auth : nullptr, kvtier::BoundAddress(listen, port));
 
   // Leases also end on every put and lease; this ends them on an idle daemon too, so that the
   // pinned capacity of a client that never released comes back, and the lease gauge is right.

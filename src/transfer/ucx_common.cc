@@ -1,11 +1,16 @@
 #include "transfer/ucx_common.h"
 
 #include <netdb.h>
+#include <ucs/debug/log_def.h>
 
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
 
 namespace kvtier::transfer {
 
@@ -68,7 +73,30 @@ absl::StatusOr<sockaddr_storage> ResolveAddress(const std::string& host, int por
   return out;
 }
 
+namespace {
+
+// UCX prints its warnings and errors to stdout, which scripts parse: they go through spdlog.
+ucs_log_func_rc_t UcxToSpdlog(const char* file, unsigned line, const char* function,
+                              ucs_log_level_t level, const ucs_log_component_config_t* component,
+                              const char* format, va_list ap) {
+  if (level > component->log_level) return UCS_LOG_FUNC_RC_STOP;
+  char message[1024];
+  std::vsnprintf(message, sizeof(message), format, ap);
+  const char* slash = std::strrchr(file, '/');
+  const spdlog::level::level_enum to = level <= UCS_LOG_LEVEL_ERROR  ? spdlog::level::err
+                                       : level == UCS_LOG_LEVEL_WARN ? spdlog::level::warn
+                                       : level <= UCS_LOG_LEVEL_INFO ? spdlog::level::info
+                                                                     : spdlog::level::debug;
+  spdlog::log(to, "ucx: {} ({}:{} {})", message, slash != nullptr ? slash + 1 : file, line,
+              function);
+  return UCS_LOG_FUNC_RC_STOP;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create() {
+  static std::once_flag routed;
+  std::call_once(routed, [] { ucs_log_push_handler(&UcxToSpdlog); });
   std::unique_ptr<UcxEndpointHost> h(new UcxEndpointHost());
   ucp_config_t* config = nullptr;
   if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {

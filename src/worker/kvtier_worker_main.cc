@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
     return Bad("give one of --router and --nodes");
   }
   (void)kvtier::InitLogging(log_level);
+  kvtier::RouteGrpcLogs();
 
   auto registry = std::make_shared<prometheus::Registry>();
   auto exposer = kvtier::ServeMetrics("kvtier-worker", metrics_listen, registry);
