@@ -3,7 +3,6 @@
 #include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
 #include <cstdio>
@@ -25,32 +24,15 @@ sigset_t BlockStopSignals() {
   return signals;
 }
 
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> NewMetricsExposer(const std::string& listen) {
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    // More threads than civetweb's 2, and a read timeout: clients that open a connection and
-    // send half a request each hold a thread until the timeout, and must not starve scrapes.
-    exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-        "listening_ports", listen, "num_threads", "8", "request_timeout_ms", "5000"});
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics-listen: cannot serve on ", listen, ": ", e.what()));
-  }
-  if (exposer->GetListeningPorts().empty()) {
-    return absl::UnavailableError(absl::StrCat("metrics-listen: cannot serve on ", listen));
-  }
-  return exposer;
-}
-
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
+absl::StatusOr<std::unique_ptr<MetricsServer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry) {
-  if (listen.empty()) return std::unique_ptr<prometheus::Exposer>();
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<prometheus::Exposer> exposer, NewMetricsExposer(listen));
-  exposer->RegisterCollectable(registry);
+  if (listen.empty()) return std::unique_ptr<MetricsServer>();
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> server, MetricsServer::Start(listen));
+  server->RegisterCollectable(registry);
   std::printf("%s metrics on %s:%d\n", program.c_str(), listen.substr(0, listen.rfind(':')).c_str(),
-              exposer->GetListeningPorts().front());
-  return exposer;
+              server->port());
+  return server;
 }
 
 namespace {

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "common/metrics_server.h"
 
 namespace grpc {
 class Server;
@@ -17,7 +18,6 @@ class ServerBuilder;
 }  // namespace grpc
 
 namespace prometheus {
-class Exposer;
 class Registry;
 }  // namespace prometheus
 
@@ -68,14 +68,10 @@ class ArgReader {
 // set, for sigwait() to take them when the process is ready to stop.
 sigset_t BlockStopSignals();
 
-// A Prometheus exposer on `listen` (HOST:PORT) whose scrapes half-open connections cannot
-// starve (8 threads, a 5 s read timeout). UNAVAILABLE when it cannot listen there.
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> NewMetricsExposer(const std::string& listen);
-
 // Serves `registry` as /metrics on `listen` (HOST:PORT; port 0 picks a free one) and prints
 // "<program> metrics on HOST:PORT"; an empty `listen` serves nothing (nullptr). UNAVAILABLE when
 // it cannot listen there.
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> ServeMetrics(
+absl::StatusOr<std::unique_ptr<MetricsServer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry);
 

@@ -1,7 +1,6 @@
 // kvtier-router: routes each request to the kvtierd node that should hold its prefix
 // (kvtier.v1.RouteService), with health probes of every node and Prometheus metrics.
 #include <grpcpp/grpcpp.h>
-#include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 #include <signal.h>
 

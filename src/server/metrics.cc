@@ -2,7 +2,6 @@
 
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -196,8 +195,8 @@ const char* CodeName(grpc::StatusCode code) {
 absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::string& listen,
                                                                     const BlockStore* store) {
   std::unique_ptr<DaemonMetrics> m(new DaemonMetrics());
-  KVTIER_ASSIGN_OR_RETURN(m->exposer_, NewMetricsExposer(listen));
-  m->port_ = m->exposer_->GetListeningPorts().front();
+  KVTIER_ASSIGN_OR_RETURN(m->server_, MetricsServer::Start(listen));
+  m->port_ = m->server_->port();
   m->registry_ = std::make_shared<prometheus::Registry>();
   m->requests_ = &prometheus::BuildCounter()
                       .Name("kvtier_rpc_requests_total")
@@ -233,8 +232,8 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::s
                         .Register(*m->registry_)
                         .Add({}, buckets);
   auto collector = std::make_shared<StoreCollector>(store);
-  m->exposer_->RegisterCollectable(m->registry_);
-  m->exposer_->RegisterCollectable(collector);
+  m->server_->RegisterCollectable(m->registry_);
+  m->server_->RegisterCollectable(collector);
   m->store_collector_ = std::move(collector);
   return m;
 }

@@ -14,11 +14,11 @@
 
 #include "absl/status/statusor.h"
 #include "cache/block_store.h"
+#include "common/metrics_server.h"
 #include "kvtier/v1/cache.pb.h"
 
 namespace prometheus {
 class Collectable;
-class Exposer;
 class Registry;
 class Histogram;
 template <typename T>
@@ -65,8 +65,8 @@ class DaemonMetrics {
  private:
   DaemonMetrics() = default;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::shared_ptr<prometheus::Collectable> store_collector_;  // the exposer holds it weakly
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::shared_ptr<prometheus::Collectable> store_collector_;  // the server holds it weakly
+  std::unique_ptr<MetricsServer> server_;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   std::map<std::string, prometheus::Histogram*> latency_;
   prometheus::Gauge* inflight_bytes_ = nullptr;

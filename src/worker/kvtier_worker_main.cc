@@ -1,7 +1,6 @@
 // kvtier-worker: decode attention over cached prefixes (kvtier.v1.AttentionService), reading the
 // KV blocks from whichever kvtierd nodes hold them, with Prometheus metrics.
 #include <grpcpp/grpcpp.h>
-#include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 #include <signal.h>
 #include <unistd.h>
