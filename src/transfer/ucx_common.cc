@@ -68,7 +68,7 @@ absl::StatusOr<sockaddr_storage> ResolveAddress(const std::string& host, int por
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create() {
+absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create(uint64_t features) {
   std::unique_ptr<UcxEndpointHost> h(new UcxEndpointHost());
   ucp_config_t* config = nullptr;
   if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
@@ -76,7 +76,7 @@ absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create() {
   }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+  params.features = features;
   ucs_status_t s = ucp_init(&params, config, &h->context_);
   ucp_config_release(config);
   if (s != UCS_OK) return FromUcs(s, "ucx: ucp_init");

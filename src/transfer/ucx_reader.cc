@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "transfer/copy_pool.h"
+#include "transfer/served_read.h"
 
 namespace kvtier::transfer {
 
@@ -22,6 +23,17 @@ struct UcxReader::Pending {
 struct UcxReader::Op {
   Pending* pending;
   const ReadOp* op;
+};
+
+struct UcxReader::Served {
+  std::span<const ReadOp> ops;
+  std::vector<bool> hashed;  // ops whose checksum was computed with their copy
+  uint64_t asked = 0;        // bytes
+  uint64_t received = 0;
+  bool answered = false;  // the daemon's kServedReadDoneAm arrived
+  uint64_t sent = 0;      // bytes, as the answer says
+  absl::Status status;    // the answer's
+  bool Complete() const { return answered && (!status.ok() || received >= sent); }
 };
 
 namespace {
@@ -57,9 +69,24 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
   auto addr = ResolveAddress(region.host, region.port, false, &len);
   if (!addr.ok()) return addr.status();
   std::unique_ptr<UcxReader> r(new UcxReader(region));
-  auto ucx = UcxEndpointHost::Create();
+  auto ucx = UcxEndpointHost::Create(region.served ? UCP_FEATURE_AM : UCP_FEATURE_RMA);
   if (!ucx.ok()) return ucx.status();
   r->ucx_ = std::move(*ucx);
+  if (region.served) {
+    for (auto [id, cb] : {std::pair{kServedReadDataAm, &UcxReader::OnServedData},
+                          std::pair{kServedReadDoneAm, &UcxReader::OnServedDone}}) {
+      ucp_am_handler_param_t hp{};
+      hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+      hp.id = id;
+      hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+      hp.cb = cb;
+      hp.arg = r.get();
+      if (ucs_status_t st = ucp_worker_set_am_recv_handler(r->ucx_->worker(), &hp); st != UCS_OK) {
+        return FromUcs(st, "ucx: ucp_worker_set_am_recv_handler");
+      }
+    }
+  }
 
   ucp_ep_params_t ep{};
   ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
@@ -101,6 +128,7 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
     return FromUcs(UCS_PTR_STATUS(req), absl::StrCat("ucx: connecting to ", where));
   }
   if (r->broken_) return r->error_;
+  if (region.served) return r;  // no remote key, nothing to map
   if (ucs_status_t st = ucp_ep_rkey_unpack(r->ep_, region.packed_rkey.data(), &r->rkey_);
       st != UCS_OK) {
     r->rkey_ = nullptr;
@@ -158,6 +186,7 @@ void UcxReader::CloseEndpoint() {
 }
 
 absl::Status UcxReader::RegisterBuffer(void* data, size_t size) {
+  if (region_.served) return absl::OkStatus();
   ucp_mem_map_params_t mp{};
   mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   mp.address = data;
@@ -178,8 +207,9 @@ ucp_mem_h UcxReader::MemhFor(const uint8_t* p, size_t n) const {
   return a + n <= it->first + it->second.first ? it->second.second : nullptr;
 }
 
-absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
+absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease) {
   if (broken_) return error_;
+  if (region_.served) return ReadServed(ops, deadline, lease);
   for (const ReadOp& op : ops) {
     if (op.offset > region_.bytes || op.length > region_.bytes - op.offset) {
       return absl::OutOfRangeError(absl::StrCat("ucx: read of ", op.length, " bytes at ", op.offset,
@@ -246,6 +276,127 @@ absl::Status UcxReader::Read(std::span<const ReadOp> ops, Deadline deadline) {
   if (pending.first_error != UCS_OK) {
     Break(FromUcs(pending.first_error, "ucx: read failed"));
     return error_;
+  }
+  return absl::OkStatus();
+}
+
+ucs_status_t UcxReader::OnServedData(void* arg, const void* header, size_t header_length,
+                                     void* data, size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxReader*>(arg);
+  ServedDataHeader h;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) return UCS_ERR_UNSUPPORTED;
+  if (!DecodeHeader(header, header_length, &h)) return UCS_OK;
+  auto it = self->served_.find(h.id);
+  if (it == self->served_.end()) return UCS_OK;  // of a Read that has returned
+  Served& s = *it->second;
+  if (h.range >= s.ops.size()) return UCS_OK;
+  const ReadOp& op = s.ops[h.range];
+  if (h.offset > op.length || length > op.length - h.offset) return UCS_OK;
+  if (h.offset == 0 && length == op.length && op.checksum != nullptr) {
+    *op.checksum = CopyWithChecksum(op.dst, data, length);  // the whole op in one message
+    s.hashed[h.range] = true;
+  } else {
+    CopyBytes(op.dst + h.offset, data, length);
+  }
+  s.received += length;
+  return UCS_OK;
+}
+
+ucs_status_t UcxReader::OnServedDone(void* arg, const void* header, size_t header_length,
+                                     void* data, size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxReader*>(arg);
+  ServedDoneHeader h;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) return UCS_ERR_UNSUPPORTED;
+  if (!DecodeHeader(header, header_length, &h)) return UCS_OK;
+  auto it = self->served_.find(h.id);
+  if (it == self->served_.end()) return UCS_OK;
+  Served& s = *it->second;
+  s.answered = true;
+  s.sent = h.bytes;
+  if (h.code != 0) {
+    const auto code =
+        h.code <= 16 ? static_cast<absl::StatusCode>(h.code) : absl::StatusCode::kUnknown;
+    s.status = absl::Status(code, absl::StrCat("the daemon refused the read: ",
+                                               absl::string_view(static_cast<const char*>(data),
+                                                                 std::min<size_t>(length, 1024))));
+  } else if (h.bytes != s.asked) {
+    s.status = absl::InternalError(
+        absl::StrCat("served read: ", h.bytes, " bytes sent for ", s.asked, " asked"));
+  }
+  return UCS_OK;
+}
+
+absl::Status UcxReader::ReadServed(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease) {
+  // One request per kMaxServedRanges ops and kMaxServedReadBytes bytes, all in flight at once.
+  std::vector<Served> requests;
+  std::vector<uint64_t> ids;
+  for (size_t begin = 0; begin < ops.size();) {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < ops.size() && end - begin < kMaxServedRanges &&
+           (end == begin || bytes + ops[end].length <= kMaxServedReadBytes)) {
+      bytes += ops[end++].length;
+    }
+    requests.push_back(Served{.ops = ops.subspan(begin, end - begin),
+                              .hashed = std::vector<bool>(end - begin),
+                              .asked = bytes});
+    begin = end;
+  }
+  std::vector<std::string> messages;
+  std::vector<void*> sends;
+  messages.reserve(requests.size());
+  ucs_status_t send_error = UCS_OK;
+  for (Served& s : requests) {
+    const uint64_t id = next_id_++;
+    ids.push_back(id);
+    served_.emplace(id, &s);
+    std::vector<RegionRange> ranges;
+    ranges.reserve(s.ops.size());
+    for (const ReadOp& op : s.ops) ranges.push_back({.offset = op.offset, .length = op.length});
+    messages.push_back(EncodeServedReadRequest(id, lease, ranges));
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+    ucs_status_ptr_t req = ucp_am_send_nbx(ep_, kServedReadRequestAm, nullptr, 0,
+                                           messages.back().data(), messages.back().size(), &param);
+    if (UCS_PTR_IS_ERR(req)) {
+      send_error = UCS_PTR_STATUS(req);
+      break;
+    }
+    if (req != nullptr) sends.push_back(req);
+  }
+  auto complete = [&] {
+    for (uint64_t id : ids) {
+      if (!served_.at(id)->Complete()) return false;
+    }
+    return true;
+  };
+  while (send_error == UCS_OK && !broken_ && !complete()) {
+    ucp_worker_progress(ucx_->worker());
+    if (std::chrono::steady_clock::now() > deadline) {
+      Break(absl::DeadlineExceededError(absl::StrCat("ucx: served reads from ", region_.host, ":",
+                                                     region_.port, " did not finish in time")));
+    }
+  }
+  if (send_error != UCS_OK) Break(FromUcs(send_error, "ucx: sending a read request"));
+  // A connection that failed under the read: closing it completes every send still in flight.
+  if (broken_ && ep_ != nullptr) Break(error_);
+  for (void* req : sends) {
+    while (!broken_ && ucp_request_check_status(req) == UCS_INPROGRESS) {
+      ucp_worker_progress(ucx_->worker());
+    }
+    if (broken_) break;  // Break closed the endpoint, which completed every send
+  }
+  for (void* req : sends) ucp_request_free(req);
+  for (uint64_t id : ids) served_.erase(id);  // from here on their replies are dropped
+  if (broken_) return error_;
+  for (const Served& s : requests) {
+    if (!s.status.ok()) return s.status;
+  }
+  for (const Served& s : requests) {
+    for (size_t i = 0; i < s.ops.size(); ++i) {
+      if (s.ops[i].checksum != nullptr && !s.hashed[i]) Landed(s.ops[i]);
+    }
   }
   return absl::OkStatus();
 }

@@ -1,9 +1,13 @@
 #pragma once
 // UcxReader: the client side of kvtier's UCX data plane. Connects one endpoint to a daemon's
-// listener, unpacks the remote key of its host arena, and reads byte ranges of it with one-sided
-// ucp_get_nbx, many in flight at once, into caller buffers (registered once with
-// RegisterBuffer, then reused). It knows nothing of blocks or leases: CacheClient leases blocks,
-// reads them through this, and verifies what arrived.
+// listener and reads byte ranges of its host arena, many in flight at once, into caller buffers,
+// in the daemon's mode (ucx_server.h):
+// - rkey: unpacks the arena's remote key and reads with one-sided ucp_get_nbx (or copies, where
+//   the arena is mapped here) into buffers registered once with RegisterBuffer;
+// - served: sends the daemon the ranges and the lease handle that covers them (served_read.h)
+//   and copies the bytes it answers with into the buffers as they arrive.
+// It knows nothing of blocks: CacheClient leases blocks, reads them through this, and verifies
+// what arrived.
 //
 // Not thread-safe (one UCP worker, progressed by the calling thread). After any transport error
 // the reader is broken() and every later Read fails fast: make a new one (reconnect).
@@ -13,7 +17,9 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "transfer/ucx_common.h"
@@ -24,8 +30,9 @@ namespace kvtier::transfer {
 struct RemoteRegion {
   std::string host;  // the daemon's UCX listener
   int port = 0;
-  std::string packed_rkey;  // ucp_rkey_pack output
-  uint64_t base = 0;        // the region's address in the daemon
+  bool served = false;      // the daemon serves reads (no remote key); see ucx_server.h
+  std::string packed_rkey;  // ucp_rkey_pack output (rkey mode)
+  uint64_t base = 0;        // the region's address in the daemon (rkey mode)
   uint64_t bytes = 0;
 };
 
@@ -49,14 +56,18 @@ class UcxReader {
                                                             Deadline deadline);
   ~UcxReader();
 
-  // Registers [data, data + size) once, so reads into it skip per-read registration lookups.
+  // Registers [data, data + size) once, so reads into it skip per-read registration lookups
+  // (rkey mode; served reads copy into any memory, and this does nothing).
   absl::Status RegisterBuffer(void* data, size_t size);
 
   // Issues every op (reads into overlapping destinations are the caller's problem) and returns
-  // when all have completed, or with the first error. OUT_OF_RANGE for an op outside the region;
-  // UNAVAILABLE when the connection fails; DEADLINE_EXCEEDED at `deadline`. When Read returns,
-  // no read is still writing into any destination.
-  absl::Status Read(std::span<const ReadOp> ops, Deadline deadline);
+  // when all have completed, or with the first error. OUT_OF_RANGE for an op outside the region
+  // (rkey mode); UNAVAILABLE when the connection fails; DEADLINE_EXCEEDED at `deadline`. Served
+  // reads name `lease`, a lease handle whose blocks hold every op, and fail with the daemon's
+  // refusal otherwise (NOT_FOUND: no such live lease; PERMISSION_DENIED: an op not inside one of
+  // its blocks; INVALID_ARGUMENT: an empty or wrapping op), which leaves the reader usable. When
+  // Read returns, no read is still writing into any destination.
+  absl::Status Read(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease = 0);
 
   bool broken() const { return broken_; }
   // True when UCX mapped the region into this process (shared memory on one host): reads are
@@ -68,10 +79,14 @@ class UcxReader {
   // dies mid-way can abort the daemon (ucp_get_req_handler treats the failed reply as fatal),
   // which is why CacheClient uses UCX only where this holds, unless told otherwise.
   bool one_sided() const { return local_ != nullptr || native_rma_; }
+  // True when the daemon serves reads (region().served): the daemon's CPU copies every byte, and
+  // a reader that dies mid-read costs the daemon nothing but the failed sends.
+  bool served() const { return region_.served; }
   const RemoteRegion& region() const { return region_; }
 
   struct Pending;  // completion state of one Read (used by its callbacks)
   struct Op;       // one op's completion (used by its callback)
+  struct Served;   // one served request in flight (used by the active-message handlers)
 
  private:
   explicit UcxReader(const RemoteRegion& region) : region_(region) {}
@@ -81,6 +96,11 @@ class UcxReader {
   void CloseEndpoint();
   static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
   ucp_mem_h MemhFor(const uint8_t* p, size_t n) const;
+  absl::Status ReadServed(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease);
+  static ucs_status_t OnServedData(void* arg, const void* header, size_t header_length, void* data,
+                                   size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnServedDone(void* arg, const void* header, size_t header_length, void* data,
+                                   size_t length, const ucp_am_recv_param_t* param);
 
   RemoteRegion region_;
   std::unique_ptr<UcxEndpointHost> ucx_;
@@ -91,6 +111,10 @@ class UcxReader {
   bool broken_ = false;
   absl::Status error_;
   std::map<uintptr_t, std::pair<size_t, ucp_mem_h>> registered_;  // start -> (size, handle)
+  // Served requests of the Read in progress, by id. Replies naming any other id are dropped, so
+  // nothing lands in a buffer once its Read has returned.
+  absl::flat_hash_map<uint64_t, Served*> served_;
+  uint64_t next_id_ = 1;
 };
 
 }  // namespace kvtier::transfer
