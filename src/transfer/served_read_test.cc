@@ -9,13 +9,16 @@
 namespace kvtier::transfer {
 namespace {
 
+std::vector<RegionRange> OneRange() { return {{0, 1}}; }
+
 TEST(ServedRead, RequestsRoundTrip) {
   const RegionRange ranges[] = {{0, 1}, {1 << 20, 4096}, {~uint64_t{0} - 7, 8}};
-  const std::string bytes = EncodeServedReadRequest(42, 0xfeedfacecafebeef, ranges);
+  const std::string bytes = EncodeServedReadRequest(42, 0xfeedfacecafebeef, ranges, 1 << 20);
   auto r = DecodeServedReadRequest(bytes.data(), bytes.size());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->id, 42u);
   EXPECT_EQ(r->lease, 0xfeedfacecafebeefu);
+  EXPECT_EQ(r->staging_offset, 1u << 20);
   ASSERT_EQ(r->ranges.size(), 3u);
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(r->ranges[i].offset, ranges[i].offset);
@@ -70,6 +73,13 @@ TEST(ServedRead, HeadersRoundTrip) {
   EXPECT_EQ(e2.code, 7u);
   EXPECT_EQ(e2.bytes, 12345u);
   EXPECT_FALSE(DecodeHeader(eb.data(), eb.size() - 1, &e2));
+  const ServedHeaderBytes sb = EncodeHeader(ServedStagingHeader{.base = 0x7f00001000, .bytes = 9});
+  ServedStagingHeader s2;
+  ASSERT_TRUE(DecodeHeader(sb.data(), sb.size(), &s2));
+  EXPECT_EQ(s2.base, 0x7f00001000u);
+  EXPECT_EQ(s2.bytes, 9u);
+  const std::string sent = EncodeServedReadRequest(1, 2, OneRange());
+  EXPECT_EQ(DecodeServedReadRequest(sent.data(), sent.size())->staging_offset, kNotStaged);
   EXPECT_FALSE(DecodeHeader(db.data(), 0, &d2));
 }
 

@@ -68,6 +68,24 @@ absl::StatusOr<sockaddr_storage> ResolveAddress(const std::string& host, int por
   return out;
 }
 
+absl::Status SetAmHandlers(
+    ucp_worker_h worker, void* arg,
+    std::initializer_list<std::pair<unsigned, ucp_am_recv_callback_t>> handlers) {
+  for (auto [id, cb] : handlers) {
+    ucp_am_handler_param_t hp{};
+    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    hp.id = id;
+    hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+    hp.cb = cb;
+    hp.arg = arg;
+    if (ucs_status_t st = ucp_worker_set_am_recv_handler(worker, &hp); st != UCS_OK) {
+      return FromUcs(st, "ucx: ucp_worker_set_am_recv_handler");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create(uint64_t features) {
   std::unique_ptr<UcxEndpointHost> h(new UcxEndpointHost());
   ucp_config_t* config = nullptr;

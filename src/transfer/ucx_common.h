@@ -4,8 +4,10 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -21,6 +23,12 @@ absl::Status SplitHostPort(const std::string& address, const char* what, std::st
 // Resolves host and port for a UCX listener (`passive`) or endpoint; *len is the address length.
 absl::StatusOr<sockaddr_storage> ResolveAddress(const std::string& host, int port, bool passive,
                                                 socklen_t* len);
+
+// Sets `worker`'s active-message handlers: id -> callback, each called with `arg` and with
+// whole messages only.
+absl::Status SetAmHandlers(
+    ucp_worker_h worker, void* arg,
+    std::initializer_list<std::pair<unsigned, ucp_am_recv_callback_t>> handlers);
 
 // A UCP context and one worker. Not thread-safe: one thread uses the worker.
 class UcxEndpointHost {

@@ -1,10 +1,12 @@
 #include "transfer/ucx_reader.h"
 
+#include <poll.h>
 #include <sys/mman.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -29,14 +31,23 @@ struct UcxReader::Served {
   std::span<const ReadOp> ops;
   std::vector<bool> hashed;  // ops whose checksum was computed with their copy
   uint64_t asked = 0;        // bytes
-  uint64_t received = 0;
+  uint64_t staging_offset = kNotStaged;
+  uint64_t id = 0;
+  std::string message;    // the request, until its send completes
+  void* send = nullptr;   // the request's send, when it did not complete at once
+  uint64_t received = 0;  // bytes of kServedReadDataAm messages
   bool answered = false;  // the daemon's kServedReadDoneAm arrived
   uint64_t sent = 0;      // bytes, as the answer says
   absl::Status status;    // the answer's
-  bool Complete() const { return answered && (!status.ok() || received >= sent); }
+  bool Complete() const {
+    return answered && (!status.ok() || staging_offset != kNotStaged || received >= sent);
+  }
 };
 
 namespace {
+
+// Progress calls that found nothing before a served read waits on the event fd.
+constexpr int kSpinsBeforeSleep = 64;
 
 // Checksums a landed read, as soon as it lands (its bytes are then likely still in cache).
 void Landed(const ReadOp& op) {
@@ -69,22 +80,18 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
   auto addr = ResolveAddress(region.host, region.port, false, &len);
   if (!addr.ok()) return addr.status();
   std::unique_ptr<UcxReader> r(new UcxReader(region));
-  auto ucx = UcxEndpointHost::Create(region.served ? UCP_FEATURE_AM : UCP_FEATURE_RMA);
+  auto ucx = UcxEndpointHost::Create(region.served ? UCP_FEATURE_AM | UCP_FEATURE_WAKEUP
+                                                   : UCP_FEATURE_RMA);
   if (!ucx.ok()) return ucx.status();
   r->ucx_ = std::move(*ucx);
   if (region.served) {
-    for (auto [id, cb] : {std::pair{kServedReadDataAm, &UcxReader::OnServedData},
-                          std::pair{kServedReadDoneAm, &UcxReader::OnServedDone}}) {
-      ucp_am_handler_param_t hp{};
-      hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
-      hp.id = id;
-      hp.flags = UCP_AM_FLAG_WHOLE_MSG;
-      hp.cb = cb;
-      hp.arg = r.get();
-      if (ucs_status_t st = ucp_worker_set_am_recv_handler(r->ucx_->worker(), &hp); st != UCS_OK) {
-        return FromUcs(st, "ucx: ucp_worker_set_am_recv_handler");
-      }
+    if (ucp_worker_get_efd(r->ucx_->worker(), &r->efd_) != UCS_OK) r->efd_ = -1;
+    if (absl::Status st = SetAmHandlers(r->ucx_->worker(), r.get(),
+                                        {{kServedReadDataAm, &UcxReader::OnServedData},
+                                         {kServedReadDoneAm, &UcxReader::OnServedDone},
+                                         {kServedStagingReplyAm, &UcxReader::OnStagingReply}});
+        !st.ok()) {
+      return st;
     }
   }
 
@@ -128,7 +135,18 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
     return FromUcs(UCS_PTR_STATUS(req), absl::StrCat("ucx: connecting to ", where));
   }
   if (r->broken_) return r->error_;
-  if (region.served) return r;  // no remote key, nothing to map
+  if (region.served) {
+    // Whether active messages have a lane of their own beside TCP (RDMA): UCX 1.13 has no query
+    // for it, but its endpoint report lists each lane's transport and uses.
+    std::istringstream lanes(r->EndpointInfo());
+    for (std::string line; std::getline(lanes, line);) {
+      if (line.find("am_bw#") != std::string::npos && line.find("tcp/") == std::string::npos) {
+        r->native_am_ = true;
+      }
+    }
+    r->MapStaging(deadline);
+    return r;
+  }
   if (ucs_status_t st = ucp_ep_rkey_unpack(r->ep_, region.packed_rkey.data(), &r->rkey_);
       st != UCS_OK) {
     r->rkey_ = nullptr;
@@ -136,16 +154,7 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
   }
   // Whether UCX has a native RMA lane to the daemon (RDMA, CMA...); UCX 1.13 has no query for
   // it, but its endpoint report marks such lanes "rma_bw#N".
-  {
-    char* text = nullptr;
-    size_t len = 0;
-    if (FILE* f = open_memstream(&text, &len); f != nullptr) {
-      ucp_ep_print_info(r->ep_, f);
-      std::fclose(f);
-      r->native_rma_ = text != nullptr && std::strstr(text, "rma_bw#") != nullptr;
-      std::free(text);
-    }
-  }
+  r->native_rma_ = r->EndpointInfo().find("rma_bw#") != std::string::npos;
   // Where the region is mapped into this process (shared memory on one host), build its page
   // tables now, in one call, rather than by a fault per page during the first reads.
   void* local = nullptr;
@@ -154,6 +163,19 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
     r->local_ = static_cast<const uint8_t*>(local);
   }
   return r;
+}
+
+std::string UcxReader::EndpointInfo() const {
+  std::string out;
+  char* text = nullptr;
+  size_t len = 0;
+  if (FILE* f = open_memstream(&text, &len); f != nullptr) {
+    ucp_ep_print_info(ep_, f);
+    std::fclose(f);
+    if (text != nullptr) out.assign(text, len);
+    std::free(text);
+  }
+  return out;
 }
 
 void UcxReader::OnError(void* arg, ucp_ep_h, ucs_status_t status) {
@@ -326,79 +348,193 @@ ucs_status_t UcxReader::OnServedDone(void* arg, const void* header, size_t heade
   return UCS_OK;
 }
 
-absl::Status UcxReader::ReadServed(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease) {
-  // One request per kMaxServedRanges ops and kMaxServedReadBytes bytes, all in flight at once.
-  std::vector<Served> requests;
-  std::vector<uint64_t> ids;
+ucs_status_t UcxReader::OnStagingReply(void* arg, const void* header, size_t header_length,
+                                       void* data, size_t length,
+                                       const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxReader*>(arg);
+  ServedStagingHeader h;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) return UCS_ERR_UNSUPPORTED;
+  if (self->staging_answered_ || !DecodeHeader(header, header_length, &h)) return UCS_OK;
+  self->staging_answered_ = true;
+  self->staging_base_ = h.base;
+  self->staging_bytes_ = h.bytes;
+  self->staging_rkey_.assign(static_cast<const char*>(data), length);
+  return UCS_OK;
+}
+
+void UcxReader::MapStaging(Deadline deadline) {
+  auto ask = [&](uint8_t keep) {
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+    (void)Wait(ucx_->worker(),
+               ucp_am_send_nbx(ep_, kServedStagingAm, nullptr, 0, &keep, 1, &param));
+  };
+  ask(1);
+  while (!staging_answered_ && !broken_ && std::chrono::steady_clock::now() < deadline) {
+    ucp_worker_progress(ucx_->worker());
+  }
+  // Without an area (none left, or a daemon far away) the daemon sends the bytes instead.
+  void* local = nullptr;
+  if (staging_answered_ && !staging_rkey_.empty() &&
+      ucp_ep_rkey_unpack(ep_, staging_rkey_.data(), &rkey_) == UCS_OK &&
+      ucp_rkey_ptr(rkey_, staging_base_, &local) == UCS_OK && local != nullptr) {
+    (void)madvise(local, staging_bytes_, MADV_POPULATE_READ);
+    staging_ = static_cast<const uint8_t*>(local);
+    return;
+  }
+  if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
+  rkey_ = nullptr;
+  staging_bytes_ = 0;
+  if (staging_answered_ && !staging_rkey_.empty() && !broken_) ask(0);  // not mappable here
+}
+
+std::vector<UcxReader::Served> UcxReader::Group(std::span<const ReadOp> ops, uint64_t max_bytes) {
+  std::vector<Served> out;
   for (size_t begin = 0; begin < ops.size();) {
     size_t end = begin;
     uint64_t bytes = 0;
     while (end < ops.size() && end - begin < kMaxServedRanges &&
-           (end == begin || bytes + ops[end].length <= kMaxServedReadBytes)) {
+           (end == begin || bytes + ops[end].length <= max_bytes)) {
       bytes += ops[end++].length;
     }
-    requests.push_back(Served{.ops = ops.subspan(begin, end - begin),
-                              .hashed = std::vector<bool>(end - begin),
-                              .asked = bytes});
+    out.push_back(Served{.ops = ops.subspan(begin, end - begin),
+                         .hashed = std::vector<bool>(end - begin),
+                         .asked = bytes});
     begin = end;
   }
-  std::vector<std::string> messages;
-  std::vector<void*> sends;
-  messages.reserve(requests.size());
-  ucs_status_t send_error = UCS_OK;
-  for (Served& s : requests) {
-    const uint64_t id = next_id_++;
-    ids.push_back(id);
-    served_.emplace(id, &s);
-    std::vector<RegionRange> ranges;
-    ranges.reserve(s.ops.size());
-    for (const ReadOp& op : s.ops) ranges.push_back({.offset = op.offset, .length = op.length});
-    messages.push_back(EncodeServedReadRequest(id, lease, ranges));
-    ucp_request_param_t param{};
-    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
-    ucs_status_ptr_t req = ucp_am_send_nbx(ep_, kServedReadRequestAm, nullptr, 0,
-                                           messages.back().data(), messages.back().size(), &param);
-    if (UCS_PTR_IS_ERR(req)) {
-      send_error = UCS_PTR_STATUS(req);
-      break;
-    }
-    if (req != nullptr) sends.push_back(req);
+  return out;
+}
+
+bool UcxReader::Ask(Served* s, uint64_t lease, uint64_t staging_offset) {
+  s->id = next_id_++;
+  s->staging_offset = staging_offset;
+  served_.emplace(s->id, s);
+  std::vector<RegionRange> ranges;
+  ranges.reserve(s->ops.size());
+  for (const ReadOp& op : s->ops) ranges.push_back({.offset = op.offset, .length = op.length});
+  s->message = EncodeServedReadRequest(s->id, lease, ranges, staging_offset);
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep_, kServedReadRequestAm, nullptr, 0, s->message.data(),
+                                         s->message.size(), &param);
+  if (UCS_PTR_IS_ERR(req)) {
+    Break(FromUcs(UCS_PTR_STATUS(req), "ucx: sending a read request"));
+    return false;
   }
-  auto complete = [&] {
-    for (uint64_t id : ids) {
-      if (!served_.at(id)->Complete()) return false;
+  s->send = req;
+  return true;
+}
+
+void UcxReader::WaitServed(const std::function<bool()>& done, Deadline deadline) {
+  // The daemon's CPU moves the bytes: between its messages this thread sleeps on the worker's
+  // event fd rather than spin on a core the daemon needs.
+  int idle = 0;
+  while (!broken_ && !done()) {
+    if (ucp_worker_progress(ucx_->worker()) != 0) {
+      idle = 0;
+    } else if (++idle >= kSpinsBeforeSleep && efd_ >= 0 &&
+               ucp_worker_arm(ucx_->worker()) == UCS_OK) {
+      pollfd p{efd_, POLLIN, 0};
+      (void)poll(&p, 1, 1);  // at most 1 ms: the deadline is checked below
+      idle = 0;
     }
-    return true;
-  };
-  while (send_error == UCS_OK && !broken_ && !complete()) {
-    ucp_worker_progress(ucx_->worker());
     if (std::chrono::steady_clock::now() > deadline) {
       Break(absl::DeadlineExceededError(absl::StrCat("ucx: served reads from ", region_.host, ":",
                                                      region_.port, " did not finish in time")));
     }
   }
-  if (send_error != UCS_OK) Break(FromUcs(send_error, "ucx: sending a read request"));
   // A connection that failed under the read: closing it completes every send still in flight.
   if (broken_ && ep_ != nullptr) Break(error_);
-  for (void* req : sends) {
-    while (!broken_ && ucp_request_check_status(req) == UCS_INPROGRESS) {
+}
+
+absl::Status UcxReader::EndServed(std::span<Served> requests) {
+  for (Served& s : requests) {
+    if (s.send == nullptr) continue;
+    while (!broken_ && ucp_request_check_status(s.send) == UCS_INPROGRESS) {
       ucp_worker_progress(ucx_->worker());
     }
-    if (broken_) break;  // Break closed the endpoint, which completed every send
+    if (broken_ && ep_ != nullptr) Break(error_);  // completes the send
+    ucp_request_free(s.send);
+    s.send = nullptr;
   }
-  for (void* req : sends) ucp_request_free(req);
-  for (uint64_t id : ids) served_.erase(id);  // from here on their replies are dropped
+  for (const Served& s : requests) served_.erase(s.id);  // from here on replies are dropped
   if (broken_) return error_;
   for (const Served& s : requests) {
-    if (!s.status.ok()) return s.status;
+    if (s.id != 0 && !s.status.ok()) return s.status;
   }
+  return absl::OkStatus();
+}
+
+absl::Status UcxReader::ReadServed(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease) {
+  const uint64_t half = staging_bytes_ / 2;
+  bool stageable = staging_ != nullptr;
+  for (const ReadOp& op : ops) stageable = stageable && op.length <= half;
+  if (stageable) return ReadStaged(ops, deadline, lease);
+  // Sent: one request per kMaxServedRanges ops and kMaxServedReadBytes bytes, all at once.
+  std::vector<Served> requests = Group(ops, kMaxServedReadBytes);
+  for (Served& s : requests) {
+    if (!Ask(&s, lease, kNotStaged)) break;
+  }
+  WaitServed(
+      [&] {
+        return std::all_of(requests.begin(), requests.end(),
+                           [](const Served& s) { return s.Complete(); });
+      },
+      deadline);
+  absl::Status st = EndServed(requests);
+  if (!st.ok()) return st;
   for (const Served& s : requests) {
     for (size_t i = 0; i < s.ops.size(); ++i) {
       if (s.ops[i].checksum != nullptr && !s.hashed[i]) Landed(s.ops[i]);
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status UcxReader::ReadStaged(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease) {
+  // Requests of at most half the staging area each, two in flight: the daemon fills one half
+  // while this thread (and the copy pool) copies the other out.
+  const uint64_t half = staging_bytes_ / 2;
+  std::vector<Served> requests = Group(ops, half);
+  Served* in_half[2] = {nullptr, nullptr};
+  size_t next = 0;
+  absl::Status error;
+  while (!broken_) {
+    for (int h = 0; h < 2 && error.ok() && next < requests.size(); ++h) {
+      if (in_half[h] != nullptr) continue;
+      if (!Ask(&requests[next], lease, h * half)) break;
+      in_half[h] = &requests[next++];
+    }
+    if (in_half[0] == nullptr && in_half[1] == nullptr) break;
+    WaitServed(
+        [&] {
+          return (in_half[0] != nullptr && in_half[0]->Complete()) ||
+                 (in_half[1] != nullptr && in_half[1]->Complete());
+        },
+        deadline);
+    for (int h = 0; h < 2 && !broken_; ++h) {
+      Served* s = in_half[h];
+      if (s == nullptr || !s->Complete()) continue;
+      in_half[h] = nullptr;
+      if (!s->status.ok()) {
+        if (error.ok()) error = s->status;
+        continue;
+      }
+      std::vector<CopyOp> copies;
+      copies.reserve(s->ops.size());
+      const uint8_t* from = staging_ + h * half;
+      for (const ReadOp& op : s->ops) {
+        copies.push_back(
+            {.dst = op.dst, .src = from, .length = op.length, .checksum = op.checksum});
+        from += op.length;
+      }
+      CopyPool::Shared().Run(copies);
+    }
+  }
+  absl::Status st = EndServed(std::span(requests).first(next));
+  return st.ok() ? error : st;
 }
 
 UcxReader::~UcxReader() {

@@ -13,6 +13,7 @@
 // the reader is broken() and every later Read fails fast: make a new one (reconnect).
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -82,6 +83,13 @@ class UcxReader {
   // True when the daemon serves reads (region().served): the daemon's CPU copies every byte, and
   // a reader that dies mid-read costs the daemon nothing but the failed sends.
   bool served() const { return region_.served; }
+  // Served mode: true when this connection's staging area is mapped here (one host), so that a
+  // read is the daemon's copy into it and this thread's copy out of it.
+  bool staged() const { return staging_ != nullptr; }
+  // Served mode: true when active messages have a lane beside TCP (RDMA). Without one or a
+  // staging area, the daemon sends the bytes as TCP messages (UCX's TCP transport here: about
+  // 0.5 GB/s, below gRPC's 1.3).
+  bool native_am() const { return native_am_; }
   const RemoteRegion& region() const { return region_; }
 
   struct Pending;  // completion state of one Read (used by its callbacks)
@@ -96,7 +104,25 @@ class UcxReader {
   void CloseEndpoint();
   static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
   ucp_mem_h MemhFor(const uint8_t* p, size_t n) const;
+  // What ucp_ep_print_info says of the endpoint: its lanes, their transports and uses.
+  std::string EndpointInfo() const;
   absl::Status ReadServed(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease);
+  // Served reads through the connection's staging area, mapped here.
+  absl::Status ReadStaged(std::span<const ReadOp> ops, Deadline deadline, uint64_t lease);
+  // Served requests for `ops`, of at most `max_bytes` (or one op) and kMaxServedRanges each.
+  static std::vector<Served> Group(std::span<const ReadOp> ops, uint64_t max_bytes);
+  // Sends request `s`; false when the connection broke.
+  bool Ask(Served* s, uint64_t lease, uint64_t staging_offset);
+  // Progresses (sleeping on the event fd when idle) until `done`, the deadline (which breaks the
+  // reader) or a broken connection.
+  void WaitServed(const std::function<bool()>& done, Deadline deadline);
+  // Waits for the requests' sends, forgets them (later replies are dropped); the first error.
+  absl::Status EndServed(std::span<Served> requests);
+  // Asks for the connection's staging area and maps it here if UCX can (on the daemon's host);
+  // else gives it back.
+  void MapStaging(Deadline deadline);
+  static ucs_status_t OnStagingReply(void* arg, const void* header, size_t header_length,
+                                     void* data, size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnServedData(void* arg, const void* header, size_t header_length, void* data,
                                    size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnServedDone(void* arg, const void* header, size_t header_length, void* data,
@@ -108,6 +134,7 @@ class UcxReader {
   ucp_rkey_h rkey_ = nullptr;
   const uint8_t* local_ = nullptr;  // the region, where UCX mapped it here (ucp_rkey_ptr)
   bool native_rma_ = false;         // a lane does RMA in hardware / the kernel
+  bool native_am_ = false;          // served mode: an active-message lane beside TCP
   bool broken_ = false;
   absl::Status error_;
   std::map<uintptr_t, std::pair<size_t, ucp_mem_h>> registered_;  // start -> (size, handle)
@@ -115,6 +142,13 @@ class UcxReader {
   // nothing lands in a buffer once its Read has returned.
   absl::flat_hash_map<uint64_t, Served*> served_;
   uint64_t next_id_ = 1;
+  int efd_ = -1;  // the worker's event fd (served mode), or -1: spin
+  // The staging area of this connection in the daemon (served mode), mapped here through rkey_.
+  const uint8_t* staging_ = nullptr;
+  uint64_t staging_bytes_ = 0;
+  uint64_t staging_base_ = 0;
+  std::string staging_rkey_;
+  bool staging_answered_ = false;
 };
 
 }  // namespace kvtier::transfer

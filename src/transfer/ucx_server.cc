@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/internal/le_bytes.h"
+#include "transfer/copy_pool.h"
 
 namespace kvtier::transfer {
 
@@ -46,6 +47,19 @@ void OnAnswerSent(void* request, ucs_status_t, void* user_data) {
   ucp_request_free(request);
 }
 
+// Sends `a` (eager) as active message `id`, and deletes it once sent.
+void SendAnswer(ucp_ep_h ep, unsigned id, Answering* a) {
+  ucp_request_param_t param{};
+  param.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = &OnAnswerSent;
+  param.user_data = a;
+  param.flags = UCP_AM_SEND_FLAG_EAGER;
+  ucs_status_ptr_t req = ucp_am_send_nbx(ep, id, a->header.data(), a->header.size(),
+                                         a->message.data(), a->message.size(), &param);
+  if (!UCS_PTR_IS_PTR(req)) delete a;  // sent at once, or failed (the connection is ending)
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptions& options) {
@@ -75,6 +89,8 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptio
   s->mode_ = options.mode;
   s->chunk_bytes_ = options.served_chunk_bytes;
   s->max_reads_per_connection_ = options.max_served_reads_per_connection;
+  s->staging_bytes_ = options.staging_bytes;
+  s->max_staging_areas_ = options.max_staging_areas;
   if (served) {
     if (s->region_ == nullptr) {
       void* p = mmap(nullptr, options.region_bytes, PROT_READ | PROT_WRITE,
@@ -88,15 +104,11 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(const UcxServerOptio
       s->allocated_ = s->mmapped_ = true;
       std::memset(p, 0, options.region_bytes);  // fault every page in now
     }
-    ucp_am_handler_param_t hp{};
-    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    hp.id = kServedReadRequestAm;
-    hp.flags = UCP_AM_FLAG_WHOLE_MSG;
-    hp.cb = &UcxServer::OnReadRequest;
-    hp.arg = s.get();
-    if (ucs_status_t st = ucp_worker_set_am_recv_handler(s->ucx_->worker(), &hp); st != UCS_OK) {
-      return FromUcs(st, "ucx: ucp_worker_set_am_recv_handler");
+    if (absl::Status st = SetAmHandlers(s->ucx_->worker(), s.get(),
+                                        {{kServedReadRequestAm, &UcxServer::OnReadRequest},
+                                         {kServedStagingAm, &UcxServer::OnStagingRequest}});
+        !st.ok()) {
+      return st;
     }
   } else if (absl::Status st = s->ExportRegion(); !st.ok()) {
     return st;
@@ -201,6 +213,8 @@ void UcxServer::CloseEndpoint(ucp_ep_h ep) {
     ucp_request_free(req);
   }
   FinishServedReads();  // the connection's sends all completed (failed) with the close
+  FreeStaging(ep);
+  served_connections_.erase(ep);
 }
 
 void UcxServer::Run() {
@@ -213,6 +227,11 @@ void UcxServer::Run() {
     while (ucp_worker_progress(ucx_->worker()) != 0) {
     }
     // Requests are served here, outside UCX's callbacks (which must not start sends).
+    if (!staging_requests_.empty()) {
+      auto asked = std::move(staging_requests_);
+      staging_requests_.clear();
+      for (auto [ep, keep] : asked) OfferStaging(ep, keep);
+    }
     if (!requests_.empty()) {
       auto requests = std::move(requests_);
       requests_.clear();
@@ -224,6 +243,9 @@ void UcxServer::Run() {
       failed_.pop_back();
       CloseEndpoint(ep);
     }
+    // Sends of served reads wait for room in the transport, which no event announces: keep
+    // progressing while any is in flight.
+    if (sending_ > 0) continue;
     if (efd < 0) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
       continue;
@@ -246,6 +268,7 @@ void UcxServer::StopServing() {
   if (listener_ != nullptr) ucp_listener_destroy(listener_);
   listener_ = nullptr;
   requests_.clear();
+  staging_requests_.clear();
   // Closing completes every send still in flight: their served reads end (grants released).
   while (!endpoints_.empty()) CloseEndpoint(endpoints_.back());
   FinishServedReads();
@@ -281,6 +304,67 @@ ucs_status_t UcxServer::OnReadRequest(void* arg, const void*, size_t, void* data
   return UCS_OK;
 }
 
+ucs_status_t UcxServer::OnStagingRequest(void* arg, const void*, size_t, void* data, size_t length,
+                                         const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxServer*>(arg);
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) return UCS_ERR_UNSUPPORTED;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0 || param->reply_ep == nullptr) {
+    return UCS_OK;
+  }
+  // One byte: 1 asks for the area, 0 gives it back (a reader that cannot map it).
+  const bool keep = length >= 1 && static_cast<const uint8_t*>(data)[0] == 1;
+  self->staging_requests_.emplace_back(param->reply_ep, keep);
+  return UCS_OK;
+}
+
+void UcxServer::FreeStaging(ucp_ep_h ep) {
+  auto it = served_connections_.find(ep);
+  if (it == served_connections_.end() || it->second.staging == nullptr) return;
+  ucp_mem_unmap(ucx_->context(), it->second.staging);
+  it->second.staging = nullptr;
+  it->second.staging_base = nullptr;
+  it->second.staging_rkey.clear();
+  --staging_areas_;
+}
+
+void UcxServer::OfferStaging(ucp_ep_h ep, bool keep) {
+  if (!Alive(ep)) return;
+  if (!keep) {
+    FreeStaging(ep);
+    return;
+  }
+  Connection& c = served_connections_[ep];
+  if (c.staging == nullptr && staging_areas_ < max_staging_areas_ && staging_bytes_ > 0) {
+    // Memory of UCX's, in the form a reader on this host can map: shared memory that holds
+    // only what this connection's reads put there.
+    ucp_mem_map_params_t mp{};
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.length = staging_bytes_;
+    mp.flags = UCP_MEM_MAP_ALLOCATE;
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+    void* rkey = nullptr;
+    size_t rkey_bytes = 0;
+    if (ucp_mem_map(ucx_->context(), &mp, &c.staging) != UCS_OK) {
+      c.staging = nullptr;
+    } else if (ucp_mem_query(c.staging, &attr) != UCS_OK ||
+               ucp_rkey_pack(ucx_->context(), c.staging, &rkey, &rkey_bytes) != UCS_OK) {
+      ucp_mem_unmap(ucx_->context(), c.staging);
+      c.staging = nullptr;
+    } else {
+      c.staging_base = static_cast<uint8_t*>(attr.address);
+      c.staging_rkey.assign(static_cast<const char*>(rkey), rkey_bytes);
+      ucp_rkey_buffer_release(rkey);
+      ++staging_areas_;
+    }
+  }
+  auto* a = new Answering{.header = EncodeHeader(ServedStagingHeader{
+                              .base = reinterpret_cast<uint64_t>(c.staging_base),
+                              .bytes = c.staging != nullptr ? staging_bytes_ : 0}),
+                          .message = c.staging_rkey};  // empty: none, the reader is sent its bytes
+  SendAnswer(ep, kServedStagingReplyAm, a);
+}
+
 void UcxServer::Answer(ucp_ep_h ep, uint64_t id, const absl::Status& status, uint64_t bytes) {
   if (!status.ok()) refused_.fetch_add(1, std::memory_order_relaxed);
   if (!Alive(ep)) return;
@@ -288,15 +372,7 @@ void UcxServer::Answer(ucp_ep_h ep, uint64_t id, const absl::Status& status, uin
       new Answering{.header = EncodeHeader(ServedDoneHeader{
                         .id = id, .code = static_cast<uint32_t>(status.code()), .bytes = bytes}),
                     .message = std::string(status.message().substr(0, 1024))};
-  ucp_request_param_t param{};
-  param.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  param.cb.send = &OnAnswerSent;
-  param.user_data = a;
-  param.flags = UCP_AM_SEND_FLAG_EAGER;
-  ucs_status_ptr_t req = ucp_am_send_nbx(ep, kServedReadDoneAm, a->header.data(), a->header.size(),
-                                         a->message.data(), a->message.size(), &param);
-  if (!UCS_PTR_IS_PTR(req)) delete a;  // sent at once, or failed (the connection is ending)
+  SendAnswer(ep, kServedReadDoneAm, a);
 }
 
 void UcxServer::Serve(ucp_ep_h ep, const std::string& message) {
@@ -332,11 +408,21 @@ void UcxServer::Serve(ucp_ep_h ep, const std::string& message) {
            0);
     return;
   }
-  if (auto it = reads_in_progress_.find(ep);
-      it != reads_in_progress_.end() && it->second >= max_reads_per_connection_) {
+  Connection& conn = served_connections_[ep];
+  const bool staged = request->staging_offset != kNotStaged;
+  if (staged && (conn.staging == nullptr || request->staging_offset > staging_bytes_ ||
+                 total > staging_bytes_ - request->staging_offset)) {
     Answer(ep, request->id,
-           absl::ResourceExhaustedError(
-               absl::StrCat("served read: ", it->second, " reads of this connection in progress")),
+           absl::InvalidArgumentError(absl::StrCat("served read: ", total, " bytes at ",
+                                                   request->staging_offset,
+                                                   " do not fit the staging area")),
+           0);
+    return;
+  }
+  if (!staged && conn.sending >= max_reads_per_connection_) {
+    Answer(ep, request->id,
+           absl::ResourceExhaustedError(absl::StrCat("served read: ", conn.sending,
+                                                     " reads of this connection in progress")),
            0);
     return;
   }
@@ -354,8 +440,25 @@ void UcxServer::Serve(ucp_ep_h ep, const std::string& message) {
     Answer(ep, request->id, grant.status(), 0);
     return;
   }
-  // Authorized: from here every byte sent is of the blocks the grant holds in place.
-  ++reads_in_progress_[ep];
+  // Authorized: from here every byte delivered is of the blocks the grant holds in place.
+  const auto* base = static_cast<const uint8_t*>(region_);
+  if (staged) {
+    // Copied by this thread and the copy pool's helpers (a batch of 2 MiB or more).
+    std::vector<CopyOp> copies;
+    copies.reserve(request->ranges.size());
+    uint8_t* to = conn.staging_base + request->staging_offset;
+    for (const RegionRange& r : request->ranges) {
+      copies.push_back({.dst = to, .src = base + r.offset, .length = r.length});
+      to += r.length;
+    }
+    CopyPool::Shared().Run(copies);
+    grant->reset();
+    served_.fetch_add(1, std::memory_order_relaxed);
+    Answer(ep, request->id, absl::OkStatus(), total);
+    return;
+  }
+  ++conn.sending;
+  ++sending_;
   auto* read = new ServedRead{
       .server = this, .ep = ep, .id = request->id, .bytes = total, .grant = std::move(*grant)};
   size_t messages = 0;
@@ -363,7 +466,6 @@ void UcxServer::Serve(ucp_ep_h ep, const std::string& message) {
     messages += (r.length + chunk_bytes_ - 1) / chunk_bytes_;
   }
   read->headers.reserve(messages);  // never reallocated: sends in flight point into it
-  const auto* base = static_cast<const uint8_t*>(region_);
   for (size_t i = 0; i < request->ranges.size() && read->error == UCS_OK; ++i) {
     const RegionRange& r = request->ranges[i];
     for (uint64_t off = 0; off < r.length && read->error == UCS_OK; off += chunk_bytes_) {
@@ -402,8 +504,9 @@ void UcxServer::FinishServedReads() {
     std::unique_ptr<ServedRead> read(finished_.back());
     finished_.pop_back();
     read->grant.reset();  // every byte has left the region
-    if (auto it = reads_in_progress_.find(read->ep); it != reads_in_progress_.end()) {
-      if (--it->second == 0) reads_in_progress_.erase(it);
+    --sending_;
+    if (auto it = served_connections_.find(read->ep); it != served_connections_.end()) {
+      --it->second.sending;
     }
     if (read->error == UCS_OK) {
       served_.fetch_add(1, std::memory_order_relaxed);

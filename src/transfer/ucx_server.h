@@ -11,8 +11,9 @@
 // - kServed: no remote key of the region exists and the context has no RMA feature (active
 //   messages only). A client sends a request (served_read.h) naming a lease handle and ranges;
 //   the progress thread asks the ReadAuthorizer, which checks them against the lease and holds
-//   the blocks in place, then sends the bytes as eager active messages from the region and ends
-//   with a status. Costs the daemon's CPU per byte (one core: the progress thread).
+//   the blocks in place, then copies the bytes into the connection's own staging area (which a
+//   reader on this host maps), or sends them as eager active messages, and ends with a status.
+//   Costs the daemon's CPU per byte (one core: the progress thread).
 //
 // Which blocks may be read, and for how long, is decided by leases (BlockStore::Lease).
 
@@ -60,9 +61,14 @@ struct UcxServerOptions {
   DataPlaneMode mode = DataPlaneMode::kRkey;
   // Default: 256 KiB. Largest data message of a served read (bench_transfer measured the sizes).
   size_t served_chunk_bytes = size_t{256} << 10;
-  // Default: 64. Served reads one client connection may have in progress; more are refused
-  // with RESOURCE_EXHAUSTED.
+  // Default: 64. Sent served reads one client connection may have in progress; more are
+  // refused with RESOURCE_EXHAUSTED.
   int max_served_reads_per_connection = 64;
+  // Default: 16 MiB. Each connection's staging area (shared memory, allocated when its reader
+  // asks for one); a reader keeps two reads in flight, in its two halves.
+  size_t staging_bytes = size_t{16} << 20;
+  // Default: 64. Staging areas at once; readers beyond that are sent their bytes.
+  int max_staging_areas = 64;
 };
 
 class UcxServer {
@@ -111,6 +117,11 @@ class UcxServer {
   static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
   static ucs_status_t OnReadRequest(void* arg, const void* header, size_t header_length, void* data,
                                     size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnStagingRequest(void* arg, const void* header, size_t header_length,
+                                       void* data, size_t length, const ucp_am_recv_param_t* param);
+  // Gives `ep` its staging area (allocated now if it has none) or, with `keep` false, frees it.
+  void OfferStaging(ucp_ep_h ep, bool keep);
+  void FreeStaging(ucp_ep_h ep);
   static void OnDataSent(void* request, ucs_status_t status, void* user_data);
   bool Alive(ucp_ep_h ep) const;
   // Checks one received request and starts sending its bytes, or answers why not.
@@ -129,6 +140,8 @@ class UcxServer {
   DataPlaneMode mode_ = DataPlaneMode::kRkey;
   size_t chunk_bytes_ = 0;
   int max_reads_per_connection_ = 0;
+  size_t staging_bytes_ = 0;
+  int max_staging_areas_ = 0;
   Mutex authorizer_mu_;
   std::shared_ptr<const ReadAuthorizer> authorizer_ ABSL_GUARDED_BY(authorizer_mu_);
   size_t region_bytes_ = 0;
@@ -138,9 +151,19 @@ class UcxServer {
   // Touched by the progress thread only (and by the destructor after it has stopped).
   std::vector<ucp_ep_h> endpoints_;
   std::vector<ucp_ep_h> failed_;
-  std::vector<std::pair<ucp_ep_h, std::string>> requests_;  // received, not yet served
-  std::vector<ServedRead*> finished_;                       // every send completed
-  absl::flat_hash_map<ucp_ep_h, int> reads_in_progress_;    // per connection
+  std::vector<std::pair<ucp_ep_h, std::string>> requests_;   // received, not yet served
+  std::vector<std::pair<ucp_ep_h, bool>> staging_requests_;  // received: keep (or free) an area
+  std::vector<ServedRead*> finished_;                        // every send completed
+  // What served mode keeps per client connection.
+  struct Connection {
+    int sending = 0;  // sent reads in progress
+    ucp_mem_h staging = nullptr;
+    uint8_t* staging_base = nullptr;
+    std::string staging_rkey;
+  };
+  absl::flat_hash_map<ucp_ep_h, Connection> served_connections_;
+  int sending_ = 0;        // sent reads in progress, in all
+  int staging_areas_ = 0;  // allocated
   std::atomic<size_t> connections_{0};
   std::atomic<uint64_t> accepted_{0};
   std::atomic<uint64_t> served_{0};
