@@ -285,15 +285,15 @@ TEST_P(TransferTest, DaemonKilledMidTransferGivesErrorsNotWrongBytes) {
 }
 
 TEST_P(TransferTest, AReaderKilledMidReadLeavesTheDaemonServing) {
-  // With default client options. Over TCP in rkey mode the client then reads through gRPC: UCX
-  // 1.13 would emulate the reads with replies from the daemon, and a reply to a dead reader
-  // aborts it. Served reads go over UCX: the daemon's sends to the dead reader fail, and its
-  // pins are released. The reader is a child process (forked before this process touches gRPC
-  // or UCX).
+  // In rkey mode with default client options: over TCP the client then reads through gRPC, as
+  // UCX 1.13 would emulate the reads with replies from the daemon, and a reply to a dead reader
+  // aborts it. Served reads over TCP are safe, and the reader uses them: the daemon's sends to
+  // the dead reader fail and their pins are released. The reader is a child process (forked
+  // before this process touches gRPC or UCX).
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    auto c = Client({}, false);
+    auto c = Client({}, /*software_rma=*/served());
     const auto payloads = PutBlocks(*c, 8, 32);
     std::vector<std::vector<uint8_t>> bufs(32, std::vector<uint8_t>(kBlockBytes));
     std::vector<BlockKey> keys;
@@ -317,7 +317,7 @@ TEST_P(TransferTest, AReaderKilledMidReadLeavesTheDaemonServing) {
   auto sizes = c->GetInto(std::span(&key, 1), dst);
   ASSERT_TRUE(sizes.ok()) << sizes.status();
   EXPECT_EQ(buf, payloads[3]);
-  const bool over_ucx = !tcp() || served();
+  const bool over_ucx = !tcp();
   EXPECT_EQ(c->transfer_stats().ucx_bytes, over_ucx ? kBlockBytes : 0);
   EXPECT_EQ(c->transfer_stats().grpc_bytes, over_ucx ? 0 : kBlockBytes);
 }
@@ -476,6 +476,7 @@ class ServedReads : public ::testing::TestWithParam<const char*> {
                                       const DaemonProcess* d = nullptr) {
     ClientOptions o{.address = (d != nullptr ? d : daemon_.get())->address(), .tenant = tenant};
     o.bearer_token = token;
+    o.ucx_software_rma = true;  // served reads over TCP too (UCX_TLS=tcp)
     auto c = CacheClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
@@ -583,6 +584,8 @@ TEST_P(ServedReads, ATenantReadsItsOwnLeasedRangesAndNothingElse) {
   const uint64_t bobs = b->blocks[0].offset;
   auto reader = RawReader();
   ASSERT_NE(reader, nullptr);
+  // One host: through the connection's staging area; UCX_TLS=tcp: bytes sent as messages.
+  EXPECT_EQ(reader->staged(), std::string(GetParam()).empty());
 
   std::vector<uint8_t> own(kBlockBytes, 0xEE), buf(kBlockBytes, 0xEE);
   const std::vector<uint8_t> untouched(kBlockBytes, 0xEE);

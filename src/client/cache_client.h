@@ -43,11 +43,12 @@ struct ClientOptions {
   // (CacheService.DataPlane): one-sided gets in its rkey mode, reads the daemon serves in its
   // served mode; with gRPC Get when it offers none or UCX fails.
   bool use_ucx = true;
-  // Default: false. In rkey mode, also use UCX where it can only emulate one-sided reads with
-  // messages that the daemon answers (TCP without RDMA; UcxReader::one_sided). UCX 1.13 may then
-  // abort the daemon when a reader dies in the middle of a read, so only turn this on where
-  // readers are trusted not to (and TCP's speed is wanted from UCX rather than gRPC). Served
-  // mode uses UCX over any transport without it.
+  // Default: false. Also use UCX where it only has TCP to the daemon. In rkey mode UCX then
+  // emulates one-sided reads with messages that the daemon answers (UcxReader::one_sided), and
+  // UCX 1.13 may abort the daemon when a reader dies in the middle of a read, so only turn this
+  // on where readers are trusted not to. In served mode (off this host, without RDMA) the
+  // daemon sends the bytes as TCP messages: safe, but UCX's TCP transport was slower than gRPC
+  // where measured (src/transfer/README.md).
   bool ucx_software_rma = false;
   uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
   // Default: true. gRPC Gets go over one long-lived GetSession stream (renewed every half

@@ -185,9 +185,13 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       u.ucx_fallbacks.fetch_add(1);
       return false;
     }
-    // Served reads are safe over any transport: the daemon only sends.
-    if (!(*reader)->served() && !(*reader)->one_sided() && !options_.ucx_software_rma) {
-      u.offered = false;  // emulated reads only (see ClientOptions::ucx_software_rma): use gRPC
+    // Only where UCX is faster than gRPC, unless told otherwise (ucx_software_rma): rkey mode
+    // with the arena mapped or an RMA lane; served mode with the staging area mapped or an RDMA
+    // lane. (Served reads over TCP are safe, only slower.)
+    const transfer::UcxReader& r = **reader;
+    const bool fast = r.served() ? r.staged() || r.native_am() : r.one_sided();
+    if (!fast && !options_.ucx_software_rma) {
+      u.offered = false;  // UCX over TCP only: use gRPC
       return false;
     }
     u.reader = std::move(*reader);
