@@ -135,8 +135,8 @@ const std::vector<Option>& Options() {
          return SetNumber(v, &c.store.host_bytes, kMiB, false);
        }},
       {"store.hugepages", "hugepages", "BOOL", "true",
-       "back the host tier with 2 MiB pages where the system has them (with ucx.listen on, UCX "
-       "allocates the host tier instead)",
+       "back the host tier with 2 MiB pages where the system has them (with ucx.listen on, the "
+       "UCX data plane allocates the host tier instead)",
        [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.host_hugepages); }},
       {"store.mlock", "mlock", "BOOL", "true", "lock the host tier in RAM (warns if not permitted)",
        [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.host_lock); }},
