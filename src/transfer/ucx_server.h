@@ -124,7 +124,8 @@ class UcxServer {
   void FreeStaging(ucp_ep_h ep);
   static void OnDataSent(void* request, ucs_status_t status, void* user_data);
   bool Alive(ucp_ep_h ep) const;
-  // Checks one received request and starts sending its bytes, or answers why not.
+  // Checks one received request and delivers its bytes (staged: copied now, then answered;
+  // sent: the sends started, answered by FinishServedReads), or answers why not.
   void Serve(ucp_ep_h ep, const std::string& message);
   // Sends a kServedReadDoneAm (nothing on a closed connection).
   void Answer(ucp_ep_h ep, uint64_t id, const absl::Status& status, uint64_t bytes);
