@@ -80,8 +80,10 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
   auto addr = ResolveAddress(region.host, region.port, false, &len);
   if (!addr.ok()) return addr.status();
   std::unique_ptr<UcxReader> r(new UcxReader(region));
+  // rkey mode as before served mode existed (RMA, with wakeup); served mode needs active
+  // messages only, and sleeps on the worker's event fd.
   auto ucx = UcxEndpointHost::Create(region.served ? UCP_FEATURE_AM | UCP_FEATURE_WAKEUP
-                                                   : UCP_FEATURE_RMA);
+                                                   : UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP);
   if (!ucx.ok()) return ucx.status();
   r->ucx_ = std::move(*ucx);
   if (region.served) {
@@ -145,6 +147,7 @@ absl::StatusOr<std::unique_ptr<UcxReader>> UcxReader::Connect(const RemoteRegion
       }
     }
     r->MapStaging(deadline);
+    if (r->broken_) return r->error_;
     return r;
   }
   if (ucs_status_t st = ucp_ep_rkey_unpack(r->ep_, region.packed_rkey.data(), &r->rkey_);
@@ -371,9 +374,7 @@ void UcxReader::MapStaging(Deadline deadline) {
                ucp_am_send_nbx(ep_, kServedStagingAm, nullptr, 0, &keep, 1, &param));
   };
   ask(1);
-  while (!staging_answered_ && !broken_ && std::chrono::steady_clock::now() < deadline) {
-    ucp_worker_progress(ucx_->worker());
-  }
+  WaitServed([&] { return staging_answered_; }, deadline);
   // Without an area (none left, or a daemon far away) the daemon sends the bytes instead.
   void* local = nullptr;
   if (staging_answered_ && !staging_rkey_.empty() &&
