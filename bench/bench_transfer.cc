@@ -1,13 +1,15 @@
 // bench_transfer: reading cached blocks out of a kvtierd on the same host, every way kvtier can,
 // against the limits of the machine, all measured in this run:
 //
-//   kvtier UCX get   CacheClient::GetInto over the UCX data plane (lease, one-sided gets into
-//                    registered buffers, checksum, release), batches of up to 16 MiB
+//   kvtier UCX get   CacheClient::GetInto over the UCX data plane in rkey mode (lease, one-sided
+//                    gets into registered buffers, checksum, release), batches of up to 16 MiB
+//   kvtier served    the same calls to a second kvtierd in served mode (ucx.mode served: the
+//                    daemon sends each leased batch, one request per batch), same blocks
 //   kvtier gRPC get  the same calls with UCX off
 //   Redis GET        the same blocks as Redis values, pipelined in the same batches (hiredis)
 //   memcpy           copying the same blocks out of a working set of the same size, by as many
 //                    threads as readers: the memory system's limit for a read that must land in
-//                    another buffer (UCX and memcpy: medians of three turns each, alternating)
+//                    another buffer (UCX, served and memcpy: medians of three turns each, in turn)
 //   ucx_perftest     `ucx_perftest -t ucp_get` at the same size: the transport's limit (it reads
 //                    one buffer, which stays in the CPU cache)
 //
@@ -142,14 +144,24 @@ int Main(int argc, char** argv) {
   const size_t max_batch_bytes = 16 << 20;
   testing::TempDir dir;
 
-  testing::DaemonProcess kvtierd(
-      std::string(KVTIER_BINARY_DIR) + "/kvtierd",
-      {"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib",
-       std::to_string((working_set >> 20) + 256), "--metrics-listen", "", "--log-level", "warn"});
-  if (kvtierd.address().empty() || kvtierd.AddressOf("ucx").empty()) {
-    std::fprintf(stderr, "bench_transfer: kvtierd did not start with UCX\n%s\n",
-                 kvtierd.output().c_str());
-    return 1;
+  auto start_kvtierd = [&](const char* mode) {
+    return std::make_unique<testing::DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+        std::vector<std::string>{"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib",
+                                 std::to_string((working_set >> 20) + 256), "--metrics-listen", "",
+                                 "--log-level", "warn", "--ucx-mode", mode});
+  };
+  // The same blocks in two daemons: one in each mode of the data plane.
+  const auto kvtierd_ptr = start_kvtierd("rkey");
+  const auto served_ptr = start_kvtierd("served");
+  const testing::DaemonProcess& kvtierd = *kvtierd_ptr;
+  const testing::DaemonProcess& served_kvtierd = *served_ptr;
+  for (const testing::DaemonProcess* d : {&kvtierd, &served_kvtierd}) {
+    if (d->address().empty() || d->AddressOf("ucx").empty()) {
+      std::fprintf(stderr, "bench_transfer: kvtierd did not start with UCX\n%s\n",
+                   d->output().c_str());
+      return 1;
+    }
   }
   RedisServer redis = StartRedis(dir.path());
   if (redis.process == nullptr) {
@@ -160,8 +172,8 @@ int Main(int argc, char** argv) {
   Result result;
   std::printf("working set %zu MiB; batches of up to %zu MiB; GB/s\n", working_set >> 20,
               max_batch_bytes >> 20);
-  std::printf("%-5s %-3s | %8s %8s %8s %8s %9s | %9s %9s\n", "size", "rd", "ucx", "grpc", "redis",
-              "memcpy", "perftest", "ucx/limit", "ucx/redis");
+  std::printf("%-5s %-3s | %8s %8s %8s %8s %8s %9s | %9s %9s %9s\n", "size", "rd", "ucx", "served",
+              "grpc", "redis", "memcpy", "perftest", "ucx/limit", "ucx/redis", "srv/ucx");
   for (size_t size : {size_t{256} << 10, size_t{1} << 20, size_t{4} << 20}) {
     const size_t n = working_set / size;
     const size_t batch = std::max<size_t>(1, max_batch_bytes / size);
@@ -170,6 +182,8 @@ int Main(int argc, char** argv) {
     // evicts them, Redis is emptied).
     {
       auto c = std::move(*CacheClient::Create({.address = kvtierd.address(), .tenant = "bench"}));
+      auto cs =
+          std::move(*CacheClient::Create({.address = served_kvtierd.address(), .tenant = "bench"}));
       redisContext* rc = redisConnect("127.0.0.1", redis.port);
       freeReplyObject(redisCommand(rc, "FLUSHALL"));
       for (size_t i = 0; i < n; i += 8) {
@@ -189,7 +203,7 @@ int Main(int argc, char** argv) {
           }
           freeReplyObject(r);
         }
-        if (!c->Put(blocks).ok()) {
+        if (!c->Put(blocks).ok() || !cs->Put(blocks).ok()) {
           std::fprintf(stderr, "bench_transfer: kvtier put failed\n");
           return 1;
         }
@@ -211,12 +225,14 @@ int Main(int argc, char** argv) {
 
     for (int readers : {1, 8}) {
       std::vector<std::vector<uint8_t>> bufs(readers, std::vector<uint8_t>(batch * size));
-      std::vector<std::unique_ptr<CacheClient>> ucx, grpc;
+      std::vector<std::unique_ptr<CacheClient>> ucx, served, grpc;
       std::vector<redisContext*> rcs;
       for (int t = 0; t < readers; ++t) {
         ucx.push_back(
             std::move(*CacheClient::Create({.address = kvtierd.address(), .tenant = "bench"})));
         ucx.back()->RegisterBuffer(bufs[t]);
+        served.push_back(std::move(
+            *CacheClient::Create({.address = served_kvtierd.address(), .tenant = "bench"})));
         grpc.push_back(std::move(*CacheClient::Create({.address = kvtierd.address(),
                                                        .tenant = "bench",
                                                        .max_message_bytes = 256 << 20,
@@ -275,41 +291,52 @@ int Main(int argc, char** argv) {
       // Connect every client first (UCX: connection, remote key, mapping the arena); the phases
       // measure steady reading.
       for (int t = 0; t < readers; ++t) {
-        if (!kv_get(ucx)(t, 0) || !kv_get(grpc)(t, 0) || !redis_get(t, 0)) {
+        if (!kv_get(ucx)(t, 0) || !kv_get(served)(t, 0) || !kv_get(grpc)(t, 0) ||
+            !redis_get(t, 0)) {
           std::fprintf(stderr, "bench_transfer: a warm-up read failed\n");
           return 1;
         }
       }
-      // UCX against memcpy is the ratio that matters: both are measured in turn, three times,
-      // and their medians taken (one short phase of each scattered by 1.5x on a shared machine).
-      std::vector<double> us, ms;
+      // UCX against memcpy is the ratio that matters, and served against rkey mode: the three are
+      // measured in turn, three times, and their medians taken (one short phase of each
+      // scattered by 1.5x on a shared machine).
+      std::vector<double> us, ss, ms;
       for (int round = 0; round < 3; ++round) {
         us.push_back(Throughput(readers, phase_s / 2, per_op, kv_get(ucx)));
+        ss.push_back(Throughput(readers, phase_s / 2, per_op, kv_get(served)));
         ms.push_back(Throughput(readers, phase_s / 2, per_op, copy));
       }
       const double u = *std::min_element(us.begin(), us.end()) < 0 ? -1 : Median(us);
+      const double sv = *std::min_element(ss.begin(), ss.end()) < 0 ? -1 : Median(ss);
       const double m = Median(ms);
       const double g = Throughput(readers, phase_s, per_op, kv_get(grpc));
       const double r = Throughput(readers, phase_s, per_op, redis_get);
       const double p = PerftestGet(size, std::max<size_t>(200, (size_t{2} << 30) / size));
       for (auto* rc : rcs) redisFree(rc);
-      uint64_t ucx_bytes = 0, grpc_fallback = 0;
+      uint64_t ucx_bytes = 0, served_bytes = 0, grpc_fallback = 0;
       for (auto& c : ucx) {
         ucx_bytes += c->transfer_stats().ucx_bytes;
         grpc_fallback += c->transfer_stats().grpc_bytes;
       }
-      if (u < 0 || g < 0 || r < 0 || ucx_bytes == 0 || grpc_fallback != 0) {
+      for (auto& c : served) {
+        served_bytes += c->transfer_stats().ucx_bytes;
+        grpc_fallback += c->transfer_stats().grpc_bytes;
+      }
+      if (u < 0 || sv < 0 || g < 0 || r < 0 || ucx_bytes == 0 || served_bytes == 0 ||
+          grpc_fallback != 0) {
         std::fprintf(stderr, "bench_transfer: a run failed (UCX bytes %lu, via gRPC %lu)\n",
                      static_cast<unsigned long>(ucx_bytes),
                      static_cast<unsigned long>(grpc_fallback));
         return 1;
       }
       const double limit = p > 0 ? std::min(p, m) : m;
-      std::printf("%-5s %-3d | %8.2f %8.2f %8.2f %8.2f %9.2f | %9.2f %9.2f\n",
-                  SizeName(size).c_str(), readers, u, g, r, m, p, u / limit, u / r);
+      std::printf("%-5s %-3d | %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f | %9.2f %9.2f %9.2f\n",
+                  SizeName(size).c_str(), readers, u, sv, g, r, m, p, u / limit, u / r, sv / u);
       std::fflush(stdout);
       const std::string suffix = SizeName(size) + (readers == 1 ? "_1r" : "");
       result.Add("ucx_get_gbps_" + suffix, u);
+      result.Add("served_get_gbps_" + suffix, sv);
+      result.Add("served_vs_rkey_" + suffix, sv / u);
       result.Add("grpc_get_gbps_" + suffix, g);
       result.Add("redis_get_gbps_" + suffix, r);
       result.Add("memcpy_gbps_" + suffix, m);
@@ -321,9 +348,11 @@ int Main(int argc, char** argv) {
       const size_t layers = 32, layer_bytes = size / layers;
       const size_t slice = layer_bytes * 15 / 100;
       auto c = std::move(*CacheClient::Create({.address = kvtierd.address(), .tenant = "bench"}));
+      auto cs =
+          std::move(*CacheClient::Create({.address = served_kvtierd.address(), .tenant = "bench"}));
       std::vector<uint8_t> buf(batch * size);
       c->RegisterBuffer(buf);
-      auto run = [&](bool partial) {
+      auto run = [&](CacheClient& reader, bool partial) {
         std::vector<double> per_block;
         for (int rep = 0; rep < (quick ? 3 : 7); ++rep) {
           const double start = NowSeconds();
@@ -340,23 +369,27 @@ int Main(int argc, char** argv) {
               }
               ++j;
             }
-            if (!c->ReadRanges(reads).ok()) return -1.0;
+            if (!reader.ReadRanges(reads).ok()) return -1.0;
             blocks += batch;
           }
           per_block.push_back((NowSeconds() - start) / blocks);
         }
         return Median(per_block);
       };
-      const double whole = run(false), part = run(true);
-      if (whole < 0 || part < 0 || c->transfer_stats().grpc_bytes != 0) {
+      const double whole = run(*c, false), part = run(*c, true);
+      const double served_whole = run(*cs, false), served_part = run(*cs, true);
+      if (whole < 0 || part < 0 || served_whole < 0 || served_part < 0 ||
+          c->transfer_stats().grpc_bytes != 0 || cs->transfer_stats().grpc_bytes != 0) {
         std::fprintf(stderr, "bench_transfer: partial reads failed\n");
         return 1;
       }
       std::printf(
           "partial reads (1 MiB blocks, 32 layers, 15%% of each): %.1f us/block vs whole "
-          "%.1f us/block: %.2fx faster\n",
-          part * 1e6, whole * 1e6, whole / part);
+          "%.1f us/block: %.2fx faster; served: %.1f vs %.1f us/block, %.2fx\n",
+          part * 1e6, whole * 1e6, whole / part, served_part * 1e6, served_whole * 1e6,
+          served_whole / served_part);
       result.Add("partial_15pct_speedup", whole / part);
+      result.Add("served_partial_15pct_speedup", served_whole / served_part);
     }
   }
 

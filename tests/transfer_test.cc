@@ -1,19 +1,26 @@
 // The UCX data plane end to end: a real kvtierd process, CacheClient reading leased blocks with
-// one-sided gets. Every test runs twice: with UCX's default transports (shared memory / CMA on
-// one host) and with UCX_TLS=tcp (what crosses hosts).
+// one-sided gets (rkey mode) or reads the daemon serves (served mode). Every test runs in both
+// modes, each with UCX's default transports (shared memory / CMA on one host) and with
+// UCX_TLS=tcp (what crosses hosts). ServedReads: tenants against each other's blocks.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <ucp/api/ucp.h>
 
 #include <atomic>
+#include <fstream>
 #include <random>
 #include <thread>
 
 #include "client/cache_client.h"
 #include "common/mutex.h"
+#include "kvtier/v1/cache.grpc.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/test_util.h"
+#include "transfer/ucx_common.h"
+#include "transfer/ucx_reader.h"
 
 namespace kvtier {
 namespace {
@@ -23,14 +30,33 @@ using ::kvtier::testing::TempDir;
 
 constexpr size_t kBlockBytes = 256 << 10;
 
-class TransferTest : public ::testing::TestWithParam<const char*> {
+// Stores a chain of n blocks (keys {id, i}) and returns their payloads.
+std::vector<std::vector<uint8_t>> PutBlocks(CacheClient& c, uint64_t id, size_t n) {
+  std::vector<std::vector<uint8_t>> payloads;
+  std::vector<BlockToPut> blocks;
+  for (size_t i = 0; i < n; ++i) payloads.push_back(testing::TestBlock(id * 1000 + i, kBlockBytes));
+  for (size_t i = 0; i < n; ++i) {
+    blocks.push_back({BlockKey{id, i}, i == 0 ? BlockKey{} : BlockKey{id, i - 1}, payloads[i]});
+  }
+  auto put = c.Put(blocks);
+  EXPECT_TRUE(put.ok()) << put.status();
+  return payloads;
+}
+
+// UCX_TLS ("" for UCX's default transports) and the daemon's ucx.mode.
+struct Setup {
+  const char* tls;
+  const char* mode;
+};
+
+class TransferTest : public ::testing::TestWithParam<Setup> {
  protected:
   void SetUp() override {
     // UCX reads its configuration from the environment: the daemon inherits it.
-    if (std::string(GetParam()).empty()) {
+    if (std::string(GetParam().tls).empty()) {
       unsetenv("UCX_TLS");
     } else {
-      setenv("UCX_TLS", GetParam(), 1);
+      setenv("UCX_TLS", GetParam().tls, 1);
     }
     StartDaemon();
   }
@@ -41,15 +67,17 @@ class TransferTest : public ::testing::TestWithParam<const char*> {
         std::string(KVTIER_BINARY_DIR) + "/kvtierd",
         std::vector<std::string>{"--listen", "127.0.0.1:0", "--data", dir_.Sub("data"),
                                  "--host-mib", "64", "--nvme-gib", "1", "--log-level", "warn",
-                                 "--metrics-listen", ""});
+                                 "--metrics-listen", "", "--ucx-mode", GetParam().mode});
     ASSERT_FALSE(daemon_->address().empty()) << daemon_->output();
     ASSERT_FALSE(daemon_->AddressOf("ucx").empty()) << daemon_->output();
   }
 
-  bool tcp() const { return !std::string(GetParam()).empty(); }
+  bool tcp() const { return !std::string(GetParam().tls).empty(); }
+  bool served() const { return std::string(GetParam().mode) == "served"; }
 
   // With UCX_TLS=tcp, UCX can only emulate one-sided reads; the tests use them anyway (they are
   // what crosses hosts without RDMA) unless `software_rma` is false, the client's default.
+  // (Served reads need no such trust, and go over UCX either way.)
   std::unique_ptr<CacheClient> Client(ClientOptions o = {}, bool software_rma = true) {
     o.address = daemon_->address();
     o.tenant = "t";
@@ -57,20 +85,6 @@ class TransferTest : public ::testing::TestWithParam<const char*> {
     auto c = CacheClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
-  }
-
-  // Stores n blocks (keys {id, i}) and returns their payloads.
-  std::vector<std::vector<uint8_t>> PutBlocks(CacheClient& c, uint64_t id, size_t n) {
-    std::vector<std::vector<uint8_t>> payloads;
-    std::vector<BlockToPut> blocks;
-    for (size_t i = 0; i < n; ++i)
-      payloads.push_back(testing::TestBlock(id * 1000 + i, kBlockBytes));
-    for (size_t i = 0; i < n; ++i) {
-      blocks.push_back({BlockKey{id, i}, i == 0 ? BlockKey{} : BlockKey{id, i - 1}, payloads[i]});
-    }
-    auto put = c.Put(blocks);
-    EXPECT_TRUE(put.ok()) << put.status();
-    return payloads;
   }
 
   TempDir dir_;
@@ -186,7 +200,9 @@ TEST_P(TransferTest, SixteenConcurrentReaders) {
       auto c = Client({.max_attempts = 8, .initial_backoff_ms = 100});
       std::mt19937 rng(t);
       std::vector<uint8_t> a(kBlockBytes), b(kBlockBytes);
-      for (int i = 0; i < 200 && std::chrono::steady_clock::now() < until; ++i) {
+      // Two reads each at least: on a loaded 2-core machine sixteen connections' set-up can
+      // take the whole window, and the second read is the one on a warm connection.
+      for (int i = 0; i < 200 && (i < 2 || std::chrono::steady_clock::now() < until); ++i) {
         const size_t x = rng() % 64, y = (x + 1 + rng() % 63) % 64;
         const BlockKey keys[] = {BlockKey{5, x}, BlockKey{5, y}};
         const std::span<uint8_t> dst[] = {a, b};
@@ -271,13 +287,15 @@ TEST_P(TransferTest, DaemonKilledMidTransferGivesErrorsNotWrongBytes) {
 }
 
 TEST_P(TransferTest, AReaderKilledMidReadLeavesTheDaemonServing) {
-  // With default client options. Over TCP the client then reads through gRPC: UCX 1.13 would
-  // emulate the reads with replies from the daemon, and a reply to a dead reader aborts it.
-  // The reader is a child process (forked before this process touches gRPC or UCX).
+  // In rkey mode with default client options: over TCP the client then reads through gRPC, as
+  // UCX 1.13 would emulate the reads with replies from the daemon, and a reply to a dead reader
+  // aborts it. Served reads over TCP are safe, and the reader uses them: the daemon's sends to
+  // the dead reader fail and their pins are released. The reader is a child process (forked
+  // before this process touches gRPC or UCX).
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    auto c = Client({}, false);
+    auto c = Client({}, /*software_rma=*/served());
     const auto payloads = PutBlocks(*c, 8, 32);
     std::vector<std::vector<uint8_t>> bufs(32, std::vector<uint8_t>(kBlockBytes));
     std::vector<BlockKey> keys;
@@ -301,11 +319,345 @@ TEST_P(TransferTest, AReaderKilledMidReadLeavesTheDaemonServing) {
   auto sizes = c->GetInto(std::span(&key, 1), dst);
   ASSERT_TRUE(sizes.ok()) << sizes.status();
   EXPECT_EQ(buf, payloads[3]);
-  EXPECT_EQ(c->transfer_stats().ucx_bytes, tcp() ? 0 : kBlockBytes);
-  EXPECT_EQ(c->transfer_stats().grpc_bytes, tcp() ? kBlockBytes : 0);
+  const bool over_ucx = !tcp();
+  EXPECT_EQ(c->transfer_stats().ucx_bytes, over_ucx ? kBlockBytes : 0);
+  EXPECT_EQ(c->transfer_stats().grpc_bytes, over_ucx ? 0 : kBlockBytes);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("", "tcp"),
+INSTANTIATE_TEST_SUITE_P(Transports, TransferTest,
+                         ::testing::Values(Setup{"", "rkey"}, Setup{"tcp", "rkey"},
+                                           Setup{"", "served"}, Setup{"tcp", "served"}),
+                         [](const auto& info) {
+                           return std::string(std::string(info.param.tls).empty()
+                                                  ? "default"
+                                                  : info.param.tls) +
+                                  "_" + info.param.mode;
+                         });
+
+// ---- Several tenants: served reads -----------------------------------------------------------
+
+// What a UCX peer can do with the stock UCP API and no key of the daemon's: over TCP, a get of
+// `got->size()` bytes at `address` in the daemon into *got, or (`put`) a put of as many 0xEE
+// bytes there and a flush. UCX emulates both with messages that the daemon's worker answers if
+// it has RMA handlers; any key the peer packs itself will do. DEADLINE_EXCEEDED when nothing
+// answered in `wait`.
+absl::Status RawRma(const std::string& host, int port, uint64_t address, bool put,
+                    std::vector<uint8_t>* got, std::chrono::milliseconds wait) {
+  ucp_config_t* config = nullptr;
+  if (ucp_config_read(nullptr, nullptr, &config) != UCS_OK) return absl::InternalError("config");
+  (void)ucp_config_modify(config, "TLS", "tcp");
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_RMA;
+  ucp_context_h context = nullptr;
+  const ucs_status_t init = ucp_init(&params, config, &context);
+  ucp_config_release(config);
+  if (init != UCS_OK) return absl::InternalError("ucp_init");
+  ucp_worker_params_t wp{};
+  ucp_worker_h worker = nullptr;
+  (void)ucp_worker_create(context, &wp, &worker);
+  socklen_t len = 0;
+  auto addr = transfer::ResolveAddress(host, port, false, &len);
+  ucp_ep_params_t ep_params{};
+  ep_params.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                         UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  ep_params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  ep_params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&*addr);
+  ep_params.sockaddr.addrlen = len;
+  ep_params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ucp_ep_h ep = nullptr;
+  absl::Status result = transfer::FromUcs(ucp_ep_create(worker, &ep_params, &ep), "connect");
+  const auto until = std::chrono::steady_clock::now() + wait;
+  std::vector<void*> abandoned;  // completed (cancelled) by the close below
+  // Progresses until `req` completes or `until`; its status (DEADLINE_EXCEEDED if it did not).
+  auto finish = [&](ucs_status_ptr_t req) -> absl::Status {
+    if (req == nullptr) return absl::OkStatus();
+    if (UCS_PTR_IS_ERR(req)) return transfer::FromUcs(UCS_PTR_STATUS(req), "rma");
+    while (ucp_request_check_status(req) == UCS_INPROGRESS &&
+           std::chrono::steady_clock::now() < until) {
+      ucp_worker_progress(worker);
+    }
+    const ucs_status_t st = ucp_request_check_status(req);
+    if (st == UCS_INPROGRESS) {
+      abandoned.push_back(req);
+      return absl::DeadlineExceededError("no answer");
+    }
+    ucp_request_free(req);
+    return transfer::FromUcs(st, "rma");
+  };
+  std::vector<uint8_t> local(got->size(), 0xEE);
+  ucp_mem_h memh = nullptr;
+  ucp_rkey_h rkey = nullptr;
+  if (result.ok()) {
+    ucp_request_param_t none{};
+    result = finish(ucp_ep_flush_nbx(ep, &none));  // connected
+  }
+  if (result.ok()) {
+    ucp_mem_map_params_t mp{};
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = local.data();
+    mp.length = local.size();
+    void* packed = nullptr;
+    size_t packed_bytes = 0;
+    if (ucp_mem_map(context, &mp, &memh) != UCS_OK ||
+        ucp_rkey_pack(context, memh, &packed, &packed_bytes) != UCS_OK ||
+        ucp_ep_rkey_unpack(ep, packed, &rkey) != UCS_OK) {
+      result = absl::InternalError("a key of one's own");
+    }
+    if (packed != nullptr) ucp_rkey_buffer_release(packed);
+  }
+  ucp_request_param_t none{};
+  if (result.ok() && put) {
+    result = finish(ucp_put_nbx(ep, local.data(), local.size(), address, rkey, &none));
+    if (result.ok()) result = finish(ucp_ep_flush_nbx(ep, &none));  // the daemon acknowledges
+  } else if (result.ok()) {
+    result = finish(ucp_get_nbx(ep, got->data(), got->size(), address, rkey, &none));
+  }
+  if (ep != nullptr) {
+    ucp_request_param_t force{};
+    force.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    force.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &force);
+    if (UCS_PTR_IS_PTR(req)) {
+      while (ucp_request_check_status(req) == UCS_INPROGRESS) ucp_worker_progress(worker);
+      ucp_request_free(req);
+    }
+  }
+  for (void* req : abandoned) ucp_request_free(req);
+  if (rkey != nullptr) ucp_rkey_destroy(rkey);
+  if (memh != nullptr) ucp_mem_unmap(context, memh);
+  ucp_worker_destroy(worker);
+  ucp_cleanup(context);
+  return result;
+}
+
+// Where the daemon's heap starts (from /proc): an address in it that is surely mapped.
+uint64_t HeapOf(pid_t pid) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("[heap]") != std::string::npos) return std::stoull(line, nullptr, 16);
+  }
+  return 0;
+}
+
+constexpr char kAliceToken[] = "alice-secret-token-0001";
+constexpr char kBobToken[] = "bob-secret-token-00000002";
+
+// Two tenants, auth on, ucx.mode auto (served). Alice holds valid leases of her own and tries to
+// read Bob's block through every handle she was given. Runs with UCX's default transports and
+// with UCX_TLS=tcp.
+class ServedReads : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (std::string(GetParam()).empty()) {
+      unsetenv("UCX_TLS");
+    } else {
+      setenv("UCX_TLS", GetParam(), 1);
+    }
+    std::ofstream(dir_.Sub("tokens.yaml"))
+        << "alice: " << kAliceToken << "\nbob: " << kBobToken << "\n";
+    daemon_ = Start("auto");
+    ASSERT_FALSE(daemon_->AddressOf("ucx").empty()) << daemon_->output();
+    alice_ = Client("alice", kAliceToken);
+    bob_ = Client("bob", kBobToken);
+    alice_blocks_ = PutBlocks(*alice_, 1, 2);
+    bob_blocks_ = PutBlocks(*bob_, 2, 1);
+  }
+  void TearDown() override { unsetenv("UCX_TLS"); }
+
+  std::unique_ptr<DaemonProcess> Start(const char* mode) {
+    auto d = std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+        std::vector<std::string>{"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "32",
+                                 "--log-level", "error", "--metrics-listen", "", "--auth-tokens",
+                                 dir_.Sub("tokens.yaml"), "--ucx-mode", mode});
+    EXPECT_FALSE(d->address().empty()) << d->output();
+    return d;
+  }
+  std::unique_ptr<CacheClient> Client(const std::string& tenant, const std::string& token,
+                                      const DaemonProcess* d = nullptr) {
+    ClientOptions o{.address = (d != nullptr ? d : daemon_.get())->address(), .tenant = tenant};
+    o.bearer_token = token;
+    o.ucx_software_rma = true;  // served reads over TCP too (UCX_TLS=tcp)
+    auto c = CacheClient::Create(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+  // The DataPlane answer for `tenant`, asked as a client that does (or does not) read served.
+  v1::DataPlaneResponse DataPlane(const DaemonProcess& d, const std::string& tenant,
+                                  const std::string& token, bool accepts_served) {
+    auto stub = v1::CacheService::NewStub(
+        grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::DataPlaneRequest req;
+    req.set_tenant(tenant);
+    req.set_accepts_served(accepts_served);
+    v1::DataPlaneResponse res;
+    EXPECT_TRUE(stub->DataPlane(&ctx, req, &res).ok());
+    return res;
+  }
+  // A reader of the served data plane as any UCX peer can make one: it needs no key.
+  std::unique_ptr<transfer::UcxReader> RawReader() {
+    const auto res = DataPlane(*daemon_, "alice", kAliceToken, true);
+    auto r =
+        transfer::UcxReader::Connect({.host = "127.0.0.1",
+                                      .port = static_cast<int>(res.ucx_port()),
+                                      .served = true,
+                                      .bytes = res.arena_bytes()},
+                                     std::chrono::steady_clock::now() + std::chrono::seconds(10));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return std::move(*r);
+  }
+  static absl::Status ReadInto(transfer::UcxReader& r, uint64_t lease,
+                               std::vector<std::pair<uint64_t, std::span<uint8_t>>> ranges) {
+    std::vector<transfer::ReadOp> ops;
+    for (auto& [offset, dst] : ranges) {
+      ops.push_back({.offset = offset, .length = dst.size(), .dst = dst.data()});
+    }
+    return r.Read(ops, std::chrono::steady_clock::now() + std::chrono::seconds(10), lease);
+  }
+
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<CacheClient> alice_, bob_;
+  std::vector<std::vector<uint8_t>> alice_blocks_, bob_blocks_;
+};
+
+// (1) No remote key leaves the daemon, and a UCX peer's own gets and puts reach nothing (the
+// daemon's UCX has no RMA handlers). In rkey mode the same get reads Bob's block: what served
+// mode exists for.
+TEST_P(ServedReads, NoKeyIsHandedOutAndRawGetsAndPutsReachNothing) {
+  const auto res = DataPlane(*daemon_, "alice", kAliceToken, true);
+  EXPECT_TRUE(res.available());
+  EXPECT_EQ(res.mode(), v1::DATA_PLANE_MODE_SERVED);
+  EXPECT_TRUE(res.rkey().empty());
+  EXPECT_EQ(res.arena_base(), 0u);
+  EXPECT_FALSE(DataPlane(*daemon_, "alice", kAliceToken, false).available())
+      << "a client that can only read one-sided is sent to Get";
+
+  const uint64_t heap = HeapOf(daemon_->pid());
+  ASSERT_NE(heap, 0u);
+  std::vector<uint8_t> got(64, 0);
+  const int port = static_cast<int>(res.ucx_port());
+  EXPECT_EQ(RawRma("127.0.0.1", port, heap, false, &got, std::chrono::seconds(1)).code(),
+            absl::StatusCode::kDeadlineExceeded)
+      << "a raw get of the daemon's memory was answered";
+  EXPECT_EQ(got, std::vector<uint8_t>(64, 0));
+  EXPECT_EQ(RawRma("127.0.0.1", port, heap, true, &got, std::chrono::seconds(1)).code(),
+            absl::StatusCode::kDeadlineExceeded)
+      << "a raw put into the daemon's memory was acknowledged";
+  // The daemon is unharmed and serves Alice.
+  std::vector<uint8_t> buf(kBlockBytes);
+  const BlockKey key{1, 0};
+  const std::span<uint8_t> dst[] = {buf};
+  ASSERT_TRUE(alice_->GetInto(std::span(&key, 1), dst).ok());
+  EXPECT_EQ(buf, alice_blocks_[0]);
+  EXPECT_EQ(alice_->transfer_stats().ucx_bytes, kBlockBytes) << "over UCX, served";
+
+  // The same attack on a daemon in rkey mode, where UCX answers it.
+  auto rkey_daemon = Start("rkey");
+  auto bob = Client("bob", kBobToken, rkey_daemon.get());
+  const auto bobs = PutBlocks(*bob, 3, 1);
+  const BlockKey bob_key{3, 0};
+  auto lease = bob->Lease(std::span(&bob_key, 1));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  const auto rkey_res = DataPlane(*rkey_daemon, "alice", kAliceToken, true);
+  EXPECT_EQ(rkey_res.mode(), v1::DATA_PLANE_MODE_RKEY);
+  EXPECT_FALSE(rkey_res.rkey().empty());
+  std::vector<uint8_t> stolen(64);
+  ASSERT_TRUE(RawRma("127.0.0.1", static_cast<int>(rkey_res.ucx_port()),
+                     rkey_res.arena_base() + lease->blocks[0].offset, /*put=*/false, &stolen,
+                     std::chrono::seconds(5))
+                  .ok());
+  EXPECT_TRUE(std::equal(stolen.begin(), stolen.end(), bobs[0].begin()))
+      << "rkey mode: any UCX peer reads any tenant's block";
+}
+
+// (2)-(4): through the served data plane, with a valid lease of her own, Alice reads her own
+// blocks and nothing of Bob's, whatever handle and ranges she sends; every refusal writes nothing.
+TEST_P(ServedReads, ATenantReadsItsOwnLeasedRangesAndNothingElse) {
+  const BlockKey mine[] = {BlockKey{1, 0}, BlockKey{1, 1}};
+  const BlockKey theirs{2, 0};
+  auto a = alice_->Lease(mine);
+  auto b = bob_->Lease(std::span(&theirs, 1));
+  ASSERT_TRUE(a.ok() && b.ok());
+  const uint64_t at0 = a->blocks[0].offset, at1 = a->blocks[1].offset;
+  const uint64_t bobs = b->blocks[0].offset;
+  auto reader = RawReader();
+  ASSERT_NE(reader, nullptr);
+  // One host: through the connection's staging area; UCX_TLS=tcp: bytes sent as messages.
+  EXPECT_EQ(reader->staged(), std::string(GetParam()).empty());
+
+  std::vector<uint8_t> own(kBlockBytes, 0xEE), buf(kBlockBytes, 0xEE);
+  const std::vector<uint8_t> untouched(kBlockBytes, 0xEE);
+  // Her own block, whole and in part: the bytes of it.
+  ASSERT_TRUE(ReadInto(*reader, a->id, {{at1, own}}).ok());
+  EXPECT_EQ(own, alice_blocks_[1]);
+  ASSERT_TRUE(ReadInto(*reader, a->id, {{at0 + 100, std::span(own).first(1000)}}).ok());
+  EXPECT_TRUE(std::equal(own.begin(), own.begin() + 1000, alice_blocks_[0].begin() + 100));
+
+  auto refused = [&](uint64_t lease, std::vector<std::pair<uint64_t, std::span<uint8_t>>> ranges,
+                     absl::StatusCode code, const char* what) {
+    std::fill(own.begin(), own.end(), 0xEE);
+    std::fill(buf.begin(), buf.end(), 0xEE);
+    const absl::Status st = ReadInto(*reader, lease, std::move(ranges));
+    EXPECT_EQ(st.code(), code) << what << ": " << st;
+    EXPECT_EQ(buf, untouched) << what;
+    EXPECT_EQ(own, untouched) << what << ": a refused read writes nothing";
+    EXPECT_FALSE(reader->broken()) << what;
+  };
+  // (2) Her handle, Bob's block: whole, in part, and beside a range of her own.
+  refused(a->id, {{bobs, buf}}, absl::StatusCode::kPermissionDenied, "bob's block");
+  refused(a->id, {{bobs + 4096, std::span(buf).first(100)}}, absl::StatusCode::kPermissionDenied,
+          "inside bob's block");
+  refused(a->id, {{at0, own}, {bobs, buf}}, absl::StatusCode::kPermissionDenied,
+          "her block and bob's");
+  // (3) Handles she did not get: guessed ones, Bob's (which gRPC does not let her touch), her
+  // own once released, and one that lapsed.
+  std::mt19937_64 rng(GetParam()[0]);
+  for (int i = 0; i < 8; ++i) {
+    refused(rng(), {{bobs, buf}}, absl::StatusCode::kNotFound, "a guessed handle");
+  }
+  refused(a->id ^ 1, {{at0, buf}}, absl::StatusCode::kNotFound, "a neighbour of her handle");
+  ClientOptions as_alice_on_bob{.address = daemon_->address(), .tenant = "alice"};
+  as_alice_on_bob.bearer_token = kAliceToken;
+  EXPECT_EQ(CacheClient::Create(as_alice_on_bob).value()->Release(b->id).code(),
+            absl::StatusCode::kNotFound)
+      << "bob's handle is nothing to alice over gRPC";
+  auto released = alice_->Lease(std::span(mine).first(1));
+  ASSERT_TRUE(released.ok());
+  ASSERT_TRUE(alice_->Release(released->id).ok());
+  refused(released->id, {{at0, buf}}, absl::StatusCode::kNotFound, "a released handle");
+  auto lapsed = alice_->Lease(std::span(mine).first(1), /*ttl_ms=*/30);
+  ASSERT_TRUE(lapsed.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  refused(lapsed->id, {{at0, buf}}, absl::StatusCode::kNotFound, "a lapsed handle");
+  // (4) Ranges that are not inside one of her blocks: partly outside, across her two blocks,
+  // empty, wrapping, past the arena.
+  refused(a->id, {{at0 + kBlockBytes - 10, std::span(buf).first(20)}},
+          absl::StatusCode::kPermissionDenied, "partly outside her block");
+  if (at1 == at0 + kBlockBytes || at0 == at1 + kBlockBytes) {
+    const uint64_t first = std::min(at0, at1);
+    refused(a->id, {{first + kBlockBytes - 10, std::span(buf).first(20)}},
+            absl::StatusCode::kPermissionDenied, "across her two blocks");
+  }
+  refused(a->id, {{at0, std::span(buf).first(0)}}, absl::StatusCode::kInvalidArgument, "empty");
+  refused(a->id, {{~uint64_t{0} - 15, std::span(buf).first(32)}},
+          absl::StatusCode::kInvalidArgument, "wrapping");
+  refused(a->id, {{uint64_t{1} << 40, std::span(buf).first(32)}},
+          absl::StatusCode::kPermissionDenied, "past the arena");
+  // After all that the reader still works, and Bob's lease and block are his.
+  ASSERT_TRUE(ReadInto(*reader, a->id, {{at0, own}}).ok());
+  EXPECT_EQ(own, alice_blocks_[0]);
+  ASSERT_TRUE(bob_->Release(b->id).ok()) << "bob's lease survived";
+  ASSERT_TRUE(alice_->Release(a->id).ok());
+  auto got = bob_->Get(std::span(&theirs, 1));
+  ASSERT_TRUE(got.ok() && (*got)[0].has_value());
+  EXPECT_EQ(*(*got)[0], bob_blocks_[0]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ServedReads, ::testing::Values("", "tcp"),
                          [](const auto& info) {
                            return std::string(info.param).empty() ? "default" : "tcp";
                          });

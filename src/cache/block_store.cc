@@ -1193,6 +1193,19 @@ absl::StatusOr<BlockStore::PinnedBlock> BlockStore::PinHostBlock(const BlockKey&
   return PinnedBlock{s.host->HostPointer(info.location), info.size, info.checksum, h};
 }
 
+absl::StatusOr<BlockStore::PinnedBlock> BlockStore::PinHostPlacement(const BlockInfo& seen) {
+  Impl& s = *impl_;
+  BlockInfo info;
+  const uint32_t h = s.PinForRead(seen.key, &info);
+  if (h == kNoEntry) return absl::NotFoundError(absl::StrCat("block ", seen.key.Hex(), " is gone"));
+  if (info.tier != Tier::kHost || info.location != seen.location ||
+      info.generation != seen.generation) {
+    s.Unpin(h);
+    return absl::FailedPreconditionError(absl::StrCat("block ", seen.key.Hex(), " has moved"));
+  }
+  return PinnedBlock{s.host->HostPointer(info.location), info.size, info.checksum, h};
+}
+
 void BlockStore::UnpinHostBlock(const PinnedBlock& pinned) { impl_->Unpin(pinned.handle); }
 
 absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {

@@ -181,7 +181,13 @@ class BlockStore {
     uint32_t handle = 0;
   };
   absl::StatusOr<PinnedBlock> PinHostBlock(const BlockKey& key);
-  // REQUIRES: `pinned` came from PinHostBlock and is unpinned once. Any thread.
+  // Pins the block placement that a lease found (`seen`: key, location and generation of a
+  // host-tier block), without counting a read: kvtierd's served reads hold the blocks they send
+  // from in place with it, even past the lease's end. FAILED_PRECONDITION when the key's block
+  // is no longer that placement (moved, replaced); NOT_FOUND when it is gone.
+  absl::StatusOr<PinnedBlock> PinHostPlacement(const BlockInfo& seen);
+  // REQUIRES: `pinned` came from PinHostBlock or PinHostPlacement and is unpinned once. Any
+  // thread.
   void UnpinHostBlock(const PinnedBlock& pinned);
 
   // How many leading blocks of `chain` are present, and the tier of each.

@@ -628,6 +628,35 @@ TEST(BlockStorePins, PinnedHostBlocksStayPutUntilUnpinned) {
   EXPECT_TRUE(s->CheckConsistency().ok()) << s->CheckConsistency();
 }
 
+// Served reads pin the placement their lease found, so a block cannot leave while its bytes are
+// being sent, even once the lease is over; a placement that changed is not pinned.
+TEST(BlockStorePins, APlacementPinnedOutlivesItsLeaseAndAMovedOneIsRefused) {
+  auto s = OpenOrDie(SmallOptions(2));
+  ASSERT_TRUE(PutN(*s, 1).ok());
+  ASSERT_TRUE(PutN(*s, 2).ok());
+  const BlockKey keys[] = {TestKey(1)};
+  auto lease = s->Lease(keys);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  auto two = s->Stat(TestKey(2));
+  ASSERT_TRUE(two.ok());
+  const uint64_t gets = s->Stats().gets;
+  auto a = s->PinHostPlacement(lease->blocks[0]);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(std::vector<uint8_t>(a->data, a->data + a->size), TestBlock(1, kBlock));
+  EXPECT_EQ(s->Stats().gets, gets) << "not a read of the block";
+  ASSERT_TRUE(s->Release(lease->id).ok());
+  ASSERT_TRUE(PutN(*s, 3).ok());
+  EXPECT_TRUE(Has(*s, 1)) << "pinned: block 2 went instead";
+  EXPECT_FALSE(Has(*s, 2));
+  EXPECT_EQ(s->PinHostPlacement(*two).status().code(), absl::StatusCode::kNotFound);
+  s->UnpinHostBlock(*a);
+  ASSERT_TRUE(s->Delete(TestKey(1)).ok());
+  ASSERT_TRUE(PutN(*s, 1).ok());  // a new placement, wherever it lands
+  EXPECT_EQ(s->PinHostPlacement(lease->blocks[0]).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(s->CheckConsistency().ok()) << s->CheckConsistency();
+}
+
 TEST_F(NvmeStore, PinningAFlashBlockAsksForAGet) {
   StoreOptions o = Options(3);
   o.host_reserve_bytes = kBlock;

@@ -39,13 +39,16 @@ struct ClientOptions {
   std::string tls_cert_pem;
   std::string tls_key_pem;
   std::string tls_server_name;  // Default: from the address. Overrides the name checked.
-  // Default: true. Reads blocks with one-sided UCX gets when the daemon offers a data plane
-  // (CacheService.DataPlane), and with gRPC Get when it does not or UCX fails.
+  // Default: true. Reads blocks over UCX when the daemon offers a data plane
+  // (CacheService.DataPlane): one-sided gets in its rkey mode, reads the daemon serves in its
+  // served mode; with gRPC Get when it offers none or UCX fails.
   bool use_ucx = true;
-  // Default: false. Also use UCX where it can only emulate one-sided reads with messages that
-  // the daemon answers (TCP without RDMA; UcxReader::one_sided). UCX 1.13 may then abort the
-  // daemon when a reader dies in the middle of a read, so only turn this on where readers are
-  // trusted not to (and TCP's speed is wanted from UCX rather than gRPC).
+  // Default: false. Also use UCX where it only has TCP to the daemon. In rkey mode UCX then
+  // emulates one-sided reads with messages that the daemon answers (UcxReader::one_sided), and
+  // UCX 1.13 may abort the daemon when a reader dies in the middle of a read, so only turn this
+  // on where readers are trusted not to. In served mode (off this host, without RDMA) the
+  // daemon sends the bytes as TCP messages: safe, but UCX's TCP transport was slower than gRPC
+  // where measured (src/transfer/README.md).
   bool ucx_software_rma = false;
   uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
   // Default: true. gRPC Gets go over one long-lived GetSession stream (renewed every half
@@ -91,7 +94,7 @@ struct RangeRead {
 
 // What a client moved, and how (monotonic counters).
 struct TransferStats {
-  uint64_t ucx_bytes = 0;      // read with one-sided UCX gets
+  uint64_t ucx_bytes = 0;      // read over UCX (one-sided gets, or reads the daemon served)
   uint64_t grpc_bytes = 0;     // received in gRPC Get responses
   uint64_t session_gets = 0;   // gRPC Gets answered on the GetSession stream (get_session)
   uint64_t leases = 0;         // leases taken for UCX reads
@@ -161,7 +164,7 @@ class CacheClient {
   // `over_ucx`, when given, says which path served the reads.
   absl::Status ReadRanges(std::span<const RangeRead> reads, bool* over_ucx = nullptr);
 
-  // Pins blocks in the daemon's host RAM (NVMe blocks are promoted) for one-sided reads.
+  // Pins blocks in the daemon's host RAM (NVMe blocks are promoted) for UCX reads.
   absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms = 0);
   // `bytes_read` is reported to the daemon's metrics.
   absl::Status Release(uint64_t lease_id, uint64_t bytes_read = 0);

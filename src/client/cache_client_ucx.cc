@@ -1,4 +1,5 @@
-// CacheClient's UCX data plane: leases, one-sided reads, verification, and the fall back to gRPC.
+// CacheClient's UCX data plane: leases, reads (one-sided, or served by the daemon), verification,
+// and the fall back to gRPC.
 #include <algorithm>
 #include <cstring>
 
@@ -151,6 +152,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     u.reader.reset();
     v1::DataPlaneRequest req;
     req.set_tenant(options_.tenant);
+    req.set_accepts_served(true);
     v1::DataPlaneResponse res;
     absl::Status st = WithRetries(
         options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->DataPlane(ctx, req, &res); });
@@ -165,6 +167,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     }
     transfer::RemoteRegion region{.host = res.ucx_host(),
                                   .port = static_cast<int>(res.ucx_port()),
+                                  .served = res.mode() == v1::DATA_PLANE_MODE_SERVED,
                                   .packed_rkey = res.rkey(),
                                   .base = res.arena_base(),
                                   .bytes = res.arena_bytes()};
@@ -182,8 +185,13 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       u.ucx_fallbacks.fetch_add(1);
       return false;
     }
-    if (!(*reader)->one_sided() && !options_.ucx_software_rma) {
-      u.offered = false;  // emulated reads only (see ClientOptions::ucx_software_rma): use gRPC
+    // Only where UCX is faster than gRPC, unless told otherwise (ucx_software_rma): rkey mode
+    // with the arena mapped or an RMA lane; served mode with the staging area mapped or an RDMA
+    // lane. (Served reads over TCP are safe, only slower.)
+    const transfer::UcxReader& r = **reader;
+    const bool fast = r.served() ? r.staged() || r.native_am() : r.one_sided();
+    if (!fast && !options_.ucx_software_rma) {
+      u.offered = false;  // UCX over TCP only: use gRPC
       return false;
     }
     u.reader = std::move(*reader);
@@ -240,8 +248,8 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       u.lease_retries.fetch_add(1);
       continue;
     }
-    absl::Status st =
-        u.reader->Read(ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
+    absl::Status st = u.reader->Read(
+        ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms), lease->id);
     bool verified = true;
     for (size_t i = 0; i < ops.size() && st.ok() && verified; ++i) {
       const LeasedBlock& b = lease->blocks[(*reads)[i].block];
@@ -252,6 +260,13 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       }
     }
     const bool in_time = Clock::now() < safe_end;
+    if (st.code() == absl::StatusCode::kNotFound && !u.reader->broken()) {
+      // A served read whose lease the daemon no longer had (it ended first): a new lease.
+      release(0);
+      last = st;
+      u.lease_retries.fetch_add(1);
+      continue;
+    }
     if (!st.ok()) {
       // The connection failed (the daemon went away, a transport error, a stuck read): gRPC
       // serves this read, and the next one reconnects.

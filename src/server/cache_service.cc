@@ -17,6 +17,7 @@
 #include "common/layout_proto.h"
 #include "server/auth.h"
 #include "server/metrics.h"
+#include "server/served_reads.h"
 #include "spdlog/spdlog.h"
 #include "transfer/ucx_server.h"
 
@@ -599,8 +600,11 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
   // The sizes are known once granted: a lease that takes the tenant past its share is given back.
   uint64_t held = 0;
   const std::optional<uint64_t> handle = lease_handles_.IssueWithin(
-      {.id = grant->id, .bytes = bytes, .expires_at_us = grant->expires_at_us,
-       .tenant = request->tenant()},
+      {.id = grant->id,
+       .bytes = bytes,
+       .expires_at_us = grant->expires_at_us,
+       .tenant = request->tenant(),
+       .host_blocks = SortedHostBlocks(grant->blocks)},
       store_clock_->NowMicros(), limits_.max_leased_bytes_per_tenant, &held);
   if (!handle.has_value()) {
     store_->Release(grant->id).IgnoreError();  // NOT_FOUND only if it lapsed already
@@ -768,10 +772,22 @@ grpc::Status CacheServiceImpl::DataPlaneImpl(grpc::ServerContext* ctx,
   // A wildcard listener is reached at whatever address the client used for gRPC.
   if (host != "0.0.0.0" && host != "::") response->set_ucx_host(host);
   response->set_ucx_port(static_cast<uint32_t>(ucx_->port()));
+  response->set_arena_bytes(ucx_->region_bytes());
+  if (ucx_->mode() == transfer::DataPlaneMode::kServed) {
+    // No remote key of the arena exists; a client that cannot ask for reads uses Get.
+    response->set_available(request->accepts_served());
+    response->set_mode(v1::DATA_PLANE_MODE_SERVED);
+    return grpc::Status::OK;
+  }
   response->set_rkey(ucx_->packed_rkey());
   response->set_arena_base(ucx_->region_base());
-  response->set_arena_bytes(ucx_->region_bytes());
   return grpc::Status::OK;
+}
+
+transfer::ReadAuthorizer CacheServiceImpl::ServedReadAuthorizer() {
+  return [this](uint64_t lease, std::span<const transfer::RegionRange> ranges) {
+    return AuthorizeServedRead(lease_handles_, store_, store_clock_->NowMicros(), lease, ranges);
+  };
 }
 
 grpc::Status CacheServiceImpl::WatchBlocks(grpc::ServerContext* ctx,

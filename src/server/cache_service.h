@@ -10,7 +10,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -27,8 +29,10 @@
 #include "server/tenants.h"
 
 namespace kvtier::transfer {
+class ReadGrant;
 class UcxServer;
-}
+struct RegionRange;
+}  // namespace kvtier::transfer
 
 namespace kvtier::server {
 
@@ -124,6 +128,11 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   // Offers `ucx` (the host arena's UCX data plane; not owned, outlives the service) to clients.
   // Call before serving.
   void SetDataPlane(const transfer::UcxServer* ucx) { ucx_ = ucx; }
+  // What the data plane's served reads ask (ucx.mode served): whether a lease handle covers the
+  // ranges. Valid while the service and its store are.
+  std::function<absl::StatusOr<std::unique_ptr<transfer::ReadGrant>>(
+      uint64_t, std::span<const transfer::RegionRange>)>
+  ServedReadAuthorizer();
 
  private:
   // `*tenant` is set to the tenant the stream names.

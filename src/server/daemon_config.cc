@@ -67,15 +67,25 @@ const std::vector<Option>& Options() {
          return absl::OkStatus();
        }},
       {"ucx.listen", "ucx-listen", "HOST:PORT|auto|off", "auto",
-       "UCX data plane listener for one-sided block reads; port 0 picks a free port. auto: the "
-       "gRPC host (127.0.0.1 for a Unix socket), any port, but off when auth is on (a UCX reader "
-       "can read the whole host "
-       "arena, so set it explicitly only where every tenant is trusted)",
+       "UCX data plane listener for block reads of leased blocks; port 0 picks a free port. "
+       "auto: the gRPC host (127.0.0.1 for a Unix socket), any port",
        [](DaemonConfig& c, const std::string& v) {
          if (v != "auto" && v != "off" && !CheckListenAddress(v, /*unix_ok=*/false).ok()) {
            return Bad("'" + v + "' is not HOST:PORT (port 0..65535), auto or off");
          }
          c.ucx_listen = v;
+         return absl::OkStatus();
+       }},
+      {"ucx.mode", "ucx-mode", "rkey|served|auto", "auto",
+       "rkey: readers get the host arena's remote key and read one-sided (any byte of the "
+       "arena: one trust domain); served: the daemon sends each reader the ranges of its own "
+       "leases, and no key exists (several tenants). auto: served with auth on and two or more "
+       "tenants, else rkey",
+       [](DaemonConfig& c, const std::string& v) {
+         if (v != "rkey" && v != "served" && v != "auto") {
+           return Bad("'" + v + "' is not rkey, served or auto");
+         }
+         c.ucx_mode = v;
          return absl::OkStatus();
        }},
       {"log_level", "log-level", "LEVEL", "info", "trace, debug, info, warn, error or off",
@@ -125,8 +135,8 @@ const std::vector<Option>& Options() {
          return SetNumber(v, &c.store.host_bytes, kMiB, false);
        }},
       {"store.hugepages", "hugepages", "BOOL", "true",
-       "back the host tier with 2 MiB pages where the system has them (with ucx.listen on, UCX "
-       "allocates the host tier instead)",
+       "back the host tier with 2 MiB pages where the system has them (with ucx.listen on, the "
+       "UCX data plane allocates the host tier instead)",
        [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.host_hugepages); }},
       {"store.mlock", "mlock", "BOOL", "true", "lock the host tier in RAM (warns if not permitted)",
        [](DaemonConfig& c, const std::string& v) { return SetBool(v, &c.store.host_lock); }},

@@ -25,8 +25,12 @@ struct DaemonConfig {
   std::string tls_key;        // Default: empty. PEM private key of tls_cert.
   std::string tls_client_ca;  // Default: empty. When set, clients must present a cert it signed.
   // Default: auto. UCX data plane listener: HOST:PORT, off, or auto (the gRPC host, any free
-  // port; off when auth is on, because a UCX reader can read the whole host arena).
+  // port).
   std::string ucx_listen = "auto";
+  // Default: auto. UCX data plane mode: rkey (one-sided reads of the whole arena), served (the
+  // daemon sends each reader its own leased ranges), or auto (served when auth is on with two or
+  // more tenants, else rkey). src/transfer/README.md, "Modes".
+  std::string ucx_mode = "auto";
   StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
   ServiceLimits limits;
 

@@ -100,6 +100,9 @@ TEST(DaemonConfig, ErrorsNameTheKeyOrFlag) {
   ExpectError(Load({"--listen", "127.0.0.1:99999"}), "--listen: '127.0.0.1:99999': the port");
   ExpectError(Load({"--metrics-listen", "127.0.0.1:65536"}), "--metrics-listen");
   ExpectError(Load({"--ucx-listen", "127.0.0.1:-1"}), "--ucx-listen");
+  ExpectError(Load({"--ucx-mode", "shared"}), "--ucx-mode: 'shared' is not rkey, served or auto");
+  ExpectError(with_yaml("ucx: {mode: rdma}\n"), "ucx.mode");
+  EXPECT_EQ(Load({"--ucx-mode", "served"})->ucx_mode, "served");
   ExpectError(with_yaml("listen: 127.0.0.1:70000\n"), "listen: '127.0.0.1:70000'");
   for (const char* mib : {"2048", "4096", "6144"}) {
     ExpectError(Load({"--max-message-mib", mib}), "--max-message-mib");

@@ -168,19 +168,25 @@ int main(int argc, char** argv) {
     creds = grpc::SslServerCredentials(ssl);
   }
 
-  // The UCX data plane: one-sided reads of leased blocks straight from the host arena, which UCX
-  // allocates so that readers on this host can map it (and copy at memory speed).
+  // The UCX data plane. rkey mode: one-sided reads of leased blocks straight from the host
+  // arena, which UCX allocates so that readers on this host can map it (and copy at memory
+  // speed); whoever reaches the listener can read all of it. served mode: the daemon sends each
+  // reader the ranges of its own leases, for several tenants (src/transfer/README.md, "Modes").
   std::unique_ptr<kvtier::transfer::UcxServer> ucx;
   std::string ucx_listen = config->ucx_listen;
-  if (ucx_listen == "auto") {
-    ucx_listen = auth.has_value() ? "off" : kvtier::ListenHost(listen) + ":0";
-  } else if (ucx_listen != "off" && auth.has_value()) {
+  if (ucx_listen == "auto") ucx_listen = kvtier::ListenHost(listen) + ":0";
+  const bool tenants_apart = auth.has_value() && auth->tenants() >= 2;
+  const bool served = config->ucx_mode == "served" || (config->ucx_mode == "auto" && tenants_apart);
+  const auto ucx_mode =
+      served ? kvtier::transfer::DataPlaneMode::kServed : kvtier::transfer::DataPlaneMode::kRkey;
+  if (ucx_listen != "off" && !served && tenants_apart) {
     spdlog::warn(
-        "kvtierd: ucx.listen is set with auth on: every client that can reach {} can "
-        "read any block in the host arena, whatever its tenant",
-        ucx_listen);
+        "kvtierd: ucx.mode is rkey with {} tenants: every client that can reach {} can read "
+        "any block in the host arena, whatever its tenant",
+        auth->tenants(), ucx_listen);
   }
-  if (absl::Status st = CheckHostTierFits(so.host_bytes, ucx_listen != "off"); !st.ok()) {
+  if (absl::Status st = CheckHostTierFits(so.host_bytes, ucx_listen != "off" && !served);
+      !st.ok()) {
     spdlog::critical("{}", std::string(st.message()));
     return 2;
   }
@@ -194,7 +200,8 @@ int main(int argc, char** argv) {
                    swept.removed, swept.bytes >> 20);
     }
     so.host_memory = [&](size_t bytes) -> absl::StatusOr<uint8_t*> {
-      auto u = kvtier::transfer::UcxServer::Start({.listen = ucx_listen, .region_bytes = bytes});
+      auto u = kvtier::transfer::UcxServer::Start(
+          {.listen = ucx_listen, .region_bytes = bytes, .mode = ucx_mode});
       if (!u.ok()) {
         return absl::Status(u.status().code(), absl::StrCat("ucx.listen: ", u.status().message()));
       }
@@ -247,6 +254,8 @@ int main(int argc, char** argv) {
   }
   if (ucx != nullptr) {
     service.SetDataPlane(ucx.get());
+    if (served) ucx->SetReadAuthorizer(service.ServedReadAuthorizer());
+    spdlog::info("kvtierd: UCX data plane in {} mode", kvtier::transfer::ModeName(ucx_mode));
     std::printf("kvtierd ucx on %s:%d\n", ucx->host().c_str(), ucx->port());
   }
   grpc::EnableDefaultHealthCheckService(true);

@@ -58,6 +58,13 @@ std::optional<LeaseHandles::Lease> LeaseHandles::Take(uint64_t handle, std::stri
   return lease;
 }
 
+std::optional<LeaseHandles::Lease> LeaseHandles::Find(uint64_t handle, int64_t now_us) const {
+  MutexLock l(&mu_);
+  auto it = leases_.find(handle);
+  if (it == leases_.end() || it->second.expires_at_us <= now_us) return std::nullopt;
+  return it->second;
+}
+
 size_t LeaseHandles::size() const {
   MutexLock l(&mu_);
   return leases_.size();

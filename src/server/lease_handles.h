@@ -2,14 +2,18 @@
 // LeaseHandles: the lease ids clients see. Each is 64 random bits from OpenSSL's CSPRNG, bound to
 // the tenant that took the lease, and maps to the store's own (sequential) lease id. A handle
 // names a lease only under its tenant's name: there is no arithmetic to undo and no neighbour to
-// step to, so one tenant cannot end another's lease.
+// step to, so one tenant cannot end another's lease. Served reads (ucx.mode served) name a handle
+// without a tenant: it is given only to the tenant that took the lease, and it covers only the
+// host-arena ranges of that lease's blocks.
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "cache/block_store.h"
 #include "common/mutex.h"
 
 namespace kvtier::server {
@@ -21,6 +25,9 @@ class LeaseHandles {
     uint64_t bytes = 0;  // of the leased blocks
     int64_t expires_at_us = 0;
     std::string tenant;
+    // The leased blocks in the host arena (as the lease found them: key, location, size,
+    // generation), sorted by location: what a served read under this lease may read.
+    std::vector<BlockInfo> host_blocks;
   };
   // A new handle for `lease`, which lapses at its expires_at_us (on the store's clock; `now_us` is
   // that clock now). Handles of lapsed leases are dropped as new ones are issued, in amortized
@@ -33,6 +40,9 @@ class LeaseHandles {
   // Takes out the handle and returns its lease if `tenant` took it; nullopt for a handle that is
   // unknown, dropped, or another tenant's (which is then left in place).
   std::optional<Lease> Take(uint64_t handle, std::string_view tenant);
+  // The lease of `handle` if it has not lapsed (`now_us` on the store's clock), whoever took it;
+  // nullopt for a handle that is unknown, taken or lapsed. The handle stays.
+  std::optional<Lease> Find(uint64_t handle, int64_t now_us) const;
   size_t size() const;
   // Bytes under `tenant`'s leases that have not lapsed by `now_us`. A block leased twice counts
   // twice: each lease pins it until that lease ends.

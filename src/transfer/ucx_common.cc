@@ -94,7 +94,25 @@ ucs_log_func_rc_t UcxToSpdlog(const char* file, unsigned line, const char* funct
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create() {
+absl::Status SetAmHandlers(
+    ucp_worker_h worker, void* arg,
+    std::initializer_list<std::pair<unsigned, ucp_am_recv_callback_t>> handlers) {
+  for (auto [id, cb] : handlers) {
+    ucp_am_handler_param_t hp{};
+    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    hp.id = id;
+    hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+    hp.cb = cb;
+    hp.arg = arg;
+    if (ucs_status_t st = ucp_worker_set_am_recv_handler(worker, &hp); st != UCS_OK) {
+      return FromUcs(st, "ucx: ucp_worker_set_am_recv_handler");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create(uint64_t features) {
   static std::once_flag routed;
   std::call_once(routed, [] { ucs_log_push_handler(&UcxToSpdlog); });
   std::unique_ptr<UcxEndpointHost> h(new UcxEndpointHost());
@@ -104,7 +122,7 @@ absl::StatusOr<std::unique_ptr<UcxEndpointHost>> UcxEndpointHost::Create() {
   }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+  params.features = features;
   ucs_status_t s = ucp_init(&params, config, &h->context_);
   ucp_config_release(config);
   if (s != UCS_OK) return FromUcs(s, "ucx: ucp_init");

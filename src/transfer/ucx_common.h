@@ -4,8 +4,10 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -22,10 +24,19 @@ absl::Status SplitHostPort(const std::string& address, const char* what, std::st
 absl::StatusOr<sockaddr_storage> ResolveAddress(const std::string& host, int port, bool passive,
                                                 socklen_t* len);
 
-// A UCP context (RMA, with wakeup) and one worker. Not thread-safe: one thread uses the worker.
+// Sets `worker`'s active-message handlers: id -> callback, each called with `arg` and with
+// whole messages only.
+absl::Status SetAmHandlers(
+    ucp_worker_h worker, void* arg,
+    std::initializer_list<std::pair<unsigned, ucp_am_recv_callback_t>> handlers);
+
+// A UCP context and one worker. Not thread-safe: one thread uses the worker.
 class UcxEndpointHost {
  public:
-  static absl::StatusOr<std::unique_ptr<UcxEndpointHost>> Create();
+  // `features`: UCP_FEATURE_* of the context. A context with UCP_FEATURE_RMA answers software-
+  // emulated gets and puts (TCP) at whatever address a peer names; see ucx_server.h.
+  static absl::StatusOr<std::unique_ptr<UcxEndpointHost>> Create(
+      uint64_t features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP);
   ~UcxEndpointHost();
   UcxEndpointHost(const UcxEndpointHost&) = delete;
   UcxEndpointHost& operator=(const UcxEndpointHost&) = delete;
