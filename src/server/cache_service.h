@@ -134,6 +134,9 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
       const grpc::ServerContext* ctx, const std::string& tenant,
       const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed) const;
 
+  // PutAssembly's sink over store_ for one Put call (cache_service.cc).
+  class StorePutSink;
+
   // Counts an RPC in flight for its lifetime.
   class InFlight {
    public:
