@@ -9,15 +9,17 @@ absl::Status InflightBytes::Acquire(const std::string& peer, uint64_t n) {
   {
     MutexLock l(&mu_);
     uint64_t& mine = per_peer_[peer];
+    // A copy: the errors below erase a new peer's entry, and `mine` with it.
+    const uint64_t held = mine;
     // Compared as `n > limit - held`: `held + n` wraps for an n near 2^64 (a client's size).
-    if (mine > per_connection_limit_ || n > per_connection_limit_ - mine) {
-      if (mine == 0) per_peer_.erase(peer);
+    if (held > per_connection_limit_ || n > per_connection_limit_ - held) {
+      if (held == 0) per_peer_.erase(peer);
       return absl::ResourceExhaustedError(absl::StrCat(
-          "this connection has ", mine, " bytes in flight; ", n, " more would pass the limit of ",
+          "this connection has ", held, " bytes in flight; ", n, " more would pass the limit of ",
           per_connection_limit_, " (limits.max_inflight_mib_per_connection)"));
     }
     if (total_ > total_limit_ || n > total_limit_ - total_) {
-      if (mine == 0) per_peer_.erase(peer);
+      if (held == 0) per_peer_.erase(peer);
       return absl::ResourceExhaustedError(absl::StrCat(
           "the daemon has ", total_, " bytes in flight; ", n, " more would pass the limit of ",
           total_limit_, " (limits.max_inflight_mib); retry later"));
