@@ -9,7 +9,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-30}"
-build="${2:-$root/build}/fuzz"
+build="$(realpath -m "${2:-$root/build}")/fuzz"
 targets=(put_stream_fuzzer key_layout_fuzzer config_fuzzer token_file_fuzzer request_fuzzer)
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
