@@ -50,7 +50,8 @@ uint64_t CopyWithChecksum(void* dst, const void* src, size_t size, CopyTo to) {
     return internal::FusedCopyXxh3(isa, dst, src, size, to == CopyTo::kMemory);
   }
   if (size <= kChunk) {
-    std::memcpy(dst, src, size);
+    // memcpy's pointers must not be null even for 0 bytes (an empty vector's data() is).
+    if (size > 0) std::memcpy(dst, src, size);
     return XXH3_64bits(dst, size);
   }
   XXH3_state_t state;

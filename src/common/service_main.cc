@@ -4,6 +4,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <prometheus/registry.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -12,6 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
+
+// LeakSanitizer's check, defined only where the binary is built with it.
+extern "C" __attribute__((weak)) void __lsan_do_leak_check();
 
 namespace kvtier {
 
@@ -114,6 +118,12 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
   std::printf("%s listening on %s\n", program.c_str(), BoundAddress(listen, port).c_str());
   std::fflush(stdout);
   return server;
+}
+
+void ExitNow(int code) {
+  std::fflush(nullptr);
+  if (__lsan_do_leak_check != nullptr) __lsan_do_leak_check();
+  _exit(code);
 }
 
 }  // namespace kvtier

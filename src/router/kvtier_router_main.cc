@@ -182,6 +182,5 @@ int main(int argc, char** argv) {
   spdlog::info("kvtier-router: {} received, stopping", strsignal(sig));
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   (*server)->Wait();
-  std::fflush(nullptr);
-  _exit(0);
+  kvtier::ExitNow(0);
 }

@@ -14,11 +14,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/internal/le_bytes.h"
-#include "common/layout_proto.h"
+#include "common/status_macros.h"
 #include "server/auth.h"
 #include "server/metrics.h"
 #include "server/served_reads.h"
 #include "spdlog/spdlog.h"
+#include "server/put_assembly.h"
+#include "server/request_keys.h"
 #include "transfer/ucx_server.h"
 
 namespace kvtier::server {
@@ -32,14 +34,6 @@ constexpr int kGetSessionMethodIndex = 9;
 constexpr int kLookupMethodIndex = 2, kLeaseMethodIndex = 3, kReleaseMethodIndex = 4,
               kDeleteMethodIndex = 5, kStatsMethodIndex = 6, kDataPlaneMethodIndex = 7,
               kWatchBlocksMethodIndex = 8;
-
-absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, const char* what) {
-  auto key = BlockKey::FromByteString(bytes);
-  if (!key.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": ", key.status().message()));
-  }
-  return key;
-}
 
 // The next message of a raw client stream as `Message`: true with it parsed; false at the end of
 // the stream, with `*status` OK, or at a message that does not parse, with INVALID_ARGUMENT.
@@ -56,13 +50,6 @@ bool ReadMessage(Reader* reader, Message* msg, const char* rpc, grpc::Status* st
     return false;
   }
   return true;
-}
-
-// The i-th key of a request that names keys either way, as 16 bytes.
-template <typename Request>
-std::string KeyBytes(const Request& r, size_t i) {
-  if (r.keys_size() > 0) return r.keys(static_cast<int>(i));
-  return r.packed_keys().substr(16 * i, 16);
 }
 
 v1::Tier ToProto(Tier t) {
@@ -251,45 +238,25 @@ void CacheServiceImpl::LogClientError(const char* rpc, const grpc::ServerContext
 
 absl::Status CacheServiceImpl::CheckTenant(const grpc::ServerContext* ctx,
                                            const std::string& tenant) const {
-  if (tenant.empty()) return absl::InvalidArgumentError("tenant: must be set");
-  if (tenant.size() > limits_.max_tenant_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tenant: longer than ", limits_.max_tenant_bytes, " bytes"));
-  }
+  KVTIER_RETURN_IF_ERROR(CheckTenantName(tenant, limits_.max_tenant_bytes));
   if (auth_ != nullptr) return auth_->Check(*ctx, tenant);
   return absl::OkStatus();
 }
 
-namespace {
-
-// The store keys of packed keys [begin, end) for `tenant`, into out[begin, end).
-void PackedStoreKeys(const std::string& tenant, const std::string& packed, size_t begin, size_t end,
-                     BlockKey* out) {
-  TenantKeyer tenant_key(tenant);
-  const auto* bytes = reinterpret_cast<const uint8_t*>(packed.data());
-  for (size_t i = begin; i < end; ++i) out[i] = tenant_key.FromBytes(bytes + 16 * i);
+size_t CacheServiceImpl::MaxKeys(KeyLimit limit) const {
+  return limit == KeyLimit::kGet ? limits_.max_keys_per_get : limits_.max_keys_per_request;
 }
-
-}  // namespace
 
 absl::StatusOr<size_t> CacheServiceImpl::CheckedKeyCount(
     const grpc::ServerContext* ctx, const std::string& tenant,
     const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
     KeyLimit limit) const {
-  if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return st;
-  if (!keys.empty() && !packed.empty()) {
-    return absl::InvalidArgumentError("give keys or packed_keys, not both");
-  }
-  if (packed.size() % BlockKey::kBytes != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("packed_keys: ", packed.size(), " bytes is not a multiple of 16"));
-  }
-  const size_t n = keys.empty() ? packed.size() / BlockKey::kBytes : keys.size();
+  KVTIER_RETURN_IF_ERROR(CheckTenant(ctx, tenant));
+  KVTIER_ASSIGN_OR_RETURN(const size_t n, KeyCount(keys, packed, SIZE_MAX));
   const bool get = limit == KeyLimit::kGet;
-  const size_t max = get ? limits_.max_keys_per_get : limits_.max_keys_per_request;
-  if (n > max) {
+  if (n > MaxKeys(limit)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        n, " keys exceed the limit of ", max,
+        n, " keys exceed the limit of ", MaxKeys(limit),
         get ? " per Get (limits.max_keys_per_get); ask in pieces"
             : " per request (limits.max_keys_per_request)"));
   }
@@ -300,124 +267,85 @@ absl::StatusOr<std::vector<BlockKey>> CacheServiceImpl::StoreKeys(
     const grpc::ServerContext* ctx, const std::string& tenant,
     const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
     KeyLimit limit) const {
-  auto n = CheckedKeyCount(ctx, tenant, keys, packed, limit);
-  if (!n.ok()) return n.status();
-  if (keys.empty()) {
-    std::vector<BlockKey> out(*n);
-    PackedStoreKeys(tenant, packed, 0, *n, out.data());
-    return out;
-  }
-  std::vector<BlockKey> out;
-  out.reserve(*n);
-  TenantKeyer tenant_key(tenant);
-  for (size_t i = 0; i < *n; ++i) {
-    auto k = BlockKey::FromByteString(keys[static_cast<int>(i)]);
-    if (!k.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", k.status().message()));
-    }
-    out.push_back(tenant_key(*k));
-  }
-  return out;
+  KVTIER_RETURN_IF_ERROR(CheckedKeyCount(ctx, tenant, keys, packed, limit).status());
+  return StoreKeysOf(tenant, keys, packed, MaxKeys(limit));
 }
+
+// PutAssembly's sink over the store, for one Put call: the caller's tenant and connection, and
+// the block being received with its bytes counted against the limits.
+class CacheServiceImpl::StorePutSink final : public PutSink {
+ public:
+  StorePutSink(CacheServiceImpl* service, const grpc::ServerContext* ctx)
+      : service_(service), ctx_(ctx) {}
+
+  absl::Status Tenant(const std::string& tenant) override {
+    tenant_ = tenant;  // named in the log of a refusal too
+    KVTIER_RETURN_IF_ERROR(service_->CheckTenant(ctx_, tenant));
+    tenant_id_ = service_->TenantId(tenant);
+    return absl::OkStatus();
+  }
+  absl::Status Begin(const BlockKey& key, const BlockKey& parent, uint64_t size,
+                     const PutOptions& options) override {
+    KVTIER_ASSIGN_OR_RETURN(held_, service_->HoldBytes(ctx_, tenant_id_, size));
+    PutOptions opts = options;
+    opts.tenant = tenant_id_;
+    KVTIER_ASSIGN_OR_RETURN(
+        block_, service_->store_->BeginPut(TenantKey(tenant_, key), TenantKey(tenant_, parent),
+                                           size, opts));
+    return absl::OkStatus();
+  }
+  absl::Status Write(uint64_t offset, std::span<const uint8_t> data) override {
+    return block_->Write(offset, data);
+  }
+  const std::string& tenant() const { return tenant_; }
+  absl::StatusOr<PutResult> Commit() override {
+    absl::StatusOr<PutResult> put = block_->Commit();
+    block_.reset();
+    held_.Reset();
+    return put;
+  }
+
+ private:
+  CacheServiceImpl* service_;
+  const grpc::ServerContext* ctx_;
+  std::string tenant_;
+  uint16_t tenant_id_ = Tenants::kOther;
+  std::optional<BlockStore::PutHandle> block_;  // the block being received
+  InflightBytes::Hold held_;                    // its bytes
+};
 
 grpc::Status CacheServiceImpl::PutImpl(grpc::ServerContext* ctx,
                                        grpc::ServerReader<grpc::ByteBuffer>* reader,
-                                       v1::PutResponse* response, std::string* tenant_out) {
+                                       v1::PutResponse* response, std::string* tenant) {
+  StorePutSink sink(this, ctx);
+  PutAssembly assembly(&sink);
   v1::PutRequest msg;
-  std::string& tenant = *tenant_out;
-  std::optional<KvLayout> layout;
-  std::optional<BlockStore::PutHandle> block;  // the block being received
-  InflightBytes::Hold held;                    // its bytes, counted against the limits
-  size_t received = 0;
-  std::string block_name;
-  bool first = true;
-  uint16_t tenant_id = Tenants::kOther;
   grpc::Status read;
+  absl::Status st;
   IdleWatchdog::Watch watch = idle_.Arm(ctx);
-  while (ReadMessage(reader, &msg, "put", &read)) {
+  while (st.ok() && ReadMessage(reader, &msg, "put", &read)) {
     watch.Touch();
-    if (first) {
-      tenant = msg.tenant();
-      if (absl::Status st = CheckTenant(ctx, tenant); !st.ok()) return ToGrpc(st);
-      tenant_id = TenantId(tenant);
-      if (msg.has_layout()) {
-        auto l = LayoutFromProto(msg.layout());
-        if (!l.ok()) return ToGrpc(l.status());
-        layout = *l;
-      }
-      first = false;
-    } else if (!msg.tenant().empty() && msg.tenant() != tenant) {
-      return ToGrpc(absl::InvalidArgumentError("tenant: changes within one Put stream"));
-    }
-    if (msg.has_header()) {
-      if (block.has_value() && received != block->size()) {
-        return ToGrpc(
-            absl::InvalidArgumentError(absl::StrCat("block ", block_name, ": new header after ",
-                                                    received, " of ", block->size(), " bytes")));
-      }
-      const v1::BlockHeader& h = msg.header();
-      auto key = ParseKey(h.key(), "header.key");
-      if (!key.ok()) return ToGrpc(key.status());
-      BlockKey parent;
-      if (!h.parent().empty()) {
-        auto p = ParseKey(h.parent(), "header.parent");
-        if (!p.ok()) return ToGrpc(p.status());
-        parent = *p;
-      }
-      auto hold = HoldBytes(ctx, tenant_id, h.size());
-      if (!hold.ok()) return ToGrpc(hold.status());
-      held = std::move(*hold);
-      PutOptions opts;
-      opts.tenant = tenant_id;
-      opts.layout = layout.has_value() ? &*layout : nullptr;
-      opts.durable = h.durable();
-      if (h.has_checksum()) opts.expected_checksum = h.checksum();
-      auto handle =
-          store_->BeginPut(TenantKey(tenant, *key), TenantKey(tenant, parent), h.size(), opts);
-      if (!handle.ok()) return ToGrpc(handle.status());
-      block = std::move(*handle);
-      block_name = key->Hex();
-      received = 0;
-    }
-    if (!msg.data().empty()) {
-      if (!block.has_value()) {
-        return ToGrpc(absl::InvalidArgumentError("data before any block header"));
-      }
-      absl::Status st = block->Write(
-          received,
-          std::span(reinterpret_cast<const uint8_t*>(msg.data().data()), msg.data().size()));
-      if (!st.ok()) return ToGrpc(st);
-      received += msg.data().size();
-    }
-    if (block.has_value() && received == block->size()) {
-      absl::StatusOr<PutResult> put = block->Commit();
-      if (!put.ok()) return ToGrpc(put.status());
-      if (*put == PutResult::kStored) {
-        response->set_stored(response->stored() + 1);
-      } else {
-        response->set_present(response->present() + 1);
-      }
-      block.reset();
-      held.Reset();
-    }
+    st = assembly.Add(msg);
   }
+  *tenant = sink.tenant();
+  // What was committed before an error stays, and is counted.
+  response->set_stored(assembly.stored());
+  response->set_present(assembly.present());
+  if (!st.ok()) return ToGrpc(st);
   // The token is checked with the tenant, which the first message names: a stream that named
   // none must still carry a valid one.
-  if (first && auth_ != nullptr) {
+  if (tenant->empty() && auth_ != nullptr) {
     if (auto who = auth_->Authenticate(*ctx); !who.ok()) return ToGrpc(who.status());
   }
-  if (!read.ok()) return read;  // what was committed before it stays
+  if (!read.ok()) return read;
   if (watch.fired()) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                         absl::StrCat("put: the stream sent nothing for ",
-                                     limits_.stream_idle_timeout.count(), " ms (limits.stream_idle_timeout_s)"));
+                                     limits_.stream_idle_timeout.count(),
+                                     " ms (limits.stream_idle_timeout_s)"));
   }
-  if (block.has_value()) {
-    // The stream ended inside a block (or the client went away): it is dropped, never visible.
-    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
-        "block ", block_name, ": stream ended after ", received, " of ", block->size(), " bytes")));
-  }
-  return grpc::Status::OK;
+  // The stream ended inside a block (or the client went away): it is dropped, never visible.
+  return ToGrpc(assembly.Finish());
 }
 
 namespace {

@@ -192,6 +192,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   // Which limit a request's key count is held to: max_keys_per_get for a Get, else
   // max_keys_per_request.
   enum class KeyLimit { kRequest, kGet };
+  size_t MaxKeys(KeyLimit limit) const;
   // How many keys the request names, once the tenant and the keys' form are checked.
   // `keys` or `packed` (16 bytes a key) must be given, not both.
   absl::StatusOr<size_t> CheckedKeyCount(
@@ -203,6 +204,9 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
       const grpc::ServerContext* ctx, const std::string& tenant,
       const google::protobuf::RepeatedPtrField<std::string>& keys, const std::string& packed,
       KeyLimit limit = KeyLimit::kRequest) const;
+
+  // PutAssembly's sink over store_ for one Put call (cache_service.cc).
+  class StorePutSink;
 
   // Counts an RPC in flight for its lifetime.
   class InFlight {

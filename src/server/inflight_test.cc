@@ -45,5 +45,22 @@ TEST(InflightBytes, ATenantStopsAtItsOwnLimit) {
   EXPECT_EQ(b.tenant_total(1), (uint64_t{8} << 20) + 1);
 }
 
+// The refusal of a connection's first reservation erases its entry; the error must not read the
+// count from the erased entry (fuzz/corpus/put_stream_fuzzer/crash-7ebad923...: ASan reported a
+// use-after-poison in Acquire).
+TEST(InflightBytes, ANewConnectionsRefusalNamesWhatItHolds) {
+  InflightBytes b(/*total_limit=*/12 << 20, /*per_connection_limit=*/8 << 20,
+                  /*per_tenant_limit=*/64 << 20);
+  EXPECT_EQ(b.Acquire("new", 1, (8 << 20) + 1).message(),
+            "this connection has 0 bytes in flight; 8388609 more would pass the limit of 8388608 "
+            "(limits.max_inflight_mib_per_connection)");
+  ASSERT_TRUE(b.Acquire("first", 1, 8 << 20).ok());
+  EXPECT_NE(b.Acquire("second", 1, (8 << 20) + 1).message().find("0 bytes in flight"),
+            std::string::npos);
+  EXPECT_NE(b.Acquire("third", 1, 5 << 20).message().find("the daemon has 8388608 bytes in flight"),
+            std::string::npos);
+  EXPECT_EQ(b.total(), uint64_t{8} << 20);
+}
+
 }  // namespace
 }  // namespace kvtier::server

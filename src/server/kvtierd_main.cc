@@ -317,15 +317,13 @@ int main(int argc, char** argv) {
   stopping.store(true);
   reaper.join();
   if (ucx != nullptr) ucx->StopServing();  // clients' UCX reads fail from here on
-  // The metrics endpoint is left to _exit below: stopping its HTTP server takes a second.
+  // The metrics endpoint is left to ExitNow below: stopping its HTTP server takes a second.
   if (metrics != nullptr) metrics->DetachStore();  // and the service's tenant usage
   service.DetachStore();
   store->reset();  // flushes the NVMe tier
   ucx.reset();     // frees the arena's memory
   spdlog::info("kvtierd: stopped");
   spdlog::shutdown();
-  std::fflush(nullptr);
-  // Everything durable is on disk now. gRPC's library teardown can take seconds while clients
-  // keep their connections open; there is nothing left for it to do.
-  _exit(0);
+  // Everything durable is on disk now.
+  kvtier::ExitNow(0);
 }

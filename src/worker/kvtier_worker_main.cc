@@ -150,6 +150,5 @@ int main(int argc, char** argv) {
   spdlog::info("kvtier-worker: {} received, stopping", strsignal(sig));
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*server)->Wait();
-  std::fflush(nullptr);
-  _exit(0);
+  kvtier::ExitNow(0);
 }
