@@ -28,6 +28,9 @@ namespace {
 using server::PutAssembly;
 using server::PutSink;
 
+// The one tenant's number in the in-flight accounting (the daemon's registry gives 1 to the first).
+constexpr uint16_t kTenantNumber = 1;
+
 BlockStore& Store() {
   static BlockStore* store = [] {
     StoreOptions o;
@@ -59,8 +62,8 @@ class CheckingSink final : public PutSink {
                      const PutOptions& options) override {
     KVTIER_FUZZ_CHECK(tenant_.has_value(), "a block begins after the tenant");
     KVTIER_FUZZ_CHECK(!block_.has_value(), "a block begins once the previous one is committed");
-    if (absl::Status st = inflight_->Acquire("peer", size); !st.ok()) return st;
-    held_ = server::InflightBytes::Hold(inflight_, "peer", size);
+    if (absl::Status st = inflight_->Acquire("peer", kTenantNumber, size); !st.ok()) return st;
+    held_ = server::InflightBytes::Hold(inflight_, "peer", kTenantNumber, size);
     auto h = Store().BeginPut(TenantKey(*tenant_, key), TenantKey(*tenant_, parent), size, options);
     if (!h.ok()) {
       held_.Reset();
@@ -115,8 +118,9 @@ class CheckingSink final : public PutSink {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace kvtier;
   using namespace kvtier::fuzz;
-  // Limits as kvtierd's, scaled to the fuzzer's inputs: two blocks' bytes per connection.
-  server::InflightBytes inflight(uint64_t{256} << 10, uint64_t{128} << 10);
+  // Limits as kvtierd's, scaled to the fuzzer's inputs: two blocks' bytes per connection, and
+  // as much per tenant.
+  server::InflightBytes inflight(uint64_t{256} << 10, uint64_t{128} << 10, uint64_t{128} << 10);
   {
     CheckingSink sink(&inflight);
     PutAssembly assembly(&sink);

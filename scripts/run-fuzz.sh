@@ -1,24 +1,17 @@
 #!/usr/bin/env bash
 # The libFuzzer targets of fuzz/ (fuzz/README.md), each for a bounded time on a copy of its seed
-# corpus: builds them with clang, ASan, UBSan and libFuzzer's coverage into BUILD_DIR/fuzz
-# (ccache makes repeat builds quick), runs each for SECONDS (-max_total_time) and prints, per
+# corpus: builds them in the sanitized tree BUILD_DIR/asan (scripts/build-sanitized.sh: clang,
+# ASan, UBSan, libFuzzer's coverage), runs each for SECONDS (-max_total_time) and prints, per
 # target, the executions, exec/s, coverage (cov: and ft: of libFuzzer's last line) and the
 # crashes. Fails on any crash, leak, timeout or out-of-memory; the input that did it is kept in
-# BUILD_DIR/fuzz/artifacts/. The repository's corpus is never written to.
+# BUILD_DIR/asan/artifacts/. The repository's corpus is never written to.
 #   scripts/run-fuzz.sh [SECONDS] [BUILD_DIR]     (defaults: 30, build)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-30}"
-build="$(realpath -m "${2:-$root/build}")/fuzz"
+build="$(realpath -m "${2:-$root/build}")/asan"
 targets=(put_stream_fuzzer key_layout_fuzzer config_fuzzer token_file_fuzzer request_fuzzer)
-launcher=()
-command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVTIER_WITH_CUDA=OFF \
-    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DKVTIER_FUZZ=ON \
-    -DKVTIER_BENCHMARKS=OFF "${launcher[@]}" >/dev/null
-fi
-cmake --build "$build" --target fuzz_targets -j "$(nproc)"
+bash "$root/scripts/build-sanitized.sh" "$build" fuzz_targets
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -973,7 +973,7 @@ std::vector<Case> PlainCases() {
            {"DataPlane", "data_plane_garbage"},
            {"WatchBlocks", "watch_blocks_garbage"}}) {
     c.push_back({row, rpc + " (raw): 1000 bytes of garbage as the request", "INVALID_ARGUMENT",
-                 [rpc](Daemon& d) { return RawCode(d, rpc, {Garbage(1000)}); }});
+                 [rpc = rpc](Daemon& d) { return RawCode(d, rpc, {Garbage(1000)}); }});
   }
   c.push_back({"unknown_method", "/kvtier.v1.CacheService/Nope (raw), an empty message",
                "UNIMPLEMENTED", [](Daemon& d) { return RawCode(d, "Nope", {""}); }});

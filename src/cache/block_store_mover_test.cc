@@ -743,7 +743,9 @@ TEST(BlockStoreMoverSlowFlash, AHostHitNeverWaitsForAFlashWrite) {
   }
   const std::vector<uint8_t> hot = TestBlock(0, kMoverBlock);
   ASSERT_TRUE(s->Put(TestKey(0), kNoParent, hot).ok());
-  ASSERT_EQ(fs->blob_appends(), 0u);
+  auto placed = s->Stat(TestKey(0));
+  ASSERT_TRUE(placed.ok());
+  ASSERT_EQ(placed->tier, Tier::kHost);
 
   const auto deadline = SteadyClock::now() + std::chrono::seconds(4);
   std::atomic<bool> writing{true};
