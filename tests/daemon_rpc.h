@@ -215,15 +215,4 @@ inline std::string PutMessage(const std::string& tenant, const Block& b) {
   return req.SerializeAsString();
 }
 
-// The value of the first sample of `name` (with `labels`, e.g. {tier="host"}) in a Prometheus
-// text exposition, or -1.
-inline double Sample(const std::string& text, const std::string& name_and_labels) {
-  size_t at = 0;
-  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
-    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size()));
-    at += name_and_labels.size();
-  }
-  return -1;
-}
-
 }  // namespace kvtier::testing

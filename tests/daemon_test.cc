@@ -719,6 +719,35 @@ TEST(DaemonLimits, OneTenantCannotLockOutAnother) {
   EXPECT_EQ(u.leased_limit_bytes(), 16u << 20);
 }
 
+// A tenant's blocks fill no more than its share of a memory tier: past it, its own oldest go,
+// and another tenant's blocks stay.
+TEST(DaemonLimits, ATenantsBlocksStayWithinItsShareOfTheHostTier) {
+  TempDir dir;
+  auto d = StartDaemon(dir.Sub("data"), {"--max-resident-mib-per-tenant", "16"});
+  ASSERT_FALSE(d->address().empty());
+  auto stub = Connect(*d);
+  const auto theirs = Chain(700, 2, 4 << 20);
+  ASSERT_TRUE(PutBlocks(*stub, "other", theirs).ok());
+  // Ten prompts of one block each, so that recency alone picks the victims (within a chain the
+  // store evicts tails first).
+  std::vector<Block> mine;
+  for (uint64_t i = 0; i < 10; ++i) mine.push_back(Chain(710 + i, 1, 4 << 20)[0]);
+  for (const Block& b : mine) ASSERT_TRUE(PutBlocks(*stub, "greedy", {b}).ok());
+  const std::string metrics = testing::HttpGet(d->AddressOf("kvtierd metrics"), "/metrics");
+  EXPECT_EQ(Sample(metrics, "kvtier_tenant_quota_evictions_total"), 6);
+  grpc::Status st;
+  auto got = GetBlocks(*stub, "other", KeysOf(theirs), &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  for (size_t i = 0; i < theirs.size(); ++i) {
+    ASSERT_TRUE(got[i].has_value()) << i;
+    EXPECT_EQ(*got[i], theirs[i].data);
+  }
+  const std::vector<Block> newest(mine.end() - 4, mine.end());
+  got = GetBlocks(*stub, "greedy", KeysOf(newest), &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  for (size_t i = 0; i < newest.size(); ++i) EXPECT_TRUE(got[i].has_value()) << i;
+}
+
 TEST_F(DaemonTest, RestartKeepsDurableBlocks) {
   const auto chain = Chain(200, 4, 64 * 1024);
   ASSERT_TRUE(PutBlocks(*stub_, "t", chain, 1 << 20, /*durable=*/true).ok());

@@ -12,12 +12,14 @@
 #include <atomic>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "client/cache_client.h"
 #include "common/mutex.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "testing/daemon_process.h"
+#include "testing/http_get.h"
 #include "testing/test_util.h"
 #include "transfer/ucx_common.h"
 #include "transfer/ucx_reader.h"
@@ -432,12 +434,21 @@ absl::Status RawRma(const std::string& host, int port, uint64_t address, bool pu
 }
 
 // Where the daemon's heap starts (from /proc): an address in it that is surely mapped.
+// An address of process `pid`'s heap: [heap], or (under AddressSanitizer, whose allocator maps
+// its own) its first writable anonymous mapping. 0 if neither is found.
 uint64_t HeapOf(pid_t pid) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  uint64_t anonymous = 0;
   for (std::string line; std::getline(maps, line);) {
     if (line.find("[heap]") != std::string::npos) return std::stoull(line, nullptr, 16);
+    std::istringstream fields(line);
+    std::string range, perms, offset, device, inode, path;
+    fields >> range >> perms >> offset >> device >> inode >> path;
+    if (anonymous == 0 && perms == "rw-p" && inode == "0" && path.empty()) {
+      anonymous = std::stoull(range, nullptr, 16);
+    }
   }
-  return 0;
+  return anonymous;
 }
 
 constexpr char kAliceToken[] = "alice-secret-token-0001";
@@ -469,8 +480,8 @@ class ServedReads : public ::testing::TestWithParam<const char*> {
     auto d = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtierd",
         std::vector<std::string>{"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "32",
-                                 "--log-level", "error", "--metrics-listen", "", "--auth-tokens",
-                                 dir_.Sub("tokens.yaml"), "--ucx-mode", mode});
+                                 "--log-level", "error", "--metrics-listen", "127.0.0.1:0",
+                                 "--auth-tokens", dir_.Sub("tokens.yaml"), "--ucx-mode", mode});
     EXPECT_FALSE(d->address().empty()) << d->output();
     return d;
   }
@@ -655,6 +666,12 @@ TEST_P(ServedReads, ATenantReadsItsOwnLeasedRangesAndNothingElse) {
   auto got = bob_->Get(std::span(&theirs, 1));
   ASSERT_TRUE(got.ok() && (*got)[0].has_value());
   EXPECT_EQ(*(*got)[0], bob_blocks_[0]);
+  // Operators see both: reads served, and reads refused (at least the 14 asked above that reached
+  // the daemon; the empty and wrapping ranges the reader may refuse itself).
+  const std::string metrics =
+      testing::HttpGet(daemon_->AddressOf("kvtierd metrics"), "/metrics");
+  EXPECT_GE(testing::Sample(metrics, "kvtier_ucx_served_reads_total"), 3);
+  EXPECT_GE(testing::Sample(metrics, "kvtier_ucx_served_read_refusals_total"), 14);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ServedReads, ::testing::Values("", "tcp"),

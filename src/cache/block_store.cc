@@ -63,6 +63,10 @@ absl::Status StoreOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("nvme_bytes: ", nvme_bytes, " cannot hold one block of max_block_bytes"));
   }
+  if (tenant_memory_bytes != 0 && tenant_memory_bytes < max_block_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("tenant_memory_bytes: ", tenant_memory_bytes,
+                                                   " cannot hold one block of max_block_bytes"));
+  }
   if (lease_ttl_us <= 0) return absl::InvalidArgumentError("lease_ttl_us: must be > 0");
   if (max_lease_ttl_us < lease_ttl_us) {
     return absl::InvalidArgumentError("max_lease_ttl_us: must be >= lease_ttl_us");
@@ -103,6 +107,7 @@ struct Counters {
   std::atomic<uint64_t> lookups{0}, lookup_blocks_hit{0}, lookup_blocks_missed{0};
   std::atomic<uint64_t> puts{0}, puts_noop{0}, puts_aborted{0};
   std::atomic<uint64_t> evictions{0}, demotions{0}, promotions{0}, sync_evictions{0};
+  std::atomic<uint64_t> quota_evictions{0};
   std::atomic<uint64_t> nvme_bytes_written{0}, nvme_write_errors{0}, checksum_failures{0};
   std::atomic<uint64_t> leases_granted{0}, leases_expired{0};
 };
@@ -261,6 +266,7 @@ struct BlockStore::Impl {
       if (e.pins != 0) return;
     }
     if (e.tier != Tier::kNvme) Mem(e.tier)->Free(e.location, e.size);
+    TenantMemory(e, e.tier, -1);
     pool.Free(h);
   }
   // The block leaves the store: evicted for room, or dropped as corrupt (its flash record then
@@ -317,6 +323,8 @@ struct BlockStore::Impl {
     }
     --resident[static_cast<int>(from)];
     ++resident[static_cast<int>(to)];
+    TenantMemory(e, from, -1);
+    TenantMemory(e, to, +1);
     policy->TierChanged(h, from);
     return true;
   }
@@ -332,6 +340,7 @@ struct BlockStore::Impl {
     }
     --resident[static_cast<int>(Tier::kNvme)];
     ++resident[static_cast<int>(Tier::kHost)];
+    TenantMemory(e, Tier::kHost, +1);
     policy->TierChanged(h, Tier::kNvme);
     Count(counters.promotions);
   }
@@ -351,6 +360,7 @@ struct BlockStore::Impl {
   void FreeReservation(uint32_t h, bool counted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     Mem(e.tier)->Free(e.location, e.size);
+    TenantMemory(e, e.tier, -1);
     pool.Free(h);
     if (counted) Count(counters.puts_aborted);
   }
@@ -480,6 +490,45 @@ struct BlockStore::Impl {
       }
       evicted = true;
     }
+  }
+  // Counts (sign +1) or uncounts (-1) entry e's bytes in memory tier t for its tenant's quota.
+  void TenantMemory(const Entry& e, Tier t, int sign) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (t == Tier::kNvme || options.tenant_memory_bytes == 0) return;
+    std::vector<uint64_t>& bytes = tenant_memory[t == Tier::kHbm ? 1 : 0];
+    if (bytes.empty()) bytes.resize(size_t{UINT16_MAX} + 1);
+    bytes[e.tenant] = sign > 0 ? bytes[e.tenant] + e.size : bytes[e.tenant] - e.size;
+  }
+  uint64_t TenantMemoryBytes(uint16_t tenant, Tier t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const std::vector<uint64_t>& bytes = tenant_memory[t == Tier::kHbm ? 1 : 0];
+    return bytes.empty() ? 0 : bytes[tenant];
+  }
+  // Keeps `tenant` within its quota of memory tier t for a put of `bytes` more: moves its own
+  // least valuable blocks down a tier (or out) first. RESOURCE_EXHAUSTED when none of them can
+  // go now. May release the policy lock while it demotes.
+  absl::Status TenantRoom(uint16_t tenant, Tier t, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const uint64_t quota = options.tenant_memory_bytes;
+    if (quota == 0) return absl::OkStatus();
+    // Each demotion frees one block; a bounded number of tries, and a bounded walk for each
+    // (past other tenants' blocks), keep a put's time under the lock bounded too.
+    constexpr int kMaxDemotions = 64;
+    constexpr size_t kMaxSteps = 16'384;
+    for (int i = 0; TenantMemoryBytes(tenant, t) + bytes > quota; ++i) {
+      const uint32_t v =
+          i < kMaxDemotions
+              ? policy->PickTenantVictim(
+                    t, tenant, kMaxSteps,
+                    [this](uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return Evictable(h); })
+              : kNoEntry;
+      if (v == kNoEntry) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "put: the tenant's blocks fill its quota of the ", TierName(t), " tier (",
+            TenantMemoryBytes(tenant, t), " of ", quota,
+            " bytes) and none of them can be evicted now; retry after its leases and puts end"));
+      }
+      Count(counters.quota_evictions);
+      Demote(v);
+    }
+    return absl::OkStatus();
   }
   // May the victim picker take `h` now? A pinned block is parked (off the lists until its last
   // Unpin).
@@ -722,6 +771,9 @@ struct BlockStore::Impl {
   std::deque<BlockKey> flash_deletes ABSL_GUARDED_BY(mu);
   uint64_t nvme_used ABSL_GUARDED_BY(mu) = 0;  // payload bytes of blocks with a flash record
   uint64_t resident[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};  // committed blocks per tier
+  // With a tenant quota (StoreOptions::tenant_memory_bytes): each tenant's bytes, reserved or
+  // committed, in each memory tier, by Entry::tenant.
+  std::vector<uint64_t> tenant_memory[2] ABSL_GUARDED_BY(mu);
   int moves_out[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};      // moves under way out of a tier
   uint64_t moving_bytes[kNumTiers] ABSL_GUARDED_BY(mu) = {0, 0, 0};  // and their bytes
   uint32_t next_generation ABSL_GUARDED_BY(mu) = 1;
@@ -875,12 +927,15 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   MutexLock l(&s.mu);
   s.ReapLeases();
   Tier tier = s.hbm != nullptr ? Tier::kHbm : Tier::kHost;
-  s.last_put_bytes[static_cast<int>(tier)].store(size, std::memory_order_relaxed);
-  absl::StatusOr<uint64_t> loc = s.ReserveSpace(tier, size);
+  auto reserve = [&](Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) -> absl::StatusOr<uint64_t> {
+    s.last_put_bytes[static_cast<int>(t)].store(size, std::memory_order_relaxed);
+    KVTIER_RETURN_IF_ERROR(s.TenantRoom(options.tenant, t, size));
+    return s.ReserveSpace(t, size);
+  };
+  absl::StatusOr<uint64_t> loc = reserve(tier);
   if (!loc.ok() && tier == Tier::kHbm) {
     tier = Tier::kHost;
-    s.last_put_bytes[static_cast<int>(tier)].store(size, std::memory_order_relaxed);
-    loc = s.ReserveSpace(tier, size);
+    loc = reserve(tier);
   }
   if (!loc.ok()) return loc.status();
   const uint32_t h = s.pool.Alloc();
@@ -896,6 +951,7 @@ absl::StatusOr<BlockStore::PutHandle> BlockStore::BeginPut(const BlockKey& key,
   e.location = *loc;
   e.tenant = options.tenant;
   e.state = EntryState::kReserved;
+  s.TenantMemory(e, tier, +1);
   handle.store_ = impl_.get();
   handle.handle_ = h;
   handle.size_ = size;
@@ -1520,6 +1576,7 @@ StoreStats BlockStore::Stats() const {
   st.demotions = Read(c.demotions);
   st.promotions = Read(c.promotions);
   st.sync_evictions = Read(c.sync_evictions);
+  st.quota_evictions = Read(c.quota_evictions);
   st.nvme_bytes_written = Read(c.nvme_bytes_written);
   st.nvme_write_errors = Read(c.nvme_write_errors);
   st.checksum_failures = Read(c.checksum_failures);

@@ -66,7 +66,7 @@ struct PutOptions {
   // When set, Commit fails with DATA_LOSS unless the written bytes have this XXH3-64.
   std::optional<uint64_t> expected_checksum;
   // Whose block it is, as the caller numbers its tenants; told back in StoreOptions'
-  // on_block_event. The store itself treats every tenant alike.
+  // on_block_event, and held to StoreOptions::tenant_memory_bytes.
   uint16_t tenant = 0;
 };
 
@@ -115,6 +115,8 @@ struct StoreStats {
   // Puts and promotions that found their tier full with no demotion under way, and evicted a
   // block themselves instead of taking the mover's reserve.
   uint64_t sync_evictions = 0;
+  // Blocks a put moved down (or out) to keep its tenant within StoreOptions::tenant_memory_bytes.
+  uint64_t quota_evictions = 0;
   uint64_t nvme_admission_rejections = 0;
   uint64_t nvme_bytes_written = 0;
   uint64_t nvme_write_errors = 0;

@@ -182,6 +182,9 @@ TEST(BlockStore, OptionsAreValidatedByName) {
   o = SmallOptions(8);
   o.max_lease_ttl_us = 1;
   expect_field(o, "max_lease_ttl_us");
+  o = SmallOptions(8);
+  o.tenant_memory_bytes = kBlock - 1;
+  expect_field(o, "tenant_memory_bytes");
 }
 
 TEST(BlockStore, LookupCountsTheLeadingPresentBlocks) {
@@ -526,6 +529,50 @@ TEST(BlockStoreLeases, GenerationsTellWhetherALeasedBlockStayedPut) {
   EXPECT_EQ(s->FirstChanged(lease->blocks), 1u) << "stored again: a new generation";
   ASSERT_TRUE(PutN(*s, 3).ok());  // evicts block 1 (no NVMe tier)
   EXPECT_EQ(s->FirstChanged(std::span(lease->blocks).first(1)), 0u);
+}
+
+TEST(BlockStoreTenants, APutPastItsTenantsQuotaEvictsThatTenantsOwnBlocks) {
+  StoreOptions o = SmallOptions(8);
+  o.tenant_memory_bytes = 3 * kBlock;
+  o.max_leased_bytes = o.host_bytes;
+  auto s = OpenOrDie(o);
+  PutOptions one, two;
+  one.tenant = 1;
+  two.tenant = 2;
+  ASSERT_TRUE(PutN(*s, 100, std::nullopt, two).ok());
+  ASSERT_TRUE(PutN(*s, 101, std::nullopt, two).ok());
+  // The tier has room for eight, yet tenant 1 keeps at most three: its own oldest go.
+  for (uint64_t n = 0; n < 6; ++n) ASSERT_TRUE(PutN(*s, n, std::nullopt, one).ok());
+  for (uint64_t n = 0; n < 3; ++n) EXPECT_FALSE(Has(*s, n)) << n;
+  for (uint64_t n = 3; n < 6; ++n) ExpectBlock(*s, n);
+  ExpectBlock(*s, 100);
+  ExpectBlock(*s, 101);
+  EXPECT_EQ(s->Stats().quota_evictions, 3u);
+  EXPECT_EQ(s->Stats().tiers[1].blocks, 5u);
+
+  // All of tenant 1's blocks leased: its put is refused, naming the quota; tenant 2 still puts.
+  const BlockKey mine[] = {TestKey(3), TestKey(4), TestKey(5)};
+  auto lease = s->Lease(mine);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  absl::Status refused = PutN(*s, 6, std::nullopt, one);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("quota of the host tier"), std::string::npos) << refused;
+  ASSERT_TRUE(PutN(*s, 102, std::nullopt, two).ok());
+  ASSERT_TRUE(s->Release(lease->id).ok());
+  ASSERT_TRUE(PutN(*s, 6, std::nullopt, one).ok());
+  EXPECT_FALSE(Has(*s, 3));
+
+  // Deletes and aborted puts give the tenant's share back: three fresh blocks need no eviction.
+  for (uint64_t n = 4; n < 7; ++n) ASSERT_TRUE(s->Delete(TestKey(n)).ok());
+  {
+    auto h = s->BeginPut(TestKey(7), kNoParent, kBlock, one);
+    ASSERT_TRUE(h.ok());
+  }
+  const uint64_t before = s->Stats().quota_evictions;
+  for (uint64_t n = 10; n < 13; ++n) ASSERT_TRUE(PutN(*s, n, std::nullopt, one).ok());
+  EXPECT_EQ(s->Stats().quota_evictions, before);
+  for (uint64_t n = 10; n < 13; ++n) ExpectBlock(*s, n);
+  EXPECT_TRUE(s->CheckConsistency().ok());
 }
 
 TEST(BlockStoreLeases, ReleaseAndCap) {

@@ -189,11 +189,26 @@ void PrefixAwarePolicy::Remove(uint32_t h) {
 }
 
 uint32_t PrefixAwarePolicy::PickVictim(Tier tier, absl::FunctionRef<bool(uint32_t)> usable) {
+  return Pick(tier, SIZE_MAX, [](const Entry&) { return true; }, usable);
+}
+
+uint32_t PrefixAwarePolicy::PickTenantVictim(Tier tier, uint16_t tenant, size_t max_steps,
+                                             absl::FunctionRef<bool(uint32_t)> usable) {
+  return Pick(tier, max_steps, [tenant](const Entry& e) { return e.tenant == tenant; }, usable);
+}
+
+uint32_t PrefixAwarePolicy::Pick(Tier tier, size_t max_steps,
+                                 absl::FunctionRef<bool(const Entry&)> wanted,
+                                 absl::FunctionRef<bool(uint32_t)> usable) {
+  size_t steps = 0;
   for (uint8_t cls = 0; cls < kNumClasses; ++cls) {
     for (uint32_t h = ListOf(tier, cls).tail; h != kNoEntry;) {
+      if (steps++ == max_steps) return kNoEntry;
       Entry& e = E(h);
       const uint32_t prev = e.lru_prev;
-      if (Newer(e.last_access.load(std::memory_order_relaxed), e.listed_access)) {
+      if (!wanted(e)) {
+        // someone else's: left where it is
+      } else if (Newer(e.last_access.load(std::memory_order_relaxed), e.listed_access)) {
         Relist(h);  // read since it was listed, by a reader that did not wait for the lock
       } else if (usable(h)) {
         return h;

@@ -41,6 +41,10 @@ class EvictionPolicy {
   // The block of `tier` to evict first that `usable` accepts, or kNoEntry. Blocks `usable`
   // rejects are hidden (shown again by the caller when they become usable).
   virtual uint32_t PickVictim(Tier tier, absl::FunctionRef<bool(uint32_t)> usable) = 0;
+  // The same among the blocks of one tenant (Entry::tenant), looking at no more than
+  // `max_steps` listed blocks; other tenants' blocks are passed over, not hidden.
+  virtual uint32_t PickTenantVictim(Tier tier, uint16_t tenant, size_t max_steps,
+                                    absl::FunctionRef<bool(uint32_t)> usable) = 0;
 
   virtual uint64_t orphans() const = 0;
   virtual uint64_t listed_blocks() const = 0;
@@ -62,6 +66,8 @@ class PrefixAwarePolicy final : public EvictionPolicy {
   void RecordAccess(uint32_t h) override;
   void TierChanged(uint32_t h, Tier from) override;
   uint32_t PickVictim(Tier tier, absl::FunctionRef<bool(uint32_t)> usable) override;
+  uint32_t PickTenantVictim(Tier tier, uint16_t tenant, size_t max_steps,
+                            absl::FunctionRef<bool(uint32_t)> usable) override;
   uint64_t orphans() const override { return orphans_; }
   uint64_t listed_blocks() const override;
   uint64_t MemoryBytes() const override;
@@ -79,6 +85,9 @@ class PrefixAwarePolicy final : public EvictionPolicy {
   Entry& E(uint32_t h) const { return pool_->At(h); }
   List& ListOf(Tier t, uint8_t cls) { return lists_[static_cast<int>(t)][cls]; }
   uint8_t ClassOf(const Entry& e) const;
+  // PickVictim's walk, over the blocks `wanted` accepts, for at most `max_steps` of them all.
+  uint32_t Pick(Tier tier, size_t max_steps, absl::FunctionRef<bool(const Entry&)> wanted,
+                absl::FunctionRef<bool(uint32_t)> usable);
   void Unlist(uint32_t h) { Unlist(h, E(h).tier); }
   void Unlist(uint32_t h, Tier listed_in);  // listed_in: the tier whose list holds h
   void ListByRecency(uint32_t h);

@@ -59,6 +59,12 @@ struct StoreOptions {
   // are dropped, which needs no I/O); 0: no reserve (each put evicts what it needs).
   int64_t host_reserve_bytes = -1;
   int64_t hbm_reserve_bytes = -1;
+  // Most bytes of one tenant's blocks (PutOptions::tenant) in each memory tier, so one tenant
+  // cannot take a whole tier. A put that would take its tenant past it first moves that
+  // tenant's own least valuable blocks a tier down (or out), as eviction would; RESOURCE_EXHAUSTED
+  // when none of them can move now (all leased or being read). Promotions and demotions may take
+  // a tenant past it for a while; its next put there makes room. Default: 0 (no cap).
+  uint64_t tenant_memory_bytes = 0;
   // Threads of the mover: demotions, flash deletes and compaction, lease expiry.
   int mover_threads = 2;  // Default: 2.
 

@@ -215,6 +215,13 @@ const std::vector<Option>& Options() {
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.limits.max_leased_bytes_per_tenant, kMiB, true);
        }},
+      {"limits.max_resident_mib_per_tenant", "max-resident-mib-per-tenant", "N", "0",
+       "bytes of one tenant's blocks in each memory tier, MiB (a put past it evicts that tenant's "
+       "own blocks first); 0: three quarters of the host tier when the token file names two or "
+       "more tenants, else no cap",
+       [](DaemonConfig& c, const std::string& v) {
+         return SetNumber(v, &c.store.tenant_memory_bytes, kMiB, true);
+       }},
       {"limits.stream_idle_timeout_s", "stream-idle-timeout-s", "N", "30",
        "cancel a Put stream that sends nothing, or a Get whose client reads nothing, for this "
        "long; 0: never",

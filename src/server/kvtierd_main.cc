@@ -4,7 +4,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -49,13 +48,12 @@ absl::Status CheckHostTierFits(uint64_t host_bytes, bool shared_memory) {
         absl::StrCat("--host-mib (store.host_mib): ", host_bytes / kMiB, " MiB is more than the ",
                      available_kib / 1024, " MiB of memory available"));
   }
-  struct statvfs shm {};
-  if (shared_memory && statvfs("/dev/shm", &shm) == 0) {
-    const uint64_t free_bytes = uint64_t{shm.f_bavail} * shm.f_frsize;
-    if (host_bytes > free_bytes) {
+  if (shared_memory) {
+    const std::optional<uint64_t> free_bytes = kvtier::transfer::SharedMemoryFreeBytes();
+    if (free_bytes.has_value() && host_bytes > *free_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "--host-mib (store.host_mib): ", host_bytes / kMiB, " MiB is more than the ",
-          free_bytes / kMiB,
+          *free_bytes / kMiB,
           " MiB free in /dev/shm, where the UCX data plane maps the host tier (--ucx-listen off "
           "serves without it)"));
     }
@@ -94,14 +92,18 @@ void LogEffectiveConfig(const kvtier::server::DaemonConfig& config, const kvtier
   spdlog::info(
       "kvtierd: serving {} with host tier {} MiB ({}), NVMe tier {}, HBM tier {} MiB; UCX data "
       "plane {}; auth {}; TLS {}; limits: message {} MiB, in flight {} / {} per connection / {} "
-      "per tenant MiB, leased {} MiB per tenant, keys {} per Get / {} per request, idle streams "
+      "per tenant MiB, leased {} MiB per tenant, resident {} per tenant, keys {} per Get / {} per "
+      "request, idle streams "
       "cancelled after {} s; metrics {}",
       address, so.host_bytes >> 20, host_memory, nvme, stats.tiers[static_cast<int>(kvtier::Tier::kHbm)].capacity_bytes >> 20,
       data_plane, auth_mode,
       config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "on (mutual)"),
       config.max_message_bytes >> 20, limits.max_inflight_bytes >> 20,
       limits.max_inflight_bytes_per_connection >> 20, limits.max_inflight_bytes_per_tenant >> 20,
-      limits.max_leased_bytes_per_tenant >> 20, limits.max_keys_per_get,
+      limits.max_leased_bytes_per_tenant >> 20,
+      so.tenant_memory_bytes == 0 ? std::string("no cap")
+                                  : absl::StrCat(so.tenant_memory_bytes >> 20, " MiB"),
+      limits.max_keys_per_get,
       limits.max_keys_per_request,
       std::chrono::duration_cast<std::chrono::seconds>(limits.stream_idle_timeout).count(),
       config.metrics_listen.empty() ? std::string("off") : config.metrics_listen);
@@ -185,6 +187,10 @@ int main(int argc, char** argv) {
         "any block in the host arena, whatever its tenant",
         auth->tenants(), ucx_listen);
   }
+  // Tenants kept apart in the memory tiers too: none may fill more than three quarters of one.
+  if (so.tenant_memory_bytes == 0 && tenants_apart) {
+    so.tenant_memory_bytes = std::max<uint64_t>(so.host_bytes / 4 * 3, so.max_block_bytes);
+  }
   if (absl::Status st = CheckHostTierFits(so.host_bytes, ucx_listen != "off" && !served);
       !st.ok()) {
     spdlog::critical("{}", std::string(st.message()));
@@ -249,8 +255,14 @@ int main(int argc, char** argv) {
                                            auth.has_value() ? &*auth : nullptr);
   service.SetBlockEvents(&block_events, &tenants);
   if (metrics != nullptr) {
-    metrics->SetServiceSource({.usage = [&service] { return service.AllUsage(); },
-                               .idle_cancels = [&service] { return service.idle_cancels(); }});
+    kvtier::server::DaemonMetrics::ServiceSource source{
+        .usage = [&service] { return service.AllUsage(); },
+        .idle_cancels = [&service] { return service.idle_cancels(); }};
+    if (ucx != nullptr && served) {
+      source.served_reads = [&ucx] { return ucx->served_reads(); };
+      source.served_read_refusals = [&ucx] { return ucx->served_refusals(); };
+    }
+    metrics->SetServiceSource(std::move(source));
   }
   if (ucx != nullptr) {
     service.SetDataPlane(ucx.get());

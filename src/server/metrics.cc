@@ -49,6 +49,18 @@ class StoreCollector final : public prometheus::Collectable {
                      prometheus::MetricType::Counter,
                      {m}});
     }
+    auto counter = [&](const char* name, const char* help, const std::function<uint64_t()>& f) {
+      if (!f) return;
+      prometheus::ClientMetric m;
+      m.counter.value = static_cast<double>(f());
+      out.push_back({name, help, prometheus::MetricType::Counter, {m}});
+    };
+    counter("kvtier_ucx_served_reads_total",
+            "Reads the UCX data plane served (ucx.mode served) with their bytes.",
+            service_.served_reads);
+    counter("kvtier_ucx_served_read_refusals_total",
+            "Served reads refused: no such lease of the reader's, ranges outside it, too many.",
+            service_.served_read_refusals);
     auto per_tier = [&](const char* name, const char* help, prometheus::MetricType type,
                         auto value) {
       prometheus::MetricFamily f{name, help, type, {}};
@@ -103,6 +115,9 @@ class StoreCollector final : public prometheus::Collectable {
     one("kvtier_sync_evictions_total",
         "Blocks a put or lease evicted itself because the movers' free reserve was used up.",
         T::Counter, s.sync_evictions);
+    one("kvtier_tenant_quota_evictions_total",
+        "Blocks a put moved down or out to keep its tenant within its share of a memory tier.",
+        T::Counter, s.quota_evictions);
     one("kvtier_nvme_disk_full_rejections_total", "Flash writes refused for lack of disk space.",
         T::Counter, s.nvme_disk_full_rejections);
     one("kvtier_nvme_compactions_total", "Blob files compacted or removed.", T::Counter,

@@ -51,11 +51,14 @@ class DaemonMetrics {
   void ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted, double seconds);
   // Bytes a client read over UCX under a lease (reported when it releases the lease).
   void AddUcxBytesRead(uint64_t bytes);
-  // Where scrapes read each tenant's usage (kvtier_tenant_*{tenant}) and the count of calls the
-  // idle-stream watchdog cancelled.
+  // Where scrapes read each tenant's usage (kvtier_tenant_*{tenant}), the count of calls the
+  // idle-stream watchdog cancelled, and (with a UCX data plane in served mode) the served reads
+  // answered with their bytes and refused.
   struct ServiceSource {
     std::function<std::vector<v1::TenantUsage>()> usage;
     std::function<uint64_t()> idle_cancels;
+    std::function<uint64_t()> served_reads;
+    std::function<uint64_t()> served_read_refusals;
   };
   void SetServiceSource(ServiceSource source);
   // Stops reading the store and the service (call before destroying them); the endpoint keeps

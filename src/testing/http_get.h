@@ -1,6 +1,6 @@
 #pragma once
-// A minimal HTTP/1.0 GET for tests (scraping /metrics on loopback). Returns the body, or "" on
-// any failure.
+// A minimal HTTP/1.0 GET for tests (scraping /metrics on loopback), and a sample read out of
+// what a scrape returned.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -11,6 +11,7 @@
 
 namespace kvtier::testing {
 
+// The body of GET `path` from `host_port`, or "" on any failure.
 inline std::string HttpGet(const std::string& host_port, const std::string& path) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos) return "";
@@ -34,6 +35,17 @@ inline std::string HttpGet(const std::string& host_port, const std::string& path
   close(fd);
   const size_t body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// The value of the first sample of `name` (with `labels`, e.g. {tier="host"}) in a Prometheus
+// text exposition, or -1.
+inline double Sample(const std::string& text, const std::string& name_and_labels) {
+  size_t at = 0;
+  while ((at = text.find(name_and_labels + " ", at)) != std::string::npos) {
+    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + name_and_labels.size()));
+    at += name_and_labels.size();
+  }
+  return -1;
 }
 
 }  // namespace kvtier::testing

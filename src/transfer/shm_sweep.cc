@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -61,6 +62,12 @@ ShmSweep RemoveOrphanShmSegments(const std::string& dir, const std::string& pref
     sweep.bytes += size;
   }
   return sweep;
+}
+
+std::optional<uint64_t> SharedMemoryFreeBytes(const std::string& dir) {
+  struct statvfs fs {};
+  if (statvfs(dir.c_str(), &fs) != 0) return std::nullopt;
+  return uint64_t{fs.f_bavail} * fs.f_frsize;
 }
 
 }  // namespace kvtier::transfer

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace kvtier::transfer {
@@ -23,5 +24,10 @@ struct ShmSweep {
 ShmSweep RemoveOrphanShmSegments(const std::string& dir = "/dev/shm",
                                  const std::string& prefix = "ucx_shm_posix_",
                                  std::chrono::seconds min_age = std::chrono::seconds(2));
+
+// Bytes free in the shared-memory file system `dir`; nullopt when it cannot be read. A segment that
+// outgrows it is not refused when created: its process gets SIGBUS when it first touches a page
+// that has no room, so room is checked before a segment is made.
+std::optional<uint64_t> SharedMemoryFreeBytes(const std::string& dir = "/dev/shm");
 
 }  // namespace kvtier::transfer

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/internal/le_bytes.h"
 #include "transfer/copy_pool.h"
+#include "transfer/shm_sweep.h"
 
 namespace kvtier::transfer {
 
@@ -334,9 +335,12 @@ void UcxServer::OfferStaging(ucp_ep_h ep, bool keep) {
     return;
   }
   Connection& c = served_connections_[ep];
-  if (c.staging == nullptr && staging_areas_ < max_staging_areas_ && staging_bytes_ > 0) {
-    // Memory of UCX's, in the form a reader on this host can map: shared memory that holds
-    // only what this connection's reads put there.
+  // Memory of UCX's, in the form a reader on this host can map: shared memory that holds only
+  // what this connection's reads put there. Made only while /dev/shm keeps room for twice that
+  // beside it (a segment that outgrows it would SIGBUS the daemon); else the reader is sent its
+  // bytes.
+  if (c.staging == nullptr && staging_areas_ < max_staging_areas_ && staging_bytes_ > 0 &&
+      SharedMemoryFreeBytes().value_or(0) >= 2 * staging_bytes_) {
     ucp_mem_map_params_t mp{};
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
     mp.length = staging_bytes_;
