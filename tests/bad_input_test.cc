@@ -308,6 +308,9 @@ void Start(Daemon& d, std::vector<std::string> flags) {
   d.stub = testing::Connect(*d.process);
 }
 
+// Bytes clients reported reading over UCX.
+const char kUcxServedBytes[] = "kvtier_served_bytes_total{path=\"ucx\",tier=\"host\"}";
+
 double Metric(const Daemon& d, const std::string& name) {
   return Sample(testing::HttpGet(d.metrics, "/metrics"), name);
 }
@@ -565,7 +568,7 @@ std::string ScrapeBesideHalfOpen(const Daemon& d, int n) {
   const double s = std::chrono::duration<double>(Clock::now() - start).count();
   for (int open : fds) close(open);
   if (static_cast<int>(fds.size()) != n) return "only " + std::to_string(fds.size()) + " opened";
-  if (response.find("kvtier_gets_total") == std::string::npos) return "no scrape";
+  if (response.find("kvtier_puts_total") == std::string::npos) return "no scrape";
   if (s < 2) return "scraped";
   return "scraped after " + std::to_string(static_cast<int>(s + 0.5)) + " s";
 }
@@ -1024,11 +1027,11 @@ std::vector<Case> PlainCases() {
   // --- leases and releases ---
   c.push_back({"release_no_lease_with_bytes_read",
                "Release: a lease id never issued, bytes_read 2^60", "NOT_FOUND", [](Daemon& d) {
-                 const double before = Metric(d, "kvtier_ucx_read_bytes_total");
+                 const double before = Metric(d, kUcxServedBytes);
                  grpc::Status st =
                      Release(d, "t", 0x5eed5eed5eed5eedULL, d.token, uint64_t{1} << 60);
-                 const double after = Metric(d, "kvtier_ucx_read_bytes_total");
-                 return Outcome(st, after != before ? "kvtier_ucx_read_bytes_total rose to " +
+                 const double after = Metric(d, kUcxServedBytes);
+                 return Outcome(st, after != before ? "UCX served bytes rose to " +
                                                           std::to_string(after)
                                                     : "");
                }});
@@ -1121,7 +1124,7 @@ std::vector<Case> PlainCases() {
   c.push_back({"metrics_garbage", "TCP: 4 KiB of garbage on the metrics port, then a scrape",
                "scraped", [](Daemon& d) {
                  (void)SendAndAwaitClose(d.metrics, Garbage(4096));
-                 return testing::HttpGet(d.metrics, "/metrics").find("kvtier_gets_total") !=
+                 return testing::HttpGet(d.metrics, "/metrics").find("kvtier_puts_total") !=
                                 std::string::npos
                             ? "scraped"
                             : "no scrape";

@@ -185,8 +185,8 @@ TEST_F(RouterServiceTest, MembershipFromAFileFollowsItsChanges) {
   write("# two nodes\n" + addresses_[0] + "\n" + addresses_[1] + "=2\n");
   DaemonProcess router(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
                        {"--nodes-file", file, "--refresh-ms", "50", "--listen", "127.0.0.1:0",
-                        "--metrics-listen", "", "--probe-interval-ms", "100", "--log-level",
-                        "warn"});
+                        "--metrics-listen", "127.0.0.1:0", "--probe-interval-ms", "100",
+                        "--log-level", "warn"});
   ASSERT_FALSE(router.address().empty()) << router.output();
   auto stub = v1::RouteService::NewStub(
       grpc::CreateChannel(router.address(), grpc::InsecureChannelCredentials()));
@@ -206,6 +206,24 @@ TEST_F(RouterServiceTest, MembershipFromAFileFollowsItsChanges) {
     EXPECT_EQ(res.nodes_size(), 2);
     for (const auto& n : res.nodes()) EXPECT_NE(n, addresses_[1]);
   }
+  // A departed node's series are gone, not left at healthy 0 (which would page someone); the
+  // router's own calls are counted, and it says what it is.
+  const std::string metrics = testing::HttpGet(router.AddressOf("metrics"), "/metrics");
+  const std::string gone = "{node=\"" + addresses_[1] + "\"}";
+  EXPECT_EQ(metrics.find(gone), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("kvtier_router_node_healthy{node=\"" + addresses_[0] + "\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("kvtier_router_rpc_requests_total{code=\"OK\",rpc=\"Route\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(
+      metrics.find("kvtier_router_rpc_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"Route\"} 0"),
+      std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("kvtier_router_load_bound 1.25"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("kvtier_build_info{binary=\"kvtier-router\""), std::string::npos);
+  EXPECT_NE(metrics.find("process_resident_memory_bytes"), std::string::npos);
   // A broken file keeps the last good membership.
   write("not an address\n");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));

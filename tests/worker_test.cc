@@ -7,6 +7,9 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
 #include <random>
 #include <thread>
 
@@ -16,6 +19,10 @@
 #include "gpu/attention.h"
 #include "gpu/half.h"
 #include "kvtier/v1/attention.grpc.pb.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "testing/daemon_process.h"
 #include "testing/http_get.h"
 #include "testing/test_util.h"
@@ -77,15 +84,16 @@ class WorkerTest : public ::testing::Test {
       daemons_.push_back(std::make_unique<DaemonProcess>(
           std::string(KVTIER_BINARY_DIR) + "/kvtierd",
           std::vector<std::string>{"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "64",
-                                   "--metrics-listen", "", "--log-level", "warn"}));
+                                   "--metrics-listen", "127.0.0.1:0", "--log-level", "warn"}));
       ASSERT_FALSE(daemons_.back()->address().empty()) << daemons_.back()->output();
       nodes_.push_back(daemons_.back()->address());
       list += (i ? "," : "") + nodes_.back();
     }
     router_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
-        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                                 "--probe-interval-ms", "200", "--log-level", "warn"});
+        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen",
+                                 "127.0.0.1:0", "--probe-interval-ms", "200", "--log-level",
+                                 "warn"});
     ASSERT_FALSE(router_->address().empty()) << router_->output();
     worker_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
@@ -226,6 +234,148 @@ TEST_F(WorkerTest, DenseAndHeadSparseMatchTheReferenceAndSparseFetchesLess) {
   EXPECT_NE(metrics.find("kvtier_worker_sparse_skipped_bytes_total"), std::string::npos);
   EXPECT_NE(metrics.find("kvtier_worker_fetch_bytes_total{source=\"pool\"}"), std::string::npos);
   EXPECT_NE(metrics.find("mode=\"head_sparse\""), std::string::npos);
+  // End-to-end latency per mode, beside fetch and compute; the binary and its process.
+  EXPECT_GE(::kvtier::testing::Sample(
+                metrics, "kvtier_worker_request_seconds_count{mode=\"head_sparse\"}"),
+            1);
+  EXPECT_GE(
+      ::kvtier::testing::Sample(metrics, "kvtier_worker_request_seconds_count{mode=\"dense\"}"),
+      1);
+  EXPECT_NE(metrics.find("kvtier_build_info{binary=\"kvtier-worker\""), std::string::npos);
+  EXPECT_NE(metrics.find("process_cpu_seconds_total"), std::string::npos);
+}
+
+// ---- docs/metrics.md against the binaries ------------------------------------------------------
+
+// A metric family: its type and label names (without `le`).
+struct Family {
+  std::string type;
+  std::set<std::string> labels;
+  bool operator==(const Family&) const = default;
+};
+using Families = std::map<std::string, Family>;
+
+std::string Describe(const Family& f) {
+  return f.type + " {" + absl::StrJoin(f.labels, ",") + "}";
+}
+
+// docs/metrics.md's tables, by section ("Every binary", "kvtierd", ...).
+std::map<std::string, Families> Catalogue() {
+  std::ifstream in(std::string(KVTIER_SOURCE_DIR) + "/docs/metrics.md");
+  std::map<std::string, Families> out;
+  std::string section;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("## ", 0) == 0) section = line.substr(3);
+    if (line.rfind("| `", 0) != 0) continue;
+    const std::vector<std::string> cells = absl::StrSplit(line, '|');
+    // "", name, type, labels, meaning, ""
+    if (cells.size() < 5) continue;
+    const std::string name(absl::StripAsciiWhitespace(cells[1]));
+    Family f{.type = std::string(absl::StripAsciiWhitespace(cells[2]))};
+    for (absl::string_view l : absl::StrSplit(cells[3], ',', absl::SkipWhitespace())) {
+      l = absl::StripAsciiWhitespace(l);
+      if (!l.empty()) {
+        f.labels.insert(std::string(absl::StripSuffix(absl::StripPrefix(l, "`"), "`")));
+      }
+    }
+    out[section][std::string(absl::StripSuffix(absl::StripPrefix(name, "`"), "`"))] = f;
+  }
+  return out;
+}
+
+// What a scrape exposes: families from `# TYPE` lines, labels from their samples.
+Families Exposed(const std::string& text) {
+  Families out;
+  std::istringstream in(text);
+  std::vector<std::string> samples;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# TYPE ", 0) == 0) {
+      std::istringstream fields(line.substr(7));
+      std::string name, type;
+      fields >> name >> type;
+      out[name].type = type;
+    } else if (!line.empty() && line[0] != '#') {
+      samples.push_back(line);
+    }
+  }
+  for (const std::string& line : samples) {
+    const size_t brace = line.find('{');
+    std::string name = line.substr(0, std::min(brace, line.find(' ')));
+    if (!out.contains(name)) {
+      for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+        if (absl::EndsWith(name, suffix) &&
+            out.contains(name.substr(0, name.size() - strlen(suffix)))) {
+          name.resize(name.size() - strlen(suffix));
+          break;
+        }
+      }
+    }
+    if (brace == std::string::npos || !out.contains(name)) continue;
+    // Label names: each `name="` up to the closing brace (values hold no quotes here).
+    const std::string labels = line.substr(brace + 1, line.find('}') - brace - 1);
+    for (absl::string_view pair : absl::StrSplit(labels, "\",")) {
+      const std::string key(pair.substr(0, pair.find('=')));
+      if (!key.empty() && key != "le") out[name].labels.insert(key);
+    }
+  }
+  return out;
+}
+
+// Differences between what `binary` exposes and what the catalogue lists for it.
+std::vector<std::string> Mismatches(const std::string& binary, const Families& exposed,
+                                    const std::map<std::string, Families>& catalogue) {
+  Families listed = catalogue.count("Every binary") ? catalogue.at("Every binary") : Families{};
+  if (catalogue.count(binary)) {
+    for (const auto& [name, f] : catalogue.at(binary)) listed[name] = f;
+  }
+  std::vector<std::string> out;
+  for (const auto& [name, f] : exposed) {
+    auto it = listed.find(name);
+    if (it == listed.end()) {
+      out.push_back(binary + " exposes " + name + " (" + Describe(f) +
+                    "), not in docs/metrics.md");
+    } else if (!(it->second == f)) {
+      out.push_back(binary + ": " + name + " is " + Describe(f) + ", docs/metrics.md says " +
+                    Describe(it->second));
+    }
+  }
+  for (const auto& [name, f] : listed) {
+    if (!exposed.contains(name)) {
+      out.push_back("docs/metrics.md lists " + name + " for " + binary +
+                    ", which it does not expose");
+    }
+  }
+  return out;
+}
+
+// Every metric a daemon, the router and the worker expose, after a request of the worker's, is
+// in docs/metrics.md with its type and labels, and every one listed there is exposed.
+TEST_F(WorkerTest, MetricsCatalogueIsWhatTheBinariesExpose) {
+  const Prefix p = MakePrefix(Gqa(), 4, 7);
+  const std::string node = PutThroughRouter(p);
+  ASSERT_FALSE(node.empty());
+  v1::DecodeResponse res;
+  ASSERT_TRUE(Decode(Request(p, v1::ATTENTION_MODE_DENSE, 4 * 16,
+                             {RandomFloats(8 * 16, 1), RandomFloats(8 * 16, 2)}),
+                     &res)
+                  .ok());
+  const std::map<std::string, Families> catalogue = Catalogue();
+  ASSERT_GE(catalogue.size(), 4u) << "docs/metrics.md: a section per binary and one for all";
+  size_t daemon = 0;
+  while (daemon < nodes_.size() && nodes_[daemon] != node) ++daemon;
+  ASSERT_LT(daemon, nodes_.size());
+  const std::pair<std::string, const DaemonProcess*> binaries[] = {
+      {"kvtierd", daemons_[daemon].get()},
+      {"kvtier-router", router_.get()},
+      {"kvtier-worker", worker_.get()}};
+  std::vector<std::string> wrong;
+  for (const auto& [binary, process] : binaries) {
+    const std::string address = process->AddressOf("metrics");
+    const Families exposed = Exposed(::kvtier::testing::HttpGet(address, "/metrics"));
+    EXPECT_GT(exposed.size(), 8u) << binary << " exposes nothing at " << address;
+    for (std::string& w : Mismatches(binary, exposed, catalogue)) wrong.push_back(std::move(w));
+  }
+  EXPECT_TRUE(wrong.empty()) << absl::StrJoin(wrong, "\n");
 }
 
 TEST_F(WorkerTest, MlaMatchesTheReference) {

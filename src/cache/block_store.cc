@@ -105,6 +105,10 @@ uint64_t Read(const std::atomic<uint64_t>& c) { return c.load(std::memory_order_
 struct Counters {
   std::atomic<uint64_t> gets{0}, get_misses{0}, hits[kNumTiers]{};
   std::atomic<uint64_t> lookups{0}, lookup_blocks_hit{0}, lookup_blocks_missed{0};
+  std::atomic<uint64_t> lookup_hits[kNumTiers]{}, lease_hits[kNumTiers]{}, lease_misses{0};
+  std::atomic<uint64_t> evictions_from[kNumTiers]{}, evicted_bytes[kNumTiers]{};
+  std::atomic<uint64_t> demotions_from[kNumTiers]{}, demoted_bytes[kNumTiers]{};
+  std::atomic<uint64_t> promoted_bytes{0};
   std::atomic<uint64_t> puts{0}, puts_noop{0}, puts_aborted{0};
   std::atomic<uint64_t> evictions{0}, demotions{0}, promotions{0}, sync_evictions{0};
   std::atomic<uint64_t> quota_evictions{0};
@@ -191,9 +195,17 @@ struct BlockStore::Impl {
       ShowIfIdle(h);
     }
   }
-  absl::Status CountMiss(const BlockKey& key) {
+  void CountDemotion(Tier from, uint32_t size) {
+    Count(counters.demotions);
+    Count(counters.demotions_from[static_cast<int>(from)]);
+    Count(counters.demoted_bytes[static_cast<int>(from)], size);
+  }
+  void CountGetMiss() {
     Count(counters.gets);
     Count(counters.get_misses);
+  }
+  absl::Status CountMiss(const BlockKey& key) {
+    CountGetMiss();
     return absl::NotFoundError(absl::StrCat("block ", key.Hex(), " not found"));
   }
   // A hit's statistics and recency. The block moves to the front of its list only if the policy
@@ -274,7 +286,11 @@ struct BlockStore::Impl {
   void Drop(uint32_t h, bool corrupt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     if (e.state != EntryState::kCommitted) return;
-    if (!corrupt) Count(counters.evictions);
+    if (!corrupt) {
+      Count(counters.evictions);
+      Count(counters.evictions_from[static_cast<int>(e.tier)]);
+      Count(counters.evicted_bytes[static_cast<int>(e.tier)], e.size);
+    }
     Doom(h, /*event=*/true);
     DropFlashCopy(h, corrupt);
     MaybeFree(h);
@@ -343,6 +359,7 @@ struct BlockStore::Impl {
     TenantMemory(e, Tier::kHost, +1);
     policy->TierChanged(h, Tier::kNvme);
     Count(counters.promotions);
+    Count(counters.promoted_bytes, e.size);
   }
   void StartMove(uint32_t h, Tier from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     E(h).flags |= cache_internal::kMoving;
@@ -594,7 +611,7 @@ struct BlockStore::Impl {
     const uint64_t old = e.location;
     if (st.ok() && TryRelocate(h, Tier::kHost, *loc)) {
       hbm->Free(old, e.size);
-      Count(counters.demotions);
+      CountDemotion(Tier::kHbm, e.size);
       ShowIfIdle(h);
       return;
     }
@@ -613,7 +630,7 @@ struct BlockStore::Impl {
     if (nvme != nullptr && (e.flags & cache_internal::kOnFlash)) {  // a clean copy: no I/O
       if (TryRelocate(h, Tier::kNvme, 0)) {
         host->Free(old, e.size);
-        Count(counters.demotions);
+        CountDemotion(Tier::kHost, e.size);
         ShowIfIdle(h);
       }
       return;
@@ -641,7 +658,7 @@ struct BlockStore::Impl {
       }
       if (TryRelocate(h, Tier::kNvme, 0)) {
         host->Free(old, e.size);
-        Count(counters.demotions);
+        CountDemotion(Tier::kHost, e.size);
       }
       ShowIfIdle(h);
       return;
@@ -675,7 +692,7 @@ struct BlockStore::Impl {
     }
     if (TryRelocate(h, Tier::kNvme, 0)) {
       host->Free(old, e.size);
-      Count(counters.demotions);
+      CountDemotion(Tier::kHost, e.size);
     }
     ShowIfIdle(h);  // relocated, or kept in host (pinned or leased) with its clean flash copy
   }
@@ -1276,16 +1293,25 @@ absl::StatusOr<BlockInfo> BlockStore::Stat(const BlockKey& key) const {
 
 LookupResult BlockStore::Lookup(std::span<const BlockKey> chain) const {
   LookupResult r = LookupPiece(chain);
-  CountLookup(chain.size(), r.matched);
+  CountLookup(chain.size(), r);
   return r;
 }
 
-void BlockStore::CountLookup(size_t blocks, size_t matched) const {
+void BlockStore::CountLookup(size_t blocks, const LookupResult& found) const {
   Counters& c = impl_->counters;
   Count(c.lookups);
-  Count(c.lookup_blocks_hit, matched);
-  Count(c.lookup_blocks_missed, blocks - matched);
+  Count(c.lookup_blocks_hit, found.matched);
+  Count(c.lookup_blocks_missed, blocks - found.matched);
+  uint64_t per_tier[kNumTiers] = {};
+  for (size_t i = 0; i < found.matched && i < found.tiers.size(); ++i) {
+    ++per_tier[static_cast<int>(found.tiers[i])];
+  }
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (per_tier[t] != 0) Count(c.lookup_hits[t], per_tier[t]);
+  }
 }
+
+void BlockStore::CountGetMiss() const { impl_->CountGetMiss(); }
 
 LookupResult BlockStore::LookupPiece(std::span<const BlockKey> chain) const {
   const Impl& s = *impl_;
@@ -1396,6 +1422,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Impl::LeaseOnce(std::span<const BlockKey>
     for (size_t i = 0; i < keys.size(); ++i) {
       const uint32_t h = s.index.Find(keys[i]);
       if (h == kNoEntry) {
+        Count(s.counters.lease_misses);
         return absl::NotFoundError(
             absl::StrCat("lease: block ", keys[i].Hex(), " (position ", i, ") not found"));
       }
@@ -1499,6 +1526,12 @@ absl::StatusOr<LeaseGrant> BlockStore::Impl::LeaseOnce(std::span<const BlockKey>
       }
       grant.id = s.leases.Add({grant.expires_at_us, handles, bytes});
       Count(s.counters.leases_granted);
+      // Each block is a hit of the tier the lease found it in: NVMe for those it brought up.
+      uint64_t found[kNumTiers] = {};
+      for (const BlockInfo& b : grant.blocks) ++found[static_cast<int>(b.tier)];
+      found[static_cast<int>(Tier::kHost)] -= grant.promoted;
+      found[static_cast<int>(Tier::kNvme)] += grant.promoted;
+      for (int t = 0; t < kNumTiers; ++t) Count(s.counters.lease_hits[t], found[t]);
     } else {
       for (uint32_t h : handles) s.ReleaseLeasePin(h);
     }
@@ -1582,7 +1615,18 @@ StoreStats BlockStore::Stats() const {
   st.checksum_failures = Read(c.checksum_failures);
   st.leases_granted = Read(c.leases_granted);
   st.leases_expired = Read(c.leases_expired);
-  for (int t = 0; t < kNumTiers; ++t) st.tiers[t].hits = Read(c.hits[t]);
+  for (int t = 0; t < kNumTiers; ++t) {
+    TierStats& ts = st.tiers[t];
+    ts.hits = Read(c.hits[t]);
+    ts.lookup_hits = Read(c.lookup_hits[t]);
+    ts.lease_hits = Read(c.lease_hits[t]);
+    ts.evictions = Read(c.evictions_from[t]);
+    ts.evicted_bytes = Read(c.evicted_bytes[t]);
+    ts.demotions = Read(c.demotions_from[t]);
+    ts.demoted_bytes = Read(c.demoted_bytes[t]);
+  }
+  st.lease_misses = Read(c.lease_misses);
+  st.promoted_bytes = Read(c.promoted_bytes);
   MutexLock l(&s.mu);
   st.nvme_admission_rejections = s.admission.rejections();
   auto memory = [&](Tier t, const MemoryTier* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
@@ -1601,6 +1645,7 @@ StoreStats BlockStore::Stats() const {
   nvme.blocks = s.resident[static_cast<int>(Tier::kNvme)];
   st.leases_active = s.leases.active();
   st.leased_bytes = s.leases.leased_bytes();
+  st.leased_bytes_limit = s.max_leased_bytes;
   st.orphan_blocks = s.policy->orphans();
   st.index_bytes = s.IndexBytes();
   if (s.nvme != nullptr) {

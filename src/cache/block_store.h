@@ -99,7 +99,13 @@ struct TierStats {
   uint64_t capacity_bytes = 0;
   uint64_t used_bytes = 0;  // payload bytes resident (allocator chunks for host and HBM)
   uint64_t blocks = 0;
-  uint64_t hits = 0;  // Get served from this tier
+  uint64_t hits = 0;         // blocks a Get read from this tier
+  uint64_t lookup_hits = 0;  // blocks a Lookup found in this tier
+  uint64_t lease_hits = 0;   // blocks a Lease found in this tier (NVMe: brought up for it)
+  uint64_t evictions = 0;    // blocks dropped out of the store from this tier
+  uint64_t evicted_bytes = 0;
+  uint64_t demotions = 0;  // blocks moved one tier down from this tier (HBM -> host -> NVMe)
+  uint64_t demoted_bytes = 0;
 };
 
 struct StoreStats {
@@ -112,6 +118,8 @@ struct StoreStats {
   uint64_t evictions = 0;     // blocks dropped from the store by capacity pressure
   uint64_t demotions = 0;     // blocks moved one tier down
   uint64_t promotions = 0;    // NVMe -> host
+  uint64_t promoted_bytes = 0;
+  uint64_t lease_misses = 0;  // Leases refused for an absent block (a Lease stops at the first)
   // Puts and promotions that found their tier full with no demotion under way, and evicted a
   // block themselves instead of taking the mover's reserve.
   uint64_t sync_evictions = 0;
@@ -123,6 +131,7 @@ struct StoreStats {
   uint64_t checksum_failures = 0;
   uint64_t leases_active = 0, leases_granted = 0, leases_expired = 0;
   uint64_t leased_bytes = 0;
+  uint64_t leased_bytes_limit = 0;  // StoreOptions::max_leased_bytes as resolved
   uint64_t orphan_blocks = 0;     // present blocks whose parent is not
   uint64_t index_bytes = 0;       // RAM of the index and chain structures
   uint64_t nvme_index_bytes = 0;  // RAM RocksDB holds for its table indexes and filters
@@ -195,9 +204,12 @@ class BlockStore {
   // How many leading blocks of `chain` are present, and the tier of each.
   LookupResult Lookup(std::span<const BlockKey> chain) const;
   // Lookup of one piece of a chain, not counted in stats(): for a caller that looks a long chain
-  // up in pieces (on several threads) and then counts it once with CountLookup.
+  // up in pieces (on several threads) and then counts it once with CountLookup (`found`: the
+  // whole chain's result).
   LookupResult LookupPiece(std::span<const BlockKey> piece) const;
-  void CountLookup(size_t blocks, size_t matched) const;
+  void CountLookup(size_t blocks, const LookupResult& found) const;
+  // Counts a Get of an absent block, for a caller that found it absent with Stat.
+  void CountGetMiss() const;
 
   // Removes a block from every tier before it returns, from NVMe durably: a deleted key never
   // comes back after a crash, even one the store had evicted before the Delete. NOT_FOUND if

@@ -15,6 +15,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "common/process_metrics.h"
 
 namespace kvtier {
 namespace {
@@ -39,7 +40,8 @@ std::string Answer(int code, const char* reason, const std::string& body) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen) {
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen,
+                                                                    const std::string& binary) {
   auto fail = [&](const std::string& why) {
     return absl::UnavailableError(absl::StrCat("metrics-listen: cannot serve on ", listen, ": ", why));
   };
@@ -88,6 +90,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
     ev.data.fd = fd;
     epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
   }
+  s->process_ = std::make_shared<ProcessMetrics>(binary);
+  s->RegisterCollectable(s->process_);
   s->thread_ = std::thread([raw = s.get()] { raw->Run(); });
   return s;
 }

@@ -25,9 +25,11 @@ namespace kvtier {
 
 class MetricsServer {
  public:
-  // Serves on `listen` (HOST:PORT; port 0 picks a free one). UNAVAILABLE naming the address when
-  // it cannot listen there.
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen);
+  // Serves on `listen` (HOST:PORT; port 0 picks a free one) the metrics of what registers, and
+  // of the process (ProcessMetrics: build info of `binary`, CPU, memory, descriptors, threads).
+  // UNAVAILABLE naming the address when it cannot listen there.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen,
+                                                              const std::string& binary);
   ~MetricsServer();
 
   // Scrapes collect from `collectable` while it lives (held weakly).
@@ -47,6 +49,7 @@ class MetricsServer {
   int port_ = 0;
   std::mutex mu_;
   std::vector<std::weak_ptr<prometheus::Collectable>> collectables_;  // guarded by mu_
+  std::shared_ptr<prometheus::Collectable> process_;                  // ProcessMetrics
   std::thread thread_;
 };
 

@@ -32,7 +32,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> ServeMetrics(
     const std::string& program, const std::string& listen,
     std::shared_ptr<prometheus::Registry> registry) {
   if (listen.empty()) return std::unique_ptr<MetricsServer>();
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> server, MetricsServer::Start(listen));
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> server,
+                          MetricsServer::Start(listen, program));
   server->RegisterCollectable(registry);
   std::printf("%s metrics on %s:%d\n", program.c_str(), listen.substr(0, listen.rfind(':')).c_str(),
               server->port());

@@ -20,6 +20,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/rpc_metrics.h"
 #include "spdlog/spdlog.h"
 
 namespace kvtier::router {
@@ -64,6 +65,7 @@ struct RouteServiceImpl::Metrics {
   prometheus::Gauge* placements = nullptr;
   prometheus::Gauge* index_keys = nullptr;
   prometheus::Counter* index_dropped = nullptr;
+  std::unique_ptr<RpcMetrics> rpcs;
 };
 
 absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list) {
@@ -169,7 +171,8 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                              .Help("Time to route one request, key hashing included.")
                              .Register(*registry)
                              .Add({}, prometheus::Histogram::BucketBoundaries{
-                                          1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2});
+                                          1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+                                          1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1});
     metrics_->imbalance = &prometheus::BuildGauge()
                                .Name("kvtier_router_imbalance")
                                .Help("Max over healthy nodes of load / mean load.")
@@ -193,6 +196,16 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                                 .Help("Blocks in the cache-aware index (which node holds what).")
                                 .Register(*registry)
                                 .Add({});
+    metrics_->rpcs = std::make_unique<RpcMetrics>(*registry, "kvtier_router", "RouteService",
+                                                  std::vector<std::string>{"Route", "Members",
+                                                                           "Report"});
+    prometheus::BuildGauge()
+        .Name("kvtier_router_load_bound")
+        .Help("The bound on kvtier_router_imbalance: no healthy node takes more than this times "
+              "the mean load (--load-factor), one mean request aside.")
+        .Register(*registry)
+        .Add({})
+        .Set(options.load_factor);
     metrics_->index_dropped = &prometheus::BuildCounter()
                                    .Name("kvtier_router_index_dropped_total")
                                    .Help("Stored-block events not indexed: the index was full.")
@@ -251,7 +264,14 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
   for (const auto& old : members_) {
     if (std::find(next.begin(), next.end(), old) != next.end()) continue;
     spdlog::info("kvtier-router: {} left", old->node.name);
-    if (old->healthy_metric != nullptr) old->healthy_metric->Set(0);
+    // A departed node's series go with it (a node that is not a member is neither healthy nor
+    // unhealthy). Every use of these metrics is under mu_, for members only.
+    if (old->healthy_metric != nullptr) {
+      metrics_->decisions->Remove(std::exchange(old->decisions_metric, nullptr));
+      metrics_->ejections->Remove(std::exchange(old->ejections_metric, nullptr));
+      metrics_->load->Remove(std::exchange(old->load_metric, nullptr));
+      metrics_->healthy->Remove(std::exchange(old->healthy_metric, nullptr));
+    }
     old->gone = true;
     std::lock_guard watch(old->watch_mu);
     if (old->watch_ctx != nullptr) old->watch_ctx->TryCancel();
@@ -407,8 +427,31 @@ void RouteServiceImpl::ProbeLoop() {
   }
 }
 
+template <typename F>
+grpc::Status RouteServiceImpl::Observed(const char* rpc, F body) {
+  const double start = Now();
+  grpc::Status st = body();
+  if (metrics_->rpcs != nullptr) metrics_->rpcs->Observe(rpc, st.error_code(), Now() - start);
+  return st;
+}
+
 grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteRequest* request,
                                      v1::RouteResponse* response) {
+  return Observed("Route", [&] { return RouteImpl(request, response); });
+}
+
+grpc::Status RouteServiceImpl::Members(grpc::ServerContext*, const v1::MembersRequest*,
+                                       v1::MembersResponse* response) {
+  return Observed("Members", [&] { return MembersImpl(response); });
+}
+
+grpc::Status RouteServiceImpl::Report(grpc::ServerContext*, const v1::ReportRequest* request,
+                                      v1::ReportResponse*) {
+  return Observed("Report", [&] { return ReportImpl(request); });
+}
+
+grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
+                                         v1::RouteResponse* response) {
   const double start = Now();
   if (request->tenant().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tenant: must be set");
@@ -505,8 +548,7 @@ grpc::Status RouteServiceImpl::Route(grpc::ServerContext*, const v1::RouteReques
   return grpc::Status::OK;
 }
 
-grpc::Status RouteServiceImpl::Report(grpc::ServerContext*, const v1::ReportRequest* request,
-                                      v1::ReportResponse*) {
+grpc::Status RouteServiceImpl::ReportImpl(const v1::ReportRequest* request) {
   MutexLock lock(&mu_);
   for (auto& m : members_) {
     if (m->node.name != request->node()) continue;
@@ -521,8 +563,7 @@ grpc::Status RouteServiceImpl::Report(grpc::ServerContext*, const v1::ReportRequ
                                                        " is not a member");
 }
 
-grpc::Status RouteServiceImpl::Members(grpc::ServerContext*, const v1::MembersRequest*,
-                                       v1::MembersResponse* response) {
+grpc::Status RouteServiceImpl::MembersImpl(v1::MembersResponse* response) {
   MutexLock lock(&mu_);
   DecayLocked();
   for (const auto& m : members_) {

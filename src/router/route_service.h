@@ -52,6 +52,7 @@ class RouteServiceImpl final : public v1::RouteService::Service {
                    prometheus::Registry* registry, CacheAwareOptions cache_aware = {});
   ~RouteServiceImpl() override;
 
+  // Each call is counted in kvtier_router_rpc_requests_total and _rpc_duration_seconds.
   grpc::Status Route(grpc::ServerContext* ctx, const v1::RouteRequest* request,
                      v1::RouteResponse* response) override;
   grpc::Status Members(grpc::ServerContext* ctx, const v1::MembersRequest* request,
@@ -67,6 +68,12 @@ class RouteServiceImpl final : public v1::RouteService::Service {
  private:
   struct Member;
   struct Metrics;
+  grpc::Status RouteImpl(const v1::RouteRequest* request, v1::RouteResponse* response);
+  grpc::Status MembersImpl(v1::MembersResponse* response);
+  grpc::Status ReportImpl(const v1::ReportRequest* request);
+  // Runs `body` as call `rpc`, and counts it.
+  template <typename F>
+  grpc::Status Observed(const char* rpc, F body);
   void ProbeLoop();
   void WatchLoop(std::shared_ptr<Member> member);
   // Leading blocks of `store_keys` that node `id` holds, as the index knows.

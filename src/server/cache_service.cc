@@ -16,6 +16,7 @@
 #include "common/internal/le_bytes.h"
 #include "common/status_macros.h"
 #include "server/auth.h"
+#include "common/rpc_metrics.h"
 #include "server/metrics.h"
 #include "server/served_reads.h"
 #include "spdlog/spdlog.h"
@@ -103,6 +104,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
     MutexLock lock(&pins_->mu);
     pins_->store = store;
   }
+  if (metrics_ != nullptr) metrics_->SetInflightLimit(limits_.max_inflight_bytes);
   // Get is re-registered with raw byte-buffer responses, so that a block can leave from the arena
   // without being copied into a message first. The wire format is unchanged.
   MarkMethodStreamed(
@@ -232,7 +234,7 @@ void CacheServiceImpl::LogClientError(const char* rpc, const grpc::ServerContext
   // The tenant is the client's string: printed escaped and cut short.
   std::string who = absl::CHexEscape(tenant.substr(0, 64));
   spdlog::warn("client error: {} tenant '{}' peer {}: {}: {}{}", rpc, who, ctx->peer(),
-               CodeName(st.error_code()), st.error_message(),
+               StatusCodeName(st.error_code()), st.error_message(),
                dropped > 0 ? absl::StrCat(" (", dropped, " more not logged)") : "");
 }
 
@@ -448,8 +450,10 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
       held = std::move(*hold);
       msgs = GetResponseFor(*request, i, key, *info);
     } else {
+      if (info.status().code() == absl::StatusCode::kNotFound) store_->CountGetMiss();
       msgs = info.status();
     }
+    const bool found = msgs.ok();
     if (!msgs.ok()) {
       if (msgs.status().code() == absl::StatusCode::kDataLoss) {
         // The store names its own (tenant) key; the caller knows the block by its key.
@@ -477,6 +481,7 @@ grpc::Status CacheServiceImpl::GetImpl(grpc::ServerContext* ctx, const v1::GetRe
         return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
       }
     }
+    if (found && metrics_ != nullptr) metrics_->AddServedBytes(info->tier, info->size);
   }
   return grpc::Status::OK;
 }
@@ -503,7 +508,7 @@ grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx,
       r.tiers.insert(r.tiers.end(), second.tiers.begin(), second.tiers.end());
       r.matched += second.matched;
     }
-    store_->CountLookup(*n, r.matched);
+    store_->CountLookup(*n, r);
   } else {
     auto keys = StoreKeys(ctx, request->tenant(), request->keys(), packed);
     if (!keys.ok()) return ToGrpc(keys.status());

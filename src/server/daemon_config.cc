@@ -66,6 +66,14 @@ const std::vector<Option>& Options() {
          c.metrics_listen = v;
          return absl::OkStatus();
        }},
+      {"advertise_address", "advertise-address", "HOST:PORT", "(none)",
+       "the gRPC address clients and kvtier-router reach this daemon at, as /metrics reports it "
+       "(kvtier_daemon_info); empty: the listen address with its bound port",
+       [](DaemonConfig& c, const std::string& v) {
+         if (!v.empty()) KVTIER_RETURN_IF_ERROR(CheckListenAddress(v, /*unix_ok=*/false));
+         c.advertise_address = v;
+         return absl::OkStatus();
+       }},
       {"ucx.listen", "ucx-listen", "HOST:PORT|auto|off", "auto",
        "UCX data plane listener for block reads of leased blocks; port 0 picks a free port. "
        "auto: the gRPC host (127.0.0.1 for a Unix socket), any port",

@@ -17,6 +17,10 @@ struct DaemonConfig {
   std::string log_format = "text";        // Default: text. Or json: one object a line.
   // Default: 127.0.0.1:9770. Prometheus /metrics over HTTP; empty: no endpoint.
   std::string metrics_listen = "127.0.0.1:9770";
+  // Default: empty (the listen address with its bound port). The gRPC address clients and
+  // kvtier-router reach this daemon at (the router's node name for it), reported as
+  // kvtier_daemon_info{address}: in a pod, $(POD_IP):PORT.
+  std::string advertise_address;
   size_t max_message_bytes = size_t{64} << 20;  // Default: 64 MiB. Largest gRPC message.
   // Default: empty (no auth). YAML file of tenant: token; when set, every call needs
   // `authorization: Bearer <token>` for the tenant it names.

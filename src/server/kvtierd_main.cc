@@ -258,7 +258,7 @@ int main(int argc, char** argv) {
     kvtier::server::DaemonMetrics::ServiceSource source{
         .usage = [&service] { return service.AllUsage(); },
         .idle_cancels = [&service] { return service.idle_cancels(); }};
-    if (ucx != nullptr && served) {
+    if (ucx != nullptr) {  // 0 in rkey mode, where the daemon serves no reads itself
       source.served_reads = [&ucx] { return ucx->served_reads(); };
       source.served_read_refusals = [&ucx] { return ucx->served_refusals(); };
     }
@@ -294,6 +294,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("kvtierd listening on %s\n", kvtier::BoundAddress(listen, port).c_str());
+  if (metrics != nullptr) {
+    metrics->SetAddress(config->advertise_address.empty() ? kvtier::BoundAddress(listen, port)
+                                                          : config->advertise_address);
+  }
   std::fflush(stdout);
   LogEffectiveConfig(*config, (*store)->options(), (*store)->Stats(), service.limits(), ucx.get(),
                      auth.has_value() ? &*auth : nullptr, kvtier::BoundAddress(listen, port));

@@ -8,16 +8,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
+#include "common/rpc_metrics.h"
 #include "common/service_main.h"
 #include "common/status_macros.h"
 
 namespace kvtier::server {
 namespace {
 
-constexpr const char* kRpcs[] = {"Put",     "Get",    "Lookup", "Lease",
-                                 "Release", "Delete", "Stats",  "DataPlane"};
-
-
+// The methods whose calls are counted (WatchBlocks, a stream that lasts, is not).
+const std::vector<std::string> kRpcs = {"Put",    "Get",   "Lookup", "Lease",
+                                        "Release", "Delete", "Stats", "DataPlane"};
 // The store's state and the service's per-tenant usage, read at scrape time.
 class StoreCollector final : public prometheus::Collectable {
  public:
@@ -82,8 +82,74 @@ class StoreCollector final : public prometheus::Collectable {
              prometheus::MetricType::Gauge, [](const TierStats& t) { return t.used_bytes; });
     per_tier("kvtier_tier_blocks", "Blocks resident in each tier.", prometheus::MetricType::Gauge,
              [](const TierStats& t) { return t.blocks; });
-    per_tier("kvtier_hits_total", "Gets served from each tier.", prometheus::MetricType::Counter,
-             [](const TierStats& t) { return t.hits; });
+    per_tier("kvtier_evictions_total", "Blocks dropped out of the store, by the tier they left.",
+             prometheus::MetricType::Counter, [](const TierStats& t) { return t.evictions; });
+    per_tier("kvtier_evicted_bytes_total",
+             "Payload bytes dropped out of the store, by the tier they left.",
+             prometheus::MetricType::Counter, [](const TierStats& t) { return t.evicted_bytes; });
+    // Blocks found, by the request that asked and the tier it found them in; blocks asked for
+    // and absent.
+    {
+      prometheus::MetricFamily hits{"kvtier_block_hits_total",
+                                    "Blocks found: by Get (read), Lookup (matched chain blocks) "
+                                    "and Lease, and the tier they were in.",
+                                    prometheus::MetricType::Counter,
+                                    {}};
+      prometheus::MetricFamily misses{"kvtier_block_misses_total",
+                                      "Blocks asked for and absent: by Get, Lookup (chain blocks "
+                                      "past the matched prefix) and Lease (it stops at the first).",
+                                      prometheus::MetricType::Counter,
+                                      {}};
+      for (const char* op : {"get", "lookup", "lease"}) {
+        const std::string o = op;
+        for (int t = 0; t < kNumTiers; ++t) {
+          prometheus::ClientMetric m;
+          m.label = {{"op", o}, {"tier", TierName(static_cast<Tier>(t))}};
+          m.counter.value = static_cast<double>(o == "get"      ? s.tiers[t].hits
+                                                : o == "lookup" ? s.tiers[t].lookup_hits
+                                                                : s.tiers[t].lease_hits);
+          hits.metric.push_back(std::move(m));
+        }
+        prometheus::ClientMetric m;
+        m.label = {{"op", o}};
+        m.counter.value = static_cast<double>(o == "get"      ? s.get_misses
+                                              : o == "lookup" ? s.lookup_blocks_missed
+                                                              : s.lease_misses);
+        misses.metric.push_back(std::move(m));
+      }
+      out.push_back(std::move(hits));
+      out.push_back(std::move(misses));
+    }
+    // Moves between tiers: demotions HBM -> host -> NVMe, promotions NVMe -> host.
+    {
+      struct Move {
+        Tier from, to;
+        uint64_t blocks, bytes;
+      };
+      const TierStats& hbm = s.tiers[static_cast<int>(Tier::kHbm)];
+      const TierStats& host = s.tiers[static_cast<int>(Tier::kHost)];
+      const Move moves[] = {{Tier::kHbm, Tier::kHost, hbm.demotions, hbm.demoted_bytes},
+                            {Tier::kHost, Tier::kNvme, host.demotions, host.demoted_bytes},
+                            {Tier::kNvme, Tier::kHost, s.promotions, s.promoted_bytes}};
+      prometheus::MetricFamily blocks{"kvtier_tier_moves_total",
+                                      "Blocks moved between tiers: demotions and promotions.",
+                                      prometheus::MetricType::Counter,
+                                      {}};
+      prometheus::MetricFamily bytes{"kvtier_tier_moved_bytes_total",
+                                     "Payload bytes moved between tiers.",
+                                     prometheus::MetricType::Counter,
+                                     {}};
+      for (const Move& mv : moves) {
+        prometheus::ClientMetric m;
+        m.label = {{"from", TierName(mv.from)}, {"to", TierName(mv.to)}};
+        m.counter.value = static_cast<double>(mv.blocks);
+        blocks.metric.push_back(m);
+        m.counter.value = static_cast<double>(mv.bytes);
+        bytes.metric.push_back(std::move(m));
+      }
+      out.push_back(std::move(blocks));
+      out.push_back(std::move(bytes));
+    }
     auto one = [&](const char* name, const char* help, prometheus::MetricType type, double v) {
       prometheus::ClientMetric m;
       if (type == prometheus::MetricType::Counter)
@@ -93,20 +159,10 @@ class StoreCollector final : public prometheus::Collectable {
       out.push_back(prometheus::MetricFamily{name, help, type, {m}});
     };
     using T = prometheus::MetricType;
-    one("kvtier_gets_total", "Block reads.", T::Counter, s.gets);
-    one("kvtier_get_misses_total", "Block reads of absent blocks.", T::Counter, s.get_misses);
-    one("kvtier_lookups_total", "Lookup calls.", T::Counter, s.lookups);
-    one("kvtier_lookup_blocks_hit_total", "Chain blocks found by Lookup.", T::Counter,
-        s.lookup_blocks_hit);
-    one("kvtier_lookup_blocks_missed_total", "Chain blocks Lookup asked for and did not find.",
-        T::Counter, s.lookup_blocks_missed);
     one("kvtier_puts_total", "Block puts begun.", T::Counter, s.puts);
     one("kvtier_puts_noop_total", "Puts of blocks already present.", T::Counter, s.puts_noop);
     one("kvtier_puts_aborted_total", "Puts abandoned before their last byte.", T::Counter,
         s.puts_aborted);
-    one("kvtier_evictions_total", "Blocks dropped by capacity pressure.", T::Counter, s.evictions);
-    one("kvtier_demotions_total", "Blocks moved one tier down.", T::Counter, s.demotions);
-    one("kvtier_promotions_total", "Blocks moved from NVMe to host.", T::Counter, s.promotions);
     one("kvtier_nvme_admission_rejections_total", "Demoted blocks kept off flash.", T::Counter,
         s.nvme_admission_rejections);
     one("kvtier_nvme_bytes_written_total", "Payload bytes written to flash.", T::Counter,
@@ -140,6 +196,8 @@ class StoreCollector final : public prometheus::Collectable {
     one("kvtier_leases_expired_total", "Leases that ran out their TTL.", T::Counter,
         s.leases_expired);
     one("kvtier_leased_bytes", "Bytes pinned by leases.", T::Gauge, s.leased_bytes);
+    one("kvtier_leased_bytes_limit", "Cap on bytes pinned by leases (store.max_leased_mib).",
+        T::Gauge, s.leased_bytes_limit);
     one("kvtier_orphan_blocks", "Blocks whose parent is not cached.", T::Gauge, s.orphan_blocks);
     one("kvtier_index_bytes", "RAM of the block index and RocksDB table indexes.", T::Gauge,
         s.index_bytes + s.nvme_index_bytes);
@@ -178,58 +236,37 @@ class StoreCollector final : public prometheus::Collectable {
 
 }  // namespace
 
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    default:
-      return "OTHER";
-  }
-}
-
 absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::string& listen,
                                                                     const BlockStore* store) {
   std::unique_ptr<DaemonMetrics> m(new DaemonMetrics());
-  KVTIER_ASSIGN_OR_RETURN(m->server_, MetricsServer::Start(listen));
+  KVTIER_ASSIGN_OR_RETURN(m->server_, MetricsServer::Start(listen, "kvtierd"));
   m->port_ = m->server_->port();
   m->registry_ = std::make_shared<prometheus::Registry>();
-  m->requests_ = &prometheus::BuildCounter()
-                      .Name("kvtier_rpc_requests_total")
-                      .Help("CacheService calls by method and status code.")
-                      .Register(*m->registry_);
-  auto& latency = prometheus::BuildHistogram()
-                      .Name("kvtier_rpc_duration_seconds")
-                      .Help("CacheService call latency by method.")
-                      .Register(*m->registry_);
-  const prometheus::Histogram::BucketBoundaries buckets = {
-      50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
-      50e-3, 100e-3, 250e-3, 500e-3, 1,    2.5,    5,    10};
-  for (const char* rpc : kRpcs) m->latency_[rpc] = &latency.Add({{"rpc", rpc}}, buckets);
+  m->rpcs_ = std::make_unique<RpcMetrics>(*m->registry_, "kvtier", "CacheService", kRpcs);
   m->inflight_bytes_ = &prometheus::BuildGauge()
                             .Name("kvtier_inflight_bytes")
                             .Help("Payload bytes held for Puts being received and Gets being sent.")
                             .Register(*m->registry_)
                             .Add({});
+  m->inflight_limit_ = &prometheus::BuildGauge()
+                            .Name("kvtier_inflight_bytes_limit")
+                            .Help("Cap on kvtier_inflight_bytes (limits.max_inflight_mib).")
+                            .Register(*m->registry_)
+                            .Add({});
+  auto& served = prometheus::BuildCounter()
+                     .Name("kvtier_served_bytes_total")
+                     .Help("Payload bytes served: by gRPC Get from each tier, and read over UCX "
+                           "from the host tier (as clients report on Release).")
+                     .Register(*m->registry_);
+  for (int t = 0; t < kNumTiers; ++t) {
+    m->served_grpc_[t] = &served.Add({{"path", "grpc"}, {"tier", TierName(static_cast<Tier>(t))}});
+  }
+  m->served_ucx_ = &served.Add({{"path", "ucx"}, {"tier", "host"}});
+  m->info_ = &prometheus::BuildGauge()
+                  .Name("kvtier_daemon_info")
+                  .Help("1, labelled with the gRPC address clients and kvtier-router reach this "
+                        "daemon at (the router's node label).")
+                  .Register(*m->registry_);
   auto counter = [&](const char* name, const char* help) {
     return &prometheus::BuildCounter().Name(name).Help(help).Register(*m->registry_).Add({});
   };
@@ -239,13 +276,13 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::s
                              "Payload bytes granted to one-sided (UCX) readers by leases.");
   m->lease_promotions_ = counter("kvtier_ucx_lease_promotions_total",
                                  "Blocks promoted from NVMe to host RAM to be leased.");
-  m->ucx_bytes_read_ = counter("kvtier_ucx_read_bytes_total",
-                               "Bytes clients read over UCX, as they report on Release.");
   m->lease_wait_ = &prometheus::BuildHistogram()
                         .Name("kvtier_ucx_lease_wait_seconds")
                         .Help("Time to grant a lease, promotions from NVMe included.")
                         .Register(*m->registry_)
-                        .Add({}, buckets);
+                        .Add({}, prometheus::Histogram::BucketBoundaries{
+                                     100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+                                     50e-3, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
   auto collector = std::make_shared<StoreCollector>(store);
   m->server_->RegisterCollectable(m->registry_);
   m->server_->RegisterCollectable(collector);
@@ -256,9 +293,7 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::s
 DaemonMetrics::~DaemonMetrics() = default;
 
 void DaemonMetrics::ObserveRpc(const std::string& rpc, grpc::StatusCode code, double seconds) {
-  auto it = latency_.find(rpc);
-  if (it != latency_.end()) it->second->Observe(seconds);
-  requests_->Add({{"rpc", rpc}, {"code", CodeName(code)}}).Increment();
+  rpcs_->Observe(rpc, code, seconds);
 }
 
 void DaemonMetrics::SetServiceSource(ServiceSource source) {
@@ -276,9 +311,19 @@ void DaemonMetrics::ObserveLease(size_t blocks, uint64_t bytes, uint32_t promote
   lease_wait_->Observe(seconds);
 }
 
-void DaemonMetrics::AddUcxBytesRead(uint64_t bytes) {
-  ucx_bytes_read_->Increment(static_cast<double>(bytes));
+void DaemonMetrics::AddServedBytes(Tier tier, uint64_t bytes) {
+  served_grpc_[static_cast<int>(tier)]->Increment(static_cast<double>(bytes));
 }
+
+void DaemonMetrics::AddUcxBytesRead(uint64_t bytes) {
+  served_ucx_->Increment(static_cast<double>(bytes));
+}
+
+void DaemonMetrics::SetInflightLimit(uint64_t bytes) {
+  inflight_limit_->Set(static_cast<double>(bytes));
+}
+
+void DaemonMetrics::SetAddress(const std::string& address) { info_->Add({{"address", address}}).Set(1); }
 
 void DaemonMetrics::SetInflightBytes(uint64_t bytes) {
   inflight_bytes_->Set(static_cast<double>(bytes));

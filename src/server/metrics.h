@@ -27,11 +27,11 @@ class Counter;
 class Gauge;
 }  // namespace prometheus
 
-namespace kvtier::server {
+namespace kvtier {
+class RpcMetrics;
+}
 
-// The status code's name as metrics and logs spell it (OK, INVALID_ARGUMENT, ...; OTHER for the
-// codes the daemon never answers).
-const char* CodeName(grpc::StatusCode code);
+namespace kvtier::server {
 
 class DaemonMetrics {
  public:
@@ -49,11 +49,17 @@ class DaemonMetrics {
   // One granted lease: its blocks and bytes, how many blocks it promoted from NVMe, and how long
   // the caller waited for it.
   void ObserveLease(size_t blocks, uint64_t bytes, uint32_t promoted, double seconds);
+  // Payload bytes a gRPC Get sent of a block found in `tier`.
+  void AddServedBytes(Tier tier, uint64_t bytes);
   // Bytes a client read over UCX under a lease (reported when it releases the lease).
   void AddUcxBytesRead(uint64_t bytes);
+  // The in-flight cap (kvtier_inflight_bytes_limit), and the address clients reach the daemon at
+  // (kvtier_daemon_info{address}); each set once.
+  void SetInflightLimit(uint64_t bytes);
+  void SetAddress(const std::string& address);
   // Where scrapes read each tenant's usage (kvtier_tenant_*{tenant}), the count of calls the
-  // idle-stream watchdog cancelled, and (with a UCX data plane in served mode) the served reads
-  // answered with their bytes and refused.
+  // idle-stream watchdog cancelled, and (with a UCX data plane) the served reads answered with
+  // their bytes and refused.
   struct ServiceSource {
     std::function<std::vector<v1::TenantUsage>()> usage;
     std::function<uint64_t()> idle_cancels;
@@ -70,13 +76,15 @@ class DaemonMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<prometheus::Collectable> store_collector_;  // the server holds it weakly
   std::unique_ptr<MetricsServer> server_;
-  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
-  std::map<std::string, prometheus::Histogram*> latency_;
+  std::unique_ptr<RpcMetrics> rpcs_;
   prometheus::Gauge* inflight_bytes_ = nullptr;
   prometheus::Counter* leased_blocks_ = nullptr;
   prometheus::Counter* leased_bytes_ = nullptr;
   prometheus::Counter* lease_promotions_ = nullptr;
-  prometheus::Counter* ucx_bytes_read_ = nullptr;
+  prometheus::Gauge* inflight_limit_ = nullptr;
+  prometheus::Counter* served_grpc_[kNumTiers] = {};
+  prometheus::Counter* served_ucx_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* info_ = nullptr;
   prometheus::Histogram* lease_wait_ = nullptr;
   int port_ = 0;
 };

@@ -80,6 +80,10 @@ struct Worker::Metrics {
                     .Help("KV bytes head-sparse attention did not need to fetch")
                     .Register(*r)
                     .Add({})),
+        latency(prometheus::BuildHistogram()
+                    .Name("kvtier_worker_request_seconds")
+                    .Help("Time from a decode request's arrival to its answer, by attention mode")
+                    .Register(*r)),
         fetch(prometheus::BuildHistogram()
                   .Name("kvtier_worker_fetch_seconds")
                   .Help("Time a request spent locating and fetching blocks")
@@ -115,6 +119,7 @@ struct Worker::Metrics {
   prometheus::Counter& grpc;
   prometheus::Counter& pool;
   prometheus::Counter& skipped;
+  prometheus::Family<prometheus::Histogram>& latency;
   prometheus::Histogram& fetch;
   prometheus::Histogram& compute;
   prometheus::Gauge& pool_bytes;
@@ -394,6 +399,8 @@ absl::Status Worker::Decode(const v1::DecodeRequest& request, const std::string&
     metrics_->requests
         .Add({{"mode", ModeName(mode)}, {"code", absl::StatusCodeToString(st.code())}})
         .Increment();
+    metrics_->latency.Add({{"mode", ModeName(mode)}}, Metrics::Buckets())
+        .Observe(Seconds(Clock::now() - started));
     metrics_->fetch.Observe(response->stats().fetch_us() / 1e6);
     metrics_->compute.Observe(response->stats().compute_us() / 1e6);
     metrics_->pool.Increment(static_cast<double>(response->stats().bytes_from_pool()));
