@@ -9,6 +9,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$1"
 shift
+# One build of the tree at a time (run-tests.sh may have started one in the background).
+mkdir -p "$build"
+exec 9>"$build/.build-lock"
+flock 9
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 if [ ! -f "$build/CMakeCache.txt" ]; then
