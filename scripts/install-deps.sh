@@ -13,6 +13,7 @@ packages=(
   python3-xxhash python3-grpcio python3-protobuf
   redis-server libhiredis-dev
   libucx-dev ucx-utils
+  prometheus
 )
 
 missing=()
@@ -29,3 +30,8 @@ sudo=""
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Debian's prometheus package starts its server where systemd runs; the tests only need promtool
+# and start their own server.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  $sudo systemctl disable --now prometheus.service || true
+fi
