@@ -385,6 +385,17 @@ void RouteServiceImpl::DecayLocked() {
   for (auto& m : members_) m->load *= f;
 }
 
+void RouteServiceImpl::SetLoadMetricsLocked() {
+  if (metrics_->imbalance == nullptr) return;
+  double total = 0, max = 0;
+  for (int m : ring_members_) {
+    members_[m]->load_metric->Set(members_[m]->load);
+    total += members_[m]->load;
+    max = std::max(max, members_[m]->load);
+  }
+  metrics_->imbalance->Set(total > 0 ? max * ring_members_.size() / total : 0);
+}
+
 void RouteServiceImpl::ProbeLoop() {
   while (!stop_) {
     std::vector<std::shared_ptr<Member>> snapshot;
@@ -420,6 +431,12 @@ void RouteServiceImpl::ProbeLoop() {
         if (m.ejections_metric != nullptr) m.ejections_metric->Increment();
         RebuildLocked();
       }
+    }
+    {
+      // Loads decay while no request comes: the gauges follow them between requests too.
+      MutexLock lock(&mu_);
+      DecayLocked();
+      SetLoadMetricsLocked();
     }
     for (int waited = 0; waited < health_.probe_interval_ms && !stop_; waited += 10) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -535,13 +552,7 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
   ++chosen.decisions;
   if (chosen.decisions_metric != nullptr) {
     chosen.decisions_metric->Increment();
-    double total = 0, max = 0;
-    for (int m : ring_members_) {
-      members_[m]->load_metric->Set(members_[m]->load);
-      total += members_[m]->load;
-      max = std::max(max, members_[m]->load);
-    }
-    metrics_->imbalance->Set(total > 0 ? max * ring_members_.size() / total : 0);
+    SetLoadMetricsLocked();
     metrics_->placements->Set(static_cast<double>(router_.placements()));
     metrics_->latency->Observe(Now() - start);
   }

@@ -80,6 +80,8 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   size_t CachedPrefix(std::span<const BlockKey> store_keys, int id);
   void RebuildLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DecayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // kvtier_router_load_blocks and kvtier_router_imbalance from the members' loads now.
+  void SetLoadMetricsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const HealthOptions health_;
   const CacheAwareOptions cache_aware_;
