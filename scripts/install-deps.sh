@@ -16,22 +16,33 @@ packages=(
   prometheus
 )
 
+# deploy/'s checks (ctest -L deploy) render the Kubernetes manifests with kubectl and validate
+# them with Node.js packages (deploy/tests/package.json). KVTIER_DEPLOY_TOOLS=0 leaves them out
+# (the image build does). Node.js and npm come from Debian unless some other install provides
+# them.
+deploy_tools="${KVTIER_DEPLOY_TOOLS:-1}"
+if [ "$deploy_tools" = 1 ] && ! command -v node >/dev/null; then
+  packages+=(nodejs npm)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
-
-echo "install-deps: installing ${missing[*]}"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-# Debian's prometheus package starts its server where systemd runs; the tests only need promtool
-# and start their own server.
-if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
-  $sudo systemctl disable --now prometheus.service || true
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian's prometheus package starts its server where systemd runs; the tests only need
+  # promtool and start their own server.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus.service || true
+  fi
+fi
+
+if [ "$deploy_tools" = 1 ]; then
+  bash "$(dirname "${BASH_SOURCE[0]}")/../deploy/tests/install-tools.sh"
 fi

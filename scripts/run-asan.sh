@@ -29,9 +29,10 @@ ${UBSAN_OPTIONS:-}"
 # load_test, whose bound on the daemon's RSS (host tier + 256 MiB) cannot hold with ASan's shadow
 # memory and quarantine (a 15 s run here peaked at 727 MiB against 512, with no sanitizer report);
 # cluster_smoke, which runs the binaries in build/ (local-cluster.sh), not these; replay_targets
-# and demo_smoke, minutes of trace replay through code that the other tests run under ASan too.
+# and demo_smoke, minutes of trace replay through code that the other tests run under ASan too;
+# deploy/'s checks (label deploy), which check deployment files, not memory.
 rc=0
-(cd "$build" && ctest --output-on-failure --timeout 900 -j 2 -LE 'asan|tsan|lint|fuzz' \
+(cd "$build" && ctest --output-on-failure --timeout 900 -j 2 -LE 'asan|tsan|lint|fuzz|deploy' \
   -E '^(load_test|cluster_smoke|replay_targets|demo_smoke)$' "$@") || rc=$?
 
 reports=("$logs"/*)

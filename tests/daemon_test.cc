@@ -807,5 +807,62 @@ TEST_F(DaemonTest, RestartKeepsDurableBlocks) {
   }
 }
 
+// --check-config reads what a start reads before it opens anything (the configuration, the token
+// file, the TLS files), answers in one line and exits; it opens no store and no port, and leaves
+// the machine's limits (memory, /dev/shm) to the start.
+TEST(DaemonCheckConfig, ChecksWhatAStartChecksAndTouchesNothing) {
+  TempDir dir;
+  const int held = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(held, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(bind(held, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(held, 1), 0);
+  ASSERT_EQ(getsockname(held, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string taken = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  std::ofstream(dir.Sub("tokens.yaml"))
+      << "alice: alice-token-0123456789\n"
+      << "router: {token: router-token-0123456789, role: cluster}\n";
+  std::ofstream(dir.Sub("not.pem")) << "not a certificate\n";
+  const std::string example = std::string(KVTIER_SOURCE_DIR) + "/docs/kvtierd.example.yaml";
+  const std::vector<std::string> good = {"--check-config",
+                                         "--config",
+                                         example,
+                                         "--listen",
+                                         taken,
+                                         "--metrics-listen",
+                                         taken,
+                                         "--data",
+                                         dir.Sub("nvme"),
+                                         "--host-mib",
+                                         "10485760",
+                                         "--auth-tokens",
+                                         dir.Sub("tokens.yaml")};
+  const testing::ProcessRun ok = testing::RunToEnd(kDaemon, good);
+  EXPECT_EQ(ok.status, 0) << ok.output;
+  EXPECT_EQ(ok.output, "kvtierd: configuration OK\n");
+  EXPECT_FALSE(std::filesystem::exists(dir.Sub("nvme"))) << "the store was opened";
+
+  const std::pair<std::vector<std::string>, std::string> bad[] = {
+      {{"--host-mib", "0"}, "--host-mib: must be > 0"},
+      {{"--ucx-mode", "shared"}, "--ucx-mode"},
+      {{"--auth-tokens", dir.Sub("missing.yaml")}, "auth.tokens_file"},
+      {{"--tls-cert", dir.Sub("not.pem"), "--tls-key", dir.Sub("not.pem")}, "tls.cert"},
+      {{"--config", dir.Sub("tokens.yaml")}, "alice: unknown setting"},
+  };
+  for (const auto& [args, names] : bad) {
+    std::vector<std::string> argv = good;
+    argv.insert(argv.end(), args.begin(), args.end());
+    const testing::ProcessRun run = testing::RunToEnd(kDaemon, argv);
+    EXPECT_TRUE(WIFEXITED(run.status) && WEXITSTATUS(run.status) == 2)
+        << names << ": status " << run.status;
+    EXPECT_NE(run.output.find(names), std::string::npos) << run.output;
+    EXPECT_EQ(run.output.find("configuration OK"), std::string::npos) << run.output;
+  }
+  close(held);
+}
+
 }  // namespace
 }  // namespace kvtier

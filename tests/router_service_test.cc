@@ -415,5 +415,38 @@ TEST(RouterFlags, BadNodeListsAreRefused) {
   }
 }
 
+// --check-config: the options and node list as a start reads them, one line, exit 0; an error
+// names its flag, exit 2. The name of --nodes-dns is not resolved (it need not exist yet).
+TEST(RouterFlags, CheckConfigAcceptsWhatAStartAcceptsAndNamesTheFlagItRefuses) {
+  const std::string router = std::string(KVTIER_BINARY_DIR) + "/kvtier-router";
+  for (const std::vector<std::string>& nodes :
+       {std::vector<std::string>{"--nodes", "10.0.0.1:7700,10.0.0.2:7700=2"},
+        std::vector<std::string>{"--nodes-dns", "kvtierd.invalid:7700"}}) {
+    std::vector<std::string> args = {
+        "--check-config", "--listen",      "0.0.0.0:7800", "--metrics-listen",
+        "0.0.0.0:9780",   "--load-factor", "1.5"};
+    args.insert(args.end(), nodes.begin(), nodes.end());
+    const testing::ProcessRun run = testing::RunToEnd(router, args);
+    EXPECT_EQ(run.status, 0) << run.output;
+    EXPECT_EQ(run.output, "kvtier-router: configuration OK\n");
+  }
+  const std::pair<std::vector<std::string>, std::string> bad[] = {
+      {{"--nodes", "a:1,a:1"}, "listed twice"},
+      {{"--nodes", "a:1", "--load-factor", "0.5"}, "--load-factor"},
+      {{"--nodes", "a:1", "--probe-interval-ms", "x"}, "--probe-interval-ms"},
+      {{"--nodes", "a:1", "--listen", "nowhere"}, "--listen"},
+      {{"--nodes", "a:1", "--metrics-listen", "0.0.0.0:99999"}, "--metrics-listen"},
+      {{"--nodes-dns", "kvtierd"}, "--nodes-dns"},
+      {{"--nodes-file", "/nonexistent/nodes"}, "/nonexistent/nodes"},
+  };
+  for (const auto& [flags, names] : bad) {
+    std::vector<std::string> args = {"--check-config"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const testing::ProcessRun run = testing::RunToEnd(router, args);
+    EXPECT_EQ(run.status, 2 << 8) << names << ": " << run.output;
+    EXPECT_NE(run.output.find(names), std::string::npos) << run.output;
+  }
+}
+
 }  // namespace
 }  // namespace kvtier

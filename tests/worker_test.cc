@@ -604,5 +604,33 @@ TEST_F(WorkerTest, BadRequestsAreClearErrors) {
   }
 }
 
+// --check-config: the options as a start reads them, one line, exit 0; an error names its flag,
+// exit 2. No router or daemon needs to exist.
+TEST(WorkerFlags, CheckConfigAcceptsWhatAStartAcceptsAndNamesTheFlagItRefuses) {
+  const std::string worker = std::string(KVTIER_BINARY_DIR) + "/kvtier-worker";
+  const std::vector<std::string> good = {"--check-config", "--router",     "kvtier-router:7800",
+                                         "--listen",       "0.0.0.0:7900", "--metrics-listen",
+                                         "0.0.0.0:9790",   "--pool-mib",   "2048",
+                                         "--device",       "cuda"};
+  const testing::ProcessRun ok = testing::RunToEnd(worker, good);
+  EXPECT_EQ(ok.status, 0) << ok.output;
+  EXPECT_EQ(ok.output, "kvtier-worker: configuration OK\n");
+  const std::pair<std::vector<std::string>, std::string> bad[] = {
+      {{"--router", "a:1", "--pool-mib", "-1"}, "--pool-mib"},
+      {{"--router", "a:1", "--device", "tpu"}, "--device"},
+      {{"--router", "nowhere"}, "--router: 'nowhere'"},
+      {{"--nodes", "a:1,b"}, "--nodes: 'b'"},
+      {{"--router", "a:1", "--listen", "0.0.0.0"}, "--listen"},
+      {{"--router", "a:1", "--nodes", "a:1"}, "give one of --router and --nodes"},
+  };
+  for (const auto& [flags, names] : bad) {
+    std::vector<std::string> args = {"--check-config"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const testing::ProcessRun run = testing::RunToEnd(worker, args);
+    EXPECT_EQ(run.status, 2 << 8) << names << ": " << run.output;
+    EXPECT_NE(run.output.find(names), std::string::npos) << run.output;
+  }
+}
+
 }  // namespace
 }  // namespace kvtier

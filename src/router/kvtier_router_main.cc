@@ -51,6 +51,9 @@ options:
   --probe-interval-ms N  health probe period (default 1000)
   --failures-to-eject N  failed probes in a row that eject a node (default 2)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
+  --check-config         check the options (and read --nodes-file) as a start would, print
+                         "kvtier-router: configuration OK" and exit 0 (2 on an error); listens
+                         on nothing, and does not resolve --nodes-dns
   --version              the version and commit of this build
   --help                 this text
 
@@ -78,6 +81,7 @@ int main(int argc, char** argv) {
   std::string metrics_listen = "127.0.0.1:9780";
   int refresh_ms = 5000;
   std::string log_level = "info";
+  bool check_only = false;
   kvtier::router::RouterOptions options;
   kvtier::router::HealthOptions health;
   kvtier::router::CacheAwareOptions cache_aware;
@@ -119,6 +123,8 @@ int main(int argc, char** argv) {
       if (!args.Value(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
         return Bad("--log-level needs trace, debug, info, warn, error or off");
       }
+    } else if (a == "--check-config") {
+      check_only = true;
     } else {
       return Bad("unknown option '" + a + "'");
     }
@@ -126,12 +132,33 @@ int main(int argc, char** argv) {
   if (nodes_flag.empty() + nodes_file.empty() + nodes_dns.empty() != 2) {
     return Bad("give one of --nodes, --nodes-file and --nodes-dns");
   }
+  // Addresses are checked before anything starts, so that --check-config refuses what a start
+  // would.
+  if (absl::Status st = kvtier::CheckListenAddress(listen, /*unix_ok=*/true); !st.ok()) {
+    return Bad("--listen " + std::string(st.message()));
+  }
+  if (!metrics_listen.empty()) {
+    if (absl::Status st = kvtier::CheckListenAddress(metrics_listen, /*unix_ok=*/false); !st.ok()) {
+      return Bad("--metrics-listen " + std::string(st.message()));
+    }
+  }
+  if (!nodes_dns.empty() && !kvtier::CheckListenAddress(nodes_dns, /*unix_ok=*/false).ok()) {
+    return Bad("--nodes-dns: '" + nodes_dns + "' is not NAME:PORT");
+  }
   // Where the membership comes from, now and at every refresh.
   auto load_nodes = [&]() -> absl::StatusOr<std::vector<kvtier::router::RingNode>> {
     if (!nodes_file.empty()) return kvtier::router::ReadNodeFile(nodes_file);
     if (!nodes_dns.empty()) return kvtier::router::ResolveNodes(nodes_dns);
     return kvtier::router::ParseNodeList(nodes_flag);
   };
+  if (check_only) {
+    // What --nodes-dns resolves to is the cluster's state, not configuration: left to the start.
+    if (nodes_dns.empty()) {
+      if (auto nodes = load_nodes(); !nodes.ok()) return Bad(std::string(nodes.status().message()));
+    }
+    std::puts("kvtier-router: configuration OK");
+    return 0;
+  }
   auto nodes = load_nodes();
   if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
   (void)kvtier::InitLogging(log_level);

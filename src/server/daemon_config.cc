@@ -303,7 +303,8 @@ its NVMe tier in ./kvtier-data.
 Settings come from a YAML file (--config FILE, keys as below, nested by their dots) and are
 overridden by flags. Every value is checked at start; an error names the key or flag.
 
-  --config FILE
+  --config FILE                  YAML settings; given more than once, each file overrides the
+                                 ones before it (flags still override them all)
 )";
   for (const Option& o : Options()) {
     std::string left = "  --" + o.flag + (o.value.empty() ? "" : " " + o.value);
@@ -312,6 +313,10 @@ overridden by flags. Every value is checked at start; an error names the key or 
                     ", default ", o.def, "\n");
   }
   out += R"(  --no-nvme                      no NVMe tier (same as --data "")
+  --check-config                 check the configuration, the token file and the TLS files as a
+                                 start would, print "kvtierd: configuration OK" and exit 0 (2 on
+                                 an error); opens no store, port or shared memory, and does not
+                                 check the machine (memory, /dev/shm, the NVMe directory)
   --version                      the version and commit of this build
   --help                         this text
 
@@ -355,6 +360,10 @@ absl::StatusOr<DaemonConfig> LoadDaemonConfig(int argc, char** argv, bool* help)
     std::string name = a.substr(2), value;
     if (name == "no-nvme") {
       c.store.nvme_path.clear();
+      continue;
+    }
+    if (name == "check-config") {
+      c.check_only = true;
       continue;
     }
     const size_t eq = name.find('=');

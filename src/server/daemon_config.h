@@ -37,6 +37,9 @@ struct DaemonConfig {
   std::string ucx_mode = "auto";
   StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
   ServiceLimits limits;
+  // Default: false. --check-config: validate the configuration (and the files it names) as a
+  // start would, then exit without opening the store or any port. Not a YAML key.
+  bool check_only = false;
 
   DaemonConfig() { store.nvme_path = "./kvtier-data"; }
 };

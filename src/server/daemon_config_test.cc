@@ -112,13 +112,41 @@ TEST(DaemonConfig, ErrorsNameTheKeyOrFlag) {
   ExpectError(Load({"--lease-ttl-ms", "600000"}), "max_lease_ttl_ms");
 }
 
+// deploy/kubernetes gives the daemon the documented example, then the pod's addresses, then the
+// overlay's sizes.
+TEST(DaemonConfig, LaterConfigFilesOverrideEarlierOnesAndFlagsOverrideAll) {
+  testing::TempDir dir;
+  std::ofstream(dir.Sub("a.yaml"))
+      << "listen: 0.0.0.0:7700\nstore: {host_mib: 64, max_block_mib: 2}\n";
+  std::ofstream(dir.Sub("b.yaml")) << "store: {host_mib: 128}\n";
+  auto c =
+      Load({"--config", std::string(KVTIER_SOURCE_DIR) + "/docs/kvtierd.example.yaml",
+            "--max-block-mib", "4", "--config", dir.Sub("a.yaml"), "--config", dir.Sub("b.yaml")});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "0.0.0.0:7700");
+  EXPECT_EQ(c->store.host_bytes, uint64_t{128} << 20);
+  EXPECT_EQ(c->store.max_block_bytes, uint64_t{4} << 20) << "a flag wins wherever it stands";
+}
+
+TEST(DaemonConfig, CheckConfigIsAFlagNotASetting) {
+  EXPECT_FALSE(Load({})->check_only);
+  auto c = Load({"--host-mib", "64", "--check-config"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->check_only);
+  EXPECT_EQ(c->store.host_bytes, uint64_t{64} << 20);
+  testing::TempDir dir;
+  std::ofstream(dir.Sub("c.yaml")) << "check_config: true\n";
+  ExpectError(Load({"--config", dir.Sub("c.yaml")}), "check_config: unknown setting");
+}
+
 TEST(DaemonConfig, HelpListsEveryOptionWithItsDefault) {
   bool help = false;
   auto c = Load({"--host-mib", "1", "--help"}, &help);
   EXPECT_TRUE(help);
   const std::string usage = DaemonUsage();
-  for (const char* s : {"--listen", "--host-mib", "--data", "--admission", "--lease-ttl-ms",
-                        "store.nvme.capacity_gib", "default 64", "--config", "--no-nvme"}) {
+  for (const char* s :
+       {"--listen", "--host-mib", "--data", "--admission", "--lease-ttl-ms",
+        "store.nvme.capacity_gib", "default 64", "--config", "--no-nvme", "--check-config"}) {
     EXPECT_NE(usage.find(s), std::string::npos) << s;
   }
 }

@@ -61,6 +61,39 @@ absl::Status CheckHostTierFits(uint64_t host_bytes, bool shared_memory) {
   return absl::OkStatus();
 }
 
+// The token file and the TLS files, read and checked: what a start checks before it opens
+// anything, and all that --check-config reads besides the configuration itself.
+struct Credentials {
+  std::optional<kvtier::server::TenantAuth> auth;  // when auth.tokens_file is set
+  std::string tls_cert, tls_key, tls_client_ca;    // PEM text; empty where not configured
+};
+
+absl::StatusOr<Credentials> LoadCredentials(const kvtier::server::DaemonConfig& config) {
+  Credentials out;
+  if (!config.auth_tokens_file.empty()) {
+    auto a = kvtier::server::TenantAuth::LoadFile(config.auth_tokens_file);
+    if (!a.ok()) {
+      return absl::Status(a.status().code(),
+                          absl::StrCat("auth.tokens_file: ", a.status().message()));
+    }
+    out.auth = std::move(*a);
+  }
+  struct PemFile {
+    const std::string* path;
+    const char* setting;
+    std::string* pem;
+  };
+  for (const PemFile& f : {PemFile{&config.tls_cert, "tls.cert", &out.tls_cert},
+                           PemFile{&config.tls_key, "tls.key", &out.tls_key},
+                           PemFile{&config.tls_client_ca, "tls.client_ca", &out.tls_client_ca}}) {
+    if (f.path->empty()) continue;
+    auto pem = kvtier::server::ReadPemFile(*f.path, f.setting);
+    if (!pem.ok()) return pem.status();
+    *f.pem = std::move(*pem);
+  }
+  return out;
+}
+
 }  // namespace
 
 // One line of what this daemon runs with, once it serves: the configuration as resolved (limits
@@ -129,6 +162,15 @@ int main(int argc, char** argv) {
                  std::string(config.status().message()).c_str());
     return 2;
   }
+  if (config->check_only) {
+    // Everything a start checks before it opens the store, and nothing after that.
+    if (auto credentials = LoadCredentials(*config); !credentials.ok()) {
+      std::fprintf(stderr, "kvtierd: %s\n", std::string(credentials.status().message()).c_str());
+      return 2;
+    }
+    std::puts("kvtierd: configuration OK");
+    return 0;
+  }
   if (absl::Status st = kvtier::InitLogging(config->log_level, config->log_format); !st.ok()) {
     std::fprintf(stderr, "kvtierd: %s\n", std::string(st.message()).c_str());
     return 2;
@@ -139,14 +181,13 @@ int main(int argc, char** argv) {
   const std::string& listen = config->listen;
 
   // Credentials first: a daemon that cannot enforce them must not open its store or serve.
-  std::optional<kvtier::server::TenantAuth> auth;
-  if (!config->auth_tokens_file.empty()) {
-    auto a = kvtier::server::TenantAuth::LoadFile(config->auth_tokens_file);
-    if (!a.ok()) {
-      spdlog::critical("auth.tokens_file: {}", std::string(a.status().message()));
-      return 2;
-    }
-    auth = std::move(*a);
+  auto credentials = LoadCredentials(*config);
+  if (!credentials.ok()) {
+    spdlog::critical("{}", std::string(credentials.status().message()));
+    return 2;
+  }
+  std::optional<kvtier::server::TenantAuth> auth = std::move(credentials->auth);
+  if (auth.has_value()) {
     spdlog::info("kvtierd: bearer tokens required ({} tenants)", auth->tenants());
   }
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
@@ -154,19 +195,8 @@ int main(int argc, char** argv) {
     grpc::SslServerCredentialsOptions ssl(
         config->tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
                                       : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    auto cert = kvtier::server::ReadPemFile(config->tls_cert, "tls.cert");
-    auto key = kvtier::server::ReadPemFile(config->tls_key, "tls.key");
-    auto ca = config->tls_client_ca.empty()
-                  ? absl::StatusOr<std::string>("")
-                  : kvtier::server::ReadPemFile(config->tls_client_ca, "tls.client_ca");
-    for (const auto* f : {&cert, &key, &ca}) {
-      if (!f->ok()) {
-        spdlog::critical("{}", std::string(f->status().message()));
-        return 2;
-      }
-    }
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    ssl.pem_root_certs = *ca;
+    ssl.pem_key_cert_pairs.push_back({credentials->tls_key, credentials->tls_cert});
+    ssl.pem_root_certs = credentials->tls_client_ca;
     creds = grpc::SslServerCredentials(ssl);
   }
 

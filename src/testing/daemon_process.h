@@ -1,7 +1,8 @@
 #pragma once
 // DaemonProcess: runs a kvtier daemon binary as a real child process for integration tests,
 // waits for its "... listening on HOST:PORT" line (or another line that says it is ready), and
-// stops it with SIGTERM (SIGKILL on destruction if still running).
+// stops it with SIGTERM (SIGKILL on destruction if still running). RunToEnd: runs a binary that
+// checks something and exits, and takes its exit status and output.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -18,6 +19,29 @@ extern char** environ;
 
 namespace kvtier::testing {
 
+// Starts `binary` with `args`, its stdout (and its stderr, `with_stderr`) going to a pipe whose
+// read end it returns; *pid is the child's, 0 if it could not be started.
+inline int Spawn(const std::string& binary, const std::vector<std::string>& args, bool with_stderr,
+                 pid_t* pid) {
+  *pid = 0;
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  if (with_stderr) posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  std::vector<std::string> all = {binary};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  if (posix_spawn(pid, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) *pid = 0;
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  return fds[0];
+}
+
 class DaemonProcess {
  public:
   // Starts `binary` with `args`; address() is empty if it did not report listening within
@@ -25,21 +49,7 @@ class DaemonProcess {
   DaemonProcess(const std::string& binary, const std::vector<std::string>& args,
                 std::chrono::milliseconds timeout = std::chrono::seconds(30),
                 const std::string& ready = "listening on ") {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    std::vector<std::string> all = {binary};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) pid_ = 0;
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    out_ = fds[0];
+    out_ = Spawn(binary, args, /*with_stderr=*/false, &pid_);
     if (pid_ == 0) return;
     // Read until the listening line, bounded in time.
     const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -108,5 +118,28 @@ class DaemonProcess {
   std::string address_;
   std::string output_;
 };
+
+// What a process run to its end did: its exit status as waitpid reports it (-1 if it could not
+// be started) and all it wrote to stdout and stderr, in one string.
+struct ProcessRun {
+  int status = -1;
+  std::string output;
+};
+
+// Runs `binary` with `args` and waits for it to end (for a command that checks and exits, like
+// `--check-config`; a server would never return).
+inline ProcessRun RunToEnd(const std::string& binary, const std::vector<std::string>& args) {
+  ProcessRun run;
+  pid_t pid = 0;
+  const int out = Spawn(binary, args, /*with_stderr=*/true, &pid);
+  if (out < 0) return run;
+  char buf[4096];
+  for (ssize_t n; pid != 0 && (n = read(out, buf, sizeof(buf))) > 0;) {
+    run.output.append(buf, static_cast<size_t>(n));
+  }
+  close(out);
+  if (pid != 0) waitpid(pid, &run.status, 0);
+  return run;
+}
 
 }  // namespace kvtier::testing

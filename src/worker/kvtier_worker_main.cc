@@ -46,6 +46,9 @@ options:
   --device auto|cpu|cuda where attention runs (default auto: the GPU when there is one and this
                          build has its kernels, else the CPU; cuda: fail to start without one)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
+  --check-config         check the options as a start would, print "kvtier-worker:
+                         configuration OK" and exit 0 (2 on an error); listens on nothing,
+                         connects to nothing, and does not look for a GPU (--device cuda)
   --version              the version and commit of this build
   --help                 this text
 
@@ -73,6 +76,7 @@ int main(int argc, char** argv) {
   kvtier::worker::WorkerOptions options;
   std::string listen = "127.0.0.1:7900", metrics_listen = "127.0.0.1:9790";
   std::string log_level = "info";
+  bool check_only = false;
   for (kvtier::ArgReader args(argc, argv); args.Next();) {
     const std::string a = args.flag();
     if (a == "--help" || a == "-h") {
@@ -117,12 +121,35 @@ int main(int argc, char** argv) {
       if (!args.Value(&log_level) || !kvtier::ValidateLogLevel(log_level).ok()) {
         return Bad("--log-level needs trace, debug, info, warn, error or off");
       }
+    } else if (a == "--check-config") {
+      check_only = true;
     } else {
       return Bad("unknown option '" + a + "'");
     }
   }
   if (options.router.empty() == options.nodes.empty()) {
     return Bad("give one of --router and --nodes");
+  }
+  // Addresses are checked before anything starts, so that --check-config refuses what a start
+  // would.
+  if (absl::Status st = kvtier::CheckListenAddress(listen, /*unix_ok=*/true); !st.ok()) {
+    return Bad("--listen " + std::string(st.message()));
+  }
+  if (!metrics_listen.empty()) {
+    if (absl::Status st = kvtier::CheckListenAddress(metrics_listen, /*unix_ok=*/false); !st.ok()) {
+      return Bad("--metrics-listen " + std::string(st.message()));
+    }
+  }
+  for (const std::string& peer :
+       options.router.empty() ? options.nodes : std::vector{options.router}) {
+    if (!kvtier::CheckListenAddress(peer, /*unix_ok=*/true).ok()) {
+      return Bad((options.router.empty() ? "--nodes: '" : "--router: '") + peer +
+                 "' is not HOST:PORT or unix:PATH");
+    }
+  }
+  if (check_only) {
+    std::puts("kvtier-worker: configuration OK");
+    return 0;
   }
   (void)kvtier::InitLogging(log_level);
   kvtier::RouteGrpcLogs();
