@@ -12,6 +12,7 @@
 #include "cache/block_store_test_util.h"
 #include "cache/nvme_tier.h"
 #include "common/checksum.h"
+#include "common/mutex.h"
 #include "testing/small_disk.h"
 #include "testing/test_util.h"
 
@@ -759,6 +760,13 @@ TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
   constexpr int kOps = 3000;
   constexpr uint64_t kKeys = 200;
   std::atomic<int> wrong_bytes{0}, unexpected{0};
+  Mutex mu;
+  std::string first_unexpected;  // guarded by mu
+  auto note = [&](const std::string& what, const absl::Status& st) {
+    if (unexpected++ != 0) return;
+    MutexLock l(&mu);
+    first_unexpected = what + ": " + st.ToString();
+  };
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -771,7 +779,7 @@ TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
           case 1: {
             absl::Status st =
                 PutN(*s, n, n % 10 == 0 ? std::nullopt : std::optional<uint64_t>(n - 1));
-            if (!st.ok() && st.code() != absl::StatusCode::kResourceExhausted) ++unexpected;
+            if (!st.ok() && st.code() != absl::StatusCode::kResourceExhausted) note("put", st);
             break;
           }
           case 2:
@@ -780,7 +788,7 @@ TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
             if (got.ok()) {
               if (buf != TestBlock(n, kBlock)) ++wrong_bytes;
             } else if (got.status().code() != absl::StatusCode::kNotFound) {
-              ++unexpected;
+              note("get", got.status());
             }
             break;
           }
@@ -799,10 +807,10 @@ TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
                   Checksum(s->host_arena_base() + b.location, b.size) != b.checksum) {
                 ++wrong_bytes;
               }
-              if (!s->Release(lease->id).ok()) ++unexpected;
+              if (absl::Status st = s->Release(lease->id); !st.ok()) note("release", st);
             } else if (lease.status().code() != absl::StatusCode::kNotFound &&
                        lease.status().code() != absl::StatusCode::kResourceExhausted) {
-              ++unexpected;
+              note("lease", lease.status());
             }
             break;
           }
@@ -812,7 +820,7 @@ TEST(BlockStoreConcurrency, ManyThreadsPutGetEvictLeaseAtOnce) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(wrong_bytes.load(), 0);
-  EXPECT_EQ(unexpected.load(), 0);
+  EXPECT_EQ(unexpected.load(), 0) << "the first: " << first_unexpected;
   StoreStats st = s->Stats();
   EXPECT_EQ(st.checksum_failures, 0u);
   EXPECT_EQ(st.leases_active, 0u);
