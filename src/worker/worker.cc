@@ -109,7 +109,22 @@ struct Worker::Metrics {
                            .Name("kvtier_worker_gpu_pool_bytes")
                            .Help("Bytes of blocks the worker keeps in GPU memory")
                            .Register(*r)
-                           .Add({})) {}
+                           .Add({})) {
+    // Every mode's series from the start (and every code a decode answers), so that a burst of
+    // requests within one scrape shows as a rise, not as series born at their final values.
+    for (v1::AttentionMode mode : {v1::ATTENTION_MODE_DENSE, v1::ATTENTION_MODE_HEAD_SPARSE,
+                                   v1::ATTENTION_MODE_MLA}) {
+      latency.Add({{"mode", ModeName(mode)}}, Buckets());
+      for (absl::StatusCode code :
+           {absl::StatusCode::kOk, absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound,
+            absl::StatusCode::kFailedPrecondition, absl::StatusCode::kResourceExhausted,
+            absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded,
+            absl::StatusCode::kDataLoss, absl::StatusCode::kUnauthenticated,
+            absl::StatusCode::kPermissionDenied, absl::StatusCode::kInternal}) {
+        requests.Add({{"mode", ModeName(mode)}, {"code", absl::StatusCodeToString(code)}});
+      }
+    }
+  }
   static prometheus::Histogram::BucketBoundaries Buckets() {
     return {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10};
   }
