@@ -14,6 +14,7 @@ packages=(
   redis-server libhiredis-dev
   libucx-dev ucx-utils
   prometheus
+  chromium
 )
 
 # deploy/'s checks (ctest -L deploy) render the Kubernetes manifests with kubectl and validate

@@ -27,7 +27,8 @@
 #                    DIR/prometheus-data.
 #
 # Each daemon advertises its gRPC address (kvtier_daemon_info{address}, what the router calls it).
-# `cluster.env` in DIR can be sourced: KVTIER_ROUTER, KVTIER_ROUTER_METRICS, KVTIER_NODES
+# `cluster.env` in DIR can be sourced: KVTIER_ROUTER, KVTIER_ROUTER_METRICS, KVTIER_STATUS_PAGE
+# (the router's status page, http://HOST:PORT/), KVTIER_NODES
 # (comma-separated), KVTIER_NODE_METRICS, KVTIER_WORKER, KVTIER_WORKER_METRICS, and with
 # --prometheus KVTIER_PROMETHEUS (HOST:PORT of its web UI and HTTP API).
 # Expects the binaries in build/ (scripts/build.sh).
@@ -192,6 +193,7 @@ case "${1:-}" in
     {
       echo "KVTIER_ROUTER=$(field "$dir/router.out" listening)"
       echo "KVTIER_ROUTER_METRICS=$(field "$dir/router.out" metrics)"
+      echo "KVTIER_STATUS_PAGE=$(field "$dir/router.out" "status page")"
       echo "KVTIER_NODES=$list"
       echo "KVTIER_NODE_METRICS=$(IFS=,; echo "${node_metrics[*]}")"
       echo "KVTIER_WORKER=$(field "$dir/worker.out" listening)"

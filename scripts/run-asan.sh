@@ -30,9 +30,12 @@ ${UBSAN_OPTIONS:-}"
 # memory and quarantine (a 15 s run here peaked at 727 MiB against 512, with no sanitizer report);
 # cluster_smoke, which runs the binaries in build/ (local-cluster.sh), not these; replay_targets
 # and demo_smoke, minutes of trace replay through code that the other tests run under ASan too;
-# deploy/'s checks (label deploy), which check deployment files, not memory.
+# deploy/'s checks (label deploy), which check deployment files, not memory; the Prometheus
+# and browser checks (labels prometheus, browser), which check rules and pages, and run the
+# binaries in build/ through local-cluster.sh.
 rc=0
-(cd "$build" && ctest --output-on-failure --timeout 900 -j 2 -LE 'asan|tsan|lint|fuzz|deploy' \
+(cd "$build" && ctest --output-on-failure --timeout 900 -j 2 \
+  -LE 'asan|tsan|lint|fuzz|deploy|prometheus|browser' \
   -E '^(load_test|cluster_smoke|replay_targets|demo_smoke)$' "$@") || rc=$?
 
 reports=("$logs"/*)

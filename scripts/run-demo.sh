@@ -25,6 +25,7 @@ trap '"$root/scripts/local-cluster.sh" stop' EXIT
 source "$root/build/cluster/cluster.env"
 echo "local cluster: $nodes kvtierd nodes ($host_mib MiB host tier each), kvtier-router at" \
   "$KVTIER_ROUTER, kvtier-worker at $KVTIER_WORKER"
+echo "status page: $KVTIER_STATUS_PAGE"
 "$root/build/kvtier" replay --router "$KVTIER_ROUTER" --capacity "$capacity" \
   --block-bytes "$block_bytes" --worker "$KVTIER_WORKER"
 echo

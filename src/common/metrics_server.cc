@@ -31,11 +31,11 @@ struct Connection {
   std::chrono::steady_clock::time_point opened;
 };
 
-std::string Answer(int code, const char* reason, const std::string& body) {
-  return absl::StrCat("HTTP/1.1 ", code, " ", reason,
-                      "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
-                      "\r\nContent-Length: ",
-                      body.size(), "\r\nConnection: close\r\n\r\n", body);
+std::string Answer(int code, const char* reason, const std::string& body,
+                   const char* type = "text/plain; version=0.0.4; charset=utf-8") {
+  return absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
+                      "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n",
+                      body);
 }
 
 }  // namespace
@@ -110,6 +110,16 @@ MetricsServer::~MetricsServer() {
 void MetricsServer::RegisterCollectable(const std::weak_ptr<prometheus::Collectable>& c) {
   std::lock_guard l(mu_);
   collectables_.push_back(c);
+}
+
+void MetricsServer::SetPage(std::function<std::string()> page) {
+  std::lock_guard l(mu_);
+  page_ = std::move(page);
+}
+
+std::function<std::string()> MetricsServer::Page() {
+  std::lock_guard l(mu_);
+  return page_;
 }
 
 std::string MetricsServer::Scrape() {
@@ -204,10 +214,12 @@ void MetricsServer::Run() {
       }
       if (end == std::string::npos) {
         c.out = Answer(431, "Request Header Fields Too Large", "");
+      } else if (c.in.rfind("GET / ", 0) == 0 && Page()) {
+        c.out = Answer(200, "OK", Page()(), "text/html; charset=utf-8");
       } else if (c.in.rfind("GET /metrics ", 0) == 0 || c.in.rfind("GET / ", 0) == 0) {
         c.out = Answer(200, "OK", Scrape());
       } else if (c.in.rfind("GET ", 0) == 0) {
-        c.out = Answer(404, "Not Found", "only /metrics is served here\n");
+        c.out = Answer(404, "Not Found", "only / and /metrics are served here\n");
       } else {
         c.out = Answer(405, "Method Not Allowed", "");
       }

@@ -9,6 +9,7 @@
 // Thread-safe; RegisterCollectable before or while serving.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,6 +35,9 @@ class MetricsServer {
 
   // Scrapes collect from `collectable` while it lives (held weakly).
   void RegisterCollectable(const std::weak_ptr<prometheus::Collectable>& collectable);
+  // Serves `/` as an HTML page that `page` writes at each request (on the serving thread: it
+  // must be quick). Without one, `/` answers as /metrics does.
+  void SetPage(std::function<std::string()> page);
   int port() const { return port_; }
 
   // The text a scrape of /metrics answers (for tests and the server itself).
@@ -42,6 +46,7 @@ class MetricsServer {
  private:
   MetricsServer() = default;
   void Run();
+  std::function<std::string()> Page();
 
   int listen_fd_ = -1;
   int epoll_fd_ = -1;
@@ -50,6 +55,7 @@ class MetricsServer {
   std::mutex mu_;
   std::vector<std::weak_ptr<prometheus::Collectable>> collectables_;  // guarded by mu_
   std::shared_ptr<prometheus::Collectable> process_;                  // ProcessMetrics
+  std::function<std::string()> page_;                                  // guarded by mu_
   std::thread thread_;
 };
 

@@ -16,6 +16,7 @@
 #include "common/service_main.h"
 #include "common/version.h"
 #include "router/route_service.h"
+#include "router/status_page.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -171,6 +172,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware);
+  if (*exposer != nullptr) {
+    (*exposer)->SetPage([&service] { return kvtier::router::StatusPageHtml(service.Status()); });
+    std::printf("kvtier-router status page on http://%s:%d/\n",
+                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(), (*exposer)->port());
+    std::fflush(stdout);
+  }
   auto server = kvtier::StartGrpcServer("kvtier-router", listen, &service);
   if (!server.ok()) {
     spdlog::critical("{}", server.status().ToString());

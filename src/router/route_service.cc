@@ -11,6 +11,8 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <deque>
+#include <tuple>
 #include <fstream>
 #include <cmath>
 #include <optional>
@@ -52,6 +54,13 @@ struct RouteServiceImpl::Member {
   prometheus::Counter* ejections_metric = nullptr;
   prometheus::Gauge* load_metric = nullptr;
   prometheus::Gauge* healthy_metric = nullptr;
+  // From the node's CacheService.Stats, asked after each good probe (for the status page).
+  bool stats_ok = false;
+  TierFill host, nvme;
+  // (seconds, Lookup blocks hit, missed since the node started) of the last minute's answers,
+  // and the counts at the previous probe round (for the cluster's history).
+  std::deque<std::tuple<double, uint64_t, uint64_t>> lookups;
+  uint64_t round_hit = 0, round_missed = 0;
 };
 
 struct RouteServiceImpl::Metrics {
@@ -253,10 +262,10 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
       m->healthy_metric->Set(1);
     }
     spdlog::info("kvtier-router: {} joined", n.name);
+    m->cache = v1::CacheService::NewStub(
+        grpc::CreateCustomChannel(n.name, grpc::InsecureChannelCredentials(), args));
     if (cache_aware_.enabled) {
       m->id = next_member_id_ < 64 ? next_member_id_++ : -1;
-      m->cache = v1::CacheService::NewStub(
-          grpc::CreateCustomChannel(n.name, grpc::InsecureChannelCredentials(), args));
       watchers_.emplace_back([this, m] { WatchLoop(m); });
     }
     next.push_back(std::move(m));
@@ -387,13 +396,69 @@ void RouteServiceImpl::DecayLocked() {
 
 void RouteServiceImpl::SetLoadMetricsLocked() {
   if (metrics_->imbalance == nullptr) return;
+  for (int m : ring_members_) members_[m]->load_metric->Set(members_[m]->load);
+  metrics_->imbalance->Set(ImbalanceLocked());
+}
+
+void RouteServiceImpl::AddHistoryLocked() {
+  uint64_t hit = 0, missed = 0;
+  for (const auto& m : members_) {
+    if (!m->stats_ok || m->lookups.empty()) continue;
+    const auto& [t, h, x] = m->lookups.back();
+    // A restarted daemon counts from 0 again.
+    hit += h >= m->round_hit ? h - m->round_hit : h;
+    missed += x >= m->round_missed ? x - m->round_missed : x;
+    m->round_hit = h;
+    m->round_missed = x;
+  }
+  if (hit + missed == 0) return;
+  const double wall =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  history_.emplace_back(wall, static_cast<double>(hit) / static_cast<double>(hit + missed));
+  if (history_.size() > kHistoryPoints) history_.pop_front();
+}
+
+RouterStatus RouteServiceImpl::Status() {
+  MutexLock lock(&mu_);
+  DecayLocked();
+  RouterStatus out;
+  uint64_t hit = 0, missed = 0;
+  for (const auto& m : members_) {
+    NodeStatus n{.node = m->node.name,
+                 .healthy = m->healthy,
+                 .load = m->load,
+                 .decisions = m->decisions};
+    if (m->stats_ok) {
+      n.host = m->host;
+      n.nvme = m->nvme;
+    }
+    if (m->lookups.size() >= 2) {
+      const auto& [t0, h0, x0] = m->lookups.front();
+      const auto& [t1, h1, x1] = m->lookups.back();
+      if (h1 >= h0 && x1 >= x0 && h1 + x1 > h0 + x0) {
+        n.hit_ratio = static_cast<double>(h1 - h0) / static_cast<double>(h1 + x1 - h0 - x0);
+        hit += h1 - h0;
+        missed += x1 - x0;
+      }
+    }
+    out.nodes.push_back(std::move(n));
+  }
+  if (hit + missed > 0) {
+    out.hit_ratio = static_cast<double>(hit) / static_cast<double>(hit + missed);
+  }
+  out.imbalance = ImbalanceLocked();
+  out.load_bound = router_.options().load_factor;
+  out.history.assign(history_.begin(), history_.end());
+  return out;
+}
+
+double RouteServiceImpl::ImbalanceLocked() const {
   double total = 0, max = 0;
   for (int m : ring_members_) {
-    members_[m]->load_metric->Set(members_[m]->load);
     total += members_[m]->load;
     max = std::max(max, members_[m]->load);
   }
-  metrics_->imbalance->Set(total > 0 ? max * ring_members_.size() / total : 0);
+  return total > 0 ? max * ring_members_.size() / total : 0;
 }
 
 void RouteServiceImpl::ProbeLoop() {
@@ -412,9 +477,31 @@ void RouteServiceImpl::ProbeLoop() {
       grpc::health::v1::HealthCheckResponse res;
       const grpc::Status st = member->health->Check(&ctx, req, &res);
       const bool ok = st.ok() && res.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+      // Its tiers and Lookup counts, for the status page (UNAUTHENTICATED from a daemon with
+      // auth: the page then shows none).
+      v1::StatsResponse stats;
+      bool stats_ok = false;
+      if (ok) {
+        grpc::ClientContext sctx;
+        sctx.set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(health_.probe_timeout_ms));
+        stats_ok = member->cache->Stats(&sctx, v1::StatsRequest(), &stats).ok();
+      }
       MutexLock lock(&mu_);
       if (std::find(members_.begin(), members_.end(), member) == members_.end()) continue;
       Member& m = *member;
+      m.stats_ok = stats_ok;
+      if (stats_ok) {
+        for (const v1::TierStats& t : stats.tiers()) {
+          const TierFill fill{t.used_bytes(), t.capacity_bytes()};
+          if (t.tier() == v1::TIER_HOST) m.host = fill;
+          if (t.tier() == v1::TIER_NVME) m.nvme = fill;
+        }
+        const double now = Now();
+        m.lookups.emplace_back(now, stats.lookup_blocks_hit(), stats.lookup_blocks_missed());
+        // Keep one answer at least a minute old as the window's start.
+        while (m.lookups.size() > 2 && std::get<0>(m.lookups[1]) <= now - 60) m.lookups.pop_front();
+      }
       if (ok) {
         m.failures = 0;
         if (!m.healthy) {
@@ -437,6 +524,7 @@ void RouteServiceImpl::ProbeLoop() {
       MutexLock lock(&mu_);
       DecayLocked();
       SetLoadMetricsLocked();
+      AddHistoryLocked();
     }
     for (int waited = 0; waited < health_.probe_interval_ms && !stop_; waited += 10) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));

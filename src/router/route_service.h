@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <span>
 #include <string>
@@ -24,6 +25,7 @@
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "kvtier/v1/router.grpc.pb.h"
 #include "router/router.h"
+#include "router/status_page.h"
 
 namespace prometheus {
 class Registry;
@@ -60,6 +62,9 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   grpc::Status Report(grpc::ServerContext* ctx, const v1::ReportRequest* request,
                       v1::ReportResponse* response) override;
 
+  // What the status page shows (router/status_page.h), now.
+  RouterStatus Status();
+
   // New membership (from a re-read node file or a re-resolved DNS name). Members that stay keep
   // their load and health; new ones start healthy; only the keys of nodes that join or leave
   // move.
@@ -82,6 +87,10 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   void DecayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // kvtier_router_load_blocks and kvtier_router_imbalance from the members' loads now.
   void SetLoadMetricsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  double ImbalanceLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One point of the cluster's hit ratio: the Lookup blocks the members answered since the last
+  // round.
+  void AddHistoryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const HealthOptions health_;
   const CacheAwareOptions cache_aware_;
@@ -93,6 +102,8 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   // Recent mean of request sizes (blocks): the bounded loads' slack.
   double mean_request_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   std::unique_ptr<Metrics> metrics_;
+  static constexpr size_t kHistoryPoints = 600;
+  std::deque<std::pair<double, double>> history_ ABSL_GUARDED_BY(mu_);  // RouterStatus::history
   std::atomic<bool> stop_{false};
   std::thread prober_;
   std::vector<std::thread> watchers_ ABSL_GUARDED_BY(mu_);

@@ -682,6 +682,8 @@ grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext* ctx, const v1::Sta
   response->set_gets(st.gets);
   response->set_get_misses(st.get_misses);
   response->set_lookups(st.lookups);
+  response->set_lookup_blocks_hit(st.lookup_blocks_hit);
+  response->set_lookup_blocks_missed(st.lookup_blocks_missed);
   response->set_puts(st.puts);
   response->set_evictions(st.evictions);
   response->set_demotions(st.demotions);
