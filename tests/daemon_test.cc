@@ -752,6 +752,10 @@ TEST(DaemonLimits, OneTenantCannotLockOutAnother) {
   EXPECT_EQ(lease("greedy", leased), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(lease("greedy", {leased[0], leased[1]}), grpc::StatusCode::OK);
   EXPECT_EQ(lease("greedy", {leased[2]}), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // A block already leased pins nothing more, however often it is leased again.
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(lease("greedy", {leased[i % 2]}), grpc::StatusCode::OK) << i;
+  }
   EXPECT_EQ(usage("greedy").leased_bytes(), 14u << 20);
   EXPECT_EQ(lease("other", Chain(900, 1, 8 << 20)), grpc::StatusCode::OK);
   const v1::TenantUsage u = usage("greedy");

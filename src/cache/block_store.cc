@@ -503,7 +503,7 @@ struct BlockStore::Impl {
       if (!EvictOne(t)) {
         return absl::ResourceExhaustedError(absl::StrCat(
             TierName(t), " tier full: no evictable block (", m->used_bytes(), " bytes in use, ",
-            leases.leased_bytes(), " leased); retry after leases end"));
+            leased_bytes, " leased); retry after leases end"));
       }
       evicted = true;
     }
@@ -703,6 +703,7 @@ struct BlockStore::Impl {
   void ReleaseLeasePin(uint32_t h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     if (--e.leases != 0) return;
+    leased_bytes -= e.size;
     if (e.state == EntryState::kDoomed) {
       MaybeFree(h);
     } else {
@@ -784,6 +785,7 @@ struct BlockStore::Impl {
   const std::unique_ptr<cache_internal::EvictionPolicy> policy ABSL_PT_GUARDED_BY(mu);
   FlashAdmission admission ABSL_GUARDED_BY(mu);
   cache_internal::LeaseTable leases ABSL_GUARDED_BY(mu);
+  uint64_t leased_bytes ABSL_GUARDED_BY(mu) = 0;  // of the blocks under one lease or more
   absl::flat_hash_map<BlockKey, FlashKey> flash_keys ABSL_GUARDED_BY(mu);
   std::deque<BlockKey> flash_deletes ABSL_GUARDED_BY(mu);
   uint64_t nvme_used ABSL_GUARDED_BY(mu) = 0;  // payload bytes of blocks with a flash record
@@ -1412,7 +1414,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Impl::LeaseOnce(std::span<const BlockKey>
   };
   std::vector<uint32_t> handles;
   std::vector<Promotion> promotions;
-  uint64_t bytes = 0;
+  uint64_t unleased = 0;  // bytes of the blocks no other lease holds
   absl::Status no_room;
   {
     MutexLock l(&s.mu);
@@ -1431,17 +1433,20 @@ absl::StatusOr<LeaseGrant> BlockStore::Impl::LeaseOnce(std::span<const BlockKey>
             absl::StrCat("lease: block ", keys[i].Hex(), " named twice"));
       }
       handles.push_back(h);
-      bytes += s.E(h).size;
+      if (s.E(h).leases == 0) unleased += s.E(h).size;  // a block under other leases counts once
     }
-    if (s.leases.leased_bytes() + bytes > s.max_leased_bytes) {
+    if (s.leased_bytes + unleased > s.max_leased_bytes) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("lease: ", bytes, " more bytes would pass the leased-bytes cap of ",
-                       s.max_leased_bytes, " (", s.leases.leased_bytes(), " leased)"));
+          absl::StrCat("lease: ", unleased, " more bytes would pass the leased-bytes cap of ",
+                       s.max_leased_bytes, " (", s.leased_bytes, " leased)"));
     }
     // Leased blocks are neither evicted nor moved, so room made for one NVMe block cannot come
     // from another block of the same lease.
     for (uint32_t h : handles) {
-      if (s.E(h).leases++ == 0) s.policy->Hide(h);
+      Entry& e = s.E(h);
+      if (e.leases++ != 0) continue;
+      s.leased_bytes += e.size;
+      s.policy->Hide(h);
     }
     // Room in the host tier for each NVMe block; a pin keeps the entry from being freed while
     // the lock is dropped (a failed checksum elsewhere may doom it meanwhile).
@@ -1524,7 +1529,7 @@ absl::StatusOr<LeaseGrant> BlockStore::Impl::LeaseOnce(std::span<const BlockKey>
         grant.blocks.push_back(
             BlockInfo{e.key, e.tier, e.size, e.checksum, e.location, e.generation});
       }
-      grant.id = s.leases.Add({grant.expires_at_us, handles, bytes});
+      grant.id = s.leases.Add({grant.expires_at_us, handles});
       Count(s.counters.leases_granted);
       // Each block is a hit of the tier the lease found it in: NVMe for those it brought up.
       uint64_t found[kNumTiers] = {};
@@ -1644,7 +1649,7 @@ StoreStats BlockStore::Stats() const {
   nvme.used_bytes = s.nvme_used;
   nvme.blocks = s.resident[static_cast<int>(Tier::kNvme)];
   st.leases_active = s.leases.active();
-  st.leased_bytes = s.leases.leased_bytes();
+  st.leased_bytes = s.leased_bytes;
   st.leased_bytes_limit = s.max_leased_bytes;
   st.orphan_blocks = s.policy->orphans();
   st.index_bytes = s.IndexBytes();
@@ -1667,7 +1672,7 @@ absl::Status BlockStore::CheckConsistency() const {
   auto fail = [](const std::string& what) { return absl::InternalError("consistency: " + what); };
   KVTIER_RETURN_IF_ERROR(s.policy->Check());
   uint64_t per_tier[kNumTiers] = {0, 0, 0};
-  uint64_t on_flash = 0;
+  uint64_t on_flash = 0, leased = 0;
   for (size_t i = 0; i < s.index.shard_count(); ++i) {
     auto& shard = s.index.shard(i);
     MutexLock sl(&shard.mu);
@@ -1676,6 +1681,7 @@ absl::Status BlockStore::CheckConsistency() const {
       if (e.state != EntryState::kCommitted) return fail("indexed block not committed");
       ++per_tier[static_cast<int>(e.tier)];
       if (e.flags & cache_internal::kOnFlash) on_flash += e.size;
+      if (e.leases > 0) leased += e.size;
       if (e.tier == Tier::kNvme && (e.flags & cache_internal::kOnFlash) == 0) {
         return fail(absl::StrCat("block ", e.key.Hex(), " in the NVMe tier without a record"));
       }
@@ -1694,6 +1700,11 @@ absl::Status BlockStore::CheckConsistency() const {
   const bool moving = s.moves_out[0] + s.moves_out[1] + s.moves_out[2] > 0;
   if (!moving && on_flash != s.nvme_used) {
     return fail(absl::StrCat("flash bytes counted ", s.nvme_used, ", held ", on_flash));
+  }
+  // Blocks removed while leased are out of the index but still counted until their leases end.
+  if (leased > s.leased_bytes || (s.leases.active() == 0 && s.leased_bytes != 0)) {
+    return fail(absl::StrCat("leased bytes counted ", s.leased_bytes, ", indexed blocks under "
+                             "leases hold ", leased, " with ", s.leases.active(), " leases"));
   }
   return absl::OkStatus();
 }

@@ -591,6 +591,31 @@ TEST(BlockStoreLeases, ReleaseAndCap) {
   EXPECT_EQ(s->Stats().leased_bytes, 2 * kBlock);
 }
 
+TEST(BlockStoreLeases, ABlockUnderManyLeasesCountsOnceAgainstTheCap) {
+  StoreOptions o = SmallOptions(8);
+  o.max_leased_bytes = kBlock;  // room for one block
+  auto s = OpenOrDie(o);
+  for (uint64_t n = 0; n < 2; ++n) ASSERT_TRUE(PutN(*s, n).ok());
+  const BlockKey one[] = {TestKey(0)};
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto lease = s->Lease(one);
+    ASSERT_TRUE(lease.ok()) << "lease " << i << ": " << lease.status();
+    ids.push_back(lease->id);
+  }
+  EXPECT_EQ(s->Stats().leased_bytes, kBlock);
+  const BlockKey other[] = {TestKey(1)};
+  EXPECT_EQ(s->Lease(other).status().code(), absl::StatusCode::kResourceExhausted);
+  // The block stays counted until its last lease ends.
+  for (size_t i = 0; i + 1 < ids.size(); ++i) ASSERT_TRUE(s->Release(ids[i]).ok());
+  EXPECT_EQ(s->Stats().leased_bytes, kBlock);
+  EXPECT_EQ(s->Lease(other).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(s->Release(ids.back()).ok());
+  EXPECT_EQ(s->Stats().leased_bytes, 0u);
+  EXPECT_TRUE(s->Lease(other).ok());
+  EXPECT_TRUE(s->CheckConsistency().ok());
+}
+
 TEST_F(NvmeStore, LeasePromotesFlashBlocksToHost) {
   auto s = OpenOrDie(Options(4));
   for (uint64_t n = 0; n < 8; ++n) ASSERT_TRUE(PutN(*s, n).ok());

@@ -5,7 +5,6 @@ namespace kvtier::cache_internal {
 uint64_t LeaseTable::Add(Lease lease) {
   const uint64_t id = next_id_++;
   expiry_.emplace(lease.expires_at_us, id);
-  leased_bytes_ += lease.bytes;
   leases_.emplace(id, std::move(lease));
   return id;
 }
@@ -15,7 +14,6 @@ std::optional<LeaseTable::Lease> LeaseTable::Take(uint64_t id) {
   if (it == leases_.end()) return std::nullopt;
   Lease lease = std::move(it->second);
   leases_.erase(it);
-  leased_bytes_ -= lease.bytes;
   return lease;
 }
 

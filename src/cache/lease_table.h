@@ -1,7 +1,7 @@
 #pragma once
 // LeaseTable: the store's outstanding leases (which blocks each pins, until when), with the
-// expiry order. Pinning itself is the store's (Entry::leases); this only keeps the records. Not
-// thread-safe: the store calls it under its policy lock.
+// expiry order. Pinning itself, and the bytes pinned, are the store's (Entry::leases); this only
+// keeps the records. Not thread-safe: the store calls it under its policy lock.
 
 #include <cstdint>
 #include <functional>
@@ -19,7 +19,6 @@ class LeaseTable {
   struct Lease {
     int64_t expires_at_us = 0;
     std::vector<uint32_t> handles;
-    uint64_t bytes = 0;
   };
 
   // Records a lease; returns its id (never 0, never reused).
@@ -30,7 +29,6 @@ class LeaseTable {
   size_t TakeExpired(int64_t now_us, const std::function<void(Lease&)>& end);
 
   size_t active() const { return leases_.size(); }
-  uint64_t leased_bytes() const { return leased_bytes_; }
 
  private:
   absl::flat_hash_map<uint64_t, Lease> leases_;
@@ -38,7 +36,6 @@ class LeaseTable {
                       std::greater<>>
       expiry_;
   uint64_t next_id_ = 1;
-  uint64_t leased_bytes_ = 0;
 };
 
 }  // namespace kvtier::cache_internal

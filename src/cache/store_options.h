@@ -81,7 +81,8 @@ struct StoreOptions {
   // Leases.
   int64_t lease_ttl_us = 30'000'000;       // Default: 30 s. TTL when a Lease names none.
   int64_t max_lease_ttl_us = 300'000'000;  // Default: 5 min. Longest TTL a caller may ask for.
-  // Cap on bytes pinned by leases at once. Default: 0, meaning half of host_bytes.
+  // Cap on bytes pinned by leases at once, each leased block counted once however many leases
+  // hold it. Default: 0, meaning half of host_bytes.
   uint64_t max_leased_bytes = 0;
   size_t max_lease_blocks = 65'536;  // Default: 65,536. Blocks in one lease.
 

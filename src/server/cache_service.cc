@@ -531,18 +531,18 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
   for (const BlockInfo& b : grant->blocks) bytes += b.size;
 
   // The sizes are known once granted: a lease that takes the tenant past its share is given back.
-  uint64_t held = 0;
+  uint64_t held = 0, adding = 0;
   const std::optional<uint64_t> handle = lease_handles_.IssueWithin(
       {.id = grant->id,
        .bytes = bytes,
        .expires_at_us = grant->expires_at_us,
        .tenant = request->tenant(),
-       .host_blocks = SortedHostBlocks(grant->blocks)},
-      store_clock_->NowMicros(), limits_.max_leased_bytes_per_tenant, &held);
+       .blocks = SortedByPlace(grant->blocks)},
+      store_clock_->NowMicros(), limits_.max_leased_bytes_per_tenant, &held, &adding);
   if (!handle.has_value()) {
     store_->Release(grant->id).IgnoreError();  // NOT_FOUND only if it lapsed already
     return ToGrpc(absl::ResourceExhaustedError(absl::StrCat(
-        "lease: this tenant holds ", held, " leased bytes; ", bytes,
+        "lease: this tenant holds ", held, " leased bytes; ", adding,
         " more would pass the limit of ", limits_.max_leased_bytes_per_tenant,
         " (limits.max_leased_mib_per_tenant); release leases first")));
   }

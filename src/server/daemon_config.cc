@@ -198,7 +198,7 @@ const std::vector<Option>& Options() {
          return SetNumber(v, &c.store.max_lease_ttl_us, 1000, false);
        }},
       {"store.max_leased_mib", "max-leased-mib", "N", "0",
-       "cap on bytes pinned by leases, MiB; 0: half the host tier",
+       "cap on bytes pinned by leases (each block once), MiB; 0: half the host tier",
        [](DaemonConfig& c, const std::string& v) {
          return SetNumber(v, &c.store.max_leased_bytes, kMiB, true);
        }},

@@ -29,12 +29,18 @@ uint64_t LeaseHandles::Issue(Lease lease, int64_t now_us) {
 }
 
 std::optional<uint64_t> LeaseHandles::IssueWithin(Lease lease, int64_t now_us,
-                                                  uint64_t tenant_limit, uint64_t* held) {
+                                                  uint64_t tenant_limit, uint64_t* held,
+                                                  uint64_t* adding) {
   MutexLock l(&mu_);
   if (earliest_expiry_us_ <= now_us) DropLapsed(now_us);
-  auto it = tenant_bytes_.find(lease.tenant);
-  *held = it == tenant_bytes_.end() ? 0 : it->second;
-  if (*held > tenant_limit || lease.bytes > tenant_limit - *held) return std::nullopt;
+  *held = 0;
+  *adding = 0;
+  auto it = tenants_.find(lease.tenant);
+  for (const BlockInfo& b : lease.blocks) {
+    if (it == tenants_.end() || !it->second.blocks.contains(b.key)) *adding += b.size;
+  }
+  if (it != tenants_.end()) *held = it->second.bytes;
+  if (*held > tenant_limit || *adding > tenant_limit - *held) return std::nullopt;
   return IssueLocked(std::move(lease), now_us);
 }
 
@@ -42,7 +48,13 @@ uint64_t LeaseHandles::IssueLocked(Lease lease, int64_t now_us) {
   if (leases_.size() >= sweep_at_) DropLapsed(now_us);
   uint64_t handle = RandomHandle();
   while (handle == 0 || leases_.contains(handle)) handle = RandomHandle();
-  tenant_bytes_[lease.tenant] += lease.bytes;
+  TenantHold& hold = tenants_[lease.tenant];
+  for (const BlockInfo& b : lease.blocks) {
+    Held& held = hold.blocks[b.key];
+    if (held.leases++ != 0) continue;
+    held.size = b.size;
+    hold.bytes += b.size;
+  }
   earliest_expiry_us_ = std::min(earliest_expiry_us_, lease.expires_at_us);
   leases_.emplace(handle, std::move(lease));
   return handle;
@@ -73,8 +85,8 @@ size_t LeaseHandles::size() const {
 uint64_t LeaseHandles::TenantBytes(std::string_view tenant, int64_t now_us) {
   MutexLock l(&mu_);
   if (earliest_expiry_us_ <= now_us) DropLapsed(now_us);
-  auto it = tenant_bytes_.find(absl::string_view(tenant.data(), tenant.size()));
-  return it == tenant_bytes_.end() ? 0 : it->second;
+  auto it = tenants_.find(absl::string_view(tenant.data(), tenant.size()));
+  return it == tenants_.end() ? 0 : it->second.bytes;
 }
 
 void LeaseHandles::DropLapsed(int64_t now_us) {
@@ -91,10 +103,16 @@ void LeaseHandles::DropLapsed(int64_t now_us) {
 }
 
 void LeaseHandles::Uncount(const Lease& lease) {
-  auto it = tenant_bytes_.find(lease.tenant);
-  if (it == tenant_bytes_.end()) return;
-  it->second -= std::min(it->second, lease.bytes);
-  if (it->second == 0) tenant_bytes_.erase(it);
+  auto it = tenants_.find(lease.tenant);
+  if (it == tenants_.end()) return;
+  TenantHold& hold = it->second;
+  for (const BlockInfo& b : lease.blocks) {
+    auto held = hold.blocks.find(b.key);
+    if (held == hold.blocks.end() || --held->second.leases != 0) continue;
+    hold.bytes -= held->second.size;
+    hold.blocks.erase(held);
+  }
+  if (hold.blocks.empty()) tenants_.erase(it);
 }
 
 }  // namespace kvtier::server

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <vector>
+
+#include "testing/test_util.h"
 
 namespace kvtier::server {
 namespace {
@@ -54,27 +57,73 @@ TEST(LeaseHandles, HandlesOfLapsedLeasesAreDropped) {
   EXPECT_EQ(lease->id, 9'999u);
 }
 
+// Blocks `ns` of `size` bytes each, as a lease records them.
+std::vector<BlockInfo> Blocks(std::vector<uint64_t> ns, uint32_t size) {
+  std::vector<BlockInfo> out;
+  for (uint64_t n : ns) out.push_back({.key = testing::TestKey(n), .size = size});
+  return out;
+}
+
 TEST(LeaseHandles, EachTenantsLeasedBytesCountItsLiveLeasesOnly) {
   LeaseHandles h;
-  const uint64_t a1 = h.Issue({.id = 1, .bytes = 100, .expires_at_us = 1'000, .tenant = "a"}, 0);
-  h.Issue({.id = 2, .bytes = 50, .expires_at_us = 5'000, .tenant = "a"}, 0);
-  h.Issue({.id = 3, .bytes = 7, .expires_at_us = 5'000, .tenant = "b"}, 0);
+  const uint64_t a1 =
+      h.Issue({.id = 1, .expires_at_us = 1'000, .tenant = "a", .blocks = Blocks({1, 2}, 50)}, 0);
+  h.Issue({.id = 2, .expires_at_us = 5'000, .tenant = "a", .blocks = Blocks({3}, 50)}, 0);
+  h.Issue({.id = 3, .expires_at_us = 5'000, .tenant = "b", .blocks = Blocks({4}, 7)}, 0);
   EXPECT_EQ(h.TenantBytes("a", 0), 150u);
   EXPECT_EQ(h.TenantBytes("b", 0), 7u);
   EXPECT_FALSE(h.Take(a1, "b").has_value());
   EXPECT_EQ(h.TenantBytes("a", 0), 150u) << "another tenant's Take changes nothing";
   ASSERT_TRUE(h.Take(a1, "a").has_value());
   EXPECT_EQ(h.TenantBytes("a", 0), 50u);
-  uint64_t held = 0;
-  EXPECT_FALSE(h.IssueWithin({.id = 4, .bytes = 51, .tenant = "a"}, 0, 100, &held).has_value());
+  uint64_t held = 0, adding = 0;
+  EXPECT_FALSE(
+      h.IssueWithin({.id = 4, .tenant = "a", .blocks = Blocks({5}, 51)}, 0, 100, &held, &adding)
+          .has_value());
   EXPECT_EQ(held, 50u);
-  EXPECT_TRUE(h.IssueWithin({.id = 5, .bytes = 50, .expires_at_us = 5'000, .tenant = "a"}, 0, 100,
-                            &held)
+  EXPECT_EQ(adding, 51u);
+  EXPECT_TRUE(h.IssueWithin({.id = 5, .expires_at_us = 5'000, .tenant = "a",
+                             .blocks = Blocks({5}, 50)},
+                            0, 100, &held, &adding)
                   .has_value());
   EXPECT_EQ(h.TenantBytes("a", 0), 100u);
   EXPECT_EQ(h.TenantBytes("a", 5'000), 0u) << "lapsed at 5,000";
   EXPECT_EQ(h.TenantBytes("b", 5'000), 0u);
   EXPECT_EQ(h.size(), 0u);
+}
+
+// A block under many of a tenant's leases pins its bytes once: leasing it again and again
+// within a one-block limit succeeds, and it counts until the last of those leases ends.
+TEST(LeaseHandles, ABlockUnderManyLeasesCountsOnceAgainstTheTenantsLimit) {
+  LeaseHandles h;
+  constexpr uint64_t kLimit = 100;
+  uint64_t held = 0, adding = 0;
+  std::vector<uint64_t> handles;
+  for (int i = 0; i < 5; ++i) {
+    const auto handle = h.IssueWithin(
+        {.id = 1, .expires_at_us = 9'000, .tenant = "a", .blocks = Blocks({1}, 100)}, 0, kLimit,
+        &held, &adding);
+    ASSERT_TRUE(handle.has_value()) << "lease " << i;
+    EXPECT_EQ(adding, i == 0 ? 100u : 0u);
+    handles.push_back(*handle);
+  }
+  EXPECT_EQ(h.TenantBytes("a", 0), 100u);
+  // Another block does not fit; the same block under another tenant counts for that tenant.
+  EXPECT_FALSE(h.IssueWithin({.id = 2, .tenant = "a", .blocks = Blocks({2}, 1)}, 0, kLimit,
+                             &held, &adding)
+                   .has_value());
+  EXPECT_TRUE(h.IssueWithin({.id = 3, .expires_at_us = 9'000, .tenant = "b",
+                             .blocks = Blocks({1}, 100)},
+                            0, kLimit, &held, &adding)
+                  .has_value());
+  for (size_t i = 0; i + 1 < handles.size(); ++i) ASSERT_TRUE(h.Take(handles[i], "a"));
+  EXPECT_EQ(h.TenantBytes("a", 0), 100u) << "one lease still holds the block";
+  ASSERT_TRUE(h.Take(handles.back(), "a"));
+  EXPECT_EQ(h.TenantBytes("a", 0), 0u);
+  EXPECT_TRUE(h.IssueWithin({.id = 4, .expires_at_us = 9'000, .tenant = "a",
+                             .blocks = Blocks({2}, 100)},
+                            0, kLimit, &held, &adding)
+                  .has_value());
 }
 
 }  // namespace

@@ -1,11 +1,17 @@
 #include "server/served_reads.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace kvtier::server {
 namespace {
+
+struct ByTier {
+  bool operator()(const BlockInfo& b, Tier t) const { return b.tier < t; }
+  bool operator()(Tier t, const BlockInfo& b) const { return t < b.tier; }
+};
 
 // The pins of one served read.
 class PinnedBlocks final : public transfer::ReadGrant {
@@ -23,13 +29,11 @@ class PinnedBlocks final : public transfer::ReadGrant {
 
 }  // namespace
 
-std::vector<BlockInfo> SortedHostBlocks(std::span<const BlockInfo> blocks) {
-  std::vector<BlockInfo> out;
-  for (const BlockInfo& b : blocks) {
-    if (b.tier == Tier::kHost) out.push_back(b);
-  }
-  std::sort(out.begin(), out.end(),
-            [](const BlockInfo& a, const BlockInfo& b) { return a.location < b.location; });
+std::vector<BlockInfo> SortedByPlace(std::span<const BlockInfo> blocks) {
+  std::vector<BlockInfo> out(blocks.begin(), blocks.end());
+  std::sort(out.begin(), out.end(), [](const BlockInfo& a, const BlockInfo& b) {
+    return std::pair(a.tier, a.location) < std::pair(b.tier, b.location);
+  });
   return out;
 }
 
@@ -40,7 +44,10 @@ absl::StatusOr<std::unique_ptr<transfer::ReadGrant>> AuthorizeServedRead(
   if (!lease.has_value()) {
     return absl::NotFoundError("served read: no live lease has this id");
   }
-  const std::vector<BlockInfo>& blocks = lease->host_blocks;
+  // The lease's host-tier blocks, by location.
+  const auto [first, last] = std::equal_range(lease->blocks.begin(), lease->blocks.end(),
+                                              Tier::kHost, ByTier{});
+  const std::span<const BlockInfo> blocks(first, last);
   std::vector<size_t> touched;
   touched.reserve(ranges.size());
   for (const transfer::RegionRange& r : ranges) {

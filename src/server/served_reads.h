@@ -15,8 +15,8 @@
 
 namespace kvtier::server {
 
-// The host-tier blocks of a lease, sorted by location (LeaseHandles::Lease::host_blocks).
-std::vector<BlockInfo> SortedHostBlocks(std::span<const BlockInfo> blocks);
+// The blocks of a lease, sorted by tier, then location (LeaseHandles::Lease::blocks).
+std::vector<BlockInfo> SortedByPlace(std::span<const BlockInfo> blocks);
 
 // A grant when `handle` names a lease that has not lapsed (at `now_us`, the store's clock) and
 // every range lies inside one host block of it; the grant pins each block the ranges touch, as

@@ -33,7 +33,7 @@ class ServedReads : public ::testing::Test {
     return handles_.Issue({.id = grant->id,
                            .expires_at_us = kNow + 1000,
                            .tenant = tenant,
-                           .host_blocks = SortedHostBlocks(grant->blocks)},
+                           .blocks = SortedByPlace(grant->blocks)},
                           kNow);
   }
   absl::Status Check(uint64_t handle, std::vector<RegionRange> ranges, int64_t now = kNow) {
@@ -91,7 +91,7 @@ TEST_F(ServedReads, AGrantPinsWhatItReadsAndAMovedBlockIsNotFound) {
   EXPECT_TRUE(store_->CheckConsistency().ok()) << store_->CheckConsistency();
   // A handle whose block was deleted meanwhile (the lease ended): nothing to pin.
   const uint64_t stale = handles_.Issue(
-      {.id = 0, .expires_at_us = kNow + 1000, .tenant = "alice", .host_blocks = mine}, kNow);
+      {.id = 0, .expires_at_us = kNow + 1000, .tenant = "alice", .blocks = SortedByPlace(mine)}, kNow);
   EXPECT_EQ(Check(stale, {{mine[0].location, 8}}).code(), absl::StatusCode::kNotFound);
 }
 
