@@ -18,6 +18,7 @@
 #include "kvtier/v1/router.grpc.pb.h"
 #include "testing/daemon_process.h"
 #include "testing/http_get.h"
+#include "testing/test_certs.h"
 #include "testing/test_util.h"
 
 namespace kvtier {
@@ -32,6 +33,18 @@ std::unique_ptr<DaemonProcess> StartDaemon(const std::string& listen) {
                                "--ucx-listen", "off", "--metrics-listen", "", "--log-level",
                                "warn"});
 }
+
+// Blocks of 4 KiB for a chain of keys, ready to put.
+struct ChainBlocks {
+  explicit ChainBlocks(const std::vector<BlockKey>& chain) {
+    for (size_t i = 0; i < chain.size(); ++i) bytes.push_back(testing::TestBlock(i, 4096));
+    for (size_t i = 0; i < chain.size(); ++i) {
+      blocks.push_back({chain[i], i == 0 ? BlockKey{} : chain[i - 1], bytes[i]});
+    }
+  }
+  std::vector<std::vector<uint8_t>> bytes;
+  std::vector<BlockToPut> blocks;
+};
 
 class RouterServiceTest : public ::testing::Test {
  protected:
@@ -351,18 +364,13 @@ TEST_F(RouterServiceTest, CacheAwareModeFollowsTheBlocksDaemonsHold) {
   const std::string holder = first.nodes(1);
   auto client = CacheClient::Create({.address = holder, .tenant = "t", .use_ucx = false});
   ASSERT_TRUE(client.ok());
-  std::vector<std::vector<uint8_t>> bytes;
-  std::vector<BlockToPut> blocks;
-  for (size_t i = 0; i < chain.size(); ++i) bytes.push_back(testing::TestBlock(i, 4096));
-  for (size_t i = 0; i < chain.size(); ++i) {
-    blocks.push_back({chain[i], i == 0 ? BlockKey{} : chain[i - 1], bytes[i]});
-  }
+  const ChainBlocks blocks(chain);
   // The router's watchers connect in the background, and a daemon's stream starts from the
   // events after it connected: store the chain again (delete, put) until the router has seen it.
   v1::RouteResponse res;
   for (int attempt = 0; attempt < 20 && res.expected_cached_blocks() != 4; ++attempt) {
     (void)(*client)->Delete(chain);
-    ASSERT_TRUE((*client)->Put(blocks).ok());
+    ASSERT_TRUE((*client)->Put(blocks.blocks).ok());
     for (int i = 0; i < 10; ++i) {
       ASSERT_TRUE(route(&res).ok());
       if (res.expected_cached_blocks() == 4) break;
@@ -405,6 +413,93 @@ TEST_F(RouterServiceTest, CppClientRoutesRemotelyAndLocally) {
   EXPECT_EQ((*client)->Route("", chain).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Daemons that serve TLS and require tokens: a router with their CA and a cluster token keeps
+// them healthy and indexes their blocks; one without a token still routes (health needs none)
+// but indexes nothing and says so; one without the CA ejects them.
+TEST(RouterSecurity, ARouterWithTheCaAndAClusterTokenWatchesSecureDaemons) {
+  testing::TempDir dir;
+  ASSERT_TRUE(testing::MakeTestCerts(dir.path()));
+  std::ofstream(dir.Sub("tokens.yaml")) << "t: tenant-token-0001\n"
+                                        << "router: {token: router-token-0001, role: cluster}\n";
+  std::ofstream(dir.Sub("router.token")) << "router-token-0001\n";
+  std::vector<std::unique_ptr<DaemonProcess>> daemons;
+  std::string list;
+  for (int i = 0; i < 2; ++i) {
+    daemons.push_back(std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtierd",
+        std::vector<std::string>{"--listen", "127.0.0.1:0", "--no-nvme", "--host-mib", "32",
+                                 "--ucx-listen", "off", "--metrics-listen", "", "--log-level",
+                                 "warn", "--tls-cert", dir.Sub("server.pem"), "--tls-key",
+                                 dir.Sub("server.key"), "--auth-tokens", dir.Sub("tokens.yaml")}));
+    ASSERT_FALSE(daemons.back()->address().empty());
+    list += (i ? "," : "") + daemons.back()->address();
+  }
+  auto start_router = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--nodes", list, "--cache-aware", "--listen", "127.0.0.1:0",
+                                     "--metrics-listen", "127.0.0.1:0", "--probe-interval-ms",
+                                     "100", "--log-level", "error"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<DaemonProcess>(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+                                           args);
+  };
+  auto trusted = start_router(
+      {"--tls-ca", dir.Sub("ca.pem"), "--token-file", dir.Sub("router.token")});
+  auto tokenless = start_router({"--tls-ca", dir.Sub("ca.pem")});
+  auto plaintext = start_router({});
+  for (auto* r : {trusted.get(), tokenless.get(), plaintext.get()}) {
+    ASSERT_FALSE(r->address().empty()) << r->output();
+  }
+  auto metric = [](const DaemonProcess& r, const std::string& series) {
+    const std::string text = testing::HttpGet(r.AddressOf("metrics"), "/metrics");
+    const size_t at = text.find(series + " ");
+    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 1));
+  };
+  const std::string first = list.substr(0, list.find(','));
+  const std::string healthy = "kvtier_router_node_healthy{node=\"" + first + "\"}";
+  const std::string watched = "kvtier_router_node_watched{node=\"" + first + "\"}";
+  // Probes every 100 ms, ejection after 2 failures: a second is ten rounds.
+  for (int i = 0; i < 100 && metric(*plaintext, healthy) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(metric(*plaintext, healthy), 0) << "a router without the CA cannot probe them";
+  for (int i = 0; i < 100 && metric(*trusted, watched) != 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(metric(*trusted, healthy), 1);
+  EXPECT_EQ(metric(*trusted, watched), 1);
+  EXPECT_EQ(metric(*tokenless, healthy), 1) << "health needs no token";
+  EXPECT_EQ(metric(*tokenless, watched), 0) << "WatchBlocks needs a cluster token";
+
+  // A chain stored on the node the ring does not choose: the trusted router sends it there.
+  auto stub = v1::RouteService::NewStub(
+      grpc::CreateChannel(trusted->address(), grpc::InsecureChannelCredentials()));
+  std::vector<BlockKey> chain;
+  for (uint64_t i = 0; i < 4; ++i) chain.push_back(BlockKey{99, i + 1});
+  v1::RouteRequest req;
+  req.set_tenant("t");
+  req.set_packed_keys(PackKeys(chain));
+  v1::RouteResponse res;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Route(&ctx, req, &res).ok());
+  }
+  const std::string holder = res.nodes(1);
+  ClientOptions o{.address = holder, .tenant = "t", .use_ucx = false};
+  o.bearer_token = "tenant-token-0001";
+  o.tls_ca_pem = testing::ReadText(dir.Sub("ca.pem"));
+  auto client = CacheClient::Create(o);
+  ASSERT_TRUE(client.ok());
+  const ChainBlocks blocks(chain);
+  ASSERT_TRUE((*client)->Put(blocks.blocks).ok());
+  for (int i = 0; i < 100 && res.expected_cached_blocks() != 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Route(&ctx, req, &res).ok());
+  }
+  EXPECT_EQ(res.expected_cached_blocks(), 4u);
+  EXPECT_EQ(res.nodes(0), holder);
+}
+
 TEST(RouterFlags, BadNodeListsAreRefused) {
   for (const char* list : {"", "nohostport", "127.0.0.1:1=0", "a:1,a:1"}) {
     DaemonProcess router(std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
@@ -438,6 +533,9 @@ TEST(RouterFlags, CheckConfigAcceptsWhatAStartAcceptsAndNamesTheFlagItRefuses) {
       {{"--nodes", "a:1", "--metrics-listen", "0.0.0.0:99999"}, "--metrics-listen"},
       {{"--nodes-dns", "kvtierd"}, "--nodes-dns"},
       {{"--nodes-file", "/nonexistent/nodes"}, "/nonexistent/nodes"},
+      {{"--nodes", "a:1", "--tls-ca", "/nonexistent/ca.pem"}, "--tls-ca"},
+      {{"--nodes", "a:1", "--tls-cert", "/nonexistent/c.pem"}, "--tls-cert"},
+      {{"--nodes", "a:1", "--token-file", "/nonexistent/token"}, "--token-file"},
   };
   for (const auto& [flags, names] : bad) {
     std::vector<std::string> args = {"--check-config"};

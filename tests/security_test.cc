@@ -13,12 +13,14 @@
 #include "client/cache_client.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "testing/daemon_process.h"
+#include "testing/test_certs.h"
 #include "testing/test_util.h"
 
 namespace kvtier {
 namespace {
 
 using ::kvtier::testing::DaemonProcess;
+using ::kvtier::testing::ReadText;
 using ::kvtier::testing::TempDir;
 
 std::unique_ptr<DaemonProcess> Start(const TempDir& dir, std::vector<std::string> extra) {
@@ -27,11 +29,6 @@ std::unique_ptr<DaemonProcess> Start(const TempDir& dir, std::vector<std::string
   args.insert(args.end(), extra.begin(), extra.end());
   (void)dir;
   return std::make_unique<DaemonProcess>(std::string(KVTIER_BINARY_DIR) + "/kvtierd", args);
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // Put one block and read it back; returns the first error.
@@ -262,22 +259,12 @@ TEST(Security, HealthAndReflectionSayNothingOfTenants) {
 class Tls : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string script =
-        "cd " + dir_.path() +
-        " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        " -keyout ca.key -out ca.pem -days 2 -subj /CN=kvtier-test-ca"
-        " && for who in server client; do"
-        " openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        " -keyout $who.key -out $who.csr -subj /CN=$who"
-        " && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > $who.ext"
-        " && openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-        " -out $who.pem -days 2 -extfile $who.ext || exit 1; done) > /dev/null 2>&1";
-    ASSERT_EQ(std::system(("(" + script).c_str()), 0) << "openssl could not make test certs";
+    ASSERT_TRUE(testing::MakeTestCerts(dir_.path())) << "openssl could not make test certs";
   }
   ClientOptions Options(const DaemonProcess& d) {
     ClientOptions o{.address = d.address(), .tenant = "t", .deadline_ms = 5000,
                     .max_attempts = 1};
-    o.tls_ca_pem = ReadAll(dir_.Sub("ca.pem"));
+    o.tls_ca_pem = ReadText(dir_.Sub("ca.pem"));
     return o;
   }
   TempDir dir_;
@@ -291,7 +278,7 @@ TEST_F(Tls, ServesTlsClientsOnly) {
                       .max_attempts = 1};
   EXPECT_EQ(RoundTrip(plain).code(), absl::StatusCode::kUnavailable);
   ClientOptions wrong_ca = Options(*d);
-  wrong_ca.tls_ca_pem = ReadAll(dir_.Sub("client.pem"));  // not the CA
+  wrong_ca.tls_ca_pem = ReadText(dir_.Sub("client.pem"));  // not the CA
   EXPECT_EQ(RoundTrip(wrong_ca).code(), absl::StatusCode::kUnavailable);
 }
 
@@ -302,8 +289,8 @@ TEST_F(Tls, MutualTlsRequiresAClientCertificate) {
   EXPECT_EQ(RoundTrip(Options(*d)).code(), absl::StatusCode::kUnavailable)
       << "no client certificate";
   ClientOptions o = Options(*d);
-  o.tls_cert_pem = ReadAll(dir_.Sub("client.pem"));
-  o.tls_key_pem = ReadAll(dir_.Sub("client.key"));
+  o.tls_cert_pem = ReadText(dir_.Sub("client.pem"));
+  o.tls_key_pem = ReadText(dir_.Sub("client.key"));
   EXPECT_TRUE(RoundTrip(o).ok()) << RoundTrip(o);
 }
 

@@ -91,9 +91,9 @@ class WorkerTest : public ::testing::Test {
     }
     router_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
-        std::vector<std::string>{"--nodes", list, "--listen", "127.0.0.1:0", "--metrics-listen",
-                                 "127.0.0.1:0", "--probe-interval-ms", "200", "--log-level",
-                                 "warn"});
+        std::vector<std::string>{"--nodes", list, "--cache-aware", "--listen", "127.0.0.1:0",
+                                 "--metrics-listen", "127.0.0.1:0", "--probe-interval-ms", "200",
+                                 "--log-level", "warn"});
     ASSERT_FALSE(router_->address().empty()) << router_->output();
     worker_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",

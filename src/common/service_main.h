@@ -79,6 +79,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> ServeMetrics(
 // `unix_ok`, unix:PATH or unix-abstract:NAME; else INVALID_ARGUMENT saying what is wrong.
 absl::Status CheckListenAddress(const std::string& listen, bool unix_ok);
 
+// The contents of a PEM file; INVALID_ARGUMENT naming `setting` when it cannot be read or holds
+// no PEM block.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& setting);
+
 // Sends gRPC core's own log lines (connection and handshake errors) through spdlog, so that they
 // take the program's log format and never mix with its stdout.
 void RouteGrpcLogs();

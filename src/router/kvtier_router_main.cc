@@ -4,17 +4,22 @@
 #include <prometheus/registry.h>
 #include <signal.h>
 
-#include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
-#include <thread>
+#include <tuple>
+
+#include "absl/strings/ascii.h"
 
 #include "common/logging.h"
 #include "common/process_tuning.h"
 #include "common/service_main.h"
 #include "common/version.h"
+#include "router/membership.h"
 #include "router/route_service.h"
 #include "router/status_page.h"
 #include "spdlog/spdlog.h"
@@ -48,7 +53,16 @@ options:
                          stream) and send a request, among the nodes within the load bound, to
                          the one holding the longest prefix of it; Route then reports the
                          expected cached prefix
-  --index-max-keys N     cap on the cache-aware index (default 2097152 keys, about 64 MiB)
+  --index-max-keys N     cap on the cache-aware index (default 2097152 keys; at most about
+                         70 bytes a key)
+  --tls-ca FILE          talk to the daemons over TLS: the CA that signed their certificates
+  --tls-cert FILE        a client certificate for mutual TLS (with --tls-key and --tls-ca)
+  --tls-key FILE         its private key
+  --tls-server-name NAME the name checked in the daemons' certificates (default: each
+                         address's host)
+  --token-file FILE      a bearer token (the file's first line) for the daemons' Stats and
+                         WatchBlocks; a daemon with auth needs a token of the `cluster` role.
+                         Default: $KVTIER_TOKEN, if set
   --probe-interval-ms N  health probe period (default 1000)
   --failures-to-eject N  failed probes in a row that eject a node (default 2)
   --log-level LEVEL      trace, debug, info, warn, error, off (default info)
@@ -86,6 +100,8 @@ int main(int argc, char** argv) {
   kvtier::router::RouterOptions options;
   kvtier::router::HealthOptions health;
   kvtier::router::CacheAwareOptions cache_aware;
+  kvtier::router::NodeCredentials credentials;
+  std::string tls_ca, tls_cert, tls_key, token_file;
   for (kvtier::ArgReader args(argc, argv); args.Next();) {
     const std::string a = args.flag();
     if (a == "--help" || a == "-h") {
@@ -115,6 +131,16 @@ int main(int argc, char** argv) {
       int n = 0;
       if (!args.Number(&n, 1)) return Bad("--index-max-keys needs a number > 0");
       cache_aware.max_keys = static_cast<size_t>(n);
+    } else if (a == "--tls-ca") {
+      if (!args.Value(&tls_ca)) return Bad("--tls-ca needs a file");
+    } else if (a == "--tls-cert") {
+      if (!args.Value(&tls_cert)) return Bad("--tls-cert needs a file");
+    } else if (a == "--tls-key") {
+      if (!args.Value(&tls_key)) return Bad("--tls-key needs a file");
+    } else if (a == "--tls-server-name") {
+      if (!args.Value(&credentials.tls_server_name)) return Bad("--tls-server-name needs a name");
+    } else if (a == "--token-file") {
+      if (!args.Value(&token_file)) return Bad("--token-file needs a file");
     } else if (a == "--probe-interval-ms") {
       if (!args.Number(&health.probe_interval_ms, 10)) return Bad("--probe-interval-ms: >= 10");
       health.probe_timeout_ms = std::min(health.probe_timeout_ms, health.probe_interval_ms);
@@ -146,21 +172,41 @@ int main(int argc, char** argv) {
   if (!nodes_dns.empty() && !kvtier::CheckListenAddress(nodes_dns, /*unix_ok=*/false).ok()) {
     return Bad("--nodes-dns: '" + nodes_dns + "' is not NAME:PORT");
   }
+  for (auto [flag, path, pem] : {std::tuple{"--tls-ca", &tls_ca, &credentials.tls_ca_pem},
+                                 std::tuple{"--tls-cert", &tls_cert, &credentials.tls_cert_pem},
+                                 std::tuple{"--tls-key", &tls_key, &credentials.tls_key_pem}}) {
+    if (path->empty()) continue;
+    auto read = kvtier::ReadPemFile(*path, flag);
+    if (!read.ok()) return Bad(std::string(read.status().message()));
+    *pem = std::move(*read);
+  }
+  if (absl::Status st = credentials.Validate(); !st.ok()) return Bad(std::string(st.message()));
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    if (!in || !std::getline(in, credentials.bearer_token) ||
+        absl::StripAsciiWhitespace(credentials.bearer_token).empty()) {
+      return Bad("--token-file: cannot read a token from '" + token_file + "'");
+    }
+    credentials.bearer_token = std::string(absl::StripAsciiWhitespace(credentials.bearer_token));
+  } else if (const char* env = std::getenv("KVTIER_TOKEN"); env != nullptr) {
+    credentials.bearer_token = env;
+  }
   // Where the membership comes from, now and at every refresh.
-  auto load_nodes = [&]() -> absl::StatusOr<std::vector<kvtier::router::RingNode>> {
-    if (!nodes_file.empty()) return kvtier::router::ReadNodeFile(nodes_file);
-    if (!nodes_dns.empty()) return kvtier::router::ResolveNodes(nodes_dns);
-    return kvtier::router::ParseNodeList(nodes_flag);
-  };
+  std::unique_ptr<kvtier::router::MembershipSource> source =
+      !nodes_file.empty()  ? kvtier::router::FileMembership(nodes_file)
+      : !nodes_dns.empty() ? kvtier::router::DnsMembership(nodes_dns)
+                           : kvtier::router::ListMembership(nodes_flag);
   if (check_only) {
     // What --nodes-dns resolves to is the cluster's state, not configuration: left to the start.
     if (nodes_dns.empty()) {
-      if (auto nodes = load_nodes(); !nodes.ok()) return Bad(std::string(nodes.status().message()));
+      if (auto nodes = source->Fetch(); !nodes.ok()) {
+        return Bad(std::string(nodes.status().message()));
+      }
     }
     std::puts("kvtier-router: configuration OK");
     return 0;
   }
-  auto nodes = load_nodes();
+  auto nodes = source->Fetch();
   if (!nodes.ok()) return Bad(std::string(nodes.status().message()));
   (void)kvtier::InitLogging(log_level);
   kvtier::RouteGrpcLogs();
@@ -171,7 +217,8 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", exposer.status().ToString());
     return 1;
   }
-  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware);
+  kvtier::router::RouteServiceImpl service(*nodes, options, health, registry.get(), cache_aware,
+                                           credentials);
   if (*exposer != nullptr) {
     (*exposer)->SetPage([&service] { return kvtier::router::StatusPageHtml(service.Status()); });
     std::printf("kvtier-router status page on http://%s:%d/\n",
@@ -183,36 +230,18 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", server.status().ToString());
     return 1;
   }
-  spdlog::info("kvtier-router: {} nodes, load factor {}", nodes->size(), options.load_factor);
-  std::atomic<bool> stopping{false};
-  std::thread refresher;
-  if (nodes_flag.empty()) {
-    refresher = std::thread([&] {
-      std::vector<kvtier::router::RingNode> current = *nodes;
-      while (!stopping) {
-        for (int w = 0; w < refresh_ms && !stopping; w += 10) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
-        auto next = load_nodes();
-        if (!next.ok()) {
-          // Keep routing over the last good membership.
-          spdlog::warn("kvtier-router: membership not refreshed: {}", next.status().ToString());
-          continue;
-        }
-        bool same = next->size() == current.size();
-        for (size_t i = 0; same && i < current.size(); ++i) {
-          same = (*next)[i].name == current[i].name && (*next)[i].weight == current[i].weight;
-        }
-        if (same) continue;
-        service.SetMembers(*next);
-        current = std::move(*next);
-      }
-    });
+  spdlog::info("kvtier-router: {} nodes, load factor {}, cache-aware {}, daemons over {}{}",
+               nodes->size(), options.load_factor, cache_aware.enabled ? "on" : "off",
+               credentials.tls_ca_pem.empty() ? "plaintext" : "TLS",
+               credentials.bearer_token.empty() ? "" : " with a token");
+  std::optional<kvtier::router::MembershipRefresher> refresher;
+  if (source->changes()) {
+    refresher.emplace(source.get(), *nodes, refresh_ms,
+                      [&service](const auto& next) { service.SetMembers(next); });
   }
   int sig = 0;
   sigwait(&signals, &sig);
-  stopping = true;
-  if (refresher.joinable()) refresher.join();
+  refresher.reset();
   spdlog::info("kvtier-router: {} received, stopping", strsignal(sig));
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   (*server)->Wait();

@@ -1,11 +1,12 @@
 #pragma once
-// RouteServiceImpl: kvtier.v1.RouteService, the gRPC face of kvtier-router. Routes with Router
-// over the healthy members of a static list; a prober thread checks each daemon with
-// grpc.health.v1 every `probe_interval_ms`, ejects a node after `failures_to_eject` failed
-// probes in a row and re-admits it at its first good one. A node's load is the prefill work
-// reported for it (Report: blocks it missed), or, until the first report, the blocks of the
-// requests routed to it; it decays with a one-minute half-life, and a node may run one mean
-// request ahead of its bound (Router::Pick's slack).
+// RouteServiceImpl: kvtier.v1.RouteService, the gRPC face of kvtier-router: the RPC glue over
+// its parts. Members come from SetMembers (a MembershipRefresher in kvtier-router); each round of
+// HealthProber probes ejects and re-admits them (NodeHealth); Router decides over the healthy
+// ones with the loads of a LoadTracker (Report, else routed blocks; one-minute half-life; a node
+// may run one mean request ahead of its bound); in cache-aware mode a DaemonWatch per member
+// feeds the CacheIndex, and Route prefers, among the nodes within the bound, the one holding the
+// longest prefix. Route holds the routing lock only for the decision itself; keys are hashed
+// outside it, and only as deep as the index needs.
 // Thread-safe.
 
 #include <grpcpp/grpcpp.h>
@@ -18,12 +19,17 @@
 #include <thread>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/clock.h"
 #include "common/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "kvtier/v1/router.grpc.pb.h"
+#include "router/cache_index.h"
+#include "router/health_prober.h"
+#include "router/load_tracker.h"
+#include "router/membership.h"
+#include "router/node_channel.h"
 #include "router/router.h"
 #include "router/status_page.h"
 
@@ -38,20 +44,16 @@ struct CacheAwareOptions {
   // CacheService.WatchBlocks) and send a request, among the nodes within the load bound, to the
   // one holding the longest prefix of it.
   bool enabled = false;
-  size_t max_keys = size_t{2} << 20;  // Default: 2,097,152 keys (about 64 MiB).
-};
-
-struct HealthOptions {
-  int probe_interval_ms = 1000;  // Default: 1 s.
-  int probe_timeout_ms = 500;    // Default: 500 ms.
-  int failures_to_eject = 2;     // Default: 2 failed probes in a row.
+  size_t max_keys = size_t{2} << 20;  // Default: 2,097,152 keys (at most ~70 bytes a key).
 };
 
 class RouteServiceImpl final : public v1::RouteService::Service {
  public:
-  // `registry` may be null (no metrics). Starts the prober.
+  // `registry` may be null (no metrics); `clock` (default: the system's) times the loads'
+  // decay. Starts the prober.
   RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions options, HealthOptions health,
-                   prometheus::Registry* registry, CacheAwareOptions cache_aware = {});
+                   prometheus::Registry* registry, CacheAwareOptions cache_aware = {},
+                   NodeCredentials credentials = {}, const Clock* clock = nullptr);
   ~RouteServiceImpl() override;
 
   // Each call is counted in kvtier_router_rpc_requests_total and _rpc_duration_seconds.
@@ -80,45 +82,31 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   template <typename F>
   grpc::Status Observed(const char* rpc, F body);
   void ProbeLoop();
-  void WatchLoop(std::shared_ptr<Member> member);
-  // Leading blocks of `store_keys` that node `id` holds, as the index knows.
-  size_t CachedPrefix(std::span<const BlockKey> store_keys, int id);
   void RebuildLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DecayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The names of the healthy members, in ring order.
+  std::vector<std::string> RingNamesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // kvtier_router_load_blocks and kvtier_router_imbalance from the members' loads now.
   void SetLoadMetricsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  double ImbalanceLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One point of the cluster's hit ratio: the Lookup blocks the members answered since the last
   // round.
   void AddHistoryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const HealthOptions health_;
   const CacheAwareOptions cache_aware_;
+  const NodeCredentials credentials_;
+  const Clock* const clock_;
+  const HealthProber prober_;
+  CacheIndex index_;
   Mutex mu_;
   std::vector<std::shared_ptr<Member>> members_ ABSL_GUARDED_BY(mu_);
   Router router_ ABSL_GUARDED_BY(mu_);
+  LoadTracker loads_ ABSL_GUARDED_BY(mu_);
   std::vector<int> ring_members_ ABSL_GUARDED_BY(mu_);  // ring node index -> member index
-  double last_decay_s_ ABSL_GUARDED_BY(mu_) = 0;
-  // Recent mean of request sizes (blocks): the bounded loads' slack.
-  double mean_request_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   std::unique_ptr<Metrics> metrics_;
   static constexpr size_t kHistoryPoints = 600;
   std::deque<std::pair<double, double>> history_ ABSL_GUARDED_BY(mu_);  // RouterStatus::history
   std::atomic<bool> stop_{false};
-  std::thread prober_;
-  std::vector<std::thread> watchers_ ABSL_GUARDED_BY(mu_);
-  int next_member_id_ ABSL_GUARDED_BY(mu_) = 0;
-  // The cache-aware index: store key -> bitmask of member ids holding it.
-  Mutex index_mu_;
-  absl::flat_hash_map<BlockKey, uint64_t> index_ ABSL_GUARDED_BY(index_mu_);
+  std::thread prober_thread_;
 };
-
-// Parses "host:port[=weight],..." into nodes. INVALID_ARGUMENT names the bad entry.
-absl::StatusOr<std::vector<RingNode>> ParseNodeList(const std::string& list);
-// A node file: one host:port[=weight] a line; blank lines and # comments are skipped.
-absl::StatusOr<std::vector<RingNode>> ReadNodeFile(const std::string& path);
-// Every address `host` resolves to, as ip:port nodes of weight 1 (sorted). UNAVAILABLE when it
-// does not resolve.
-absl::StatusOr<std::vector<RingNode>> ResolveNodes(const std::string& host_port);
 
 }  // namespace kvtier::router

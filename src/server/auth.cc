@@ -140,14 +140,4 @@ size_t TenantAuth::tenants() const {
   return n;
 }
 
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& setting) {
-  std::ifstream in(path);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(setting, ": cannot read '", path, "'"));
-  std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (pem.find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(setting, ": '", path, "' holds no PEM data"));
-  }
-  return pem;
-}
-
 }  // namespace kvtier::server

@@ -57,8 +57,4 @@ class TenantAuth {
   absl::flat_hash_map<std::string, Entry> entries_;  // name -> token and role
 };
 
-// The contents of a PEM file; INVALID_ARGUMENT naming `setting` when it cannot be read or holds
-// no PEM block.
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& setting);
-
 }  // namespace kvtier::server

@@ -87,7 +87,7 @@ absl::StatusOr<Credentials> LoadCredentials(const kvtier::server::DaemonConfig& 
                            PemFile{&config.tls_key, "tls.key", &out.tls_key},
                            PemFile{&config.tls_client_ca, "tls.client_ca", &out.tls_client_ca}}) {
     if (f.path->empty()) continue;
-    auto pem = kvtier::server::ReadPemFile(*f.path, f.setting);
+    auto pem = kvtier::ReadPemFile(*f.path, f.setting);
     if (!pem.ok()) return pem.status();
     *f.pem = std::move(*pem);
   }
