@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "client/cache_client.h"
@@ -411,6 +412,83 @@ TEST_F(RouterServiceTest, CppClientRoutesRemotelyAndLocally) {
   EXPECT_TRUE((*client)->Report(remote->nodes[0], 7).ok());
   EXPECT_EQ((*client)->Report("127.0.0.1:1", 7).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ((*client)->Route("", chain).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Two router replicas behind clients that alternate between them (as a plain Service spreads
+// requests): each turn of a conversation goes to the node that stored the turn before, whichever
+// replica placed it, because both index the same daemons' blocks.
+TEST_F(RouterServiceTest, ReplicasBehindRoundRobinClientsKeepConversationsTogether) {
+  std::string list;
+  for (const auto& a : addresses_) list += (list.empty() ? "" : ",") + a;
+  std::vector<std::unique_ptr<DaemonProcess>> routers;
+  std::vector<std::unique_ptr<v1::RouteService::Stub>> stubs;
+  for (int i = 0; i < 2; ++i) {
+    routers.push_back(std::make_unique<DaemonProcess>(
+        std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+        std::vector<std::string>{"--nodes", list, "--cache-aware", "--listen", "127.0.0.1:0",
+                                 "--metrics-listen", "", "--probe-interval-ms", "100",
+                                 "--log-level", "warn"}));
+    ASSERT_FALSE(routers.back()->address().empty()) << routers.back()->output();
+    stubs.push_back(v1::RouteService::NewStub(
+        grpc::CreateChannel(routers.back()->address(), grpc::InsecureChannelCredentials())));
+  }
+  std::map<std::string, std::unique_ptr<CacheClient>> clients;
+  for (const auto& a : addresses_) {
+    auto c = CacheClient::Create({.address = a, .tenant = "t", .use_ucx = false});
+    ASSERT_TRUE(c.ok());
+    clients[a] = std::move(*c);
+  }
+  // Each router's watchers connect in the background: wait until both see a stored block.
+  {
+    const std::vector<BlockKey> probe = {BlockKey{5, 5}};
+    const ChainBlocks blocks(probe);
+    ASSERT_TRUE(clients[addresses_[0]]->Put(blocks.blocks).ok());
+    v1::RouteRequest req;
+    req.set_tenant("t");
+    req.set_packed_keys(PackKeys(probe));
+    for (auto& stub : stubs) {
+      v1::RouteResponse res;
+      for (int i = 0; i < 100 && res.expected_cached_blocks() == 0; ++i) {
+        grpc::ClientContext ctx;
+        ASSERT_TRUE(stub->Route(&ctx, req, &res).ok());
+        if (res.expected_cached_blocks() == 0) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+      }
+      ASSERT_EQ(res.expected_cached_blocks(), 1u);
+    }
+  }
+  constexpr int kConversations = 12, kTurns = 3;
+  std::vector<std::string> holder(kConversations);
+  std::map<std::string, int> placed;
+  int next = 0, followed = 0, later_turns = 0;
+  for (int turn = 0; turn < kTurns; ++turn) {
+    for (int c = 0; c < kConversations; ++c) {
+      // A system prompt every request shares, then the conversation's own blocks.
+      std::vector<BlockKey> chain = {BlockKey{1, 1}};
+      for (int i = 0; i < 3 * (turn + 1); ++i) chain.push_back(BlockKey{100 + uint64_t(c), uint64_t(i)});
+      v1::RouteRequest req;
+      req.set_tenant("t");
+      req.set_packed_keys(PackKeys(chain));
+      v1::RouteResponse res;
+      grpc::ClientContext ctx;
+      ASSERT_TRUE(stubs[next++ % 2]->Route(&ctx, req, &res).ok());
+      const std::string node = res.nodes(0);
+      if (turn > 0) {
+        ++later_turns;
+        followed += node == holder[c] ? 1 : 0;
+      } else {
+        ++placed[node];
+      }
+      const ChainBlocks blocks(chain);
+      ASSERT_TRUE(clients[node]->Put(blocks.blocks).ok());
+      holder[c] = node;
+    }
+    // The index follows the daemons' events within milliseconds; a turn comes seconds later.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  EXPECT_GE(followed, later_turns * 9 / 10) << followed << " of " << later_turns;
+  EXPECT_EQ(placed.size(), 3u) << "new conversations spread over the nodes";
 }
 
 // Daemons that serve TLS and require tokens: a router with their CA and a cluster token keeps

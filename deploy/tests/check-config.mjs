@@ -11,10 +11,10 @@
 // Paths that cannot exist here are rewritten, and only those: a file under a ConfigMap volume's
 // mountPath becomes the rendered ConfigMap's entry written to a scratch directory; one under a
 // Secret volume's mountPath becomes a fixture made here (the Secrets are not in the repository):
-// kvtier-tokens/tokens.yaml (two tenants and a cluster token) and kvtier-tls/tls.{crt,key} (a
-// self-signed certificate from openssl). $(VAR) references are expanded from the container's
-// env, with 10.0.0.1 for a field reference. hostPath and emptyDir paths are left as they are:
-// --check-config opens neither.
+// kvtier-tokens/tokens.yaml (two tenants and a cluster token), kvtier-router-token/token and
+// kvtier-tls/{tls.crt,tls.key,ca.crt} (a self-signed certificate from openssl, its own CA).
+// $(VAR) references are expanded from the container's env, with 10.0.0.1 for a field
+// reference. hostPath and emptyDir paths are left as they are: --check-config opens neither.
 //
 //   node check-config.mjs BUILD_DIR
 import { spawnSync, execFileSync } from "node:child_process";
@@ -49,7 +49,9 @@ function secretFixtures() {
     "kvtier-tls": {
       "tls.crt": fs.readFileSync(path.join(tls, "crt"), "utf8"),
       "tls.key": fs.readFileSync(path.join(tls, "key"), "utf8"),
+      "ca.crt": fs.readFileSync(path.join(tls, "crt"), "utf8"),  // self-signed: its own CA
     },
+    "kvtier-router-token": { token: "router-token-0123456789abcdef\n" },
   };
 }
 const secrets = secretFixtures();

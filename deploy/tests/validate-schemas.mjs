@@ -18,7 +18,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { renderAll, podSpecOf } from "./render.mjs";
 
-const documentedSecrets = new Set(["kvtier-tokens", "kvtier-tls"]);
+const documentedSecrets = new Set(["kvtier-tokens", "kvtier-router-token", "kvtier-tls"]);
 
 // --- 1 and 2: schemas ---------------------------------------------------------------------------
 
