@@ -10,6 +10,7 @@
 #include "router/placement.h"
 #include "router/router.h"
 #include "router/simulator.h"
+#include "router/trace_gen.h"
 
 namespace kvtier::router {
 namespace {
@@ -265,6 +266,45 @@ TEST(Router, GoldenDecisions) {
   ASSERT_EQ(stored["events"].size(), golden["events"].size());
   for (size_t i = 0; i < golden["events"].size(); ++i) {
     ASSERT_EQ(stored["events"][i], golden["events"][i]) << "event " << i;
+  }
+}
+
+TEST(TraceGen, DeterministicAndWellFormed) {
+  const SessionTraceOptions g{.seed = 5, .sessions = 200, .duration_s = 100};
+  const std::vector<TraceRequest> a = GenerateSessions(g), b = GenerateSessions(g);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_GT(a.size(), 200u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].chain, b[i].chain) << i;
+    ASSERT_EQ(a[i].arrival_s, b[i].arrival_s) << i;
+    if (i > 0) ASSERT_LE(a[i - 1].arrival_s, a[i].arrival_s) << i;
+    ASSERT_LE(a[i].chain.size(), g.max_blocks);
+  }
+  EXPECT_NE(GenerateSessions({.seed = 6, .sessions = 200}).front().chain, a.front().chain);
+  // A session's turns extend its previous prompt: most requests share a prefix with another.
+  EXPECT_GT(GlobalLruHitRate(a, 1 << 20), 0.5);
+
+  std::vector<TraceRequest> t = a;
+  AddSharedFirstBlock(&t);
+  for (size_t i = 0; i < t.size(); ++i) {
+    ASSERT_EQ(t[i].chain.front(), t[0].chain.front());
+    ASSERT_EQ(std::vector<BlockKey>(t[i].chain.begin() + 1, t[i].chain.end()), a[i].chain);
+  }
+  EXPECT_EQ(std::count(a[0].chain.begin(), a[0].chain.end(), t[0].chain.front()), 0);
+  AddBurst(&t, 10);
+  ScaleTime(&t, 0.5);
+  EXPECT_LT(t.back().arrival_s, a.back().arrival_s * 0.5);
+  for (size_t i = 1; i < t.size(); ++i) ASSERT_LE(t[i - 1].arrival_s, t[i].arrival_s) << i;
+
+  // Written as Mooncake JSONL and read back: the same chains, times to the millisecond.
+  const std::string path = testing::TempDir() + "/trace_gen_test.jsonl";
+  ASSERT_TRUE(WriteMooncakeTrace(path, t).ok());
+  auto loaded = LoadMooncakeTrace(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->size(), t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    ASSERT_EQ((*loaded)[i].chain, t[i].chain) << i;
+    ASSERT_NEAR((*loaded)[i].arrival_s, t[i].arrival_s, 0.0006) << i;
   }
 }
 
