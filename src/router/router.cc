@@ -36,12 +36,13 @@ template <typename KeyAt>
 size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh) {
   if (blocks == 0 || ring_.size() == 0) return 0;
   popularity_.AddRequest();
-  const double fair = 1.0 / static_cast<double>(ring_.size());
+  // Hot: more of the recent requests than the bound's slack over a node's share (epsilon / N).
+  const double hot = (options_.load_factor - 1.0) / static_cast<double>(ring_.size());
   for (size_t d = 0; d < blocks; ++d) {
     *routing_key = key_at(d);
     *fresh = popularity_.Share(*routing_key) == 0;
     popularity_.Add(*routing_key);
-    if (popularity_.Share(*routing_key) <= fair) return d + 1;
+    if (popularity_.Share(*routing_key) <= hot) return d + 1;
   }
   return blocks;
 }
@@ -95,6 +96,25 @@ int Router::Place(const BlockKey& key, bool fresh, std::span<const double> loads
 
 void Router::Remember(const BlockKey& key, int n) {
   if (n >= 0 && n < static_cast<int>(id_of_node_.size())) placements_.Remember(key, id_of_node_[n]);
+}
+
+int Router::PreferCached(const RouteChoice& choice, std::span<const size_t> cached,
+                         std::span<const double> loads, double slack, size_t* expected_cached) {
+  int node = choice.node;
+  if (node < 0 || static_cast<size_t>(node) >= cached.size()) return node;
+  size_t best = cached[node];
+  const size_t routing_blocks = std::max<size_t>(choice.depth, 1);
+  ring_.Candidates(RingHash(choice.routing_key), ring_.size(), &candidates_);
+  for (int n : candidates_) {
+    if (static_cast<size_t>(n) >= cached.size()) continue;
+    if (cached[n] > best && cached[n] >= routing_blocks && WithinBound(n, loads, slack)) {
+      best = cached[n];
+      node = n;
+    }
+  }
+  if (node != choice.node) Remember(choice.routing_key, node);
+  if (expected_cached != nullptr) *expected_cached = best;
+  return node;
 }
 
 int Router::Preferred(const BlockKey& key) const {

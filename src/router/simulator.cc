@@ -14,7 +14,9 @@
 namespace kvtier::router {
 namespace {
 
-// A prefix cache of `capacity` blocks with LRU replacement.
+// A prefix cache of `capacity` blocks with LRU replacement. Each block also records when the
+// prefill that computed it finished: from then on the node's block events have put it in the
+// cache-aware index.
 class PrefixLru {
  public:
   explicit PrefixLru(size_t capacity) : capacity_(capacity) {}
@@ -25,19 +27,28 @@ class PrefixLru {
     while (n < chain.size() && index_.contains(chain[n])) ++n;
     return n;
   }
+  // Leading blocks of `chain` that the index shows at time `now` (stored by then).
+  size_t Indexed(std::span<const BlockKey> chain, double now) const {
+    size_t n = 0;
+    for (; n < chain.size(); ++n) {
+      auto it = index_.find(chain[n]);
+      if (it == index_.end() || it->second->stored_s > now) break;
+    }
+    return n;
+  }
   // Leading hits; then every block of the chain is cached, the first most recent (so that a
-  // prefix's tail goes before its head).
-  size_t Access(std::span<const BlockKey> chain) {
+  // prefix's tail goes before its head). Blocks added now are stored at `stored_s`.
+  size_t Access(std::span<const BlockKey> chain, double stored_s = 0) {
     const size_t hits = Peek(chain);
     for (size_t i = chain.size(); i-- > 0;) {
       auto it = index_.find(chain[i]);
       if (it != index_.end()) {
         order_.splice(order_.begin(), order_, it->second);
       } else {
-        order_.push_front(chain[i]);
+        order_.push_front(Block{chain[i], stored_s});
         index_[chain[i]] = order_.begin();
         if (order_.size() > capacity_) {
-          index_.erase(order_.back());
+          index_.erase(order_.back().key);
           order_.pop_back();
         }
       }
@@ -46,9 +57,13 @@ class PrefixLru {
   }
 
  private:
+  struct Block {
+    BlockKey key;
+    double stored_s;
+  };
   size_t capacity_;
-  std::list<BlockKey> order_;
-  absl::flat_hash_map<BlockKey, std::list<BlockKey>::iterator> index_;
+  std::list<Block> order_;
+  absl::flat_hash_map<BlockKey, std::list<Block>::iterator> index_;
 };
 
 double Percentile(std::vector<double> v, double q) {
@@ -120,6 +135,7 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   absl::flat_hash_set<BlockKey> routing_keys;
   std::vector<double> ttft;
   ttft.reserve(trace.size());
+  std::vector<size_t> cached(n);
   uint64_t all_blocks = 0, hit_blocks = 0;
   size_t next_rr = 0;
   for (const TraceRequest& req : trace) {
@@ -149,35 +165,22 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
         break;
       }
       case Policy::kCacheAware: {
-        // The router's index of who holds what, here exact: each node's cache, peeked. The
-        // router's choice, unless a node within the bound holds more of the prefix (the
-        // first such in ring order of the routing key); the prefix is then remembered there.
+        // The router's index of who holds what (exact here): a block is in it once the prefill
+        // that computed it has finished and until it is evicted.
         const RouteChoice c = router.Route(req.chain, loads);
-        node = c.node;
-        size_t best = caches[node].Peek(req.chain);
-        std::vector<int> order;
-        router.ring().Candidates(RingHash(c.routing_key), n, &order);
-        for (int other : order) {
-          if (best == req.chain.size()) break;
-          if (!router.WithinBound(other, loads)) continue;
-          const size_t cached = caches[other].Peek(req.chain);
-          if (cached > best) {
-            best = cached;
-            node = other;
-          }
-        }
-        if (node != c.node) router.Remember(c.routing_key, node);
+        for (size_t i = 0; i < n; ++i) cached[i] = caches[i].Indexed(req.chain, now);
+        node = router.PreferCached(c, cached, loads);
         break;
       }
     }
-    const size_t hits = caches[node].Access(req.chain);
-    const size_t missed = req.chain.size() - hits;
+    const size_t missed = req.chain.size() - caches[node].Peek(req.chain);
+    const double start = std::max(now, busy_until[node]);
+    busy_until[node] = start + static_cast<double>(missed) / o.prefill_rate;
+    const size_t hits = caches[node].Access(req.chain, busy_until[node]);
     all_blocks += req.chain.size();
     hit_blocks += hits;
     r.prefilled[node] += missed;
     r.hits[node] += hits;
-    const double start = std::max(now, busy_until[node]);
-    busy_until[node] = start + static_cast<double>(missed) / o.prefill_rate;
     ttft.push_back(busy_until[node] - now);
   }
   r.hit_rate = all_blocks ? static_cast<double>(hit_blocks) / all_blocks : 0;

@@ -5,6 +5,9 @@
 // earlier block of its request are cached, as a KV cache reuses only whole prefixes) and
 // prefills missed blocks at `prefill_rate` blocks per second from a FIFO queue, so in-flight
 // work (the router's load signal) and a time-to-first-token exist. Time is the trace's.
+//
+// In cache-aware mode the router reads an index of which node holds which block, exact but
+// late: a block enters it when the prefill that computed it has finished.
 
 #include <string>
 #include <vector>
