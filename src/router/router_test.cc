@@ -346,6 +346,22 @@ TEST(Simulator, CacheAwareWithASharedFirstBlockNeitherPilesNorStarves) {
   for (size_t n = 0; n < o.nodes; ++n) EXPECT_GT(r.prefilled[n], 0u) << n;
 }
 
+TEST(Simulator, CacheAwareReplicasAgreeThroughTheIndex) {
+  // Three replicas, requests round robin: each places new prefixes by its own loads, but the
+  // turns of a conversation follow the node the shared index shows holding it.
+  std::vector<TraceRequest> trace =
+      GenerateSessions({.seed = 3, .sessions = 1200, .duration_s = 300});
+  SimOptions o{.nodes = 8, .capacity = 2000};
+  const PolicyResult one = Simulate(trace, Policy::kCacheAware, o);
+  o.routers = 3;
+  const PolicyResult three = Simulate(trace, Policy::kCacheAware, o);
+  EXPECT_GE(three.hit_rate, 0.97 * one.hit_rate);
+  EXPECT_LE(three.max_mean_load, 1.15);
+  // Without the index, replicas disagree wherever load pushed a prefix off its ring home.
+  const PolicyResult kvtier = Simulate(trace, Policy::kKvtier, o);
+  EXPECT_LT(kvtier.hit_rate, three.hit_rate);
+}
+
 TEST(TraceGen, DeterministicAndWellFormed) {
   const SessionTraceOptions g{.seed = 5, .sessions = 200, .duration_s = 100};
   const std::vector<TraceRequest> a = GenerateSessions(g), b = GenerateSessions(g);

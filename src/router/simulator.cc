@@ -130,19 +130,25 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   PolicyResult r;
   r.prefilled.assign(n, 0);
   r.hits.assign(n, 0);
-  Router router(SimNodes(n), o.router);
+  // Router replicas, requests spread round robin; each sees only the work it routed itself
+  // (frontends report prefill to the replica that routed them).
+  const size_t replicas = std::max<size_t>(o.routers, 1);
+  std::vector<Router> routers(replicas, Router(SimNodes(n), o.router));
+  std::vector<std::vector<uint64_t>> routed(replicas, std::vector<uint64_t>(n, 0));
   std::mt19937_64 rng(o.seed);
   absl::flat_hash_set<BlockKey> routing_keys;
   std::vector<double> ttft;
   ttft.reserve(trace.size());
   std::vector<size_t> cached(n);
   uint64_t all_blocks = 0, hit_blocks = 0;
-  size_t next_rr = 0;
+  size_t next_rr = 0, next_replica = 0;
   for (const TraceRequest& req : trace) {
     if (req.chain.empty()) continue;
     const double now = req.arrival_s;
-    // The load signal: prefill work each node has taken on (missed blocks), as the nodes report.
-    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(r.prefilled[i]);
+    const size_t replica = next_replica++ % replicas;
+    Router& router = routers[replica];
+    // The load signal: prefill work (missed blocks) of the requests this router routed.
+    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(routed[replica][i]);
     int node = 0;
     switch (policy) {
       case Policy::kRoundRobin:
@@ -165,8 +171,8 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
         break;
       }
       case Policy::kCacheAware: {
-        // The router's index of who holds what (exact here): a block is in it once the prefill
-        // that computed it has finished and until it is evicted.
+        // The index every replica reads (exact here): a block is in it once the prefill that
+        // computed it has finished and until it is evicted.
         const RouteChoice c = router.Route(req.chain, loads);
         for (size_t i = 0; i < n; ++i) cached[i] = caches[i].Indexed(req.chain, now);
         node = router.PreferCached(c, cached, loads);
@@ -180,6 +186,7 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
     all_blocks += req.chain.size();
     hit_blocks += hits;
     r.prefilled[node] += missed;
+    routed[replica][node] += missed;
     r.hits[node] += hits;
     ttft.push_back(busy_until[node] - now);
   }
@@ -193,8 +200,8 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   r.ttft_p50_s = Percentile(ttft, 0.5);
   r.ttft_p90_s = Percentile(ttft, 0.9);
   if (policy == Policy::kKvtier) {
-    r.keys_moved =
-        MeasureKeysMoved(router, std::vector<BlockKey>(routing_keys.begin(), routing_keys.end()));
+    r.keys_moved = MeasureKeysMoved(
+        routers[0], std::vector<BlockKey>(routing_keys.begin(), routing_keys.end()));
   }
   return r;
 }
