@@ -29,8 +29,8 @@ options:
   --kind KIND          trace or sessions (default: trace)
   --trace FILE         the source trace of --kind trace
   --seed N             sessions: random seed (default: 1)
-  --sessions N         sessions: conversations (default: 700)
-  --duration S         sessions: seconds over which sessions start (default: 900)
+  --sessions N         sessions: conversations (default: 2500)
+  --duration S         sessions: seconds over which sessions start (default: 600)
   --system-prompts N   sessions: distinct system prompts (default: 40)
   --out FILE           where to write (required)
   --help               this text
@@ -76,10 +76,10 @@ int RunGenTrace(int argc, char** argv) {
   } else if (kind == "sessions") {
     router::SessionTraceOptions o;
     if (!absl::SimpleAtoi(flags->Get("seed", "1"), &o.seed)) return Usage("--seed needs a number");
-    if (!absl::SimpleAtoi(flags->Get("sessions", "700"), &o.sessions) || o.sessions == 0) {
+    if (!absl::SimpleAtoi(flags->Get("sessions", "2500"), &o.sessions) || o.sessions == 0) {
       return Usage("--sessions needs a number > 0");
     }
-    if (!absl::SimpleAtod(flags->Get("duration", "900"), &o.duration_s) || !(o.duration_s > 0)) {
+    if (!absl::SimpleAtod(flags->Get("duration", "600"), &o.duration_s) || !(o.duration_s > 0)) {
       return Usage("--duration needs seconds > 0");
     }
     if (!absl::SimpleAtoi(flags->Get("system-prompts", "40"), &o.system_prompts) ||

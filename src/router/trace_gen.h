@@ -19,8 +19,8 @@ namespace kvtier::router {
 
 struct SessionTraceOptions {
   uint64_t seed = 1;               // Default: 1. Same seed, same trace.
-  size_t sessions = 700;           // Default: 700 conversations.
-  double duration_s = 900;         // Default: 900. Sessions start uniformly over this time.
+  size_t sessions = 2500;          // Default: 2,500 conversations.
+  double duration_s = 600;         // Default: 600. Sessions start uniformly over this time.
   size_t system_prompts = 40;      // Default: 40 system prompts, Zipf-popular.
   double zipf_s = 1.0;             // Default: 1.0. Popularity of prompt k is ~ 1 / k^s.
   size_t min_system_blocks = 2;    // Default: 2. System prompt length, uniform in [min, max].
