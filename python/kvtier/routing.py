@@ -1,11 +1,11 @@
 """kvtier-router's routing decision in Python, for RouterClient.route_locally.
 
 The same rules as the C++ router (src/router/router.h): the routing key is the shallowest prefix
-key shared by at most (load_factor - 1) / N of recent requests (a count-min sketch, halved
-every 4,096 requests); a new key goes to the first node in its consistent-hashing order at or
-under its share of the work; a known key goes back to the node it was placed on while that node
-is within load_factor x its share, else to the first ring candidate within it.
-tests/data/router_golden.json holds decisions the C++ router made; this module must repeat them.
+key shared by at most 1/N of recent requests (a count-min sketch, halved every 4,096 requests); a
+new key goes to the first node in its consistent-hashing order at or under its share of the
+work; a known key goes back to the node it was placed on while that node is within
+load_factor x its share, else to the first ring candidate within it. tests/data/
+router_golden.json holds decisions the C++ router made; this module must repeat them.
 """
 from __future__ import annotations
 
@@ -123,12 +123,12 @@ class Router:
         if not chain or not self.ring.nodes:
             return -1, 0, None
         self._popularity.add_request()
-        hot = (self.load_factor - 1.0) / len(self.ring.nodes)
+        fair = 1.0 / len(self.ring.nodes)
         depth, key, fresh = len(chain), chain[-1], False
         for d, k in enumerate(chain):
             fresh = self._popularity.share(k) == 0
             self._popularity.add(k)
-            if self._popularity.share(k) <= hot:
+            if self._popularity.share(k) <= fair:
                 depth, key = d + 1, k
                 break
         return self._place(key, fresh, loads, slack), depth, key

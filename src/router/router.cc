@@ -36,13 +36,12 @@ template <typename KeyAt>
 size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh) {
   if (blocks == 0 || ring_.size() == 0) return 0;
   popularity_.AddRequest();
-  // Hot: more of the recent requests than the bound's slack over a node's share (epsilon / N).
-  const double hot = (options_.load_factor - 1.0) / static_cast<double>(ring_.size());
+  const double fair = 1.0 / static_cast<double>(ring_.size());
   for (size_t d = 0; d < blocks; ++d) {
     *routing_key = key_at(d);
     *fresh = popularity_.Share(*routing_key) == 0;
     popularity_.Add(*routing_key);
-    if (popularity_.Share(*routing_key) <= hot) return d + 1;
+    if (popularity_.Share(*routing_key) <= fair) return d + 1;
   }
   return blocks;
 }

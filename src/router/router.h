@@ -3,12 +3,10 @@
 // node's cache while no node takes much more than its share of the work.
 //
 // Routing key, at an adaptive depth: the shallowest prefix key of the request's chain whose
-// recent share of requests is at most the bound's slack over one node's share, epsilon / N
-// (load_factor = 1 + epsilon), else the whole chain. A system prompt that many requests share
-// is hot, so its requests spread by what follows it; the turns of one conversation share a key
-// that only they carry, so they stay together. A key any hotter would be a unit of work the
-// bound cannot absorb: its node would be pushed over and the key moved, losing its cache. No
-// per-trace parameter: the threshold is the node count and the bound.
+// recent share of requests is at most one node's fair share (1/N), else the whole chain. A
+// system prompt that nearly every request shares is hot at depth 1, so its requests spread by
+// what follows it; the turns of one conversation share a key that only they carry, so they stay
+// together. No per-trace parameter: the threshold is the node count itself.
 //
 // Node choice: consistent hashing (HashRing) wrapped in bounded loads (Mirrokni, Thorup and
 // Zadimoghaddam), with placements remembered:
@@ -87,7 +85,7 @@ class Router {
   // (HeldPrefixes computes it from a key -> node bitmask index). The node within the bound
   // holding the longest prefix that includes the routing key (ties: the router's choice, then
   // ring order of the routing key), else the router's choice. Blocks shallower than the routing
-  // key are hot (shared by more than epsilon / N of the requests), so every node holds them or
+  // key are hot (shared by more than 1/N of the requests), so every node holds them or
   // soon will; following them would pile requests onto whichever nodes happen to hold them
   // already, and starve a node that holds nothing yet. A move is remembered, so the prefix's next
   // requests go there too, and replicas that read the same index follow the same node.

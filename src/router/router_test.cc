@@ -78,13 +78,12 @@ TEST(Router, HotPrefixesAreRoutedDeeperConversationsStayTogether) {
   Router r(SimNodes(8));
   const std::vector<double> idle(8, 0);
   // Every request starts with the same system-prompt block; conversation c continues with its
-  // own blocks, one more per turn. Each conversation is 1% of the requests: under the bound's
-  // slack over a node's share (0.25 / 8), so it is a routing key of its own.
+  // own blocks, one more per turn.
   const BlockKey system = Key(1'000'000);
-  std::vector<int> home(100, -1);
+  std::vector<int> home(50, -1);
   size_t deep = 0;
   for (int turn = 0; turn < 6; ++turn) {
-    for (int c = 0; c < 100; ++c) {
+    for (int c = 0; c < 50; ++c) {
       std::vector<BlockKey> chain = {system};
       for (int t = 0; t <= turn; ++t) chain.push_back(Key(c * 100 + t));
       const RouteChoice choice = r.Route(chain, idle);
@@ -98,11 +97,11 @@ TEST(Router, HotPrefixesAreRoutedDeeperConversationsStayTogether) {
       deep += choice.depth > 1;
     }
   }
-  EXPECT_GT(deep, 500u);
+  EXPECT_GT(deep, 250u);
   // And the conversations spread over the nodes rather than all going to the system prompt's.
   std::vector<int> per(8);
   for (int h : home) ++per[h];
-  EXPECT_LT(*std::max_element(per.begin(), per.end()), 25);  // 2x the mean
+  EXPECT_LT(*std::max_element(per.begin(), per.end()), 20);
 }
 
 TEST(Router, RoutingTokensHashesOnlyWhatItNeedsAndAgreesWithKeys) {
@@ -270,27 +269,6 @@ TEST(Router, GoldenDecisions) {
   }
 }
 
-TEST(Router, APrefixSharedByMoreThanTheBoundsSlackIsLookedThrough) {
-  // 8 nodes, bound 1.25: a prefix is hot above 0.25 / 8 of the requests. One system prompt
-  // carried by 1 in 8 requests (a node's whole share: too big a unit for one node) is looked
-  // through; its conversations are the routing keys.
-  Router r(SimNodes(8), {.load_factor = 1.25});
-  const std::vector<double> idle(8, 0);
-  const BlockKey system = Key(777'777);
-  size_t at_system = 0, requests = 0;
-  for (int i = 0; i < 4000; ++i) {
-    std::vector<BlockKey> chain;
-    if (i % 8 == 0) chain.push_back(system);
-    chain.push_back(Key(i / 8 * 8 + 1000 + i % 8));  // conversation i / 8's own block
-    const RouteChoice c = r.Route(chain, idle);
-    if (i % 8 == 0 && i > 800) {
-      ++requests;
-      at_system += c.depth == 1;
-    }
-  }
-  EXPECT_EQ(at_system, 0u) << "of " << requests;
-}
-
 TEST(HeldPrefixes, LeadingBlocksPerNodeFromABitmaskIndex) {
   absl::flat_hash_map<BlockKey, uint64_t> index = {
       {Key(1), 0b1011}, {Key(2), 0b0011}, {Key(3), 0b0110}, {Key(4), 0b0001}};
@@ -335,7 +313,9 @@ TEST(Simulator, CacheAwareWithASharedFirstBlockNeitherPilesNorStarves) {
   // sent new conversations to the nodes that had requests already, and a node that never had
   // one never got one (hit rate 0.76-0.93x the global LRU at max/mean 1.22-1.26 on the shared
   // trace with a shared first block).
-  SessionTraceOptions g{.seed = 7, .sessions = 1200, .duration_s = 300};
+  // Many system prompts of even popularity: no routing key is a large unit of work.
+  SessionTraceOptions g{.seed = 7, .sessions = 1200, .duration_s = 300, .system_prompts = 1000,
+                        .zipf_s = 0};
   std::vector<TraceRequest> trace = GenerateSessions(g);
   AddSharedFirstBlock(&trace);
   const SimOptions o{.nodes = 16, .capacity = 2000};
@@ -350,7 +330,8 @@ TEST(Simulator, CacheAwareReplicasAgreeThroughTheIndex) {
   // Three replicas, requests round robin: each places new prefixes by its own loads, but the
   // turns of a conversation follow the node the shared index shows holding it.
   std::vector<TraceRequest> trace =
-      GenerateSessions({.seed = 3, .sessions = 1200, .duration_s = 300});
+      GenerateSessions({.seed = 3, .sessions = 1200, .duration_s = 300, .system_prompts = 1000,
+                        .zipf_s = 0});
   SimOptions o{.nodes = 8, .capacity = 2000};
   const PolicyResult one = Simulate(trace, Policy::kCacheAware, o);
   o.routers = 3;
