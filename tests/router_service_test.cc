@@ -415,8 +415,9 @@ TEST_F(RouterServiceTest, CppClientRoutesRemotelyAndLocally) {
 }
 
 // Two router replicas behind clients that alternate between them (as a plain Service spreads
-// requests): each turn of a conversation goes to the node that stored the turn before, whichever
-// replica placed it, because both index the same daemons' blocks.
+// requests) and report each request's prefill to the replica that routed it: each turn of a
+// conversation goes to the node that stored the turn before, whichever replica placed it,
+// because both index the same daemons' blocks.
 TEST_F(RouterServiceTest, ReplicasBehindRoundRobinClientsKeepConversationsTogether) {
   std::string list;
   for (const auto& a : addresses_) list += (list.empty() ? "" : ",") + a;
@@ -458,7 +459,7 @@ TEST_F(RouterServiceTest, ReplicasBehindRoundRobinClientsKeepConversationsTogeth
       ASSERT_EQ(res.expected_cached_blocks(), 1u);
     }
   }
-  constexpr int kConversations = 12, kTurns = 3;
+  constexpr int kConversations = 48, kTurns = 3;
   std::vector<std::string> holder(kConversations);
   std::map<std::string, int> placed;
   int next = 0, followed = 0, later_turns = 0;
@@ -472,11 +473,20 @@ TEST_F(RouterServiceTest, ReplicasBehindRoundRobinClientsKeepConversationsTogeth
       req.set_packed_keys(PackKeys(chain));
       v1::RouteResponse res;
       grpc::ClientContext ctx;
-      ASSERT_TRUE(stubs[next++ % 2]->Route(&ctx, req, &res).ok());
+      v1::RouteService::Stub& replica = *stubs[next++ % 2];
+      ASSERT_TRUE(replica.Route(&ctx, req, &res).ok());
       const std::string node = res.nodes(0);
+      // The frontend reports what the node prefilled to the replica that routed it.
+      v1::ReportRequest report;
+      report.set_node(node);
+      report.set_prefilled_blocks(chain.size() - res.expected_cached_blocks());
+      v1::ReportResponse reported;
+      grpc::ClientContext report_ctx;
+      ASSERT_TRUE(replica.Report(&report_ctx, report, &reported).ok());
       if (turn > 0) {
         ++later_turns;
         followed += node == holder[c] ? 1 : 0;
+
       } else {
         ++placed[node];
       }

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "cli/demo.h"
+#include "cli/gen_trace.h"
 #include "cli/profile_heads.h"
 #include "cli/remote.h"
 #include "cli/replay.h"
@@ -21,6 +22,8 @@ commands:
             quick start); `kvtier demo --help` for its options
   replay    a Mooncake trace through simulated nodes under each routing policy (hit rates,
             balance, modeled TTFT); `kvtier replay --help`
+  gen-trace trace variants (sessions, a shared first block, bursts, scaled time) for replay;
+            `kvtier gen-trace --help`
   put, get, lookup, delete, stats
             talk to a kvtierd (`kvtier put --help` lists their options)
   keys      chained block keys of a token sequence
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
   }
   if (std::strcmp(argv[1], "demo") == 0) return kvtier::cli::RunDemo(argc - 2, argv + 2);
   if (std::strcmp(argv[1], "replay") == 0) return kvtier::cli::RunReplay(argc - 2, argv + 2);
+  if (std::strcmp(argv[1], "gen-trace") == 0) return kvtier::cli::RunGenTrace(argc - 2, argv + 2);
   if (std::strcmp(argv[1], "profile-heads") == 0) {
     return kvtier::cli::RunProfileHeads(argc - 2, argv + 2);
   }

@@ -34,6 +34,9 @@ options:
   --prefill-rate R     blocks per second a node prefills (default: 40)
   --load-factor F      bounded loads' 1 + epsilon (default: 1.25)
   --requests N         replay only the first N requests (default: all)
+  --routers R          also replay kvtier and cache_aware through R router replicas (requests
+                       round robin over them; each its own sketch, placements and load view;
+                       cache-aware replicas share one index); default 1: no extra replay
   --json               end with one line: RESULT {json}
   --help               this text
 
@@ -61,7 +64,7 @@ int RunReplay(int argc, char** argv) {
   std::string trace_path =
       std::string(KVTIER_SOURCE_DIR) + "/../shared/data/mooncake/synthetic_trace.jsonl";
   router::SimOptions o;
-  size_t requests = 0;
+  size_t requests = 0, routers = 1;
   bool json = false;
   ClusterReplayOptions cluster;
   for (int i = 0; i < argc; ++i) {
@@ -92,6 +95,8 @@ int RunReplay(int argc, char** argv) {
       if (!real(&o.router.load_factor, 1.0)) return Usage("--load-factor needs a number >= 1");
     } else if (a == "--requests") {
       if (!number(&requests, false)) return Usage("--requests needs a number > 0");
+    } else if (a == "--routers") {
+      if (!number(&routers, false)) return Usage("--routers needs a number > 0");
     } else if (a == "--json") {
       json = true;
     } else if (a == "--router") {
@@ -138,6 +143,20 @@ int RunReplay(int argc, char** argv) {
     if (p == router::Policy::kKvtier) {
       moved = r.keys_moved;
     }
+    if (routers > 1 && (p == router::Policy::kKvtier || p == router::Policy::kCacheAware)) {
+      router::SimOptions replicated = o;
+      replicated.routers = routers;
+      const router::PolicyResult rr = router::Simulate(*trace, p, replicated);
+      const std::string name = std::string(router::PolicyName(p)) + " x" + std::to_string(routers);
+      std::printf("%-12s %9.3f %9.3f %10.2f %9.2fs %9.2fs\n", name.c_str(), rr.hit_rate,
+                  global > 0 ? rr.hit_rate / global : 0, rr.max_mean_load, rr.ttft_p50_s,
+                  rr.ttft_p90_s);
+      const std::string suffix = "_r" + std::to_string(routers);
+      nlohmann::json& j = result[router::PolicyName(p)];
+      j["hit_rate" + suffix] = rr.hit_rate;
+      j["max_mean_load" + suffix] = rr.max_mean_load;
+      j["ttft_p90_s" + suffix] = rr.ttft_p90_s;
+    }
   }
   std::printf("\nkvtier's routing keys moved: %.3f on a join, %.3f on a leave (1/N = %.3f; "
               "placed prefixes stay where they are cached, a leaving node's move)\n",
@@ -146,6 +165,7 @@ int RunReplay(int argc, char** argv) {
   result["keys_moved_join"] = moved.join;
   result["keys_moved_leave"] = moved.leave;
   result["nodes"] = o.nodes;
+  result["routers"] = routers;
   if (json) std::printf("RESULT %s\n", result.dump().c_str());
   return 0;
 }

@@ -483,30 +483,20 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
     const double slack = loads_.mean_request_blocks();
     const RouteChoice c = hasher.has_value() ? router_.RouteTokens(*hasher, tokens, loads, slack)
                                              : router_.Route(keys, loads, slack);
-    std::vector<int> order;
-    router_.ring().Candidates(RingHash(c.routing_key), router_.ring().size(), &order);
     int node = c.node;
     if (cache_aware_.enabled) {
-      auto held = [&](int n) -> size_t {
+      // Each ring node's leading blocks held, by the index.
+      std::vector<size_t> held(ring_members_.size(), 0);
+      for (size_t n = 0; n < ring_members_.size(); ++n) {
         const uint32_t id = members_[ring_members_[n]]->index_id;
         for (const auto& [holder, blocks] : cached) {
-          if (holder == id) return blocks;
-        }
-        return 0;
-      };
-      // Among the nodes within the bound, the one holding the longest prefix; ties in ring order.
-      size_t best = held(node);
-      for (int n : order) {
-        if (best == store_keys.size()) break;
-        if (!router_.WithinBound(n, loads, slack)) continue;
-        if (const size_t h = held(n); h > best) {
-          best = h;
-          node = n;
+          if (holder == id) held[n] = blocks;
         }
       }
-      expected = best;
-      if (node != c.node) router_.Remember(c.routing_key, node);  // its turns follow it there
+      node = router_.PreferCached(c, held, loads, slack, &expected);
     }
+    std::vector<int> order;
+    router_.ring().Candidates(RingHash(c.routing_key), router_.ring().size(), &order);
     // The chosen node first, then the rest in ring order (where to go if it fails).
     order_names.push_back(members_[ring_members_[node]]->node.name);
     for (int n : order) {

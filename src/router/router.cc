@@ -97,6 +97,25 @@ void Router::Remember(const BlockKey& key, int n) {
   if (n >= 0 && n < static_cast<int>(id_of_node_.size())) placements_.Remember(key, id_of_node_[n]);
 }
 
+int Router::PreferCached(const RouteChoice& choice, std::span<const size_t> cached,
+                         std::span<const double> loads, double slack, size_t* expected_cached) {
+  int node = choice.node;
+  if (node < 0 || static_cast<size_t>(node) >= cached.size()) return node;
+  size_t best = cached[node];
+  const size_t routing_blocks = std::max<size_t>(choice.depth, 1);
+  ring_.Candidates(RingHash(choice.routing_key), ring_.size(), &candidates_);
+  for (int n : candidates_) {
+    if (static_cast<size_t>(n) >= cached.size()) continue;
+    if (cached[n] > best && cached[n] >= routing_blocks && WithinBound(n, loads, slack)) {
+      best = cached[n];
+      node = n;
+    }
+  }
+  if (node != choice.node) Remember(choice.routing_key, node);
+  if (expected_cached != nullptr) *expected_cached = best;
+  return node;
+}
+
 int Router::Preferred(const BlockKey& key) const {
   const int n = NodeOfId(placements_.Peek(key));
   return n >= 0 ? n : ring_.Home(RingHash(key));

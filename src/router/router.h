@@ -24,6 +24,7 @@
 // routing thread. Placements are this router's own: replicas or clients routing locally agree
 // on ring homes but not on where load pushed a prefix.
 
+#include <bit>
 #include <memory>
 #include <span>
 #include <string>
@@ -79,6 +80,19 @@ class Router {
   // Records that `key`'s requests now go to node `n` (cache-aware mode moving a prefix to
   // the node that holds more of it).
   void Remember(const BlockKey& key, int n);
+  // Cache-aware mode: the node for a request that Route/RouteTokens sent to `choice`, given
+  // `cached[n]`, the leading blocks of the request's chain that node n holds by the index
+  // (HeldPrefixes computes it from a key -> node bitmask index). The node within the bound
+  // holding the longest prefix that includes the routing key (ties: the router's choice, then
+  // ring order of the routing key), else the router's choice. Blocks shallower than the routing
+  // key are hot (shared by more than 1/N of the requests), so every node holds them or
+  // soon will; following them would pile requests onto whichever nodes happen to hold them
+  // already, and starve a node that holds nothing yet. A move is remembered, so the prefix's next
+  // requests go there too, and replicas that read the same index follow the same node.
+  // `*expected_cached`, when set, is the chosen node's cached blocks.
+  int PreferCached(const RouteChoice& choice, std::span<const size_t> cached,
+                   std::span<const double> loads, double slack = 0,
+                   size_t* expected_cached = nullptr);
   // Where `key` would go with equal loads: its remembered node, else its ring home. Changes
   // nothing (for measuring what a membership change moves).
   int Preferred(const BlockKey& key) const;
@@ -112,6 +126,24 @@ class Router {
   std::vector<int> node_of_id_;                           // id -> ring index, or -1
   mutable std::vector<int> candidates_;
 };
+
+// For each node, the leading blocks of `chain` it holds, from an index where `mask_of(key)`
+// is the bitmask of nodes holding `key` (bit n: node n; at most 64 nodes). Stops at the first
+// block no node holds: a lookup per block of the longest held prefix, plus one.
+template <typename MaskOf>
+void HeldPrefixes(std::span<const BlockKey> chain, size_t nodes, MaskOf mask_of,
+                  std::vector<size_t>* cached) {
+  cached->assign(nodes, 0);
+  uint64_t holding = nodes >= 64 ? ~uint64_t{0} : (uint64_t{1} << nodes) - 1;
+  for (size_t d = 0; d < chain.size() && holding != 0; ++d) {
+    const uint64_t next = holding & mask_of(chain[d]);
+    for (uint64_t gone = holding & ~next; gone != 0; gone &= gone - 1) {
+      (*cached)[std::countr_zero(gone)] = d;
+    }
+    holding = next;
+  }
+  for (; holding != 0; holding &= holding - 1) (*cached)[std::countr_zero(holding)] = chain.size();
+}
 
 // The ring position of a routing key.
 inline uint64_t RingHash(const BlockKey& key) { return key.hi ^ (key.lo * 0x9E3779B97F4A7C15ULL); }

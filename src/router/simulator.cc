@@ -14,7 +14,9 @@
 namespace kvtier::router {
 namespace {
 
-// A prefix cache of `capacity` blocks with LRU replacement.
+// A prefix cache of `capacity` blocks with LRU replacement. Each block also records when the
+// prefill that computed it finished: from then on the node's block events have put it in the
+// cache-aware index.
 class PrefixLru {
  public:
   explicit PrefixLru(size_t capacity) : capacity_(capacity) {}
@@ -25,19 +27,28 @@ class PrefixLru {
     while (n < chain.size() && index_.contains(chain[n])) ++n;
     return n;
   }
+  // Leading blocks of `chain` that the index shows at time `now` (stored by then).
+  size_t Indexed(std::span<const BlockKey> chain, double now) const {
+    size_t n = 0;
+    for (; n < chain.size(); ++n) {
+      auto it = index_.find(chain[n]);
+      if (it == index_.end() || it->second->stored_s > now) break;
+    }
+    return n;
+  }
   // Leading hits; then every block of the chain is cached, the first most recent (so that a
-  // prefix's tail goes before its head).
-  size_t Access(std::span<const BlockKey> chain) {
+  // prefix's tail goes before its head). Blocks added now are stored at `stored_s`.
+  size_t Access(std::span<const BlockKey> chain, double stored_s = 0) {
     const size_t hits = Peek(chain);
     for (size_t i = chain.size(); i-- > 0;) {
       auto it = index_.find(chain[i]);
       if (it != index_.end()) {
         order_.splice(order_.begin(), order_, it->second);
       } else {
-        order_.push_front(chain[i]);
+        order_.push_front(Block{chain[i], stored_s});
         index_[chain[i]] = order_.begin();
         if (order_.size() > capacity_) {
-          index_.erase(order_.back());
+          index_.erase(order_.back().key);
           order_.pop_back();
         }
       }
@@ -46,9 +57,13 @@ class PrefixLru {
   }
 
  private:
+  struct Block {
+    BlockKey key;
+    double stored_s;
+  };
   size_t capacity_;
-  std::list<BlockKey> order_;
-  absl::flat_hash_map<BlockKey, std::list<BlockKey>::iterator> index_;
+  std::list<Block> order_;
+  absl::flat_hash_map<BlockKey, std::list<Block>::iterator> index_;
 };
 
 double Percentile(std::vector<double> v, double q) {
@@ -115,18 +130,25 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   PolicyResult r;
   r.prefilled.assign(n, 0);
   r.hits.assign(n, 0);
-  Router router(SimNodes(n), o.router);
+  // Router replicas, requests spread round robin; each sees only the work it routed itself
+  // (frontends report prefill to the replica that routed them).
+  const size_t replicas = std::max<size_t>(o.routers, 1);
+  std::vector<Router> routers(replicas, Router(SimNodes(n), o.router));
+  std::vector<std::vector<uint64_t>> routed(replicas, std::vector<uint64_t>(n, 0));
   std::mt19937_64 rng(o.seed);
   absl::flat_hash_set<BlockKey> routing_keys;
   std::vector<double> ttft;
   ttft.reserve(trace.size());
+  std::vector<size_t> cached(n);
   uint64_t all_blocks = 0, hit_blocks = 0;
-  size_t next_rr = 0;
+  size_t next_rr = 0, next_replica = 0;
   for (const TraceRequest& req : trace) {
     if (req.chain.empty()) continue;
     const double now = req.arrival_s;
-    // The load signal: prefill work each node has taken on (missed blocks), as the nodes report.
-    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(r.prefilled[i]);
+    const size_t replica = next_replica++ % replicas;
+    Router& router = routers[replica];
+    // The load signal: prefill work (missed blocks) of the requests this router routed.
+    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(routed[replica][i]);
     int node = 0;
     switch (policy) {
       case Policy::kRoundRobin:
@@ -149,35 +171,23 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
         break;
       }
       case Policy::kCacheAware: {
-        // The router's index of who holds what, here exact: each node's cache, peeked. The
-        // router's choice, unless a node within the bound holds more of the prefix (the
-        // first such in ring order of the routing key); the prefix is then remembered there.
+        // The index every replica reads (exact here): a block is in it once the prefill that
+        // computed it has finished and until it is evicted.
         const RouteChoice c = router.Route(req.chain, loads);
-        node = c.node;
-        size_t best = caches[node].Peek(req.chain);
-        std::vector<int> order;
-        router.ring().Candidates(RingHash(c.routing_key), n, &order);
-        for (int other : order) {
-          if (best == req.chain.size()) break;
-          if (!router.WithinBound(other, loads)) continue;
-          const size_t cached = caches[other].Peek(req.chain);
-          if (cached > best) {
-            best = cached;
-            node = other;
-          }
-        }
-        if (node != c.node) router.Remember(c.routing_key, node);
+        for (size_t i = 0; i < n; ++i) cached[i] = caches[i].Indexed(req.chain, now);
+        node = router.PreferCached(c, cached, loads);
         break;
       }
     }
-    const size_t hits = caches[node].Access(req.chain);
-    const size_t missed = req.chain.size() - hits;
+    const size_t missed = req.chain.size() - caches[node].Peek(req.chain);
+    const double start = std::max(now, busy_until[node]);
+    busy_until[node] = start + static_cast<double>(missed) / o.prefill_rate;
+    const size_t hits = caches[node].Access(req.chain, busy_until[node]);
     all_blocks += req.chain.size();
     hit_blocks += hits;
     r.prefilled[node] += missed;
+    routed[replica][node] += missed;
     r.hits[node] += hits;
-    const double start = std::max(now, busy_until[node]);
-    busy_until[node] = start + static_cast<double>(missed) / o.prefill_rate;
     ttft.push_back(busy_until[node] - now);
   }
   r.hit_rate = all_blocks ? static_cast<double>(hit_blocks) / all_blocks : 0;
@@ -190,8 +200,8 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   r.ttft_p50_s = Percentile(ttft, 0.5);
   r.ttft_p90_s = Percentile(ttft, 0.9);
   if (policy == Policy::kKvtier) {
-    r.keys_moved =
-        MeasureKeysMoved(router, std::vector<BlockKey>(routing_keys.begin(), routing_keys.end()));
+    r.keys_moved = MeasureKeysMoved(
+        routers[0], std::vector<BlockKey>(routing_keys.begin(), routing_keys.end()));
   }
   return r;
 }

@@ -5,6 +5,11 @@
 // earlier block of its request are cached, as a KV cache reuses only whole prefixes) and
 // prefills missed blocks at `prefill_rate` blocks per second from a FIFO queue, so in-flight
 // work (the router's load signal) and a time-to-first-token exist. Time is the trace's.
+//
+// With several router replicas (SimOptions::routers), requests go to them round robin; each has
+// its own popularity sketch, placements and load view (the prefill work of the requests it
+// routed). In cache-aware mode all of them read one index of which node holds which block,
+// exact but late: a block enters it when the prefill that computed it has finished.
 
 #include <string>
 #include <vector>
@@ -37,6 +42,7 @@ struct SimOptions {
   double prefill_rate = 40;   // blocks per second per node
   RouterOptions router;
   uint64_t seed = 1;          // for the random policy
+  size_t routers = 1;         // router replicas; requests spread over them round robin
 };
 
 // Fraction of routing keys whose preferred node (Router::Preferred: remembered, else the ring
