@@ -66,7 +66,9 @@ TEST(PubSubTest, SubscriberReceivesPublishedBatchesInOrder) {
   MutexLock l(&c.mu);
   uint64_t next = 0;
   for (size_t i = 0; i < c.batches.size(); ++i) {
-    if (i > 0) EXPECT_EQ(c.batches[i].first, c.batches[i - 1].first + 1);
+    if (i > 0) {
+      EXPECT_EQ(c.batches[i].first, c.batches[i - 1].first + 1);
+    }
     for (const Event& e : c.batches[i].second.events) {
       if (const auto* r = std::get_if<BlockRemoved>(&e)) {
         EXPECT_EQ(r->block_hashes[0], EngineHash(next++));
