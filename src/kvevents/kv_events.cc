@@ -330,7 +330,9 @@ absl::Status DecodeStored(const std::vector<const Obj*>& f, const std::string& w
 
 absl::Status DecodeRemoved(const std::vector<const Obj*>& f, const std::string& where,
                            BlockRemoved* r) {
-  if (f[0] == nullptr) return Bad(where, "missing block_hashes");
+  for (size_t i = 0; i < kRemovedRequired; ++i) {
+    if (f[i] == nullptr) return Bad(where, absl::StrCat("missing ", std::string(kRemovedFields[i])));
+  }
   KVTIER_ASSIGN_OR_RETURN(r->block_hashes, Hashes(f[0], where + ".block_hashes"));
   KVTIER_ASSIGN_OR_RETURN(r->medium, OptStr(f[1], where + ".medium"));
   KVTIER_ASSIGN_OR_RETURN(r->group_idx, OptInt(f[2], where + ".group_idx"));

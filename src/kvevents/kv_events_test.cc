@@ -146,6 +146,9 @@ TEST(KvEventsTest, MalformedBatchesAreInvalidArgumentWithAReason) {
   ExpectInvalid(Msgpack({0x92, 0x00, 0x91, 0x92, 0xab, 'B', 'l', 'o', 'c', 'k', 'S', 't', 'o',
                          'r', 'e', 'd', 0x91, 0x01}),
                 "missing parent_block_hash");
+  ExpectInvalid(Msgpack({0x92, 0x00, 0x91, 0x91, 0xac, 'B', 'l', 'o', 'c', 'k', 'R', 'e', 'm',
+                         'o', 'v', 'e', 'd'}),
+                "missing block_hashes");
   // A hash that is a string.
   ExpectInvalid(Msgpack({0x92, 0x00, 0x91, 0x92, 0xac, 'B', 'l', 'o', 'c', 'k', 'R', 'e', 'm',
                          'o', 'v', 'e', 'd', 0x91, 0xa1, 'h'}),
