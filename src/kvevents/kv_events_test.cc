@@ -169,7 +169,9 @@ TEST(KvEventsTest, EveryTruncationAndByteFlipOfTheGoldensIsHandled) {
         std::string m = g;
         m[i] = static_cast<char>(m[i] ^ x);
         absl::StatusOr<EventBatch> b = Decode(m);  // ok or INVALID_ARGUMENT, never a crash
-        if (!b.ok()) EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+        if (!b.ok()) {
+          EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+        }
       }
     }
   }
