@@ -13,6 +13,7 @@ packages=(
   python3-xxhash python3-grpcio python3-protobuf
   redis-server libhiredis-dev
   libucx-dev ucx-utils
+  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev python3-zmq python3-msgpack
   prometheus
   chromium
 )

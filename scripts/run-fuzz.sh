@@ -11,7 +11,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-30}"
 build="$(realpath -m "${2:-$root/build}")/asan"
-targets=(put_stream_fuzzer key_layout_fuzzer config_fuzzer token_file_fuzzer request_fuzzer)
+targets=(put_stream_fuzzer key_layout_fuzzer config_fuzzer token_file_fuzzer request_fuzzer
+         kv_events_fuzzer)
 bash "$root/scripts/build-sanitized.sh" "$build" fuzz_targets
 
 work="$(mktemp -d)"

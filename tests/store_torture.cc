@@ -91,6 +91,7 @@ class Blocks {
 
 // Reports the store's block events; called under the store's policy lock.
 void ReportBlockEvent(const BlockEvent& event) {
+  if (event.moved_from.has_value()) return;  // a move between tiers: visible throughout
   const std::optional<uint64_t> n = KeyNumber(event.key);
   if (n.has_value()) Say("%s %llu", event.stored ? "STORED" : "GONE", static_cast<ull>(*n));
 }

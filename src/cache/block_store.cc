@@ -249,14 +249,31 @@ struct BlockStore::Impl {
     if (replaced != kNoEntry) --resident[static_cast<int>(E(replaced).tier)];
     ++resident[static_cast<int>(e.tier)];
     policy->Add(h);
-    if (event && options.on_block_event) options.on_block_event({e.key, e.tenant, e.size, true});
+    if (!options.on_block_event) return;
+    if (event) {
+      options.on_block_event(
+          {.key = e.key, .tenant = e.tenant, .size = e.size, .stored = true, .tier = e.tier,
+           .parent = e.parent});
+    } else if (replaced != kNoEntry && E(replaced).tier != e.tier) {
+      ReportMove(h, E(replaced).tier);
+    }
+  }
+  // A committed block now in another tier than `from`, visible throughout.
+  void ReportMove(uint32_t h, Tier from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!options.on_block_event) return;
+    const Entry& e = E(h);
+    options.on_block_event({.key = e.key, .tenant = e.tenant, .size = e.size, .stored = true,
+                            .tier = e.tier, .moved_from = from, .parent = e.parent});
   }
   // Takes a committed block out of the index and the policy: from now on it is invisible, and
   // freed once nothing holds it (MaybeFree).
   void Doom(uint32_t h, bool event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Entry& e = E(h);
     if (e.state != EntryState::kCommitted) return;
-    if (event && options.on_block_event) options.on_block_event({e.key, e.tenant, e.size, false});
+    if (event && options.on_block_event) {
+      options.on_block_event({.key = e.key, .tenant = e.tenant, .size = e.size, .stored = false,
+                              .tier = e.tier, .parent = e.parent});
+    }
     policy->Remove(h);
     {
       auto& s = ShardOf(e);
@@ -342,6 +359,7 @@ struct BlockStore::Impl {
     TenantMemory(e, from, -1);
     TenantMemory(e, to, +1);
     policy->TierChanged(h, from);
+    ReportMove(h, from);
     return true;
   }
   // Moves a block up (a promotion: readers of the old place may go on, it stays valid).
@@ -358,6 +376,7 @@ struct BlockStore::Impl {
     ++resident[static_cast<int>(Tier::kHost)];
     TenantMemory(e, Tier::kHost, +1);
     policy->TierChanged(h, Tier::kNvme);
+    ReportMove(h, Tier::kNvme);
     Count(counters.promotions);
     Count(counters.promoted_bytes, e.size);
   }

@@ -329,6 +329,46 @@ TEST_F(NvmeStore, DemotesToFlashAndPromotesOnHit) {
   EXPECT_TRUE(s->CheckConsistency().ok()) << s->CheckConsistency();
 }
 
+// Demotions and promotions are reported as moves (the block stays visible), each naming the tier
+// it left and the one it reached; a store and a removal name their tier.
+TEST_F(NvmeStore, MovesBetweenTiersAreReportedAsMoves) {
+  std::vector<BlockEvent> events;  // appended under the store's policy lock
+  StoreOptions o = Options(5);
+  o.host_reserve_bytes = kBlock;
+  o.on_block_event = [&events](const BlockEvent& e) { events.push_back(e); };
+  auto s = OpenOrDie(o);
+  for (uint64_t n = 0; n < 10; ++n) {
+    ASSERT_TRUE(PutN(*s, n, n > 0 ? std::optional<uint64_t>(n - 1) : std::nullopt).ok());
+  }
+  s->WaitForMover();
+  ExpectBlock(*s, 0);  // promoted from flash
+  s->WaitForMover();
+  ASSERT_TRUE(s->Delete(TestKey(9)).ok());
+  s.reset();
+  size_t stores = 0, demotions = 0, promotions = 0, removals = 0;
+  for (const BlockEvent& e : events) {
+    if (!e.stored) {
+      ++removals;
+      EXPECT_EQ(e.key, TestKey(9));
+    } else if (!e.moved_from.has_value()) {
+      ++stores;
+      EXPECT_EQ(e.tier, Tier::kHost);
+    } else if (*e.moved_from == Tier::kHost) {
+      ++demotions;
+      EXPECT_EQ(e.tier, Tier::kNvme);
+    } else {
+      ++promotions;
+      EXPECT_EQ(e.key, TestKey(0));
+      EXPECT_EQ(e.tier, Tier::kHost);
+    }
+  }
+  EXPECT_EQ(stores, 10u);
+  EXPECT_EQ(demotions, 7u);  // 0-5, then 6 to make room after 0's promotion
+  EXPECT_EQ(promotions, 1u);
+  EXPECT_EQ(removals, 1u);
+  EXPECT_EQ(events[1].parent, TestKey(0));
+}
+
 TEST_F(NvmeStore, TailsAreCountedPerTier) {
   // Chain 0-1-2-3 then chain 10-11: host holds 4. Demoting 3 to flash makes 2 the host tier's
   // tail of that chain, so it goes next (not chain 10's head).

@@ -5,12 +5,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cache/device_arena.h"
 #include "cache/flash_admission.h"
+#include "cache/tier.h"
 #include "common/block_key.h"
 #include "common/clock.h"
 
@@ -20,12 +22,19 @@ class Env;
 
 namespace kvtier {
 
-// A block that became visible (stored) or left the store, for StoreOptions::on_block_event.
+// A block that became visible (stored), left the store, or moved between tiers while staying
+// visible, for StoreOptions::on_block_event.
 struct BlockEvent {
   BlockKey key;
   uint16_t tenant = 0;  // PutOptions::tenant of its put (0 for blocks recovered from NVMe)
   uint32_t size = 0;
-  bool stored = false;
+  bool stored = false;  // true for a store and for a move
+  Tier tier = Tier::kHost;  // where it was stored, left from, or moved to
+  // Set for a move between tiers (demotion, promotion, a re-put into another tier): the block
+  // left *moved_from for `tier` and was visible throughout. Consumers that count blocks in the
+  // store, not per tier, skip these.
+  std::optional<Tier> moved_from;
+  BlockKey parent;  // its parent's key (zero: none), as its put named it
 };
 
 struct StoreOptions {
@@ -39,7 +48,8 @@ struct StoreOptions {
   // Default: none. Called when a block becomes visible (stored: its put committed) and when it
   // leaves the store (evicted from the last tier, deleted, dropped as corrupt), with the store's
   // policy lock held: it must be quick and must not call the store. A block replaced by a re-put
-  // of its key stays visible and is not reported. kvtierd queues these for
+  // of its key stays visible and is not reported as stored again (a move, if the new copy is in
+  // another tier). Moves between tiers are reported with BlockEvent::moved_from set. kvtierd queues these for
   // CacheService.WatchBlocks (the router's cache-aware index) and per-tenant usage.
   std::function<void(const BlockEvent& event)> on_block_event;
   // Largest block accepted; also the slab size of the tier allocators. Default: 8 MiB.

@@ -5,6 +5,7 @@
 #include <functional>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -49,6 +50,26 @@ absl::Status SetBool(const std::string& v, bool* out) {
 }
 
 constexpr uint64_t kMiB = 1 << 20;
+
+// A ZMQ endpoint kvtierd can bind: tcp://HOST:PORT or ipc://PATH.
+absl::Status CheckZmqEndpoint(const std::string& v) {
+  if (absl::StartsWith(v, "tcp://")) {
+    if (CheckListenAddress(v.substr(6), /*unix_ok=*/false).ok()) return absl::OkStatus();
+  } else if (absl::StartsWith(v, "ipc://") && v.size() > 6) {
+    return absl::OkStatus();
+  }
+  return Bad("'" + v + "' is not tcp://HOST:PORT (port 0..65535) or ipc://PATH");
+}
+
+// Sets a ZMQ endpoint option (empty: off).
+std::function<absl::Status(DaemonConfig&, const std::string&)> SetZmqEndpoint(
+    std::string DaemonConfig::*field) {
+  return [field](DaemonConfig& c, const std::string& v) {
+    if (!v.empty()) KVTIER_RETURN_IF_ERROR(CheckZmqEndpoint(v));
+    c.*field = v;
+    return absl::OkStatus();
+  };
+}
 
 const std::vector<Option>& Options() {
   static const std::vector<Option> options = {
@@ -96,6 +117,15 @@ const std::vector<Option>& Options() {
          c.ucx_mode = v;
          return absl::OkStatus();
        }},
+      {"events.zmq_endpoint", "kv-events-endpoint", "tcp://HOST:PORT|ipc://PATH", "(none)",
+       "publish the store's block stored/removed events in vLLM's KV-event format (ZMQ PUB, "
+       "msgpack) for KV-aware routers; port 0 picks a free port",
+       SetZmqEndpoint(&DaemonConfig::kv_events_endpoint)},
+      {"events.zmq_replay_endpoint", "kv-events-replay-endpoint", "tcp://HOST:PORT|ipc://PATH",
+       "(none)",
+       "ZMQ ROUTER socket that replays the last 10,000 event batches to subscribers that "
+       "missed some; needs events.zmq_endpoint",
+       SetZmqEndpoint(&DaemonConfig::kv_events_replay_endpoint)},
       {"log_level", "log-level", "LEVEL", "info", "trace, debug, info, warn, error or off",
        [](DaemonConfig& c, const std::string& v) {
          if (!ValidateLogLevel(v).ok()) return Bad("'" + v + "' is not a log level");
@@ -385,6 +415,10 @@ absl::StatusOr<DaemonConfig> LoadDaemonConfig(int argc, char** argv, bool* help)
   }
   if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
     return Bad("tls.client_ca (--tls-client-ca): needs tls.cert and tls.key");
+  }
+  if (!c.kv_events_replay_endpoint.empty() && c.kv_events_endpoint.empty()) {
+    return Bad("events.zmq_replay_endpoint (--kv-events-replay-endpoint): needs "
+               "events.zmq_endpoint (--kv-events-endpoint)");
   }
   if (c.store.max_lease_ttl_us < c.store.lease_ttl_us) {
     return Bad("store.max_lease_ttl_ms (--max-lease-ttl-ms): must be >= store.lease_ttl_ms");

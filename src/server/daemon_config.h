@@ -35,6 +35,11 @@ struct DaemonConfig {
   // daemon sends each reader its own leased ranges), or auto (served when auth is on with two or
   // more tenants, else rkey). src/transfer/README.md, "Modes".
   std::string ucx_mode = "auto";
+  // Default: empty (off). Where the store's block events are published in vLLM's KV-event
+  // format (ZMQ PUB, msgpack; src/kvevents): tcp://HOST:PORT (port 0: any) or ipc://PATH.
+  std::string kv_events_endpoint;
+  // Default: empty (none). The ZMQ ROUTER socket that replays recent event batches.
+  std::string kv_events_replay_endpoint;
   StoreOptions store;                     // Defaults as in StoreOptions, but nvme_path below.
   ServiceLimits limits;
   // Default: false. --check-config: validate the configuration (and the files it names) as a

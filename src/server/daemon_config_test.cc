@@ -103,6 +103,16 @@ TEST(DaemonConfig, ErrorsNameTheKeyOrFlag) {
   ExpectError(Load({"--ucx-mode", "shared"}), "--ucx-mode: 'shared' is not rkey, served or auto");
   ExpectError(with_yaml("ucx: {mode: rdma}\n"), "ucx.mode");
   EXPECT_EQ(Load({"--ucx-mode", "served"})->ucx_mode, "served");
+  ExpectError(Load({"--kv-events-endpoint", "udp://1.2.3.4:5"}), "--kv-events-endpoint");
+  ExpectError(with_yaml("events: {zmq_endpoint: 'tcp://127.0.0.1:x'}\n"), "events.zmq_endpoint");
+  ExpectError(Load({"--kv-events-replay-endpoint", "tcp://127.0.0.1:0"}),
+              "events.zmq_replay_endpoint (--kv-events-replay-endpoint): needs");
+  auto events = with_yaml(
+      "events: {zmq_endpoint: 'tcp://127.0.0.1:0', zmq_replay_endpoint: 'ipc:///tmp/r'}\n");
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_EQ(events->kv_events_endpoint, "tcp://127.0.0.1:0");
+  EXPECT_EQ(events->kv_events_replay_endpoint, "ipc:///tmp/r");
+  EXPECT_TRUE(Load({})->kv_events_endpoint.empty());
   ExpectError(with_yaml("listen: 127.0.0.1:70000\n"), "listen: '127.0.0.1:70000'");
   for (const char* mib : {"2048", "4096", "6144"}) {
     ExpectError(Load({"--max-message-mib", mib}), "--max-message-mib");

@@ -23,9 +23,11 @@
 #include "common/process_tuning.h"
 #include "common/service_main.h"
 #include "common/version.h"
+#include "kvevents/publisher.h"
 #include "server/auth.h"
 #include "server/cache_service.h"
 #include "server/daemon_config.h"
+#include "server/kv_event_feed.h"
 #include "server/metrics.h"
 #include "spdlog/spdlog.h"
 #include "transfer/shm_sweep.h"
@@ -252,9 +254,32 @@ int main(int argc, char** argv) {
   if (auth.has_value()) {
     for (const std::string& t : auth->tenant_names()) tenants.Id(t);
   }
-  so.on_block_event = [&block_events, &tenants](const kvtier::BlockEvent& e) {
+  // The same events in vLLM's KV-event format, for KV-aware routers (--kv-events-endpoint).
+  // Subscribers of an earlier process forget what it announced: the first event says so.
+  std::unique_ptr<kvtier::kvevents::KvEventPublisher> kv_events;
+  if (!config->kv_events_endpoint.empty()) {
+    auto p = kvtier::kvevents::KvEventPublisher::Start(
+        {.endpoint = config->kv_events_endpoint,
+         .replay_endpoint = config->kv_events_replay_endpoint});
+    if (!p.ok()) {
+      spdlog::critical("events.zmq_endpoint (--kv-events-endpoint): {}", p.status().ToString());
+      return 1;
+    }
+    kv_events = std::move(*p);
+    kv_events->Publish(kvtier::kvevents::AllBlocksCleared{});
+    std::printf("kvtierd kv-events on %s\n", kv_events->endpoint().c_str());
+    if (!kv_events->replay_endpoint().empty()) {
+      std::printf("kvtierd kv-events-replay on %s\n", kv_events->replay_endpoint().c_str());
+    }
+  }
+  so.on_block_event = [&block_events, &tenants, pub = kv_events.get()](const kvtier::BlockEvent& e) {
     tenants.OnBlockEvent(e);
-    block_events.Publish(e.key, e.tenant, e.stored);
+    // WatchBlocks says whether a block is in the store; a move between tiers changes nothing
+    // there.
+    if (!e.moved_from.has_value()) block_events.Publish(e.key, e.tenant, e.stored);
+    if (pub != nullptr) {
+      for (kvtier::kvevents::Event& k : kvtier::server::KvEventsOf(e)) pub->Publish(std::move(k));
+    }
   };
   auto store = kvtier::BlockStore::Open(so);
   if (!store.ok()) {
@@ -287,7 +312,11 @@ int main(int argc, char** argv) {
   if (metrics != nullptr) {
     kvtier::server::DaemonMetrics::ServiceSource source{
         .usage = [&service] { return service.AllUsage(); },
-        .idle_cancels = [&service] { return service.idle_cancels(); }};
+        .idle_cancels = [&service] { return service.idle_cancels(); },
+        .kv_events_published =
+            [&kv_events] { return kv_events ? kv_events->events_published() : uint64_t{0}; },
+        .kv_events_dropped =
+            [&kv_events] { return kv_events ? kv_events->events_dropped() : uint64_t{0}; }};
     if (ucx != nullptr) {  // 0 in rkey mode, where the daemon serves no reads itself
       source.served_reads = [&ucx] { return ucx->served_reads(); };
       source.served_read_refusals = [&ucx] { return ucx->served_refusals(); };

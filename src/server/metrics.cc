@@ -61,6 +61,12 @@ class StoreCollector final : public prometheus::Collectable {
     counter("kvtier_ucx_served_read_refusals_total",
             "Served reads refused: no such lease of the reader's, ranges outside it, too many.",
             service_.served_read_refusals);
+    counter("kvtier_kv_events_published_total",
+            "Block events published in vLLM's KV-event format (events.zmq_endpoint).",
+            service_.kv_events_published);
+    counter("kvtier_kv_events_dropped_total",
+            "KV events dropped because the publisher's queue was full.",
+            service_.kv_events_dropped);
     auto per_tier = [&](const char* name, const char* help, prometheus::MetricType type,
                         auto value) {
       prometheus::MetricFamily f{name, help, type, {}};

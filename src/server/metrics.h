@@ -65,6 +65,9 @@ class DaemonMetrics {
     std::function<uint64_t()> idle_cancels;
     std::function<uint64_t()> served_reads;
     std::function<uint64_t()> served_read_refusals;
+    // KV events (--kv-events-endpoint) published and dropped (queue full); 0 without one.
+    std::function<uint64_t()> kv_events_published;
+    std::function<uint64_t()> kv_events_dropped;
   };
   void SetServiceSource(ServiceSource source);
   // Stops reading the store and the service (call before destroying them); the endpoint keeps

@@ -36,6 +36,7 @@ std::vector<std::pair<uint16_t, std::string>> Tenants::All() const {
 }
 
 void Tenants::OnBlockEvent(const BlockEvent& event) {
+  if (event.moved_from.has_value()) return;  // still resident
   const size_t id = event.tenant < kMaxTenants ? event.tenant : kOther;
   const int64_t sign = event.stored ? 1 : -1;
   bytes_[id].fetch_add(sign * int64_t{event.size}, std::memory_order_relaxed);
