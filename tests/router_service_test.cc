@@ -624,6 +624,10 @@ TEST(RouterFlags, CheckConfigAcceptsWhatAStartAcceptsAndNamesTheFlagItRefuses) {
       {{"--nodes", "a:1", "--tls-ca", "/nonexistent/ca.pem"}, "--tls-ca"},
       {{"--nodes", "a:1", "--tls-cert", "/nonexistent/c.pem"}, "--tls-cert"},
       {{"--nodes", "a:1", "--token-file", "/nonexistent/token"}, "--token-file"},
+      {{"--nodes", "a:1", "--engine-events-port", "5557"}, "--engine-model"},
+      {{"--nodes", "a:1", "--engine-events", "a:1"}, "--engine-events"},
+      {{"--nodes", "a:1", "--engine-replay-port", "5558", "--engine-model", "m"},
+       "--engine-events-port"},
   };
   for (const auto& [flags, names] : bad) {
     std::vector<std::string> args = {"--check-config"};

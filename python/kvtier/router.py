@@ -72,11 +72,14 @@ class RouterClient:
 
     def route(self, tenant: str, *, tokens: Optional[Sequence[int]] = None,
               keys: Optional[Sequence[bytes]] = None, model: str = "", block_tokens: int = 16,
-              layout_fingerprint: int = 0, adapter: str = "") -> Route:
+              layout_fingerprint: int = 0, adapter: str = "", cache_salt: str = "") -> Route:
+        """The nodes for a prompt, best first. `cache_salt` is the request's salt at the engines
+        (vLLM's cache_salt), for routers that follow engines' KV events."""
         if (tokens is None) == (keys is None):
             raise ValueError("give tokens or keys (one of the two)")
         req = router_pb2.RouteRequest(tenant=tenant, model=model, block_tokens=block_tokens,
-                                      layout_fingerprint=layout_fingerprint, adapter=adapter)
+                                      layout_fingerprint=layout_fingerprint, adapter=adapter,
+                                      cache_salt=cache_salt)
         if tokens is not None:
             req.tokens.extend(tokens)
         else:

@@ -20,6 +20,10 @@ struct Probe {
 
 std::vector<ProbeResult> HealthProber::ProbeAll(std::span<const ProbeTarget> targets) const {
   std::vector<ProbeResult> results(targets.size());
+  if (!options_.enabled) {
+    for (ProbeResult& r : results) r.serving = true;
+    return results;
+  }
   std::vector<std::unique_ptr<Probe>> probes;
   std::mutex mu;
   std::condition_variable done;

@@ -17,6 +17,10 @@
 namespace kvtier::router {
 
 struct HealthOptions {
+  // Default: true. False: members are never probed (nor asked for Stats) and count as healthy
+  // while they are members: for engines without kvtierd, whose liveness the membership source
+  // (a Kubernetes headless Service's ready addresses) already tells.
+  bool enabled = true;
   int probe_interval_ms = 1000;  // Default: 1 s.
   int probe_timeout_ms = 500;    // Default: 500 ms.
   int failures_to_eject = 2;     // Default: 2 failed probes in a row.

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 
 #include "common/logging.h"
 #include "common/process_tuning.h"
@@ -53,6 +54,20 @@ options:
                          stream) and send a request, among the nodes within the load bound, to
                          the one holding the longest prefix of it; Route then reports the
                          expected cached prefix
+  --engine-events NODE=ENDPOINT[+REPLAY]
+                         follow the KV events (vLLM's protocol: ZMQ PUB, msgpack) of the
+                         inference engine serving NODE (a member's address), with its replay
+                         socket; repeatable; implies --cache-aware
+  --engine-events-port N for members not named by --engine-events: the engine's events at
+                         tcp://<the member's host>:N (implies --cache-aware)
+  --engine-replay-port N ... and its replay socket at that port
+  --engine-model ID      the engines' model id: their blocks are keyed by the tokens their
+                         events carry in this namespace, and match requests for this model
+                         (required with engine events)
+  --engine-layout-fingerprint N
+                         the engines' KV layout fingerprint in that namespace (default 0)
+  --no-daemons           members are engines without kvtierd: no health probes (membership
+                         alone says who serves), no WatchBlocks, no Stats
   --index-max-keys N     cap on the cache-aware index (default 2097152 keys; at most about
                          70 bytes a key)
   --tls-ca FILE          talk to the daemons over TLS: the CA that signed their certificates
@@ -127,6 +142,36 @@ int main(int argc, char** argv) {
       options.placement_entries = static_cast<size_t>(n);
     } else if (a == "--cache-aware") {
       cache_aware.enabled = true;
+    } else if (a == "--engine-events") {
+      std::string v;
+      if (!args.Value(&v) || v.find('=') == std::string::npos) {
+        return Bad("--engine-events needs NODE=ENDPOINT[+REPLAY]");
+      }
+      const std::string node = v.substr(0, v.find('=')), rest = v.substr(v.find('=') + 1);
+      const size_t plus = rest.find('+');
+      cache_aware.engines.by_node[node] = {rest.substr(0, plus),
+                                           plus == std::string::npos ? "" : rest.substr(plus + 1)};
+      cache_aware.enabled = true;
+    } else if (a == "--engine-events-port") {
+      if (!args.Number(&cache_aware.engines.port, 1) || cache_aware.engines.port > 65535) {
+        return Bad("--engine-events-port needs a port (1-65535)");
+      }
+      cache_aware.enabled = true;
+    } else if (a == "--engine-replay-port") {
+      if (!args.Number(&cache_aware.engines.replay_port, 1) ||
+          cache_aware.engines.replay_port > 65535) {
+        return Bad("--engine-replay-port needs a port (1-65535)");
+      }
+    } else if (a == "--engine-model") {
+      if (!args.Value(&cache_aware.engines.keys.model_id)) return Bad("--engine-model needs an id");
+    } else if (a == "--engine-layout-fingerprint") {
+      std::string v;
+      if (!args.Value(&v) || !absl::SimpleAtoi(v, &cache_aware.engines.keys.layout_fingerprint)) {
+        return Bad("--engine-layout-fingerprint needs a number");
+      }
+    } else if (a == "--no-daemons") {
+      health.enabled = false;
+      cache_aware.daemons = false;
     } else if (a == "--index-max-keys") {
       int n = 0;
       if (!args.Number(&n, 1)) return Bad("--index-max-keys needs a number > 0");
@@ -155,6 +200,12 @@ int main(int argc, char** argv) {
     } else {
       return Bad("unknown option '" + a + "'");
     }
+  }
+  if (cache_aware.engines.enabled() && cache_aware.engines.keys.model_id.empty()) {
+    return Bad("engine events (--engine-events, --engine-events-port) need --engine-model");
+  }
+  if (cache_aware.engines.replay_port != 0 && cache_aware.engines.port == 0) {
+    return Bad("--engine-replay-port needs --engine-events-port");
   }
   if (nodes_flag.empty() + nodes_file.empty() + nodes_dns.empty() != 2) {
     return Bad("give one of --nodes, --nodes-file and --nodes-dns");

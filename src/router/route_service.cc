@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/rpc_metrics.h"
 #include "router/daemon_watch.h"
+#include "router/engine_watch.h"
 #include "spdlog/spdlog.h"
 
 namespace kvtier::router {
@@ -61,6 +62,9 @@ struct RouteServiceImpl::Member {
   std::unique_ptr<grpc::health::v1::Health::Stub> health_stub;
   std::unique_ptr<v1::CacheService::Stub> cache;
   std::unique_ptr<DaemonWatch> watch;  // cache-aware mode
+  uint32_t engine_index_id = 0;         // its engine's blocks in the CacheIndex
+  std::unique_ptr<EngineWatch> engine;  // where the engine's events are configured
+  EngineWatch::Counters engine_seen;    // already counted in the metrics
   NodeHealth health;
   uint64_t decisions = 0;
   prometheus::Counter* decisions_metric = nullptr;
@@ -89,6 +93,9 @@ struct RouteServiceImpl::Metrics {
   prometheus::Gauge* placements = nullptr;
   prometheus::Gauge* index_keys = nullptr;
   prometheus::Counter* index_dropped = nullptr;
+  prometheus::Counter* engine_batches = nullptr;
+  prometheus::Counter* engine_lost = nullptr;
+  prometheus::Counter* engine_malformed = nullptr;
   uint64_t index_dropped_seen = 0;  // CacheIndex::dropped() already counted
   std::unique_ptr<RpcMetrics> rpcs;
 };
@@ -171,6 +178,15 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
         .Register(*registry)
         .Add({})
         .Set(options.load_factor);
+    auto& engine_events = prometheus::BuildCounter()
+                              .Name("kvtier_router_engine_batches_total")
+                              .Help("Engines' KV-event batches, by outcome: indexed; lost (a gap "
+                                    "the engine could not replay, or a restart: that engine's "
+                                    "blocks are forgotten); malformed (skipped).")
+                              .Register(*registry);
+    metrics_->engine_batches = &engine_events.Add({{"outcome", "indexed"}});
+    metrics_->engine_lost = &engine_events.Add({{"outcome", "lost"}});
+    metrics_->engine_malformed = &engine_events.Add({{"outcome", "malformed"}});
     metrics_->index_dropped = &prometheus::BuildCounter()
                                    .Name("kvtier_router_index_dropped_total")
                                    .Help("Stored-block events not indexed: the index was full.")
@@ -209,7 +225,7 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
         m->healthy_metric->Set(1);
       }
       spdlog::info("kvtier-router: {} joined", n.name);
-      if (cache_aware_.enabled) {
+      if (cache_aware_.enabled && cache_aware_.daemons) {
         m->index_id = index_.AddNode();
         m->watch = std::make_unique<DaemonWatch>(n.name, m->index_id, m->cache.get(), &index_,
                                                  credentials_, health_.probe_interval_ms);
@@ -217,6 +233,7 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
           m->watching_metric = &metrics_->watching->Add({{"node", n.name}});
         }
       }
+      if (cache_aware_.enabled) StartEngineWatch(*m);
       next.push_back(std::move(m));
     }
     for (auto& old : members_) {
@@ -241,6 +258,10 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
   }
   // Outside the routing lock: stopping a watch waits for its stream to end.
   for (auto& m : departed) {
+    if (m->engine != nullptr) {
+      m->engine.reset();
+      index_.RemoveNode(m->engine_index_id);
+    }
     if (m->watch == nullptr) continue;
     m->watch.reset();
     index_.RemoveNode(m->index_id);
@@ -255,7 +276,34 @@ RouteServiceImpl::~RouteServiceImpl() {
     MutexLock lock(&mu_);
     members.swap(members_);
   }
-  for (auto& m : members) m->watch.reset();
+  for (auto& m : members) {
+    m->watch.reset();
+    m->engine.reset();
+  }
+}
+
+void RouteServiceImpl::StartEngineWatch(Member& m) {
+  const EngineEndpoints& e = cache_aware_.engines;
+  if (!e.enabled()) return;
+  std::string endpoint, replay;
+  if (auto it = e.by_node.find(m.node.name); it != e.by_node.end()) {
+    std::tie(endpoint, replay) = it->second;
+  } else if (e.port != 0) {
+    const std::string host = m.node.name.substr(0, m.node.name.rfind(':'));
+    endpoint = absl::StrCat("tcp://", host, ":", e.port);
+    if (e.replay_port != 0) replay = absl::StrCat("tcp://", host, ":", e.replay_port);
+  } else {
+    return;
+  }
+  m.engine_index_id = index_.AddNode();
+  auto watch = EngineWatch::Start(endpoint, replay, e.keys, m.engine_index_id, &index_);
+  if (!watch.ok()) {
+    spdlog::error("kvtier-router: {}'s engine events: {}", m.node.name, watch.status().ToString());
+    index_.RemoveNode(m.engine_index_id);
+    return;
+  }
+  spdlog::info("kvtier-router: following {}'s engine events at {}", m.node.name, endpoint);
+  m.engine = std::move(*watch);
 }
 
 void RouteServiceImpl::RebuildLocked() {
@@ -371,6 +419,14 @@ void RouteServiceImpl::ProbeLoop() {
           }
         }
         if (m.watching_metric != nullptr) m.watching_metric->Set(m.watch->watching() ? 1 : 0);
+        if (m.engine != nullptr && metrics_->engine_batches != nullptr) {
+          const EngineWatch::Counters now = m.engine->counters();
+          metrics_->engine_batches->Increment(static_cast<double>(now.batches - m.engine_seen.batches));
+          metrics_->engine_lost->Increment(static_cast<double>(now.lost - m.engine_seen.lost));
+          metrics_->engine_malformed->Increment(
+              static_cast<double>(now.malformed - m.engine_seen.malformed));
+          m.engine_seen = now;
+        }
         switch (m.health.Observe(r.serving, health_.failures_to_eject)) {
           case NodeHealth::Change::kReadmitted:
             spdlog::info("kvtier-router: {} is healthy again; re-admitted", m.node.name);
@@ -469,6 +525,29 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
   std::vector<std::pair<uint32_t, size_t>> cached;
   LazyStoreKeys store_keys(*request, hasher.has_value() ? &*hasher : nullptr, keys);
   if (cache_aware_.enabled) index_.Prefixes(store_keys.size(), store_keys, &cached);
+  // Engines' blocks, by their namespace: the same tokens, no tenant (an engine shares its cache
+  // across users unless they salt their requests).
+  std::vector<std::pair<uint32_t, size_t>> engine_cached;
+  const EngineEndpoints& engines = cache_aware_.engines;
+  if (engines.enabled() && hasher.has_value() &&
+      (request->model().empty() || request->model() == engines.keys.model_id)) {
+    auto h = ChainHasher::Create({.tenant_salt = request->cache_salt(),
+                                  .model_id = engines.keys.model_id,
+                                  .layout_fingerprint = engines.keys.layout_fingerprint,
+                                  .adapter_id = request->adapter()},
+                                 hasher->block_tokens());
+    if (h.ok()) {
+      std::vector<BlockKey> chain;
+      index_.Prefixes(tokens.size() / h->block_tokens(), [&](size_t i) {
+        const uint32_t bt = h->block_tokens();
+        while (chain.size() <= i) {
+          const size_t at = chain.size();
+          chain.push_back(h->Next(at == 0 ? h->root() : chain.back(), tokens.subspan(at * bt, bt)));
+        }
+        return chain[i];
+      }, &engine_cached);
+    }
+  }
   const double cost = static_cast<double>(std::max<size_t>(store_keys.size(), 1));
 
   std::vector<std::string> order_names;
@@ -488,9 +567,14 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
       // Each ring node's leading blocks held, by the index.
       std::vector<size_t> held(ring_members_.size(), 0);
       for (size_t n = 0; n < ring_members_.size(); ++n) {
-        const uint32_t id = members_[ring_members_[n]]->index_id;
+        const Member& m = *members_[ring_members_[n]];
         for (const auto& [holder, blocks] : cached) {
-          if (holder == id) held[n] = blocks;
+          if (holder == m.index_id && m.watch != nullptr) held[n] = blocks;
+        }
+        for (const auto& [holder, blocks] : engine_cached) {
+          if (holder == m.engine_index_id && m.engine != nullptr) {
+            held[n] = std::max(held[n], blocks);
+          }
         }
       }
       node = router_.PreferCached(c, held, loads, slack, &expected);

@@ -4,7 +4,7 @@
 // HealthProber probes ejects and re-admits them (NodeHealth); Router decides over the healthy
 // ones with the loads of a LoadTracker (Report, else routed blocks; one-minute half-life; a node
 // may run one mean request ahead of its bound); in cache-aware mode a DaemonWatch per member
-// feeds the CacheIndex, and Route prefers, among the nodes within the bound, the one holding the
+// (and an EngineWatch per member's engine, where configured) feeds the CacheIndex, and Route prefers, among the nodes within the bound, the one holding the
 // longest prefix. Route holds the routing lock only for the decision itself; keys are hashed
 // outside it, and only as deep as the index needs.
 // Thread-safe.
@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <deque>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -26,6 +27,7 @@
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "kvtier/v1/router.grpc.pb.h"
 #include "router/cache_index.h"
+#include "router/engine_watch.h"
 #include "router/health_prober.h"
 #include "router/load_tracker.h"
 #include "router/membership.h"
@@ -39,12 +41,27 @@ class Registry;
 
 namespace kvtier::router {
 
+// Where each member's inference engine publishes its KV events (EngineWatch).
+struct EngineEndpoints {
+  // Default: none. Per node name: the PUB endpoint, and the replay endpoint or "".
+  std::map<std::string, std::pair<std::string, std::string>> by_node;
+  // Default: 0 (none). For nodes not named above: tcp://<the node's host>:port, and the replay
+  // socket at replay_port (0: none).
+  int port = 0;
+  int replay_port = 0;
+  EngineEventsOptions keys;  // the engines' model and layout
+
+  bool enabled() const { return !by_node.empty() || port != 0; }
+};
+
 struct CacheAwareOptions {
   // Default: false. Also keep an index of which node holds which blocks (fed by every daemon's
-  // CacheService.WatchBlocks) and send a request, among the nodes within the load bound, to the
-  // one holding the longest prefix of it.
+  // CacheService.WatchBlocks, and by engines' KV events where `engines` names them) and send a
+  // request, among the nodes within the load bound, to the one holding the longest prefix of it.
   bool enabled = false;
   size_t max_keys = size_t{2} << 20;  // Default: 2,097,152 keys (at most ~70 bytes a key).
+  bool daemons = true;  // Default: true. Watch each member's kvtierd (false: engines only).
+  EngineEndpoints engines;
 };
 
 class RouteServiceImpl final : public v1::RouteService::Service {
@@ -82,6 +99,8 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   template <typename F>
   grpc::Status Observed(const char* rpc, F body);
   void ProbeLoop();
+  // Follows `m`'s engine's KV events, where cache_aware_.engines names them.
+  void StartEngineWatch(Member& m);
   void RebuildLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The names of the healthy members, in ring order.
   std::vector<std::string> RingNamesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

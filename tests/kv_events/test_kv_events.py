@@ -5,7 +5,10 @@ python3-msgpack), against kvtier's C++ side:
   (build/kv_events_follow): chain keys, gaps filled by replay, out-of-order and duplicate
   sequence numbers, a malformed batch, an engine restart;
 - an independent subscriber reads a real kvtierd's events (--kv-events-endpoint) while the
-  Python client puts and deletes blocks.
+  Python client puts and deletes blocks;
+- kvtier-router follows two such engines (--engine-events, --no-daemons) and routes a prompt to
+  the engine that reported its blocks, forgets them on AllBlocksCleared, and counts a malformed
+  batch.
 
 Run by ctest as /usr/bin/python3 -m unittest (PYTHONPATH=build/python, KVTIER_BINARY_DIR and
 KVTIER_SOURCE_DIR set). Loopback only; every wait is bounded.
@@ -237,6 +240,20 @@ class Goldens(unittest.TestCase):
                 self.assertEqual(f.read(), gen.pack(obj), name)
 
 
+def addresses_said(proc):
+    """What a starting binary says it serves where ("kvtierd listening" -> HOST:PORT), up to
+    its listening line."""
+    said = {}
+    for _ in range(10):
+        line = proc.stdout.readline()
+        if " on " in line:
+            what, where = line.split(" on ", 1)
+            said[what] = where.strip()
+        if "listening on " in line:
+            break
+    return said
+
+
 def tenant_key(tenant, key):
     t = tenant.encode()
     data = b"KVTIER/TENANT/1" + struct.pack("<I", len(t)) + t + key
@@ -255,14 +272,7 @@ class PythonSubscriberAgainstKvtierd(unittest.TestCase):
              "--kv-events-replay-endpoint", f"ipc://{tmp.name}/replay"],
             stdout=subprocess.PIPE, text=True)
         try:
-            said = {}
-            for _ in range(10):
-                line = proc.stdout.readline()
-                if " on " in line:
-                    what, where = line.split(" on ", 1)
-                    said[what] = where.strip()
-                if "listening on " in line:
-                    break
+            said = addresses_said(proc)
             self.assertIn("kvtierd kv-events", said, said)
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -323,6 +333,79 @@ class PythonSubscriberAgainstKvtierd(unittest.TestCase):
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
+            ctx.term()
+            tmp.cleanup()
+
+
+class RouterFollowsEngines(unittest.TestCase):
+    def test_routes_to_the_engine_holding_the_prompt(self):
+        import urllib.request
+        from kvtier import RouterClient
+        tmp = tempfile.TemporaryDirectory()
+        ctx = zmq.Context()
+        engines = {}
+        args = [os.path.join(BINARY, "kvtier-router"), "--nodes", "127.0.0.1:1,127.0.0.1:2",
+                "--no-daemons", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                "--probe-interval-ms", "100", "--engine-model", MODEL,
+                "--engine-layout-fingerprint", str(FINGERPRINT), "--log-level", "warn"]
+        for node in ("127.0.0.1:1", "127.0.0.1:2"):
+            d = os.path.join(tmp.name, node.replace(":", "_"))
+            os.mkdir(d)
+            engines[node] = Engine(ctx, d)
+            args += ["--engine-events",
+                     f"{node}={engines[node].endpoint}+{engines[node].replay_endpoint}"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        try:
+            said = addresses_said(proc)
+            self.assertIn("kvtier-router listening", said, said)
+            bs = 16
+            tokens = list(range(1000, 1000 + 4 * bs + 3))
+            with RouterClient(said["kvtier-router listening"]) as router:
+                def route():
+                    return router.route("any-tenant", tokens=tokens, model=MODEL,
+                                        block_tokens=bs, layout_fingerprint=FINGERPRINT)
+                first = route()
+                self.assertEqual(first.expected_cached_blocks, 0)
+                # The engine the router would not choose reports the prompt's four blocks.
+                holder = first.nodes[1]
+                engine = engines[holder]
+                time.sleep(0.3)  # the router's SUB sockets join; earlier batches come by replay
+                engine.send(0, batch([["AllBlocksCleared"]]))
+                engine.send(1, batch([stored([11, 12, 13, 14], None, tokens[:4 * bs], bs)]))
+
+                def wait_route(pred):
+                    deadline = time.monotonic() + 10
+                    while True:
+                        r = route()
+                        if pred(r) or time.monotonic() > deadline:
+                            return r
+                        time.sleep(0.05)
+
+                r = wait_route(lambda r: r.expected_cached_blocks == 4)
+                self.assertEqual(r.expected_cached_blocks, 4)
+                self.assertEqual(r.nodes[0], holder)
+                # Another model's prompt does not match the engines' blocks.
+                other = router.route("any-tenant", tokens=tokens, model="another-model",
+                                     block_tokens=bs)
+                self.assertEqual(other.expected_cached_blocks, 0)
+                # A malformed batch is skipped; a removal and a restart are followed.
+                engine.send(2, b"\xc1 not msgpack")
+                engine.send(3, batch([["BlockRemoved", [13, 14], "GPU"]]))
+                r = wait_route(lambda r: r.expected_cached_blocks == 2)
+                self.assertEqual(r.expected_cached_blocks, 2)
+                engine.send(4, batch([["AllBlocksCleared"]]))
+                r = wait_route(lambda r: r.expected_cached_blocks == 0)
+                self.assertEqual(r.expected_cached_blocks, 0)
+                time.sleep(0.3)  # a probe round moves the counters into /metrics
+                metrics = urllib.request.urlopen(
+                    f"http://{said['kvtier-router metrics']}/metrics", timeout=5).read().decode()
+                self.assertIn('kvtier_router_engine_batches_total{outcome="malformed"} 1', metrics)
+                self.assertIn('kvtier_router_engine_batches_total{outcome="indexed"} 4', metrics)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+            for e in engines.values():
+                e.close()
             ctx.term()
             tmp.cleanup()
 
