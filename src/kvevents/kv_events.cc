@@ -231,8 +231,12 @@ absl::StatusOr<std::vector<EngineHash>> Hashes(const Obj* o, const std::string& 
   std::vector<EngineHash> out;
   out.reserve(o->via.array.size);
   for (uint32_t i = 0; i < o->via.array.size; ++i) {
-    KVTIER_ASSIGN_OR_RETURN(EngineHash h,
-                            Hash(o->via.array.ptr[i], absl::StrCat(where, "[", i, "]")));
+    const Obj& e = o->via.array.ptr[i];
+    if (e.type == msgpack::type::POSITIVE_INTEGER) {  // the common case, without a message
+      out.emplace_back(e.via.u64);
+      continue;
+    }
+    KVTIER_ASSIGN_OR_RETURN(EngineHash h, Hash(e, absl::StrCat(where, "[", i, "]")));
     out.push_back(std::move(h));
   }
   return out;
@@ -294,9 +298,14 @@ absl::Status DecodeStored(const std::vector<const Obj*>& f, const std::string& w
   }
   s->token_ids.reserve(f[2]->via.array.size);
   for (uint32_t i = 0; i < f[2]->via.array.size; ++i) {
-    KVTIER_ASSIGN_OR_RETURN(uint32_t t, U32(f[2]->via.array.ptr[i],
-                                            absl::StrCat(where, ".token_ids[", i, "]")));
-    s->token_ids.push_back(t);
+    const Obj& t = f[2]->via.array.ptr[i];
+    if (t.type == msgpack::type::POSITIVE_INTEGER && t.via.u64 <= UINT32_MAX) {
+      s->token_ids.push_back(static_cast<uint32_t>(t.via.u64));
+      continue;
+    }
+    // Not a token id: the message names it (built only here, not for every token).
+    KVTIER_ASSIGN_OR_RETURN(uint32_t bad, U32(t, absl::StrCat(where, ".token_ids[", i, "]")));
+    s->token_ids.push_back(bad);
   }
   KVTIER_ASSIGN_OR_RETURN(s->block_size, U32(*f[3], where + ".block_size"));
   KVTIER_ASSIGN_OR_RETURN(s->lora_id, OptInt(f[4], where + ".lora_id"));

@@ -34,9 +34,13 @@ class CacheIndex {
   void Forget(uint32_t id);
 
   // For a chain of `n` keys, key i being `key_at(i)`: each node that holds the chain's first block,
-  // with the number of leading blocks it holds, in `*out` (cleared first). Keys are asked for in
-  // order, and only as deep as some node still holds every block so far: a prompt's keys need to
-  // be computed only that far.
+  // with the number of leading blocks it holds, in `*out` (cleared first). A node's blocks are
+  // taken to be prefix-closed (holding block i, it holds every block before it: chains are
+  // stored parent first and evicted tail first), so the search gallops: it looks at blocks 1, 2,
+  // 4, 8, ... past the first while some node holds them, then bisects where a node stops, a
+  // lookup for each doubling and each halving instead of one a block. Keys are asked for only up
+  // to about twice the longest prefix held; key_at may be asked for a key more than once, and out
+  // of order (a lazily computed chain should keep what it computed).
   template <typename KeyAt>
   void Prefixes(size_t n, KeyAt&& key_at, std::vector<std::pair<uint32_t, size_t>>* out) const;
 
@@ -62,31 +66,52 @@ template <typename KeyAt>
 void CacheIndex::Prefixes(size_t n, KeyAt&& key_at,
                           std::vector<std::pair<uint32_t, size_t>>* out) const {
   out->clear();
-  size_t alive = 0;  // (*out)[0, alive) hold every block so far
-  for (size_t i = 0; i < n && (i == 0 || alive > 0); ++i) {
-    // Each key is computed outside the lock: hashing a block of tokens takes longer than a
-    // lookup.
+  if (n == 0) return;
+  // The holders of block i (a copy: the lock is held for the lookup only). The key is computed
+  // outside the lock: hashing a block of tokens takes longer than a lookup.
+  Holders holders;
+  auto look = [&](size_t i) -> const Holders& {
     const BlockKey key = key_at(i);
     MutexLock lock(&mu_);
-    const Holders* holders = FindLocked(key);
-    if (i == 0) {
-      if (holders == nullptr) return;
-      for (uint32_t id : *holders) out->emplace_back(id, 1);
-      alive = out->size();
-      continue;
+    const Holders* h = FindLocked(key);
+    holders = h != nullptr ? *h : Holders();
+    return holders;
+  };
+  auto holds = [](const Holders& h, uint32_t id) {
+    return std::find(h.begin(), h.end(), id) != h.end();
+  };
+  for (uint32_t id : look(0)) out->emplace_back(id, 1);
+  // (*out)[0, alive) hold every block up to `lo`; the others have their lengths.
+  size_t alive = out->size(), lo = 0;
+  // Nodes (*out)[first, last) hold block `a` and not block `b`: bisect, grouping those that
+  // agree, until each has its last block.
+  auto bisect = [&](auto& self, size_t first, size_t last, size_t a, size_t b) -> void {
+    if (first == last) return;
+    if (b - a <= 1) {
+      for (size_t j = first; j < last; ++j) (*out)[j].second = a + 1;
+      return;
     }
-    // Those that hold block i move up; the others keep the length they reached.
-    size_t kept = 0;
-    for (size_t j = 0; j < alive; ++j) {
-      if (holders == nullptr ||
-          std::find(holders->begin(), holders->end(), (*out)[j].first) == holders->end()) {
-        continue;
-      }
-      ++(*out)[j].second;
-      std::swap((*out)[j], (*out)[kept++]);
-    }
+    const size_t mid = a + (b - a) / 2;
+    const Holders& h = look(mid);
+    const size_t split =
+        std::partition(out->begin() + first, out->begin() + last,
+                       [&](const auto& node) { return holds(h, node.first); }) -
+        out->begin();
+    self(self, first, split, mid, b);
+    self(self, split, last, a, mid);
+  };
+  for (size_t step = 1; alive > 0 && lo + 1 < n; step *= 2) {
+    const size_t hi = std::min(lo + step, n - 1);
+    const Holders& h = look(hi);
+    const size_t kept =
+        std::partition(out->begin(), out->begin() + alive,
+                       [&](const auto& node) { return holds(h, node.first); }) -
+        out->begin();
+    if (kept < alive) bisect(bisect, kept, alive, lo, hi);
     alive = kept;
+    lo = hi;
   }
+  for (size_t j = 0; j < alive; ++j) (*out)[j].second = lo + 1;
 }
 
 }  // namespace kvtier::router
