@@ -93,20 +93,18 @@ void CacheIndex::Prefixes(size_t n, KeyAt&& key_at,
     }
     const size_t mid = a + (b - a) / 2;
     const Holders& h = look(mid);
-    const size_t split =
-        std::partition(out->begin() + first, out->begin() + last,
-                       [&](const auto& node) { return holds(h, node.first); }) -
-        out->begin();
+    const size_t split = std::partition(out->begin() + first, out->begin() + last,
+                                        [&](const auto& node) { return holds(h, node.first); }) -
+                         out->begin();
     self(self, first, split, mid, b);
     self(self, split, last, a, mid);
   };
   for (size_t step = 1; alive > 0 && lo + 1 < n; step *= 2) {
     const size_t hi = std::min(lo + step, n - 1);
     const Holders& h = look(hi);
-    const size_t kept =
-        std::partition(out->begin(), out->begin() + alive,
-                       [&](const auto& node) { return holds(h, node.first); }) -
-        out->begin();
+    const size_t kept = std::partition(out->begin(), out->begin() + alive,
+                                       [&](const auto& node) { return holds(h, node.first); }) -
+                        out->begin();
     if (kept < alive) bisect(bisect, kept, alive, lo, hi);
     alive = kept;
     lo = hi;

@@ -79,9 +79,10 @@ void DaemonWatch::Loop() {
     if (stop_) break;
     if (!failing) {
       failing = true;
-      spdlog::warn("kvtier-router: watching {}'s blocks failed ({}: {}); cache-aware routing "
-                   "knows nothing of it until a stream opens (retried every {} ms)",
-                   node_, StatusCodeName(st.error_code()), st.error_message(), retry_ms_);
+      spdlog::warn(
+          "kvtier-router: watching {}'s blocks failed ({}: {}); cache-aware routing "
+          "knows nothing of it until a stream opens (retried every {} ms)",
+          node_, StatusCodeName(st.error_code()), st.error_message(), retry_ms_);
     }
     for (int w = 0; w < retry_ms_ && !stop_; w += 10) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -17,9 +17,10 @@ class EngineWatch::Sink final : public kvevents::BlockKeySink {
   CacheIndex* const index_;
 };
 
-absl::StatusOr<std::unique_ptr<EngineWatch>> EngineWatch::Start(
-    const std::string& endpoint, const std::string& replay_endpoint,
-    const EngineEventsOptions& options, uint32_t id, CacheIndex* index) {
+absl::StatusOr<std::unique_ptr<EngineWatch>> EngineWatch::Start(const std::string& endpoint,
+                                                                const std::string& replay_endpoint,
+                                                                const EngineEventsOptions& options,
+                                                                uint32_t id, CacheIndex* index) {
   std::unique_ptr<EngineWatch> w(new EngineWatch());
   w->sink_ = std::make_unique<Sink>(id, index);
   auto mapper = kvevents::EngineBlockMapper::Create(

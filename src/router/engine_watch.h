@@ -31,7 +31,7 @@ struct EngineEventsOptions {
 class EngineWatch {
  public:
   struct Counters {
-    uint64_t batches = 0, lost = 0, malformed = 0;  // the subscriber's
+    uint64_t batches = 0, lost = 0, malformed = 0;   // the subscriber's
     uint64_t stored_blocks = 0, unknown_parent = 0;  // the mapper's
   };
   // Subscribes to `endpoint` (and `replay_endpoint`, if not empty). UNAVAILABLE or

@@ -46,8 +46,8 @@ std::vector<ProbeResult> HealthProber::ProbeAll(std::span<const ProbeTarget> tar
         &probe->health_ctx, &probe->health_req, &probe->health_res,
         [this, probe, cache, &finish, deadline](grpc::Status st) {
           ProbeResult& r = *probe->result;
-          r.serving =
-              st.ok() && probe->health_res.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+          r.serving = st.ok() &&
+                      probe->health_res.status() == grpc::health::v1::HealthCheckResponse::SERVING;
           r.error = st.ok() ? (r.serving ? "" : "not serving") : st.error_message();
           if (!r.serving || cache == nullptr) {
             finish();

@@ -137,7 +137,8 @@ absl::StatusOr<std::vector<RingNode>> ReadNodeFile(const std::string& path) {
 absl::StatusOr<std::vector<RingNode>> ResolveNodes(const std::string& host_port) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos || colon == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("nodes-dns: '", host_port, "' is not NAME:PORT"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("nodes-dns: '", host_port, "' is not NAME:PORT"));
   }
   const std::string host = host_port.substr(0, colon), port = host_port.substr(colon + 1);
   addrinfo hints{};
@@ -155,8 +156,7 @@ absl::StatusOr<std::vector<RingNode>> ResolveNodes(const std::string& host_port)
       inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, ip, sizeof(ip));
       names.push_back(absl::StrCat(ip, ":", port));
     } else if (a->ai_family == AF_INET6) {
-      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, ip,
-                sizeof(ip));
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, ip, sizeof(ip));
       names.push_back(absl::StrCat("[", ip, "]:", port));
     }
   }

@@ -21,35 +21,37 @@ namespace {
 
 double Seconds(const Clock* clock) { return static_cast<double>(clock->NowMicros()) / 1e6; }
 
-// A request's chain of store keys (tenant-hashed), computed as far as it is asked for: from its
-// tokens, block by block, or from the keys it gave.
-class LazyStoreKeys {
+// A request's chain of keys, computed as far as it is asked for: from its tokens, block by block
+// (kept, for a key asked again), or from the keys it gave; tenant-hashed when a tenant is given
+// (store keys, as daemons index them), plain otherwise (as engines' blocks are indexed).
+class LazyKeys {
  public:
-  LazyStoreKeys(const v1::RouteRequest& request, const ChainHasher* hasher,
-                std::span<const BlockKey> keys)
-      : tokens_(request.tokens().data(), request.tokens().size()),
-        hasher_(hasher),
-        keys_(keys),
-        tenant_key_(request.tenant()) {}
+  LazyKeys(std::span<const uint32_t> tokens, const ChainHasher* hasher,
+           std::span<const BlockKey> keys, std::optional<std::string_view> tenant)
+      : tokens_(tokens), hasher_(hasher), keys_(keys) {
+    if (tenant.has_value()) tenant_key_.emplace(*tenant);
+  }
   size_t size() const {
     return hasher_ != nullptr ? tokens_.size() / hasher_->block_tokens() : keys_.size();
   }
   BlockKey operator()(size_t i) {
-    if (hasher_ == nullptr) return tenant_key_(keys_[i]);
+    if (hasher_ == nullptr) return Keyed(keys_[i]);
     const uint32_t bt = hasher_->block_tokens();
     while (chain_.size() <= i) {
       const size_t at = chain_.size();
-      chain_.push_back(hasher_->Next(at == 0 ? hasher_->root() : chain_.back(),
-                                     tokens_.subspan(at * bt, bt)));
+      chain_.push_back(
+          hasher_->Next(at == 0 ? hasher_->root() : chain_.back(), tokens_.subspan(at * bt, bt)));
     }
-    return tenant_key_(chain_[i]);
+    return Keyed(chain_[i]);
   }
 
  private:
+  BlockKey Keyed(const BlockKey& key) { return tenant_key_ ? (*tenant_key_)(key) : key; }
+
   std::span<const uint32_t> tokens_;
   const ChainHasher* hasher_;
   std::span<const BlockKey> keys_;
-  TenantKeyer tenant_key_;
+  std::optional<TenantKeyer> tenant_key_;
   std::vector<BlockKey> chain_;
 };
 
@@ -61,7 +63,7 @@ struct RouteServiceImpl::Member {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_stub;
   std::unique_ptr<v1::CacheService::Stub> cache;
-  std::unique_ptr<DaemonWatch> watch;  // cache-aware mode
+  std::unique_ptr<DaemonWatch> watch;   // cache-aware mode
   uint32_t engine_index_id = 0;         // its engine's blocks in the CacheIndex
   std::unique_ptr<EngineWatch> engine;  // where the engine's events are configured
   EngineWatch::Counters engine_seen;    // already counted in the metrics
@@ -132,8 +134,9 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                              .Register(*registry);
     metrics_->watching = &prometheus::BuildGauge()
                               .Name("kvtier_router_node_watched")
-                              .Help("Cache-aware mode: 1 while the node's block event stream is "
-                                    "open (0: the index knows nothing of the node; see the log)")
+                              .Help(
+                                  "Cache-aware mode: 1 while the node's block event stream is "
+                                  "open (0: the index knows nothing of the node; see the log)")
                               .Register(*registry);
     metrics_->latency = &prometheus::BuildHistogram()
                              .Name("kvtier_router_decision_seconds")
@@ -149,8 +152,9 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                                .Add({});
     metrics_->popularity_bytes = &prometheus::BuildGauge()
                                       .Name("kvtier_router_index_bytes")
-                                      .Help("Memory of the prefix popularity sketch and the "
-                                            "placement memory.")
+                                      .Help(
+                                          "Memory of the prefix popularity sketch and the "
+                                          "placement memory.")
                                       .Register(*registry)
                                       .Add({});
     {
@@ -168,21 +172,23 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
                                 .Help("Blocks in the cache-aware index (which node holds what).")
                                 .Register(*registry)
                                 .Add({});
-    metrics_->rpcs = std::make_unique<RpcMetrics>(*registry, "kvtier_router", "RouteService",
-                                                  std::vector<std::string>{"Route", "Members",
-                                                                           "Report"});
+    metrics_->rpcs =
+        std::make_unique<RpcMetrics>(*registry, "kvtier_router", "RouteService",
+                                     std::vector<std::string>{"Route", "Members", "Report"});
     prometheus::BuildGauge()
         .Name("kvtier_router_load_bound")
-        .Help("The bound on kvtier_router_imbalance: no healthy node takes more than this times "
-              "the mean load (--load-factor), one mean request aside.")
+        .Help(
+            "The bound on kvtier_router_imbalance: no healthy node takes more than this times "
+            "the mean load (--load-factor), one mean request aside.")
         .Register(*registry)
         .Add({})
         .Set(options.load_factor);
     auto& engine_events = prometheus::BuildCounter()
                               .Name("kvtier_router_engine_batches_total")
-                              .Help("Engines' KV-event batches, by outcome: indexed; lost (a gap "
-                                    "the engine could not replay, or a restart: that engine's "
-                                    "blocks are forgotten); malformed (skipped).")
+                              .Help(
+                                  "Engines' KV-event batches, by outcome: indexed; lost (a gap "
+                                  "the engine could not replay, or a restart: that engine's "
+                                  "blocks are forgotten); malformed (skipped).")
                               .Register(*registry);
     metrics_->engine_batches = &engine_events.Add({{"outcome", "indexed"}});
     metrics_->engine_lost = &engine_events.Add({{"outcome", "lost"}});
@@ -421,7 +427,8 @@ void RouteServiceImpl::ProbeLoop() {
         if (m.watching_metric != nullptr) m.watching_metric->Set(m.watch->watching() ? 1 : 0);
         if (m.engine != nullptr && metrics_->engine_batches != nullptr) {
           const EngineWatch::Counters now = m.engine->counters();
-          metrics_->engine_batches->Increment(static_cast<double>(now.batches - m.engine_seen.batches));
+          metrics_->engine_batches->Increment(
+              static_cast<double>(now.batches - m.engine_seen.batches));
           metrics_->engine_lost->Increment(static_cast<double>(now.lost - m.engine_seen.lost));
           metrics_->engine_malformed->Increment(
               static_cast<double>(now.malformed - m.engine_seen.malformed));
@@ -505,8 +512,8 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
   }
   std::vector<BlockKey> keys;
   for (size_t i = 0; i < request->packed_keys().size(); i += BlockKey::kBytes) {
-    keys.push_back(BlockKey::FromBytes(
-        reinterpret_cast<const uint8_t*>(request->packed_keys().data()) + i));
+    keys.push_back(
+        BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(request->packed_keys().data()) + i));
   }
   std::optional<ChainHasher> hasher;
   if (!request->tokens().empty()) {
@@ -523,7 +530,7 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
   const std::span<const uint32_t> tokens(request->tokens().data(), request->tokens().size());
   // Which nodes hold how much of the prompt, before the routing lock: (index id, blocks).
   std::vector<std::pair<uint32_t, size_t>> cached;
-  LazyStoreKeys store_keys(*request, hasher.has_value() ? &*hasher : nullptr, keys);
+  LazyKeys store_keys(tokens, hasher.has_value() ? &*hasher : nullptr, keys, request->tenant());
   if (cache_aware_.enabled) index_.Prefixes(store_keys.size(), store_keys, &cached);
   // Engines' blocks, by their namespace: the same tokens, no tenant (an engine shares its cache
   // across users unless they salt their requests).
@@ -537,15 +544,8 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
                                   .adapter_id = request->adapter()},
                                  hasher->block_tokens());
     if (h.ok()) {
-      std::vector<BlockKey> chain;
-      index_.Prefixes(tokens.size() / h->block_tokens(), [&](size_t i) {
-        const uint32_t bt = h->block_tokens();
-        while (chain.size() <= i) {
-          const size_t at = chain.size();
-          chain.push_back(h->Next(at == 0 ? h->root() : chain.back(), tokens.subspan(at * bt, bt)));
-        }
-        return chain[i];
-      }, &engine_cached);
+      LazyKeys engine_keys(tokens, &*h, {}, std::nullopt);
+      index_.Prefixes(engine_keys.size(), engine_keys, &engine_cached);
     }
   }
   const double cost = static_cast<double>(std::max<size_t>(store_keys.size(), 1));
@@ -613,8 +613,8 @@ grpc::Status RouteServiceImpl::ReportImpl(const v1::ReportRequest* request) {
     if (m->load_metric != nullptr) m->load_metric->Set(loads_.Load(m->node.name));
     return grpc::Status::OK;
   }
-  return grpc::Status(grpc::StatusCode::NOT_FOUND, "report: " + request->node() +
-                                                       " is not a member");
+  return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                      "report: " + request->node() + " is not a member");
 }
 
 grpc::Status RouteServiceImpl::MembersImpl(v1::MembersResponse* response) {

@@ -4,10 +4,10 @@
 // HealthProber probes ejects and re-admits them (NodeHealth); Router decides over the healthy
 // ones with the loads of a LoadTracker (Report, else routed blocks; one-minute half-life; a node
 // may run one mean request ahead of its bound); in cache-aware mode a DaemonWatch per member
-// (and an EngineWatch per member's engine, where configured) feeds the CacheIndex, and Route prefers, among the nodes within the bound, the one holding the
-// longest prefix. Route holds the routing lock only for the decision itself; keys are hashed
-// outside it, and only as deep as the index needs.
-// Thread-safe.
+// (and an EngineWatch per member's engine, where configured) feeds the CacheIndex, and Route
+// prefers, among the nodes within the bound, the one holding the longest prefix. Route holds the
+// routing lock only for the decision itself; keys are hashed outside it, and only as deep as the
+// index needs. Thread-safe.
 
 #include <grpcpp/grpcpp.h>
 

@@ -67,7 +67,13 @@ std::vector<std::pair<uint32_t, size_t>> Prefixes(const CacheIndex& index, size_
                                                   size_t* asked = nullptr) {
   std::vector<std::pair<uint32_t, size_t>> out;
   size_t count = 0;
-  index.Prefixes(n, [&](size_t i) { ++count; return TestKey(i); }, &out);
+  index.Prefixes(
+      n,
+      [&](size_t i) {
+        ++count;
+        return TestKey(i);
+      },
+      &out);
   if (asked != nullptr) *asked = count;
   std::sort(out.begin(), out.end());
   return out;
@@ -111,9 +117,9 @@ TEST(CacheIndex, LongPrefixesTakeALookupPerDoublingNotPerBlock) {
             (std::vector<std::pair<uint32_t, size_t>>{
                 {ids[0], 500}, {ids[1], 499}, {ids[2], 1}, {ids[3], 37}, {ids[4], 1000}}));
   EXPECT_LT(asked, 60u) << "a lookup per block would be 1,000";
-  EXPECT_EQ(Prefixes(index, 300), (std::vector<std::pair<uint32_t, size_t>>{
-                                       {ids[0], 300}, {ids[1], 300}, {ids[2], 1}, {ids[3], 37},
-                                       {ids[4], 300}}));
+  EXPECT_EQ(Prefixes(index, 300),
+            (std::vector<std::pair<uint32_t, size_t>>{
+                {ids[0], 300}, {ids[1], 300}, {ids[2], 1}, {ids[3], 37}, {ids[4], 300}}));
 }
 
 // Against the definition, on random prefix-closed holdings: every node's length, exactly.
