@@ -5,10 +5,9 @@
 # with and without a shared first block; N in {8, 16}). In every case, for kvtier and
 # cache-aware: max/mean prefill load <= 1.15, hit rate >= 0.98 x one global LRU of N x C blocks,
 # the best modeled TTFT p90 of all policies; with three router replicas, cache-aware keeps
-# >= 0.97 x one router's hit rate at max/mean <= 1.15. On the shared trace, routing keys moved
-# on a join or leave <= 1.2 / N. Except on the generated sessions, where one system prompt's
-# sessions (up to 1/N of the requests, one routing key) weigh on one node: there max/mean
-# <= 1.25 (the bound), kvtier >= 0.97 x and cache-aware >= 0.98 x the global LRU.
+# >= 0.97 x one router's hit rate at max/mean <= 1.15 (kvtier's replicas, without an index, are
+# printed, not held: 0.69-0.92). On the shared trace, routing keys moved on a join or leave
+# <= 1.2 / N.
 set -euo pipefail
 kvtier="$1"
 dir="$(mktemp -d)"
@@ -39,12 +38,10 @@ print(f"{name:22} N={n:2} C={c}: kvtier {k['hit_rate'] / g:.3f}x load {k['max_me
       f"cache_aware {a['hit_rate_r3'] / a['hit_rate']:.3f} load {a['max_mean_load_r3']:.2f} | "
       f"moved {r['keys_moved_join']:.3f}/{r['keys_moved_leave']:.3f}")
 assert r["nodes"] == n and r["routers"] == 3, r
-sessions = name.startswith("sessions")
-max_load = 1.25 if sessions else 1.15
+max_load = 1.15
 for p in (k, a):
     assert p["max_mean_load"] <= max_load, r
-assert k["hit_rate"] >= (0.97 if sessions else 0.98) * g, r
-assert a["hit_rate"] >= 0.98 * g, r
+    assert p["hit_rate"] >= 0.98 * g, r
 assert min(k["ttft_p90_s"], a["ttft_p90_s"]) <= best_p90, r
 assert a["hit_rate_r3"] >= 0.97 * a["hit_rate"] and a["max_mean_load_r3"] <= max_load, r
 if name == "shared trace":

@@ -1,7 +1,8 @@
 """kvtier-router's routing decision in Python, for RouterClient.route_locally.
 
 The same rules as the C++ router (src/router/router.h): the routing key is the shallowest prefix
-key shared by at most 1/N of recent requests (a count-min sketch, halved every 4,096 requests); a
+key shared by at most epsilon / N of recent requests (load_factor = 1 + epsilon; a count-mean-min
+sketch: a count-min sketch less each counter's mean collisions, halved every 4,096 requests); a
 new key goes to the first node in its consistent-hashing order at or under its share of the
 work; a known key goes back to the node it was placed on while that node is within
 load_factor x its share, else to the first ring candidate within it. tests/data/
@@ -19,6 +20,7 @@ import xxhash
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+_MIN_EPSILON = 1.0 / 64  # the C++ kMinEpsilon
 
 
 def _words(key: bytes) -> Tuple[int, int]:
@@ -69,6 +71,7 @@ class _Popularity:
         self._window = max(window, 16)
         self._since = 0
         self._requests = 0.0
+        self._adds = 0.0  # keys added, decayed with the counters
         self._counters = [0] * (4 * width)
 
     def _slots(self, key: bytes):
@@ -84,16 +87,23 @@ class _Popularity:
             return
         self._since = 0
         self._requests /= 2
+        self._adds /= 2
         self._counters = [c >> 1 for c in self._counters]
 
-    def add(self, key: bytes) -> None:
+    def add_and_share(self, key: bytes) -> Tuple[float, bool]:
+        """Counts `key`; (its share now, whether its smallest counter was nonzero before)."""
+        self._adds += 1
+        m = None
         for s in self._slots(key):
             self._counters[s] += 1
+            m = self._counters[s] if m is None else min(m, self._counters[s])
+        return self._share_of(m), m > 1
 
-    def share(self, key: bytes) -> float:
+    def _share_of(self, estimate: int) -> float:
         if self._requests <= 0:
             return 0.0
-        return min(self._counters[s] for s in self._slots(key)) / self._requests
+        noise = self._adds / (self._mask + 1)
+        return max(0.0, estimate - noise) / self._requests
 
 
 class Router:
@@ -123,12 +133,13 @@ class Router:
         if not chain or not self.ring.nodes:
             return -1, 0, None
         self._popularity.add_request()
-        fair = 1.0 / len(self.ring.nodes)
+        epsilon = min(max(self.load_factor - 1.0, _MIN_EPSILON), 1.0)
+        hot = epsilon / len(self.ring.nodes)
         depth, key, fresh = len(chain), chain[-1], False
         for d, k in enumerate(chain):
-            fresh = self._popularity.share(k) == 0
-            self._popularity.add(k)
-            if self._popularity.share(k) <= fair:
+            share, seen = self._popularity.add_and_share(k)
+            fresh = not seen
+            if share <= hot:
                 depth, key = d + 1, k
                 break
         return self._place(key, fresh, loads, slack), depth, key

@@ -21,10 +21,12 @@ void PrefixPopularity::AddRequest() {
   if (++since_decay_ < window_) return;
   since_decay_ = 0;
   requests_ /= 2;
+  adds_ /= 2;
   for (uint32_t& c : counters_) c >>= 1;
 }
 
 void PrefixPopularity::Add(const BlockKey& key) {
+  adds_ += 1;
   for (int r = 0; r < 4; ++r) {
     uint32_t& c = counters_[Slot(r, key)];
     if (c != UINT32_MAX) ++c;
@@ -37,8 +39,25 @@ uint32_t PrefixPopularity::Estimate(const BlockKey& key) const {
   return m;
 }
 
-double PrefixPopularity::Share(const BlockKey& key) const {
-  return requests_ > 0 ? Estimate(key) / requests_ : 0.0;
+double PrefixPopularity::ShareOf(uint32_t estimate) const {
+  if (requests_ <= 0) return 0.0;
+  // Other keys put adds_ / width in each counter on average: count-mean-min.
+  const double noise = adds_ / static_cast<double>(mask_ + 1);
+  return std::max(0.0, static_cast<double>(estimate) - noise) / requests_;
+}
+
+double PrefixPopularity::Share(const BlockKey& key) const { return ShareOf(Estimate(key)); }
+
+double PrefixPopularity::AddAndShare(const BlockKey& key, bool* seen) {
+  adds_ += 1;
+  uint32_t m = UINT32_MAX;
+  for (int r = 0; r < 4; ++r) {
+    uint32_t& c = counters_[Slot(r, key)];
+    if (c != UINT32_MAX) ++c;
+    m = std::min(m, c);
+  }
+  *seen = m > 1;
+  return ShareOf(m);
 }
 
 }  // namespace kvtier::router

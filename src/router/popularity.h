@@ -1,7 +1,10 @@
 #pragma once
 // PrefixPopularity: how often each prefix key occurred among recent requests, in bounded memory.
 // A count-min sketch (4 rows) whose counters and request total are halved every `window`
-// requests, so shares follow the recent traffic. Estimates never undercount (before decay).
+// requests, so shares follow the recent traffic. A key's estimate is its smallest counter less
+// the mean count that other keys put in a counter (count-mean-min): a plain count-min estimate
+// grows with every key added, so long prompts whose keys all go in (every one looked hot) would
+// make every key look hot, and each request would then walk and add its whole prompt.
 
 #include <cstdint>
 #include <vector>
@@ -21,15 +24,20 @@ class PrefixPopularity {
   void Add(const BlockKey& key);
   // Estimated fraction of recent requests that contained `key` (0 before any request).
   double Share(const BlockKey& key) const;
+  // Add, then Share, in one pass over the counters; `*seen`: whether the key's smallest
+  // counter was nonzero before (a key never added is unseen; collisions can hide that it is new).
+  double AddAndShare(const BlockKey& key, bool* seen);
   size_t memory_bytes() const { return counters_.size() * sizeof(uint32_t); }
 
  private:
   uint32_t Estimate(const BlockKey& key) const;
+  double ShareOf(uint32_t estimate) const;
   size_t Slot(int row, const BlockKey& key) const;
   size_t mask_;
   uint32_t window_;
   uint32_t since_decay_ = 0;
   double requests_ = 0;
+  double adds_ = 0;  // keys added (decayed with the counters): a row's sum
   std::vector<uint32_t> counters_;  // 4 rows of mask_ + 1
 };
 

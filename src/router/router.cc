@@ -1,5 +1,7 @@
 #include "router/router.h"
 
+#include <algorithm>
+
 namespace kvtier::router {
 
 Router::Router(std::vector<RingNode> nodes, RouterOptions options)
@@ -32,16 +34,24 @@ int Router::NodeOfId(int64_t id) const {
   return id >= 0 && id < static_cast<int64_t>(node_of_id_.size()) ? node_of_id_[id] : -1;
 }
 
+double Router::HotShare() const {
+  // A key with more of the requests than the bound's slack over one node's share could not be
+  // absorbed by the bound: its node would run up to it, or the key be moved and lose its cache.
+  const double epsilon = std::clamp(options_.load_factor - 1.0, kMinEpsilon, 1.0);
+  return epsilon / static_cast<double>(ring_.size());
+}
+
 template <typename KeyAt>
 size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh) {
   if (blocks == 0 || ring_.size() == 0) return 0;
   popularity_.AddRequest();
-  const double fair = 1.0 / static_cast<double>(ring_.size());
+  const double hot = HotShare();
   for (size_t d = 0; d < blocks; ++d) {
     *routing_key = key_at(d);
-    *fresh = popularity_.Share(*routing_key) == 0;
-    popularity_.Add(*routing_key);
-    if (popularity_.Share(*routing_key) <= fair) return d + 1;
+    bool seen = false;
+    const double share = popularity_.AddAndShare(*routing_key, &seen);
+    *fresh = !seen;
+    if (share <= hot) return d + 1;
   }
   return blocks;
 }

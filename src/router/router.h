@@ -3,10 +3,14 @@
 // node's cache while no node takes much more than its share of the work.
 //
 // Routing key, at an adaptive depth: the shallowest prefix key of the request's chain whose
-// recent share of requests is at most one node's fair share (1/N), else the whole chain. A
-// system prompt that nearly every request shares is hot at depth 1, so its requests spread by
-// what follows it; the turns of one conversation share a key that only they carry, so they stay
-// together. No per-trace parameter: the threshold is the node count itself.
+// recent share of requests is at most the bound's slack over one node's share, epsilon / N
+// (load_factor = 1 + epsilon), else the whole chain. A system prompt that many requests share
+// is hot, so its requests spread by what follows it; the turns of one conversation share a key
+// that only they carry, so they stay together. A key any hotter is a unit of work the bound
+// cannot absorb: its node runs up to the bound (at 1/N, one Zipf-popular system prompt's
+// sessions were a whole node's share). No per-trace parameter: the threshold is N and the
+// bound. The sketch's estimates discount collisions (PrefixPopularity), so long prompts whose
+// keys all go in do not make every key look hot.
 //
 // Node choice: consistent hashing (HashRing) wrapped in bounded loads (Mirrokni, Thorup and
 // Zadimoghaddam), with placements remembered:
@@ -45,6 +49,9 @@ struct RouterOptions {
   uint32_t popularity_window = 4096;  // Default: 4,096 requests between halvings.
   size_t placement_entries = size_t{1} << 20;  // Default: 1,048,576 placements (16 MiB).
 };
+
+// The smallest epsilon the routing depth uses (load_factor <= 1 would make every key hot).
+inline constexpr double kMinEpsilon = 1.0 / 64;
 
 struct RouteChoice {
   int node = -1;        // index into the node list
@@ -85,7 +92,7 @@ class Router {
   // (HeldPrefixes computes it from a key -> node bitmask index). The node within the bound
   // holding the longest prefix that includes the routing key (ties: the router's choice, then
   // ring order of the routing key), else the router's choice. Blocks shallower than the routing
-  // key are hot (shared by more than 1/N of the requests), so every node holds them or
+  // key are hot (shared by more than epsilon / N of the requests), so every node holds them or
   // soon will; following them would pile requests onto whichever nodes happen to hold them
   // already, and starve a node that holds nothing yet. A move is remembered, so the prefix's next
   // requests go there too, and replicas that read the same index follow the same node.
@@ -93,6 +100,8 @@ class Router {
   int PreferCached(const RouteChoice& choice, std::span<const size_t> cached,
                    std::span<const double> loads, double slack = 0,
                    size_t* expected_cached = nullptr);
+  // A routing key carries at most this share of the recent requests: epsilon / N.
+  double HotShare() const;
   // Where `key` would go with equal loads: its remembered node, else its ring home. Changes
   // nothing (for measuring what a membership change moves).
   int Preferred(const BlockKey& key) const;

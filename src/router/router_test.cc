@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "router/placement.h"
+#include "router/popularity.h"
 #include "router/router.h"
 #include "router/simulator.h"
 #include "router/trace_gen.h"
@@ -80,10 +81,10 @@ TEST(Router, HotPrefixesAreRoutedDeeperConversationsStayTogether) {
   // Every request starts with the same system-prompt block; conversation c continues with its
   // own blocks, one more per turn.
   const BlockKey system = Key(1'000'000);
-  std::vector<int> home(50, -1);
+  std::vector<int> home(200, -1);  // each conversation well under epsilon / N of the requests
   size_t deep = 0;
   for (int turn = 0; turn < 6; ++turn) {
-    for (int c = 0; c < 50; ++c) {
+    for (int c = 0; c < 200; ++c) {
       std::vector<BlockKey> chain = {system};
       for (int t = 0; t <= turn; ++t) chain.push_back(Key(c * 100 + t));
       const RouteChoice choice = r.Route(chain, idle);
@@ -97,11 +98,77 @@ TEST(Router, HotPrefixesAreRoutedDeeperConversationsStayTogether) {
       deep += choice.depth > 1;
     }
   }
-  EXPECT_GT(deep, 250u);
+  EXPECT_GT(deep, 1000u);
   // And the conversations spread over the nodes rather than all going to the system prompt's.
   std::vector<int> per(8);
   for (int h : home) ++per[h];
-  EXPECT_LT(*std::max_element(per.begin(), per.end()), 20);
+  EXPECT_LT(*std::max_element(per.begin(), per.end()), 50);
+}
+
+TEST(Router, APrefixTheBoundCannotAbsorbIsRoutedDeeper) {
+  // At 8 nodes and load factor 1.25, a system prompt with 10% of the requests is under one
+  // node's share (12.5%) but over the bound's slack (epsilon / N = 3.1%): routed by it whole,
+  // its sessions would be 0.8 of a node's work on one node. Its sessions are routed one deeper.
+  Router r(SimNodes(8), {.load_factor = 1.25});
+  EXPECT_DOUBLE_EQ(r.HotShare(), 0.25 / 8);
+  const std::vector<double> idle(8, 0);
+  const BlockKey system = Key(1'000'000);
+  size_t deep = 0, with_system = 0;
+  for (uint64_t i = 0; i < 4000; ++i) {
+    std::vector<BlockKey> chain;
+    if (i % 10 == 0) chain.push_back(system);
+    chain.push_back(Key(i));  // a session of its own
+    const RouteChoice c = r.Route(chain, idle);
+    if (i % 10 == 0 && i >= 1000) {
+      ++with_system;
+      deep += c.depth == 2;
+    }
+  }
+  EXPECT_EQ(deep, with_system);
+  // load_factor 1 would make every key hot: epsilon has a floor.
+  EXPECT_DOUBLE_EQ(Router(SimNodes(8), {.load_factor = 1.0}).HotShare(), kMinEpsilon / 8);
+}
+
+TEST(PrefixPopularity, LongPromptsDoNotMakeEveryKeyLookHot) {
+  // 64 requests whose 8,192 keys all go in (as when every key looked hot): a plain count-min
+  // estimate of a key never added would be about 0.5 of the requests; count-mean-min discounts
+  // the collisions.
+  PrefixPopularity p(1 << 14, 4096);
+  for (uint64_t r = 0; r < 64; ++r) {
+    p.AddRequest();
+    for (uint64_t d = 0; d < 8192; ++d) p.Add(Key(r * 100'000 + d));
+  }
+  double max_share = 0, sum = 0;
+  for (uint64_t k = 0; k < 1000; ++k) {
+    const double share = p.Share(Key(1ull << 40 | k));
+    max_share = std::max(max_share, share);
+    sum += share;
+  }
+  EXPECT_LT(sum / 1000, 0.01);   // count-min alone: about 0.4
+  EXPECT_LT(max_share, 1.0 / 8);
+  // A key in every request still reads as in every request.
+  PrefixPopularity q(1 << 14, 4096);
+  for (uint64_t r = 0; r < 64; ++r) {
+    q.AddRequest();
+    bool seen = false;
+    EXPECT_NEAR(q.AddAndShare(Key(7), &seen), 1.0, 0.01);
+    EXPECT_EQ(seen, r > 0);
+  }
+}
+
+TEST(Router, LongPromptsStayShallow) {
+  // 128K-token prompts of their own (8,192 blocks): after the first requests (a key of the only
+  // request is in all of them) the routing depth is 1, and the sketch stays usable.
+  Router r(SimNodes(8));
+  const std::vector<double> idle(8, 0);
+  std::vector<BlockKey> chain(8192);
+  size_t late_depth = 0;
+  for (uint64_t i = 0; i < 300; ++i) {
+    for (uint64_t d = 0; d < chain.size(); ++d) chain[d] = Key(i << 20 | d);
+    const RouteChoice c = r.Route(chain, idle);
+    if (i >= 100) late_depth += c.depth;
+  }
+  EXPECT_EQ(late_depth, 200u);
 }
 
 TEST(Router, RoutingTokensHashesOnlyWhatItNeedsAndAgreesWithKeys) {
