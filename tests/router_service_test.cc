@@ -439,25 +439,29 @@ TEST_F(RouterServiceTest, ReplicasBehindRoundRobinClientsKeepConversationsTogeth
     ASSERT_TRUE(c.ok());
     clients[a] = std::move(*c);
   }
-  // Each router's watchers connect in the background: wait until both see a stored block.
-  {
-    const std::vector<BlockKey> probe = {BlockKey{5, 5}};
+  // Each router's watchers connect in the background, and a daemon's stream starts from the
+  // events after it connected: store a block on each daemon again (delete, put) until both
+  // routers see it.
+  for (size_t d = 0; d < addresses_.size(); ++d) {
+    const std::vector<BlockKey> probe = {BlockKey{5, d + 1}};
     const ChainBlocks blocks(probe);
-    ASSERT_TRUE(clients[addresses_[0]]->Put(blocks.blocks).ok());
     v1::RouteRequest req;
     req.set_tenant("t");
     req.set_packed_keys(PackKeys(probe));
-    for (auto& stub : stubs) {
-      v1::RouteResponse res;
-      for (int i = 0; i < 100 && res.expected_cached_blocks() == 0; ++i) {
+    bool seen = false;
+    for (int attempt = 0; attempt < 40 && !seen; ++attempt) {
+      (void)clients[addresses_[d]]->Delete(probe);
+      ASSERT_TRUE(clients[addresses_[d]]->Put(blocks.blocks).ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      seen = true;
+      for (auto& stub : stubs) {
+        v1::RouteResponse res;
         grpc::ClientContext ctx;
         ASSERT_TRUE(stub->Route(&ctx, req, &res).ok());
-        if (res.expected_cached_blocks() == 0) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
+        seen = seen && res.expected_cached_blocks() == 1;
       }
-      ASSERT_EQ(res.expected_cached_blocks(), 1u);
     }
+    ASSERT_TRUE(seen) << "a router never saw " << addresses_[d] << "'s block";
   }
   constexpr int kConversations = 48, kTurns = 3;
   std::vector<std::string> holder(kConversations);
