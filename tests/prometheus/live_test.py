@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """ctest prometheus_live: the dashboard and the rules against a real Prometheus and a real cluster.
 
-1. scripts/local-cluster.sh --prometheus starts 3 daemons (host and NVMe tiers), the router, the
-   worker and Debian's Prometheus (scraping every second, the rules evaluated every second) in a
+1. scripts/local-cluster.sh --prometheus starts 3 daemons (host and NVMe tiers), the router
+   (cache-aware), the worker and Debian's Prometheus (scraping every second, the rules evaluated every second) in a
    temporary state directory.
 2. `kvtier replay --router` replays the first REQUESTS requests of the shared Mooncake trace
    through the router and the daemons, without the worker. Once Prometheus has scraped every
@@ -159,8 +159,10 @@ def series_count(result):
 
 
 def run(tmp):
+    # The router cache-aware, as deploy/ runs it: its index metrics (and the alert on them) exist.
     p = subprocess.run(["bash", CLUSTER, "--dir", tmp, "--prometheus", "start", str(NODES),
-                        str(HOST_MIB)], stdout=subprocess.PIPE, text=True, timeout=120)
+                        str(HOST_MIB), "--cache-aware"], stdout=subprocess.PIPE, text=True,
+                       timeout=120)
     if p.returncode != 0:
         raise RuntimeError(f"local-cluster.sh start exited {p.returncode}")
     env = dict(ln.split("=", 1) for ln in p.stdout.split())
