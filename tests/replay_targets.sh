@@ -4,10 +4,9 @@
 # request, timestamps x0.5 and x2, a burst, multi-turn sessions under Zipf-popular system prompts
 # with and without a shared first block; N in {8, 16}). In every case, for kvtier and
 # cache-aware: max/mean prefill load <= 1.15, hit rate >= 0.98 x one global LRU of N x C blocks,
-# the best modeled TTFT p90 of all policies; with three router replicas, cache-aware keeps
-# >= 0.97 x one router's hit rate at max/mean <= 1.15 (kvtier's replicas, without an index, are
-# printed, not held: 0.69-0.92). On the shared trace, routing keys moved on a join or leave
-# <= 1.2 / N.
+# the best modeled TTFT p90 of all policies; with three router replicas that sync (--peers, 50 ms
+# late), both modes keep >= 0.97 x one router's hit rate at max/mean <= 1.15. On the shared
+# trace, routing keys moved on a join or leave <= 1.2 / N.
 set -euo pipefail
 kvtier="$1"
 dir="$(mktemp -d)"
@@ -43,7 +42,8 @@ for p in (k, a):
     assert p["max_mean_load"] <= max_load, r
     assert p["hit_rate"] >= 0.98 * g, r
 assert min(k["ttft_p90_s"], a["ttft_p90_s"]) <= best_p90, r
-assert a["hit_rate_r3"] >= 0.97 * a["hit_rate"] and a["max_mean_load_r3"] <= max_load, r
+for p in (k, a):
+    assert p["hit_rate_r3"] >= 0.97 * p["hit_rate"] and p["max_mean_load_r3"] <= max_load, r
 if name == "shared trace":
     assert r["keys_moved_join"] <= 1.2 / n and r["keys_moved_leave"] <= 1.2 / n, r
 PY

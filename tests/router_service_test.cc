@@ -505,6 +505,138 @@ TEST_F(RouterServiceTest, ReplicasBehindRoundRobinClientsKeepConversationsTogeth
   EXPECT_EQ(placed.size(), 3u) << "new conversations spread over the nodes";
 }
 
+// A series' value on a process's /metrics, or -1 when it is not there.
+double MetricOf(const DaemonProcess& process, const std::string& series) {
+  const std::string text = testing::HttpGet(process.AddressOf("metrics"), "/metrics");
+  const size_t at = text.find(series + " ");
+  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 1));
+}
+
+// Plain mode (no index): conversations whose turns alternate between two replicas (as a plain
+// Service spreads them), each request's prefill reported to the replica that routed it, and a
+// long prefill on each of two nodes reported to one replica each. Replicas that sync (--peers-file naming both;
+// each skips itself) send each turn where the turn before went as often as one router does;
+// replicas that do not sync see different loads, place the same new prefix each by its own, and
+// split conversations.
+TEST_F(RouterServiceTest, ReplicasThatSyncKeepConversationsTogetherWithoutAnIndex) {
+  std::string list;
+  for (const auto& a : addresses_) list += (list.empty() ? "" : ",") + a;
+  testing::TempDir dir;
+  const std::string peers_file = dir.Sub("peers");  // written once both listen
+  enum class Setup { kOneRouter, kSynced, kNotSynced };
+  // The share of later turns that went to the node of the turn before.
+  auto followed = [&](Setup setup) -> double {
+    std::vector<std::unique_ptr<DaemonProcess>> routers;
+    std::vector<std::unique_ptr<v1::RouteService::Stub>> stubs;
+    for (int i = 0; i < (setup == Setup::kOneRouter ? 1 : 2); ++i) {
+      std::vector<std::string> args = {"--nodes", list, "--listen", "127.0.0.1:0",
+                                        "--metrics-listen", "127.0.0.1:0", "--refresh-ms", "100",
+                                        "--log-level", "warn"};
+      if (setup == Setup::kSynced) args.insert(args.end(), {"--peers-file", peers_file});
+      routers.push_back(std::make_unique<DaemonProcess>(
+          std::string(KVTIER_BINARY_DIR) + "/kvtier-router", args));
+      EXPECT_FALSE(routers.back()->address().empty()) << routers.back()->output();
+      if (routers.back()->address().empty()) return -1;
+    }
+    for (int i = 0; i < 2; ++i) {
+      stubs.push_back(v1::RouteService::NewStub(grpc::CreateChannel(
+          routers[i % routers.size()]->address(), grpc::InsecureChannelCredentials())));
+    }
+    if (setup == Setup::kSynced) {
+      std::ofstream(peers_file) << routers[0]->address() << "\n" << routers[1]->address() << "\n";
+      for (int i = 0; i < 2; ++i) {
+        const std::string other =
+            "kvtier_router_peer_synced{peer=\"" + routers[1 - i]->address() + "\"}";
+        for (int w = 0; w < 200 && MetricOf(*routers[i], other) != 1; ++w) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        EXPECT_EQ(MetricOf(*routers[i], other), 1) << routers[i]->output();
+        // Its own address is recognised and dropped (at the next probe round).
+        const std::string self =
+            "kvtier_router_peer_synced{peer=\"" + routers[i]->address() + "\"}";
+        for (int w = 0; w < 200 && MetricOf(*routers[i], self) != -1; ++w) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        EXPECT_EQ(MetricOf(*routers[i], self), -1);
+      }
+    }
+    double routed_by[2] = {0, 0};
+    auto route = [&](int r, const std::vector<BlockKey>& chain, size_t prefilled_if_new,
+                     const std::string& holder) -> std::string {
+      v1::RouteRequest req;
+      req.set_tenant("t");
+      req.set_packed_keys(PackKeys(chain));
+      v1::RouteResponse res;
+      grpc::ClientContext ctx;
+      EXPECT_TRUE(stubs[r]->Route(&ctx, req, &res).ok());
+      if (res.nodes_size() == 0) return "";
+      ++routed_by[r];
+      v1::ReportRequest report;
+      report.set_node(res.nodes(0));
+      report.set_prefilled_blocks(res.nodes(0) == holder ? 3 : prefilled_if_new);
+      v1::ReportResponse reported;
+      grpc::ClientContext report_ctx;
+      EXPECT_TRUE(stubs[r]->Report(&report_ctx, report, &reported).ok());
+      return res.nodes(0);
+    };
+    // Each replica has the other's decisions (a turn comes seconds later).
+    auto settle = [&] {
+      for (int i = 0; setup == Setup::kSynced && i < 2; ++i) {
+        const std::string applied = "kvtier_router_peer_decisions_total{outcome=\"applied\"}";
+        for (int w = 0; w < 200 && MetricOf(*routers[i], applied) < routed_by[1 - i]; ++w) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        EXPECT_EQ(MetricOf(*routers[i], applied), routed_by[1 - i]);
+      }
+    };
+    // Other traffic first: to a router that has seen few requests every key is a large share
+    // of them (hot), and the first turns would be routed by their whole chain.
+    for (int i = 0; i < 64; ++i) route(i % 2, {BlockKey{2, uint64_t(i)}}, 1, "");
+    // A long prefill on the first node, reported to the first replica, and one on the second
+    // node, reported to the second.
+    for (int r = 0; r < 2; ++r) {
+      v1::ReportRequest report;
+      report.set_node(addresses_[r]);
+      report.set_prefilled_blocks(200);
+      v1::ReportResponse reported;
+      grpc::ClientContext report_ctx;
+      EXPECT_TRUE(stubs[r]->Report(&report_ctx, report, &reported).ok());
+    }
+    settle();
+    constexpr int kConversations = 48, kTurns = 3;
+    std::vector<std::string> holder(kConversations);
+    int follows = 0, later_turns = 0;
+    for (int turn = 0; turn < kTurns; ++turn) {
+      for (int c = 0; c < kConversations; ++c) {
+        // A system prompt every request shares, then the conversation's own blocks.
+        std::vector<BlockKey> chain = {BlockKey{1, 1}};
+        for (int i = 0; i < 3 * (turn + 1) + c % 5; ++i) {
+          chain.push_back(BlockKey{100 + uint64_t(c), uint64_t(i)});
+        }
+        // Round robin over the replicas: a conversation's turns alternate between them.
+        const std::string node = route((c + turn) % 2, chain, chain.size(), holder[c]);
+        if (turn > 0) {
+          ++later_turns;
+          follows += node == holder[c] ? 1 : 0;
+        }
+        holder[c] = node;
+      }
+      settle();
+    }
+    return static_cast<double>(follows) / later_turns;
+  };
+  const double one = followed(Setup::kOneRouter);
+  const double synced = followed(Setup::kSynced);
+  const double not_synced = followed(Setup::kNotSynced);
+  std::printf("later turns on the node of the turn before: one router %.2f, two synced %.2f, "
+              "two not synced %.2f\n",
+              one, synced, not_synced);
+  // Each setup has its own ports, so its own ring: a few points apart.
+  EXPECT_GE(synced, one - 0.08);
+  EXPECT_GE(synced, 0.85);
+  EXPECT_LT(not_synced, synced - 0.15) << "replicas that do not sync split conversations";
+}
+
 // Daemons that serve TLS and require tokens: a router with their CA and a cluster token keeps
 // them healthy and indexes their blocks; one without a token still routes (health needs none)
 // but indexes nothing and says so; one without the CA ejects them.

@@ -2,8 +2,9 @@
 // `--check-config`: `<build>/<binary> --check-config <the container's args>`, which reads the
 // configuration files, token file and TLS files as a start does, and must answer
 // "<binary>: configuration OK". Besides, per rendering:
-//   - addresses in the args name what the rendering has: kvtier-router's --nodes-dns a headless
-//     Service with that port, kvtier-worker's --router a Service with that port;
+//   - addresses in the args name what the rendering has: kvtier-router's --nodes-dns and
+//     --peers-dns a headless Service with that port, kvtier-worker's --router a Service with
+//     that port;
 //   - every kvtierd pod is sized by the rule of deploy/kubernetes/base/kvtierd.site.yaml (from
 //     the configuration the daemon would load: its files in order, then its flags), and its
 //     terminationGracePeriodSeconds leaves room after the daemon's 10 s drain.
@@ -207,6 +208,9 @@ for (const { name, objects } of renderAll()) {
         if (note) notes.push(`${where}: ${note}`);
       } else if (binary === "kvtier-router" && flag(args, "nodes-dns")) {
         checkServiceAddress(objects, where, "nodes-dns", flag(args, "nodes-dns"), true, errors);
+        if (flag(args, "peers-dns")) {
+          checkServiceAddress(objects, where, "peers-dns", flag(args, "peers-dns"), true, errors);
+        }
       } else if (binary === "kvtier-worker" && flag(args, "router")) {
         checkServiceAddress(objects, where, "router", flag(args, "router"), false, errors);
       }

@@ -37,6 +37,9 @@ options:
   --routers R          also replay kvtier and cache_aware through R router replicas (requests
                        round robin over them; each its own sketch, placements and load view;
                        cache-aware replicas share one index); default 1: no extra replay
+  --sync-lag S         replicas learn each other's decisions (prefill work, placements) S
+                       seconds late, as kvtier-router --peers does (default 0.05); -1: they
+                       do not share
   --json               end with one line: RESULT {json}
   --help               this text
 
@@ -97,6 +100,12 @@ int RunReplay(int argc, char** argv) {
       if (!number(&requests, false)) return Usage("--requests needs a number > 0");
     } else if (a == "--routers") {
       if (!number(&routers, false)) return Usage("--routers needs a number > 0");
+    } else if (a == "--sync-lag") {
+      const char* v = value();
+      if (v == nullptr || !absl::SimpleAtod(v, &o.sync_lag_s) ||
+          (o.sync_lag_s < 0 && o.sync_lag_s != -1)) {
+        return Usage("--sync-lag needs seconds >= 0, or -1");
+      }
     } else if (a == "--json") {
       json = true;
     } else if (a == "--router") {

@@ -68,6 +68,14 @@ options:
                          the engines' KV layout fingerprint in that namespace (default 0)
   --no-daemons           members are engines without kvtierd: no health probes (membership
                          alone says who serves), no WatchBlocks, no Stats
+  --peers LIST           replica sync: the other kvtier-router replicas behind the same Service
+                         (host:port of their --listen, comma-separated; this replica's own
+                         address may be among them). Each follows the others' routing
+                         decisions (popularity, placements, work per node) through their
+                         RouteService.Sync streams, so that replicas route a prefix alike
+  --peers-file FILE      the same, one a line; re-read when it changes
+  --peers-dns NAME:PORT  the same: every address NAME resolves to (a headless Service over the
+                         replicas), re-resolved every --refresh-ms
   --index-max-keys N     cap on the cache-aware index (default 2097152 keys; at most about
                          70 bytes a key)
   --tls-ca FILE          talk to the daemons over TLS: the CA that signed their certificates
@@ -117,6 +125,7 @@ int main(int argc, char** argv) {
   kvtier::router::CacheAwareOptions cache_aware;
   kvtier::router::NodeCredentials credentials;
   std::string tls_ca, tls_cert, tls_key, token_file;
+  std::string peers_flag, peers_file, peers_dns;
   for (kvtier::ArgReader args(argc, argv); args.Next();) {
     const std::string a = args.flag();
     if (a == "--help" || a == "-h") {
@@ -172,6 +181,12 @@ int main(int argc, char** argv) {
     } else if (a == "--no-daemons") {
       health.enabled = false;
       cache_aware.daemons = false;
+    } else if (a == "--peers") {
+      if (!args.Value(&peers_flag)) return Bad("--peers needs a list");
+    } else if (a == "--peers-file") {
+      if (!args.Value(&peers_file)) return Bad("--peers-file needs a file");
+    } else if (a == "--peers-dns") {
+      if (!args.Value(&peers_dns)) return Bad("--peers-dns needs NAME:PORT");
     } else if (a == "--index-max-keys") {
       int n = 0;
       if (!args.Number(&n, 1)) return Bad("--index-max-keys needs a number > 0");
@@ -223,6 +238,12 @@ int main(int argc, char** argv) {
   if (!nodes_dns.empty() && !kvtier::CheckListenAddress(nodes_dns, /*unix_ok=*/false).ok()) {
     return Bad("--nodes-dns: '" + nodes_dns + "' is not NAME:PORT");
   }
+  if (peers_flag.empty() + peers_file.empty() + peers_dns.empty() < 2) {
+    return Bad("give at most one of --peers, --peers-file and --peers-dns");
+  }
+  if (!peers_dns.empty() && !kvtier::CheckListenAddress(peers_dns, /*unix_ok=*/false).ok()) {
+    return Bad("--peers-dns: '" + peers_dns + "' is not NAME:PORT");
+  }
   for (auto [flag, path, pem] : {std::tuple{"--tls-ca", &tls_ca, &credentials.tls_ca_pem},
                                  std::tuple{"--tls-cert", &tls_cert, &credentials.tls_cert_pem},
                                  std::tuple{"--tls-key", &tls_key, &credentials.tls_key_pem}}) {
@@ -247,11 +268,27 @@ int main(int argc, char** argv) {
       !nodes_file.empty()  ? kvtier::router::FileMembership(nodes_file)
       : !nodes_dns.empty() ? kvtier::router::DnsMembership(nodes_dns)
                            : kvtier::router::ListMembership(nodes_flag);
+  // The peer replicas, where given; a file or name may list none yet.
+  std::unique_ptr<kvtier::router::MembershipSource> peers_source =
+      !peers_file.empty()  ? kvtier::router::FileMembership(peers_file)
+      : !peers_dns.empty() ? kvtier::router::DnsMembership(peers_dns)
+      : !peers_flag.empty() ? kvtier::router::ListMembership(peers_flag)
+                            : nullptr;
+  if (!peers_flag.empty()) {
+    if (auto peers = peers_source->Fetch(); !peers.ok()) {
+      return Bad("--peers: " + std::string(peers.status().message()));
+    }
+  }
   if (check_only) {
     // What --nodes-dns resolves to is the cluster's state, not configuration: left to the start.
     if (nodes_dns.empty()) {
       if (auto nodes = source->Fetch(); !nodes.ok()) {
         return Bad(std::string(nodes.status().message()));
+      }
+    }
+    if (!peers_file.empty()) {
+      if (auto peers = peers_source->Fetch(); !peers.ok()) {
+        return Bad("--peers-file: " + std::string(peers.status().message()));
       }
     }
     std::puts("kvtier-router: configuration OK");
@@ -285,13 +322,33 @@ int main(int argc, char** argv) {
                nodes->size(), options.load_factor, cache_aware.enabled ? "on" : "off",
                credentials.tls_ca_pem.empty() ? "plaintext" : "TLS",
                credentials.bearer_token.empty() ? "" : " with a token");
-  std::optional<kvtier::router::MembershipRefresher> refresher;
+  std::optional<kvtier::router::MembershipRefresher> refresher, peers_refresher;
   if (source->changes()) {
     refresher.emplace(source.get(), *nodes, refresh_ms,
                       [&service](const auto& next) { service.SetMembers(next); });
   }
+  if (peers_source != nullptr) {
+    auto set_peers = [&service](const std::vector<kvtier::router::RingNode>& peers) {
+      std::vector<std::string> addresses;
+      for (const auto& p : peers) addresses.push_back(p.name);
+      service.SetPeers(addresses);
+    };
+    // A file or name that lists nothing yet (the other replicas not up) is filled in later.
+    auto peers = peers_source->Fetch();
+    if (!peers.ok()) {
+      spdlog::warn("kvtier-router: peers: {} (asked again every {} ms)", peers.status().ToString(),
+                   refresh_ms);
+    }
+    const std::vector<kvtier::router::RingNode> initial =
+        peers.ok() ? *peers : std::vector<kvtier::router::RingNode>{};
+    set_peers(initial);
+    if (peers_source->changes()) {
+      peers_refresher.emplace(peers_source.get(), initial, refresh_ms, set_peers);
+    }
+  }
   int sig = 0;
   sigwait(&signals, &sig);
+  peers_refresher.reset();
   refresher.reset();
   spdlog::info("kvtier-router: {} received, stopping", strsignal(sig));
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));

@@ -33,6 +33,19 @@ void LoadTracker::Reported(const std::string& node, double blocks) {
   n.load += blocks;
 }
 
+void LoadTracker::PeerWork(const std::string& node, double routed, double reported) {
+  if (routed <= 0 && reported <= 0) return;
+  Decay();
+  Node& n = nodes_[node];
+  if (reported > 0) {
+    if (!n.reported) n.load = 0;
+    n.reported = true;
+    n.load += reported;
+  } else if (!n.reported) {
+    n.load += routed;
+  }
+}
+
 void LoadTracker::Remove(const std::string& node) { nodes_.erase(node); }
 
 std::vector<double> LoadTracker::Loads(std::span<const std::string> nodes) {

@@ -24,6 +24,9 @@ class LoadTracker {
   void Routed(const std::string& node, double blocks);
   // `blocks` prefilled on `node`: from now on its load counts reports only.
   void Reported(const std::string& node, double blocks);
+  // Work a peer replica accounted for `node` (replica sync): `routed` blocks counted as Routed
+  // would (the mean request size aside), `reported` as Reported.
+  void PeerWork(const std::string& node, double routed, double reported);
   // Forgets a node that left.
   void Remove(const std::string& node);
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <optional>
+#include <random>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -83,6 +84,15 @@ struct RouteServiceImpl::Member {
   uint64_t round_hit = 0, round_missed = 0;
 };
 
+struct RouteServiceImpl::Peer {
+  ~Peer() { sync.reset(); }  // its thread applies to the fields below
+  std::unique_ptr<PeerSync> sync;
+  // Applied under mu_: the sender's replica id and its work totals at its last batch.
+  uint64_t replica = 0;
+  absl::flat_hash_map<std::string, std::pair<double, double>> work;
+  prometheus::Gauge* synced_metric = nullptr;
+};
+
 struct RouteServiceImpl::Metrics {
   prometheus::Family<prometheus::Counter>* decisions = nullptr;
   prometheus::Family<prometheus::Counter>* ejections = nullptr;
@@ -98,6 +108,9 @@ struct RouteServiceImpl::Metrics {
   prometheus::Counter* engine_batches = nullptr;
   prometheus::Counter* engine_lost = nullptr;
   prometheus::Counter* engine_malformed = nullptr;
+  prometheus::Family<prometheus::Gauge>* peer_synced = nullptr;
+  prometheus::Counter* peer_decisions = nullptr;
+  prometheus::Counter* peer_decisions_lost = nullptr;
   uint64_t index_dropped_seen = 0;  // CacheIndex::dropped() already counted
   std::unique_ptr<RpcMetrics> rpcs;
 };
@@ -114,7 +127,8 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
       index_(cache_aware.max_keys),
       router_({}, options),
       loads_(clock_),
-      metrics_(std::make_unique<Metrics>()) {
+      metrics_(std::make_unique<Metrics>()),
+      replica_id_(std::random_device()() | (uint64_t{std::random_device()()} << 32)) {
   if (registry != nullptr) {
     metrics_->decisions = &prometheus::BuildCounter()
                                .Name("kvtier_router_decisions_total")
@@ -193,6 +207,20 @@ RouteServiceImpl::RouteServiceImpl(std::vector<RingNode> nodes, RouterOptions op
     metrics_->engine_batches = &engine_events.Add({{"outcome", "indexed"}});
     metrics_->engine_lost = &engine_events.Add({{"outcome", "lost"}});
     metrics_->engine_malformed = &engine_events.Add({{"outcome", "malformed"}});
+    metrics_->peer_synced = &prometheus::BuildGauge()
+                                 .Name("kvtier_router_peer_synced")
+                                 .Help(
+                                     "Replica sync (--peers): 1 while the peer's Sync stream is "
+                                     "open (0: this replica does not know its decisions)")
+                                 .Register(*registry);
+    auto& peer_decisions = prometheus::BuildCounter()
+                               .Name("kvtier_router_peer_decisions_total")
+                               .Help(
+                                   "Replica sync: peers' routing decisions, by outcome: applied; "
+                                   "lost (a stream fell behind its sender's log)")
+                               .Register(*registry);
+    metrics_->peer_decisions = &peer_decisions.Add({{"outcome", "applied"}});
+    metrics_->peer_decisions_lost = &peer_decisions.Add({{"outcome", "lost"}});
     metrics_->index_dropped = &prometheus::BuildCounter()
                                    .Name("kvtier_router_index_dropped_total")
                                    .Help("Stored-block events not indexed: the index was full.")
@@ -276,6 +304,11 @@ void RouteServiceImpl::SetMembers(std::vector<RingNode> nodes) {
 
 RouteServiceImpl::~RouteServiceImpl() {
   stop_ = true;
+  decided_.SignalAll();
+  {
+    MutexLock lock(&peers_mu_);
+    peers_.clear();
+  }
   prober_thread_.join();
   std::vector<std::shared_ptr<Member>> members;
   {
@@ -286,6 +319,111 @@ RouteServiceImpl::~RouteServiceImpl() {
     m->watch.reset();
     m->engine.reset();
   }
+}
+
+void RouteServiceImpl::SetPeers(const std::vector<std::string>& addresses) {
+  syncing_ = true;
+  std::vector<std::unique_ptr<Peer>> gone;
+  {
+    MutexLock lock(&peers_mu_);
+    std::vector<std::unique_ptr<Peer>> next;
+    for (const std::string& a : addresses) {
+      auto it = std::find_if(peers_.begin(), peers_.end(),
+                             [&](const auto& p) { return p != nullptr && p->sync->address() == a; });
+      if (it != peers_.end()) {
+        next.push_back(std::move(*it));
+        continue;
+      }
+      auto peer = std::make_unique<Peer>();
+      Peer* raw = peer.get();
+      peer->sync = std::make_unique<PeerSync>(
+          a, replica_id_, [this, raw](const v1::SyncBatch& b) { ApplyPeerBatch(*raw, b); },
+          health_.probe_interval_ms);
+      if (metrics_->peer_synced != nullptr) {
+        peer->synced_metric = &metrics_->peer_synced->Add({{"peer", a}});
+      }
+      next.push_back(std::move(peer));
+    }
+    for (auto& p : peers_) {
+      if (p != nullptr) gone.push_back(std::move(p));
+    }
+    peers_ = std::move(next);
+    for (auto& p : gone) {
+      if (p->synced_metric != nullptr) metrics_->peer_synced->Remove(p->synced_metric);
+    }
+  }
+  gone.clear();  // outside peers_mu_: each waits for its stream's thread
+}
+
+void RouteServiceImpl::ApplyPeerBatch(Peer& peer, const v1::SyncBatch& batch) {
+  MutexLock lock(&mu_);
+  const bool restarted = batch.replica_id() != peer.replica;
+  if (restarted) {
+    // A new sender (or a restarted one): its totals so far are old work, a baseline only.
+    peer.replica = batch.replica_id();
+    peer.work.clear();
+  }
+  absl::flat_hash_map<std::string_view, int> ring_index;
+  for (size_t i = 0; i < ring_members_.size(); ++i) {
+    ring_index[members_[ring_members_[i]]->node.name] = static_cast<int>(i);
+  }
+  std::vector<BlockKey> keys;
+  for (const v1::SyncedDecision& d : batch.decisions()) {
+    const std::string& packed = d.counted_keys();
+    keys.clear();
+    for (size_t i = 0; i + BlockKey::kBytes <= packed.size(); i += BlockKey::kBytes) {
+      keys.push_back(BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(packed.data()) + i));
+    }
+    router_.CountPeerRequest(keys);
+    if (d.placed_key().size() != BlockKey::kBytes) continue;
+    if (auto it = ring_index.find(d.placed_node()); it != ring_index.end()) {
+      router_.Remember(
+          BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(d.placed_key().data())),
+          it->second);
+    }
+  }
+  for (const v1::NodeWork& w : batch.work()) {
+    auto& [routed, reported] = peer.work[w.node()];
+    if (!restarted) {
+      loads_.PeerWork(w.node(), std::max(0.0, w.routed_blocks() - routed),
+                      std::max(0.0, w.reported_blocks() - reported));
+    }
+    routed = w.routed_blocks();
+    reported = w.reported_blocks();
+  }
+  if (metrics_->peer_decisions != nullptr) {
+    metrics_->peer_decisions->Increment(static_cast<double>(batch.decisions_size()));
+    metrics_->peer_decisions_lost->Increment(static_cast<double>(batch.decisions_lost()));
+  }
+}
+
+grpc::Status RouteServiceImpl::Sync(grpc::ServerContext* ctx, const v1::SyncRequest* request,
+                                    grpc::ServerWriter<v1::SyncBatch>* writer) {
+  if (request->replica_id() == replica_id_) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, kSyncSelf);
+  }
+  if (!syncing_) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "sync: this router runs without --peers");
+  }
+  uint64_t cursor, seen = 0;  // the first batch: every node's totals, the peer's baseline
+  {
+    MutexLock lock(&mu_);
+    cursor = decisions_.end();
+  }
+  constexpr size_t kMaxDecisions = 8192;  // a batch: about 400 KiB at most
+  while (!stop_ && !ctx->IsCancelled()) {
+    v1::SyncBatch batch;
+    batch.set_replica_id(replica_id_);
+    {
+      MutexLock lock(&mu_);
+      // Something new, or a heartbeat every 100 ms.
+      if (decisions_.version() == seen) decided_.WaitFor(&mu_, 100'000);
+      decisions_.Read(&cursor, &seen, kMaxDecisions, &batch);
+    }
+    if (!writer->Write(batch)) break;
+  }
+  return grpc::Status::OK;
 }
 
 void RouteServiceImpl::StartEngineWatch(Member& m) {
@@ -463,6 +601,15 @@ void RouteServiceImpl::ProbeLoop() {
         metrics_->index_dropped_seen = dropped;
       }
     }
+    {
+      MutexLock lock(&peers_mu_);
+      for (const auto& p : peers_) {
+        if (p->synced_metric != nullptr) p->synced_metric->Set(p->sync->synced() ? 1 : 0);
+        if (p->sync->is_self() && p->synced_metric != nullptr) {
+          metrics_->peer_synced->Remove(std::exchange(p->synced_metric, nullptr));
+        }
+      }
+    }
     for (int waited = 0; waited < health_.probe_interval_ms && !stop_; waited += 10) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -579,6 +726,11 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
       }
       node = router_.PreferCached(c, held, loads, slack, &expected);
     }
+    if (syncing_) {
+      const bool placed = c.placed || node != c.node;
+      decisions_.Decided(router_.last_counted(), c.routing_key,
+                         placed ? members_[ring_members_[node]]->node.name : std::string());
+    }
     std::vector<int> order;
     router_.ring().Candidates(RingHash(c.routing_key), router_.ring().size(), &order);
     // The chosen node first, then the rest in ring order (where to go if it fails).
@@ -589,6 +741,10 @@ grpc::Status RouteServiceImpl::RouteImpl(const v1::RouteRequest* request,
     response->set_routing_depth(static_cast<uint32_t>(c.depth));
     Member& chosen = *members_[ring_members_[node]];
     loads_.Routed(chosen.node.name, cost);
+    if (syncing_) {
+      decisions_.Worked(chosen.node.name, cost, 0);
+      decided_.SignalAll();
+    }
     ++chosen.decisions;
     if (chosen.decisions_metric != nullptr) {
       chosen.decisions_metric->Increment();
@@ -610,6 +766,10 @@ grpc::Status RouteServiceImpl::ReportImpl(const v1::ReportRequest* request) {
   for (auto& m : members_) {
     if (m->node.name != request->node()) continue;
     loads_.Reported(m->node.name, static_cast<double>(request->prefilled_blocks()));
+    if (syncing_) {
+      decisions_.Worked(m->node.name, 0, static_cast<double>(request->prefilled_blocks()));
+      decided_.SignalAll();
+    }
     if (m->load_metric != nullptr) m->load_metric->Set(loads_.Load(m->node.name));
     return grpc::Status::OK;
   }

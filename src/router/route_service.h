@@ -7,7 +7,8 @@
 // (and an EngineWatch per member's engine, where configured) feeds the CacheIndex, and Route
 // prefers, among the nodes within the bound, the one holding the longest prefix. Route holds the
 // routing lock only for the decision itself; keys are hashed outside it, and only as deep as the
-// index needs. Thread-safe.
+// index needs. Replicas given each other (SetPeers) share their decisions through Sync
+// (router/replica_sync.h). Thread-safe.
 
 #include <grpcpp/grpcpp.h>
 
@@ -32,6 +33,7 @@
 #include "router/load_tracker.h"
 #include "router/membership.h"
 #include "router/node_channel.h"
+#include "router/replica_sync.h"
 #include "router/router.h"
 #include "router/status_page.h"
 
@@ -80,6 +82,9 @@ class RouteServiceImpl final : public v1::RouteService::Service {
                        v1::MembersResponse* response) override;
   grpc::Status Report(grpc::ServerContext* ctx, const v1::ReportRequest* request,
                       v1::ReportResponse* response) override;
+  // Streams this replica's decisions until the caller goes or the service stops.
+  grpc::Status Sync(grpc::ServerContext* ctx, const v1::SyncRequest* request,
+                    grpc::ServerWriter<v1::SyncBatch>* writer) override;
 
   // What the status page shows (router/status_page.h), now.
   RouterStatus Status();
@@ -88,10 +93,17 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   // their load and health; new ones start healthy; only the keys of nodes that join or leave
   // move.
   void SetMembers(std::vector<RingNode> nodes);
+  // Replica sync: follow these replicas' decisions (host:port of their RouteService; this
+  // replica's own address among them is recognised and skipped). The first call turns sync on:
+  // from then on this replica logs its decisions for its peers' Sync streams.
+  void SetPeers(const std::vector<std::string>& addresses);
 
  private:
   struct Member;
   struct Metrics;
+  struct Peer;
+  // Applies a peer's batch: its counted keys, placements and work.
+  void ApplyPeerBatch(Peer& peer, const v1::SyncBatch& batch);
   grpc::Status RouteImpl(const v1::RouteRequest* request, v1::RouteResponse* response);
   grpc::Status MembersImpl(v1::MembersResponse* response);
   grpc::Status ReportImpl(const v1::ReportRequest* request);
@@ -124,6 +136,13 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   std::unique_ptr<Metrics> metrics_;
   static constexpr size_t kHistoryPoints = 600;
   std::deque<std::pair<double, double>> history_ ABSL_GUARDED_BY(mu_);  // RouterStatus::history
+  // Replica sync. replica_id_ is random per start; decisions_ is kept while syncing_.
+  const uint64_t replica_id_;
+  std::atomic<bool> syncing_{false};
+  DecisionLog decisions_ ABSL_GUARDED_BY(mu_);
+  CondVar decided_;  // signalled when decisions_ grows
+  Mutex peers_mu_;  // never taken under mu_ (a PeerSync's thread applies under mu_)
+  std::vector<std::unique_ptr<Peer>> peers_ ABSL_GUARDED_BY(peers_mu_);
   std::atomic<bool> stop_{false};
   std::thread prober_thread_;
 };

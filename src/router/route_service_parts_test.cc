@@ -1,5 +1,6 @@
-// RouteServiceImpl's parts, each alone: LoadTracker on a manual clock, CacheIndex, NodeHealth,
-// HealthProber against fake health and cache services, MembershipRefresher over a fake source.
+// RouteServiceImpl's parts, each alone: LoadTracker on a manual clock, DecisionLog, CacheIndex,
+// NodeHealth, HealthProber against fake health and cache services, MembershipRefresher over a
+// fake source.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include "router/load_tracker.h"
 #include "router/membership.h"
 #include "router/node_channel.h"
+#include "router/replica_sync.h"
 #include "testing/test_util.h"
 
 namespace kvtier::router {
@@ -36,6 +38,60 @@ TEST(LoadTracker, RoutedBlocksCountUntilTheFirstReportThenReportsOnly) {
   EXPECT_EQ(t.Loads(names), (std::vector<double>{3, 4, 0}));
   t.Remove("b");
   EXPECT_DOUBLE_EQ(t.Load("b"), 0);
+}
+
+TEST(LoadTracker, APeersWorkCountsAsItsOwnButNotInTheMeanRequest) {
+  ManualClock clock;
+  LoadTracker t(&clock);
+  t.Routed("a", 8);
+  t.PeerWork("a", 100, 0);
+  t.PeerWork("b", 5, 0);
+  EXPECT_DOUBLE_EQ(t.Load("a"), 108);
+  EXPECT_DOUBLE_EQ(t.Load("b"), 5);
+  EXPECT_DOUBLE_EQ(t.mean_request_blocks(), 8);
+  t.PeerWork("a", 10, 3);  // a report, at the peer: reports only from now on
+  EXPECT_DOUBLE_EQ(t.Load("a"), 3);
+  t.Routed("a", 8);
+  t.PeerWork("a", 4, 0);
+  EXPECT_DOUBLE_EQ(t.Load("a"), 3);
+}
+
+TEST(DecisionLog, AReaderGetsDecisionsInOrderChangedTotalsAndWhatItLost) {
+  DecisionLog log(/*capacity=*/4);
+  uint64_t cursor = log.end(), seen = 0;
+  const std::vector<BlockKey> counted = {TestKey(1), TestKey(2)};
+  log.Decided(counted, TestKey(2), "n1:1");
+  log.Worked("n1:1", 2, 0);
+  log.Decided(counted, TestKey(2), "");
+  log.Worked("n2:1", 2, 5);
+  v1::SyncBatch batch;
+  log.Read(&cursor, &seen, 100, &batch);
+  ASSERT_EQ(batch.decisions_size(), 2);
+  EXPECT_EQ(batch.decisions(0).counted_keys(), PackKeys(counted));
+  EXPECT_EQ(batch.decisions(0).placed_key(), PackKeys(std::vector<BlockKey>{TestKey(2)}));
+  EXPECT_EQ(batch.decisions(0).placed_node(), "n1:1");
+  EXPECT_TRUE(batch.decisions(1).placed_key().empty());
+  EXPECT_EQ(batch.work_size(), 2) << "the first read: every node's totals";
+  EXPECT_EQ(batch.decisions_lost(), 0u);
+  // Only what changed since.
+  log.Worked("n2:1", 1, 0);
+  batch.Clear();
+  log.Read(&cursor, &seen, 100, &batch);
+  EXPECT_EQ(batch.decisions_size(), 0);
+  ASSERT_EQ(batch.work_size(), 1);
+  EXPECT_EQ(batch.work(0).node(), "n2:1");
+  EXPECT_DOUBLE_EQ(batch.work(0).routed_blocks(), 3);
+  EXPECT_DOUBLE_EQ(batch.work(0).reported_blocks(), 5);
+  // A reader that falls behind the log's capacity is told how many decisions it lost.
+  for (int i = 0; i < 6; ++i) log.Decided(counted, TestKey(2), "");
+  batch.Clear();
+  log.Read(&cursor, &seen, 3, &batch);
+  EXPECT_EQ(batch.decisions_lost(), 2u);
+  EXPECT_EQ(batch.decisions_size(), 3);
+  batch.Clear();
+  log.Read(&cursor, &seen, 3, &batch);
+  EXPECT_EQ(batch.decisions_size(), 1);
+  EXPECT_EQ(cursor, log.end());
 }
 
 TEST(LoadTracker, LoadsHalveEveryHalfLifeOnTheClock) {

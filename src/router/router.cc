@@ -43,17 +43,25 @@ double Router::HotShare() const {
 
 template <typename KeyAt>
 size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh) {
+  counted_.clear();
   if (blocks == 0 || ring_.size() == 0) return 0;
   popularity_.AddRequest();
   const double hot = HotShare();
   for (size_t d = 0; d < blocks; ++d) {
     *routing_key = key_at(d);
+    counted_.push_back(*routing_key);
     bool seen = false;
     const double share = popularity_.AddAndShare(*routing_key, &seen);
     *fresh = !seen;
     if (share <= hot) return d + 1;
   }
   return blocks;
+}
+
+void Router::CountPeerRequest(std::span<const BlockKey> keys) {
+  if (keys.empty()) return;
+  popularity_.AddRequest();
+  for (const BlockKey& k : keys) popularity_.Add(k);
 }
 
 size_t Router::Depth(std::span<const BlockKey> chain) {
@@ -68,7 +76,7 @@ RouteChoice Router::Route(std::span<const BlockKey> chain, std::span<const doubl
   bool fresh = false;
   c.depth = DepthOf(chain.size(), [&](size_t d) { return chain[d]; }, &c.routing_key, &fresh);
   if (c.depth == 0) return c;
-  c.node = Place(c.routing_key, fresh, loads, slack);
+  c.node = Place(c.routing_key, fresh, loads, slack, &c.placed);
   return c;
 }
 
@@ -90,16 +98,18 @@ RouteChoice Router::RouteTokens(const ChainHasher& hasher, std::span<const uint3
     c.node = Pick(c.routing_key, loads, slack);  // one key for every short prompt: not placed
     return c;
   }
-  c.node = Place(c.routing_key, fresh, loads, slack);
+  c.node = Place(c.routing_key, fresh, loads, slack, &c.placed);
   return c;
 }
 
-int Router::Place(const BlockKey& key, bool fresh, std::span<const double> loads, double slack) {
+int Router::Place(const BlockKey& key, bool fresh, std::span<const double> loads, double slack,
+                  bool* placed) {
   if (ring_.size() == 0) return -1;
-  int n = NodeOfId(placements_.Find(key));
-  if (n >= 0 && WithinBound(n, loads, slack)) return n;
-  n = n < 0 && fresh ? PickUnderShare(key, loads, slack) : Pick(key, loads, slack);
+  const int was = NodeOfId(placements_.Find(key));
+  if (was >= 0 && WithinBound(was, loads, slack)) return was;
+  const int n = was < 0 && fresh ? PickUnderShare(key, loads, slack) : Pick(key, loads, slack);
   Remember(key, n);
+  *placed = n != was;
   return n;
 }
 

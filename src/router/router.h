@@ -25,8 +25,9 @@
 // key's ring home, and a join or leave moves only the prefixes placed on the leaving node.
 //
 // Not thread-safe (routing updates the popularity sketch and the placements): one router per
-// routing thread. Placements are this router's own: replicas or clients routing locally agree
-// on ring homes but not on where load pushed a prefix.
+// routing thread. Placements are this router's own: clients routing locally agree on ring homes
+// but not on where load pushed a prefix; kvtier-router replicas agree by replaying each other's
+// counts and placements (last_counted, CountPeerRequest, Remember; router/replica_sync.h).
 
 #include <bit>
 #include <memory>
@@ -57,6 +58,7 @@ struct RouteChoice {
   int node = -1;        // index into the node list
   size_t depth = 0;     // blocks in the routing key
   BlockKey routing_key;
+  bool placed = false;  // the routing key's placement was made or changed by this choice
 };
 
 class Router {
@@ -100,6 +102,12 @@ class Router {
   int PreferCached(const RouteChoice& choice, std::span<const size_t> cached,
                    std::span<const double> loads, double slack = 0,
                    size_t* expected_cached = nullptr);
+  // Replica sync (kvtier-router --peers): the keys the last Route or RouteTokens counted in the
+  // popularity sketch, the routing key last; a peer replays them with CountPeerRequest.
+  std::span<const BlockKey> last_counted() const { return counted_; }
+  // Counts a request a peer replica routed, with the keys it counted, in the popularity sketch,
+  // so that replicas behind a round-robin Service pick the same routing depths.
+  void CountPeerRequest(std::span<const BlockKey> keys);
   // A routing key carries at most this share of the recent requests: epsilon / N.
   double HotShare() const;
   // Where `key` would go with equal loads: its remembered node, else its ring home. Changes
@@ -118,7 +126,8 @@ class Router {
   template <typename KeyAt>
   size_t DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool* fresh);
   // The node for a routing key (the rules in the header), remembered.
-  int Place(const BlockKey& key, bool fresh, std::span<const double> loads, double slack);
+  int Place(const BlockKey& key, bool fresh, std::span<const double> loads, double slack,
+            bool* placed);
   // The first ring candidate at or under its weighted share of the total, plus `slack`.
   int PickUnderShare(const BlockKey& key, std::span<const double> loads, double slack) const;
   // Node ids: stable per name across SetNodes, for the placement memory.
@@ -134,6 +143,7 @@ class Router {
   std::vector<uint32_t> id_of_node_;                      // ring index -> id
   std::vector<int> node_of_id_;                           // id -> ring index, or -1
   mutable std::vector<int> candidates_;
+  std::vector<BlockKey> counted_;  // last_counted()
 };
 
 // For each node, the leading blocks of `chain` it holds, from an index where `mask_of(key)`

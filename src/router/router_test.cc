@@ -393,7 +393,7 @@ TEST(Simulator, CacheAwareWithASharedFirstBlockNeitherPilesNorStarves) {
   for (size_t n = 0; n < o.nodes; ++n) EXPECT_GT(r.prefilled[n], 0u) << n;
 }
 
-TEST(Simulator, CacheAwareReplicasAgreeThroughTheIndex) {
+TEST(Simulator, ReplicasAgreeThroughTheIndexOrBySyncing) {
   // Three replicas, requests round robin: each places new prefixes by its own loads, but the
   // turns of a conversation follow the node the shared index shows holding it.
   std::vector<TraceRequest> trace =
@@ -405,9 +405,39 @@ TEST(Simulator, CacheAwareReplicasAgreeThroughTheIndex) {
   const PolicyResult three = Simulate(trace, Policy::kCacheAware, o);
   EXPECT_GE(three.hit_rate, 0.97 * one.hit_rate);
   EXPECT_LE(three.max_mean_load, 1.15);
-  // Without the index, replicas disagree wherever load pushed a prefix off its ring home.
-  const PolicyResult kvtier = Simulate(trace, Policy::kKvtier, o);
-  EXPECT_LT(kvtier.hit_rate, three.hit_rate);
+  // Without the index, replicas that sync (each other's counts, placements and work, 50 ms
+  // late) keep one router's hit rate; replicas that do not disagree wherever load pushed a
+  // prefix off its ring home.
+  o.routers = 1;
+  const PolicyResult kvtier_one = Simulate(trace, Policy::kKvtier, o);
+  o.routers = 3;
+  const PolicyResult kvtier_synced = Simulate(trace, Policy::kKvtier, o);
+  EXPECT_GE(kvtier_synced.hit_rate, 0.97 * kvtier_one.hit_rate);
+  EXPECT_LE(kvtier_synced.max_mean_load, 1.15);
+  o.sync_lag_s = -1;
+  const PolicyResult kvtier_alone = Simulate(trace, Policy::kKvtier, o);
+  EXPECT_LT(kvtier_alone.hit_rate, 0.95 * kvtier_one.hit_rate);
+}
+
+TEST(Router, AReplicaReplayingAPeersCountsAndPlacementsDecidesAlike) {
+  Router a(SimNodes(4)), b(SimNodes(4));
+  std::vector<BlockKey> chain = {Key(1), Key(2), Key(3)};
+  // Loads only `a` knows push the prefix off its ring home.
+  std::vector<double> loads = {100, 100, 100, 100};
+  loads[a.ring().Home(RingHash(chain[0]))] = 200;
+  const RouteChoice placed = a.Route(chain, loads);
+  EXPECT_TRUE(placed.placed);
+  EXPECT_NE(placed.node, a.ring().Home(RingHash(chain[0])));
+  ASSERT_EQ(a.last_counted().size(), placed.depth);
+  EXPECT_EQ(a.last_counted().back(), placed.routing_key);
+  b.CountPeerRequest(a.last_counted());
+  b.Remember(placed.routing_key, placed.node);
+  // `b`, with even loads, sends the prefix where `a` placed it; neither places it again.
+  const std::vector<double> even(4, 100);
+  const RouteChoice followed = b.Route(chain, even);
+  EXPECT_EQ(followed.node, placed.node);
+  EXPECT_FALSE(followed.placed);
+  EXPECT_FALSE(a.Route(chain, even).placed);
 }
 
 TEST(TraceGen, DeterministicAndWellFormed) {
@@ -418,7 +448,9 @@ TEST(TraceGen, DeterministicAndWellFormed) {
   for (size_t i = 0; i < a.size(); ++i) {
     ASSERT_EQ(a[i].chain, b[i].chain) << i;
     ASSERT_EQ(a[i].arrival_s, b[i].arrival_s) << i;
-    if (i > 0) ASSERT_LE(a[i - 1].arrival_s, a[i].arrival_s) << i;
+    if (i > 0) {
+      ASSERT_LE(a[i - 1].arrival_s, a[i].arrival_s) << i;
+    }
     ASSERT_LE(a[i].chain.size(), g.max_blocks);
   }
   EXPECT_NE(GenerateSessions({.seed = 6, .sessions = 200}).front().chain, a.front().chain);

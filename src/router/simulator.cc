@@ -1,6 +1,7 @@
 #include "router/simulator.h"
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <list>
 #include <random>
@@ -130,11 +131,12 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   PolicyResult r;
   r.prefilled.assign(n, 0);
   r.hits.assign(n, 0);
-  // Router replicas, requests spread round robin; each sees only the work it routed itself
-  // (frontends report prefill to the replica that routed them).
+  // Router replicas, requests spread round robin; each sees the work it routed itself
+  // (frontends report prefill to the replica that routed them) and, when they sync, the
+  // others' work and placements, late.
   const size_t replicas = std::max<size_t>(o.routers, 1);
   std::vector<Router> routers(replicas, Router(SimNodes(n), o.router));
-  std::vector<std::vector<uint64_t>> routed(replicas, std::vector<uint64_t>(n, 0));
+  std::vector<std::vector<uint64_t>> seen(replicas, std::vector<uint64_t>(n, 0));
   std::mt19937_64 rng(o.seed);
   absl::flat_hash_set<BlockKey> routing_keys;
   std::vector<double> ttft;
@@ -142,14 +144,38 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
   std::vector<size_t> cached(n);
   uint64_t all_blocks = 0, hit_blocks = 0;
   size_t next_rr = 0, next_replica = 0;
+  // Replica sync: a routing decision (its prefill work, the keys it counted in the popularity
+  // sketch, and the routing key's placement when it made or moved one) reaches the other
+  // replicas sync_lag_s later.
+  struct Synced {
+    double at;
+    size_t from;
+    BlockKey key;
+    int node;
+    bool placed;
+    uint64_t missed;
+    std::vector<BlockKey> counted;  // popularity sketch
+  };
+  std::deque<Synced> synced;
   for (const TraceRequest& req : trace) {
     if (req.chain.empty()) continue;
     const double now = req.arrival_s;
     const size_t replica = next_replica++ % replicas;
     Router& router = routers[replica];
-    // The load signal: prefill work (missed blocks) of the requests this router routed.
-    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(routed[replica][i]);
+    // What the other replicas routed, as far as the sync has brought it by now.
+    for (; !synced.empty() && synced.front().at <= now; synced.pop_front()) {
+      const Synced& e = synced.front();
+      for (size_t i = 0; i < replicas; ++i) {
+        if (i == e.from) continue;
+        seen[i][e.node] += e.missed;
+        if (e.placed) routers[i].Remember(e.key, e.node);
+        routers[i].CountPeerRequest(e.counted);
+      }
+    }
+    // The load signal: prefill work (missed blocks) of the requests this router knows of.
+    for (size_t i = 0; i < n; ++i) loads[i] = static_cast<double>(seen[replica][i]);
     int node = 0;
+    RouteChoice c;
     switch (policy) {
       case Policy::kRoundRobin:
         node = static_cast<int>(next_rr++ % n);
@@ -165,7 +191,7 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
         break;
       }
       case Policy::kKvtier: {
-        const RouteChoice c = router.Route(req.chain, loads);
+        c = router.Route(req.chain, loads);
         routing_keys.insert(c.routing_key);
         node = c.node;
         break;
@@ -173,9 +199,10 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
       case Policy::kCacheAware: {
         // The index every replica reads (exact here): a block is in it once the prefill that
         // computed it has finished and until it is evicted.
-        const RouteChoice c = router.Route(req.chain, loads);
+        c = router.Route(req.chain, loads);
         for (size_t i = 0; i < n; ++i) cached[i] = caches[i].Indexed(req.chain, now);
         node = router.PreferCached(c, cached, loads);
+        c.placed = c.placed || node != c.node;
         break;
       }
     }
@@ -186,7 +213,12 @@ PolicyResult Simulate(const std::vector<TraceRequest>& trace, Policy policy,
     all_blocks += req.chain.size();
     hit_blocks += hits;
     r.prefilled[node] += missed;
-    routed[replica][node] += missed;
+    seen[replica][node] += missed;
+    if (replicas > 1 && o.sync_lag_s >= 0) {
+      const auto counted = router.last_counted();
+      synced.push_back({now + o.sync_lag_s, replica, c.routing_key, node, c.placed, missed,
+                        {counted.begin(), counted.end()}});
+    }
     r.hits[node] += hits;
     ttft.push_back(busy_until[node] - now);
   }

@@ -8,8 +8,10 @@
 //
 // With several router replicas (SimOptions::routers), requests go to them round robin; each has
 // its own popularity sketch, placements and load view (the prefill work of the requests it
-// routed). In cache-aware mode all of them read one index of which node holds which block,
-// exact but late: a block enters it when the prefill that computed it has finished.
+// routed), and learns the others' decisions (work and placements) SimOptions::sync_lag_s late,
+// as kvtier-router's replicas do through their peers' Sync streams. In cache-aware mode all of
+// them read one index of which node holds which block, exact but late: a block enters it when
+// the prefill that computed it has finished.
 
 #include <string>
 #include <vector>
@@ -43,6 +45,9 @@ struct SimOptions {
   RouterOptions router;
   uint64_t seed = 1;          // for the random policy
   size_t routers = 1;         // router replicas; requests spread over them round robin
+  // Replicas share each decision's prefill work and placement (kvtier-router --peers) this
+  // long after it was made; < 0: they do not share.
+  double sync_lag_s = 0.05;
 };
 
 // Fraction of routing keys whose preferred node (Router::Preferred: remembered, else the ring
