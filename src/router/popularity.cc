@@ -7,6 +7,7 @@ namespace kvtier::router {
 
 PrefixPopularity::PrefixPopularity(size_t width, uint32_t window)
     : mask_(std::bit_ceil(std::max<size_t>(width, 64)) - 1),
+      inverse_width_(1.0 / static_cast<double>(mask_ + 1)),
       window_(std::max<uint32_t>(window, 16)),
       counters_(4 * (mask_ + 1), 0) {}
 
@@ -42,13 +43,13 @@ uint32_t PrefixPopularity::Estimate(const BlockKey& key) const {
 double PrefixPopularity::ShareOf(uint32_t estimate) const {
   if (requests_ <= 0) return 0.0;
   // Other keys put adds_ / width in each counter on average: count-mean-min.
-  const double noise = adds_ / static_cast<double>(mask_ + 1);
+  const double noise = adds_ * inverse_width_;
   return std::max(0.0, static_cast<double>(estimate) - noise) / requests_;
 }
 
 double PrefixPopularity::Share(const BlockKey& key) const { return ShareOf(Estimate(key)); }
 
-double PrefixPopularity::AddAndShare(const BlockKey& key, bool* seen) {
+uint32_t PrefixPopularity::AddAndEstimate(const BlockKey& key) {
   adds_ += 1;
   uint32_t m = UINT32_MAX;
   for (int r = 0; r < 4; ++r) {
@@ -56,8 +57,22 @@ double PrefixPopularity::AddAndShare(const BlockKey& key, bool* seen) {
     if (c != UINT32_MAX) ++c;
     m = std::min(m, c);
   }
+  return m;
+}
+
+double PrefixPopularity::AddAndShare(const BlockKey& key, bool* seen) {
+  const uint32_t m = AddAndEstimate(key);
   *seen = m > 1;
   return ShareOf(m);
+}
+
+bool PrefixPopularity::AddAndOver(const BlockKey& key, double share, bool* seen) {
+  const uint32_t m = AddAndEstimate(key);
+  *seen = m > 1;
+  if (requests_ <= 0) return false;
+  // ShareOf(m) > share, multiplied out.
+  const double noise = adds_ * inverse_width_;
+  return static_cast<double>(m) - noise > share * requests_;
 }
 
 }  // namespace kvtier::router

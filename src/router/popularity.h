@@ -27,13 +27,18 @@ class PrefixPopularity {
   // Add, then Share, in one pass over the counters; `*seen`: whether the key's smallest
   // counter was nonzero before (a key never added is unseen; collisions can hide that it is new).
   double AddAndShare(const BlockKey& key, bool* seen);
+  // Add, then whether its share is over `share` (AddAndShare(key, seen) > share, without the
+  // divisions: the routing depth asks this of every key it walks).
+  bool AddAndOver(const BlockKey& key, double share, bool* seen);
   size_t memory_bytes() const { return counters_.size() * sizeof(uint32_t); }
 
  private:
   uint32_t Estimate(const BlockKey& key) const;
+  uint32_t AddAndEstimate(const BlockKey& key);
   double ShareOf(uint32_t estimate) const;
   size_t Slot(int row, const BlockKey& key) const;
   size_t mask_;
+  double inverse_width_;  // 1 / (mask_ + 1)
   uint32_t window_;
   uint32_t since_decay_ = 0;
   double requests_ = 0;

@@ -51,9 +51,9 @@ size_t Router::DepthOf(size_t blocks, KeyAt key_at, BlockKey* routing_key, bool*
     *routing_key = key_at(d);
     counted_.push_back(*routing_key);
     bool seen = false;
-    const double share = popularity_.AddAndShare(*routing_key, &seen);
+    const bool over = popularity_.AddAndOver(*routing_key, hot, &seen);
     *fresh = !seen;
-    if (share <= hot) return d + 1;
+    if (!over) return d + 1;
   }
   return blocks;
 }
@@ -123,12 +123,34 @@ int Router::PreferCached(const RouteChoice& choice, std::span<const size_t> cach
   if (node < 0 || static_cast<size_t>(node) >= cached.size()) return node;
   size_t best = cached[node];
   const size_t routing_blocks = std::max<size_t>(choice.depth, 1);
-  ring_.Candidates(RingHash(choice.routing_key), ring_.size(), &candidates_);
-  for (int n : candidates_) {
-    if (static_cast<size_t>(n) >= cached.size()) continue;
-    if (cached[n] > best && cached[n] >= routing_blocks && WithinBound(n, loads, slack)) {
-      best = cached[n];
-      node = n;
+  auto better = [&](int n) {
+    return cached[n] > best && cached[n] >= routing_blocks && WithinBound(n, loads, slack);
+  };
+  // The most held by a node that may take it; the ring order breaks ties only, so it is walked
+  // only when two or more nodes other than the router's choice hold that most.
+  size_t most = best, holding = 0;
+  int only = node;
+  for (int n = 0; n < static_cast<int>(std::min(cached.size(), ring_.size())); ++n) {
+    if (!better(n)) continue;
+    if (cached[n] > most) {
+      most = cached[n];
+      holding = 0;
+    }
+    if (cached[n] == most) {
+      ++holding;
+      only = n;
+    }
+  }
+  if (holding == 1) {
+    node = only;
+    best = most;
+  } else if (holding > 1) {
+    ring_.Candidates(RingHash(choice.routing_key), ring_.size(), &candidates_);
+    for (int n : candidates_) {
+      if (static_cast<size_t>(n) < cached.size() && better(n)) {
+        best = cached[n];
+        node = n;
+      }
     }
   }
   if (node != choice.node) Remember(choice.routing_key, node);
