@@ -10,8 +10,8 @@
         blocks = kv.get(keys[:cached])            # its KV bytes
         kv.put(new_blocks(keys, kv_of_new_blocks, cached), layout=LLAMA3_8B)
 
-Keys (kvtier.keys) need only xxhash; the clients need grpcio, protobuf and the stubs generated
-when the package was built.
+kvtier.aio has the same clients for asyncio. Keys (kvtier.keys) need only xxhash; the clients
+need grpcio, protobuf and the stubs generated when the package was built.
 """
 from kvtier.keys import (DEEPSEEK_V3, LLAMA3_8B, XXH3_SEED, Block, ChainHasher, KeyNamespace,
                          KvLayout, new_blocks)
@@ -19,7 +19,7 @@ from kvtier.keys import (DEEPSEEK_V3, LLAMA3_8B, XXH3_SEED, Block, ChainHasher, 
 __all__ = ["ChainHasher", "KeyNamespace", "KvLayout", "LLAMA3_8B", "DEEPSEEK_V3",
            "XXH3_SEED", "Block", "new_blocks", "Client", "KvtierError", "PutResult", "Lookup",
            "RouterClient", "Route", "Member", "WorkerClient", "SequenceQuery", "DecodeResult",
-           "LayerOutput", "DecodeStats"]
+           "LayerOutput", "DecodeStats", "aio"]
 
 
 def __getattr__(name):
@@ -36,4 +36,7 @@ def __getattr__(name):
     if name in ("WorkerClient", "SequenceQuery", "DecodeResult", "LayerOutput", "DecodeStats"):
         from kvtier import worker
         return getattr(worker, name)
+    if name == "aio":
+        import importlib
+        return importlib.import_module("kvtier.aio")
     raise AttributeError(f"module 'kvtier' has no attribute {name!r}")

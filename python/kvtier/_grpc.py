@@ -87,6 +87,17 @@ def channel(address: str, *, tls_ca: Pem = None, tls_cert: Pem = None, tls_key: 
     return grpc.secure_channel(address, creds, options)
 
 
+def aio_channel(address: str, *, tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None,
+                tls_server_name: Optional[str] = None, max_message_bytes: int):
+    """A grpc.aio channel to `address` (see channel_args)."""
+    from grpc import aio
+    creds, options = channel_args(address, tls_ca, tls_cert, tls_key, tls_server_name,
+                                  max_message_bytes)
+    if creds is None:
+        return aio.insecure_channel(address, options)
+    return aio.secure_channel(address, creds, options)
+
+
 def auth_metadata(token: Optional[str]) -> Sequence[Tuple[str, str]]:
     """The call metadata carrying a bearer token (none without one)."""
     if token is not None and not isinstance(token, str):
@@ -94,15 +105,22 @@ def auth_metadata(token: Optional[str]) -> Sequence[Tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class Closing:
-    """A client's channel and call metadata (the token); a context manager that closes it."""
+class ChannelOwner:
+    """A client's channel and call metadata (the token). `_open` makes the channel: `channel`
+    here, `aio_channel` for kvtier.aio."""
+
+    _open = staticmethod(channel)
 
     def __init__(self, address: str, token: Optional[str], tls_ca: Pem, tls_cert: Pem,
                  tls_key: Pem, tls_server_name: Optional[str], max_message_bytes: int):
         self._metadata = auth_metadata(token)
-        self._channel = channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-                                tls_server_name=tls_server_name,
-                                max_message_bytes=max_message_bytes)
+        self._channel = self._open(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                   tls_server_name=tls_server_name,
+                                   max_message_bytes=max_message_bytes)
+
+
+class Closing(ChannelOwner):
+    """A blocking client's channel; a context manager that closes it."""
 
     def __enter__(self):
         return self

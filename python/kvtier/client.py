@@ -1,4 +1,8 @@
-"""Client of kvtierd (kvtier.v1.CacheService) for Python inference frontends."""
+"""Client of kvtierd (kvtier.v1.CacheService) for Python inference frontends.
+
+This is the blocking client; kvtier.aio.Client has the same methods for asyncio. Both build
+their requests and read the answers with the helpers here.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -144,6 +148,18 @@ def _stats_of(res: cache_pb2.StatsResponse) -> Dict[str, object]:
     return out
 
 
+def _keep_options(client, tenant: str, timeout: float, attempts: int, chunk_bytes: int) -> None:
+    """Checks a cache client's own options (Client's, kvtier.aio.Client's) and keeps them."""
+    if not tenant or not isinstance(tenant, str):
+        raise ValueError("tenant: must be set (a str)")
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes: must be > 0")
+    client.tenant = tenant
+    client._timeout = timeout
+    client._attempts = max(1, attempts)
+    client._chunk = chunk_bytes
+
+
 class Client(Closing):
     """One tenant's connection to one kvtierd.
 
@@ -164,17 +180,10 @@ class Client(Closing):
                  timeout: float = 30.0, attempts: int = 4, chunk_bytes: int = 1 << 20,
                  tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None,
                  tls_server_name: Optional[str] = None, max_message_bytes: int = 64 << 20):
-        if not tenant or not isinstance(tenant, str):
-            raise ValueError("tenant: must be set (a str)")
-        if chunk_bytes <= 0:
-            raise ValueError("chunk_bytes: must be > 0")
+        _keep_options(self, tenant, timeout, attempts, chunk_bytes)
         super().__init__(address, token, tls_ca, tls_cert, tls_key, tls_server_name,
                          max_message_bytes)
         self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
-        self.tenant = tenant
-        self._timeout = timeout
-        self._attempts = max(1, attempts)
-        self._chunk = chunk_bytes
 
     def _call(self, fn):
         backoff = 0.05

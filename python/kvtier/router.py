@@ -1,4 +1,7 @@
-"""Client of kvtier-router (kvtier.v1.RouteService): which kvtierd should serve a prompt."""
+"""Client of kvtier-router (kvtier.v1.RouteService): which kvtierd should serve a prompt.
+
+This is the blocking client; kvtier.aio.RouterClient has the same methods for asyncio.
+"""
 from __future__ import annotations
 
 import dataclasses

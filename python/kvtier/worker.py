@@ -12,6 +12,8 @@ query [heads][latent_rank] with `q_rope` [heads][rope_dim]. Head-sparse attentio
 profile as the dict of a kvtier.head_profile.v1 file (`kvtier profile-heads` writes them).
 A block cached nowhere raises KvtierError with code NOT_FOUND; its message names the first
 missing block position, from which the caller recomputes.
+
+This is the blocking client; kvtier.aio.WorkerClient has the same methods for asyncio.
 """
 from __future__ import annotations
 

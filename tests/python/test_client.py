@@ -337,7 +337,9 @@ class NewBlocks(unittest.TestCase):
 
 class Package(unittest.TestCase):
     def test_every_public_method_has_a_docstring(self):
-        classes = [kvtier.Client, kvtier.RouterClient, kvtier.WorkerClient, kvtier.ChainHasher,
+        import kvtier.aio
+        classes = [kvtier.Client, kvtier.RouterClient, kvtier.WorkerClient, kvtier.aio.Client,
+                   kvtier.aio.RouterClient, kvtier.aio.WorkerClient, kvtier.ChainHasher,
                    kvtier.KvLayout, kvtier.KeyNamespace, kvtier.KvtierError]
         missing = []
         for cls in classes:
@@ -378,21 +380,32 @@ def make_certs(directory):
             for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
+class TlsDaemon(Daemon):
+    """A kvtierd that requires client certificates; `certs` names the files make_certs made."""
+
+    def __init__(self):
+        self.certs_dir = tempfile.TemporaryDirectory()
+        self.certs = make_certs(self.certs_dir.name)
+        super().__init__("--tls-cert", self.certs["server.pem"], "--tls-key",
+                         self.certs["server.key"], "--tls-client-ca", self.certs["ca.pem"])
+
+    def close(self):
+        super().close()
+        self.certs_dir.cleanup()
+
+
 class LiveTls(unittest.TestCase):
     """TLS options as the CLI takes them (file paths, str or os.PathLike) or as PEM bytes, on
     every client, against a kvtierd that requires client certificates."""
 
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.TemporaryDirectory()
-        cls.certs = make_certs(cls.dir.name)
-        cls.daemon = Daemon("--tls-cert", cls.certs["server.pem"], "--tls-key",
-                            cls.certs["server.key"], "--tls-client-ca", cls.certs["ca.pem"])
+        cls.daemon = TlsDaemon()
+        cls.certs = cls.daemon.certs
 
     @classmethod
     def tearDownClass(cls):
         cls.daemon.close()
-        cls.dir.cleanup()
 
     def tls(self, **over):
         with open(self.certs["client.key"], "rb") as f:
