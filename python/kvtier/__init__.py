@@ -13,10 +13,23 @@
 kvtier.aio has the same clients for asyncio. Keys (kvtier.keys) need only xxhash; the clients
 need grpcio, protobuf and the stubs generated when the package was built.
 """
+import os as _os
+
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "v1")):
+    # An editable install (pip install -e): the generated stubs and _version.py are in
+    # site-packages/kvtier, beside these sources on the package's path.
+    from pkgutil import extend_path as _extend_path
+    __path__ = _extend_path(__path__, __name__)
+
+try:
+    from kvtier._version import __version__
+except ImportError:  # the sources alone, never built (no stubs either)
+    __version__ = "0+unknown"
+
 from kvtier.keys import (DEEPSEEK_V3, LLAMA3_8B, XXH3_SEED, Block, ChainHasher, KeyNamespace,
                          KvLayout, new_blocks)
 
-__all__ = ["ChainHasher", "KeyNamespace", "KvLayout", "LLAMA3_8B", "DEEPSEEK_V3",
+__all__ = ["__version__", "ChainHasher", "KeyNamespace", "KvLayout", "LLAMA3_8B", "DEEPSEEK_V3",
            "XXH3_SEED", "Block", "new_blocks", "Client", "KvtierError", "PutResult", "Lookup",
            "RouterClient", "Route", "Member", "WorkerClient", "SequenceQuery", "DecodeResult",
            "LayerOutput", "DecodeStats", "aio"]

@@ -10,6 +10,7 @@ import math
 import os
 import pathlib
 import random
+import re
 import struct
 import subprocess
 import tempfile
@@ -336,6 +337,11 @@ class NewBlocks(unittest.TestCase):
 
 
 class Package(unittest.TestCase):
+    def test_version_is_the_projects(self):
+        with open(os.path.join(SOURCE, "CMakeLists.txt")) as f:
+            want = re.search(r"project\(kvtier VERSION ([0-9.]+)", f.read()).group(1)
+        self.assertEqual(kvtier.__version__, want)
+
     def test_every_public_method_has_a_docstring(self):
         import kvtier.aio
         classes = [kvtier.Client, kvtier.RouterClient, kvtier.WorkerClient, kvtier.aio.Client,
