@@ -10,7 +10,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-xxhash python3-grpcio python3-protobuf
+  python3-xxhash python3-grpcio python3-protobuf python3-venv
   redis-server libhiredis-dev
   libucx-dev ucx-utils
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev python3-zmq python3-msgpack

@@ -17,6 +17,8 @@
 #                    cluster left there (NVMe tiers, Prometheus' storage), so each starts empty.
 #   --no-nvme        daemons without an NVMe tier (it is on by default)
 #   --nvme-gib N     each daemon's NVMe tier capacity, GiB (default 1)
+#   --max-block-mib N  the largest block each daemon takes, MiB (default 2: a Llama-3-8B block,
+#                    as kvtier.LLAMA3_8B in python/README.md's example; HOST_MIB when smaller)
 #   --base-port P    fixed ports: router gRPC P, router metrics P+1, worker gRPC P+2, worker
 #                    metrics P+3, Prometheus P+4; daemon I (from 0) gRPC P+10+3I, metrics
 #                    P+11+3I, UCX P+12+3I. Default: free ports, as the processes pick them.
@@ -37,11 +39,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="$root/build/cluster"
 nvme=1
 nvme_gib=1
+max_block_mib=""
 base_port=""
 prometheus=0
 
 usage() {
-  sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 positive() {  # positive NAME VALUE
@@ -53,6 +56,8 @@ while [ $# -gt 0 ]; do
     --dir) [ $# -ge 2 ] || usage; dir="$2"; shift 2 ;;
     --no-nvme) nvme=0; shift ;;
     --nvme-gib) [ $# -ge 2 ] || usage; positive --nvme-gib "$2"; nvme_gib="$2"; shift 2 ;;
+    --max-block-mib)
+      [ $# -ge 2 ] || usage; positive --max-block-mib "$2"; max_block_mib="$2"; shift 2 ;;
     --base-port) [ $# -ge 2 ] || usage; positive --base-port "$2"; base_port="$2"; shift 2 ;;
     --prometheus) prometheus=1; shift ;;
     --*) echo "local-cluster: unknown option $1" >&2; usage ;;
@@ -158,6 +163,11 @@ case "${1:-}" in
     n="${2:-4}"; host_mib="${3:-64}"; shift $(( $# < 3 ? $# : 3 )); router_flags=("$@")
     positive N "$n"
     positive HOST_MIB "$host_mib"
+    # A daemon's host tier is cut into slabs of the largest block: it must hold one.
+    if [ -z "$max_block_mib" ]; then max_block_mib=$(( host_mib < 2 ? host_mib : 2 )); fi
+    if [ "$max_block_mib" -gt "$host_mib" ]; then
+      echo "local-cluster: --max-block-mib $max_block_mib exceeds HOST_MIB $host_mib" >&2; exit 2
+    fi
     for bin in kvtierd kvtier-router kvtier-worker; do
       [ -x "$root/build/$bin" ] || { echo "local-cluster: build/$bin missing (scripts/build.sh)" >&2; exit 1; }
     done
@@ -170,7 +180,7 @@ case "${1:-}" in
     for i in $(seq 0 $((n - 1))); do
       listen="$(port $((10 + 3 * i)))"
       flags=(--listen "$listen" --metrics-listen "$(port $((11 + 3 * i)))"
-             --host-mib "$host_mib" --max-block-mib 1 --log-level warn)
+             --host-mib "$host_mib" --max-block-mib "$max_block_mib" --log-level warn)
       if [ -n "$base_port" ]; then
         flags+=(--ucx-listen "$(port $((12 + 3 * i)))" --advertise-address "$listen")
       fi

@@ -8,9 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
-from typing import List, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import xxhash
+
+KEY_BYTES = 16
+# What Client.put stores: (key, parent key or None for the first block of a chain, payload).
+Block = Tuple[bytes, Optional[bytes], Any]
 
 XXH3_SEED = 0x4B56544945523031  # b"KVTIER01" read as a big-endian integer
 _ALGORITHMS = {"xxh3": 1, "sha256": 2}
@@ -47,11 +51,13 @@ class KvLayout:
 
     @property
     def bytes_per_block(self) -> int:
+        """The size of one block of this layout, in bytes (what a daemon checks a Put against)."""
         size = _DTYPES[self.dtype][1]
         per = 2 * self.kv_heads * self.head_dim if self.kind == "gqa" else self.latent_rank + self.rope_dim
         return per * size * self.layers * self.block_tokens
 
     def fingerprint(self) -> int:
+        """The layout's 64-bit fingerprint (docs/block-keys.md), part of the key namespace."""
         gqa = self.kind == "gqa"
         b = b"KVTIER/LAYOUT/1" + struct.pack("<BB", _KINDS[self.kind], _DTYPES[self.dtype][0])
         b += struct.pack("<IIIIII", self.layers, self.kv_heads if gqa else 0,
@@ -84,6 +90,7 @@ class KeyNamespace:
     adapter_id: str = ""
 
     def encode(self, algorithm: str, block_tokens: int) -> bytes:
+        """The namespace's bytes, hashed into a chain's root (docs/block-keys.md)."""
         def field(b: bytes) -> bytes:
             return struct.pack("<I", len(b)) + b
         return (b"KVTIER/NS/1" + struct.pack("<BI", _ALGORITHMS[algorithm], block_tokens)
@@ -113,13 +120,70 @@ class ChainHasher:
         return hashlib.sha256(data).digest()[:16]
 
     def next(self, parent: bytes, block: Sequence[int]) -> bytes:
+        """The key of the block of tokens `block` that follows the block keyed `parent` (the
+        first block of a prompt follows `root`)."""
         if len(block) != self.block_tokens:
             raise ValueError(f"a block holds {self.block_tokens} tokens, got {len(block)}")
         return self._hash(parent + self._pack(*block))
 
     def keys(self, tokens: Sequence[int]) -> List[bytes]:
+        """One key per full block of `tokens` (a trailing partial block has none)."""
         out, key, b = [], self.root, self.block_tokens
         for i in range(len(tokens) // b):
             key = self._hash(key + self._pack(*tokens[i * b:(i + 1) * b]))
             out.append(key)
         return out
+
+    def new_blocks(self, tokens: Sequence[int], payloads: Sequence[Any],
+                   cached: int = 0) -> List[Block]:
+        """The (key, parent, payload) triples of a prompt's blocks from `cached` on, for
+        Client.put: `payloads[j]` is the KV bytes of block `cached + j`, one per full block
+        after the cached ones. Same as new_blocks(self.keys(tokens), payloads, cached)."""
+        return new_blocks(self.keys(tokens), payloads, cached)
+
+
+def check_key(key: Any, what: str = "key") -> bytes:
+    """`key` as bytes. TypeError unless it is bytes-like (bytes, bytearray, memoryview, a numpy
+    row: a str is not a key, keys are binary, from ChainHasher); ValueError unless it is 16
+    bytes long."""
+    if isinstance(key, bytes):
+        b = key
+    else:
+        try:
+            b = memoryview(key).tobytes()
+        except TypeError:
+            raise TypeError(f"{what}: a block key is {KEY_BYTES} bytes (bytes-like, as "
+                            f"ChainHasher.keys makes them), not {type(key).__name__}") from None
+    if len(b) != KEY_BYTES:
+        raise ValueError(f"{what}: a block key is {KEY_BYTES} bytes, this one {len(b)}")
+    return b
+
+
+def check_keys(keys: Any, what: str = "keys") -> List[bytes]:
+    """Each key checked as check_key does; `keys` must be a sequence of keys, not one key."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{what}: a sequence of keys (e.g. a list), not one "
+                        f"{type(keys).__name__}")
+    try:
+        items = list(keys)
+    except TypeError:
+        raise TypeError(f"{what}: a sequence of keys, not {type(keys).__name__}") from None
+    return [check_key(k, f"{what}[{i}]") for i, k in enumerate(items)]
+
+
+def new_blocks(keys: Sequence[bytes], payloads: Sequence[Any], cached: int = 0) -> List[Block]:
+    """The (key, parent, payload) triples of the blocks of the chain `keys` from `cached` on,
+    for Client.put: block i's parent is keys[i - 1] (None for the chain's first block) and
+    `payloads[j]` is the KV bytes of block `cached + j`.
+
+        cached = kv.lookup(keys).matched
+        kv.put(new_blocks(keys, kv_of_blocks_after(cached), cached), layout=LLAMA3_8B)
+    """
+    keys = check_keys(keys)
+    if not 0 <= cached <= len(keys):
+        raise ValueError(f"cached: {cached} is not in [0, {len(keys)}] (the chain's length)")
+    if len(payloads) != len(keys) - cached:
+        raise ValueError(f"payloads: {len(payloads)} given for the {len(keys) - cached} blocks "
+                         f"after the {cached} cached ones")
+    return [(keys[i], keys[i - 1] if i else None, payloads[i - cached])
+            for i in range(cached, len(keys))]

@@ -12,6 +12,8 @@ query [heads][latent_rank] with `q_rope` [heads][rope_dim]. Head-sparse attentio
 profile as the dict of a kvtier.head_profile.v1 file (`kvtier profile-heads` writes them).
 A block cached nowhere raises KvtierError with code NOT_FOUND; its message names the first
 missing block position, from which the caller recomputes.
+
+This is the blocking client; kvtier.aio.WorkerClient has the same methods for asyncio.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import grpc
 
-from kvtier.client import KvtierError, _layout_proto
-from kvtier.keys import KvLayout
+from kvtier._grpc import Closing, KvtierError, Pem
+from kvtier.client import _layout_proto
+from kvtier.keys import KvLayout, check_keys
 from kvtier.v1 import attention_pb2, attention_pb2_grpc
 
 _MODES = {
@@ -77,61 +80,65 @@ def _profile_proto(profile: Mapping) -> attention_pb2.HeadProfile:
     return p
 
 
-class WorkerClient:
-    """Asks kvtier-worker for decode attention. `token`, when the daemons check tokens, is the
-    tenant's bearer token (the worker passes it on)."""
+def _decode_request(tenant: str, layout: KvLayout, sequences: Sequence[SequenceQuery],
+                    mode: Optional[str], profile: Optional[Mapping], scale: float, model: str,
+                    adapter: str) -> attention_pb2.DecodeRequest:
+    if mode not in _MODES:
+        raise ValueError(f"mode: one of {sorted(m for m in _MODES if m)} or None")
+    req = attention_pb2.DecodeRequest(tenant=tenant, model=model, adapter=adapter,
+                                      layout=_layout_proto(layout), mode=_MODES[mode],
+                                      scale=scale)
+    if profile is not None:
+        req.profile.CopyFrom(_profile_proto(profile))
+    for i, s in enumerate(sequences):
+        if (s.keys is None) == (s.tokens is None):
+            raise ValueError("SequenceQuery: give keys or tokens (one of the two)")
+        seq = req.sequences.add(context_tokens=s.context_tokens)
+        if s.keys is not None:
+            seq.packed_keys = b"".join(check_keys(s.keys, f"sequences[{i}].keys"))
+        else:
+            seq.tokens.extend(s.tokens)
+        for layer, q in s.queries.items():
+            lq = seq.queries.add(layer=layer)
+            lq.q.extend(q)
+            lq.q_rope.extend(s.q_rope.get(layer, ()))
+    return req
 
-    def __init__(self, address: str, *, token: Optional[str] = None, timeout: float = 60.0):
-        if not address:
-            raise ValueError("address: must be set")
-        options = [("grpc.max_receive_message_length", 256 << 20),
-                   ("grpc.max_send_message_length", 256 << 20)]
-        self._channel = grpc.insecure_channel(address, options=options)
+
+def _decode_result(res: attention_pb2.DecodeResponse) -> DecodeResult:
+    st = res.stats
+    return DecodeResult(
+        sequences=[[LayerOutput(o.layer, list(o.out), list(o.lse)) for o in s.layers]
+                   for s in res.sequences],
+        stats=DecodeStats(st.bytes_fetched, st.bytes_fetched_ucx, st.bytes_from_pool,
+                          st.bytes_skipped, st.fetch_us, st.compute_us, st.nodes_read),
+        device=res.device)
+
+
+class WorkerClient(Closing):
+    """Asks kvtier-worker for decode attention.
+
+    `token`, when the daemons check tokens, is the tenant's bearer token (the worker passes it
+    on). TLS (`tls_ca`, `tls_cert`, `tls_key`: file paths or PEM bytes) and `tls_server_name`
+    are as kvtier.Client takes them. A failed call raises KvtierError.
+    """
+
+    def __init__(self, address: str, *, token: Optional[str] = None, timeout: float = 60.0,
+                 tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None,
+                 tls_server_name: Optional[str] = None, max_message_bytes: int = 256 << 20):
+        super().__init__(address, token, tls_ca, tls_cert, tls_key, tls_server_name,
+                         max_message_bytes)
         self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._timeout = timeout
-
-    def __enter__(self) -> "WorkerClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
 
     def decode(self, tenant: str, layout: KvLayout, sequences: Sequence[SequenceQuery], *,
                mode: Optional[str] = None, profile: Optional[Mapping] = None,
                scale: float = 0.0, model: str = "", adapter: str = "") -> DecodeResult:
         """One decode step. mode: "dense", "head_sparse" (needs `profile`) or "mla"; None picks
         dense for GQA layouts and mla for MLA ones. scale 0: 1/sqrt(head dim)."""
-        if mode not in _MODES:
-            raise ValueError(f"mode: one of {sorted(m for m in _MODES if m)} or None")
-        req = attention_pb2.DecodeRequest(tenant=tenant, model=model, adapter=adapter,
-                                          layout=_layout_proto(layout), mode=_MODES[mode],
-                                          scale=scale)
-        if profile is not None:
-            req.profile.CopyFrom(_profile_proto(profile))
-        for s in sequences:
-            if (s.keys is None) == (s.tokens is None):
-                raise ValueError("SequenceQuery: give keys or tokens (one of the two)")
-            seq = req.sequences.add(context_tokens=s.context_tokens)
-            if s.keys is not None:
-                seq.packed_keys = b"".join(bytes(k) for k in s.keys)
-            else:
-                seq.tokens.extend(s.tokens)
-            for layer, q in s.queries.items():
-                lq = seq.queries.add(layer=layer)
-                lq.q.extend(q)
-                lq.q_rope.extend(s.q_rope.get(layer, ()))
+        req = _decode_request(tenant, layout, sequences, mode, profile, scale, model, adapter)
         try:
             res = self._stub.Decode(req, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise KvtierError(e.code(), e.details() or "") from None
-        st = res.stats
-        return DecodeResult(
-            sequences=[[LayerOutput(o.layer, list(o.out), list(o.lse)) for o in s.layers]
-                       for s in res.sequences],
-            stats=DecodeStats(st.bytes_fetched, st.bytes_fetched_ucx, st.bytes_from_pool,
-                              st.bytes_skipped, st.fetch_us, st.compute_us, st.nodes_read),
-            device=res.device)
+            raise KvtierError.of(e) from None
+        return _decode_result(res)
