@@ -126,6 +126,10 @@ void WriteEvent(Out& out, WireForm form, const Event& event) {
          {k[6], true, [s](Out& o) { o.OptStr(s->lora_name); }},
          {k[7], s->extra_keys.has_value(),
           [s](Out& o) {
+            if (!s->extra_keys.has_value()) {  // written only before a later field that is set
+              o.p.pack_nil();
+              return;
+            }
             o.p.pack_array(static_cast<uint32_t>(s->extra_keys->size()));
             for (const std::optional<std::string>& e : *s->extra_keys) {
               if (e) {
