@@ -29,6 +29,50 @@ constexpr size_t kMaxHashers = 1024;
 
 }  // namespace
 
+EngineBlockMapper::Held* EngineBlockMapper::HeldMap::Find(const EngineHash& hash) {
+  if (const uint64_t* v = std::get_if<uint64_t>(&hash)) {
+    auto it = ints_.find(*v);
+    return it == ints_.end() ? nullptr : &it->second;
+  }
+  auto it = bytes_.find(std::get<std::string>(hash));
+  return it == bytes_.end() ? nullptr : &it->second;
+}
+
+std::pair<EngineBlockMapper::Held*, bool> EngineBlockMapper::HeldMap::TryEmplace(
+    const EngineHash& hash, const Held& held) {
+  if (const uint64_t* v = std::get_if<uint64_t>(&hash)) {
+    auto [it, inserted] = ints_.try_emplace(*v, held);
+    return {&it->second, inserted};
+  }
+  auto [it, inserted] = bytes_.try_emplace(std::get<std::string>(hash), held);
+  return {&it->second, inserted};
+}
+
+void EngineBlockMapper::HeldMap::Erase(const EngineHash& hash) {
+  if (const uint64_t* v = std::get_if<uint64_t>(&hash)) {
+    ints_.erase(*v);
+  } else {
+    bytes_.erase(std::get<std::string>(hash));
+  }
+}
+
+void EngineBlockMapper::HeldMap::Prefetch(const EngineHash& hash) const {
+  if (const uint64_t* v = std::get_if<uint64_t>(&hash)) {
+    ints_.prefetch(*v);
+  } else {
+    bytes_.prefetch(std::get<std::string>(hash));
+  }
+}
+
+void EngineBlockMapper::HeldMap::Clear() {
+  // absl's clear() frees a large table; growing it back rehashes it again and again.
+  const size_t ints = ints_.size(), bytes = bytes_.size();
+  ints_.clear();
+  bytes_.clear();
+  ints_.reserve(ints);
+  bytes_.reserve(bytes);
+}
+
 EngineBlockMapper::EngineBlockMapper(EngineMapperOptions options, BlockKeySink* sink)
     : options_(std::move(options)), sink_(sink), counts_(std::make_unique<Atomics>()) {}
 
@@ -64,7 +108,7 @@ void EngineBlockMapper::Apply(const Event& event) {
 }
 
 void EngineBlockMapper::Clear() {
-  blocks_.clear();
+  blocks_.Clear();
   Add(counts_->clears);
   sink_->OnCleared();
 }
@@ -137,33 +181,40 @@ void EngineBlockMapper::OnStored(const BlockStored& e) {
   }
   BlockKey parent = (*hasher)->root();
   if (e.parent_block_hash.has_value()) {
-    auto it = blocks_.find(*e.parent_block_hash);
-    if (it == blocks_.end()) {
+    const Held* held = blocks_.Find(*e.parent_block_hash);
+    if (held == nullptr) {
       Add(counts_->unknown_parent);
       return;
     }
-    parent = it->second.key;
+    parent = held->key;
   }
   if (blocks_.size() + n > options_.max_blocks) {
     Add(counts_->overflows);
     Clear();
     if (e.parent_block_hash.has_value()) return;  // its parent is forgotten too
   }
+  // The blocks' entries are fetched while their keys are hashed, rather than each lookup
+  // waiting on memory in turn.
+  for (const EngineHash& h : e.block_hashes) blocks_.Prefetch(h);
+  keys_.clear();
+  const std::span<const uint32_t> tokens(e.token_ids);
+  for (size_t i = 0; i < n; ++i) {
+    parent = (*hasher)->Next(parent, tokens.subspan(i * e.block_size, e.block_size));
+    keys_.push_back(parent);
+  }
   const uint8_t bit = MediumBit(e.medium);
   scratch_.clear();
   std::vector<BlockKey> replaced;
   for (size_t i = 0; i < n; ++i) {
-    const BlockKey key = (*hasher)->Next(
-        parent, std::span<const uint32_t>(e.token_ids).subspan(i * e.block_size, e.block_size));
-    parent = key;
-    auto [it, inserted] = blocks_.try_emplace(e.block_hashes[i], Held{key, 0});
-    if (!inserted && it->second.key != key) {
+    const BlockKey& key = keys_[i];
+    auto [held, inserted] = blocks_.TryEmplace(e.block_hashes[i], Held{key, 0});
+    if (!inserted && held->key != key) {
       // The engine reused a hash for other content (another namespace): the old key went.
-      replaced.push_back(it->second.key);
-      it->second = Held{key, 0};
+      replaced.push_back(held->key);
+      *held = Held{key, 0};
     }
-    if (it->second.media == 0) scratch_.push_back(key);
-    it->second.media |= bit;
+    if (held->media == 0) scratch_.push_back(key);
+    held->media |= bit;
   }
   if (!replaced.empty()) {
     Add(counts_->removed_blocks, replaced.size());
@@ -182,16 +233,17 @@ void EngineBlockMapper::OnRemoved(const BlockRemoved& e) {
   }
   const uint8_t bit = MediumBit(e.medium);
   scratch_.clear();
+  for (const EngineHash& h : e.block_hashes) blocks_.Prefetch(h);
   for (const EngineHash& h : e.block_hashes) {
-    auto it = blocks_.find(h);
-    if (it == blocks_.end()) {
+    Held* held = blocks_.Find(h);
+    if (held == nullptr) {
       Add(counts_->unknown_removed);
       continue;
     }
-    it->second.media &= ~bit;
-    if (it->second.media != 0) continue;  // still held in another medium
-    scratch_.push_back(it->second.key);
-    blocks_.erase(it);
+    held->media &= ~bit;
+    if (held->media != 0) continue;  // still held in another medium
+    scratch_.push_back(held->key);
+    blocks_.Erase(h);
   }
   if (!scratch_.empty()) {
     Add(counts_->removed_blocks, scratch_.size());

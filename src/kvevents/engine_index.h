@@ -29,6 +29,8 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -96,6 +98,26 @@ class EngineBlockMapper final : public KvEventHandler {
     BlockKey key;
     uint8_t media = 0;
   };
+  // Engine hash -> Held. Int hashes (vLLM's default) have a map of their own, whose entries take
+  // 32 bytes instead of the variant's 64: the map outgrows the caches, and each block's lookup
+  // is a miss.
+  class HeldMap {
+   public:
+    Held* Find(const EngineHash& hash);
+    // The entry of `hash`, inserted as `held` if there was none; true if it was inserted.
+    std::pair<Held*, bool> TryEmplace(const EngineHash& hash, const Held& held);
+    void Erase(const EngineHash& hash);
+    // Starts fetching the memory a lookup of `hash` will read.
+    void Prefetch(const EngineHash& hash) const;
+    // Keeps room for as many entries as there were: an engine refills what it cleared.
+    void Clear();
+    size_t size() const { return ints_.size() + bytes_.size(); }
+
+   private:
+    absl::flat_hash_map<uint64_t, Held> ints_;
+    absl::flat_hash_map<std::string, Held> bytes_;
+  };
+
   EngineBlockMapper(EngineMapperOptions options, BlockKeySink* sink);
   void OnStored(const BlockStored& e);
   void OnRemoved(const BlockRemoved& e);
@@ -105,9 +127,9 @@ class EngineBlockMapper final : public KvEventHandler {
 
   const EngineMapperOptions options_;
   BlockKeySink* const sink_;
-  absl::flat_hash_map<EngineHash, Held> blocks_;
+  HeldMap blocks_;
   absl::flat_hash_map<std::string, std::unique_ptr<ChainHasher>> hashers_;
-  std::vector<BlockKey> scratch_;
+  std::vector<BlockKey> keys_, scratch_;  // reused from event to event
 
   struct Atomics;
   std::unique_ptr<Atomics> counts_;

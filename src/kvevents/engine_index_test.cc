@@ -85,6 +85,22 @@ TEST_F(EngineBlockMapperTest, RemovalNamesTheKeysThroughTheMap) {
   EXPECT_EQ(mapper_->size(), 1u);
 }
 
+TEST_F(EngineBlockMapperTest, IntAndByteHashesAreKeptApart) {
+  const std::string zeros(8, '\0');  // int 0's bits, as bytes: another hash
+  const std::vector<BlockKey> keys = Expected({1, 2, 3, 4, 5, 6}, 2);
+  mapper_->Apply(Stored({uint64_t{0}, zeros}, std::nullopt, {1, 2, 3, 4}, 2));
+  mapper_->Apply(Stored({uint64_t{3}}, zeros, {5, 6}, 2));  // a bytes parent
+  EXPECT_EQ(sink_.stored, keys);
+  EXPECT_EQ(mapper_->size(), 3u);
+  mapper_->Apply(BlockRemoved{.block_hashes = {zeros}, .medium = "GPU"});
+  EXPECT_EQ(sink_.removed, (std::vector<BlockKey>{keys[1]}));
+  mapper_->Apply(BlockRemoved{.block_hashes = {uint64_t{0}}, .medium = "GPU"});
+  EXPECT_EQ(sink_.removed, (std::vector<BlockKey>{keys[1], keys[0]}));
+  EXPECT_EQ(mapper_->size(), 1u);
+  mapper_->Apply(AllBlocksCleared{});
+  EXPECT_EQ(mapper_->size(), 0u);
+}
+
 TEST_F(EngineBlockMapperTest, ABlockHeldInTwoMediaGoesWhenBothLetItGo) {
   mapper_->Apply(Stored({uint64_t{1}}, std::nullopt, {1, 2}, 2));
   BlockStored offloaded = Stored({uint64_t{1}}, std::nullopt, {1, 2}, 2);

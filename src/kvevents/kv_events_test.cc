@@ -126,6 +126,18 @@ TEST(KvEventsTest, RoundTripsInBothForms) {
   EXPECT_EQ(*back, empty);
 }
 
+TEST(KvEventsTest, UnsetExtraKeysBeforeALaterFieldRoundTripAsNil) {
+  // The array form writes every field up to the last set one; extra_keys goes as nil.
+  BlockStored s{.block_hashes = {uint64_t{5}}, .token_ids = {1, 2}, .block_size = 2};
+  s.kv_cache_spec_kind = "full_attention";
+  const EventBatch b{.ts = 1, .events = {s}};
+  for (WireForm form : {WireForm::kArray, WireForm::kMap}) {
+    absl::StatusOr<EventBatch> back = Decode(Encode(b, form));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, b);
+  }
+}
+
 void ExpectInvalid(const std::string& bytes, std::string_view says) {
   absl::StatusOr<EventBatch> b = Decode(bytes);
   ASSERT_FALSE(b.ok());
