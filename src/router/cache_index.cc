@@ -22,22 +22,22 @@ void CacheIndex::RemoveNode(uint32_t id) {
 
 void CacheIndex::Stored(uint32_t id, std::span<const BlockKey> keys) {
   MutexLock lock(&mu_);
+  // An event's keys are scattered over the index: ask for all their cache lines first, so that
+  // the misses overlap.
+  for (const BlockKey& key : keys) index_.prefetch(key);
   for (const BlockKey& key : keys) {
-    auto it = index_.find(key);
-    if (it == index_.end()) {
-      if (index_.size() >= max_keys_) {
-        ++dropped_;
-        continue;
-      }
-      it = index_.emplace(key, Holders()).first;
+    if (index_.size() >= max_keys_ && !index_.contains(key)) {
+      ++dropped_;
+      continue;
     }
-    Holders& h = it->second;
+    Holders& h = index_.try_emplace(key).first->second;
     if (std::find(h.begin(), h.end(), id) == h.end()) h.push_back(id);
   }
 }
 
 void CacheIndex::Removed(uint32_t id, std::span<const BlockKey> keys) {
   MutexLock lock(&mu_);
+  for (const BlockKey& key : keys) index_.prefetch(key);
   for (const BlockKey& key : keys) {
     auto it = index_.find(key);
     if (it == index_.end()) continue;
