@@ -135,7 +135,7 @@ TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   auto found = client_->Lookup(keys);
   ASSERT_TRUE(found.ok());
   EXPECT_EQ(found->matched, 3u);
-  EXPECT_EQ(found->tiers, (std::vector<std::string_view>{"host", "host", "host"}));
+  EXPECT_EQ(found->tiers, (std::vector<Tier>{Tier::kHost, Tier::kHost, Tier::kHost}));
   put = client_->Put(blocks, false, &layout);
   ASSERT_TRUE(put.ok());
   EXPECT_EQ(put->stored, 2u);
@@ -207,8 +207,8 @@ TEST_F(ClientTest, ALongLookupStopsAtTheFirstMissingBlockInEitherHalf) {
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ(found->matched, n);
   ASSERT_EQ(found->tiers.size(), n);
-  EXPECT_EQ(found->tiers.front(), "host");
-  EXPECT_EQ(found->tiers.back(), "host");
+  EXPECT_EQ(found->tiers.front(), Tier::kHost);
+  EXPECT_EQ(found->tiers.back(), Tier::kHost);
   // Another tenant sees none of it.
   auto other = CacheClient::Create({.address = daemon_->address(), .tenant = "frontend-2"});
   ASSERT_TRUE(other.ok());
@@ -250,7 +250,7 @@ TEST_P(ClientGetPathTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
   ASSERT_TRUE(plane.available()) << "the daemon exports no host arena";
   auto lease = c.Lease(std::span(&kb, 1));
   ASSERT_TRUE(lease.ok()) << lease.status();
-  ASSERT_EQ(lease->blocks[0].tier, "host");
+  ASSERT_EQ(lease->blocks[0].tier, Tier::kHost);
   const uint64_t at = plane.arena_base() + lease->blocks[0].offset + 12345;
   ASSERT_TRUE(c.Release(lease->id).ok());
   const int mem = open(("/proc/" + std::to_string(daemon_->pid()) + "/mem").c_str(), O_RDWR);

@@ -323,15 +323,16 @@ int RunRemote(int argc, char** argv) {
   if (cmd == "lookup") {
     auto r = (*client)->Lookup(*keys);
     if (!r.ok()) return Fail(r.status().ToString());
+    std::vector<std::string_view> tiers;
+    for (Tier t : r->tiers) tiers.push_back(TierName(t));
     if (json) {
       std::printf("%s\n", nlohmann::json(
-                              {{"matched", r->matched}, {"of", keys->size()}, {"tiers", r->tiers}})
+                              {{"matched", r->matched}, {"of", keys->size()}, {"tiers", tiers}})
                               .dump()
                               .c_str());
     } else {
       std::printf("%zu of %zu leading blocks cached", r->matched, keys->size());
-      for (std::string_view t : r->tiers)
-        std::printf(" %.*s", static_cast<int>(t.size()), t.data());
+      for (std::string_view t : tiers) std::printf(" %.*s", static_cast<int>(t.size()), t.data());
       std::printf("\n");
     }
     return 0;

@@ -20,13 +20,13 @@
 #include "common/layout_proto.h"
 #include "common/process_tuning.h"
 #include "common/status_macros.h"
+#include "common/tier_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
 
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
-using client_internal::TierName;
 using client_internal::WithRetries;
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
@@ -476,7 +476,14 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
   RemoteLookup out;
   out.matched = res.matched();
   out.tiers.reserve(res.tiers_size());
-  for (int t : res.tiers()) out.tiers.push_back(TierName(static_cast<v1::Tier>(t)));
+  for (int t : res.tiers()) {
+    std::optional<Tier> tier = TierFromProto(t);
+    if (!tier.has_value()) {
+      return absl::InternalError(absl::StrCat("lookup: the daemon named tier ", t,
+                                              ", unknown to this client"));
+    }
+    out.tiers.push_back(*tier);
+  }
   return out;
 }
 

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
+#include "common/tier.h"
 #include "kvtier/v1/cache.pb.h"
 
 namespace kvtier {
@@ -70,7 +71,7 @@ struct ClientOptions {
 // A leased block, as CacheService.Lease returns it.
 struct LeasedBlock {
   BlockKey key;
-  std::string tier;  // "host" for blocks a UCX reader can read
+  Tier tier = Tier::kHost;  // kHost for blocks a UCX reader can read
   uint64_t size = 0;
   uint64_t checksum = 0;
   uint64_t offset = 0;  // in the daemon's host arena
@@ -119,9 +120,7 @@ struct PutResult {
 
 struct RemoteLookup {
   size_t matched = 0;
-  // "hbm", "host", "nvme" for each matched block (static strings: a Lookup of thousands of
-  // blocks allocates nothing per block).
-  std::vector<std::string_view> tiers;
+  std::vector<Tier> tiers;  // of each matched block
 };
 
 class CacheClient {

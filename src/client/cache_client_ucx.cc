@@ -8,13 +8,13 @@
 #include "absl/strings/str_cat.h"
 #include "client/internal.h"
 #include "common/checksum.h"
+#include "common/tier_proto.h"
 #include "transfer/ucx_common.h"
 
 namespace kvtier {
 
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
-using client_internal::TierName;
 using client_internal::WithRetries;
 
 namespace {
@@ -55,8 +55,14 @@ absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uin
     out.blocks.clear();
     for (int i = 0; i < res.blocks_size(); ++i) {
       const v1::LeasedBlock& b = res.blocks(i);
+      std::optional<Tier> tier = TierFromProto(b.tier());
+      if (!tier.has_value()) {
+        return grpc::Status(grpc::StatusCode::INTERNAL,
+                            absl::StrCat("lease: the daemon named tier ", b.tier(),
+                                         ", unknown to this client"));
+      }
       out.blocks.push_back({.key = keys[i],
-                            .tier = TierName(b.tier()),
+                            .tier = *tier,
                             .size = b.size(),
                             .checksum = b.checksum(),
                             .offset = b.address(),
@@ -215,7 +221,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     u.leases.fetch_add(1);
     auto release = [&](uint64_t bytes) { ReleaseInBackground(lease->id, bytes); };
     for (const LeasedBlock& b : lease->blocks) {
-      if (b.tier != "host") {  // HBM blocks are not exported over UCX
+      if (b.tier != Tier::kHost) {  // HBM blocks are not exported over UCX
         release(0);
         return false;
       }

@@ -27,20 +27,6 @@ inline absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-// The tier's name as the client API spells it.
-inline const char* TierName(v1::Tier t) {
-  switch (t) {
-    case v1::TIER_HBM:
-      return "hbm";
-    case v1::TIER_HOST:
-      return "host";
-    case v1::TIER_NVME:
-      return "nvme";
-    default:
-      return "unknown";
-  }
-}
-
 // Get streams in progress in this process, over all clients: a Get alone reads on its own
 // thread, one among others on gRPC's callback threads (see GetStream).
 std::atomic<int>& GetsInFlight();
