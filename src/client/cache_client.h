@@ -59,13 +59,14 @@ struct ClientOptions {
   // so a hung daemon can hold a Get for up to twice deadline_ms. Off: one Get call each, for
   // proxies that do not keep streams open.
   bool get_session = true;
-  // Default: true. Create() tunes this process for megabyte transfers
-  // (TuneProcessForThroughput, common/process_tuning.h): megabyte buffers stay on glibc's heap
-  // (gRPC receives each Get into fresh buffers of up to 4 MiB, and with glibc's defaults every
-  // one is a new mapping whose pages fault in on arrival), and Abseil's lock-order checking,
-  // which every gRPC lock pays in Debian's build, is off.
-  // Process-wide; turn off where the program sets its own malloc policy or wants that checking.
-  bool tune_process = true;
+  // Default: false: a library leaves the embedding program's malloc and Abseil settings alone.
+  // True: Create() tunes this process for megabyte transfers (TuneProcessForThroughput,
+  // common/process_tuning.h): megabyte buffers stay on glibc's heap (gRPC receives each Get
+  // into fresh buffers of up to 4 MiB, and with glibc's defaults every one is a new mapping
+  // whose pages fault in on arrival), and Abseil's lock-order checking, which every gRPC lock
+  // pays in Debian's build, is off. Process-wide. kvtier's own programs (the CLI, kvtier-worker,
+  // the benchmarks) call TuneProcessForThroughput in main() instead.
+  bool tune_process = false;
 };
 
 // A leased block, as CacheService.Lease returns it.
