@@ -236,7 +236,7 @@ TEST_P(TransferTest, AnAbandonedLeaseExpiresAndItsCapacityComesBack) {
   ASSERT_TRUE(lease.ok()) << lease.status();
   auto stats = c->Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->leases_active(), 1u);
+  EXPECT_EQ(stats->leases_active, 1u);
   // Leased blocks cannot be deleted...
   EXPECT_EQ(c->Delete(std::span(keys).first(1)).status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -244,7 +244,7 @@ TEST_P(TransferTest, AnAbandonedLeaseExpiresAndItsCapacityComesBack) {
   std::this_thread::sleep_for(std::chrono::milliseconds(900));
   stats = c->Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->leases_active(), 0u);
+  EXPECT_EQ(stats->leases_active, 0u);
   auto deleted = c->Delete(keys);
   ASSERT_TRUE(deleted.ok()) << deleted.status();
   EXPECT_EQ(*deleted, 4u);

@@ -20,13 +20,13 @@
 #include "common/layout_proto.h"
 #include "common/process_tuning.h"
 #include "common/status_macros.h"
-#include "common/tier_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 
 namespace kvtier {
 
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
+using client_internal::TierFromDaemon;
 using client_internal::WithRetries;
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
@@ -60,8 +60,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   // Retries are the client's own (UNAVAILABLE, with backoff: WithRetries). gRPC's retry layer
   // would only add work to every call: without it, 8 clients' 1 MiB Gets moved 5-7% more.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  c->rpc_ = std::make_unique<Rpc>();
-  c->ucx_ = std::make_unique<Ucx>();
+  c->rpc_ = std::make_unique<client_internal::Rpc>();
+  c->ucx_ = std::make_unique<client_internal::Ucx>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_pem.empty()) {
     grpc::SslCredentialsOptions ssl;
@@ -302,30 +302,26 @@ class CallbackGet final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   grpc::Status status_;
 };
 
-}  // namespace
-
-std::atomic<int>& client_internal::GetsInFlight() {
-  static std::atomic<int> n{0};
-  return n;
-}
-
-bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockKey> keys,
-                               const PlaceFn& place) {
-  if (!options_.get_session) return false;
-  std::unique_lock lock(rpc_->session_mu, std::try_to_lock);
-  if (!lock.owns_lock() || !rpc_->sessions) return false;  // another Get has it, or none here
-  Rpc::Session& s = rpc_->session;
+// A GetStream request on the client's GetSession stream; false if the session was busy or
+// anything failed (nothing is reported: GetStream then makes the Get as its own call).
+bool GetOnSession(const ClientOptions& options, client_internal::Rpc& rpc,
+                  client_internal::Ucx& counters, const v1::GetRequest& req,
+                  std::span<const BlockKey> keys, const CacheClient::PlaceFn& place) {
+  if (!options.get_session) return false;
+  std::unique_lock lock(rpc.session_mu, std::try_to_lock);
+  if (!lock.owns_lock() || !rpc.sessions) return false;  // another Get has it, or none here
+  client_internal::Rpc::Session& s = rpc.session;
   const auto now = std::chrono::steady_clock::now();
   if (s.stream != nullptr && now >= s.renew_at) (void)s.Close();
   if (s.stream == nullptr) {
     s.ctx = std::make_unique<grpc::ClientContext>();
     // A request on the session waits at most until the session's deadline: at least half of
     // deadline_ms, as it is renewed when half has passed.
-    PrepareCall(options_, s.ctx.get());
-    s.renew_at = now + std::chrono::milliseconds(options_.deadline_ms / 2);
+    PrepareCall(options, s.ctx.get());
+    s.renew_at = now + std::chrono::milliseconds(options.deadline_ms / 2);
     s.stream.reset(
         grpc::internal::ClientReaderWriterFactory<v1::GetRequest, grpc::ByteBuffer>::Create(
-            rpc_->channel.get(), *rpc_->session_method, s.ctx.get()));
+            rpc.channel.get(), *rpc.session_method, s.ctx.get()));
   }
   GetReceiver receiver(keys, place);
   bool ok = s.stream->Write(req);
@@ -336,12 +332,19 @@ bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockK
   if (ok) ok = receiver.Finish().ok();
   if (!ok) {
     // A daemon from before GetSession: not asked again.
-    if (s.Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) rpc_->sessions = false;
+    if (s.Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) rpc.sessions = false;
     return false;
   }
-  ucx_->grpc_bytes.fetch_add(receiver.bytes());
-  ucx_->session_gets.fetch_add(1);
+  counters.grpc_bytes.fetch_add(receiver.bytes());
+  counters.session_gets.fetch_add(1);
   return true;
+}
+
+}  // namespace
+
+std::atomic<int>& client_internal::GetsInFlight() {
+  static std::atomic<int> n{0};
+  return n;
 }
 
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
@@ -365,7 +368,7 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
   // goes wrong there (an error, a damaged block, a daemon that went away or predates sessions)
   // closes the session, and the Get is made again as its own call, which reports it, retries it
   // or asks again as below.
-  if (GetOnSession(req, keys, place)) return absl::OkStatus();
+  if (GetOnSession(options_, *rpc_, *ucx_, req, keys, place)) return absl::OkStatus();
   absl::Status failed;
   auto call = [&](grpc::ClientContext* ctx) {
     GetReceiver receiver(keys, place);
@@ -477,12 +480,8 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
   out.matched = res.matched();
   out.tiers.reserve(res.tiers_size());
   for (int t : res.tiers()) {
-    std::optional<Tier> tier = TierFromProto(t);
-    if (!tier.has_value()) {
-      return absl::InternalError(absl::StrCat("lookup: the daemon named tier ", t,
-                                              ", unknown to this client"));
-    }
-    out.tiers.push_back(*tier);
+    KVTIER_ASSIGN_OR_RETURN(const Tier tier, TierFromDaemon(t, "lookup"));
+    out.tiers.push_back(tier);
   }
   return out;
 }
@@ -498,13 +497,44 @@ absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
   return res.deleted();
 }
 
-absl::StatusOr<v1::StatsResponse> CacheClient::Stats() {
+absl::StatusOr<RemoteStats> CacheClient::Stats() {
   v1::StatsResponse res;
   absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
     return rpc_->stub->Stats(ctx, v1::StatsRequest(), &res);
   });
   if (!st.ok()) return st;
-  return res;
+  RemoteStats out{.gets = res.gets(),
+                  .get_misses = res.get_misses(),
+                  .lookups = res.lookups(),
+                  .puts = res.puts(),
+                  .evictions = res.evictions(),
+                  .demotions = res.demotions(),
+                  .promotions = res.promotions(),
+                  .nvme_admission_rejections = res.nvme_admission_rejections(),
+                  .checksum_failures = res.checksum_failures(),
+                  .leases_active = res.leases_active(),
+                  .lookup_blocks_hit = res.lookup_blocks_hit(),
+                  .lookup_blocks_missed = res.lookup_blocks_missed()};
+  for (const v1::TierStats& t : res.tiers()) {
+    KVTIER_ASSIGN_OR_RETURN(const Tier tier, TierFromDaemon(t.tier(), "stats"));
+    out.tiers.push_back({.tier = tier,
+                         .present = t.present(),
+                         .capacity_bytes = t.capacity_bytes(),
+                         .used_bytes = t.used_bytes(),
+                         .blocks = t.blocks(),
+                         .hits = t.hits()});
+  }
+  if (res.has_tenant_usage()) {
+    const v1::TenantUsage& u = res.tenant_usage();
+    out.tenant_usage = RemoteTenantUsage{.tenant = u.tenant(),
+                                         .resident_bytes = u.resident_bytes(),
+                                         .resident_blocks = u.resident_blocks(),
+                                         .inflight_bytes = u.inflight_bytes(),
+                                         .leased_bytes = u.leased_bytes(),
+                                         .inflight_limit_bytes = u.inflight_limit_bytes(),
+                                         .leased_limit_bytes = u.leased_limit_bytes()};
+  }
+  return out;
 }
 
 }  // namespace kvtier

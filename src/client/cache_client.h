@@ -21,7 +21,6 @@
 #include "common/block_key.h"
 #include "common/kv_layout.h"
 #include "common/tier.h"
-#include "kvtier/v1/cache.pb.h"
 
 namespace kvtier {
 
@@ -124,6 +123,51 @@ struct RemoteLookup {
   std::vector<Tier> tiers;  // of each matched block
 };
 
+// One tier of a daemon, as Stats reports it.
+struct RemoteTierStats {
+  Tier tier = Tier::kHost;
+  bool present = false;  // the daemon has this tier
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t blocks = 0;
+  uint64_t hits = 0;
+};
+
+// One tenant's share of a daemon.
+struct RemoteTenantUsage {
+  std::string tenant;
+  uint64_t resident_bytes = 0;  // payload bytes of its blocks in the store, every tier
+  uint64_t resident_blocks = 0;
+  uint64_t inflight_bytes = 0;  // held for its Puts being received and Gets being sent
+  uint64_t leased_bytes = 0;    // of its blocks under its live leases
+  uint64_t inflight_limit_bytes = 0;
+  uint64_t leased_limit_bytes = 0;
+};
+
+// A daemon's tiers and counters since it started (CacheService.Stats). With auth on, a
+// tenant's token sees only its own usage: the daemon-wide fields are then empty and zero.
+struct RemoteStats {
+  std::vector<RemoteTierStats> tiers;
+  uint64_t gets = 0;
+  uint64_t get_misses = 0;
+  uint64_t lookups = 0;
+  uint64_t puts = 0;
+  uint64_t evictions = 0;
+  uint64_t demotions = 0;
+  uint64_t promotions = 0;
+  uint64_t nvme_admission_rejections = 0;
+  uint64_t checksum_failures = 0;
+  uint64_t leases_active = 0;
+  uint64_t lookup_blocks_hit = 0;     // blocks Lookup found (the matched prefixes)
+  uint64_t lookup_blocks_missed = 0;  // blocks Lookup asked for in vain
+  std::optional<RemoteTenantUsage> tenant_usage;  // set when the daemon reports it
+};
+
+namespace client_internal {
+struct Rpc;
+struct Ucx;
+}  // namespace client_internal
+
 class CacheClient {
  public:
   // INVALID_ARGUMENT for a missing address or tenant. Connects lazily.
@@ -148,15 +192,9 @@ class CacheClient {
   // The core of Get and GetInto: streams the blocks of `keys`, each into the place `place` picks,
   // and verifies each against its checksum.
   absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place);
-  // One request of GetStream: at most kGetPieceKeys keys.
-  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place);
   // A daemon answers at most limits.max_keys_per_get keys in one request (65,536 by default):
   // longer Gets are asked in pieces of this many, one after another.
   static constexpr size_t kGetPieceKeys = 16'384;
-  // GetStream's request on the client's GetSession stream; false if the session was busy or
-  // anything failed (nothing is reported: GetStream then makes the Get as its own call).
-  bool GetOnSession(const v1::GetRequest& req, std::span<const BlockKey> keys,
-                    const PlaceFn& place);
   // Reads parts of blocks (for example one layer's or one head's slice), over UCX when the daemon
   // offers it, else by fetching the whole blocks with gRPC. NOT_FOUND names the first block not
   // cached; OUT_OF_RANGE for a range past the end of its block. Whole-block reads over UCX are
@@ -184,14 +222,14 @@ class CacheClient {
   absl::StatusOr<RemoteLookup> Lookup(std::span<const BlockKey> chain);
   // Returns how many of the keys were present.
   absl::StatusOr<uint32_t> Delete(std::span<const BlockKey> keys);
-  absl::StatusOr<v1::StatsResponse> Stats();
+  absl::StatusOr<RemoteStats> Stats();
 
   const ClientOptions& options() const { return options_; }
 
  private:
-  struct Rpc;
-  struct Ucx;
   explicit CacheClient(const ClientOptions& options);
+  // One request of GetStream: at most kGetPieceKeys keys.
+  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place);
   // One read of the UCX path: part of lease.blocks[block].
   struct BlockRead {
     size_t block = 0;
@@ -208,8 +246,8 @@ class CacheClient {
   // Release without waiting for the answer.
   void ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read);
   ClientOptions options_;
-  std::unique_ptr<Rpc> rpc_;
-  std::unique_ptr<Ucx> ucx_;
+  std::unique_ptr<client_internal::Rpc> rpc_;  // gRPC channel and GetSession stream (internal.h)
+  std::unique_ptr<client_internal::Ucx> ucx_;  // UCX reader and transfer counters (internal.h)
 };
 
 }  // namespace kvtier

@@ -8,13 +8,13 @@
 #include "absl/strings/str_cat.h"
 #include "client/internal.h"
 #include "common/checksum.h"
-#include "common/tier_proto.h"
 #include "transfer/ucx_common.h"
 
 namespace kvtier {
 
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
+using client_internal::TierFromDaemon;
 using client_internal::WithRetries;
 
 namespace {
@@ -55,11 +55,9 @@ absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uin
     out.blocks.clear();
     for (int i = 0; i < res.blocks_size(); ++i) {
       const v1::LeasedBlock& b = res.blocks(i);
-      std::optional<Tier> tier = TierFromProto(b.tier());
-      if (!tier.has_value()) {
-        return grpc::Status(grpc::StatusCode::INTERNAL,
-                            absl::StrCat("lease: the daemon named tier ", b.tier(),
-                                         ", unknown to this client"));
+      absl::StatusOr<Tier> tier = TierFromDaemon(b.tier(), "lease");
+      if (!tier.ok()) {
+        return grpc::Status(grpc::StatusCode::INTERNAL, std::string(tier.status().message()));
       }
       out.blocks.push_back({.key = keys[i],
                             .tier = *tier,
@@ -150,7 +148,7 @@ TransferStats CacheClient::transfer_stats() const {
 
 absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan) {
   if (!options_.use_ucx || keys.empty()) return false;
-  Ucx& u = *ucx_;
+  client_internal::Ucx& u = *ucx_;
   MutexLock lock(&u.mu);
   if (!u.offered) return false;
   if (u.reader == nullptr || u.reader->broken()) {

@@ -14,8 +14,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "client/cache_client.h"
 #include "common/mutex.h"
+#include "common/tier_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "transfer/ucx_reader.h"
 
@@ -25,6 +28,16 @@ namespace client_internal {
 inline absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+// A tier the daemon named in its answer to `rpc`; INTERNAL for one this build does not know.
+inline absl::StatusOr<Tier> TierFromDaemon(int tier, const char* rpc) {
+  std::optional<Tier> t = TierFromProto(tier);
+  if (!t.has_value()) {
+    return absl::InternalError(
+        absl::StrCat(rpc, ": the daemon named tier ", tier, ", unknown to this client"));
+  }
+  return *t;
 }
 
 // Get streams in progress in this process, over all clients: a Get alone reads on its own
@@ -57,9 +70,7 @@ absl::Status WithRetries(const ClientOptions& o, F attempt) {
   return FromGrpc(s);
 }
 
-}  // namespace client_internal
-
-struct CacheClient::Rpc {
+struct Rpc {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::CacheService::Stub> stub;
   // Get and GetSession, called raw (GetStream parses their responses itself).
@@ -88,7 +99,7 @@ struct CacheClient::Rpc {
 };
 
 // The UCX side of a client: one reader (reconnected when it breaks) and the transfer counters.
-struct CacheClient::Ucx {
+struct Ucx {
   Mutex mu;  // one UCX worker: one reading thread at a time
   std::unique_ptr<transfer::UcxReader> reader ABSL_GUARDED_BY(mu);
   bool offered ABSL_GUARDED_BY(mu) = true;  // false once the daemon said it has no data plane
@@ -104,4 +115,5 @@ struct CacheClient::Ucx {
   int releases_in_flight = 0;  // guarded by release_mu
 };
 
+}  // namespace client_internal
 }  // namespace kvtier
