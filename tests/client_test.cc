@@ -346,6 +346,22 @@ TEST(ClientErrors, BadOptionsAndAnAbsentDaemon) {
   auto r = (*c)->Lookup(std::span(&key, 1));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+
+  // However many attempts are allowed, the call's own deadline ends it.
+  auto bounded = CacheClient::Create({.address = "127.0.0.1:1",
+                                      .tenant = "t",
+                                      .max_attempts = 1'000'000,
+                                      .initial_backoff_ms = 20,
+                                      .total_deadline_ms = 300});
+  ASSERT_TRUE(bounded.ok());
+  const auto t1 = std::chrono::steady_clock::now();
+  r = (*bounded)->Lookup(std::span(&key, 1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(3));
+  EXPECT_EQ(CacheClient::Create({.address = "127.0.0.1:1", .tenant = "t", .total_deadline_ms = -1})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

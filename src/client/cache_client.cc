@@ -24,6 +24,8 @@
 
 namespace kvtier {
 
+using client_internal::CallEnd;
+using client_internal::Deadline;
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
 using client_internal::TierFromDaemon;
@@ -45,6 +47,14 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   }
   if (options.chunk_bytes == 0)
     return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
+  if (options.deadline_ms <= 0) return absl::InvalidArgumentError("client: deadline_ms must be > 0");
+  if (options.total_deadline_ms < 0) {
+    return absl::InvalidArgumentError("client: total_deadline_ms must be >= 0 (0: none)");
+  }
+  if (options.initial_backoff_ms < 0 || options.max_backoff_ms < 0) {
+    return absl::InvalidArgumentError(
+        "client: initial_backoff_ms and max_backoff_ms must be >= 0");
+  }
   if (options.tune_process) TuneProcessForThroughput();
   std::unique_ptr<CacheClient> c(new CacheClient(options));
   grpc::ChannelArguments args;
@@ -88,7 +98,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
 absl::StatusOr<PutResult> CacheClient::Put(std::span<const BlockToPut> blocks, bool durable,
                                            const KvLayout* layout) {
   PutResult result;
-  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
     v1::PutResponse res;
     auto writer = rpc_->stub->Put(ctx, &res);
     bool first = true;
@@ -306,18 +316,24 @@ class CallbackGet final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
 // anything failed (nothing is reported: GetStream then makes the Get as its own call).
 bool GetOnSession(const ClientOptions& options, client_internal::Rpc& rpc,
                   client_internal::Ucx& counters, const v1::GetRequest& req,
-                  std::span<const BlockKey> keys, const CacheClient::PlaceFn& place) {
+                  std::span<const BlockKey> keys, const CacheClient::PlaceFn& place,
+                  Deadline end) {
   if (!options.get_session) return false;
   std::unique_lock lock(rpc.session_mu, std::try_to_lock);
   if (!lock.owns_lock() || !rpc.sessions) return false;  // another Get has it, or none here
   client_internal::Rpc::Session& s = rpc.session;
   const auto now = std::chrono::steady_clock::now();
   if (s.stream != nullptr && now >= s.renew_at) (void)s.Close();
+  // A Get on the session can wait until the session's deadline, which must not outlast the
+  // call's (total_deadline_ms).
+  const Deadline ends = s.stream != nullptr ? s.ends : now + std::chrono::milliseconds(options.deadline_ms);
+  if (ends > end) return false;
   if (s.stream == nullptr) {
     s.ctx = std::make_unique<grpc::ClientContext>();
     // A request on the session waits at most until the session's deadline: at least half of
     // deadline_ms, as it is renewed when half has passed.
-    PrepareCall(options, s.ctx.get());
+    PrepareCall(options, ends, s.ctx.get());
+    s.ends = ends;
     s.renew_at = now + std::chrono::milliseconds(options.deadline_ms / 2);
     s.stream.reset(
         grpc::internal::ClientReaderWriterFactory<v1::GetRequest, grpc::ByteBuffer>::Create(
@@ -348,16 +364,22 @@ std::atomic<int>& client_internal::GetsInFlight() {
 }
 
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
-  if (keys.size() <= kGetPieceKeys) return GetPiece(keys, place);
+  return GetStream(keys, place, CallEnd(options_));
+}
+
+absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place,
+                                    Deadline end) {
+  if (keys.size() <= kGetPieceKeys) return GetPiece(keys, place, end);
   for (size_t begin = 0; begin < keys.size(); begin += kGetPieceKeys) {
     const size_t n = std::min(kGetPieceKeys, keys.size() - begin);
     auto shifted = [&](size_t i, std::optional<size_t> size) { return place(begin + i, size); };
-    KVTIER_RETURN_IF_ERROR(GetPiece(keys.subspan(begin, n), shifted));
+    KVTIER_RETURN_IF_ERROR(GetPiece(keys.subspan(begin, n), shifted, end));
   }
   return absl::OkStatus();
 }
 
-absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn& place) {
+absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn& place,
+                                   Deadline end) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
@@ -368,7 +390,7 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
   // goes wrong there (an error, a damaged block, a daemon that went away or predates sessions)
   // closes the session, and the Get is made again as its own call, which reports it, retries it
   // or asks again as below.
-  if (GetOnSession(options_, *rpc_, *ucx_, req, keys, place)) return absl::OkStatus();
+  if (GetOnSession(options_, *rpc_, *ucx_, req, keys, place, end)) return absl::OkStatus();
   absl::Status failed;
   auto call = [&](grpc::ClientContext* ctx) {
     GetReceiver receiver(keys, place);
@@ -402,24 +424,31 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
     if (failed.ok() && s.ok()) ucx_->grpc_bytes.fetch_add(receiver.bytes());
     return failed.ok() ? s : grpc::Status::OK;
   };
-  absl::Status st = WithRetries(options_, call);
+  absl::Status st = WithRetries(options_, end, call);
   if (failed.code() == absl::StatusCode::kDataLoss) {
     req.set_client_verifies(false);
-    st = WithRetries(options_, call);
+    st = WithRetries(options_, end, call);
   }
   return failed.ok() ? st : failed;
 }
 
 absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
     std::span<const BlockKey> keys) {
+  return Get(keys, CallEnd(options_));
+}
+
+absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
+    std::span<const BlockKey> keys, Deadline end) {
   std::vector<std::optional<std::vector<uint8_t>>> out(keys.size());
   absl::Status st = GetStream(
-      keys, [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
+      keys,
+      [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
         out[i].reset();
         if (!size.has_value()) return std::span<uint8_t>();
         out[i].emplace(*size);
         return std::span(*out[i]);
-      });
+      },
+      end);
   if (!st.ok()) return st;
   return out;
 }
@@ -440,11 +469,12 @@ absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
         absl::StrCat("get: ", dst.size(), " buffers for ", keys.size(), " keys"));
   }
   std::vector<std::optional<size_t>> sizes(keys.size());
+  const Deadline end = CallEnd(options_);
   // UCX when the daemon offers it (leases need distinct keys, and every block cached).
   if (options_.use_ucx &&
       absl::flat_hash_set<BlockKey>(keys.begin(), keys.end()).size() == keys.size()) {
-    auto used =
-        ReadOverUcx(keys, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
+    auto used = ReadOverUcx(
+        keys, end, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
           std::vector<BlockRead> reads;
           for (size_t i = 0; i < keys.size(); ++i) {
             const uint64_t size = lease.blocks[i].size;
@@ -463,7 +493,8 @@ absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
         if (!size.has_value()) return std::span<uint8_t>();
         if (*size > dst[i].size()) return TooSmall(keys[i], *size, dst[i].size());
         return dst[i].first(*size);
-      });
+      },
+      end);
   if (!st.ok()) return st;
   return sizes;
 }
@@ -473,8 +504,9 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(chain));
   v1::LookupResponse res;
-  absl::Status st = WithRetries(
-      options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Lookup(ctx, req, &res); });
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
+    return rpc_->stub->Lookup(ctx, req, &res);
+  });
   if (!st.ok()) return st;
   RemoteLookup out;
   out.matched = res.matched();
@@ -491,15 +523,16 @@ absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
   v1::DeleteResponse res;
-  absl::Status st = WithRetries(
-      options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Delete(ctx, req, &res); });
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
+    return rpc_->stub->Delete(ctx, req, &res);
+  });
   if (!st.ok()) return st;
   return res.deleted();
 }
 
 absl::StatusOr<RemoteStats> CacheClient::Stats() {
   v1::StatsResponse res;
-  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
     return rpc_->stub->Stats(ctx, v1::StatsRequest(), &res);
   });
   if (!st.ok()) return st;

@@ -1,10 +1,17 @@
 #pragma once
 // CacheClient: the C++ client of kvtierd (kvtier.v1.CacheService).
 //
-// One client talks to one daemon as one tenant. Every call has a deadline; calls that fail with
-// UNAVAILABLE (daemon restarting, connection lost) are retried with exponential backoff, which is
-// safe because every operation is idempotent (a repeated put of a present block is a no-op).
-// Block keys are computed with common/block_key.h (ChainHasher) from tokens. Thread-safe.
+// One client talks to one daemon as one tenant. Block keys are computed with
+// common/block_key.h (ChainHasher) from tokens. Thread-safe.
+//
+// Deadlines and retries: every RPC attempt has a deadline (deadline_ms). An attempt that fails
+// with UNAVAILABLE (the daemon restarting or out of reach, a connection lost) is made again, up
+// to max_attempts in all, after a wait that starts at initial_backoff_ms and doubles each time
+// (at most max_backoff_ms), half of it fixed and half random ("equal jitter", so that clients
+// that failed together do not return together). That is safe because every operation is
+// idempotent (a repeated put of a present block is a no-op). Nothing else is retried: the
+// daemon's answers (NOT_FOUND, RESOURCE_EXHAUSTED, ...) and DEADLINE_EXCEEDED are returned as
+// they are. total_deadline_ms, when set, bounds a whole call, retries and waits included.
 
 #include <chrono>
 #include <cstdint>
@@ -30,6 +37,13 @@ struct ClientOptions {
   int64_t deadline_ms = 30'000;         // Default: 30 s. Per attempt.
   int max_attempts = 4;                 // Default: 4. Attempts for UNAVAILABLE.
   int64_t initial_backoff_ms = 50;      // Default: 50 ms, doubled after each failed attempt.
+  int64_t max_backoff_ms = 5'000;       // Default: 5 s. The longest wait between attempts.
+  // Default: 0, none (then a call takes at most max_attempts * deadline_ms plus the waits). The
+  // deadline of a whole call, retries and waits included: no attempt runs past it, and none
+  // starts that could only begin after it. A GetInto or ReadRanges that falls back from UCX to
+  // gRPC has one deadline for both. Gets skip the GetSession stream when the session's deadline
+  // lies beyond this one.
+  int64_t total_deadline_ms = 0;
   size_t chunk_bytes = 1 << 20;         // Default: 1 MiB. Payload bytes per Put message.
   size_t max_message_bytes = 64 << 20;  // Default: 64 MiB. Largest message accepted.
   std::string bearer_token;             // Default: none. Sent as `authorization: Bearer <token>`.
@@ -227,9 +241,17 @@ class CacheClient {
   const ClientOptions& options() const { return options_; }
 
  private:
+  // The end of a whole call (ClientOptions::total_deadline_ms), on the steady clock.
+  using Deadline = std::chrono::steady_clock::time_point;
   explicit CacheClient(const ClientOptions& options);
+  // The public calls of the same names, within `end`.
+  absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> Get(
+      std::span<const BlockKey> keys, Deadline end);
+  absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place, Deadline end);
+  absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms, Deadline end);
+  absl::StatusOr<bool> ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read, Deadline end);
   // One request of GetStream: at most kGetPieceKeys keys.
-  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place);
+  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place, Deadline end);
   // One read of the UCX path: part of lease.blocks[block].
   struct BlockRead {
     size_t block = 0;
@@ -242,7 +264,7 @@ class CacheClient {
   // its lease, or a bad checksum, is redone under a new lease. Returns false (nothing usable
   // read) when the caller should use gRPC instead: no data plane, a block not cached or not in
   // host RAM, UCX failing.
-  absl::StatusOr<bool> ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan);
+  absl::StatusOr<bool> ReadOverUcx(std::span<const BlockKey> keys, Deadline end, PlanFn plan);
   // Release without waiting for the answer.
   void ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read);
   ClientOptions options_;

@@ -12,6 +12,8 @@
 
 namespace kvtier {
 
+using client_internal::CallEnd;
+using client_internal::Deadline;
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
 using client_internal::TierFromDaemon;
@@ -19,7 +21,7 @@ using client_internal::WithRetries;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Attempts at a UCX read before giving up on it (a lease that ran out, a bad checksum).
 constexpr int kUcxAttempts = 3;
@@ -27,7 +29,7 @@ constexpr int kUcxAttempts = 3;
 constexpr auto kReconnectPause = std::chrono::seconds(1);
 
 // The end of a lease with a safety margin for the two clocks' rates (1%) and scheduling (1 ms).
-Clock::time_point SafeEnd(const LeaseInfo& lease, Clock::time_point granted_at) {
+SteadyClock::time_point SafeEnd(const LeaseInfo& lease, SteadyClock::time_point granted_at) {
   const auto ttl = lease.expires - granted_at;
   return lease.expires - ttl / 100 - std::chrono::milliseconds(1);
 }
@@ -35,13 +37,18 @@ Clock::time_point SafeEnd(const LeaseInfo& lease, Clock::time_point granted_at) 
 }  // namespace
 
 absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uint32_t ttl_ms) {
+  return Lease(keys, ttl_ms, CallEnd(options_));
+}
+
+absl::StatusOr<LeaseInfo> CacheClient::Lease(std::span<const BlockKey> keys, uint32_t ttl_ms,
+                                             Deadline end) {
   v1::LeaseRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
   req.set_ttl_ms(ttl_ms);
   LeaseInfo out;
-  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
-    const Clock::time_point sent = Clock::now();
+  absl::Status st = WithRetries(options_, end, [&](grpc::ClientContext* ctx) {
+    const SteadyClock::time_point sent = SteadyClock::now();
     v1::LeaseResponse res;
     grpc::Status s = rpc_->stub->Lease(ctx, req, &res);
     if (!s.ok()) return s;
@@ -80,7 +87,8 @@ void CacheClient::ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read) {
     v1::ReleaseResponse res;
   };
   auto* call = new Call;
-  PrepareCall(options_, &call->ctx);
+  PrepareCall(options_, SteadyClock::now() + std::chrono::milliseconds(options_.deadline_ms),
+              &call->ctx);
   call->req.set_tenant(options_.tenant);
   call->req.set_lease_id(lease_id);
   call->req.set_bytes_read(bytes_read);
@@ -101,13 +109,18 @@ absl::Status CacheClient::Release(uint64_t lease_id, uint64_t bytes_read) {
   req.set_tenant(options_.tenant);
   req.set_lease_id(lease_id);
   req.set_bytes_read(bytes_read);
-  return WithRetries(options_, [&](grpc::ClientContext* ctx) {
+  return WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
     v1::ReleaseResponse res;
     return rpc_->stub->Release(ctx, req, &res);
   });
 }
 
 absl::StatusOr<bool> CacheClient::ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read) {
+  return ReleaseVerified(lease, bytes_read, CallEnd(options_));
+}
+
+absl::StatusOr<bool> CacheClient::ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read,
+                                                  Deadline end) {
   v1::ReleaseRequest req;
   req.set_tenant(options_.tenant);
   req.set_lease_id(lease.id);
@@ -122,7 +135,7 @@ absl::StatusOr<bool> CacheClient::ReleaseVerified(const LeaseInfo& lease, uint64
   req.set_packed_keys(PackKeys(keys));
   v1::ReleaseResponse res;
   absl::Status st = WithRetries(
-      options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Release(ctx, req, &res); });
+      options_, end, [&](grpc::ClientContext* ctx) { return rpc_->stub->Release(ctx, req, &res); });
   if (!st.ok()) return st;
   return res.unchanged();
 }
@@ -146,20 +159,22 @@ TransferStats CacheClient::transfer_stats() const {
           .verified_reads = ucx_->verified_reads.load()};
 }
 
-absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, PlanFn plan) {
+absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Deadline end,
+                                              PlanFn plan) {
   if (!options_.use_ucx || keys.empty()) return false;
   client_internal::Ucx& u = *ucx_;
   MutexLock lock(&u.mu);
   if (!u.offered) return false;
   if (u.reader == nullptr || u.reader->broken()) {
-    if (Clock::now() < u.retry_after) return false;
+    if (SteadyClock::now() < u.retry_after) return false;
     u.reader.reset();
     v1::DataPlaneRequest req;
     req.set_tenant(options_.tenant);
     req.set_accepts_served(true);
     v1::DataPlaneResponse res;
-    absl::Status st = WithRetries(
-        options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->DataPlane(ctx, req, &res); });
+    absl::Status st = WithRetries(options_, end, [&](grpc::ClientContext* ctx) {
+      return rpc_->stub->DataPlane(ctx, req, &res);
+    });
     if (st.code() == absl::StatusCode::kUnimplemented) {
       u.offered = false;  // a daemon without the DataPlane call
       return false;
@@ -183,9 +198,9 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
       }
     }
     auto reader = transfer::UcxReader::Connect(
-        region, Clock::now() + std::chrono::milliseconds(options_.deadline_ms));
+        region, client_internal::EarlierOf(SteadyClock::now(), options_.deadline_ms, end));
     if (!reader.ok()) {
-      u.retry_after = Clock::now() + kReconnectPause;
+      u.retry_after = SteadyClock::now() + kReconnectPause;
       u.ucx_fallbacks.fetch_add(1);
       return false;
     }
@@ -210,8 +225,8 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
 
   absl::Status last;
   for (int attempt = 0; attempt < kUcxAttempts; ++attempt) {
-    const Clock::time_point asked = Clock::now();
-    auto lease = Lease(keys, options_.lease_ttl_ms);
+    const SteadyClock::time_point asked = SteadyClock::now();
+    auto lease = Lease(keys, options_.lease_ttl_ms, end);
     if (!lease.ok()) {
       // Not cached, not leasable now (the pinned-bytes cap), or a problem Get will report too.
       return false;
@@ -245,15 +260,15 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     }
     // Reads in flight cannot be recalled without dropping the connection, so a read that ends
     // after its lease is let finish and then discarded (the block may have been reused meanwhile).
-    const Clock::time_point safe_end = SafeEnd(*lease, asked);
-    if (Clock::now() >= safe_end) {
+    const SteadyClock::time_point safe_end = SafeEnd(*lease, asked);
+    if (SteadyClock::now() >= safe_end) {
       release(0);
       last = absl::DeadlineExceededError("ucx: the lease ended before the read began");
       u.lease_retries.fetch_add(1);
       continue;
     }
     absl::Status st = u.reader->Read(
-        ops, Clock::now() + std::chrono::milliseconds(options_.deadline_ms), lease->id);
+        ops, client_internal::EarlierOf(SteadyClock::now(), options_.deadline_ms, end), lease->id);
     bool verified = true;
     for (size_t i = 0; i < ops.size() && st.ok() && verified; ++i) {
       const LeasedBlock& b = lease->blocks[(*reads)[i].block];
@@ -263,7 +278,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
             absl::StrCat("ucx: block ", b.key.Hex(), " read with a wrong checksum"));
       }
     }
-    const bool in_time = Clock::now() < safe_end;
+    const bool in_time = SteadyClock::now() < safe_end;
     if (st.code() == absl::StatusCode::kNotFound && !u.reader->broken()) {
       // A served read whose lease the daemon no longer had (it ended first): a new lease.
       release(0);
@@ -293,7 +308,7 @@ absl::StatusOr<bool> CacheClient::ReadOverUcx(std::span<const BlockKey> keys, Pl
     // A read that may have outlived its lease proves nothing by itself: the daemon confirms
     // that every block stayed where the lease found it, with the same generation, so the bytes
     // read were the blocks'.
-    auto unchanged = ReleaseVerified(*lease, bytes);
+    auto unchanged = ReleaseVerified(*lease, bytes, end);
     if (!unchanged.ok()) {
       u.ucx_fallbacks.fetch_add(1);
       return false;  // the daemon is not answering: gRPC serves this read, or reports why not
@@ -326,8 +341,9 @@ absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads, bool* ove
                                               reads[i].offset, " of block ", reads[i].key.Hex(),
                                               " (", size, " bytes)"));
   };
+  const Deadline end = CallEnd(options_);
   auto used =
-      ReadOverUcx(keys, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
+      ReadOverUcx(keys, end, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
         std::vector<BlockRead> plan;
         plan.reserve(reads.size());
         for (size_t i = 0; i < reads.size(); ++i) {
@@ -343,7 +359,7 @@ absl::Status CacheClient::ReadRanges(std::span<const RangeRead> reads, bool* ove
   if (over_ucx != nullptr) *over_ucx = *used;
   if (*used) return absl::OkStatus();
   // gRPC: whole blocks, then the ranges out of them.
-  auto blocks = Get(keys);
+  auto blocks = Get(keys, end);
   if (!blocks.ok()) return blocks.status();
   for (size_t i = 0; i < reads.size(); ++i) {
     const auto& b = (*blocks)[block_of[i]];

@@ -10,13 +10,13 @@
 #include <mutex>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "client/cache_client.h"
+#include "client/retry.h"
 #include "common/mutex.h"
 #include "common/tier_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
@@ -44,30 +44,35 @@ inline absl::StatusOr<Tier> TierFromDaemon(int tier, const char* rpc) {
 // thread, one among others on gRPC's callback threads (see GetStream).
 std::atomic<int>& GetsInFlight();
 
-// Sets what every call of a client carries: its deadline (deadline_ms from now) and, with auth,
-// its bearer token.
-inline void PrepareCall(const ClientOptions& o, grpc::ClientContext* ctx) {
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
+// The deadline of a whole call made now (total_deadline_ms), or none.
+inline Deadline CallEnd(const ClientOptions& o) {
+  if (o.total_deadline_ms <= 0) return kNoDeadline;
+  return std::chrono::steady_clock::now() + std::chrono::milliseconds(o.total_deadline_ms);
+}
+
+inline RetryPolicy RetryPolicyOf(const ClientOptions& o) {
+  return {.max_attempts = o.max_attempts,
+          .attempt_ms = o.deadline_ms,
+          .initial_backoff_ms = o.initial_backoff_ms,
+          .max_backoff_ms = o.max_backoff_ms};
+}
+
+// Sets what every call of a client carries: its deadline and, with auth, its bearer token.
+inline void PrepareCall(const ClientOptions& o, Deadline deadline, grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    (deadline - std::chrono::steady_clock::now()));
   if (!o.bearer_token.empty()) ctx->AddMetadata("authorization", "Bearer " + o.bearer_token);
 }
 
-// Runs `attempt` (which returns a grpc::Status) until it succeeds, fails with anything but
-// UNAVAILABLE, or runs out of attempts.
+// Runs `attempt` (which returns a grpc::Status) with a fresh context per attempt, retried as
+// Retry (retry.h) says: UNAVAILABLE, with jittered backoff, within `end`.
 template <typename F>
-absl::Status WithRetries(const ClientOptions& o, F attempt) {
-  int64_t backoff = o.initial_backoff_ms;
-  grpc::Status s;
-  for (int i = 0; i < o.max_attempts; ++i) {
+absl::Status WithRetries(const ClientOptions& o, Deadline end, F attempt) {
+  return Retry(RetryPolicyOf(o), end, RetryEnv{}, [&](Deadline attempt_deadline) {
     grpc::ClientContext ctx;
-    PrepareCall(o, &ctx);
-    s = attempt(&ctx);
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-    if (i + 1 < o.max_attempts) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-      backoff *= 2;
-    }
-  }
-  return FromGrpc(s);
+    PrepareCall(o, attempt_deadline, &ctx);
+    return FromGrpc(attempt(&ctx));
+  });
 }
 
 struct Rpc {
@@ -82,6 +87,7 @@ struct Rpc {
     std::unique_ptr<grpc::ClientContext> ctx;
     std::unique_ptr<grpc::ClientReaderWriter<v1::GetRequest, grpc::ByteBuffer>> stream;
     std::chrono::steady_clock::time_point renew_at;
+    Deadline ends;  // the stream's deadline
     // The stream's status (CANCELLED when it was still open).
     grpc::Status Close() {
       if (stream == nullptr) return grpc::Status::OK;
