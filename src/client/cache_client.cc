@@ -12,7 +12,6 @@
 #include <mutex>
 #include <thread>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "client/internal.h"
 #include "common/checksum.h"
@@ -25,19 +24,14 @@
 namespace kvtier {
 
 using client_internal::CallEnd;
-using client_internal::Deadline;
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
 using client_internal::TierFromDaemon;
 using client_internal::WithRetries;
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
-CacheClient::~CacheClient() {
-  // Background releases hold pointers into this client: wait for them (each has a deadline).
-  if (ucx_ == nullptr) return;
-  std::unique_lock lock(ucx_->release_mu);
-  ucx_->release_done.wait(lock, [this] { return ucx_->releases_in_flight == 0; });
-}
+// Readers first (their releases in flight are waited for), then the channel they use.
+CacheClient::~CacheClient() { readers_.reset(); }
 
 absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("client: address must be set");
@@ -47,13 +41,16 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   }
   if (options.chunk_bytes == 0)
     return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
-  if (options.deadline_ms <= 0) return absl::InvalidArgumentError("client: deadline_ms must be > 0");
+  if (options.deadline_ms <= 0)
+    return absl::InvalidArgumentError("client: deadline_ms must be > 0");
+  if (options.ucx_connections < 1) {
+    return absl::InvalidArgumentError("client: ucx_connections must be >= 1");
+  }
   if (options.total_deadline_ms < 0) {
     return absl::InvalidArgumentError("client: total_deadline_ms must be >= 0 (0: none)");
   }
   if (options.initial_backoff_ms < 0 || options.max_backoff_ms < 0) {
-    return absl::InvalidArgumentError(
-        "client: initial_backoff_ms and max_backoff_ms must be >= 0");
+    return absl::InvalidArgumentError("client: initial_backoff_ms and max_backoff_ms must be >= 0");
   }
   if (options.tune_process) TuneProcessForThroughput();
   std::unique_ptr<CacheClient> c(new CacheClient(options));
@@ -71,7 +68,6 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   // would only add work to every call: without it, 8 clients' 1 MiB Gets moved 5-7% more.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   c->rpc_ = std::make_unique<client_internal::Rpc>();
-  c->ucx_ = std::make_unique<client_internal::Ucx>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_pem.empty()) {
     grpc::SslCredentialsOptions ssl;
@@ -92,6 +88,26 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   c->rpc_->session_method = std::make_unique<grpc::internal::RpcMethod>(
       "/kvtier.v1.CacheService/GetSession", grpc::internal::RpcMethod::BIDI_STREAMING,
       c->rpc_->channel);
+
+  // UCX leases where the daemon offers them, gRPC Gets for the rest (block_reader.h).
+  c->readers_ = std::make_unique<client_internal::Readers>();
+  client_internal::Readers& r = *c->readers_;
+  CacheClient* self = c.get();
+  r.control = std::make_unique<client_internal::GrpcLeaseControl>(c->options_, c->rpc_.get());
+  r.grpc = std::make_unique<GrpcBlockReader>(
+      [self](std::span<const BlockKey> keys, const BlockPlaceFn& place, CallDeadline end) {
+        return self->GetStream(keys, place, end);
+      });
+  if (options.use_ucx) {
+    r.transport = NewUcxTransport();
+    r.ucx = std::make_unique<UcxLeaseReader>(
+        r.control.get(), r.transport.get(),
+        UcxLeaseReaderOptions{.lease_ttl_ms = options.lease_ttl_ms,
+                              .read_timeout_ms = options.deadline_ms,
+                              .software_rma = options.ucx_software_rma,
+                              .max_connections = options.ucx_connections});
+    r.ucx_or_grpc = std::make_unique<FallbackReader>(r.ucx.get(), r.grpc.get());
+  }
   return c;
 }
 
@@ -315,9 +331,8 @@ class CallbackGet final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
 // A GetStream request on the client's GetSession stream; false if the session was busy or
 // anything failed (nothing is reported: GetStream then makes the Get as its own call).
 bool GetOnSession(const ClientOptions& options, client_internal::Rpc& rpc,
-                  client_internal::Ucx& counters, const v1::GetRequest& req,
-                  std::span<const BlockKey> keys, const CacheClient::PlaceFn& place,
-                  Deadline end) {
+                  const v1::GetRequest& req, std::span<const BlockKey> keys,
+                  const CacheClient::PlaceFn& place, CallDeadline end) {
   if (!options.get_session) return false;
   std::unique_lock lock(rpc.session_mu, std::try_to_lock);
   if (!lock.owns_lock() || !rpc.sessions) return false;  // another Get has it, or none here
@@ -326,7 +341,8 @@ bool GetOnSession(const ClientOptions& options, client_internal::Rpc& rpc,
   if (s.stream != nullptr && now >= s.renew_at) (void)s.Close();
   // A Get on the session can wait until the session's deadline, which must not outlast the
   // call's (total_deadline_ms).
-  const Deadline ends = s.stream != nullptr ? s.ends : now + std::chrono::milliseconds(options.deadline_ms);
+  const CallDeadline ends =
+      s.stream != nullptr ? s.ends : now + std::chrono::milliseconds(options.deadline_ms);
   if (ends > end) return false;
   if (s.stream == nullptr) {
     s.ctx = std::make_unique<grpc::ClientContext>();
@@ -351,8 +367,8 @@ bool GetOnSession(const ClientOptions& options, client_internal::Rpc& rpc,
     if (s.Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) rpc.sessions = false;
     return false;
   }
-  counters.grpc_bytes.fetch_add(receiver.bytes());
-  counters.session_gets.fetch_add(1);
+  rpc.grpc_bytes.fetch_add(receiver.bytes());
+  rpc.session_gets.fetch_add(1);
   return true;
 }
 
@@ -368,7 +384,7 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
 }
 
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place,
-                                    Deadline end) {
+                                    CallDeadline end) {
   if (keys.size() <= kGetPieceKeys) return GetPiece(keys, place, end);
   for (size_t begin = 0; begin < keys.size(); begin += kGetPieceKeys) {
     const size_t n = std::min(kGetPieceKeys, keys.size() - begin);
@@ -379,7 +395,7 @@ absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceF
 }
 
 absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn& place,
-                                   Deadline end) {
+                                   CallDeadline end) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
@@ -390,7 +406,7 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
   // goes wrong there (an error, a damaged block, a daemon that went away or predates sessions)
   // closes the session, and the Get is made again as its own call, which reports it, retries it
   // or asks again as below.
-  if (GetOnSession(options_, *rpc_, *ucx_, req, keys, place, end)) return absl::OkStatus();
+  if (GetOnSession(options_, *rpc_, req, keys, place, end)) return absl::OkStatus();
   absl::Status failed;
   auto call = [&](grpc::ClientContext* ctx) {
     GetReceiver receiver(keys, place);
@@ -421,7 +437,7 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
     }
     client_internal::GetsInFlight().fetch_sub(1, std::memory_order_relaxed);
     if (failed.ok() && s.ok()) failed = receiver.Finish();
-    if (failed.ok() && s.ok()) ucx_->grpc_bytes.fetch_add(receiver.bytes());
+    if (failed.ok() && s.ok()) rpc_->grpc_bytes.fetch_add(receiver.bytes());
     return failed.ok() ? s : grpc::Status::OK;
   };
   absl::Status st = WithRetries(options_, end, call);
@@ -434,11 +450,6 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
 
 absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
     std::span<const BlockKey> keys) {
-  return Get(keys, CallEnd(options_));
-}
-
-absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Get(
-    std::span<const BlockKey> keys, Deadline end) {
   std::vector<std::optional<std::vector<uint8_t>>> out(keys.size());
   absl::Status st = GetStream(
       keys,
@@ -448,55 +459,9 @@ absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Ge
         out[i].emplace(*size);
         return std::span(*out[i]);
       },
-      end);
+      CallEnd(options_));
   if (!st.ok()) return st;
   return out;
-}
-
-namespace {
-
-absl::Status TooSmall(const BlockKey& key, uint64_t size, size_t buffer) {
-  return absl::OutOfRangeError(
-      absl::StrCat("get: block ", key.Hex(), " is ", size, " bytes, its buffer ", buffer));
-}
-
-}  // namespace
-
-absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
-    std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst) {
-  if (dst.size() != keys.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("get: ", dst.size(), " buffers for ", keys.size(), " keys"));
-  }
-  std::vector<std::optional<size_t>> sizes(keys.size());
-  const Deadline end = CallEnd(options_);
-  // UCX when the daemon offers it (leases need distinct keys, and every block cached).
-  if (options_.use_ucx &&
-      absl::flat_hash_set<BlockKey>(keys.begin(), keys.end()).size() == keys.size()) {
-    auto used = ReadOverUcx(
-        keys, end, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
-          std::vector<BlockRead> reads;
-          for (size_t i = 0; i < keys.size(); ++i) {
-            const uint64_t size = lease.blocks[i].size;
-            if (size > dst[i].size()) return TooSmall(keys[i], size, dst[i].size());
-            sizes[i] = size;
-            reads.push_back({.block = i, .offset = 0, .dst = dst[i].first(size)});
-          }
-          return reads;
-        });
-    if (!used.ok()) return used.status();
-    if (*used) return sizes;
-  }
-  absl::Status st = GetStream(
-      keys, [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
-        sizes[i] = size;
-        if (!size.has_value()) return std::span<uint8_t>();
-        if (*size > dst[i].size()) return TooSmall(keys[i], *size, dst[i].size());
-        return dst[i].first(*size);
-      },
-      end);
-  if (!st.ok()) return st;
-  return sizes;
 }
 
 absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain) {

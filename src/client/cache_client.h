@@ -2,7 +2,9 @@
 // CacheClient: the C++ client of kvtierd (kvtier.v1.CacheService).
 //
 // One client talks to one daemon as one tenant. Block keys are computed with
-// common/block_key.h (ChainHasher) from tokens. Thread-safe.
+// common/block_key.h (ChainHasher) from tokens. Thread-safe: UCX reads of many threads overlap
+// (each on a connection of its own, ucx_connections), gRPC Gets each make a call of their own
+// unless the client's GetSession stream is free.
 //
 // Deadlines and retries: every RPC attempt has a deadline (deadline_ms). An attempt that fails
 // with UNAVAILABLE (the daemon restarting or out of reach, a connection lost) is made again, up
@@ -19,12 +21,11 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <string_view>
 #include <vector>
 
-#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "client/block_reader.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
 #include "common/tier.h"
@@ -32,12 +33,12 @@
 namespace kvtier {
 
 struct ClientOptions {
-  std::string address;                  // Required. host:port of kvtierd.
-  std::string tenant;                   // Required. Names the key space.
-  int64_t deadline_ms = 30'000;         // Default: 30 s. Per attempt.
-  int max_attempts = 4;                 // Default: 4. Attempts for UNAVAILABLE.
-  int64_t initial_backoff_ms = 50;      // Default: 50 ms, doubled after each failed attempt.
-  int64_t max_backoff_ms = 5'000;       // Default: 5 s. The longest wait between attempts.
+  std::string address;              // Required. host:port of kvtierd.
+  std::string tenant;               // Required. Names the key space.
+  int64_t deadline_ms = 30'000;     // Default: 30 s. Per attempt.
+  int max_attempts = 4;             // Default: 4. Attempts for UNAVAILABLE.
+  int64_t initial_backoff_ms = 50;  // Default: 50 ms, doubled after each failed attempt.
+  int64_t max_backoff_ms = 5'000;   // Default: 5 s. The longest wait between attempts.
   // Default: 0, none (then a call takes at most max_attempts * deadline_ms plus the waits). The
   // deadline of a whole call, retries and waits included: no attempt runs past it, and none
   // starts that could only begin after it. A GetInto or ReadRanges that falls back from UCX to
@@ -65,6 +66,10 @@ struct ClientOptions {
   // where measured (src/transfer/README.md).
   bool ucx_software_rma = false;
   uint32_t lease_ttl_ms = 0;  // Default: 0, the daemon's lease TTL. Leases for UCX reads.
+  // Default: 8. UCX connections of this client at once: each UCX read in progress holds one (a
+  // UCX worker is progressed by the thread reading), so up to this many threads' reads overlap;
+  // more wait for one to come free. Made as needed, kept while they work.
+  int ucx_connections = 8;
   // Default: true. gRPC Gets go over one long-lived GetSession stream (renewed every half
   // deadline_ms) when no other Get of this client is using it, saving a call's setup each: 8
   // clients' 1 MiB Gets moved 8-22% more, one client's 25%. A Get the session cannot answer
@@ -100,24 +105,17 @@ struct LeaseInfo {
   std::vector<LeasedBlock> blocks;
 };
 
-// Part of a block to read: `dst.size()` bytes from `offset` in block `key`.
-struct RangeRead {
-  BlockKey key;
-  uint64_t offset = 0;
-  std::span<uint8_t> dst;
-};
-
 // What a client moved, and how (monotonic counters).
 struct TransferStats {
-  uint64_t ucx_bytes = 0;      // read over UCX (one-sided gets, or reads the daemon served)
-  uint64_t grpc_bytes = 0;     // received in gRPC Get responses
-  uint64_t session_gets = 0;   // gRPC Gets answered on the GetSession stream (get_session)
-  uint64_t leases = 0;         // leases taken for UCX reads
-  uint64_t lease_retries = 0;  // reads redone under a new lease (expiry race or bad checksum)
-  uint64_t ucx_fallbacks = 0;  // reads that went to gRPC because UCX could not serve them
-  uint64_t ucx_connects = 0;   // UCX connections made (reconnects included)
-  uint64_t verified_reads = 0; // UCX reads that outlived their lease, kept because the daemon
-                               // confirmed by generation that their blocks stayed put
+  uint64_t ucx_bytes = 0;       // read over UCX (one-sided gets, or reads the daemon served)
+  uint64_t grpc_bytes = 0;      // received in gRPC Get responses
+  uint64_t session_gets = 0;    // gRPC Gets answered on the GetSession stream (get_session)
+  uint64_t leases = 0;          // leases taken for UCX reads
+  uint64_t lease_retries = 0;   // reads redone under a new lease (expiry race or bad checksum)
+  uint64_t ucx_fallbacks = 0;   // reads that went to gRPC because UCX could not serve them
+  uint64_t ucx_connects = 0;    // UCX connections made (reconnects included)
+  uint64_t verified_reads = 0;  // UCX reads that outlived their lease, kept because the daemon
+                                // confirmed by generation that their blocks stayed put
 };
 
 // A block to store: its key, its parent's key (zero for the first block of a chain), its bytes.
@@ -172,14 +170,14 @@ struct RemoteStats {
   uint64_t nvme_admission_rejections = 0;
   uint64_t checksum_failures = 0;
   uint64_t leases_active = 0;
-  uint64_t lookup_blocks_hit = 0;     // blocks Lookup found (the matched prefixes)
-  uint64_t lookup_blocks_missed = 0;  // blocks Lookup asked for in vain
+  uint64_t lookup_blocks_hit = 0;                 // blocks Lookup found (the matched prefixes)
+  uint64_t lookup_blocks_missed = 0;              // blocks Lookup asked for in vain
   std::optional<RemoteTenantUsage> tenant_usage;  // set when the daemon reports it
 };
 
 namespace client_internal {
 struct Rpc;
-struct Ucx;
+struct Readers;
 }  // namespace client_internal
 
 class CacheClient {
@@ -197,12 +195,13 @@ class CacheClient {
       std::span<const BlockKey> keys);
   // Reads blocks straight into caller buffers (for example, registered once and reused): block
   // keys[i] goes to the start of dst[i]. One entry per key: the block's size, or nullopt when it is
-  // not cached. OUT_OF_RANGE when a block is larger than its buffer.
+  // not cached. OUT_OF_RANGE when a block is larger than its buffer. Over UCX leases when the
+  // daemon offers them and the keys are distinct, else (per call) over gRPC: the same answers
+  // and errors either way (block_reader.h).
   absl::StatusOr<std::vector<std::optional<size_t>>> GetInto(
       std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst);
   // Where block `i` goes, once its size is known (nullopt: not cached; return an empty span).
-  using PlaceFn =
-      absl::FunctionRef<absl::StatusOr<std::span<uint8_t>>(size_t i, std::optional<size_t> size)>;
+  using PlaceFn = BlockPlaceFn;
   // The core of Get and GetInto: streams the blocks of `keys`, each into the place `place` picks,
   // and verifies each against its checksum.
   absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place);
@@ -226,8 +225,8 @@ class CacheClient {
   absl::StatusOr<bool> ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read = 0);
 
   // Registers a buffer that reads will land in, once, so UCX reads into it need no per-read
-  // registration (done when the data plane connects; a no-op without one). The buffer must
-  // outlive the client.
+  // registration (done by each data-plane connection when it is next used; a no-op without
+  // one). The buffer must outlive the client.
   void RegisterBuffer(std::span<uint8_t> buffer);
 
   TransferStats transfer_stats() const;
@@ -241,35 +240,15 @@ class CacheClient {
   const ClientOptions& options() const { return options_; }
 
  private:
-  // The end of a whole call (ClientOptions::total_deadline_ms), on the steady clock.
-  using Deadline = std::chrono::steady_clock::time_point;
   explicit CacheClient(const ClientOptions& options);
-  // The public calls of the same names, within `end`.
-  absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> Get(
-      std::span<const BlockKey> keys, Deadline end);
-  absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place, Deadline end);
-  absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms, Deadline end);
-  absl::StatusOr<bool> ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read, Deadline end);
+  // GetStream within `end`, the whole call's deadline.
+  absl::Status GetStream(std::span<const BlockKey> keys, const PlaceFn& place, CallDeadline end);
   // One request of GetStream: at most kGetPieceKeys keys.
-  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place, Deadline end);
-  // One read of the UCX path: part of lease.blocks[block].
-  struct BlockRead {
-    size_t block = 0;
-    uint64_t offset = 0;
-    std::span<uint8_t> dst;
-  };
-  using PlanFn = absl::FunctionRef<absl::StatusOr<std::vector<BlockRead>>(const LeaseInfo&)>;
-  // The UCX path of GetInto and ReadRanges: leases `keys` (unique), reads what `plan` asks for,
-  // verifies whole-block reads against their checksums, releases. A read that may have outlived
-  // its lease, or a bad checksum, is redone under a new lease. Returns false (nothing usable
-  // read) when the caller should use gRPC instead: no data plane, a block not cached or not in
-  // host RAM, UCX failing.
-  absl::StatusOr<bool> ReadOverUcx(std::span<const BlockKey> keys, Deadline end, PlanFn plan);
-  // Release without waiting for the answer.
-  void ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read);
+  absl::Status GetPiece(std::span<const BlockKey> keys, const PlaceFn& place, CallDeadline end);
   ClientOptions options_;
   std::unique_ptr<client_internal::Rpc> rpc_;  // gRPC channel and GetSession stream (internal.h)
-  std::unique_ptr<client_internal::Ucx> ucx_;  // UCX reader and transfer counters (internal.h)
+  // Its block readers: gRPC, UCX leases, the fallback from one to the other (internal.h).
+  std::unique_ptr<client_internal::Readers> readers_;
 };
 
 }  // namespace kvtier

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,12 +16,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "client/block_reader.h"
 #include "client/cache_client.h"
 #include "client/retry.h"
-#include "common/mutex.h"
+#include "client/ucx_lease_reader.h"
 #include "common/tier_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
-#include "transfer/ucx_reader.h"
 
 namespace kvtier {
 namespace client_internal {
@@ -87,7 +88,7 @@ struct Rpc {
     std::unique_ptr<grpc::ClientContext> ctx;
     std::unique_ptr<grpc::ClientReaderWriter<v1::GetRequest, grpc::ByteBuffer>> stream;
     std::chrono::steady_clock::time_point renew_at;
-    Deadline ends;  // the stream's deadline
+    CallDeadline ends;  // the stream's deadline
     // The stream's status (CANCELLED when it was still open).
     grpc::Status Close() {
       if (stream == nullptr) return grpc::Status::OK;
@@ -102,23 +103,41 @@ struct Rpc {
   std::mutex session_mu;
   Session session;       // guarded by session_mu
   bool sessions = true;  // false once the daemon said it has no GetSession (session_mu)
+  std::atomic<uint64_t> grpc_bytes{0}, session_gets{0};  // TransferStats'
 };
 
-// The UCX side of a client: one reader (reconnected when it breaks) and the transfer counters.
-struct Ucx {
-  Mutex mu;  // one UCX worker: one reading thread at a time
-  std::unique_ptr<transfer::UcxReader> reader ABSL_GUARDED_BY(mu);
-  bool offered ABSL_GUARDED_BY(mu) = true;  // false once the daemon said it has no data plane
-  // After a failed connect, UCX is not tried again before this (reads go to gRPC meanwhile).
-  std::chrono::steady_clock::time_point retry_after ABSL_GUARDED_BY(mu);
-  // Buffers to register with every reader (RegisterBuffer).
-  std::vector<std::span<uint8_t>> buffers ABSL_GUARDED_BY(mu);
-  std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0}, ucx_fallbacks{0},
-      ucx_connects{0}, verified_reads{0}, session_gets{0};
-  // Releases sent without waiting (ReleaseInBackground); the client waits for them to end.
-  std::mutex release_mu;
-  std::condition_variable release_done;
-  int releases_in_flight = 0;  // guarded by release_mu
+// The daemon's control plane as UcxLeaseReader uses it, over the client's gRPC channel; also
+// CacheClient's own Lease, Release and ReleaseVerified.
+class GrpcLeaseControl final : public LeaseControl {
+ public:
+  GrpcLeaseControl(const ClientOptions& options, Rpc* rpc) : options_(options), rpc_(rpc) {}
+  // Waits for the releases still in flight (each has a deadline): they point into this.
+  ~GrpcLeaseControl() override;
+
+  absl::StatusOr<std::optional<transfer::RemoteRegion>> DataPlane(CallDeadline deadline) override;
+  absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms,
+                                  CallDeadline deadline) override;
+  void ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read) override;
+  absl::StatusOr<bool> ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read,
+                                       CallDeadline deadline) override;
+  absl::Status Release(uint64_t lease_id, uint64_t bytes_read, CallDeadline deadline);
+
+ private:
+  const ClientOptions& options_;
+  Rpc* rpc_;
+  std::mutex release_mu_;
+  std::condition_variable release_done_;
+  int releases_in_flight_ = 0;  // guarded by release_mu_
+};
+
+// How a client reads blocks (block_reader.h): gRPC, and with use_ucx UCX leases first.
+// Destroyed in reverse: the fallback and the readers before what they use.
+struct Readers {
+  std::unique_ptr<GrpcLeaseControl> control;
+  std::unique_ptr<DataTransport> transport;
+  std::unique_ptr<GrpcBlockReader> grpc;
+  std::unique_ptr<UcxLeaseReader> ucx;          // null without use_ucx
+  std::unique_ptr<FallbackReader> ucx_or_grpc;  // null without use_ucx
 };
 
 }  // namespace client_internal

@@ -61,10 +61,9 @@ TEST_F(ClientRetryTest, AttemptsRunOutWithTheLastStatus) {
 }
 
 TEST_F(ClientRetryTest, OnlyUnavailableIsRetried) {
-  for (absl::StatusCode code :
-       {absl::StatusCode::kNotFound, absl::StatusCode::kDeadlineExceeded,
-        absl::StatusCode::kResourceExhausted, absl::StatusCode::kDataLoss,
-        absl::StatusCode::kUnauthenticated, absl::StatusCode::kInternal}) {
+  for (absl::StatusCode code : {absl::StatusCode::kNotFound, absl::StatusCode::kDeadlineExceeded,
+                                absl::StatusCode::kResourceExhausted, absl::StatusCode::kDataLoss,
+                                absl::StatusCode::kUnauthenticated, absl::StatusCode::kInternal}) {
     FlakyCall call{.failures = 1, .code = code};
     EXPECT_EQ(Retry({}, kNoDeadline, env_, std::ref(call)).code(), code);
     EXPECT_EQ(call.calls, 1) << absl::StatusCodeToString(code);
@@ -84,9 +83,9 @@ TEST_F(ClientRetryTest, JitterStaysWithinHalfAndAllOfTheBackoffAndIsCapped) {
   real.clock = &clock_;
   real.sleep = env_.sleep;
   FlakyCall call{.failures = 8};
-  ASSERT_TRUE(Retry({.max_attempts = 9, .initial_backoff_ms = 100}, kNoDeadline, real,
-                    std::ref(call))
-                  .ok());
+  ASSERT_TRUE(
+      Retry({.max_attempts = 9, .initial_backoff_ms = 100}, kNoDeadline, real, std::ref(call))
+          .ok());
   ASSERT_EQ(sleeps_.size(), 8u);
   bool varied = false;
   for (size_t i = 0; i < sleeps_.size(); ++i) {
