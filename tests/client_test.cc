@@ -110,6 +110,29 @@ TEST_F(ClientTest, GetSessionsAreRenewedAndSurviveAFailedGet) {
   EXPECT_EQ((*c)->transfer_stats().session_gets, uint64_t{n + 1});
 }
 
+// A Get on the session may wait until the session's deadline: a client whose calls must end
+// sooner (total_deadline_ms) makes each Get as a call of its own, bounded by the call's deadline.
+TEST_F(ClientTest, GetsSkipTheSessionWhenTheCallMustEndBeforeIt) {
+  const std::vector<uint8_t> a = testing::TestBlock(5, 50'000);
+  const BlockKey ka{12, 1};
+  const BlockToPut block{ka, BlockKey{}, a};
+  ASSERT_TRUE(client_->Put(std::span(&block, 1)).ok());
+  for (int64_t total : {int64_t{0}, int64_t{60'000}, int64_t{5'000}}) {
+    auto c = CacheClient::Create({.address = daemon_->address(),
+                                  .tenant = "frontend-1",
+                                  .deadline_ms = 30'000,
+                                  .total_deadline_ms = total,
+                                  .use_ucx = false});
+    ASSERT_TRUE(c.ok()) << c.status();
+    for (int i = 0; i < 3; ++i) {
+      auto got = (*c)->Get(std::span(&ka, 1));
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ((*got)[0], a);
+    }
+    EXPECT_EQ((*c)->transfer_stats().session_gets, total == 5'000 ? 0u : 3u) << total;
+  }
+}
+
 TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   const KvLayout layout = KvLayout::SmallGqa();
   auto hasher = ChainHasher::Create(
