@@ -59,6 +59,7 @@ inline RetryPolicy RetryPolicyOf(const ClientOptions& o) {
 }
 
 // Sets what every call of a client carries: its deadline and, with auth, its bearer token.
+// REQUIRES: `deadline` is a time, not kNoDeadline (attempts have one: Retry).
 inline void PrepareCall(const ClientOptions& o, Deadline deadline, grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     (deadline - std::chrono::steady_clock::now()));
