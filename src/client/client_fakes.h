@@ -82,7 +82,7 @@ class FakeDaemon final : public LeaseControl, public DataTransport {
   ManualClock clock;
   std::optional<absl::Status> data_plane_error;  // DataPlane fails with this
   bool offers_data_plane = true;
-  bool fast = true;                        // connections are fast() (not UCX over TCP)
+  std::atomic<bool> fast{true};            // new connections are fast() (not UCX over TCP)
   std::atomic<int> connect_failures{0};    // the next this many connects fail
   std::atomic<int> corrupt_reads{0};       // the next this many reads land a flipped byte
   std::atomic<int> broken_reads{0};        // ... fail and break their connection
@@ -174,7 +174,7 @@ class FakeDaemon final : public LeaseControl, public DataTransport {
 // A connection to a FakeDaemon's arena.
 class FakeConnection final : public DataConnection {
  public:
-  FakeConnection(FakeDaemon* d, size_t index) : d_(d), index_(index) {}
+  FakeConnection(FakeDaemon* d, size_t index) : d_(d), index_(index), fast_(d->fast.load()) {}
 
   absl::Status Read(std::span<const transfer::ReadOp> ops, CallDeadline, uint64_t) override {
     if (broken_) return absl::UnavailableError("fake: the connection is broken");
@@ -207,7 +207,7 @@ class FakeConnection final : public DataConnection {
     return absl::OkStatus();
   }
   bool broken() const override { return broken_; }
-  bool fast() const override { return d_->fast; }
+  bool fast() const override { return fast_; }
 
  private:
   // Takes one of a counter's faults, if it has any left.
@@ -219,6 +219,7 @@ class FakeConnection final : public DataConnection {
   }
   FakeDaemon* d_;
   const size_t index_;
+  const bool fast_;
   bool broken_ = false;
 };
 

@@ -66,7 +66,10 @@ std::unique_ptr<DataTransport> NewUcxTransport() { return std::make_unique<UcxTr
 
 UcxLeaseReader::UcxLeaseReader(LeaseControl* control, DataTransport* transport,
                                UcxLeaseReaderOptions options)
-    : control_(control), transport_(transport), options_(options) {}
+    : control_(control),
+      transport_(transport),
+      options_(options),
+      max_open_(options.max_connections) {}
 
 CallDeadline UcxLeaseReader::Now() const { return client_internal::SteadyNow(*options_.clock); }
 
@@ -144,7 +147,7 @@ absl::StatusOr<UcxLeaseReader::Pooled> UcxLeaseReader::Acquire(CallDeadline dead
         idle_.pop_back();
         break;
       }
-      if (open_ < options_.max_connections) {
+      if (open_ < max_open_) {
         // None idle: make one, unless a connect failed a moment ago.
         if (Now() < retry_after_) {
           return NotServed(absl::UnavailableError("ucx: reconnecting after a failed connect"));
@@ -199,8 +202,13 @@ absl::StatusOr<UcxLeaseReader::Pooled> UcxLeaseReader::Connect(CallDeadline dead
   }
   if (!(*connection)->fast() && !options_.software_rma) {
     MutexLock lock(&mu_);
-    offered_ = false;  // UCX over TCP only: gRPC is faster, and safer for the daemon
-    --open_;
+    if (--open_ > 0) {
+      // This client's other connections are fast: the daemon ran out of what makes one so (a
+      // staging area each in served mode, ucx_server.h max_staging_areas). Keep to those.
+      max_open_ = open_;
+    } else {
+      offered_ = false;  // UCX over TCP only: gRPC is faster, and safer for the daemon
+    }
     returned_.SignalAll();
     return NotServed(absl::UnavailableError("ucx: only TCP to the daemon's data plane"));
   }

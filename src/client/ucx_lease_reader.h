@@ -8,7 +8,8 @@
 //
 // It declines (NotServed, block_reader.h), for gRPC to serve: keys that repeat or none; a
 // daemon without a data plane (asked once per connection; one that says it has none is not
-// asked again); a connection no faster than gRPC (UCX over TCP, unless software_rma); a block
+// asked again); a first connection no faster than gRPC (UCX over TCP, unless software_rma; a
+// later one that is slower than the first means no more connections than there are); a block
 // not cached or not in host RAM; a failed connect (and every call for a second after it, then
 // it connects again); a connection that fails mid-read (the next call makes a new one); leases
 // too short for the read. Its errors: the DataPlane call's own, a plan's (BlockTooLarge,
@@ -159,7 +160,10 @@ class UcxLeaseReader final : public BlockReader {
   Mutex mu_;
   CondVar returned_;  // a connection went back to the pool, or a slot was freed
   std::vector<Pooled> idle_ ABSL_GUARDED_BY(mu_);
-  int open_ ABSL_GUARDED_BY(mu_) = 0;         // connections made or being made, idle or in use
+  int open_ ABSL_GUARDED_BY(mu_) = 0;  // connections made or being made, idle or in use
+  // At most this many: max_connections, or fewer once a connection came out slower than the
+  // others (the daemon had no staging area left for it).
+  int max_open_ ABSL_GUARDED_BY(mu_);
   bool offered_ ABSL_GUARDED_BY(mu_) = true;  // false once the daemon said it has no data plane
   // After a failed connect, no other before this (calls are declined meanwhile).
   CallDeadline retry_after_ ABSL_GUARDED_BY(mu_);

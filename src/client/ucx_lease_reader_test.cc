@@ -218,6 +218,30 @@ TEST_F(UcxLeaseReaderTest, TcpOnlyConnectionsAreDeclinedUnlessSoftwareRmaIsOn) {
   EXPECT_TRUE(Arrived(0));
 }
 
+// A daemon with no staging area left gives a further connection only TCP: the client keeps to
+// the connections it has instead of leaving UCX.
+TEST_F(UcxLeaseReaderTest, ASlowerLaterConnectionCapsThePoolInsteadOfEndingUcx) {
+  Rendezvous in_read(2), go_on(2);
+  std::atomic<bool> first{true};
+  daemon_.on_read = [&] {
+    if (first.exchange(false)) in_read.Arrive() && go_on.Arrive();
+  };
+  Reader();
+  std::thread holder([&] { EXPECT_TRUE(ReadBlocks(0, 2).ok()); });
+  ASSERT_TRUE(in_read.Arrive()) << "the first reader holds its connection";
+  daemon_.fast = false;
+  auto declined = ReadBlocks(2, 2);
+  EXPECT_TRUE(IsNotServed(declined.status())) << declined.status();
+  EXPECT_TRUE(go_on.Arrive());
+  holder.join();
+  // Still over UCX, on the one good connection; no more are made.
+  ASSERT_TRUE(ReadBlocks(2, 2).ok());
+  EXPECT_TRUE(Arrived(2) && Arrived(3));
+  for (const absl::Status& st : ReadInThreads(4)) EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(daemon_.connect_calls.load(), 2);
+  EXPECT_EQ(Reader().stats().connects, 1u);
+}
+
 TEST_F(UcxLeaseReaderTest, BlocksNotInHostRamMissingOrRepeatedAreDeclined) {
   daemon_.Add(BlockKey{2, 0}, Bytes(20, kBlock), Tier::kHbm);
   std::vector<uint8_t> buf(kBlock);
