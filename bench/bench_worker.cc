@@ -27,6 +27,7 @@
 #include "client/cache_client.h"
 #include "common/layout_proto.h"
 #include "common/logging.h"
+#include "common/process_tuning.h"
 #include "gpu/half.h"
 #include "kvtier/v1/attention.grpc.pb.h"
 #include "testing/daemon_process.h"
@@ -79,6 +80,8 @@ struct Run {
 };
 
 int Main(int argc, char** argv) {
+  // Megabyte transfers over gRPC, as kvtierd makes them (the client leaves the process alone).
+  TuneProcessForThroughput();
   (void)InitLogging("warn");
   bool quick = false;
   if (int rc = ParseBenchFlags(

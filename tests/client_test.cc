@@ -110,6 +110,29 @@ TEST_F(ClientTest, GetSessionsAreRenewedAndSurviveAFailedGet) {
   EXPECT_EQ((*c)->transfer_stats().session_gets, uint64_t{n + 1});
 }
 
+// A Get on the session may wait until the session's deadline: a client whose calls must end
+// sooner (total_deadline_ms) makes each Get as a call of its own, bounded by the call's deadline.
+TEST_F(ClientTest, GetsSkipTheSessionWhenTheCallMustEndBeforeIt) {
+  const std::vector<uint8_t> a = testing::TestBlock(5, 50'000);
+  const BlockKey ka{12, 1};
+  const BlockToPut block{ka, BlockKey{}, a};
+  ASSERT_TRUE(client_->Put(std::span(&block, 1)).ok());
+  for (int64_t total : {int64_t{0}, int64_t{60'000}, int64_t{5'000}}) {
+    auto c = CacheClient::Create({.address = daemon_->address(),
+                                  .tenant = "frontend-1",
+                                  .deadline_ms = 30'000,
+                                  .total_deadline_ms = total,
+                                  .use_ucx = false});
+    ASSERT_TRUE(c.ok()) << c.status();
+    for (int i = 0; i < 3; ++i) {
+      auto got = (*c)->Get(std::span(&ka, 1));
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ((*got)[0], a);
+    }
+    EXPECT_EQ((*c)->transfer_stats().session_gets, total == 5'000 ? 0u : 3u) << total;
+  }
+}
+
 TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   const KvLayout layout = KvLayout::SmallGqa();
   auto hasher = ChainHasher::Create(
@@ -135,7 +158,7 @@ TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   auto found = client_->Lookup(keys);
   ASSERT_TRUE(found.ok());
   EXPECT_EQ(found->matched, 3u);
-  EXPECT_EQ(found->tiers, (std::vector<std::string_view>{"host", "host", "host"}));
+  EXPECT_EQ(found->tiers, (std::vector<Tier>{Tier::kHost, Tier::kHost, Tier::kHost}));
   put = client_->Put(blocks, false, &layout);
   ASSERT_TRUE(put.ok());
   EXPECT_EQ(put->stored, 2u);
@@ -155,7 +178,7 @@ TEST_F(ClientTest, KeysFromTokensPutLookupGetDelete) {
   EXPECT_EQ(found->matched, 4u);
   auto stats = client_->Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_GE(stats->puts(), 5u);
+  EXPECT_GE(stats->puts, 5u);
   // A wrong size for the declared layout is refused by the daemon.
   std::vector<uint8_t> small(100);
   BlockToPut bad{BlockKey{1, 2}, BlockKey{}, small};
@@ -207,8 +230,8 @@ TEST_F(ClientTest, ALongLookupStopsAtTheFirstMissingBlockInEitherHalf) {
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ(found->matched, n);
   ASSERT_EQ(found->tiers.size(), n);
-  EXPECT_EQ(found->tiers.front(), "host");
-  EXPECT_EQ(found->tiers.back(), "host");
+  EXPECT_EQ(found->tiers.front(), Tier::kHost);
+  EXPECT_EQ(found->tiers.back(), Tier::kHost);
   // Another tenant sees none of it.
   auto other = CacheClient::Create({.address = daemon_->address(), .tenant = "frontend-2"});
   ASSERT_TRUE(other.ok());
@@ -225,7 +248,7 @@ TEST_F(ClientTest, ALongLookupStopsAtTheFirstMissingBlockInEitherHalf) {
   }
   auto after = client_->Stats();
   ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->lookups() - before->lookups(), 4u);
+  EXPECT_EQ(after->lookups - before->lookups, 4u);
 }
 
 // A host-tier block damaged in the daemon's memory (a byte flipped through /proc/PID/mem) is
@@ -250,7 +273,7 @@ TEST_P(ClientGetPathTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
   ASSERT_TRUE(plane.available()) << "the daemon exports no host arena";
   auto lease = c.Lease(std::span(&kb, 1));
   ASSERT_TRUE(lease.ok()) << lease.status();
-  ASSERT_EQ(lease->blocks[0].tier, "host");
+  ASSERT_EQ(lease->blocks[0].tier, Tier::kHost);
   const uint64_t at = plane.arena_base() + lease->blocks[0].offset + 12345;
   ASSERT_TRUE(c.Release(lease->id).ok());
   const int mem = open(("/proc/" + std::to_string(daemon_->pid()) + "/mem").c_str(), O_RDWR);
@@ -265,7 +288,7 @@ TEST_P(ClientGetPathTest, ADamagedBlockIsDroppedAndReportedNeverReturned) {
   EXPECT_NE(got.status().message().find(kb.Hex()), std::string::npos) << got.status();
   auto stats = c.Stats();
   ASSERT_TRUE(stats.ok()) << stats.status();
-  EXPECT_EQ(stats->checksum_failures(), 1u);
+  EXPECT_EQ(stats->checksum_failures, 1u);
   // Gone from the daemon; the undamaged block is still served.
   got = c.Get(both);
   ASSERT_TRUE(got.ok()) << got.status();
@@ -346,6 +369,22 @@ TEST(ClientErrors, BadOptionsAndAnAbsentDaemon) {
   auto r = (*c)->Lookup(std::span(&key, 1));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+
+  // However many attempts are allowed, the call's own deadline ends it.
+  auto bounded = CacheClient::Create({.address = "127.0.0.1:1",
+                                      .tenant = "t",
+                                      .max_attempts = 1'000'000,
+                                      .initial_backoff_ms = 20,
+                                      .total_deadline_ms = 300});
+  ASSERT_TRUE(bounded.ok());
+  const auto t1 = std::chrono::steady_clock::now();
+  r = (*bounded)->Lookup(std::span(&key, 1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(3));
+  EXPECT_EQ(CacheClient::Create({.address = "127.0.0.1:1", .tenant = "t", .total_deadline_ms = -1})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

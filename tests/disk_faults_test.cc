@@ -105,7 +105,7 @@ std::string LookedUp(CacheClient& c, uint64_t n) {
   const BlockKey key = TestKey(n);
   auto r = c.Lookup(std::span(&key, 1));
   if (!r.ok()) return "Lookup failed: " + r.status().ToString();
-  return r->matched == 0 ? "missing" : std::string(r->tiers[0]);
+  return r->matched == 0 ? "missing" : TierName(r->tiers[0]);
 }
 
 // The blocks of `ns` that the daemon holds (by Lookup), once two looks 200 ms apart agree: the

@@ -227,6 +227,39 @@ TEST_P(TransferTest, SixteenConcurrentReaders) {
   EXPECT_GT(reads.load(), 16);
 }
 
+// One client shared by threads: each read in progress has a UCX connection of its own (the
+// client's pool), every byte arrives, and no more connections are made than the pool allows.
+TEST_P(TransferTest, ThreadsOfOneClientReadOverUcxAtOnce) {
+  auto c = Client({.ucx_connections = 3});
+  const auto payloads = PutBlocks(*c, 10, 32);
+  std::atomic<int> errors{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<uint8_t> a(kBlockBytes), b(kBlockBytes);
+      for (int i = 0; i < 40; ++i) {
+        const size_t x = (t * 5 + i) % 32, y = (x + 1 + t) % 32;
+        const BlockKey keys[] = {BlockKey{10, x}, BlockKey{10, y}};
+        const std::span<uint8_t> dst[] = {a, b};
+        auto sizes = c->GetInto(keys, dst);
+        if (!sizes.ok()) {
+          ++errors;
+        } else if (a != payloads[x] || b != payloads[y]) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
+  const TransferStats st = c->transfer_stats();
+  EXPECT_EQ(st.ucx_bytes + st.grpc_bytes, 6u * 40 * 2 * kBlockBytes);
+  EXPECT_GT(st.ucx_bytes, 0u);
+  EXPECT_GE(st.ucx_connects, 1u);
+  EXPECT_LE(st.ucx_connects, 3u) << "the pool's bound";
+}
+
 TEST_P(TransferTest, AnAbandonedLeaseExpiresAndItsCapacityComesBack) {
   auto c = Client();
   PutBlocks(*c, 6, 4);
@@ -236,7 +269,7 @@ TEST_P(TransferTest, AnAbandonedLeaseExpiresAndItsCapacityComesBack) {
   ASSERT_TRUE(lease.ok()) << lease.status();
   auto stats = c->Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->leases_active(), 1u);
+  EXPECT_EQ(stats->leases_active, 1u);
   // Leased blocks cannot be deleted...
   EXPECT_EQ(c->Delete(std::span(keys).first(1)).status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -244,7 +277,7 @@ TEST_P(TransferTest, AnAbandonedLeaseExpiresAndItsCapacityComesBack) {
   std::this_thread::sleep_for(std::chrono::milliseconds(900));
   stats = c->Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->leases_active(), 0u);
+  EXPECT_EQ(stats->leases_active, 0u);
   auto deleted = c->Delete(keys);
   ASSERT_TRUE(deleted.ok()) << deleted.status();
   EXPECT_EQ(*deleted, 4u);

@@ -33,18 +33,6 @@ using cache_internal::Entry;
 using cache_internal::EntryState;
 using cache_internal::kNoEntry;
 
-const char* TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kHbm:
-      return "hbm";
-    case Tier::kHost:
-      return "host";
-    case Tier::kNvme:
-      return "nvme";
-  }
-  return "invalid";
-}
-
 absl::Status StoreOptions::Validate() const {
   if (max_block_bytes == 0 || max_block_bytes > KvLayout::kMaxBlockBytes) {
     return absl::InvalidArgumentError(

@@ -46,9 +46,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cache/store_options.h"
-#include "cache/tier.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
+#include "common/tier.h"
 
 namespace kvtier {
 

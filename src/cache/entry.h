@@ -11,8 +11,8 @@
 #include <memory>
 #include <vector>
 
-#include "cache/tier.h"
 #include "common/block_key.h"
+#include "common/tier.h"
 
 namespace kvtier::cache_internal {
 

@@ -18,8 +18,8 @@
 #include "cache/device_arena.h"
 #include "cache/host_arena.h"
 #include "cache/slab_allocator.h"
-#include "cache/tier.h"
 #include "common/mutex.h"
+#include "common/tier.h"
 
 namespace kvtier {
 

@@ -12,9 +12,9 @@
 #include "absl/status/statusor.h"
 #include "cache/device_arena.h"
 #include "cache/flash_admission.h"
-#include "cache/tier.h"
 #include "common/block_key.h"
 #include "common/clock.h"
+#include "common/tier.h"
 
 namespace rocksdb {
 class Env;

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 #include "client/cache_client.h"
 #include "common/layout_proto.h"
+#include "common/tier.h"
 #include "kvtier/v1/attention.grpc.pb.h"
 #include "kvtier/v1/router.grpc.pb.h"
 
@@ -20,7 +22,7 @@ namespace {
 
 struct NodeTally {
   uint64_t requests = 0, blocks = 0, hits = 0, prefilled = 0;
-  std::map<std::string, uint64_t> hits_by_tier;
+  std::array<uint64_t, kNumTiers> hits_by_tier{};
 };
 
 // Deterministic bytes for a block: what a prefill would have produced. Every 16-bit word is a
@@ -178,7 +180,7 @@ int RunClusterReplay(const std::vector<router::TraceRequest>& trace,
     ++t.requests;
     t.blocks += chain.size();
     t.hits += found->matched;
-    for (std::string_view tier : found->tiers) ++t.hits_by_tier[std::string(tier)];
+    for (Tier tier : found->tiers) ++t.hits_by_tier[static_cast<int>(tier)];
     t.prefilled += chain.size() - found->matched;
     all_blocks += chain.size();
     all_hits += found->matched;
@@ -229,9 +231,7 @@ int RunClusterReplay(const std::vector<router::TraceRequest>& trace,
     std::printf("%-22s %9lu %10lu %9.3f %10lu %10lu\n", node.c_str(),
                 static_cast<unsigned long>(t.requests), static_cast<unsigned long>(t.blocks),
                 t.blocks ? static_cast<double>(t.hits) / t.blocks : 0.0,
-                static_cast<unsigned long>(t.hits_by_tier.count("host")
-                                               ? t.hits_by_tier.at("host")
-                                               : 0),
+                static_cast<unsigned long>(t.hits_by_tier[static_cast<int>(Tier::kHost)]),
                 static_cast<unsigned long>(t.prefilled));
     max_prefill = std::max(max_prefill, t.prefilled);
     sum_prefill += t.prefilled;

@@ -8,6 +8,7 @@
 #include "cli/remote.h"
 #include "cli/replay.h"
 #include "common/logging.h"
+#include "common/process_tuning.h"
 #include "common/version.h"
 
 namespace {
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
     std::puts(kvtier::VersionLine("kvtier").c_str());
     return 0;
   }
+  // Like every kvtier binary: replay and the remote commands move megabyte blocks over gRPC.
+  kvtier::TuneProcessForThroughput();
   (void)kvtier::InitLogging("info");
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {

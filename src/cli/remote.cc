@@ -17,7 +17,6 @@
 #include "client/cache_client.h"
 #include "common/block_key.h"
 #include "common/kv_layout.h"
-#include "kvtier/v1/cache.pb.h"
 
 namespace kvtier::cli {
 namespace {
@@ -209,42 +208,42 @@ int RunRemote(int argc, char** argv) {
     auto st = (*client)->Stats();
     if (!st.ok()) return Fail(st.status().ToString());
     if (json) {
-      nlohmann::json j = {{"gets", st->gets()},
-                          {"get_misses", st->get_misses()},
-                          {"lookups", st->lookups()},
-                          {"puts", st->puts()},
-                          {"evictions", st->evictions()},
-                          {"demotions", st->demotions()},
-                          {"promotions", st->promotions()},
-                          {"checksum_failures", st->checksum_failures()},
-                          {"leases_active", st->leases_active()},
+      nlohmann::json j = {{"gets", st->gets},
+                          {"get_misses", st->get_misses},
+                          {"lookups", st->lookups},
+                          {"puts", st->puts},
+                          {"evictions", st->evictions},
+                          {"demotions", st->demotions},
+                          {"promotions", st->promotions},
+                          {"checksum_failures", st->checksum_failures},
+                          {"leases_active", st->leases_active},
                           {"tiers", nlohmann::json::array()}};
-      for (const auto& t : st->tiers()) {
-        j["tiers"].push_back({{"tier", v1::Tier_Name(t.tier())},
-                              {"present", t.present()},
-                              {"capacity_bytes", t.capacity_bytes()},
-                              {"used_bytes", t.used_bytes()},
-                              {"blocks", t.blocks()},
-                              {"hits", t.hits()}});
+      for (const RemoteTierStats& t : st->tiers) {
+        j["tiers"].push_back({{"tier", TierName(t.tier)},
+                              {"present", t.present},
+                              {"capacity_bytes", t.capacity_bytes},
+                              {"used_bytes", t.used_bytes},
+                              {"blocks", t.blocks},
+                              {"hits", t.hits}});
       }
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("%-10s %8s %14s %14s %10s %10s\n", "tier", "present", "capacity MiB", "used MiB",
                   "blocks", "hits");
-      for (const auto& t : st->tiers()) {
-        std::printf("%-10s %8s %14.1f %14.1f %10llu %10llu\n", v1::Tier_Name(t.tier()).c_str() + 5,
-                    t.present() ? "yes" : "no", t.capacity_bytes() / 1048576.0,
-                    t.used_bytes() / 1048576.0, static_cast<unsigned long long>(t.blocks()),
-                    static_cast<unsigned long long>(t.hits()));
+      for (const RemoteTierStats& t : st->tiers) {
+        std::printf("%-10s %8s %14.1f %14.1f %10llu %10llu\n", TierName(t.tier),
+                    t.present ? "yes" : "no", t.capacity_bytes / 1048576.0,
+                    t.used_bytes / 1048576.0, static_cast<unsigned long long>(t.blocks),
+                    static_cast<unsigned long long>(t.hits));
       }
       std::printf(
           "gets %llu (misses %llu), lookups %llu, puts %llu, evictions %llu, demotions "
           "%llu, promotions %llu, checksum failures %llu, leases %llu\n",
-          (unsigned long long)st->gets(), (unsigned long long)st->get_misses(),
-          (unsigned long long)st->lookups(), (unsigned long long)st->puts(),
-          (unsigned long long)st->evictions(), (unsigned long long)st->demotions(),
-          (unsigned long long)st->promotions(), (unsigned long long)st->checksum_failures(),
-          (unsigned long long)st->leases_active());
+          (unsigned long long)st->gets, (unsigned long long)st->get_misses,
+          (unsigned long long)st->lookups, (unsigned long long)st->puts,
+          (unsigned long long)st->evictions, (unsigned long long)st->demotions,
+          (unsigned long long)st->promotions, (unsigned long long)st->checksum_failures,
+          (unsigned long long)st->leases_active);
     }
     return 0;
   }
@@ -323,15 +322,16 @@ int RunRemote(int argc, char** argv) {
   if (cmd == "lookup") {
     auto r = (*client)->Lookup(*keys);
     if (!r.ok()) return Fail(r.status().ToString());
+    std::vector<std::string_view> tiers;
+    for (Tier t : r->tiers) tiers.push_back(TierName(t));
     if (json) {
       std::printf("%s\n", nlohmann::json(
-                              {{"matched", r->matched}, {"of", keys->size()}, {"tiers", r->tiers}})
+                              {{"matched", r->matched}, {"of", keys->size()}, {"tiers", tiers}})
                               .dump()
                               .c_str());
     } else {
       std::printf("%zu of %zu leading blocks cached", r->matched, keys->size());
-      for (std::string_view t : r->tiers)
-        std::printf(" %.*s", static_cast<int>(t.size()), t.data());
+      for (std::string_view t : tiers) std::printf(" %.*s", static_cast<int>(t.size()), t.data());
       std::printf("\n");
     }
     return 0;

@@ -10,9 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
-#include <thread>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "client/internal.h"
 #include "common/checksum.h"
@@ -24,18 +22,15 @@
 
 namespace kvtier {
 
+using client_internal::CallEnd;
 using client_internal::FromGrpc;
 using client_internal::PrepareCall;
-using client_internal::TierName;
+using client_internal::TierFromDaemon;
 using client_internal::WithRetries;
 
 CacheClient::CacheClient(const ClientOptions& options) : options_(options) {}
-CacheClient::~CacheClient() {
-  // Background releases hold pointers into this client: wait for them (each has a deadline).
-  if (ucx_ == nullptr) return;
-  std::unique_lock lock(ucx_->release_mu);
-  ucx_->release_done.wait(lock, [this] { return ucx_->releases_in_flight == 0; });
-}
+// Readers first (their releases in flight are waited for), then the channel they use.
+CacheClient::~CacheClient() { readers_.reset(); }
 
 absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("client: address must be set");
@@ -45,6 +40,17 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   }
   if (options.chunk_bytes == 0)
     return absl::InvalidArgumentError("client: chunk_bytes must be > 0");
+  if (options.deadline_ms <= 0)
+    return absl::InvalidArgumentError("client: deadline_ms must be > 0");
+  if (options.ucx_connections < 1) {
+    return absl::InvalidArgumentError("client: ucx_connections must be >= 1");
+  }
+  if (options.total_deadline_ms < 0) {
+    return absl::InvalidArgumentError("client: total_deadline_ms must be >= 0 (0: none)");
+  }
+  if (options.initial_backoff_ms < 0 || options.max_backoff_ms < 0) {
+    return absl::InvalidArgumentError("client: initial_backoff_ms and max_backoff_ms must be >= 0");
+  }
   if (options.tune_process) TuneProcessForThroughput();
   std::unique_ptr<CacheClient> c(new CacheClient(options));
   grpc::ChannelArguments args;
@@ -60,8 +66,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   // Retries are the client's own (UNAVAILABLE, with backoff: WithRetries). gRPC's retry layer
   // would only add work to every call: without it, 8 clients' 1 MiB Gets moved 5-7% more.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  c->rpc_ = std::make_unique<Rpc>();
-  c->ucx_ = std::make_unique<Ucx>();
+  c->rpc_ = std::make_unique<client_internal::Rpc>();
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_pem.empty()) {
     grpc::SslCredentialsOptions ssl;
@@ -82,13 +87,33 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(const ClientOpt
   c->rpc_->session_method = std::make_unique<grpc::internal::RpcMethod>(
       "/kvtier.v1.CacheService/GetSession", grpc::internal::RpcMethod::BIDI_STREAMING,
       c->rpc_->channel);
+
+  // UCX leases where the daemon offers them, gRPC Gets for the rest (block_reader.h).
+  c->readers_ = std::make_unique<client_internal::Readers>();
+  client_internal::Readers& r = *c->readers_;
+  CacheClient* self = c.get();
+  r.control = std::make_unique<client_internal::GrpcLeaseControl>(c->options_, c->rpc_.get());
+  r.grpc = std::make_unique<GrpcBlockReader>(
+      [self](std::span<const BlockKey> keys, const BlockPlaceFn& place, CallDeadline end) {
+        return self->GetStream(keys, place, end);
+      });
+  if (options.use_ucx) {
+    r.transport = NewUcxTransport();
+    r.ucx = std::make_unique<UcxLeaseReader>(
+        r.control.get(), r.transport.get(),
+        UcxLeaseReaderOptions{.lease_ttl_ms = options.lease_ttl_ms,
+                              .read_timeout_ms = options.deadline_ms,
+                              .software_rma = options.ucx_software_rma,
+                              .max_connections = options.ucx_connections});
+    r.ucx_or_grpc = std::make_unique<FallbackReader>(r.ucx.get(), r.grpc.get());
+  }
   return c;
 }
 
 absl::StatusOr<PutResult> CacheClient::Put(std::span<const BlockToPut> blocks, bool durable,
                                            const KvLayout* layout) {
   PutResult result;
-  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
     v1::PutResponse res;
     auto writer = rpc_->stub->Put(ctx, &res);
     bool first = true;
@@ -302,30 +327,32 @@ class CallbackGet final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   grpc::Status status_;
 };
 
-}  // namespace
-
-std::atomic<int>& client_internal::GetsInFlight() {
-  static std::atomic<int> n{0};
-  return n;
-}
-
-bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockKey> keys,
-                               const PlaceFn& place) {
-  if (!options_.get_session) return false;
-  std::unique_lock lock(rpc_->session_mu, std::try_to_lock);
-  if (!lock.owns_lock() || !rpc_->sessions) return false;  // another Get has it, or none here
-  Rpc::Session& s = rpc_->session;
+// A GetStream request on the client's GetSession stream; false if the session was busy or
+// anything failed (nothing is reported: GetStream then makes the Get as its own call).
+bool GetOnSession(const ClientOptions& options, client_internal::Rpc& rpc,
+                  const v1::GetRequest& req, std::span<const BlockKey> keys,
+                  const CacheClient::PlaceFn& place, CallDeadline end) {
+  if (!options.get_session) return false;
+  std::unique_lock lock(rpc.session_mu, std::try_to_lock);
+  if (!lock.owns_lock() || !rpc.sessions) return false;  // another Get has it, or none here
+  client_internal::Rpc::Session& s = rpc.session;
   const auto now = std::chrono::steady_clock::now();
   if (s.stream != nullptr && now >= s.renew_at) (void)s.Close();
+  // A Get on the session can wait until the session's deadline, which must not outlast the
+  // call's (total_deadline_ms).
+  const CallDeadline ends =
+      s.stream != nullptr ? s.ends : now + std::chrono::milliseconds(options.deadline_ms);
+  if (ends > end) return false;
   if (s.stream == nullptr) {
     s.ctx = std::make_unique<grpc::ClientContext>();
     // A request on the session waits at most until the session's deadline: at least half of
     // deadline_ms, as it is renewed when half has passed.
-    PrepareCall(options_, s.ctx.get());
-    s.renew_at = now + std::chrono::milliseconds(options_.deadline_ms / 2);
+    PrepareCall(options, ends, s.ctx.get());
+    s.ends = ends;
+    s.renew_at = now + std::chrono::milliseconds(options.deadline_ms / 2);
     s.stream.reset(
         grpc::internal::ClientReaderWriterFactory<v1::GetRequest, grpc::ByteBuffer>::Create(
-            rpc_->channel.get(), *rpc_->session_method, s.ctx.get()));
+            rpc.channel.get(), *rpc.session_method, s.ctx.get()));
   }
   GetReceiver receiver(keys, place);
   bool ok = s.stream->Write(req);
@@ -336,25 +363,38 @@ bool CacheClient::GetOnSession(const v1::GetRequest& req, std::span<const BlockK
   if (ok) ok = receiver.Finish().ok();
   if (!ok) {
     // A daemon from before GetSession: not asked again.
-    if (s.Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) rpc_->sessions = false;
+    if (s.Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) rpc.sessions = false;
     return false;
   }
-  ucx_->grpc_bytes.fetch_add(receiver.bytes());
-  ucx_->session_gets.fetch_add(1);
+  rpc.grpc_bytes.fetch_add(receiver.bytes());
+  rpc.session_gets.fetch_add(1);
   return true;
 }
 
+}  // namespace
+
+std::atomic<int>& client_internal::GetsInFlight() {
+  static std::atomic<int> n{0};
+  return n;
+}
+
 absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place) {
-  if (keys.size() <= kGetPieceKeys) return GetPiece(keys, place);
+  return GetStream(keys, place, CallEnd(options_));
+}
+
+absl::Status CacheClient::GetStream(std::span<const BlockKey> keys, const PlaceFn& place,
+                                    CallDeadline end) {
+  if (keys.size() <= kGetPieceKeys) return GetPiece(keys, place, end);
   for (size_t begin = 0; begin < keys.size(); begin += kGetPieceKeys) {
     const size_t n = std::min(kGetPieceKeys, keys.size() - begin);
     auto shifted = [&](size_t i, std::optional<size_t> size) { return place(begin + i, size); };
-    KVTIER_RETURN_IF_ERROR(GetPiece(keys.subspan(begin, n), shifted));
+    KVTIER_RETURN_IF_ERROR(GetPiece(keys.subspan(begin, n), shifted, end));
   }
   return absl::OkStatus();
 }
 
-absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn& place) {
+absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn& place,
+                                   CallDeadline end) {
   v1::GetRequest req;
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
@@ -365,7 +405,7 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
   // goes wrong there (an error, a damaged block, a daemon that went away or predates sessions)
   // closes the session, and the Get is made again as its own call, which reports it, retries it
   // or asks again as below.
-  if (GetOnSession(req, keys, place)) return absl::OkStatus();
+  if (GetOnSession(options_, *rpc_, req, keys, place, end)) return absl::OkStatus();
   absl::Status failed;
   auto call = [&](grpc::ClientContext* ctx) {
     GetReceiver receiver(keys, place);
@@ -396,13 +436,13 @@ absl::Status CacheClient::GetPiece(std::span<const BlockKey> keys, const PlaceFn
     }
     client_internal::GetsInFlight().fetch_sub(1, std::memory_order_relaxed);
     if (failed.ok() && s.ok()) failed = receiver.Finish();
-    if (failed.ok() && s.ok()) ucx_->grpc_bytes.fetch_add(receiver.bytes());
+    if (failed.ok() && s.ok()) rpc_->grpc_bytes.fetch_add(receiver.bytes());
     return failed.ok() ? s : grpc::Status::OK;
   };
-  absl::Status st = WithRetries(options_, call);
+  absl::Status st = WithRetries(options_, end, call);
   if (failed.code() == absl::StatusCode::kDataLoss) {
     req.set_client_verifies(false);
-    st = WithRetries(options_, call);
+    st = WithRetries(options_, end, call);
   }
   return failed.ok() ? st : failed;
 }
@@ -411,58 +451,16 @@ absl::StatusOr<std::vector<std::optional<std::vector<uint8_t>>>> CacheClient::Ge
     std::span<const BlockKey> keys) {
   std::vector<std::optional<std::vector<uint8_t>>> out(keys.size());
   absl::Status st = GetStream(
-      keys, [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
+      keys,
+      [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
         out[i].reset();
         if (!size.has_value()) return std::span<uint8_t>();
         out[i].emplace(*size);
         return std::span(*out[i]);
-      });
+      },
+      CallEnd(options_));
   if (!st.ok()) return st;
   return out;
-}
-
-namespace {
-
-absl::Status TooSmall(const BlockKey& key, uint64_t size, size_t buffer) {
-  return absl::OutOfRangeError(
-      absl::StrCat("get: block ", key.Hex(), " is ", size, " bytes, its buffer ", buffer));
-}
-
-}  // namespace
-
-absl::StatusOr<std::vector<std::optional<size_t>>> CacheClient::GetInto(
-    std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dst) {
-  if (dst.size() != keys.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("get: ", dst.size(), " buffers for ", keys.size(), " keys"));
-  }
-  std::vector<std::optional<size_t>> sizes(keys.size());
-  // UCX when the daemon offers it (leases need distinct keys, and every block cached).
-  if (options_.use_ucx &&
-      absl::flat_hash_set<BlockKey>(keys.begin(), keys.end()).size() == keys.size()) {
-    auto used =
-        ReadOverUcx(keys, [&](const LeaseInfo& lease) -> absl::StatusOr<std::vector<BlockRead>> {
-          std::vector<BlockRead> reads;
-          for (size_t i = 0; i < keys.size(); ++i) {
-            const uint64_t size = lease.blocks[i].size;
-            if (size > dst[i].size()) return TooSmall(keys[i], size, dst[i].size());
-            sizes[i] = size;
-            reads.push_back({.block = i, .offset = 0, .dst = dst[i].first(size)});
-          }
-          return reads;
-        });
-    if (!used.ok()) return used.status();
-    if (*used) return sizes;
-  }
-  absl::Status st = GetStream(
-      keys, [&](size_t i, std::optional<size_t> size) -> absl::StatusOr<std::span<uint8_t>> {
-        sizes[i] = size;
-        if (!size.has_value()) return std::span<uint8_t>();
-        if (*size > dst[i].size()) return TooSmall(keys[i], *size, dst[i].size());
-        return dst[i].first(*size);
-      });
-  if (!st.ok()) return st;
-  return sizes;
 }
 
 absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain) {
@@ -470,13 +468,17 @@ absl::StatusOr<RemoteLookup> CacheClient::Lookup(std::span<const BlockKey> chain
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(chain));
   v1::LookupResponse res;
-  absl::Status st = WithRetries(
-      options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Lookup(ctx, req, &res); });
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
+    return rpc_->stub->Lookup(ctx, req, &res);
+  });
   if (!st.ok()) return st;
   RemoteLookup out;
   out.matched = res.matched();
   out.tiers.reserve(res.tiers_size());
-  for (int t : res.tiers()) out.tiers.push_back(TierName(static_cast<v1::Tier>(t)));
+  for (int t : res.tiers()) {
+    KVTIER_ASSIGN_OR_RETURN(const Tier tier, TierFromDaemon(t, "lookup"));
+    out.tiers.push_back(tier);
+  }
   return out;
 }
 
@@ -485,19 +487,51 @@ absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
   v1::DeleteResponse res;
-  absl::Status st = WithRetries(
-      options_, [&](grpc::ClientContext* ctx) { return rpc_->stub->Delete(ctx, req, &res); });
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
+    return rpc_->stub->Delete(ctx, req, &res);
+  });
   if (!st.ok()) return st;
   return res.deleted();
 }
 
-absl::StatusOr<v1::StatsResponse> CacheClient::Stats() {
+absl::StatusOr<RemoteStats> CacheClient::Stats() {
   v1::StatsResponse res;
-  absl::Status st = WithRetries(options_, [&](grpc::ClientContext* ctx) {
+  absl::Status st = WithRetries(options_, CallEnd(options_), [&](grpc::ClientContext* ctx) {
     return rpc_->stub->Stats(ctx, v1::StatsRequest(), &res);
   });
   if (!st.ok()) return st;
-  return res;
+  RemoteStats out{.gets = res.gets(),
+                  .get_misses = res.get_misses(),
+                  .lookups = res.lookups(),
+                  .puts = res.puts(),
+                  .evictions = res.evictions(),
+                  .demotions = res.demotions(),
+                  .promotions = res.promotions(),
+                  .nvme_admission_rejections = res.nvme_admission_rejections(),
+                  .checksum_failures = res.checksum_failures(),
+                  .leases_active = res.leases_active(),
+                  .lookup_blocks_hit = res.lookup_blocks_hit(),
+                  .lookup_blocks_missed = res.lookup_blocks_missed()};
+  for (const v1::TierStats& t : res.tiers()) {
+    KVTIER_ASSIGN_OR_RETURN(const Tier tier, TierFromDaemon(t.tier(), "stats"));
+    out.tiers.push_back({.tier = tier,
+                         .present = t.present(),
+                         .capacity_bytes = t.capacity_bytes(),
+                         .used_bytes = t.used_bytes(),
+                         .blocks = t.blocks(),
+                         .hits = t.hits()});
+  }
+  if (res.has_tenant_usage()) {
+    const v1::TenantUsage& u = res.tenant_usage();
+    out.tenant_usage = RemoteTenantUsage{.tenant = u.tenant(),
+                                         .resident_bytes = u.resident_bytes(),
+                                         .resident_blocks = u.resident_blocks(),
+                                         .inflight_bytes = u.inflight_bytes(),
+                                         .leased_bytes = u.leased_bytes(),
+                                         .inflight_limit_bytes = u.inflight_limit_bytes(),
+                                         .leased_limit_bytes = u.leased_limit_bytes()};
+  }
+  return out;
 }
 
 }  // namespace kvtier

@@ -8,16 +8,20 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "client/block_reader.h"
 #include "client/cache_client.h"
-#include "common/mutex.h"
+#include "client/retry.h"
+#include "client/ucx_lease_reader.h"
+#include "common/tier_proto.h"
 #include "kvtier/v1/cache.grpc.pb.h"
-#include "transfer/ucx_reader.h"
 
 namespace kvtier {
 namespace client_internal {
@@ -27,53 +31,53 @@ inline absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-// The tier's name as the client API spells it.
-inline const char* TierName(v1::Tier t) {
-  switch (t) {
-    case v1::TIER_HBM:
-      return "hbm";
-    case v1::TIER_HOST:
-      return "host";
-    case v1::TIER_NVME:
-      return "nvme";
-    default:
-      return "unknown";
+// A tier the daemon named in its answer to `rpc`; INTERNAL for one this build does not know.
+inline absl::StatusOr<Tier> TierFromDaemon(int tier, const char* rpc) {
+  std::optional<Tier> t = TierFromProto(tier);
+  if (!t.has_value()) {
+    return absl::InternalError(
+        absl::StrCat(rpc, ": the daemon named tier ", tier, ", unknown to this client"));
   }
+  return *t;
 }
 
 // Get streams in progress in this process, over all clients: a Get alone reads on its own
 // thread, one among others on gRPC's callback threads (see GetStream).
 std::atomic<int>& GetsInFlight();
 
-// Sets what every call of a client carries: its deadline (deadline_ms from now) and, with auth,
-// its bearer token.
-inline void PrepareCall(const ClientOptions& o, grpc::ClientContext* ctx) {
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.deadline_ms));
+// The deadline of a whole call made now (total_deadline_ms), or none.
+inline Deadline CallEnd(const ClientOptions& o) {
+  if (o.total_deadline_ms <= 0) return kNoDeadline;
+  return std::chrono::steady_clock::now() + std::chrono::milliseconds(o.total_deadline_ms);
+}
+
+inline RetryPolicy RetryPolicyOf(const ClientOptions& o) {
+  return {.max_attempts = o.max_attempts,
+          .attempt_ms = o.deadline_ms,
+          .initial_backoff_ms = o.initial_backoff_ms,
+          .max_backoff_ms = o.max_backoff_ms};
+}
+
+// Sets what every call of a client carries: its deadline and, with auth, its bearer token.
+// REQUIRES: `deadline` is a time, not kNoDeadline (attempts have one: Retry).
+inline void PrepareCall(const ClientOptions& o, Deadline deadline, grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    (deadline - std::chrono::steady_clock::now()));
   if (!o.bearer_token.empty()) ctx->AddMetadata("authorization", "Bearer " + o.bearer_token);
 }
 
-// Runs `attempt` (which returns a grpc::Status) until it succeeds, fails with anything but
-// UNAVAILABLE, or runs out of attempts.
+// Runs `attempt` (which returns a grpc::Status) with a fresh context per attempt, retried as
+// Retry (retry.h) says: UNAVAILABLE, with jittered backoff, within `end`.
 template <typename F>
-absl::Status WithRetries(const ClientOptions& o, F attempt) {
-  int64_t backoff = o.initial_backoff_ms;
-  grpc::Status s;
-  for (int i = 0; i < o.max_attempts; ++i) {
+absl::Status WithRetries(const ClientOptions& o, Deadline end, F attempt) {
+  return Retry(RetryPolicyOf(o), end, RetryEnv{}, [&](Deadline attempt_deadline) {
     grpc::ClientContext ctx;
-    PrepareCall(o, &ctx);
-    s = attempt(&ctx);
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-    if (i + 1 < o.max_attempts) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(backoff));
-      backoff *= 2;
-    }
-  }
-  return FromGrpc(s);
+    PrepareCall(o, attempt_deadline, &ctx);
+    return FromGrpc(attempt(&ctx));
+  });
 }
 
-}  // namespace client_internal
-
-struct CacheClient::Rpc {
+struct Rpc {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::CacheService::Stub> stub;
   // Get and GetSession, called raw (GetStream parses their responses itself).
@@ -85,6 +89,7 @@ struct CacheClient::Rpc {
     std::unique_ptr<grpc::ClientContext> ctx;
     std::unique_ptr<grpc::ClientReaderWriter<v1::GetRequest, grpc::ByteBuffer>> stream;
     std::chrono::steady_clock::time_point renew_at;
+    CallDeadline ends;  // the stream's deadline
     // The stream's status (CANCELLED when it was still open).
     grpc::Status Close() {
       if (stream == nullptr) return grpc::Status::OK;
@@ -99,23 +104,42 @@ struct CacheClient::Rpc {
   std::mutex session_mu;
   Session session;       // guarded by session_mu
   bool sessions = true;  // false once the daemon said it has no GetSession (session_mu)
+  std::atomic<uint64_t> grpc_bytes{0}, session_gets{0};  // TransferStats'
 };
 
-// The UCX side of a client: one reader (reconnected when it breaks) and the transfer counters.
-struct CacheClient::Ucx {
-  Mutex mu;  // one UCX worker: one reading thread at a time
-  std::unique_ptr<transfer::UcxReader> reader ABSL_GUARDED_BY(mu);
-  bool offered ABSL_GUARDED_BY(mu) = true;  // false once the daemon said it has no data plane
-  // After a failed connect, UCX is not tried again before this (reads go to gRPC meanwhile).
-  std::chrono::steady_clock::time_point retry_after ABSL_GUARDED_BY(mu);
-  // Buffers to register with every reader (RegisterBuffer).
-  std::vector<std::span<uint8_t>> buffers ABSL_GUARDED_BY(mu);
-  std::atomic<uint64_t> ucx_bytes{0}, grpc_bytes{0}, leases{0}, lease_retries{0}, ucx_fallbacks{0},
-      ucx_connects{0}, verified_reads{0}, session_gets{0};
-  // Releases sent without waiting (ReleaseInBackground); the client waits for them to end.
-  std::mutex release_mu;
-  std::condition_variable release_done;
-  int releases_in_flight = 0;  // guarded by release_mu
+// The daemon's control plane as UcxLeaseReader uses it, over the client's gRPC channel; also
+// CacheClient's own Lease, Release and ReleaseVerified.
+class GrpcLeaseControl final : public LeaseControl {
+ public:
+  GrpcLeaseControl(const ClientOptions& options, Rpc* rpc) : options_(options), rpc_(rpc) {}
+  // Waits for the releases still in flight (each has a deadline): they point into this.
+  ~GrpcLeaseControl() override;
+
+  absl::StatusOr<std::optional<transfer::RemoteRegion>> DataPlane(CallDeadline deadline) override;
+  absl::StatusOr<LeaseInfo> Lease(std::span<const BlockKey> keys, uint32_t ttl_ms,
+                                  CallDeadline deadline) override;
+  void ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read) override;
+  absl::StatusOr<bool> ReleaseVerified(const LeaseInfo& lease, uint64_t bytes_read,
+                                       CallDeadline deadline) override;
+  absl::Status Release(uint64_t lease_id, uint64_t bytes_read, CallDeadline deadline);
+
+ private:
+  const ClientOptions& options_;
+  Rpc* rpc_;
+  std::mutex release_mu_;
+  std::condition_variable release_done_;
+  int releases_in_flight_ = 0;  // guarded by release_mu_
 };
 
+// How a client reads blocks (block_reader.h): gRPC, and with use_ucx UCX leases first.
+// Destroyed in reverse: the fallback and the readers before what they use.
+struct Readers {
+  std::unique_ptr<GrpcLeaseControl> control;
+  std::unique_ptr<DataTransport> transport;
+  std::unique_ptr<GrpcBlockReader> grpc;
+  std::unique_ptr<UcxLeaseReader> ucx;          // null without use_ucx
+  std::unique_ptr<FallbackReader> ucx_or_grpc;  // null without use_ucx
+};
+
+}  // namespace client_internal
 }  // namespace kvtier

@@ -1,6 +1,7 @@
 #pragma once
 // Process-wide settings for programs that move megabyte buffers over many gRPC calls (kvtierd,
-// kvtier-router, kvtier-worker, and programs using the C++ client: ClientOptions::tune_process).
+// kvtier-router, kvtier-worker, the kvtier CLI, the benchmarks; programs embedding the C++ client
+// call it themselves or set ClientOptions::tune_process, off by default).
 
 namespace kvtier {
 

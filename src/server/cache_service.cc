@@ -15,6 +15,7 @@
 #include "common/checksum.h"
 #include "common/internal/le_bytes.h"
 #include "common/status_macros.h"
+#include "common/tier_proto.h"
 #include "server/auth.h"
 #include "common/rpc_metrics.h"
 #include "server/metrics.h"
@@ -51,18 +52,6 @@ bool ReadMessage(Reader* reader, Message* msg, const char* rpc, grpc::Status* st
     return false;
   }
   return true;
-}
-
-v1::Tier ToProto(Tier t) {
-  switch (t) {
-    case Tier::kHbm:
-      return v1::TIER_HBM;
-    case Tier::kHost:
-      return v1::TIER_HOST;
-    case Tier::kNvme:
-      return v1::TIER_NVME;
-  }
-  return v1::TIER_UNSPECIFIED;
 }
 
 }  // namespace
@@ -516,7 +505,7 @@ grpc::Status CacheServiceImpl::LookupImpl(grpc::ServerContext* ctx,
   }
   response->set_matched(static_cast<uint32_t>(r.matched));
   response->mutable_tiers()->Reserve(static_cast<int>(r.tiers.size()));
-  for (Tier t : r.tiers) response->add_tiers(ToProto(t));
+  for (Tier t : r.tiers) response->add_tiers(TierToProto(t));
   return grpc::Status::OK;
 }
 
@@ -558,7 +547,7 @@ grpc::Status CacheServiceImpl::LeaseImpl(grpc::ServerContext* ctx, const v1::Lea
     const BlockInfo& b = grant->blocks[i];
     v1::LeasedBlock* out = response->add_blocks();
     out->set_key(KeyBytes(*request, i));
-    out->set_tier(ToProto(b.tier));
+    out->set_tier(TierToProto(b.tier));
     out->set_size(b.size);
     out->set_checksum(b.checksum);
     out->set_address(b.location);
@@ -672,7 +661,7 @@ grpc::Status CacheServiceImpl::StatsImpl(grpc::ServerContext* ctx, const v1::Sta
   const StoreStats st = store_->Stats();
   for (int t = 0; t < kNumTiers; ++t) {
     v1::TierStats* ts = response->add_tiers();
-    ts->set_tier(ToProto(static_cast<Tier>(t)));
+    ts->set_tier(TierToProto(static_cast<Tier>(t)));
     ts->set_present(st.tiers[t].present);
     ts->set_capacity_bytes(st.tiers[t].capacity_bytes);
     ts->set_used_bytes(st.tiers[t].used_bytes);

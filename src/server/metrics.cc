@@ -267,7 +267,7 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Start(const std::s
   for (int t = 0; t < kNumTiers; ++t) {
     m->served_grpc_[t] = &served.Add({{"path", "grpc"}, {"tier", TierName(static_cast<Tier>(t))}});
   }
-  m->served_ucx_ = &served.Add({{"path", "ucx"}, {"tier", "host"}});
+  m->served_ucx_ = &served.Add({{"path", "ucx"}, {"tier", TierName(Tier::kHost)}});
   m->info_ = &prometheus::BuildGauge()
                   .Name("kvtier_daemon_info")
                   .Help("1, labelled with the gRPC address clients and kvtier-router reach this "
