@@ -91,9 +91,11 @@ class WorkerTest : public ::testing::Test {
     }
     router_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-router",
+        // A peer replica that is not there (port 1): the router's replica-sync series exist,
+        // for the metrics catalogue.
         std::vector<std::string>{"--nodes", list, "--cache-aware", "--listen", "127.0.0.1:0",
                                  "--metrics-listen", "127.0.0.1:0", "--probe-interval-ms", "200",
-                                 "--log-level", "warn"});
+                                 "--peers", "127.0.0.1:1", "--log-level", "error"});
     ASSERT_FALSE(router_->address().empty()) << router_->output();
     worker_ = std::make_unique<DaemonProcess>(
         std::string(KVTIER_BINARY_DIR) + "/kvtier-worker",
