@@ -673,26 +673,21 @@ TEST(RouterSecurity, ARouterWithTheCaAndAClusterTokenWatchesSecureDaemons) {
   for (auto* r : {trusted.get(), tokenless.get(), plaintext.get()}) {
     ASSERT_FALSE(r->address().empty()) << r->output();
   }
-  auto metric = [](const DaemonProcess& r, const std::string& series) {
-    const std::string text = testing::HttpGet(r.AddressOf("metrics"), "/metrics");
-    const size_t at = text.find(series + " ");
-    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 1));
-  };
   const std::string first = list.substr(0, list.find(','));
   const std::string healthy = "kvtier_router_node_healthy{node=\"" + first + "\"}";
   const std::string watched = "kvtier_router_node_watched{node=\"" + first + "\"}";
   // Probes every 100 ms, ejection after 2 failures: a second is ten rounds.
-  for (int i = 0; i < 100 && metric(*plaintext, healthy) != 0; ++i) {
+  for (int i = 0; i < 100 && MetricOf(*plaintext, healthy) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  EXPECT_EQ(metric(*plaintext, healthy), 0) << "a router without the CA cannot probe them";
-  for (int i = 0; i < 100 && metric(*trusted, watched) != 1; ++i) {
+  EXPECT_EQ(MetricOf(*plaintext, healthy), 0) << "a router without the CA cannot probe them";
+  for (int i = 0; i < 100 && MetricOf(*trusted, watched) != 1; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  EXPECT_EQ(metric(*trusted, healthy), 1);
-  EXPECT_EQ(metric(*trusted, watched), 1);
-  EXPECT_EQ(metric(*tokenless, healthy), 1) << "health needs no token";
-  EXPECT_EQ(metric(*tokenless, watched), 0) << "WatchBlocks needs a cluster token";
+  EXPECT_EQ(MetricOf(*trusted, healthy), 1);
+  EXPECT_EQ(MetricOf(*trusted, watched), 1);
+  EXPECT_EQ(MetricOf(*tokenless, healthy), 1) << "health needs no token";
+  EXPECT_EQ(MetricOf(*tokenless, watched), 0) << "WatchBlocks needs a cluster token";
 
   // A chain stored on the node the ring does not choose: the trusted router sends it there.
   auto stub = v1::RouteService::NewStub(

@@ -363,10 +363,6 @@ void RouteServiceImpl::ApplyPeerBatch(Peer& peer, const v1::SyncBatch& batch) {
     peer.replica = batch.replica_id();
     peer.work.clear();
   }
-  absl::flat_hash_map<std::string_view, int> ring_index;
-  for (size_t i = 0; i < ring_members_.size(); ++i) {
-    ring_index[members_[ring_members_[i]]->node.name] = static_cast<int>(i);
-  }
   std::vector<BlockKey> keys;
   for (const v1::SyncedDecision& d : batch.decisions()) {
     const std::string& packed = d.counted_keys();
@@ -376,7 +372,7 @@ void RouteServiceImpl::ApplyPeerBatch(Peer& peer, const v1::SyncBatch& batch) {
     }
     router_.CountPeerRequest(keys);
     if (d.placed_key().size() != BlockKey::kBytes) continue;
-    if (auto it = ring_index.find(d.placed_node()); it != ring_index.end()) {
+    if (auto it = ring_index_.find(d.placed_node()); it != ring_index_.end()) {
       router_.Remember(
           BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(d.placed_key().data())),
           it->second);
@@ -453,8 +449,10 @@ void RouteServiceImpl::StartEngineWatch(Member& m) {
 void RouteServiceImpl::RebuildLocked() {
   std::vector<RingNode> healthy;
   ring_members_.clear();
+  ring_index_.clear();
   for (size_t i = 0; i < members_.size(); ++i) {
     if (!members_[i]->health.healthy()) continue;
+    ring_index_[members_[i]->node.name] = static_cast<int>(healthy.size());
     healthy.push_back(members_[i]->node);
     ring_members_.push_back(static_cast<int>(i));
   }

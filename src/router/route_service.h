@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/clock.h"
 #include "common/mutex.h"
@@ -133,6 +134,8 @@ class RouteServiceImpl final : public v1::RouteService::Service {
   Router router_ ABSL_GUARDED_BY(mu_);
   LoadTracker loads_ ABSL_GUARDED_BY(mu_);
   std::vector<int> ring_members_ ABSL_GUARDED_BY(mu_);  // ring node index -> member index
+  // Member name -> ring node index, for peers' placements (RebuildLocked keeps it).
+  absl::flat_hash_map<std::string, int> ring_index_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Metrics> metrics_;
   static constexpr size_t kHistoryPoints = 600;
   std::deque<std::pair<double, double>> history_ ABSL_GUARDED_BY(mu_);  // RouterStatus::history
