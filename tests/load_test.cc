@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -50,6 +51,15 @@ TEST(Load, ThirtyTwoClientsMixedWorkloadEveryByteVerified) {
   constexpr uint64_t kMaxOpsPerThread = 2'000'000;
 
   std::atomic<uint64_t> puts{0}, gets{0}, hits{0}, lookups{0}, wrong{0}, errors{0};
+  // The first failed call's status, for the failure message.
+  std::mutex first_error_mu;
+  std::string first_error;
+  auto failed = [&](const absl::Status& st) {
+    if (errors++ == 0) {
+      std::lock_guard lock(first_error_mu);
+      first_error = st.ToString();
+    }
+  };
   std::atomic<size_t> max_rss{0};
   std::atomic<bool> done{false};
   std::thread sampler([&] {
@@ -66,7 +76,7 @@ TEST(Load, ThirtyTwoClientsMixedWorkloadEveryByteVerified) {
     threads.emplace_back([&, t] {
       auto c = CacheClient::Create({.address = d.address(), .tenant = "load"});
       if (!c.ok()) {
-        ++errors;
+        failed(c.status());
         return;
       }
       std::mt19937_64 rng(t);
@@ -79,7 +89,7 @@ TEST(Load, ThirtyTwoClientsMixedWorkloadEveryByteVerified) {
             const auto data = TestBlock(n, kBlockBytes);
             BlockToPut b{TestKey(n), pos == 0 ? BlockKey{} : TestKey(n - 1), data};
             auto r = (*c)->Put(std::span(&b, 1));
-            if (!r.ok()) ++errors;
+            if (!r.ok()) failed(r.status());
             ++puts;
             break;
           }
@@ -91,7 +101,7 @@ TEST(Load, ThirtyTwoClientsMixedWorkloadEveryByteVerified) {
             }
             auto r = (*c)->Get(keys);
             if (!r.ok()) {
-              ++errors;
+              failed(r.status());
               break;
             }
             for (size_t i = 0; i < keys.size(); ++i) {
@@ -105,7 +115,7 @@ TEST(Load, ThirtyTwoClientsMixedWorkloadEveryByteVerified) {
           case 3: {  // look up a whole chain
             std::vector<BlockKey> keys;
             for (uint64_t i = 0; i < kChainLength; ++i) keys.push_back(TestKey(chain * kChainLength + i));
-            if (!(*c)->Lookup(keys).ok()) ++errors;
+            if (auto r = (*c)->Lookup(keys); !r.ok()) failed(r.status());
             ++lookups;
             break;
           }
@@ -123,7 +133,7 @@ TEST(Load, ThirtyTwoClientsMixedWorkloadEveryByteVerified) {
               (unsigned long long)hits.load(), (unsigned long long)lookups.load(), rss_mib,
               kHostMiB, kOverheadMiB);
   EXPECT_EQ(wrong.load(), 0u) << "a Get returned wrong bytes";
-  EXPECT_EQ(errors.load(), 0u);
+  EXPECT_EQ(errors.load(), 0u) << "the first: " << first_error;
   EXPECT_GT(hits.load(), 0u);
   EXPECT_GT(puts.load(), 100u);
   EXPECT_LE(max_rss.load(), (kHostMiB + kOverheadMiB) << 20);
