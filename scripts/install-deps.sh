@@ -14,6 +14,7 @@ packages=(
   redis-server libhiredis-dev
   libucx-dev ucx-utils
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev python3-zmq python3-msgpack
+  python3-dev pybind11-dev libdlpack-dev python3-numpy
   prometheus
   chromium
 )

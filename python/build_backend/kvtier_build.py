@@ -5,10 +5,12 @@ pip's build isolation would download setuptools; this backend needs nothing (pyp
 
 - the wheel: kvtier/*.py; kvtier/_version.py (the project's version: `project(kvtier VERSION ...)`
   in the top CMakeLists.txt, or PKG-INFO in an sdist); the gRPC stubs kvtier/v1/*_pb2*.py,
-  generated from proto/ at build time (see _stub_generator); and native extension modules
-  already built by CMake (kvtier/_native*.so), when config setting `native-dir` or
-  $KVTIER_NATIVE_DIR names the folder that holds them. A wheel with a native module is tagged for
-  this interpreter and platform; without one it is py3-none-any, and kvtier uses gRPC alone.
+  generated from proto/ at build time (see _stub_generator); and the native module
+  kvtier/_native*.so (the C++ client's UCX data plane), which in a checkout CMake builds for the
+  installing interpreter in the checkout's build/ (config setting `native`: cmake or off;
+  `build-dir`; see _native_dir), or one already built (`native-dir`). A wheel with a native
+  module is tagged for this interpreter and platform; without one it is py3-none-any, and kvtier
+  uses gRPC alone.
 - the sdist: the sources and a copy of proto/, so that it builds away from the repository.
 - the editable wheel (`pip install -e`): a .pth naming this folder, beside the generated files
   in site-packages/kvtier/ (kvtier/__init__.py adds that folder to the package's path).
@@ -179,26 +181,75 @@ def _generate_stubs(out_dir: str) -> str:
 
 # ---- the package's files ----------------------------------------------------------------------
 
+def _setting(config_settings, name: str, env: str, default: str = "") -> str:
+    return (config_settings or {}).get(name) or os.environ.get(env, "") or default
+
+
+def _checkout() -> str:
+    """The repository this python/ is in ("" in an sdist, which holds no C++ sources)."""
+    top = os.path.dirname(HERE)
+    return top if os.path.exists(os.path.join(top, "src", "client", "cache_client.h")) else ""
+
+
+def _cmake_native(config_settings) -> str:
+    """Builds kvtier._native with CMake for this interpreter; returns the folder it is in.
+
+    The build folder is config setting `build-dir` ($KVTIER_BUILD_DIR), by default the checkout's
+    build/ (scripts/build.sh's, so a built tree only relinks what changed, through ccache)."""
+    top = _checkout()
+    build = os.path.abspath(_setting(config_settings, "build-dir", "KVTIER_BUILD_DIR",
+                                     os.path.join(top, "build")))
+    # The interpreter itself, not a venv's link to it: the module is for its headers and ABI.
+    python = getattr(sys, "_base_executable", "") or sys.executable
+    cmd = ["cmake", "-S", top, "-B", build, f"-DPython3_EXECUTABLE={python}"]
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+        cmd += ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DKVTIER_BENCHMARKS=OFF"]
+        if shutil.which("ccache"):
+            cmd += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+    for step in (cmd, ["cmake", "--build", build, "--target", "kvtier_native"]):
+        print("kvtier_build:", " ".join(step), file=sys.stderr, flush=True)
+        run = subprocess.run(step, stdout=sys.stderr)
+        if run.returncode != 0:
+            raise BuildError(
+                f"`{' '.join(step)}` failed (exit {run.returncode}): kvtier._native needs "
+                "scripts/install-deps.sh's packages; --config-settings native=off builds the "
+                "package without it (gRPC alone)")
+    return os.path.join(build, "python")
+
+
 def _native_dir(config_settings) -> str:
-    d = (config_settings or {}).get("native-dir") or os.environ.get("KVTIER_NATIVE_DIR", "")
-    if d and not os.path.isdir(d):
-        raise BuildError(f"native-dir: {d} is not a folder")
-    return d
+    """Where the native module to package is: config setting `native-dir` ($KVTIER_NATIVE_DIR),
+    a module already built; else, with `native` ($KVTIER_NATIVE) `cmake` (the default in a
+    checkout with cmake on the PATH), one CMake builds now; `off` (or an sdist): none."""
+    d = _setting(config_settings, "native-dir", "KVTIER_NATIVE_DIR")
+    if d:
+        if not os.path.isdir(d):
+            raise BuildError(f"native-dir: {d} is not a folder")
+        return d
+    default = "cmake" if _checkout() and shutil.which("cmake") else "off"
+    mode = _setting(config_settings, "native", "KVTIER_NATIVE", default)
+    if mode == "off":
+        return ""
+    if mode != "cmake":
+        raise BuildError(f"native: {mode!r} is not cmake or off")
+    if not _checkout():
+        raise BuildError("native=cmake: needs the repository (an sdist holds no C++ sources)")
+    return _cmake_native(config_settings)
 
 
 def _native_files(config_settings) -> list:
-    """Native modules built by CMake (kvtier._native), as (path, name in the package)."""
+    """Native modules (kvtier._native) for this interpreter, as (path, name in the package)."""
     d = _native_dir(config_settings)
     if not d:
         return []
-    suffixes = tuple(s for s in (sysconfig.get_config_var("EXT_SUFFIX"), ".abi3.so", ".so") if s)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     found = []
     for sub in ("", PACKAGE):
         for path in sorted(glob.glob(os.path.join(d, sub, "_native*"))):
-            if path.endswith(suffixes):
+            if path.endswith((suffix, ".abi3.so")):
                 found.append((path, f"{PACKAGE}/{os.path.basename(path)}"))
     if not found:
-        raise BuildError(f"native-dir: {d} holds no kvtier/_native*.so")
+        raise BuildError(f"native-dir: {d} holds no kvtier/_native{suffix}")
     return found
 
 
@@ -223,7 +274,7 @@ def stage(out_dir: str) -> None:
     """out_dir/kvtier as the wheel holds it (for CMake's build/python)."""
     with tempfile.TemporaryDirectory() as gen:
         # Files are replaced, not the folder: CMake may put a native module there too.
-        for path, name in _package_files(gen, {})[0]:
+        for path, name in _package_files(gen, {"native": "off"})[0]:
             dest = os.path.join(out_dir, name)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.copyfile(path, dest)

@@ -31,6 +31,7 @@ from kvtier.keys import (DEEPSEEK_V3, LLAMA3_8B, XXH3_SEED, Block, ChainHasher, 
 
 __all__ = ["__version__", "ChainHasher", "KeyNamespace", "KvLayout", "LLAMA3_8B", "DEEPSEEK_V3",
            "XXH3_SEED", "Block", "new_blocks", "Client", "KvtierError", "PutResult", "Lookup",
+           "Lease", "LeasedBlock",
            "RouterClient", "Route", "Member", "WorkerClient", "SequenceQuery", "DecodeResult",
            "LayerOutput", "DecodeStats", "aio"]
 
@@ -40,7 +41,7 @@ def __getattr__(name):
     if name == "KvtierError":
         from kvtier._grpc import KvtierError
         return KvtierError
-    if name in ("Client", "PutResult", "Lookup"):
+    if name in ("Client", "PutResult", "Lookup", "Lease", "LeasedBlock"):
         from kvtier import client
         return getattr(client, name)
     if name in ("RouterClient", "Route", "Member"):

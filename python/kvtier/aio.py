@@ -16,20 +16,21 @@ close it with `await client.close()` or `async with`.
 from __future__ import annotations
 
 import asyncio
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import grpc
 
+from kvtier import _dataplane
 from kvtier import router as _router
 from kvtier import worker as _worker
 from kvtier._grpc import ChannelOwner, KvtierError, Pem, aio_channel
-from kvtier.client import (Block, Lookup, PutResult, _ArrivedDamaged, _check_blocks,
-                           _GetAnswers, _keep_options, _keys_field, _lookup_of,
-                           _put_requests, _stats_of)
+from kvtier.client import (Block, CacheClientBase, Lease, Lookup, PutResult, _ArrivedDamaged,
+                           _check_blocks, _GetAnswers, _keys_field, _lease_of, _lease_request,
+                           _lookup_of, _put_requests, _stats_of)
 from kvtier.keys import KvLayout, check_keys
 from kvtier.router import Member, Route
-from kvtier.v1 import (attention_pb2_grpc, cache_pb2, cache_pb2_grpc, router_pb2,
-                       router_pb2_grpc)
+from kvtier.v1 import attention_pb2_grpc, cache_pb2, router_pb2, router_pb2_grpc
 from kvtier.worker import DecodeResult, SequenceQuery
 
 __all__ = ["Client", "RouterClient", "WorkerClient", "KvtierError"]
@@ -51,21 +52,31 @@ class _AsyncClosing(ChannelOwner):
         await self._channel.close()
 
 
-class Client(_AsyncClosing):
+class Client(CacheClientBase, _AsyncClosing):
     """One tenant's connection to one kvtierd, for asyncio: kvtier.Client's constructor
     arguments and methods, each method a coroutine. UNAVAILABLE is retried with backoff
-    (asyncio.sleep), as the blocking client does."""
+    (asyncio.sleep), as the blocking client does. With kvtier._native, get_into, read_ranges
+    and put run in the C++ client on a worker thread (asyncio.to_thread), the GIL released, so
+    the event loop goes on while bytes move."""
 
     GET_PIECE_KEYS = 16384  # as kvtier.Client.GET_PIECE_KEYS
 
     def __init__(self, address: str, tenant: str, *, token: Optional[str] = None,
                  timeout: float = 30.0, attempts: int = 4, chunk_bytes: int = 1 << 20,
                  tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None,
-                 tls_server_name: Optional[str] = None, max_message_bytes: int = 64 << 20):
-        _keep_options(self, tenant, timeout, attempts, chunk_bytes)
-        super().__init__(address, token, tls_ca, tls_cert, tls_key, tls_server_name,
-                         max_message_bytes)
-        self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
+                 tls_server_name: Optional[str] = None, max_message_bytes: int = 64 << 20,
+                 use_native: bool = True, ucx_connections: int = 8):
+        super().__init__(address, tenant, token=token, timeout=timeout, attempts=attempts,
+                         chunk_bytes=chunk_bytes, tls_ca=tls_ca, tls_cert=tls_cert,
+                         tls_key=tls_key, tls_server_name=tls_server_name,
+                         max_message_bytes=max_message_bytes, use_native=use_native,
+                         ucx_connections=ucx_connections)
+
+    async def close(self) -> None:
+        """Closes the channel (calls in flight are cancelled) and the native client."""
+        if self._native is not None:
+            await asyncio.to_thread(self._native.close)
+        await super().close()
 
     async def _call(self, fn):
         backoff = 0.05
@@ -85,6 +96,8 @@ class Client(_AsyncClosing):
         checked = _check_blocks(blocks)
         if not checked:
             return PutResult()
+        if self._native is not None:
+            return PutResult(*await asyncio.to_thread(self._native.put, checked, durable, layout))
 
         async def run():
             return await self._stub.Put(
@@ -117,6 +130,44 @@ class Client(_AsyncClosing):
             return answers
 
         return (await self._call(run)).blocks(keys)
+
+    async def get_into(self, keys: Sequence[bytes],
+                       buffers: Sequence[Any]) -> List[Optional[int]]:
+        """Reads block keys[i] into buffers[i]; per key its size or None (see
+        kvtier.Client.get_into)."""
+        keys = _dataplane.check_buffers(keys, buffers)
+        if self._native is not None:
+            return await asyncio.to_thread(self._native.get_into, keys, buffers)
+        return _dataplane.copy_blocks(keys, await self.get(keys), buffers)
+
+    async def read_ranges(self, reads: Sequence[_dataplane.RangeRead]) -> bool:
+        """(key, offset, buffer) reads of parts of blocks; whether UCX served them (see
+        kvtier.Client.read_ranges)."""
+        reads = _dataplane.check_reads(reads)
+        if self._native is not None:
+            return await asyncio.to_thread(self._native.read_ranges, reads)
+        keys = _dataplane.distinct([r[0] for r in reads])
+        _dataplane.copy_ranges(reads, keys, await self.get(keys))
+        return False
+
+    async def lease(self, keys: Sequence[bytes], ttl_ms: int = 0) -> Lease:
+        """Pins blocks in the daemon's host RAM (see kvtier.Client.lease)."""
+        req = _lease_request(self.tenant, keys, ttl_ms)
+        sent = time.monotonic()
+        return _lease_of(await self._call(lambda: self._stub.Lease(
+            req, timeout=self._timeout, metadata=self._metadata)), sent)
+
+    async def release(self, lease: Lease, bytes_read: int = 0) -> bool:
+        """Ends a lease; whether it was still held (see kvtier.Client.release)."""
+        req = cache_pb2.ReleaseRequest(tenant=self.tenant, lease_id=lease.id,
+                                       bytes_read=bytes_read)
+        try:
+            return (await self._call(lambda: self._stub.Release(
+                req, timeout=self._timeout, metadata=self._metadata))).lease_active
+        except KvtierError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:  # the daemon no longer knows the lease
+                return False
+            raise
 
     async def lookup(self, keys: Sequence[bytes]) -> Lookup:
         """How many leading blocks of the chain `keys` are cached, and in which tiers."""

@@ -1,7 +1,9 @@
 """Client of kvtierd (kvtier.v1.CacheService) for Python inference frontends.
 
 This is the blocking client; kvtier.aio.Client has the same methods for asyncio. Both build
-their requests and read the answers with the helpers here.
+their requests and read the answers with the helpers here. Reads into caller memory
+(get_into, read_ranges) and puts go through kvtier._native, the C++ client, where the package
+has it (kvtier/_dataplane.py): over the daemon's UCX data plane when it offers one, else gRPC.
 """
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import grpc
 import xxhash
 
-from kvtier._grpc import Closing, KvtierError, Pem
+from kvtier import _dataplane
+from kvtier._grpc import ChannelOwner, Closing, KvtierError, Pem
 from kvtier.keys import Block, KvLayout, check_key, check_keys
 from kvtier.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 
-__all__ = ["Client", "KvtierError", "PutResult", "Lookup", "Block"]
+__all__ = ["Client", "KvtierError", "PutResult", "Lookup", "Block", "Lease", "LeasedBlock"]
 
 _TIERS = {types_pb2.TIER_HBM: "hbm", types_pb2.TIER_HOST: "host", types_pb2.TIER_NVME: "nvme"}
 
@@ -135,6 +138,33 @@ class _GetAnswers:
         return result
 
 
+@dataclasses.dataclass
+class LeasedBlock:
+    key: bytes
+    tier: str       # "host": in the daemon's RAM, where UCX reads it
+    size: int       # bytes
+    checksum: int   # XXH3-64 of its bytes
+
+
+@dataclasses.dataclass
+class Lease:
+    id: int
+    expires: float  # time.monotonic() when the lease ends (at the latest)
+    blocks: List[LeasedBlock]
+
+
+def _lease_request(tenant: str, keys: Sequence[bytes], ttl_ms: int) -> cache_pb2.LeaseRequest:
+    if not isinstance(ttl_ms, int) or ttl_ms < 0:
+        raise ValueError(f"ttl_ms: an int >= 0, not {ttl_ms!r}")
+    return cache_pb2.LeaseRequest(tenant=tenant, ttl_ms=ttl_ms, **_keys_field(keys))
+
+
+def _lease_of(res: cache_pb2.LeaseResponse, sent: float) -> Lease:
+    return Lease(res.lease_id, sent + res.expires_in_ms / 1000.0,
+                 [LeasedBlock(b.key, _TIERS.get(b.tier, "unknown"), b.size, b.checksum)
+                  for b in res.blocks])
+
+
 def _lookup_of(res: cache_pb2.LookupResponse) -> Lookup:
     return Lookup(res.matched, [_TIERS.get(t, "unknown") for t in res.tiers])
 
@@ -160,7 +190,60 @@ def _keep_options(client, tenant: str, timeout: float, attempts: int, chunk_byte
     client._chunk = chunk_bytes
 
 
-class Client(Closing):
+def _open_native(address: str, tenant: str, token, timeout: float, attempts: int,
+                 chunk_bytes: int, tls_ca, tls_cert, tls_key, tls_server_name,
+                 max_message_bytes: int, use_native: bool, ucx_connections: int):
+    """The client's kvtier._native client, or None (not wanted, or not in this package)."""
+    if not use_native or _dataplane._native is None:
+        return None
+    if ucx_connections < 1:
+        raise ValueError("ucx_connections: must be >= 1")
+    return _dataplane.Native(address, tenant, token=token, timeout=timeout, attempts=attempts,
+                             chunk_bytes=chunk_bytes, tls_ca=tls_ca, tls_cert=tls_cert,
+                             tls_key=tls_key, tls_server_name=tls_server_name,
+                             max_message_bytes=max_message_bytes,
+                             ucx_connections=ucx_connections)
+
+
+_NO_UCX_STATS = {"ucx_bytes": 0, "grpc_bytes": 0, "session_gets": 0, "leases": 0,
+                 "lease_retries": 0, "ucx_fallbacks": 0, "ucx_connects": 0, "verified_reads": 0}
+
+
+class CacheClientBase(ChannelOwner):
+    """What kvtier.Client and kvtier.aio.Client share: their options, their stub and their
+    kvtier._native client (the channel is the subclass's: blocking or grpc.aio)."""
+
+    def __init__(self, address: str, tenant: str, *, token, timeout, attempts, chunk_bytes,
+                 tls_ca, tls_cert, tls_key, tls_server_name, max_message_bytes, use_native,
+                 ucx_connections):
+        _keep_options(self, tenant, timeout, attempts, chunk_bytes)
+        super().__init__(address, token, tls_ca, tls_cert, tls_key, tls_server_name,
+                         max_message_bytes)
+        self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
+        self._native = _open_native(address, tenant, token, timeout, self._attempts, chunk_bytes,
+                                    tls_ca, tls_cert, tls_key, tls_server_name,
+                                    max_message_bytes, use_native, ucx_connections)
+
+    @property
+    def native(self) -> bool:
+        """Whether get_into, read_ranges and put go through kvtier._native (UCX where the
+        daemon offers it)."""
+        return self._native is not None
+
+    def register_buffer(self, buffer: Any) -> None:
+        """Registers memory that reads will land in (a buffer reused for many get_into calls)
+        once, instead of on every UCX read; kept alive until the client is gone. A no-op
+        without kvtier._native."""
+        if self._native is not None:
+            self._native.register_buffer(buffer)
+
+    def transfer_stats(self) -> Dict[str, int]:
+        """What kvtier._native moved, and how: ucx_bytes, grpc_bytes, leases, ucx_fallbacks,
+        ucx_connects, ... (monotonic; zeros without it)."""
+        return self._native.transfer_stats() if self._native is not None else dict(_NO_UCX_STATS)
+
+
+class Client(CacheClientBase, Closing):
     """One tenant's connection to one kvtierd.
 
     Every call has a deadline (`timeout` seconds) and is retried with exponential backoff when
@@ -174,16 +257,29 @@ class Client(Closing):
     certificate for mutual TLS. Each is a file path, as the CLI's --tls-* flags take, or the PEM
     bytes. `tls_server_name`: the name checked in the daemon's certificate, when not the
     address's host.
+
+    Data plane: where the package has kvtier._native (`client.native`), get_into, read_ranges
+    and put run in the C++ client without the GIL, and reads go over the daemon's UCX data plane
+    (up to `ucx_connections` at once) when it offers one on this host, else over gRPC, chosen
+    per call, with the same results and errors. `use_native=False`: Python gRPC alone.
     """
 
     def __init__(self, address: str, tenant: str, *, token: Optional[str] = None,
                  timeout: float = 30.0, attempts: int = 4, chunk_bytes: int = 1 << 20,
                  tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None,
-                 tls_server_name: Optional[str] = None, max_message_bytes: int = 64 << 20):
-        _keep_options(self, tenant, timeout, attempts, chunk_bytes)
-        super().__init__(address, token, tls_ca, tls_cert, tls_key, tls_server_name,
-                         max_message_bytes)
-        self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
+                 tls_server_name: Optional[str] = None, max_message_bytes: int = 64 << 20,
+                 use_native: bool = True, ucx_connections: int = 8):
+        super().__init__(address, tenant, token=token, timeout=timeout, attempts=attempts,
+                         chunk_bytes=chunk_bytes, tls_ca=tls_ca, tls_cert=tls_cert,
+                         tls_key=tls_key, tls_server_name=tls_server_name,
+                         max_message_bytes=max_message_bytes, use_native=use_native,
+                         ucx_connections=ucx_connections)
+
+    def close(self) -> None:
+        """Closes the channel and the native client's connections; calls after it fail."""
+        if self._native is not None:
+            self._native.close()
+        super().close()
 
     def _call(self, fn):
         backoff = 0.05
@@ -206,6 +302,8 @@ class Client(Closing):
         checked = _check_blocks(blocks)
         if not checked:
             return PutResult()
+        if self._native is not None:
+            return PutResult(*self._native.put(checked, durable, layout))
         res = self._call(lambda: self._stub.Put(
             _put_requests(self.tenant, checked, layout, durable, self._chunk),
             timeout=self._timeout, metadata=self._metadata))
@@ -240,6 +338,54 @@ class Client(Closing):
             return answers
 
         return self._call(run).blocks(keys)
+
+    def get_into(self, keys: Sequence[bytes], buffers: Sequence[Any]) -> List[Optional[int]]:
+        """Reads block keys[i] into the start of buffers[i], each verified against its
+        checksum: one entry per key, the block's size, or None when it is not cached. A buffer
+        is writable memory: a bytearray, a memoryview, a numpy array, or (with kvtier._native)
+        a host tensor with __dlpack__ (torch, pinned or not). OUT_OF_RANGE when a block is
+        larger than its buffer. No copy through Python objects: with kvtier._native the bytes
+        land in the buffers straight from UCX or gRPC, and the GIL is released meanwhile."""
+        keys = _dataplane.check_buffers(keys, buffers)
+        if self._native is not None:
+            return self._native.get_into(keys, buffers)
+        return _dataplane.copy_blocks(keys, self.get(keys), buffers)
+
+    def read_ranges(self, reads: Sequence[_dataplane.RangeRead]) -> bool:
+        """Reads parts of blocks (for example one layer's or some heads' slices,
+        KvLayout.head_slice): each (key, offset, buffer) read fills `buffer` from byte `offset`
+        of block `key`. Over UCX (only those bytes move) where kvtier._native and the daemon's
+        data plane serve it, else by fetching the whole blocks over gRPC. NOT_FOUND names the
+        first block not cached; OUT_OF_RANGE for a range past its block's end. Returns whether
+        UCX served the reads."""
+        reads = _dataplane.check_reads(reads)
+        if self._native is not None:
+            return self._native.read_ranges(reads)
+        keys = _dataplane.distinct([r[0] for r in reads])
+        _dataplane.copy_ranges(reads, keys, self.get(keys))
+        return False
+
+    def lease(self, keys: Sequence[bytes], ttl_ms: int = 0) -> Lease:
+        """Pins blocks in the daemon's host RAM (NVMe blocks are promoted) until release() or
+        the lease's end (`ttl_ms`, 0: the daemon's default): reads of them meanwhile find them
+        in RAM. NOT_FOUND when a block is not cached."""
+        req = _lease_request(self.tenant, keys, ttl_ms)
+        sent = time.monotonic()
+        return _lease_of(self._call(lambda: self._stub.Lease(
+            req, timeout=self._timeout, metadata=self._metadata)), sent)
+
+    def release(self, lease: Lease, bytes_read: int = 0) -> bool:
+        """Ends a lease; returns whether it was still held (False: it had ended or was
+        released). `bytes_read` is counted in the daemon's metrics."""
+        req = cache_pb2.ReleaseRequest(tenant=self.tenant, lease_id=lease.id,
+                                       bytes_read=bytes_read)
+        try:
+            return self._call(lambda: self._stub.Release(
+                req, timeout=self._timeout, metadata=self._metadata)).lease_active
+        except KvtierError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:  # the daemon no longer knows the lease
+                return False
+            raise
 
     def lookup(self, keys: Sequence[bytes]) -> Lookup:
         """How many leading blocks of the chain `keys` are cached, and in which tiers."""

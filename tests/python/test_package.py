@@ -29,6 +29,10 @@ OFFLINE = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_IN
            "HTTPS_PROXY": "http://127.0.0.1:9"}
 
 
+# The tree the ctest run is in builds kvtier._native (KVTIER_NATIVE=off where it cannot).
+EXPECT_NATIVE = os.environ.get("KVTIER_NATIVE", "cmake") != "off"
+
+
 def project_version():
     with open(os.path.join(SOURCE, "CMakeLists.txt")) as f:
         return re.search(r"project\(kvtier VERSION ([0-9.]+)", f.read()).group(1)
@@ -69,8 +73,9 @@ class PipInstall(unittest.TestCase):
         """kvtier as the venv's interpreter imports it, away from the source tree."""
         run = subprocess.run(
             [self.python, "-c", "import json, kvtier, kvtier.aio, kvtier.v1.cache_pb2_grpc as g\n"
+                                "from kvtier import _dataplane as d\n"
                                 "print(json.dumps([kvtier.__version__, kvtier.__file__, "
-                                "g.__file__, kvtier.Client.__name__]))"],
+                                "g.__file__, d._native is not None]))"],
             capture_output=True, text=True, cwd=self.tmp.name,
             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         self.assertEqual(run.returncode, 0, run.stderr)
@@ -79,10 +84,11 @@ class PipInstall(unittest.TestCase):
     def test_install_from_the_tree(self):
         self.pip("install", PACKAGE_DIR)
         try:
-            version, init, stubs, _ = self.installed()
+            version, init, stubs, native = self.installed()
             self.assertEqual(version, project_version())
             self.assertTrue(init.startswith(self.venv), init)
             self.assertTrue(stubs.startswith(self.venv), stubs)
+            self.assertEqual(native, EXPECT_NATIVE, "kvtier._native in the package")
         finally:
             self.pip("uninstall", "--yes", "kvtier")
 
@@ -93,17 +99,19 @@ class PipInstall(unittest.TestCase):
         self.assertEqual(name, f"kvtier-{project_version()}.tar.gz")
         self.pip("install", os.path.join(out, name))  # pip unpacks it in a temporary folder
         try:
-            version, init, _, _ = self.installed()
+            version, init, _, native = self.installed()
             self.assertEqual(version, project_version())
             self.assertTrue(init.startswith(self.venv), init)
+            self.assertFalse(native)  # an sdist holds no C++ sources: gRPC alone
         finally:
             self.pip("uninstall", "--yes", "kvtier")
 
     def test_editable_install(self):
         self.pip("install", "--editable", PACKAGE_DIR)
         try:
-            version, init, stubs, _ = self.installed()
+            version, init, stubs, native = self.installed()
             self.assertEqual(version, project_version())
+            self.assertEqual(native, EXPECT_NATIVE)
             self.assertEqual(init, os.path.join(PACKAGE_DIR, "kvtier", "__init__.py"))
             self.assertTrue(stubs.startswith(self.venv), stubs)  # generated, not in the tree
         finally:
@@ -116,6 +124,9 @@ class Backend(unittest.TestCase):
         self.addCleanup(self.tmp.cleanup)
 
     def wheel(self, config=None, env=None):
+        """A wheel built with `config` (by default without the native module: PipInstall
+        builds that)."""
+        config = {"native": "off", **(config or {})}
         name = backend(f"print(b.build_wheel({self.tmp.name!r}, {config!r}))", env).strip()
         with zipfile.ZipFile(os.path.join(self.tmp.name, name)) as z:
             return name, {n: z.read(n).decode("utf-8", "replace") for n in z.namelist()}
@@ -165,6 +176,10 @@ class Backend(unittest.TestCase):
         self.assertIn("kvtier/_native" + ext, files)
         self.assertIn("Root-Is-Purelib: false",
                       files[f"kvtier-{project_version()}.dist-info/WHEEL"])
+
+    def test_a_native_setting_it_does_not_know_is_refused(self):
+        with self.assertRaisesRegex(AssertionError, "native: 'yes' is not cmake or off"):
+            self.wheel({"native": "yes"})
 
     def test_stubs_of_a_newer_protoc_raise_the_protobuf_floor(self):
         _, files = self.wheel(env={"PROTOC": self.fake_protoc("27.2", "5.27.2")})
