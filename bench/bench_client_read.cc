@@ -6,7 +6,7 @@
 // "grpc_bytes": ...}; exits 1 on a failed read.
 //
 // Usage: bench_client_read --address HOST:PORT --tenant T --keys-file F --block-bytes N
-//                          [--readers 1] [--batch 8] [--seconds 2] [--warmup 0] [--no-ucx]
+//                          [--readers 1] [--batch 8] [--seconds 2] [--warmup 0] [--no-ucx] [--no-lease-session]
 // F holds the keys, 32 hex digits a line, every block `--block-bytes` long.
 #include <atomic>
 #include <barrier>
@@ -29,7 +29,7 @@ int Usage(const char* why) {
   std::fprintf(stderr,
                "bench_client_read: %s\nusage: bench_client_read --address HOST:PORT --tenant T "
                "--keys-file F --block-bytes N [--readers 1] [--batch 8] [--seconds 2] "
-               "[--warmup 0] [--no-ucx]\n",
+               "[--warmup 0] [--no-ucx] [--no-lease-session]\n",
                why);
   return 2;
 }
@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--no-ucx") {
       options.use_ucx = false;
+      continue;
+    }
+    if (a == "--no-lease-session") {
+      options.lease_session = false;
       continue;
     }
     if (i + 1 >= argc) return Usage(("no value after " + a).c_str());

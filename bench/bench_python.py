@@ -7,11 +7,12 @@ measured in this run against one kvtierd on loopback:
   cpp ucx   bench_client_read: the same reads (CacheClient::GetInto) in a C++ program
 
 for 1 MiB and 4 MiB blocks, 1 and 8 readers (threads sharing one client, each reading batches of
-8 blocks into buffers of its own), timed from a second after every reader has made its
-first read: the steady state (a new UCX connection costs about 0.3 s on a 2-core VM, and
-1-2 s when 8 are made at once). Each figure is the median of its turns (3 of 3 s; 1 of 1 s with --quick),
-the paths taking turns. On a 2-core host 8 Python readers contend for the GIL with the copying
-threads (a holder descheduled stalls the others): their single quick turns vary most.
+8 blocks into buffers of its own), timed in the steady state: from 2.5 s (UCX) or 0.5 s (gRPC)
+after every reader has made its first read. On a 2-core VM a new UCX connection costs about
+0.3 s, 1-2 s when 8 are made at once, and 8 new connections in one Python process took another
+1-3 s to reach their pace (8 Python threads on 2 cores; the GIL changes hands through the
+scheduler). Each figure is the median of its turns (3 of 3 s; 1 of 1 s with --quick), the
+paths taking turns.
 
 Usage: build/bench/bench_python [--quick]     Ends with one line: RESULT {json}:
   py_ucx_get_gbps_1m, py_grpc_get_gbps_1m, cpp_ucx_get_gbps_1m (1 reader) and _8r (8 readers),
@@ -30,7 +31,9 @@ import time
 SIZES = {"1m": 1 << 20, "4m": 4 << 20}
 READERS = (1, 8)
 BATCH = 8
-WARMUP = 1.0  # seconds of reads before the clock starts
+# Seconds of reads before the clock starts: new UCX connections take a few seconds to reach
+# their pace (see the module's doc); gRPC none.
+UCX_WARMUP, GRPC_WARMUP = 2.5, 0.5
 TENANT = "bench"
 
 
@@ -64,7 +67,7 @@ class Buffers:
         return self.made[(reader, size)]
 
 
-def python_reads(client, keys, size, readers, seconds, buffers=None):
+def python_reads(client, keys, size, readers, seconds, warmup, buffers=None):
     """GB/s of `readers` threads reading batches of `keys` with one client: get_into into
     buffers of their own (`buffers`, a Buffers), else get. Timed from when every reader has made
     its first read (its connection), as bench_client_read does."""
@@ -72,7 +75,7 @@ def python_reads(client, keys, size, readers, seconds, buffers=None):
     clock = {}
 
     def start_clock():
-        clock["start"] = time.monotonic() + WARMUP
+        clock["start"] = time.monotonic() + warmup
         clock["end"] = clock["start"] + seconds
 
     warm = threading.Barrier(readers, action=start_clock)
@@ -115,7 +118,7 @@ def cpp_reads(build, address, keys_file, size, readers, seconds):
         [os.path.join(build, "bench", "bench_client_read"), "--address", address, "--tenant",
          TENANT, "--keys-file", keys_file, "--block-bytes", str(size), "--readers",
          str(readers), "--batch", str(BATCH), "--seconds", str(seconds), "--warmup",
-         str(WARMUP)],
+         str(UCX_WARMUP)],
         capture_output=True, text=True, timeout=seconds + 60)
     if run.returncode != 0:
         raise SystemExit(f"bench_python: bench_client_read failed: {run.stderr}")
@@ -156,8 +159,9 @@ def main():
                     runs = {"py_ucx": [], "py_grpc": [], "cpp_ucx": []}
                     for _ in range(turns):
                         runs["py_ucx"].append(python_reads(native, keys, size, readers, seconds,
-                                                           buffers))
-                        runs["py_grpc"].append(python_reads(plain, keys, size, readers, seconds))
+                                                           UCX_WARMUP, buffers))
+                        runs["py_grpc"].append(python_reads(plain, keys, size, readers, seconds,
+                                                            GRPC_WARMUP))
                         runs["cpp_ucx"].append(cpp_reads(args.build_dir, address, keys_file,
                                                          size, readers, seconds))
                     suffix = name if readers == 1 else f"{name}_{readers}r"

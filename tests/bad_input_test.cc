@@ -960,6 +960,13 @@ std::vector<Case> PlainCases() {
        "INVALID_ARGUMENT", [k16](Daemon& d) {
          return RawCode(d, "GetSession", {LenField(1, "t") + LenField(2, k16), Garbage(1000)});
        }});
+  c.push_back(
+      {"lease_session_garbage",
+       "LeaseSession (raw): a valid lease request, then 1000 bytes of garbage", "INVALID_ARGUMENT",
+       [k16](Daemon& d) {
+         return RawCode(d, "LeaseSession",
+                        {LenField(1, LenField(1, "t") + LenField(2, k16)), Garbage(1000)});
+       }});
   c.push_back({"get_garbage", "Get (raw): 1000 bytes of garbage as the request", "INVALID_ARGUMENT",
                [](Daemon& d) { return RawCode(d, "Get", {Garbage(1000)}); }});
   c.push_back({"get_no_request", "Get (raw): the stream closed with no request", "INVALID_ARGUMENT",
@@ -1353,6 +1360,37 @@ std::vector<Case> AuthCases() {
                      PutBlocks(*d.stub, kAliceToken, "alice", Chain(d.Seed(), 1, 4096), true));
                }});
 
+  c.push_back({"auth_lease_session_empty_no_token",
+               "a LeaseSession with no request and no authorization metadata", "UNAUTHENTICATED",
+               [](Daemon& d) {
+                 auto ctx = Ctx("");
+                 auto stream = d.stub->LeaseSession(ctx.get());
+                 stream->WritesDone();
+                 v1::LeaseSessionResponse res;
+                 while (stream->Read(&res)) {
+                 }
+                 return Outcome(stream->Finish());
+               }});
+  c.push_back({"auth_lease_session_other_tenant",
+               "a lease naming bob on a LeaseSession with alice's token; then one naming alice",
+               "PERMISSION_DENIED", [](Daemon& d) {
+                 auto ctx = Ctx(kAliceToken);
+                 auto stream = d.stub->LeaseSession(ctx.get());
+                 v1::LeaseSessionRequest req;
+                 req.mutable_lease()->set_tenant("bob");
+                 req.mutable_lease()->add_keys(TestKey(d.Seed()).ByteString());
+                 v1::LeaseSessionResponse bob, alice;
+                 const bool answered = stream->Write(req) && stream->Read(&bob);
+                 req.mutable_lease()->set_tenant("alice");  // not cached: NOT_FOUND, answered
+                 const bool again = stream->Write(req) && stream->Read(&alice);
+                 stream->WritesDone();
+                 const grpc::Status end = stream->Finish();
+                 if (!answered || !again) return "no answer; the stream: " + Outcome(end);
+                 return CodeName(static_cast<grpc::StatusCode>(bob.code())) +
+                        (alice.code() == grpc::StatusCode::NOT_FOUND && end.ok()
+                             ? ""
+                             : " but the stream did not go on");
+               }});
   c.push_back({"auth_stats_other_tenant", "Stats naming bob, with alice's token",
                "PERMISSION_DENIED", [](Daemon& d) {
                  auto ctx = Ctx(kAliceToken);

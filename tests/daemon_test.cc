@@ -87,6 +87,56 @@ TEST_F(DaemonTest, PutGetLookupRoundTrip) {
 
 // GetSession answers each request on the stream in turn, as Get would, and ends the stream
 // with the status Get would have returned.
+// LeaseSession: leases and releases answered in turn on one stream, each error in its answer
+// and the stream going on.
+TEST_F(DaemonTest, ALeaseSessionAnswersEachRequestInTurn) {
+  const auto chain = Chain(800, 2, 64 << 10);
+  ASSERT_TRUE(PutBlocks(*stub_, "tenant-a", chain).ok());
+  grpc::ClientContext ctx;
+  auto stream = stub_->LeaseSession(&ctx);
+  auto ask = [&](const v1::LeaseSessionRequest& req) {
+    v1::LeaseSessionResponse res;
+    EXPECT_TRUE(stream->Write(req));
+    EXPECT_TRUE(stream->Read(&res));
+    return res;
+  };
+  v1::LeaseSessionRequest lease;
+  lease.mutable_lease()->set_tenant("tenant-a");
+  lease.mutable_lease()->add_keys(chain[0].key.ByteString());
+  lease.mutable_lease()->add_keys(chain[1].key.ByteString());
+  v1::LeaseSessionResponse got = ask(lease);
+  ASSERT_EQ(got.code(), 0) << got.message();
+  ASSERT_TRUE(got.has_lease());
+  ASSERT_EQ(got.lease().blocks_size(), 2);
+  EXPECT_EQ(got.lease().blocks(1).size(), chain[1].data.size());
+  const uint64_t id = got.lease().lease_id();
+
+  // A miss is NOT_FOUND in its answer; the stream goes on.
+  v1::LeaseSessionRequest missing = lease;
+  missing.mutable_lease()->set_keys(1, TestKey(899).ByteString());
+  got = ask(missing);
+  EXPECT_EQ(got.code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_FALSE(got.has_lease());
+
+  // Another tenant cannot release the lease; its own tenant can, once.
+  v1::LeaseSessionRequest release;
+  release.mutable_release()->set_tenant("tenant-b");
+  release.mutable_release()->set_lease_id(id);
+  EXPECT_EQ(ask(release).code(), grpc::StatusCode::NOT_FOUND);
+  release.mutable_release()->set_tenant("tenant-a");
+  got = ask(release);
+  EXPECT_EQ(got.code(), 0) << got.message();
+  EXPECT_TRUE(got.release().lease_active());
+  EXPECT_EQ(ask(release).code(), grpc::StatusCode::NOT_FOUND);
+
+  // A request that is neither is INVALID_ARGUMENT; the stream still answers the next.
+  EXPECT_EQ(ask(v1::LeaseSessionRequest()).code(), grpc::StatusCode::INVALID_ARGUMENT);
+  got = ask(lease);
+  EXPECT_EQ(got.code(), 0) << got.message();
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
 TEST_F(DaemonTest, AGetSessionAnswersEachRequestInTurn) {
   const auto chain = Chain(500, 2, 300'000);
   ASSERT_TRUE(PutBlocks(*stub_, "tenant-a", chain).ok());
@@ -498,8 +548,9 @@ TEST_F(DaemonTest, HalfOpenMetricsConnectionsDoNotStarveScrapes) {
   EXPECT_LT(seconds, 2.0);
 }
 
-// SIGTERM while a Put is in flight and a Get session sits idle: the Put finishes, the session is
-// ended, and the daemon exits at once. It waited out a 10 s deadline for the idle session.
+// SIGTERM while a Put is in flight and a Get session and a lease session sit idle: the Put
+// finishes, the sessions are ended, and the daemon exits at once. It waited out a 10 s deadline
+// for the idle session.
 TEST(DaemonStop, AnIdleGetSessionDoesNotHoldUpAStop) {
   TempDir dir;
   auto d = StartDaemon(dir.Sub("data"));
@@ -516,6 +567,15 @@ TEST(DaemonStop, AnIdleGetSessionDoesNotHoldUpAStop) {
   v1::GetResponse answer;
   ASSERT_TRUE(session->Read(&answer));
   ASSERT_TRUE(answer.found());
+  grpc::ClientContext lease_ctx;  // and an idle LeaseSession
+  auto leases = stub->LeaseSession(&lease_ctx);
+  v1::LeaseSessionRequest lease;
+  lease.mutable_lease()->set_tenant("t");
+  lease.mutable_lease()->add_keys(chain[0].key.ByteString());
+  ASSERT_TRUE(leases->Write(lease));
+  v1::LeaseSessionResponse leased;
+  ASSERT_TRUE(leases->Read(&leased));
+  ASSERT_EQ(leased.code(), 0) << leased.message();
 
   grpc::ClientContext put_ctx;
   v1::PutResponse put_response;
@@ -543,6 +603,7 @@ TEST(DaemonStop, AnIdleGetSessionDoesNotHoldUpAStop) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   EXPECT_LT(seconds, 5.0);
   session_ctx.TryCancel();
+  lease_ctx.TryCancel();
 }
 
 // A host tier larger than memory (with UCX on, it lives in /dev/shm) is refused at start, before

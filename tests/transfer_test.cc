@@ -51,6 +51,20 @@ struct Setup {
   const char* mode;
 };
 
+// The daemon holds no lease of `c`'s (releases are sent without waiting: within 10 s).
+void ExpectNoLeasesLeft(CacheClient& c) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  uint64_t active = 0;
+  do {
+    auto stats = c.Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    active = stats->leases_active;
+    if (active == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  } while (std::chrono::steady_clock::now() < end);
+  EXPECT_EQ(active, 0u) << "leases the client released are still held";
+}
+
 class TransferTest : public ::testing::TestWithParam<Setup> {
  protected:
   void SetUp() override {
@@ -258,6 +272,29 @@ TEST_P(TransferTest, ThreadsOfOneClientReadOverUcxAtOnce) {
   EXPECT_GT(st.ucx_bytes, 0u);
   EXPECT_GE(st.ucx_connects, 1u);
   EXPECT_LE(st.ucx_connects, 3u) << "the pool's bound";
+  // Every lease went over a LeaseSession stream, and every release written there without
+  // waiting reached the daemon.
+  EXPECT_EQ(st.session_leases, st.leases);
+  ExpectNoLeasesLeft(*c);
+}
+
+// With lease_session off, leases and releases are calls of their own; the reads are the same.
+TEST_P(TransferTest, LeasesWithoutSessionsAreCallsOfTheirOwn) {
+  auto c = Client({.lease_session = false});
+  const auto payloads = PutBlocks(*c, 11, 4);
+  std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(kBlockBytes));
+  const std::vector<BlockKey> keys = {BlockKey{11, 0}, BlockKey{11, 1}, BlockKey{11, 2},
+                                      BlockKey{11, 3}};
+  const std::vector<std::span<uint8_t>> dst(bufs.begin(), bufs.end());
+  for (int i = 0; i < 3; ++i) {
+    auto sizes = c->GetInto(keys, dst);
+    ASSERT_TRUE(sizes.ok()) << sizes.status();
+    EXPECT_EQ(bufs, payloads);
+  }
+  const TransferStats st = c->transfer_stats();
+  EXPECT_GT(st.leases, 0u);
+  EXPECT_EQ(st.session_leases, 0u);
+  ExpectNoLeasesLeft(*c);
 }
 
 TEST_P(TransferTest, AnAbandonedLeaseExpiresAndItsCapacityComesBack) {

@@ -205,8 +205,9 @@ def _open_native(address: str, tenant: str, token, timeout: float, attempts: int
                              ucx_connections=ucx_connections)
 
 
-_NO_UCX_STATS = {"ucx_bytes": 0, "grpc_bytes": 0, "session_gets": 0, "leases": 0,
-                 "lease_retries": 0, "ucx_fallbacks": 0, "ucx_connects": 0, "verified_reads": 0}
+_NO_UCX_STATS = {"ucx_bytes": 0, "grpc_bytes": 0, "session_gets": 0, "session_leases": 0,
+                 "leases": 0, "lease_retries": 0, "ucx_fallbacks": 0, "ucx_connects": 0,
+                 "verified_reads": 0}
 
 
 class CacheClientBase(ChannelOwner):

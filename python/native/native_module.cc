@@ -346,6 +346,7 @@ class PyCacheClient {
     d["ucx_bytes"] = s.ucx_bytes;
     d["grpc_bytes"] = s.grpc_bytes;
     d["session_gets"] = s.session_gets;
+    d["session_leases"] = s.session_leases;
     d["leases"] = s.leases;
     d["lease_retries"] = s.lease_retries;
     d["ucx_fallbacks"] = s.ucx_fallbacks;

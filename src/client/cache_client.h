@@ -77,6 +77,13 @@ struct ClientOptions {
   // so a hung daemon can hold a Get for up to twice deadline_ms. Off: one Get call each, for
   // proxies that do not keep streams open.
   bool get_session = true;
+  // Default: true. The leases and releases of UCX reads (and Lease, Release) go over
+  // long-lived LeaseSession streams, one per caller at a time (kept while they work, renewed
+  // every half deadline_ms), saving a call's setup each; a release is written without waiting
+  // for its answer. A request a session cannot carry (a daemon without LeaseSession, a broken
+  // stream, a whole-call deadline shorter than the session's) is made as its own call. Off: one
+  // call each.
+  bool lease_session = true;
   // Default: false: a library leaves the embedding program's malloc and Abseil settings alone.
   // True: Create() tunes this process for megabyte transfers (TuneProcessForThroughput,
   // common/process_tuning.h): megabyte buffers stay on glibc's heap (gRPC receives each Get
@@ -110,6 +117,7 @@ struct TransferStats {
   uint64_t ucx_bytes = 0;       // read over UCX (one-sided gets, or reads the daemon served)
   uint64_t grpc_bytes = 0;      // received in gRPC Get responses
   uint64_t session_gets = 0;    // gRPC Gets answered on the GetSession stream (get_session)
+  uint64_t session_leases = 0;  // leases answered on a LeaseSession stream (lease_session)
   uint64_t leases = 0;          // leases taken for UCX reads
   uint64_t lease_retries = 0;   // reads redone under a new lease (expiry race or bad checksum)
   uint64_t ucx_fallbacks = 0;   // reads that went to gRPC because UCX could not serve them

@@ -45,40 +45,127 @@ absl::StatusOr<std::optional<transfer::RemoteRegion>> GrpcLeaseControl::DataPlan
   return region;
 }
 
+namespace {
+
+// A Lease's answer as a LeaseInfo; `sent`: when the request went out.
+absl::StatusOr<LeaseInfo> LeaseInfoOf(const v1::LeaseResponse& res, std::span<const BlockKey> keys,
+                                      CallDeadline sent) {
+  if (static_cast<size_t>(res.blocks_size()) != keys.size()) {
+    return absl::InternalError(
+        absl::StrCat("lease: ", res.blocks_size(), " blocks for ", keys.size(), " keys"));
+  }
+  LeaseInfo out;
+  out.id = res.lease_id();
+  out.expires = sent + std::chrono::milliseconds(res.expires_in_ms());
+  for (int i = 0; i < res.blocks_size(); ++i) {
+    const v1::LeasedBlock& b = res.blocks(i);
+    absl::StatusOr<Tier> tier = TierFromDaemon(b.tier(), "lease");
+    if (!tier.ok()) return absl::InternalError(tier.status().message());
+    out.blocks.push_back({.key = keys[i],
+                          .tier = *tier,
+                          .size = b.size(),
+                          .checksum = b.checksum(),
+                          .offset = b.address(),
+                          .generation = b.generation()});
+  }
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<GrpcLeaseControl::Session> GrpcLeaseControl::TakeSession(CallDeadline end) {
+  const auto now = std::chrono::steady_clock::now();
+  std::unique_ptr<Session> session;
+  {
+    std::lock_guard lock(sessions_mu_);
+    if (!options_.lease_session || !sessions_) return nullptr;
+    while (!idle_sessions_.empty() && session == nullptr) {
+      session = std::move(idle_sessions_.back());
+      idle_sessions_.pop_back();
+      if (now >= session->renew_at) session.reset();  // closed, outside the lock
+    }
+  }
+  // A request on a session can wait until the session's deadline, which must not outlast the
+  // call's (total_deadline_ms).
+  const CallDeadline ends =
+      session != nullptr ? session->ends : now + std::chrono::milliseconds(options_.deadline_ms);
+  if (ends > end) {
+    if (session != nullptr) GiveBack(std::move(session));
+    return nullptr;
+  }
+  if (session == nullptr) {
+    session = std::make_unique<Session>();
+    session->ctx = std::make_unique<grpc::ClientContext>();
+    PrepareCall(options_, ends, session->ctx.get());
+    session->ends = ends;
+    session->renew_at = now + std::chrono::milliseconds(options_.deadline_ms / 2);
+    session->stream = rpc_->stub->LeaseSession(session->ctx.get());
+  }
+  return session;
+}
+
+void GrpcLeaseControl::GiveBack(std::unique_ptr<Session> session) {
+  std::lock_guard lock(sessions_mu_);
+  idle_sessions_.push_back(std::move(session));
+}
+
+bool GrpcLeaseControl::OnSession(const v1::LeaseSessionRequest& request, CallDeadline end,
+                                 v1::LeaseSessionResponse* answer) {
+  std::unique_ptr<Session> s = TakeSession(end);
+  if (s == nullptr) return false;
+  v1::LeaseSessionResponse dropped;
+  bool ok = true;
+  for (; ok && s->pending > 0; --s->pending) ok = s->stream->Read(&dropped);
+  ok = ok && s->stream->Write(request);
+  if (ok && answer != nullptr) {
+    ok = s->stream->Read(answer);
+  } else if (ok) {
+    ++s->pending;
+  }
+  if (!ok) {
+    // A daemon from before LeaseSession: not asked again.
+    if (s->Close().error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      std::lock_guard lock(sessions_mu_);
+      sessions_ = false;
+    }
+    return false;
+  }
+  GiveBack(std::move(s));
+  return true;
+}
+
 absl::StatusOr<LeaseInfo> GrpcLeaseControl::Lease(std::span<const BlockKey> keys, uint32_t ttl_ms,
                                                   CallDeadline deadline) {
-  v1::LeaseRequest req;
+  v1::LeaseSessionRequest session_req;
+  v1::LeaseRequest& req = *session_req.mutable_lease();
   req.set_tenant(options_.tenant);
   req.set_packed_keys(PackKeys(keys));
   req.set_ttl_ms(ttl_ms);
-  LeaseInfo out;
+  const CallDeadline sent = std::chrono::steady_clock::now();
+  v1::LeaseSessionResponse answer;
+  // UNAVAILABLE (a daemon stopping) is left to the call, which retries it.
+  if (OnSession(session_req, deadline, &answer) &&
+      answer.code() != grpc::StatusCode::UNAVAILABLE) {
+    session_leases_.fetch_add(1, std::memory_order_relaxed);
+    if (answer.code() != grpc::StatusCode::OK) {
+      return FromGrpc(grpc::Status(static_cast<grpc::StatusCode>(answer.code()), answer.message()));
+    }
+    return LeaseInfoOf(answer.lease(), keys, sent);
+  }
+  return LeaseCall(req, keys, deadline);
+}
+
+absl::StatusOr<LeaseInfo> GrpcLeaseControl::LeaseCall(const v1::LeaseRequest& req,
+                                                      std::span<const BlockKey> keys,
+                                                      CallDeadline deadline) {
+  absl::StatusOr<LeaseInfo> out;
   absl::Status st = WithRetries(options_, deadline, [&](grpc::ClientContext* ctx) {
     const CallDeadline sent = std::chrono::steady_clock::now();
     v1::LeaseResponse res;
     grpc::Status s = rpc_->stub->Lease(ctx, req, &res);
     if (!s.ok()) return s;
-    if (static_cast<size_t>(res.blocks_size()) != keys.size()) {
-      return grpc::Status(
-          grpc::StatusCode::INTERNAL,
-          absl::StrCat("lease: ", res.blocks_size(), " blocks for ", keys.size(), " keys"));
-    }
-    out.id = res.lease_id();
-    out.expires = sent + std::chrono::milliseconds(res.expires_in_ms());
-    out.blocks.clear();
-    for (int i = 0; i < res.blocks_size(); ++i) {
-      const v1::LeasedBlock& b = res.blocks(i);
-      absl::StatusOr<Tier> tier = TierFromDaemon(b.tier(), "lease");
-      if (!tier.ok()) {
-        return grpc::Status(grpc::StatusCode::INTERNAL, std::string(tier.status().message()));
-      }
-      out.blocks.push_back({.key = keys[i],
-                            .tier = *tier,
-                            .size = b.size(),
-                            .checksum = b.checksum(),
-                            .offset = b.address(),
-                            .generation = b.generation()});
-    }
-    return s;
+    out = LeaseInfoOf(res, keys, sent);
+    return grpc::Status::OK;
   });
   if (!st.ok()) return st;
   return out;
@@ -86,6 +173,12 @@ absl::StatusOr<LeaseInfo> GrpcLeaseControl::Lease(std::span<const BlockKey> keys
 
 void GrpcLeaseControl::ReleaseInBackground(uint64_t lease_id, uint64_t bytes_read) {
   // Nobody waits for it: a lost Release costs only the lease's TTL of pinned memory.
+  v1::LeaseSessionRequest session_req;
+  v1::ReleaseRequest& release = *session_req.mutable_release();
+  release.set_tenant(options_.tenant);
+  release.set_lease_id(lease_id);
+  release.set_bytes_read(bytes_read);
+  if (OnSession(session_req, kNoDeadline, nullptr)) return;
   struct Call {
     grpc::ClientContext ctx;
     v1::ReleaseRequest req;
@@ -165,6 +258,7 @@ TransferStats CacheClient::transfer_stats() const {
   return {.ucx_bytes = u.ucx_bytes,
           .grpc_bytes = rpc_->grpc_bytes.load(),
           .session_gets = rpc_->session_gets.load(),
+          .session_leases = readers_->control->session_leases(),
           .leases = u.leases,
           .lease_retries = u.lease_retries,
           .ucx_fallbacks = u.fallbacks,

@@ -77,6 +77,19 @@ absl::Status WithRetries(const ClientOptions& o, Deadline end, F attempt) {
   });
 }
 
+// Ends a client's long-lived stream (a session): its status, CANCELLED when it was still open;
+// OK when there was none.
+template <typename Stream>
+grpc::Status CloseStream(std::unique_ptr<grpc::ClientContext>& ctx,
+                         std::unique_ptr<Stream>& stream) {
+  if (stream == nullptr) return grpc::Status::OK;
+  ctx->TryCancel();
+  grpc::Status st = stream->Finish();
+  stream.reset();
+  ctx.reset();
+  return st;
+}
+
 struct Rpc {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::CacheService::Stub> stub;
@@ -90,15 +103,7 @@ struct Rpc {
     std::unique_ptr<grpc::ClientReaderWriter<v1::GetRequest, grpc::ByteBuffer>> stream;
     std::chrono::steady_clock::time_point renew_at;
     CallDeadline ends;  // the stream's deadline
-    // The stream's status (CANCELLED when it was still open).
-    grpc::Status Close() {
-      if (stream == nullptr) return grpc::Status::OK;
-      ctx->TryCancel();
-      grpc::Status st = stream->Finish();
-      stream.reset();
-      ctx.reset();
-      return st;
-    }
+    grpc::Status Close() { return CloseStream(ctx, stream); }
     ~Session() { (void)Close(); }
   };
   std::mutex session_mu;
@@ -123,12 +128,44 @@ class GrpcLeaseControl final : public LeaseControl {
                                        CallDeadline deadline) override;
   absl::Status Release(uint64_t lease_id, uint64_t bytes_read, CallDeadline deadline);
 
+  uint64_t session_leases() const { return session_leases_.load(); }
+
  private:
+  // One LeaseSession stream, used by one call at a time. Its answers come in order: a release
+  // written without waiting (ReleaseInBackground) leaves its answer `pending`, read and dropped
+  // before the next request's.
+  struct Session {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::LeaseSessionRequest, v1::LeaseSessionResponse>>
+        stream;
+    CallDeadline ends;                             // the stream's deadline
+    std::chrono::steady_clock::time_point renew_at;  // replaced after this
+    int pending = 0;
+    grpc::Status Close() { return CloseStream(ctx, stream); }
+    ~Session() { (void)Close(); }
+  };
+  // Sends `request` on an idle session (or a new one) that ends no later than `end`; with
+  // `answer`, waits for its answer there. False when no session could carry it (lease_session
+  // off, a daemon without LeaseSession, a session that broke or would outlast `end`): the
+  // caller then makes the call on its own.
+  bool OnSession(const v1::LeaseSessionRequest& request, CallDeadline end,
+                 v1::LeaseSessionResponse* answer);
+  // An idle session, or a new one; null when there can be none.
+  std::unique_ptr<Session> TakeSession(CallDeadline end);
+  void GiveBack(std::unique_ptr<Session> session);
+  // The Lease call on its own.
+  absl::StatusOr<LeaseInfo> LeaseCall(const v1::LeaseRequest& request,
+                                      std::span<const BlockKey> keys, CallDeadline deadline);
+
   const ClientOptions& options_;
   Rpc* rpc_;
   std::mutex release_mu_;
   std::condition_variable release_done_;
   int releases_in_flight_ = 0;  // guarded by release_mu_
+  std::mutex sessions_mu_;
+  std::vector<std::unique_ptr<Session>> idle_sessions_;  // guarded by sessions_mu_
+  bool sessions_ = true;  // false once the daemon said it has no LeaseSession (sessions_mu_)
+  std::atomic<uint64_t> session_leases_{0};
 };
 
 // How a client reads blocks (block_reader.h): gRPC, and with use_ucx UCX leases first.

@@ -24,8 +24,8 @@
 // The daemon's control plane (LeaseControl) and the transport (DataTransport) are interfaces:
 // CacheClient passes its gRPC calls and UCX (UcxTransport), tests pass fakes that inject faults.
 //
-// Leases and releases are unary calls, each on the client's one HTTP/2 connection: they cannot
-// ride a long-lived stream as Gets do (GetSession) without a new RPC in the proto.
+// CacheClient's LeaseControl sends leases and releases on long-lived LeaseSession streams (one
+// per caller at a time), as Gets ride GetSession, or as calls of their own where it cannot.
 
 #include <atomic>
 #include <cstdint>

@@ -28,10 +28,12 @@
 namespace kvtier::server {
 namespace {
 
-// CacheService.Put, Get and GetSession: their indexes in the generated service (.proto order).
+// CacheService.Put, Get, GetSession and LeaseSession: their indexes in the generated service
+// (.proto order).
 constexpr int kPutMethodIndex = 0;
 constexpr int kGetMethodIndex = 1;
 constexpr int kGetSessionMethodIndex = 9;
+constexpr int kLeaseSessionMethodIndex = 10;
 // The one-request methods, whose requests the service parses itself too.
 constexpr int kLookupMethodIndex = 2, kLeaseMethodIndex = 3, kReleaseMethodIndex = 4,
               kDeleteMethodIndex = 5, kStatsMethodIndex = 6, kDataPlaneMethodIndex = 7,
@@ -113,6 +115,14 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
                          [](CacheServiceImpl* self, grpc::ServerContext* ctx,
                             grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
                            return self->GetSession(ctx, stream);
+                         },
+                         this));
+  MarkMethodStreamed(kLeaseSessionMethodIndex,
+                     new grpc::internal::BidiStreamingHandler<CacheServiceImpl, grpc::ByteBuffer,
+                                                              grpc::ByteBuffer>(
+                         [](CacheServiceImpl* self, grpc::ServerContext* ctx,
+                            grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+                           return self->LeaseSession(ctx, stream);
                          },
                          this));
   // gRPC answers a request it cannot parse with INTERNAL; the contract says INVALID_ARGUMENT,
@@ -782,6 +792,47 @@ grpc::Status CacheServiceImpl::GetSession(
   while (ReadMessage(stream, &request, "get session", &read)) {
     any = true;
     if (grpc::Status st = Get(ctx, &request, stream); !st.ok()) return st;
+  }
+  // Each request's token is checked with its tenant: a session that sent none must still carry
+  // a valid one.
+  if (!any && auth_ != nullptr) {
+    if (auto who = auth_->Authenticate(*ctx); !who.ok()) return ToGrpc(who.status());
+  }
+  return read;
+}
+
+grpc::Status CacheServiceImpl::LeaseSession(
+    grpc::ServerContext* ctx,
+    grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+  v1::LeaseSessionRequest request;
+  grpc::Status read;
+  bool any = false;
+  while (ReadMessage(stream, &request, "lease session", &read)) {
+    any = true;
+    v1::LeaseSessionResponse response;
+    grpc::Status st;
+    switch (request.call_case()) {
+      case v1::LeaseSessionRequest::kLease:
+        st = Lease(ctx, &request.lease(), response.mutable_lease());
+        break;
+      case v1::LeaseSessionRequest::kRelease:
+        st = Release(ctx, &request.release(), response.mutable_release());
+        break;
+      default:
+        st = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "lease session: a request with neither lease nor release");
+    }
+    if (!st.ok()) {
+      response.Clear();
+      response.set_code(st.error_code());
+      response.set_message(st.error_message());
+    }
+    grpc::ByteBuffer bb;
+    bool own = false;
+    if (!grpc::SerializationTraits<v1::LeaseSessionResponse>::Serialize(response, &bb, &own).ok() ||
+        !stream->Write(bb)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "lease session: the client went away");
+    }
   }
   // Each request's token is checked with its tenant: a session that sent none must still carry
   // a valid one.

@@ -94,6 +94,10 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   // and not counted in in_flight().
   grpc::Status GetSession(grpc::ServerContext* ctx,
                           grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
+  // Each request as Lease or Release (counted and timed as one), its status in its answer; the
+  // session itself is long-lived and not counted in in_flight().
+  grpc::Status LeaseSession(grpc::ServerContext* ctx,
+                            grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::Status Lease(grpc::ServerContext* ctx, const v1::LeaseRequest* request,
