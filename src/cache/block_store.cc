@@ -21,7 +21,7 @@
 #include "cache/memory_tier.h"
 #include "cache/nvme_tier.h"
 #include "cache/slab_allocator.h"
-#include "cache/task_pool.h"
+#include "common/task_pool.h"
 #include "common/checksum.h"
 #include "common/mutex.h"
 #include "common/status_macros.h"
@@ -806,7 +806,7 @@ struct BlockStore::Impl {
   uint64_t idle_rounds ABSL_GUARDED_BY(mu) = 0;  // mover rounds that found nothing to do
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::vector<std::thread> movers;
-  std::unique_ptr<cache_internal::TaskPool> readers;  // a lease's NVMe reads
+  std::unique_ptr<TaskPool> readers;  // a lease's NVMe reads
 };
 
 // ---- BlockStore -------------------------------------------------------------------------------
@@ -906,7 +906,7 @@ absl::StatusOr<std::unique_ptr<BlockStore>> BlockStore::Open(const StoreOptions&
       spdlog::info("store: recovered {} blocks ({} MiB) from {}", recovered.size(),
                    s.nvme_used >> 20, options.nvme_path);
     }
-    s.readers = std::make_unique<cache_internal::TaskPool>(kLeasePromotionThreads - 1);
+    s.readers = std::make_unique<TaskPool>(kLeasePromotionThreads - 1);
   }
   // With no flash tier below, host victims are dropped, which needs no I/O: a put evicts what it
   // needs, and the whole tier holds blocks.

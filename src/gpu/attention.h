@@ -8,6 +8,7 @@
 // binaries that run on GPU machines build from it alone.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,14 @@ DecodeResult ReferenceDecode(const PagedKv& kv, const DecodeRequest& req);
 // REQUIRES: ValidateDecode(kv, req).empty().
 DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads = 0);
 
+// Runs task(0) .. task(tasks - 1), on threads it already has (a process's pool), and returns
+// when every one has run.
+using TaskRunner = std::function<void(int tasks, const std::function<void(int)>& task)>;
+// CpuDecode with its pieces of work (up to `threads` at once) run by `runner` instead of threads
+// of its own.
+DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads,
+                       const TaskRunner& runner);
+
 // Split-KV (flash-decoding): the result over tokens [begin, end) only (a head that attends to
 // none of them gets lse = -inf and zero output), and the exact merge of such partial results by
 // their log-sum-exp. Merging the splits of [0, context) gives ReferenceDecode's result.
@@ -125,5 +134,7 @@ DecodeResult ReferenceMlaDecode(const MlaPagedKv& kv, const MlaRequest& req);
 // converted once for all heads; the context is split over `threads` threads (0: the machine's
 // cores), each with an online softmax, and the splits are merged by log-sum-exp.
 DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads = 0);
+DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads,
+                          const TaskRunner& runner);
 
 }  // namespace kvtier::gpu

@@ -267,11 +267,15 @@ KVTIER_VECTOR_CLONES void MlaRange(const MlaPagedKv& kv, const MlaRequest& req, 
   }
 }
 
-// Runs task(0..tasks-1) on up to `threads` threads.
-template <typename Task>
-void RunTasks(int tasks, int threads, Task task) {
+// Runs task(0..tasks-1): on up to `threads` threads of its own, or by `runner` when given.
+void RunTasks(int tasks, int threads, const TaskRunner* runner,
+              const std::function<void(int)>& task) {
   if (threads <= 1 || tasks <= 1) {
     for (int t = 0; t < tasks; ++t) task(t);
+    return;
+  }
+  if (runner != nullptr) {
+    (*runner)(tasks, task);
     return;
   }
   std::vector<std::thread> pool;
@@ -284,9 +288,8 @@ void RunTasks(int tasks, int threads, Task task) {
   for (auto& th : pool) th.join();
 }
 
-}  // namespace
-
-DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads) {
+DecodeResult MlaDecodeOn(const MlaPagedKv& kv, const MlaRequest& req, int threads,
+                         const TaskRunner* runner) {
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   const int splits = std::max(1, std::min(threads, kv.context_tokens / 256));
   const int split_len = (kv.context_tokens + splits - 1) / splits;
@@ -295,7 +298,7 @@ DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threa
     p.out.assign(size_t(req.heads) * kv.shape.latent_rank, 0.0f);
     p.lse.assign(req.heads, -std::numeric_limits<float>::infinity());
   }
-  RunTasks(splits, threads, [&](int i) {
+  RunTasks(splits, threads, runner, [&](int i) {
     const int begin = i * split_len, end = std::min(kv.context_tokens, begin + split_len);
     MlaRange(kv, req, begin, end, parts[i].out.data(), parts[i].lse.data());
   });
@@ -303,7 +306,8 @@ DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threa
   return CombineSplits(parts);
 }
 
-DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads) {
+DecodeResult DecodeOn(const PagedKv& kv, const DecodeRequest& req, int threads,
+                      const TaskRunner* runner) {
   const GqaShape& s = kv.shape;
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   // A head that reads the whole context is split over the threads (no split under 512 tokens):
@@ -334,13 +338,33 @@ DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads)
     p.out.assign(size_t(req.q_heads) * s.head_dim, 0.0f);
     p.lse.assign(req.q_heads, -std::numeric_limits<float>::infinity());
   }
-  RunTasks(static_cast<int>(tasks.size()), threads, [&](int i) {
+  RunTasks(static_cast<int>(tasks.size()), threads, runner, [&](int i) {
     const Task& t = tasks[i];
     DecodeKvHead(kv, req, t.kvh, t.begin, t.end, parts[t.split].out.data(),
                  parts[t.split].lse.data());
   });
   if (max_splits == 1) return std::move(parts[0]);
   return CombineSplits(parts);
+}
+
+}  // namespace
+
+DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads) {
+  return MlaDecodeOn(kv, req, threads, nullptr);
+}
+
+DecodeResult CpuMlaDecode(const MlaPagedKv& kv, const MlaRequest& req, int threads,
+                          const TaskRunner& runner) {
+  return MlaDecodeOn(kv, req, threads, &runner);
+}
+
+DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads) {
+  return DecodeOn(kv, req, threads, nullptr);
+}
+
+DecodeResult CpuDecode(const PagedKv& kv, const DecodeRequest& req, int threads,
+                       const TaskRunner& runner) {
+  return DecodeOn(kv, req, threads, &runner);
 }
 
 }  // namespace kvtier::gpu

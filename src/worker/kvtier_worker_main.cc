@@ -16,6 +16,7 @@
 #include "common/service_main.h"
 #include "common/version.h"
 #include "spdlog/spdlog.h"
+#include "worker/attention_service.h"
 #include "worker/worker.h"
 
 namespace {
@@ -39,7 +40,9 @@ options:
                          land (default 1024)
   --gpu-pool-mib N       on a GPU: the pool's blocks also kept in GPU memory, copied there once
                          while they stay (default 4096; 0: copied for every request)
-  --threads N            compute threads per request (default 0: every core)
+  --threads N            compute threads per layer (default 0: every core)
+  --fetch-threads N      threads reading from nodes for all requests, beside each request's
+                         own (default 8)
   --fetch-deadline-ms N  deadline of each call to a daemon (default 10000)
   --max-request-blocks N blocks over all sequences of one request (default 1048576)
   --no-ucx               read blocks over gRPC only
@@ -106,6 +109,8 @@ int main(int argc, char** argv) {
       options.gpu_pool_bytes = mib << 20;
     } else if (a == "--threads") {
       if (!args.Number(&options.threads, 0)) return Bad("--threads needs a number >= 0");
+    } else if (a == "--fetch-threads") {
+      if (!args.Number(&options.fetch_threads, 0)) return Bad("--fetch-threads needs a number >= 0");
     } else if (a == "--fetch-deadline-ms") {
       if (!args.Number(&options.fetch_deadline_ms, 1)) return Bad("--fetch-deadline-ms: > 0");
     } else if (a == "--max-request-blocks") {

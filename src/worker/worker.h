@@ -1,40 +1,26 @@
 #pragma once
-// Worker: kvtier-worker's core. A decode request names a cached prefix (keys or tokens) and the
-// query of some layers; the worker finds which kvtierd nodes hold the prefix's blocks (the
-// router's membership in ring order, or a static list, each asked with Lookup), reads only the
-// byte ranges the attention needs (the requested layers; for head-sparse attention, outside
-// the local heads' sinks and window, only the recall heads' slices) over UCX where the daemon
-// offers it (gRPC otherwise) into its block pool, and runs the CPU fast path of src/gpu over
-// them. Thread-safe: requests run concurrently.
+// Worker: kvtier-worker's core. A decode step names cached prefixes (keys or tokens) and the
+// query of some layers (decode_types.h); the worker plans which bytes the attention needs
+// (planning.h: the requested layers; for head-sparse attention, outside the local heads' sinks
+// and window, only the recall heads' slices), takes what its block pool has and fetches the rest
+// (block_source.h: from the kvtierd nodes that hold them, over UCX where offered), and computes
+// each layer on its backend (attention_backend.h: the GPU where there is one, else the CPU fast
+// path of src/gpu). attention_service.h is the gRPC glue. Thread-safe: steps run concurrently.
 
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/functional/function_ref.h"
-#include "absl/status/status.h"
-#include "client/cache_client.h"
-#include "client/router_client.h"
-#include "common/kv_layout.h"
-#include "common/mutex.h"
-#include "gpu/attention.h"
-#include "kvtier/v1/attention.grpc.pb.h"
+#include "absl/status/statusor.h"
+#include "worker/attention_backend.h"
 #include "worker/block_pool.h"
+#include "worker/block_source.h"
+#include "worker/decode_types.h"
+#include "worker/planning.h"
 
 namespace prometheus {
 class Registry;
-template <typename T>
-class Family;
-class Counter;
-class Gauge;
-class Histogram;
 }  // namespace prometheus
-
-namespace kvtier::gpu::cuda {
-class DeviceMapping;
-class DeviceUnits;
-}  // namespace kvtier::gpu::cuda
 
 namespace kvtier::worker {
 
@@ -45,7 +31,7 @@ struct WorkerOptions {
   // Default: 1 GiB. Memory kept for reuse beyond the pool: where the blocks of requests go that
   // the pool does not keep (a larger request than this faults in fresh memory).
   uint64_t spare_bytes = 1ull << 30;
-  int threads = 0;                     // Default: 0, every core. Compute threads per request.
+  int threads = 0;                     // Default: 0, every core. Compute threads per layer.
   int64_t fetch_deadline_ms = 10'000;  // Default: 10 s. Per call to a daemon.
   bool use_ucx = true;                 // Default: true. Reads over UCX where daemons offer it.
   // Default: "auto": the CUDA kernels where a GPU is present (and the build has them), else the
@@ -57,6 +43,9 @@ struct WorkerOptions {
   // Default: 4 GiB. On a GPU, the pool's blocks kept in GPU memory as well (copied once while
   // they stay); 0: copied for every request.
   uint64_t gpu_pool_bytes = 4ull << 30;
+  // Default: 8. Threads of the process that read from nodes beside the requests' own (one pool
+  // for all requests: a request never starts threads of its own).
+  int fetch_threads = 8;
 };
 
 class Worker {
@@ -65,90 +54,42 @@ class Worker {
   // receives the worker's metrics.
   static absl::StatusOr<std::unique_ptr<Worker>> Create(const WorkerOptions& options,
                                                         prometheus::Registry* registry);
+  // A worker over `source` and `backend` (null: the CPU) (for tests: fakes of either).
+  static std::unique_ptr<Worker> CreateWith(const WorkerOptions& options,
+                                            std::unique_ptr<BlockSource> source,
+                                            std::unique_ptr<AttentionBackend> backend,
+                                            prometheus::Registry* registry);
   ~Worker();
 
   // One decode step. `bearer_token` (may be empty) is forwarded to the daemons, which check it
   // against the request's tenant.
-  absl::Status Decode(const v1::DecodeRequest& request, const std::string& bearer_token,
-                      v1::DecodeResponse* response);
+  absl::StatusOr<DecodeStepResult> Decode(const DecodeStepRequest& request,
+                                          const std::string& bearer_token);
 
   BlockPool::Stats pool_stats() const { return pool_.stats(); }
 
  private:
   struct Metrics;
-  struct Plan;
-  // What a request asks of every sequence, checked.
-  struct Step {
-    KvLayout layout;
-    gpu::ElemType elem = gpu::ElemType::kBf16;
-    bool mla = false;
-    bool sparse = false;
-    gpu::HeadProfile profile;  // head-sparse only
-    float scale = 1.0f;
-    std::string pool_scope;  // tenant and bearer token: whose pool entries these are
-  };
-  Worker(const WorkerOptions& options, bool use_gpu);
+  Worker(const WorkerOptions& options, std::unique_ptr<BlockSource> source,
+         std::unique_ptr<AttentionBackend> backend);
 
-  // The steps of DecodeChecked: check the request, plan each sequence's reads, fill the plan's
-  // pool units (fetching what they lack), compute each sequence.
-  absl::StatusOr<Step> ParseStep(const v1::DecodeRequest& request, const std::string& bearer_token,
-                                 v1::AttentionMode* mode) const;
-  absl::Status PlanSequence(const v1::DecodeRequest& request, int si, const Step& step,
-                            Plan* plan) const;
+  absl::Status DecodeChecked(const DecodeStepRequest& request, const std::string& bearer_token,
+                             const Step& step, DecodeStepResult* result);
+  // The plan's pool units, fetching what they lack (and waiting for what other requests fetch).
   absl::Status FillFromPool(const std::string& tenant, const std::string& token, size_t sequence,
                             Plan& plan, std::chrono::steady_clock::time_point deadline,
-                            v1::DecodeStats* stats);
-  absl::Status Compute(const v1::Sequence& seq, const Step& step, const Plan& plan,
-                       v1::SequenceOutput* out, std::string* gpu_error) const;
-  // On a GPU with a pool there: each layer's units (in order) in GPU memory, their copies queued
-  // layer by layer. Empty when the GPU is not used or its memory cannot take them (the layers are
-  // then copied per step).
-  std::vector<std::unique_ptr<gpu::cuda::DeviceMapping>> MapToGpu(
-      const Plan& plan, const std::string& gpu_error) const;
-
-  // Decode after the mode is settled (reported in metrics even when the request fails).
-  absl::Status DecodeChecked(const v1::DecodeRequest& request, const std::string& bearer_token,
-                             v1::AttentionMode* mode, v1::DecodeResponse* response);
-  // The kvtierd nodes to ask for `keys`, best first.
-  absl::StatusOr<std::vector<std::string>> NodesFor(std::span<const BlockKey> keys);
-  std::shared_ptr<CacheClient> ClientFor(const std::string& node, const std::string& tenant,
-                                         const std::string& token);
-  // Blocks [begin, end) of a sequence, to be read from `node`.
-  struct Segment {
-    std::string node;
-    size_t begin, end;
-  };
-  // Which node serves each block that needs fetching: runs of consecutive blocks, each from the
-  // node holding the longest run from there (asked with Lookup, in the router's order). NOT_FOUND
-  // names the first block no node holds.
-  absl::StatusOr<std::vector<Segment>> Locate(const std::string& tenant, const std::string& token,
-                                              size_t sequence, const Plan& plan,
-                                              absl::FunctionRef<bool(size_t)> needs_fetch);
-  // Fills the claimed slices of plan (one sequence) from the daemons.
-  absl::Status Fetch(const std::string& tenant, const std::string& token, size_t sequence,
-                     Plan& plan, v1::DecodeStats* stats);
+                            DecodeStepStats* stats);
+  // One sequence's layers on the backend; once the backend fails (*backend_failed), on the CPU.
+  absl::StatusOr<std::vector<LayerOutput>> Compute(const SequenceQuery& seq, const Step& step,
+                                                   const Plan& plan, bool* backend_failed);
 
   const WorkerOptions options_;
+  std::unique_ptr<BlockSource> source_;
+  std::unique_ptr<AttentionBackend> cpu_;  // where a request goes on when the backend fails
+  std::unique_ptr<AttentionBackend> device_;  // the backend when it is not the CPU
+  AttentionBackend* const backend_;           // device_, or cpu_
   BlockPool pool_;
-  std::unique_ptr<RouterClient> router_;
-  Mutex mu_;
-  std::chrono::steady_clock::time_point members_at_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, std::shared_ptr<CacheClient>> clients_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Metrics> metrics_;
-  const bool use_gpu_;
-  std::string device_name_;
-  std::unique_ptr<gpu::cuda::DeviceUnits> device_units_;  // on a GPU, unless gpu_pool_bytes is 0
-};
-
-// AttentionService over a Worker.
-class AttentionServiceImpl final : public v1::AttentionService::Service {
- public:
-  explicit AttentionServiceImpl(Worker* worker) : worker_(worker) {}
-  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
-                      v1::DecodeResponse* response) override;
-
- private:
-  Worker* worker_;
 };
 
 }  // namespace kvtier::worker

@@ -1,6 +1,7 @@
 #pragma once
 // TaskPool: a fixed set of threads that help callers run independent pieces of one request in
-// parallel (a lease's NVMe reads), so no request starts threads of its own. Thread-safe.
+// parallel (a lease's NVMe reads, a worker request's reads from several nodes), so no request
+// starts threads of its own. Thread-safe.
 
 #include <atomic>
 #include <cstddef>
@@ -11,7 +12,7 @@
 
 #include "common/mutex.h"
 
-namespace kvtier::cache_internal {
+namespace kvtier {
 
 class TaskPool {
  public:
@@ -35,4 +36,4 @@ class TaskPool {
   std::vector<std::thread> threads_;
 };
 
-}  // namespace kvtier::cache_internal
+}  // namespace kvtier

@@ -1,8 +1,8 @@
-#include "cache/task_pool.h"
+#include "common/task_pool.h"
 
 #include <algorithm>
 
-namespace kvtier::cache_internal {
+namespace kvtier {
 
 struct TaskPool::Job {
   const std::function<void(size_t)>* fn;
@@ -60,4 +60,4 @@ void TaskPool::Help() {
   mu_.Unlock();
 }
 
-}  // namespace kvtier::cache_internal
+}  // namespace kvtier
