@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "gpu/cuda_internal.cuh"
+#include "gpu/online_softmax.cuh"
 
 namespace kvtier::gpu::cuda::internal {
 namespace {
@@ -45,22 +46,14 @@ __device__ void MergeWarps(const float* sm, const float* sl, int hs, const float
   for (int idx = threadIdx.x; idx < heads * dim; idx += blockDim.x) {
     const int h = idx / dim, i = idx % dim;
     const size_t at = row0 + h;
-    float mx = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm[w * hs + h]);
-    if (mx == -INFINITY) {  // nothing attended in this split
-      part_out[at * dim + i] = 0.0f;
-      if (i == 0) part_lse[at] = -INFINITY;
-      continue;
-    }
-    float sum = 0.0f, o = 0.0f;
+    OnlineSoftmax st;
+    float o = 0.0f;
     for (int w = 0; w < kWarps; ++w) {
-      if (sm[w * hs + h] == -INFINITY) continue;
-      const float f = expf(sm[w * hs + h] - mx);
-      sum += sl[w * hs + h] * f;
-      o += sacc[w * as + h * dim + i] * f;
+      const SoftmaxFactors f = st.Merge(sm[w * hs + h], sl[w * hs + h]);
+      o = o * f.self + f.other * sacc[w * as + h * dim + i];
     }
-    part_out[at * dim + i] = o / sum;
-    if (i == 0) part_lse[at] = mx + logf(sum);
+    part_out[at * dim + i] = st.Empty() ? 0.0f : o / st.l;  // empty: nothing attended here
+    if (i == 0) part_lse[at] = st.Lse();
   }
 }
 
@@ -89,11 +82,10 @@ __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
     if (max(window_begin, begin) < end) rb[nr] = max(window_begin, begin), re[nr++] = end;
   }
 
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][PL];
+  OnlineSoftmax st[kMaxGroup];
+  float acc[kMaxGroup][PL];
 #pragma unroll
   for (int h = 0; h < kMaxGroup; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
 #pragma unroll
     for (int j = 0; j < PL; ++j) acc[h][j] = 0.0f;
   }
@@ -117,14 +109,9 @@ __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
           for (int j = 0; j < PL; ++j) {
             if (j < per_lane) dot += sq[h * d + lane + 32 * j] * k[j];
           }
-          const float s = WarpSum(dot) * p.scale;
-          const float new_m = fmaxf(m[h], s);
-          const float correction = expf(m[h] - new_m);  // 0 for the first token
-          const float w = expf(s - new_m);
-          l[h] = l[h] * correction + w;
+          const SoftmaxFactors f = st[h].Add(WarpSum(dot) * p.scale);
 #pragma unroll
-          for (int j = 0; j < PL; ++j) acc[h][j] = acc[h][j] * correction + w * v[j];
-          m[h] = new_m;
+          for (int j = 0; j < PL; ++j) acc[h][j] = acc[h][j] * f.self + f.other * v[j];
         }
       }
     }
@@ -133,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
 #pragma unroll
   for (int h = 0; h < kMaxGroup; ++h) {
     if (h < g) {
-      if (lane == 0) sm[warp][h] = m[h], sl[warp][h] = l[h];
+      if (lane == 0) sm[warp][h] = st[h].m, sl[warp][h] = st[h].l;
 #pragma unroll
       for (int j = 0; j < PL; ++j) {
         if (j < per_lane) sacc[warp][h * d + lane + 32 * j] = acc[h][j];
@@ -145,34 +132,20 @@ __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
              size_t(split) * p.q_heads + size_t(kvh) * g, p.part_out, p.part_lse);
 }
 
-// out[h][i] and lse[h] from the splits' normalised outputs and log-sum-exps.
+// out[h][i] and lse[h] from the splits' normalised outputs and log-sum-exps: split s is the
+// partial state (max lse_s, sum 1, accumulator out_s).
 __global__ void CombineKernel(const float* part_out, const float* part_lse, int splits, int heads,
                               int dim, float* out, float* lse) {
   const int h = blockIdx.x;
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_lse[size_t(s) * heads + h]);
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    if (mx == -INFINITY) {
-      out[size_t(h) * dim + i] = 0.0f;
-      continue;
-    }
-    float sum = 0.0f, o = 0.0f;
+    OnlineSoftmax st;
+    float o = 0.0f;
     for (int s = 0; s < splits; ++s) {
-      const float ls = part_lse[size_t(s) * heads + h];
-      if (ls == -INFINITY) continue;
-      const float f = expf(ls - mx);
-      sum += f;
-      o += f * part_out[(size_t(s) * heads + h) * dim + i];
+      const SoftmaxFactors f = st.Merge(part_lse[size_t(s) * heads + h], 1.0f);
+      o = o * f.self + f.other * part_out[(size_t(s) * heads + h) * dim + i];
     }
-    out[size_t(h) * dim + i] = o / sum;
-  }
-  if (threadIdx.x == 0) {
-    float sum = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float ls = part_lse[size_t(s) * heads + h];
-      if (ls != -INFINITY) sum += expf(ls - mx);
-    }
-    lse[h] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+    out[size_t(h) * dim + i] = st.Empty() ? 0.0f : o / st.l;
+    if (i == 0) lse[h] = st.Lse();
   }
 }
 
@@ -195,11 +168,10 @@ __global__ void __launch_bounds__(kThreads) MlaSplitKernel(MlaParams p) {
   }
   __syncthreads();
   const int begin = split * p.split_len, end = min(p.context, begin + p.split_len);
-  float m[kMlaHeads], l[kMlaHeads], acc[kMlaHeads][kMlaRankPerLane];
+  OnlineSoftmax st[kMlaHeads];
+  float acc[kMlaHeads][kMlaRankPerLane];
 #pragma unroll
   for (int h = 0; h < kMlaHeads; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
 #pragma unroll
     for (int j = 0; j < kMlaRankPerLane; ++j) acc[h][j] = 0.0f;
   }
@@ -221,23 +193,18 @@ __global__ void __launch_bounds__(kThreads) MlaSplitKernel(MlaParams p) {
           const int i = lane + 32 * j;
           if (j < row_lanes && i < row_elems) dot += sq[h * row_elems + i] * c[j];
         }
-        const float s = WarpSum(dot) * p.scale;
-        const float new_m = fmaxf(m[h], s);
-        const float correction = expf(m[h] - new_m);
-        const float w = expf(s - new_m);
-        l[h] = l[h] * correction + w;
+        const SoftmaxFactors f = st[h].Add(WarpSum(dot) * p.scale);
 #pragma unroll
         for (int j = 0; j < kMlaRankPerLane; ++j) {
-          if (j < rank_lanes) acc[h][j] = acc[h][j] * correction + w * c[j];
+          if (j < rank_lanes) acc[h][j] = acc[h][j] * f.self + f.other * c[j];
         }
-        m[h] = new_m;
       }
     }
   }
 #pragma unroll
   for (int h = 0; h < kMlaHeads; ++h) {
     if (h < nh) {
-      if (lane == 0) sm[warp][h] = m[h], sl[warp][h] = l[h];
+      if (lane == 0) sm[warp][h] = st[h].m, sl[warp][h] = st[h].l;
 #pragma unroll
       for (int j = 0; j < kMlaRankPerLane; ++j) {
         if (j < rank_lanes) sacc[warp][h * p.rank + lane + 32 * j] = acc[h][j];
