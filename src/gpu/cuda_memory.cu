@@ -119,6 +119,43 @@ bool UploadBlocks(const std::vector<const void*>& pages, int used, size_t block_
   return true;
 }
 
+namespace {
+
+// Events that order kernels after a DeviceMapping's copies, kept for the next mapping: the
+// worker maps every layer of every request. Never destroyed, as WorkspacePool.
+class EventPool {
+ public:
+  cudaEvent_t Take(std::string* error) {
+    {
+      std::lock_guard lock(mu_);
+      if (!idle_.empty()) {
+        cudaEvent_t e = idle_.back();
+        idle_.pop_back();
+        return e;
+      }
+    }
+    cudaEvent_t e = nullptr;
+    if (!Check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate", error)) {
+      return nullptr;
+    }
+    return e;
+  }
+  void Give(cudaEvent_t e) {
+    std::lock_guard lock(mu_);
+    idle_.push_back(e);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<cudaEvent_t> idle_;
+};
+
+EventPool& CopyEvents() {
+  static auto* pool = new EventPool();
+  return *pool;
+}
+
+}  // namespace
 }  // namespace internal
 
 namespace {
@@ -163,7 +200,7 @@ struct DeviceMapping::Impl {
     // The bytes may be dropped (and the host buffers reused) only once they are copied.
     if (copied != nullptr) {
       cudaEventSynchronize(copied);
-      cudaEventDestroy(copied);
+      internal::CopyEvents().Give(copied);  // waits already queued on it are unaffected
     }
   }
 };
@@ -205,8 +242,8 @@ std::unique_ptr<DeviceMapping> DeviceUnits::Map(const std::vector<Source>& sourc
     cudaStreamSynchronize(impl_->stream);
     return nullptr;
   }
-  if (!internal::Check(cudaEventCreateWithFlags(&m->copied, cudaEventDisableTiming),
-                       "cudaEventCreate", error) ||
+  m->copied = internal::CopyEvents().Take(error);
+  if (m->copied == nullptr ||
       !internal::Check(cudaEventRecord(m->copied, impl_->stream), "cudaEventRecord", error)) {
     cudaStreamSynchronize(impl_->stream);
     return nullptr;
