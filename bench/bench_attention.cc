@@ -12,7 +12,8 @@
 // cuda (in builds with the CUDA toolkit, on a machine with a GPU) runs the CUDA kernels on blocks
 // in GPU memory against the card's device-to-device copy bandwidth (kernel time from CUDA
 // events), and checks each kernel's output against the CPU fast path once. Ends with one line:
-// RESULT {json} with dense_gbps_32k, sparse_speedup_128k, mla_gbps_32k, copy_gbps and device.
+// RESULT {json} with dense_gbps_32k, sparse_speedup_128k, mla_gbps_32k, copy_gbps and device;
+// on a GPU also dense_narrow_gbps_* (the narrow GQA kernel, the wide one's baseline).
 //
 // Usage: bench_attention [--quick] [--device cpu|cuda]
 #include <algorithm>
@@ -160,7 +161,11 @@ int RunCuda(bool quick) {
       return Median(t);
     };
     const double dense_ms = step_ms(nullptr), sparse_ms = step_ms(&sparse);
-    if (dense_ms < 0 || sparse_ms < 0) {
+    // The baseline of the wide kernel, in the same run: the narrow one (one token per warp).
+    gpu::cuda::SetGqaKernel(gpu::cuda::GqaKernel::kNarrow);
+    const double narrow_ms = step_ms(nullptr);
+    gpu::cuda::SetGqaKernel(gpu::cuda::GqaKernel::kAuto);
+    if (dense_ms < 0 || sparse_ms < 0 || narrow_ms < 0) {
       std::fprintf(stderr, "bench_attention: kernel: %s\n", error.c_str());
       return 1;
     }
@@ -176,6 +181,7 @@ int RunCuda(bool quick) {
     const std::string k = std::to_string(tokens >> 10) + "k";
     result.Add("dense_gbps_" + k, gbps);
     result.Add("dense_vs_copy_" + k, gbps / copy);
+    result.Add("dense_narrow_gbps_" + k, double(kShape.BlockBytes()) * blocks / (narrow_ms / 1e3) / 1e9);
     result.Add("sparse_speedup_" + k, dense_ms / sparse_ms);
     result.Add("max_rel_diff_vs_cpu_" + k, diff);
   }

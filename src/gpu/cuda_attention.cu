@@ -3,6 +3,10 @@
 // reusable per-call workspaces in cuda_memory.cu.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -19,10 +23,21 @@ int UsedBlocks(int context, int block_tokens) {
   return (context + block_tokens - 1) / block_tokens;
 }
 
+std::atomic<GqaKernel>& ChosenGqaKernel() {
+  static std::atomic<GqaKernel> kernel{[] {
+    const char* env = std::getenv("KVTIER_GQA_KERNEL");
+    return env != nullptr && std::string(env) == "narrow" ? GqaKernel::kNarrow : GqaKernel::kAuto;
+  }()};
+  return kernel;
+}
+
 }  // namespace
+
+void SetGqaKernel(GqaKernel kernel) { ChosenGqaKernel().store(kernel); }
 
 struct DeviceKv::Impl {
   bool mla = false;
+  bool pages_aligned = true;  // every block's address a multiple of 16 bytes
   GqaShape shape;
   MlaShape mla_shape;
   int context = 0;
@@ -85,6 +100,9 @@ struct DeviceKv::Impl {
       }
     } else {
       pages.assign(kv.blocks.begin(), kv.blocks.begin() + used);
+    }
+    for (const void* page : pages) {
+      impl->pages_aligned = impl->pages_aligned && reinterpret_cast<uintptr_t>(page) % 16 == 0;
     }
     if (!impl->ws->table.CopyIn(pages.data(), pages.size() * sizeof(void*), error)) {
       impl->ws->reusable = false;
@@ -187,7 +205,9 @@ DecodeResult DeviceKv::Decode(const DecodeRequest& req, float* ms, std::string* 
   p.part_out = w.part_out.as<float>();
   p.part_lse = w.part_lse.as<float>();
   cudaEventRecord(w.start);
-  internal::LaunchGqaSplit(p, s.dtype, splits);
+  const bool wide = ChosenGqaKernel().load() == GqaKernel::kAuto && k.pages_aligned &&
+                    internal::WideGqaFits(s.dtype, d);
+  internal::LaunchGqaSplit(p, s.dtype, splits, wide);
   internal::LaunchCombine(w.part_out.as<const float>(), w.part_lse.as<const float>(), splits,
                           req.q_heads, d, w.out.as<float>(), w.lse.as<float>());
   cudaEventRecord(w.stop);

@@ -17,6 +17,14 @@
 
 namespace kvtier::gpu::cuda {
 
+// Which GQA decode kernel runs (process-wide; for checks and A/B runs). kAuto: the wide kernel
+// (16-byte loads, several tokens per warp in flight) where the element type is 2 bytes, head_dim
+// is 32, 64, 128 or 256 and the blocks are 16-byte aligned, else the narrow one; kNarrow: the
+// narrow one (one token per warp, 2- or 4-byte loads) always. $KVTIER_GQA_KERNEL=narrow sets
+// kNarrow at start.
+enum class GqaKernel { kAuto, kNarrow };
+void SetGqaKernel(GqaKernel kernel);
+
 // Whether a CUDA device is there to run the kernels; else *why says why not.
 bool Available(std::string* why);
 // "NVIDIA H200 (sm_90, 132 SMs)", or "" without a device.

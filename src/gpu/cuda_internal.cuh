@@ -109,7 +109,12 @@ struct MlaParams {
 int SplitLen(int context, int units);
 
 // The kernels, queued on the current thread's default stream (no synchronisation).
-void LaunchGqaSplit(const GqaParams& p, ElemType dtype, int splits);
+// Whether the wide GQA kernel (16-byte loads, several tokens per warp) takes `dtype` and
+// `head_dim` (it also needs every block's rows 16-byte aligned: the caller checks the pages).
+bool WideGqaFits(ElemType dtype, int head_dim);
+// The split kernel: the wide one when `wide` (REQUIRES: WideGqaFits and aligned pages), else the
+// narrow one.
+void LaunchGqaSplit(const GqaParams& p, ElemType dtype, int splits, bool wide);
 void LaunchMlaSplit(const MlaParams& p, ElemType dtype, int splits);
 // out[h][:] and lse[h] for `heads` heads from `splits` partial results.
 void LaunchCombine(const float* part_out, const float* part_lse, int splits, int heads, int dim,

@@ -1,9 +1,12 @@
 // The decode kernels of cuda_attention.h and their launchers.
 //
 // GQA (dense and head-sparse): one thread block per (split of the context, KV head). Its four
-// warps take the split's tokens in turn; for a token a warp reads the K and V rows (lane i holds
-// elements i, i+32, ...: coalesced), reduces the dot product with each query head of the group
-// across the warp, and updates that head's online softmax. The warps' partial states are merged
+// warps take the split's tokens in turn. The wide kernel (fp16 and bf16, head_dim 32 to 256 in
+// powers of two, 16-byte aligned rows) gives a token's row to head_dim / 8 lanes, each loading 16
+// bytes of K and of V, so a warp reads 32 / (head_dim / 8) tokens at once and loads its next
+// tokens before the math of these; the narrow kernel (every shape) reads one token per warp (lane
+// i holds elements i, i+32, ...: coalesced). Either reduces the dot product with each query head
+// of the group across the lanes of a token, and updates that head's online softmax. The warps' partial states are merged
 // in shared memory, and the splits' results by a second kernel, by log-sum-exp. A local head of a
 // head-sparse profile only walks its sinks and window, so the blocks between are never read.
 //
@@ -57,6 +60,25 @@ __device__ void MergeWarps(const float* sm, const float* sl, int hs, const float
   }
 }
 
+// The tokens KV head `kvh` attends to within split `split`: one range, or a local head's sinks
+// and window (at most two), as [rb[i], re[i]). Returns how many.
+__device__ __forceinline__ int TokenRanges(const GqaParams& p, int split, int kvh, int* rb,
+                                           int* re) {
+  const int begin = split * p.split_len, end = min(p.context, begin + p.split_len);
+  int nr = 0;
+  if (p.recall == nullptr || p.recall[kvh]) {
+    if (begin < end) rb[nr] = begin, re[nr++] = end;
+  } else {
+    const int sink_end = min(p.sink, p.context);
+    const int window_begin = max(sink_end, p.context - p.window);
+    if (max(0, begin) < min(sink_end, end)) rb[nr] = max(0, begin), re[nr++] = min(sink_end, end);
+    if (max(window_begin, begin) < end) rb[nr] = max(window_begin, begin), re[nr++] = end;
+  }
+  return nr;
+}
+
+// The narrow kernel: one token per warp at a time, lane i holding elements i, i + 32, ... (2- or
+// 4-byte loads). Every shape the kernels take.
 // PL: elements per lane of a row, at most (head_dim = 32 * per_lane, per_lane <= PL).
 template <int DT, int PL>
 __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
@@ -69,18 +91,8 @@ __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
   for (int i = threadIdx.x; i < g * d; i += blockDim.x) sq[i] = p.q[size_t(kvh) * g * d + i];
   __syncthreads();
 
-  // The tokens this head attends to within the split: one range, or a local head's sinks and
-  // window (at most two).
-  const int begin = split * p.split_len, end = min(p.context, begin + p.split_len);
-  int rb[2], re[2], nr = 0;
-  if (p.recall == nullptr || p.recall[kvh]) {
-    if (begin < end) rb[nr] = begin, re[nr++] = end;
-  } else {
-    const int sink_end = min(p.sink, p.context);
-    const int window_begin = max(sink_end, p.context - p.window);
-    if (max(0, begin) < min(sink_end, end)) rb[nr] = max(0, begin), re[nr++] = min(sink_end, end);
-    if (max(window_begin, begin) < end) rb[nr] = max(window_begin, begin), re[nr++] = end;
-  }
+  int rb[2], re[2];
+  const int nr = TokenRanges(p, split, kvh, rb, re);
 
   OnlineSoftmax st[kMaxGroup];
   float acc[kMaxGroup][PL];
@@ -125,6 +137,129 @@ __global__ void __launch_bounds__(kThreads) GqaSplitKernel(GqaParams p) {
       for (int j = 0; j < PL; ++j) {
         if (j < per_lane) sacc[warp][h * d + lane + 32 * j] = acc[h][j];
       }
+    }
+  }
+  __syncthreads();
+  MergeWarps(&sm[0][0], &sl[0][0], kMaxGroup, &sacc[0][0], kMaxGroup * kMaxHeadDim, g, d,
+             size_t(split) * p.q_heads + size_t(kvh) * g, p.part_out, p.part_lse);
+}
+
+// 8 fp16 or bf16 elements of one 16-byte load, as floats (element 0 in the low bits).
+template <int DT>
+__device__ __forceinline__ void Unpack8(const uint4& raw, float* out) {
+  const unsigned int w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f;
+    if constexpr (DT == 0) {
+      f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    } else {
+      f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    }
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+// The wide kernel, for memory bandwidth: L lanes hold a token's row (head_dim = 8 L, each lane 8
+// elements of one 16-byte load of K and one of V), so a warp takes 32 / L tokens at once, and
+// loads the warp's next tokens before the math of these. Each group of L lanes keeps its own
+// online-softmax states; a warp's groups are merged by shuffles at the end, then the warps as in
+// the narrow kernel. Only 2-byte elements, rows 16-byte aligned (the launcher checks).
+template <int DT, int L>
+__global__ void __launch_bounds__(kThreads) GqaWideKernel(GqaParams p) {
+  static_assert(L == 4 || L == 8 || L == 16 || L == 32, "L divides a warp");
+  constexpr int kTokensPerStep = 32 / L;
+  constexpr unsigned kAll = 0xffffffffu;
+  const int split = blockIdx.x, kvh = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane / L, part = lane % L;  // which token of a step; which 8 elements of it
+  const int d = 8 * L, g = p.group;
+  __shared__ float sacc[kWarps][kMaxGroup * kMaxHeadDim];
+  __shared__ float sm[kWarps][kMaxGroup], sl[kWarps][kMaxGroup];
+
+  float q[kMaxGroup][8];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      q[h][e] = h < g ? p.q[(size_t(kvh) * g + h) * d + 8 * part + e] : 0.0f;
+    }
+  }
+  int rb[2], re[2];
+  const int nr = TokenRanges(p, split, kvh, rb, re);
+
+  OnlineSoftmax st[kMaxGroup];
+  float acc[kMaxGroup][8];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
+  }
+  const size_t k_off = (size_t(p.layer) * 2 * p.kv_heads + kvh) * p.slice_elems;
+  const size_t v_off = ((size_t(p.layer) * 2 + 1) * p.kv_heads + kvh) * p.slice_elems;
+  // Token t's 8 elements of this lane, K and V.
+  auto load = [&](int t, float* k, float* v) {
+    const auto* blk = static_cast<const unsigned short*>(p.blocks[t / p.block_tokens]);
+    const size_t row = size_t(t % p.block_tokens) * d + 8 * part;
+    Unpack8<DT>(*reinterpret_cast<const uint4*>(blk + k_off + row), k);
+    Unpack8<DT>(*reinterpret_cast<const uint4*>(blk + v_off + row), v);
+  };
+  constexpr int kStride = kWarps * kTokensPerStep;
+  for (int r = 0; r < nr; ++r) {
+    int t0 = rb[r] + warp * kTokensPerStep;  // the warp's step: tokens t0 .. t0 + 32 / L - 1
+    float k[8] = {}, v[8] = {};
+    bool valid = t0 + sub < re[r];
+    if (valid) load(t0 + sub, k, v);
+    while (t0 < re[r]) {  // the same for every lane of the warp
+      const int next = t0 + kStride;
+      const bool next_valid = next + sub < re[r];
+      float kn[8] = {}, vn[8] = {};
+      if (next_valid) load(next + sub, kn, vn);
+#pragma unroll
+      for (int h = 0; h < kMaxGroup; ++h) {
+        if (h < g) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) dot += q[h][e] * k[e];
+#pragma unroll
+          for (int o = L / 2; o > 0; o /= 2) dot += __shfl_xor_sync(kAll, dot, o);
+          if (valid) {
+            const SoftmaxFactors f = st[h].Add(dot * p.scale);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * f.self + f.other * v[e];
+          }
+        }
+      }
+      t0 = next;
+      valid = next_valid;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) k[e] = kn[e], v[e] = vn[e];
+    }
+  }
+  // The warp's token groups merged: lanes holding the same elements (part) of other groups.
+#pragma unroll
+  for (int o = L; o < 32; o *= 2) {
+#pragma unroll
+    for (int h = 0; h < kMaxGroup; ++h) {
+      if (h < g) {
+        const float om = __shfl_xor_sync(kAll, st[h].m, o);
+        const float ol = __shfl_xor_sync(kAll, st[h].l, o);
+        float oa[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) oa[e] = __shfl_xor_sync(kAll, acc[h][e], o);
+        const SoftmaxFactors f = st[h].Merge(om, ol);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * f.self + f.other * oa[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    if (h < g && sub == 0) {
+      if (lane == 0) sm[warp][h] = st[h].m, sl[warp][h] = st[h].l;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sacc[warp][h * d + 8 * part + e] = acc[h][e];
     }
   }
   __syncthreads();
@@ -224,11 +359,34 @@ int SplitLen(int context, int units) {
   return std::max(kMinSplitTokens, (context + want_splits - 1) / want_splits);
 }
 
-void LaunchGqaSplit(const GqaParams& p, ElemType dtype, int splits) {
+bool WideGqaFits(ElemType dtype, int head_dim) {
+  return dtype != ElemType::kFp32 &&
+         (head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256);
+}
+
+void LaunchGqaSplit(const GqaParams& p, ElemType dtype, int splits, bool wide) {
   const dim3 grid(splits, p.kv_heads);
   const int pl = p.head_dim / 32;
   auto launch = [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
+    if constexpr (DT != 2) {
+      if (wide) {
+        switch (p.head_dim) {
+          case 32:
+            GqaWideKernel<DT, 4><<<grid, kThreads>>>(p);
+            return;
+          case 64:
+            GqaWideKernel<DT, 8><<<grid, kThreads>>>(p);
+            return;
+          case 128:
+            GqaWideKernel<DT, 16><<<grid, kThreads>>>(p);
+            return;
+          case 256:
+            GqaWideKernel<DT, 32><<<grid, kThreads>>>(p);
+            return;
+        }
+      }
+    }
     if (pl <= 2) {
       GqaSplitKernel<DT, 2><<<grid, kThreads>>>(p);
     } else if (pl <= 4) {

@@ -15,6 +15,8 @@ bool Available(std::string* why) {
 }
 std::string DeviceName() { return ""; }
 
+void SetGqaKernel(GqaKernel) {}
+
 struct DeviceKv::Impl {};
 DeviceKv::DeviceKv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DeviceKv::~DeviceKv() = default;

@@ -113,6 +113,7 @@ inline constexpr Case kAwkwardCases[] = {
     {64, 16, 8, 128, ElemType::kBf16}, {65, 64, 4, 128, ElemType::kFp16},
     {4099, 7, 4, 64, ElemType::kBf16}, {12345, 64, 8, 64, ElemType::kFp16},
     {100, 7, 1, 128, ElemType::kFp32}, {2000, 16, 1, 128, ElemType::kFp32},
+    {300, 16, 2, 32, ElemType::kBf16}, {777, 16, 2, 256, ElemType::kFp16},
 };
 
 // An MLA context of `tokens` tokens in a shuffled pool (unused slots NaN), values N(0, 0.5),

@@ -1,8 +1,9 @@
 // gpu_attention_check: the CUDA kernels against the double-precision reference, on the shapes
-// that break kernels (src/gpu/test_context.h): contexts 1, 63, 64, 65, 4,099 and 12,345; blocks
-// of 16, 64 and 7 tokens; shuffled pages; NaN in unused slots; GQA groups 1, 4 and 8; head_dim
-// 64 and 128; fp16, bf16 and fp32; dense, mixed, all-local and all-recall profiles and a window
-// longer than the context; MLA with latent 512 + rope 64 and a small shape; blocks held in GPU
+// that break kernels (src/gpu/test_context.h): contexts 1, 63, 64, 65, 300, 777, 4,099 and
+// 12,345; blocks of 16, 64 and 7 tokens; shuffled pages; NaN in unused slots; GQA groups 1, 2, 4
+// and 8; head_dim 32, 64, 128 and 256; fp16, bf16 and fp32, each GQA case with the narrow and the
+// wide kernel; dense, mixed, all-local and all-recall profiles and a window longer than the
+// context; MLA with latent 512 + rope 64 and a small shape; blocks held in GPU
 // memory by DeviceUnits (the worker's path). Prints a line per failure and a summary. Exit
 // status 0: all passed; 1: a failure; 77: no GPU (nothing checked).
 //
@@ -20,6 +21,7 @@ namespace kvtier::gpu {
 namespace {
 
 int checks = 0, failures = 0;
+const char* gqa_kernel = "";  // which GQA kernel the checks run: "wide" (kAuto) or "narrow"
 
 void Compare(const DecodeResult& ref, const DecodeResult& got, const std::string& error,
              const std::string& what) {
@@ -74,7 +76,8 @@ void CheckGqa() {
       auto device = cuda::DeviceKv::Upload(c.paged, &error);
       for (int layer = 0; layer < 2; ++layer) {
         for (const auto& [profile, name] : profiles) {
-          const std::string what = "gqa tokens " + std::to_string(k.tokens) + " block " +
+          const std::string what = std::string("gqa (") + gqa_kernel + ") tokens " +
+                                   std::to_string(k.tokens) + " block " +
                                    std::to_string(k.block_tokens) + " group " +
                                    std::to_string(k.group) + " dim " + std::to_string(k.head_dim) +
                                    " dtype " + std::to_string(int(dtype)) + " layer " +
@@ -222,6 +225,12 @@ int main() {
     return 77;
   }
   std::printf("gpu_attention_check on %s\n", kvtier::gpu::cuda::DeviceName().c_str());
+  // Both GQA kernels: the wide one where shapes allow (kAuto), and the narrow one everywhere.
+  kvtier::gpu::gqa_kernel = "narrow";
+  kvtier::gpu::cuda::SetGqaKernel(kvtier::gpu::cuda::GqaKernel::kNarrow);
+  kvtier::gpu::CheckGqa();
+  kvtier::gpu::gqa_kernel = "wide";
+  kvtier::gpu::cuda::SetGqaKernel(kvtier::gpu::cuda::GqaKernel::kAuto);
   kvtier::gpu::CheckGqa();
   kvtier::gpu::CheckMla();
   kvtier::gpu::CheckDeviceUnits();
