@@ -13,7 +13,8 @@
 // in GPU memory against the card's device-to-device copy bandwidth (kernel time from CUDA
 // events), and checks each kernel's output against the CPU fast path once. Ends with one line:
 // RESULT {json} with dense_gbps_32k, sparse_speedup_128k, mla_gbps_32k, copy_gbps and device;
-// on a GPU also dense_narrow_gbps_* (the narrow GQA kernel, the wide one's baseline).
+// on a GPU also dense_narrow_gbps_* and mla_narrow_gbps_* (the narrow kernels: the wide ones'
+// baselines, same run).
 //
 // Usage: bench_attention [--quick] [--device cpu|cuda]
 #include <algorithm>
@@ -162,9 +163,9 @@ int RunCuda(bool quick) {
     };
     const double dense_ms = step_ms(nullptr), sparse_ms = step_ms(&sparse);
     // The baseline of the wide kernel, in the same run: the narrow one (one token per warp).
-    gpu::cuda::SetGqaKernel(gpu::cuda::GqaKernel::kNarrow);
+    gpu::cuda::SetKernelWidth(gpu::cuda::KernelWidth::kNarrow);
     const double narrow_ms = step_ms(nullptr);
-    gpu::cuda::SetGqaKernel(gpu::cuda::GqaKernel::kAuto);
+    gpu::cuda::SetKernelWidth(gpu::cuda::KernelWidth::kWide);
     if (dense_ms < 0 || sparse_ms < 0 || narrow_ms < 0) {
       std::fprintf(stderr, "bench_attention: kernel: %s\n", error.c_str());
       return 1;
@@ -203,16 +204,24 @@ int RunCuda(bool quick) {
     }
     const gpu::MlaRequest req{.layer = 0, .heads = kMlaHeads, .q_latent = ql.data(),
                               .q_rope = qr.data(), .scale = 1.0f / std::sqrt(192.0f)};
-    std::vector<double> t;
-    for (int r = 0; r <= reps; ++r) {
-      float ms = 0;
-      if (device->MlaDecode(req, &ms, &error).out.empty()) {
-        std::fprintf(stderr, "bench_attention: MLA kernel: %s\n", error.c_str());
-        return 1;
+    // Kernel time of one step, median over reps; negative on a failure.
+    auto step_ms = [&] {
+      std::vector<double> t;
+      for (int r = 0; r <= reps; ++r) {
+        float ms = 0;
+        if (device->MlaDecode(req, &ms, &error).out.empty()) return -1.0;
+        if (r > 0) t.push_back(ms);  // the first is a warm-up
       }
-      if (r > 0) t.push_back(ms);
+      return Median(t);
+    };
+    const double ms = step_ms();
+    gpu::cuda::SetKernelWidth(gpu::cuda::KernelWidth::kNarrow);  // the baseline
+    const double narrow_ms = step_ms();
+    gpu::cuda::SetKernelWidth(gpu::cuda::KernelWidth::kWide);
+    if (ms < 0 || narrow_ms < 0) {
+      std::fprintf(stderr, "bench_attention: MLA kernel: %s\n", error.c_str());
+      return 1;
     }
-    const double ms = Median(t);
     const double diff = tokens == (4 << 10) ? MaxRelDiff(device->MlaDecode(req, nullptr, &error),
                                                           gpu::CpuMlaDecode(kv, req))
                                             : 0;
@@ -222,6 +231,8 @@ int RunCuda(bool quick) {
                 double(kMla.BlockBytes()) * blocks / 1048576, ms, gbps, gbps / copy, diff);
     result.Add("mla_gbps_" + std::to_string(tokens >> 10) + "k", gbps);
     result.Add("mla_vs_copy_" + std::to_string(tokens >> 10) + "k", gbps / copy);
+    result.Add("mla_narrow_gbps_" + std::to_string(tokens >> 10) + "k",
+               double(kMla.BlockBytes()) * blocks / (narrow_ms / 1e3) / 1e9);
     if (tokens == (4 << 10)) result.Add("mla_max_rel_diff_vs_cpu_4k", diff);
   }
   result.AddString("device", "cuda");

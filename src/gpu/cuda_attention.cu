@@ -23,17 +23,17 @@ int UsedBlocks(int context, int block_tokens) {
   return (context + block_tokens - 1) / block_tokens;
 }
 
-std::atomic<GqaKernel>& ChosenGqaKernel() {
-  static std::atomic<GqaKernel> kernel{[] {
-    const char* env = std::getenv("KVTIER_GQA_KERNEL");
-    return env != nullptr && std::string(env) == "narrow" ? GqaKernel::kNarrow : GqaKernel::kAuto;
+std::atomic<KernelWidth>& ChosenKernel() {
+  static std::atomic<KernelWidth> kernel{[] {
+    const char* env = std::getenv("KVTIER_GPU_KERNELS");
+    return env != nullptr && std::string(env) == "narrow" ? KernelWidth::kNarrow : KernelWidth::kWide;
   }()};
   return kernel;
 }
 
 }  // namespace
 
-void SetGqaKernel(GqaKernel kernel) { ChosenGqaKernel().store(kernel); }
+void SetKernelWidth(KernelWidth kernel) { ChosenKernel().store(kernel); }
 
 struct DeviceKv::Impl {
   bool mla = false;
@@ -205,7 +205,7 @@ DecodeResult DeviceKv::Decode(const DecodeRequest& req, float* ms, std::string* 
   p.part_out = w.part_out.as<float>();
   p.part_lse = w.part_lse.as<float>();
   cudaEventRecord(w.start);
-  const bool wide = ChosenGqaKernel().load() == GqaKernel::kAuto && k.pages_aligned &&
+  const bool wide = ChosenKernel().load() == KernelWidth::kWide && k.pages_aligned &&
                     internal::WideGqaFits(s.dtype, d);
   internal::LaunchGqaSplit(p, s.dtype, splits, wide);
   internal::LaunchCombine(w.part_out.as<const float>(), w.part_lse.as<const float>(), splits,
@@ -245,7 +245,9 @@ DecodeResult DeviceKv::MlaDecode(const MlaRequest& req, float* ms, std::string* 
   p.part_out = w.part_out.as<float>();
   p.part_lse = w.part_lse.as<float>();
   cudaEventRecord(w.start);
-  internal::LaunchMlaSplit(p, s.dtype, splits);
+  const bool wide = ChosenKernel().load() == KernelWidth::kWide && k.pages_aligned &&
+                    internal::WideMlaFits(s.dtype, s.latent_rank, s.rope_dim);
+  internal::LaunchMlaSplit(p, s.dtype, splits, wide);
   internal::LaunchCombine(w.part_out.as<const float>(), w.part_lse.as<const float>(), splits,
                           req.heads, s.latent_rank, w.out.as<float>(), w.lse.as<float>());
   cudaEventRecord(w.stop);

@@ -17,13 +17,14 @@
 
 namespace kvtier::gpu::cuda {
 
-// Which GQA decode kernel runs (process-wide; for checks and A/B runs). kAuto: the wide kernel
-// (16-byte loads, several tokens per warp in flight) where the element type is 2 bytes, head_dim
-// is 32, 64, 128 or 256 and the blocks are 16-byte aligned, else the narrow one; kNarrow: the
-// narrow one (one token per warp, 2- or 4-byte loads) always. $KVTIER_GQA_KERNEL=narrow sets
-// kNarrow at start.
-enum class GqaKernel { kAuto, kNarrow };
-void SetGqaKernel(GqaKernel kernel);
+// Which decode kernels run (process-wide; for checks and A/B runs). kWide: the wide kernels
+// (16-byte loads; GQA several tokens per warp; the next tokens loaded before the math) where the
+// element type is 2 bytes, the blocks are 16-byte aligned, and GQA's head_dim is 32, 64, 128 or
+// 256 (MLA: latent_rank and latent_rank + rope_dim multiples of 8); else, and with kNarrow
+// always, the narrow ones (one token per warp, 2- or 4-byte loads). $KVTIER_GPU_KERNELS=narrow
+// sets kNarrow at start.
+enum class KernelWidth { kWide, kNarrow };
+void SetKernelWidth(KernelWidth width);
 
 // Whether a CUDA device is there to run the kernels; else *why says why not.
 bool Available(std::string* why);

@@ -115,7 +115,10 @@ bool WideGqaFits(ElemType dtype, int head_dim);
 // The split kernel: the wide one when `wide` (REQUIRES: WideGqaFits and aligned pages), else the
 // narrow one.
 void LaunchGqaSplit(const GqaParams& p, ElemType dtype, int splits, bool wide);
-void LaunchMlaSplit(const MlaParams& p, ElemType dtype, int splits);
+// Whether the wide MLA kernel (16-byte loads) takes `dtype` and the row (16-byte aligned pages
+// needed too).
+bool WideMlaFits(ElemType dtype, int rank, int rope);
+void LaunchMlaSplit(const MlaParams& p, ElemType dtype, int splits, bool wide);
 // out[h][:] and lse[h] for `heads` heads from `splits` partial results.
 void LaunchCombine(const float* part_out, const float* part_lse, int splits, int heads, int dim,
                    float* out, float* lse);

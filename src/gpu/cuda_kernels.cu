@@ -351,6 +351,111 @@ __global__ void __launch_bounds__(kThreads) MlaSplitKernel(MlaParams p) {
              size_t(split) * p.heads + h0, p.part_out, p.part_lse);
 }
 
+// The wide MLA kernel: a warp reads a token's latent ++ rope row in 16-byte chunks (lane i
+// holds chunks i, i + 32, i + 64: 8 elements each), its queries in registers, and loads its next
+// token before the math of this one. Only 2-byte elements, latent_rank and the row a multiple of
+// 8 elements, 16-byte aligned blocks (the launcher checks); otherwise as MlaSplitKernel.
+constexpr int kMlaRowChunksPerLane = kMlaMaxRow / 8 / 32;    // 3
+constexpr int kMlaRankChunksPerLane = kMlaMaxRank / 8 / 32;  // 2
+
+template <int DT>
+__global__ void __launch_bounds__(kThreads) MlaWideKernel(MlaParams p) {
+  const int split = blockIdx.x, h0 = blockIdx.y * kMlaHeads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row_elems = p.rank + p.rope, nh = min(kMlaHeads, p.heads - h0);
+  const int chunks = row_elems / 8, rank_chunks = p.rank / 8;
+  __shared__ float sacc[kWarps][kMlaHeads * kMlaMaxRank];
+  __shared__ float sm[kWarps][kMlaHeads], sl[kWarps][kMlaHeads];
+
+  // This lane's chunks of the heads' queries (latent, then rope).
+  float q[kMlaHeads][kMlaRowChunksPerLane][8];
+#pragma unroll
+  for (int h = 0; h < kMlaHeads; ++h) {
+#pragma unroll
+    for (int j = 0; j < kMlaRowChunksPerLane; ++j) {
+      const int c = lane + 32 * j;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int i = 8 * c + e;
+        q[h][j][e] = h >= nh || c >= chunks ? 0.0f
+                     : i < p.rank           ? p.q_latent[size_t(h0 + h) * p.rank + i]
+                                            : p.q_rope[size_t(h0 + h) * p.rope + (i - p.rank)];
+      }
+    }
+  }
+  const int begin = split * p.split_len, end = min(p.context, begin + p.split_len);
+  OnlineSoftmax st[kMlaHeads];
+  float acc[kMlaHeads][kMlaRankChunksPerLane][8];
+#pragma unroll
+  for (int h = 0; h < kMlaHeads; ++h) {
+#pragma unroll
+    for (int j = 0; j < kMlaRankChunksPerLane; ++j) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[h][j][e] = 0.0f;
+    }
+  }
+  // Token t's chunks of this lane, as loaded (unpacked when used).
+  auto load = [&](int t, uint4* raw) {
+    const auto* blk = static_cast<const unsigned short*>(p.blocks[t / p.block_tokens]);
+    const size_t row = (size_t(p.layer) * p.block_tokens + t % p.block_tokens) * row_elems;
+#pragma unroll
+    for (int j = 0; j < kMlaRowChunksPerLane; ++j) {
+      const int c = lane + 32 * j;
+      raw[j] = c < chunks ? *reinterpret_cast<const uint4*>(blk + row + 8 * c) : uint4{0, 0, 0, 0};
+    }
+  };
+  int t = begin + warp;
+  uint4 raw[kMlaRowChunksPerLane];
+  if (t < end) load(t, raw);
+  while (t < end) {  // the same for every lane of the warp
+    const int next = t + kWarps;
+    uint4 next_raw[kMlaRowChunksPerLane];
+    if (next < end) load(next, next_raw);
+    float x[kMlaRowChunksPerLane][8];
+#pragma unroll
+    for (int j = 0; j < kMlaRowChunksPerLane; ++j) Unpack8<DT>(raw[j], x[j]);
+#pragma unroll
+    for (int h = 0; h < kMlaHeads; ++h) {
+      if (h < nh) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kMlaRowChunksPerLane; ++j) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) dot += q[h][j][e] * x[j][e];  // zero past the row
+        }
+        const SoftmaxFactors f = st[h].Add(WarpSum(dot) * p.scale);
+#pragma unroll
+        for (int j = 0; j < kMlaRankChunksPerLane; ++j) {
+          if (lane + 32 * j < rank_chunks) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[h][j][e] = acc[h][j][e] * f.self + f.other * x[j][e];
+          }
+        }
+      }
+    }
+    t = next;
+#pragma unroll
+    for (int j = 0; j < kMlaRowChunksPerLane; ++j) raw[j] = next_raw[j];
+  }
+#pragma unroll
+  for (int h = 0; h < kMlaHeads; ++h) {
+    if (h < nh) {
+      if (lane == 0) sm[warp][h] = st[h].m, sl[warp][h] = st[h].l;
+#pragma unroll
+      for (int j = 0; j < kMlaRankChunksPerLane; ++j) {
+        const int c = lane + 32 * j;
+        if (c < rank_chunks) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) sacc[warp][h * p.rank + 8 * c + e] = acc[h][j][e];
+        }
+      }
+    }
+  }
+  __syncthreads();
+  MergeWarps(&sm[0][0], &sl[0][0], kMlaHeads, &sacc[0][0], kMlaHeads * kMlaMaxRank, nh, p.rank,
+             size_t(split) * p.heads + h0, p.part_out, p.part_lse);
+}
+
 }  // namespace
 
 int SplitLen(int context, int units) {
@@ -408,14 +513,26 @@ void LaunchGqaSplit(const GqaParams& p, ElemType dtype, int splits, bool wide) {
   }
 }
 
-void LaunchMlaSplit(const MlaParams& p, ElemType dtype, int splits) {
+bool WideMlaFits(ElemType dtype, int rank, int rope) {
+  return dtype != ElemType::kFp32 && rank % 8 == 0 && (rank + rope) % 8 == 0;
+}
+
+void LaunchMlaSplit(const MlaParams& p, ElemType dtype, int splits, bool wide) {
   const dim3 grid(splits, (p.heads + kMlaHeads - 1) / kMlaHeads);
   switch (dtype) {
     case ElemType::kFp16:
-      MlaSplitKernel<0><<<grid, kThreads>>>(p);
+      if (wide) {
+        MlaWideKernel<0><<<grid, kThreads>>>(p);
+      } else {
+        MlaSplitKernel<0><<<grid, kThreads>>>(p);
+      }
       break;
     case ElemType::kBf16:
-      MlaSplitKernel<1><<<grid, kThreads>>>(p);
+      if (wide) {
+        MlaWideKernel<1><<<grid, kThreads>>>(p);
+      } else {
+        MlaSplitKernel<1><<<grid, kThreads>>>(p);
+      }
       break;
     case ElemType::kFp32:
       MlaSplitKernel<2><<<grid, kThreads>>>(p);

@@ -15,7 +15,7 @@ bool Available(std::string* why) {
 }
 std::string DeviceName() { return ""; }
 
-void SetGqaKernel(GqaKernel) {}
+void SetKernelWidth(KernelWidth) {}
 
 struct DeviceKv::Impl {};
 DeviceKv::DeviceKv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

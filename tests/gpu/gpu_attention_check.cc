@@ -1,9 +1,9 @@
 // gpu_attention_check: the CUDA kernels against the double-precision reference, on the shapes
 // that break kernels (src/gpu/test_context.h): contexts 1, 63, 64, 65, 300, 777, 4,099 and
 // 12,345; blocks of 16, 64 and 7 tokens; shuffled pages; NaN in unused slots; GQA groups 1, 2, 4
-// and 8; head_dim 32, 64, 128 and 256; fp16, bf16 and fp32, each GQA case with the narrow and the
-// wide kernel; dense, mixed, all-local and all-recall profiles and a window longer than the
-// context; MLA with latent 512 + rope 64 and a small shape; blocks held in GPU
+// and 8; head_dim 32, 64, 128 and 256; fp16, bf16 and fp32; dense, mixed, all-local and
+// all-recall profiles and a window longer than the context; MLA with latent 512 + rope 64 and a
+// small shape; each GQA and MLA case with the narrow and the wide kernels; blocks held in GPU
 // memory by DeviceUnits (the worker's path). Prints a line per failure and a summary. Exit
 // status 0: all passed; 1: a failure; 77: no GPU (nothing checked).
 //
@@ -21,7 +21,7 @@ namespace kvtier::gpu {
 namespace {
 
 int checks = 0, failures = 0;
-const char* gqa_kernel = "";  // which GQA kernel the checks run: "wide" (kAuto) or "narrow"
+const char* width = "";  // which kernels the checks run: "wide" or "narrow"
 
 void Compare(const DecodeResult& ref, const DecodeResult& got, const std::string& error,
              const std::string& what) {
@@ -76,7 +76,7 @@ void CheckGqa() {
       auto device = cuda::DeviceKv::Upload(c.paged, &error);
       for (int layer = 0; layer < 2; ++layer) {
         for (const auto& [profile, name] : profiles) {
-          const std::string what = std::string("gqa (") + gqa_kernel + ") tokens " +
+          const std::string what = std::string("gqa (") + width + ") tokens " +
                                    std::to_string(k.tokens) + " block " +
                                    std::to_string(k.block_tokens) + " group " +
                                    std::to_string(k.group) + " dim " + std::to_string(k.head_dim) +
@@ -117,7 +117,7 @@ void CheckMla() {
           std::string error;
           const DecodeResult got = cuda::MlaDecode(c.paged, req, &error);
           Compare(ReferenceMlaDecode(c.paged, req), got, error,
-                  "mla tokens " + std::to_string(tokens) + " block " +
+                  std::string("mla (") + width + ") tokens " + std::to_string(tokens) + " block " +
                       std::to_string(block_tokens) + " rank " + std::to_string(rank) + " dtype " +
                       std::to_string(int(dtype)));
         }
@@ -225,14 +225,14 @@ int main() {
     return 77;
   }
   std::printf("gpu_attention_check on %s\n", kvtier::gpu::cuda::DeviceName().c_str());
-  // Both GQA kernels: the wide one where shapes allow (kAuto), and the narrow one everywhere.
-  kvtier::gpu::gqa_kernel = "narrow";
-  kvtier::gpu::cuda::SetGqaKernel(kvtier::gpu::cuda::GqaKernel::kNarrow);
-  kvtier::gpu::CheckGqa();
-  kvtier::gpu::gqa_kernel = "wide";
-  kvtier::gpu::cuda::SetGqaKernel(kvtier::gpu::cuda::GqaKernel::kAuto);
-  kvtier::gpu::CheckGqa();
-  kvtier::gpu::CheckMla();
+  // Both widths of kernels: the wide ones where shapes allow, and the narrow ones everywhere.
+  using kvtier::gpu::cuda::KernelWidth;
+  for (KernelWidth w : {KernelWidth::kNarrow, KernelWidth::kWide}) {
+    kvtier::gpu::width = w == KernelWidth::kWide ? "wide" : "narrow";
+    kvtier::gpu::cuda::SetKernelWidth(w);
+    kvtier::gpu::CheckGqa();
+    kvtier::gpu::CheckMla();
+  }
   kvtier::gpu::CheckDeviceUnits();
   std::printf("gpu_attention_check: %d of %d checks passed\n",
               kvtier::gpu::checks - kvtier::gpu::failures, kvtier::gpu::checks);
