@@ -1,5 +1,6 @@
 #include "server/cache_service.h"
 
+#include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/wire_format_lite.h>
@@ -7,6 +8,8 @@
 #include <xxhash.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 
@@ -28,16 +31,21 @@
 namespace kvtier::server {
 namespace {
 
-// CacheService.Put, Get, GetSession and LeaseSession: their indexes in the generated service
-// (.proto order).
-constexpr int kPutMethodIndex = 0;
-constexpr int kGetMethodIndex = 1;
-constexpr int kGetSessionMethodIndex = 9;
-constexpr int kLeaseSessionMethodIndex = 10;
-// The one-request methods, whose requests the service parses itself too.
-constexpr int kLookupMethodIndex = 2, kLeaseMethodIndex = 3, kReleaseMethodIndex = 4,
-              kDeleteMethodIndex = 5, kStatsMethodIndex = 6, kDataPlaneMethodIndex = 7,
-              kWatchBlocksMethodIndex = 8;
+// CacheService's method `name`: its index in the generated service, which lists the methods in
+// .proto order as the descriptor does. Looked up by name, so that a reordered cache.proto cannot
+// bind a raw handler to another method; a name the proto lacks stops the daemon at start.
+int MethodIndex(const char* name) {
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::CacheService::service_full_name());
+  const google::protobuf::MethodDescriptor* method =
+      service == nullptr ? nullptr : service->FindMethodByName(name);
+  if (method == nullptr) {
+    std::fprintf(stderr, "kvtierd: CacheService has no method %s\n", name);
+    std::abort();
+  }
+  return method->index();
+}
 
 // The next message of a raw client stream as `Message`: true with it parsed; false at the end of
 // the stream, with `*status` OK, or at a message that does not parse, with INVALID_ARGUMENT.
@@ -99,7 +107,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
   // Get is re-registered with raw byte-buffer responses, so that a block can leave from the arena
   // without being copied into a message first. The wire format is unchanged.
   MarkMethodStreamed(
-      kGetMethodIndex,
+      MethodIndex("Get"),
       new grpc::internal::SplitServerStreamingHandler<v1::GetRequest, grpc::ByteBuffer>(
           [this](grpc::ServerContext* ctx,
                  grpc::ServerSplitStreamer<v1::GetRequest, grpc::ByteBuffer>* stream) {
@@ -109,7 +117,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
             }
             return Get(ctx, &request, stream);
           }));
-  MarkMethodStreamed(kGetSessionMethodIndex,
+  MarkMethodStreamed(MethodIndex("GetSession"),
                      new grpc::internal::BidiStreamingHandler<CacheServiceImpl, grpc::ByteBuffer,
                                                               grpc::ByteBuffer>(
                          [](CacheServiceImpl* self, grpc::ServerContext* ctx,
@@ -117,7 +125,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
                            return self->GetSession(ctx, stream);
                          },
                          this));
-  MarkMethodStreamed(kLeaseSessionMethodIndex,
+  MarkMethodStreamed(MethodIndex("LeaseSession"),
                      new grpc::internal::BidiStreamingHandler<CacheServiceImpl, grpc::ByteBuffer,
                                                               grpc::ByteBuffer>(
                          [](CacheServiceImpl* self, grpc::ServerContext* ctx,
@@ -127,14 +135,14 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
                          this));
   // gRPC answers a request it cannot parse with INTERNAL; the contract says INVALID_ARGUMENT,
   // which these methods now answer themselves (the parse is the same work gRPC did).
-  ParseOwnRequest(kLookupMethodIndex, "Lookup", &CacheServiceImpl::Lookup);
-  ParseOwnRequest(kLeaseMethodIndex, "Lease", &CacheServiceImpl::Lease);
-  ParseOwnRequest(kReleaseMethodIndex, "Release", &CacheServiceImpl::Release);
-  ParseOwnRequest(kDeleteMethodIndex, "Delete", &CacheServiceImpl::Delete);
-  ParseOwnRequest(kStatsMethodIndex, "Stats", &CacheServiceImpl::Stats);
-  ParseOwnRequest(kDataPlaneMethodIndex, "DataPlane", &CacheServiceImpl::DataPlane);
+  ParseOwnRequest("Lookup", &CacheServiceImpl::Lookup);
+  ParseOwnRequest("Lease", &CacheServiceImpl::Lease);
+  ParseOwnRequest("Release", &CacheServiceImpl::Release);
+  ParseOwnRequest("Delete", &CacheServiceImpl::Delete);
+  ParseOwnRequest("Stats", &CacheServiceImpl::Stats);
+  ParseOwnRequest("DataPlane", &CacheServiceImpl::DataPlane);
   MarkMethodStreamed(
-      kWatchBlocksMethodIndex,
+      MethodIndex("WatchBlocks"),
       new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, v1::BlockEventBatch>(
           [this](grpc::ServerContext* ctx,
                  grpc::ServerSplitStreamer<grpc::ByteBuffer, v1::BlockEventBatch>* stream) {
@@ -149,7 +157,7 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
           }));
   // Put reads raw messages too (see Put in the header). A client stream served as the
   // bidirectional kind, as gRPC serves every streamed method: one response, written at the end.
-  MarkMethodStreamed(kPutMethodIndex,
+  MarkMethodStreamed(MethodIndex("Put"),
                      new grpc::internal::ClientStreamingHandler<CacheServiceImpl, grpc::ByteBuffer,
                                                                 v1::PutResponse>(
                          [](CacheServiceImpl* self, grpc::ServerContext* ctx,
@@ -159,10 +167,9 @@ CacheServiceImpl::CacheServiceImpl(BlockStore* store, ServiceLimits limits, Daem
 }
 
 template <typename Request, typename Response>
-void CacheServiceImpl::ParseOwnRequest(int index, const char* rpc,
-                                       UnaryMethod<Request, Response> method) {
+void CacheServiceImpl::ParseOwnRequest(const char* rpc, UnaryMethod<Request, Response> method) {
   MarkMethodStreamed(
-      index, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, Response>(
+      MethodIndex(rpc), new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, Response>(
                  [this, rpc, method](grpc::ServerContext* ctx,
                                      grpc::ServerUnaryStreamer<grpc::ByteBuffer, Response>* stream) {
                    Request request;

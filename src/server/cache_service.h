@@ -170,7 +170,7 @@ class CacheServiceImpl final : public kvtier::v1::CacheService::Service {
   using UnaryMethod = grpc::Status (CacheServiceImpl::*)(grpc::ServerContext*, const Request*,
                                                          Response*);
   template <typename Request, typename Response>
-  void ParseOwnRequest(int index, const char* rpc, UnaryMethod<Request, Response> method);
+  void ParseOwnRequest(const char* rpc, UnaryMethod<Request, Response> method);
   // Runs an RPC body: counts it in flight, records its latency and status code, and logs a
   // client's error (rate-limited) with the tenant (as `tenant` reads once the body has run).
   template <typename F>
