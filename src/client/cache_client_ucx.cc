@@ -76,13 +76,14 @@ absl::StatusOr<LeaseInfo> LeaseInfoOf(const v1::LeaseResponse& res, std::span<co
 std::unique_ptr<GrpcLeaseControl::Session> GrpcLeaseControl::TakeSession(CallDeadline end) {
   const auto now = std::chrono::steady_clock::now();
   std::unique_ptr<Session> session;
+  std::vector<std::unique_ptr<Session>> due;  // due for renewal: closed outside the lock
   {
     std::lock_guard lock(sessions_mu_);
     if (!options_.lease_session || !sessions_) return nullptr;
     while (!idle_sessions_.empty() && session == nullptr) {
       session = std::move(idle_sessions_.back());
       idle_sessions_.pop_back();
-      if (now >= session->renew_at) session.reset();  // closed, outside the lock
+      if (now >= session->renew_at) due.push_back(std::move(session));
     }
   }
   // A request on a session can wait until the session's deadline, which must not outlast the
