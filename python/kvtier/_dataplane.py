@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import grpc
 
 from kvtier._grpc import KvtierError, _read_pem
-from kvtier.keys import KvLayout, check_key, check_keys
+from kvtier.keys import _DTYPES, _KINDS, KvLayout, check_key, check_keys
 
 try:
     from kvtier import _native
@@ -18,8 +18,6 @@ except ImportError as e:  # a package built without it (native=off), or one that
     NATIVE_IMPORT_ERROR = str(e)
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-_KINDS = {"gqa": 1, "mla": 2}
-_DTYPES = {"fp16": 1, "bf16": 2, "fp8-e4m3": 3}
 
 # A (key, offset, buffer) read of part of a block: len(buffer) bytes from `offset`.
 RangeRead = Tuple[bytes, int, Any]
@@ -144,7 +142,7 @@ class Native:
         if layout is not None:
             if not isinstance(layout, KvLayout):
                 raise TypeError(f"layout: a kvtier.KvLayout, not {type(layout).__name__}")
-            fields = (_KINDS[layout.kind], _DTYPES[layout.dtype], layout.layers, layout.kv_heads,
+            fields = (_KINDS[layout.kind], _DTYPES[layout.dtype][0], layout.layers, layout.kv_heads,
                       layout.head_dim, layout.block_tokens, layout.latent_rank, layout.rope_dim)
         try:
             return self._client.put([tuple(b) for b in blocks], durable, fields)

@@ -47,6 +47,19 @@ PyObject* g_error = nullptr;
   throw py::error_already_set();
 }
 
+// An argument's name for an error message ("buffers[3]", "reads[0] key"), spelled out only when
+// an error needs it: the checks run for every key and buffer of every call.
+struct ArgName {
+  const char* base;
+  size_t index = SIZE_MAX;  // SIZE_MAX: none
+  const char* part = "";
+  std::string str() const {
+    std::string out = base;
+    if (index != SIZE_MAX) out += "[" + std::to_string(index) + "]";
+    return out + part;
+  }
+};
+
 template <typename T>
 T ValueOrRaise(absl::StatusOr<T> v) {
   if (!v.ok()) Raise(v.status());
@@ -60,7 +73,7 @@ class HeldBuffer {
  public:
   // TypeError for an object that exposes no memory, or read-only memory where `writable`;
   // ValueError for memory that is not contiguous or not on the host. `what` names the argument.
-  static HeldBuffer Of(py::handle obj, bool writable, const std::string& what) {
+  static HeldBuffer Of(py::handle obj, bool writable, const ArgName& what) {
     HeldBuffer held;
     if (PyObject_CheckBuffer(obj.ptr())) {
       held.view_ = std::make_unique<Py_buffer>();
@@ -73,17 +86,19 @@ class HeldBuffer {
         Py_buffer probe;
         if (writable && PyObject_GetBuffer(obj.ptr(), &probe, PyBUF_ANY_CONTIGUOUS) == 0) {
           PyBuffer_Release(&probe);
-          throw py::type_error(what + ": read-only (" + TypeName(obj) + "); reads need writable memory");
+          throw py::type_error(what.str() + ": read-only (" + TypeName(obj) +
+                               "); reads need writable memory");
         }
         PyErr_Clear();
-        throw py::value_error(what + ": not one contiguous piece of memory (" + why + ")");
+        throw py::value_error(what.str() + ": not one contiguous piece of memory (" + why + ")");
       }
       held.bytes_ = {static_cast<uint8_t*>(held.view_->buf), static_cast<size_t>(held.view_->len)};
       return held;
     }
     if (py::hasattr(obj, "__dlpack__")) return FromDlpack(obj, what);
-    throw py::type_error(what + ": a writable buffer (bytearray, memoryview, numpy array) or a "
-                                "host tensor with __dlpack__, not " +
+    throw py::type_error(what.str() +
+                         ": a writable buffer (bytearray, memoryview, numpy array) or a "
+                         "host tensor with __dlpack__, not " +
                          TypeName(obj));
   }
 
@@ -113,29 +128,30 @@ class HeldBuffer {
 
   // DLPack (the array API's exchange protocol): `obj.__dlpack__()` hands over a capsule named
   // "dltensor", which the consumer renames "used_dltensor" and whose deleter it calls when done.
-  static HeldBuffer FromDlpack(py::handle obj, const std::string& what) {
+  static HeldBuffer FromDlpack(py::handle obj, const ArgName& what) {
     if (py::hasattr(obj, "__dlpack_device__")) {
       const auto device = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
       if (!HostReadable(device.first)) {
-        throw py::value_error(what + ": memory on device type " + std::to_string(device.first) +
+        throw py::value_error(what.str() + ": memory on device type " +
+                              std::to_string(device.first) +
                               " (DLPack); reads land in host memory: pinned host memory "
                               "(torch pin_memory) or pageable");
       }
     }
     py::object capsule = obj.attr("__dlpack__")();
-    auto* tensor =
-        static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+    auto* tensor = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
     if (tensor == nullptr) throw py::error_already_set();
     PyCapsule_SetName(capsule.ptr(), "used_dltensor");
     HeldBuffer held;
     held.tensor_ = tensor;  // ours now: the destructor calls its deleter
     const DLTensor& t = tensor->dl_tensor;
     if (!HostReadable(t.device.device_type)) {
-      throw py::value_error(what + ": a DLPack tensor on device type " +
+      throw py::value_error(what.str() + ": a DLPack tensor on device type " +
                             std::to_string(t.device.device_type) + ", not in host memory");
     }
     const uint64_t item_bits = uint64_t{t.dtype.bits} * t.dtype.lanes;
-    if (item_bits % 8 != 0) throw py::value_error(what + ": elements of a fraction of a byte");
+    if (item_bits % 8 != 0)
+      throw py::value_error(what.str() + ": elements of a fraction of a byte");
     uint64_t items = 1;
     bool contiguous = true;
     int64_t expect = 1;  // the stride of a C-contiguous tensor, from the last dimension back
@@ -144,7 +160,7 @@ class HeldBuffer {
       if (t.strides != nullptr && t.shape[d] != 1 && t.strides[d] != expect) contiguous = false;
       expect *= t.shape[d];
     }
-    if (!contiguous) throw py::value_error(what + ": a DLPack tensor that is not contiguous");
+    if (!contiguous) throw py::value_error(what.str() + ": a DLPack tensor that is not contiguous");
     held.bytes_ = {static_cast<uint8_t*>(t.data) + t.byte_offset, items * (item_bits / 8)};
     return held;
   }
@@ -158,29 +174,31 @@ class HeldBuffer {
 };
 
 // A 16-byte bytes key; TypeError or ValueError naming `what` otherwise.
-BlockKey KeyOf(py::handle obj, const std::string& what) {
+BlockKey KeyOf(py::handle obj, const ArgName& what) {
   if (!PyBytes_Check(obj.ptr())) {
-    throw py::type_error(what + ": 16-byte bytes, not " + std::string(Py_TYPE(obj.ptr())->tp_name));
+    throw py::type_error(what.str() + ": 16-byte bytes, not " +
+                         std::string(Py_TYPE(obj.ptr())->tp_name));
   }
   if (PyBytes_GET_SIZE(obj.ptr()) != static_cast<Py_ssize_t>(BlockKey::kBytes)) {
-    throw py::value_error(what + ": 16 bytes, not " + std::to_string(PyBytes_GET_SIZE(obj.ptr())));
+    throw py::value_error(what.str() + ": 16 bytes, not " +
+                          std::to_string(PyBytes_GET_SIZE(obj.ptr())));
   }
   return BlockKey::FromBytes(reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(obj.ptr())));
 }
 
-std::vector<BlockKey> KeysOf(const py::sequence& keys, const std::string& what) {
+std::vector<BlockKey> KeysOf(const py::sequence& keys, const char* what) {
   std::vector<BlockKey> out;
   out.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
-    out.push_back(KeyOf(keys[i], what + "[" + std::to_string(i) + "]"));
+    out.push_back(KeyOf(keys[i], {what, i}));
   }
   return out;
 }
 
 // A sequence argument, not a str or bytes (whose items would be characters).
-py::sequence SequenceOf(py::handle obj, const std::string& what) {
+py::sequence SequenceOf(py::handle obj, const char* what) {
   if (PyUnicode_Check(obj.ptr()) || PyBytes_Check(obj.ptr()) || !PySequence_Check(obj.ptr())) {
-    throw py::type_error(what + ": a sequence (list, tuple), not " +
+    throw py::type_error(std::string(what) + ": a sequence (list, tuple), not " +
                          std::string(Py_TYPE(obj.ptr())->tp_name));
   }
   return py::reinterpret_borrow<py::sequence>(obj);
@@ -221,7 +239,7 @@ class PyCacheClient {
     held.reserve(buffers.size());
     dst.reserve(buffers.size());
     for (size_t i = 0; i < buffers.size(); ++i) {
-      held.push_back(HeldBuffer::Of(buffers[i], true, "buffers[" + std::to_string(i) + "]"));
+      held.push_back(HeldBuffer::Of(buffers[i], true, {"buffers", i}));
       dst.push_back(held.back().bytes());
     }
     absl::StatusOr<std::vector<std::optional<size_t>>> sizes;
@@ -249,17 +267,19 @@ class PyCacheClient {
     held.reserve(reads.size());
     ranges.reserve(reads.size());
     for (size_t i = 0; i < reads.size(); ++i) {
-      const std::string what = "reads[" + std::to_string(i) + "]";
+      const ArgName what{"reads", i};
       const py::handle read = reads[i];
       if (!PyTuple_Check(read.ptr()) || PyTuple_GET_SIZE(read.ptr()) != 3) {
-        throw py::type_error(what + ": a (key, offset, buffer) tuple");
+        throw py::type_error(what.str() + ": a (key, offset, buffer) tuple");
       }
       const auto t = py::reinterpret_borrow<py::tuple>(read);
       const int64_t offset = t[1].cast<int64_t>();
-      if (offset < 0) throw py::value_error(what + ": offset " + std::to_string(offset) + " < 0");
-      held.push_back(HeldBuffer::Of(t[2], true, what + " buffer"));
-      ranges.push_back({KeyOf(t[0], what + " key"), static_cast<uint64_t>(offset),
-                        held.back().bytes()});
+      if (offset < 0) {
+        throw py::value_error(what.str() + ": offset " + std::to_string(offset) + " < 0");
+      }
+      held.push_back(HeldBuffer::Of(t[2], true, {"reads", i, " buffer"}));
+      ranges.push_back(
+          {KeyOf(t[0], {"reads", i, " key"}), static_cast<uint64_t>(offset), held.back().bytes()});
     }
     bool over_ucx = false;
     absl::Status status;
@@ -283,15 +303,15 @@ class PyCacheClient {
     held.reserve(blocks.size());
     puts.reserve(blocks.size());
     for (size_t i = 0; i < blocks.size(); ++i) {
-      const std::string what = "blocks[" + std::to_string(i) + "]";
+      const ArgName what{"blocks", i};
       const py::handle block = blocks[i];
       if (!PyTuple_Check(block.ptr()) || PyTuple_GET_SIZE(block.ptr()) != 3) {
-        throw py::type_error(what + ": a (key, parent, payload) tuple");
+        throw py::type_error(what.str() + ": a (key, parent, payload) tuple");
       }
       const auto t = py::reinterpret_borrow<py::tuple>(block);
-      const BlockKey parent = t[1].is_none() ? BlockKey{} : KeyOf(t[1], what + " parent");
-      held.push_back(HeldBuffer::Of(t[2], false, what + " payload"));
-      puts.push_back({KeyOf(t[0], what + " key"), parent, held.back().bytes()});
+      const BlockKey parent = t[1].is_none() ? BlockKey{} : KeyOf(t[1], {"blocks", i, " parent"});
+      held.push_back(HeldBuffer::Of(t[2], false, {"blocks", i, " payload"}));
+      puts.push_back({KeyOf(t[0], {"blocks", i, " key"}), parent, held.back().bytes()});
     }
     absl::StatusOr<PutResult> result;
     const std::shared_ptr<CacheClient> c = client();
@@ -315,8 +335,8 @@ class PyCacheClient {
     const LeaseInfo info = ValueOrRaise(std::move(lease));
     py::list blocks;
     for (const LeasedBlock& b : info.blocks) {
-      blocks.append(py::make_tuple(py::bytes(b.key.ByteString()), TierName(b.tier), b.size,
-                                   b.checksum));
+      blocks.append(
+          py::make_tuple(py::bytes(b.key.ByteString()), TierName(b.tier), b.size, b.checksum));
     }
     const double left =
         std::chrono::duration<double>(info.expires - std::chrono::steady_clock::now()).count();
@@ -336,7 +356,7 @@ class PyCacheClient {
   // The buffer must stay registered for the client's life: it is held (kept alive) until then.
   void RegisterBuffer(py::handle buffer) {
     const std::shared_ptr<CacheClient> c = client();
-    registered_.push_back(HeldBuffer::Of(buffer, true, "buffer"));
+    registered_.push_back(HeldBuffer::Of(buffer, true, {"buffer"}));
     c->RegisterBuffer(registered_.back().bytes());
   }
 
